@@ -1,0 +1,1 @@
+"""Generated Creditledger protobuf packages (see creditledger.v1)."""
