@@ -235,3 +235,21 @@ def test_service_monitor_scrapes_the_metrics_port_of_the_server_service() -> Non
         assert endpoint.get("path", "/metrics") == "/metrics"
         assert endpoint.get("scheme", "http") in {"http", "https"}
         assert "jobLabel" not in spec or spec["jobLabel"] in selected[0]["metadata"]["labels"]
+
+
+def test_service_monitor_job_label_is_the_one_the_alert_rules_select() -> None:
+    """Rules and dashboard select job="creditledger" (deploy/prometheus/prometheus.yml)."""
+    prometheus = yaml_documents(K8S.parent / "prometheus" / "prometheus.yml")[0]
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    monitor = _one("ServiceMonitor")["spec"]
+    service = next(
+        s
+        for s in _all()
+        if s["kind"] == "Service"
+        and _selects(monitor["selector"]["matchLabels"], s["metadata"]["labels"])
+    )
+    # The Operator names the job after the Service's jobLabel value, else the Service name.
+    job = service["metadata"]["labels"].get(
+        monitor.get("jobLabel", ""), service["metadata"]["name"]
+    )
+    assert job in jobs
