@@ -1,0 +1,365 @@
+// LedgerClient: a thin typed wrapper over the generated LedgerService stub.
+//
+// What it adds to the stub is policy, the same as the Python client's:
+// - every mutating call carries an idempotency key, the caller's or a fresh
+//   UUID, and keeps it across the client's own retries, so a retry after a
+//   lost response is replayed by the server instead of applied twice;
+// - retries only on UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED and
+//   RESOURCE_EXHAUSTED, with jittered exponential backoff, bounded by
+//   attempts and by an overall deadline (see retry.ts);
+// - a default deadline per attempt;
+// - failures as typed errors built from google.rpc.ErrorInfo (errors.ts);
+// - `replayed` on results, from the `idempotent-replayed` trailer.
+import { randomUUID } from "node:crypto";
+import type * as http2 from "node:http2";
+
+import { type DescMessage, type MessageInitShape, create } from "@bufbuild/protobuf";
+import { type CallOptions, type Client, type Interceptor, type Transport, createClient } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+
+import { AccountExists, REPLAYED_METADATA_KEY, toLedgerError } from "./errors.js";
+import {
+  type ChargeRequestSchema,
+  type ChargeResponse,
+  type CreateAccountRequestSchema,
+  type CreateAccountResponse,
+  CreateAccountResponseSchema,
+  type GetAccountRequestSchema,
+  type GetAccountResponse,
+  type GetBalanceRequestSchema,
+  type GetBalanceResponse,
+  type GetReservationGroupRequestSchema,
+  type GetReservationGroupResponse,
+  type GetReservationRequestSchema,
+  type GetReservationResponse,
+  type GrantRequestSchema,
+  type GrantResponse,
+  LedgerService,
+  type ListEntriesRequestSchema,
+  type ListEntriesResponse,
+  type RefundRequestSchema,
+  type RefundResponse,
+  type ReleaseRequestSchema,
+  type ReleaseResponse,
+  type ReserveGroupLegSchema,
+  type ReserveGroupRequestSchema,
+  type ReserveGroupResponse,
+  type ReserveRequestSchema,
+  type ReserveResponse,
+  type SettleRequestSchema,
+  type SettleResponse,
+} from "./gen/creditledger/v1/ledger_pb.js";
+import { DEFAULT_RETRY_POLICY, RetriesEnded, type RetryPolicy, withRetries } from "./retry.js";
+
+/** Per-attempt deadline when neither the client nor the call sets one. */
+export const DEFAULT_TIMEOUT_MS = 5_000;
+
+/**
+ * Interval of HTTP/2 PINGs on a connection with calls in flight, so a dead
+ * server is noticed. Idle connections are not pinged: gRPC servers close
+ * connections that ping too often without calls (GOAWAY too_many_pings).
+ */
+export const DEFAULT_KEEPALIVE_MS = 60_000;
+
+/** TLS settings: the CA to trust, a client certificate, a server name to check. */
+export type TlsOptions = Pick<
+  http2.SecureClientSessionOptions,
+  "ca" | "cert" | "key" | "servername" | "rejectUnauthorized"
+>;
+
+export interface LedgerClientOptions {
+  /** "host:port", or a URL ("http://host:port", "https://host:port"). */
+  readonly target: string;
+  /** true for TLS with the system's CAs, or the TLS settings; off by default. */
+  readonly tls?: boolean | TlsOptions;
+  /** Sent as `authorization: Bearer <token>`; a function is asked on every attempt. */
+  readonly token?: string | (() => string | Promise<string>);
+  /** Extra request metadata sent with every call. */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Deadline of one attempt, unless the call sets its own. */
+  readonly timeoutMs?: number;
+  /** Retry bounds; fields left out keep DEFAULT_RETRY_POLICY's. */
+  readonly retry?: Partial<RetryPolicy>;
+  /** HTTP/2 PING interval. */
+  readonly keepaliveMs?: number;
+  /** Connect interceptors (logging, tracing) run on every attempt. */
+  readonly interceptors?: readonly Interceptor[];
+  /** Use this transport instead of building one (target, tls and keepalive are then ignored). */
+  readonly transport?: Transport;
+}
+
+/** Per-call settings. */
+export interface CallSettings {
+  /** Deadline of each attempt of this call. */
+  readonly timeoutMs?: number;
+  /** Cancels the call, including its waits between retries. */
+  readonly signal?: AbortSignal;
+  /** Extra request metadata for this call. */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Retry bounds of this call; fields left out keep the client's. */
+  readonly retry?: Partial<RetryPolicy>;
+}
+
+/** The result of a mutating call. */
+export type Mutation<Response> = Response & {
+  /** True when the server replayed the first outcome of this idempotency key. */
+  readonly replayed: boolean;
+  /** The key sent: the caller's, or the one the client made. */
+  readonly idempotencyKey: string;
+};
+
+/** An amount: a bigint, or a number that is a safe integer. */
+export type Amount = bigint | number;
+
+type Init<Desc extends DescMessage> = Omit<MessageInitShape<Desc>, "$typeName">;
+/** Makes the fields K required and turns `amount` into an Amount. */
+type Input<Desc extends DescMessage, K extends keyof Init<Desc>> = Omit<Init<Desc>, K | "amount"> & {
+  [P in K]-?: P extends "amount" ? Amount : Exclude<Init<Desc>[P], undefined>;
+};
+
+export type CreateAccountInput = Input<typeof CreateAccountRequestSchema, "accountId">;
+export type GetAccountInput = Input<typeof GetAccountRequestSchema, "accountId">;
+export type GrantInput = Input<typeof GrantRequestSchema, "accountId" | "asset" | "amount">;
+export type ReserveInput = Input<typeof ReserveRequestSchema, "accountId" | "asset" | "amount">;
+export type ReserveGroupLegInput = Input<typeof ReserveGroupLegSchema, "accountId" | "asset" | "amount" | "legKey">;
+export type ReserveGroupInput = Omit<Input<typeof ReserveGroupRequestSchema, never>, "legs"> & {
+  readonly legs: readonly ReserveGroupLegInput[];
+};
+export type SettleInput = Input<typeof SettleRequestSchema, "reservationId" | "amount">;
+export type ReleaseInput = Input<typeof ReleaseRequestSchema, "reservationId"> & { readonly amount?: Amount };
+export type RefundInput = Input<typeof RefundRequestSchema, "reservationId" | "amount">;
+export type ChargeInput = Input<typeof ChargeRequestSchema, "accountId" | "asset" | "amount">;
+export type GetReservationInput = Input<typeof GetReservationRequestSchema, "reservationId">;
+export type GetReservationGroupInput = Input<typeof GetReservationGroupRequestSchema, "groupId">;
+export type GetBalanceInput = Input<typeof GetBalanceRequestSchema, "accountId" | "asset">;
+export type ListEntriesInput = Input<typeof ListEntriesRequestSchema, "accountId">;
+
+/** int64 on the wire is a bigint here; a number must be a safe integer (a programmer error otherwise). */
+function toInt64(amount: Amount): bigint {
+  if (typeof amount === "number" && !Number.isSafeInteger(amount)) {
+    throw new RangeError(`amount must be a safe integer or a bigint, got ${String(amount)}`);
+  }
+  return BigInt(amount);
+}
+
+interface MutationInput {
+  readonly idempotencyKey?: string;
+  readonly amount?: Amount;
+}
+type Int64Amount = { amount?: bigint };
+type Keyed = { idempotencyKey: string };
+
+function amountOf(input: MutationInput): Int64Amount {
+  return input.amount === undefined ? {} : { amount: toInt64(input.amount) };
+}
+
+function baseUrlOf(target: string, tls: boolean): string {
+  if (target.includes("://")) {
+    return target;
+  }
+  return `${tls ? "https" : "http"}://${target}`;
+}
+
+/**
+ * A client of creditledger.v1.LedgerService. One instance per process is
+ * enough: it multiplexes calls over one HTTP/2 connection. Every method
+ * throws a LedgerError (or a subclass named after the ErrorInfo reason,
+ * e.g. InsufficientCredits) when the call fails; a RangeError for an
+ * amount that is not an integer.
+ */
+export class LedgerClient {
+  readonly stub: Client<typeof LedgerService>;
+  private readonly options: LedgerClientOptions;
+  private readonly retryPolicy: RetryPolicy;
+  private readonly sessionManager: Http2SessionManager | undefined;
+
+  constructor(options: LedgerClientOptions) {
+    this.options = options;
+    this.retryPolicy = { ...DEFAULT_RETRY_POLICY, ...options.retry };
+    let transport = options.transport;
+    if (transport === undefined) {
+      const baseUrl = baseUrlOf(options.target, options.tls !== undefined && options.tls !== false);
+      const tlsOptions = typeof options.tls === "object" ? options.tls : {};
+      this.sessionManager = new Http2SessionManager(
+        baseUrl,
+        { pingIntervalMs: options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS },
+        baseUrl.startsWith("https:") ? tlsOptions : {},
+      );
+      transport = createGrpcTransport({
+        baseUrl,
+        sessionManager: this.sessionManager,
+        interceptors: [...(options.interceptors ?? [])],
+      });
+    }
+    this.stub = createClient(LedgerService, transport);
+  }
+
+  /** Closes the connection; calls in flight fail with CANCELLED or UNAVAILABLE. */
+  close(): void {
+    this.sessionManager?.abort();
+  }
+
+  /**
+   * Creates an account. Throws AccountExists when the id is taken (unless
+   * `existOk`: then returns the existing account), InvalidArgument.
+   * CreateAccount has no idempotency key: a create retried after a lost
+   * response answers AccountExists, which `existOk` reads as success.
+   */
+  async createAccount(
+    input: CreateAccountInput,
+    settings?: CallSettings & { readonly existOk?: boolean },
+  ): Promise<CreateAccountResponse> {
+    try {
+      return await this.read((options) => this.stub.createAccount(input, options), settings);
+    } catch (error) {
+      if (!(error instanceof AccountExists && settings?.existOk === true)) {
+        throw error;
+      }
+      const { account } = await this.getAccount({ accountId: input.accountId }, settings);
+      return create(CreateAccountResponseSchema, account === undefined ? {} : { account });
+    }
+  }
+
+  /** Reads an account and its balances. Throws AccountNotFound. */
+  getAccount(input: GetAccountInput, settings?: CallSettings): Promise<GetAccountResponse> {
+    return this.read((options) => this.stub.getAccount(input, options), settings);
+  }
+
+  /** Adds credits as a new lot. Throws AccountNotFound, IdempotencyKeyReused, InvalidArgument. */
+  grant(input: GrantInput, settings?: CallSettings): Promise<Mutation<GrantResponse>> {
+    return this.mutate(this.stub.grant, input, settings);
+  }
+
+  /**
+   * Holds credits, all or nothing. Throws InsufficientCredits,
+   * AccountNotFound, IdempotencyKeyReused, InvalidArgument.
+   */
+  reserve(input: ReserveInput, settings?: CallSettings): Promise<Mutation<ReserveResponse>> {
+    return this.mutate(this.stub.reserve, input, settings);
+  }
+
+  /**
+   * Holds every leg or none. Throws InsufficientCredits, AccountNotFound,
+   * IdempotencyKeyReused, InvalidArgument.
+   */
+  reserveGroup(input: ReserveGroupInput, settings?: CallSettings): Promise<Mutation<ReserveGroupResponse>> {
+    const legs = input.legs.map((leg) => ({ ...leg, amount: toInt64(leg.amount) }));
+    return this.mutate(this.stub.reserveGroup, { ...input, legs }, settings);
+  }
+
+  /**
+   * Consumes part or all of a hold (`final` also releases the rest).
+   * Throws ReservationNotFound, ReservationClosed, ReservationExpired,
+   * AmountExceedsRemaining, IdempotencyKeyReused, InvalidArgument.
+   */
+  settle(input: SettleInput, settings?: CallSettings): Promise<Mutation<SettleResponse>> {
+    return this.mutate(this.stub.settle, input, settings);
+  }
+
+  /** Gives held credits back (amount 0 or unset: all that remains). Throws as settle does. */
+  release(input: ReleaseInput, settings?: CallSettings): Promise<Mutation<ReleaseResponse>> {
+    return this.mutate(this.stub.release, input, settings);
+  }
+
+  /**
+   * Gives settled credits back to available. Throws ReservationNotFound,
+   * AmountExceedsSettled, IdempotencyKeyReused, InvalidArgument.
+   */
+  refund(input: RefundInput, settings?: CallSettings): Promise<Mutation<RefundResponse>> {
+    return this.mutate(this.stub.refund, input, settings);
+  }
+
+  /**
+   * Reserves and settles in one atomic step. Throws InsufficientCredits,
+   * AccountNotFound, IdempotencyKeyReused, InvalidArgument.
+   */
+  charge(input: ChargeInput, settings?: CallSettings): Promise<Mutation<ChargeResponse>> {
+    return this.mutate(this.stub.charge, input, settings);
+  }
+
+  /** Reads one reservation. Throws ReservationNotFound. */
+  getReservation(input: GetReservationInput, settings?: CallSettings): Promise<GetReservationResponse> {
+    return this.read((options) => this.stub.getReservation(input, options), settings);
+  }
+
+  /** Reads a group's legs. Throws a LedgerError with code NOT_FOUND when there is no such group. */
+  getReservationGroup(input: GetReservationGroupInput, settings?: CallSettings): Promise<GetReservationGroupResponse> {
+    return this.read((options) => this.stub.getReservationGroup(input, options), settings);
+  }
+
+  /** Reads one balance; an asset never granted reads as zeros. Throws AccountNotFound. */
+  getBalance(input: GetBalanceInput, settings?: CallSettings): Promise<GetBalanceResponse> {
+    return this.read((options) => this.stub.getBalance(input, options), settings);
+  }
+
+  /** Reads one page of an account's journal, newest first. Throws AccountNotFound, InvalidArgument. */
+  listEntries(input: ListEntriesInput, settings?: CallSettings): Promise<ListEntriesResponse> {
+    return this.read((options) => this.stub.listEntries(input, options), settings);
+  }
+
+  private async read<Response>(
+    invoke: (options: CallOptions) => Promise<Response>,
+    settings: CallSettings | undefined,
+  ): Promise<Response> {
+    const { response } = await this.run(invoke, settings, undefined);
+    return response;
+  }
+
+  /** A mutating call: amount as int64, the idempotency key made once and kept across retries. */
+  private async mutate<In extends MutationInput, Response extends object>(
+    method: (request: Omit<In, "amount"> & Int64Amount & Keyed, options: CallOptions) => Promise<Response>,
+    input: In,
+    settings: CallSettings | undefined,
+  ): Promise<Mutation<Response>> {
+    const idempotencyKey =
+      input.idempotencyKey !== undefined && input.idempotencyKey !== "" ? input.idempotencyKey : randomUUID();
+    const request = { ...input, ...amountOf(input), idempotencyKey };
+    const { response, replayed } = await this.run((options) => method(request, options), settings, idempotencyKey);
+    return Object.assign(response, { replayed, idempotencyKey });
+  }
+
+  /** One call with its retries; failures come out as LedgerErrors. */
+  private async run<Response>(
+    invoke: (options: CallOptions) => Promise<Response>,
+    settings: CallSettings | undefined,
+    idempotencyKey: string | undefined,
+  ): Promise<{ response: Response; replayed: boolean }> {
+    const policy = { ...this.retryPolicy, ...settings?.retry };
+    const timeoutMs = settings?.timeoutMs ?? this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    try {
+      return await withRetries(
+        async (attemptTimeoutMs) => {
+          let replayed = false;
+          const markReplayed = (metadata: Headers): void => {
+            replayed ||= metadata.get(REPLAYED_METADATA_KEY) === "true";
+          };
+          const response = await invoke({
+            timeoutMs: attemptTimeoutMs,
+            headers: await this.headers(settings),
+            onHeader: markReplayed,
+            onTrailer: markReplayed,
+            ...(settings?.signal === undefined ? {} : { signal: settings.signal }),
+          });
+          return { response, replayed };
+        },
+        policy,
+        timeoutMs,
+        settings?.signal,
+      );
+    } catch (error) {
+      if (error instanceof RetriesEnded) {
+        throw toLedgerError(error.cause, { attempts: error.attempts, idempotencyKey });
+      }
+      throw error;
+    }
+  }
+
+  private async headers(settings: CallSettings | undefined): Promise<Record<string, string>> {
+    const headers: Record<string, string> = { ...this.options.headers, ...settings?.headers };
+    const token = this.options.token;
+    if (token !== undefined) {
+      headers["authorization"] = `Bearer ${typeof token === "function" ? await token() : token}`;
+    }
+    return headers;
+  }
+}
