@@ -1,0 +1,425 @@
+"""SyncLedgerClient: the blocking client (generated from aio.py by tools/unasync.py)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+from creditledger.v1 import ledger_pb2 as pb
+from creditledger.v1 import ledger_pb2_grpc
+
+from creditledger_client import _requests as rq
+from creditledger_client.config import (
+    DEFAULT_KEEPALIVE,
+    Attempts,
+    ClientConfig,
+    Keepalive,
+    RetryPolicy,
+    TlsConfig,
+    replayed_from,
+)
+from creditledger_client.errors import AccountExists, LedgerError, error_from_rpc_error
+from creditledger_client.hold import Hold
+from creditledger_client.models import (
+    Account,
+    BalanceView,
+    Entry,
+    EntryPage,
+    GrantResult,
+    GroupLeg,
+    Reservation,
+    ReservationGroup,
+    ReservationResult,
+    ReserveGroupResult,
+    account_from_pb,
+    balance_from_pb,
+    entry_from_pb,
+    group_from_pb,
+    lot_from_pb,
+    reservation_from_pb,
+    reservation_result,
+)
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+class SyncLedgerClient:
+    """Blocking client of creditledger.v1.LedgerService; one method per RPC.
+
+    Use as `with SyncLedgerClient("127.0.0.1:50051") as client: ...` or call
+    `close()`. Every method raises a `LedgerError` subclass on failure (see
+    `creditledger_client.errors`). Mutating methods take `idempotency_key`;
+    without one a UUID4 is made per call and kept across the client's own
+    retries, so a retried call never applies twice. Pass the same key yourself
+    to make retries across process restarts safe too.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        total_timeout_s: float = 30.0,
+        retry: RetryPolicy | None = None,
+        keepalive: Keepalive | None = DEFAULT_KEEPALIVE,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        metadata: Sequence[tuple[str, str]] = (),
+        config: ClientConfig | None = None,
+    ) -> None:
+        self.config = config or ClientConfig(
+            target=target,
+            tls=tls,
+            token=token,
+            timeout_s=timeout_s,
+            total_timeout_s=total_timeout_s,
+            retry=retry or RetryPolicy(),
+            keepalive=keepalive,
+            channel_options=channel_options,
+            metadata=metadata,
+        )
+        creds = self.config.credentials()
+        options = self.config.options()
+        self._channel = (
+            grpc.insecure_channel(self.config.target, options=options)
+            if creds is None
+            else grpc.secure_channel(self.config.target, creds, options=options)
+        )
+        self._stub = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+        self._metadata = self.config.call_metadata()
+        self._rng = random.Random()
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight fail."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        timeout_s: float | None,
+    ) -> tuple[_Resp, bool]:
+        """One RPC with the retry policy; returns the response and its `replayed` flag."""
+        attempts = Attempts(self.config, timeout_s, self._rng)
+        while True:
+            try:
+                timeout = attempts.next_timeout_s()
+                response, call = method.with_call(request, timeout=timeout, metadata=self._metadata)
+                return response, replayed_from(call.trailing_metadata())
+            except grpc.RpcError as rpc_error:
+                error = error_from_rpc_error(rpc_error)
+                cause: BaseException = rpc_error
+            pause = attempts.pause_before_retry_s(error)
+            if pause is None:
+                raise attempts.give_up(error) from cause
+            time.sleep(pause)
+
+    # --- accounts -------------------------------------------------------------------
+
+    def create_account(
+        self,
+        account_id: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        exist_ok: bool = False,
+        timeout_s: float | None = None,
+    ) -> Account:
+        """Creates an account. Raises AccountExists (unless exist_ok: then returns it), InvalidArgument.
+
+        CreateAccount has no idempotency key: with exist_ok=True a retried
+        create that had in fact succeeded reads as success.
+        """
+        try:
+            resp, _ = self._call(
+                self._stub.CreateAccount, rq.create_account(account_id, metadata), timeout_s
+            )
+        except AccountExists:
+            if not exist_ok:
+                raise
+            return self.get_account(account_id, timeout_s=timeout_s)
+        return account_from_pb(resp.account)
+
+    def get_account(self, account_id: str, *, timeout_s: float | None = None) -> Account:
+        """An account with its balances. Raises AccountNotFound."""
+        resp, _ = self._call(
+            self._stub.GetAccount, pb.GetAccountRequest(account_id=account_id), timeout_s
+        )
+        return account_from_pb(resp.account)
+
+    # --- movements ------------------------------------------------------------------
+
+    def grant(
+        self,
+        account_id: str,
+        asset: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        expires_at: datetime | None = None,
+        priority: int | None = None,
+        source: str = "",
+        timeout_s: float | None = None,
+    ) -> GrantResult:
+        """Adds `amount` as a new lot. Raises AccountNotFound, BalanceLimitExceeded,
+        IdempotencyKeyReused, InvalidArgument."""
+        request = rq.grant(
+            account_id,
+            asset,
+            amount,
+            idempotency_key=idempotency_key,
+            metadata=metadata,
+            expires_at=expires_at,
+            priority=priority,
+            source=source,
+        )
+        resp, replayed = self._call(self._stub.Grant, request, timeout_s)
+        return GrantResult(balance_from_pb(resp.balance), lot_from_pb(resp.lot), replayed)
+
+    def reserve(
+        self,
+        account_id: str,
+        asset: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        ttl: timedelta | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ReservationResult:
+        """Holds `amount`, all or nothing. Raises InsufficientCredits, AccountNotFound,
+        IdempotencyKeyReused, InvalidArgument."""
+        request = rq.reserve(
+            account_id, asset, amount, idempotency_key=idempotency_key, ttl=ttl, metadata=metadata
+        )
+        resp, replayed = self._call(self._stub.Reserve, request, timeout_s)
+        return reservation_result(resp, replayed)
+
+    def reserve_group(
+        self,
+        legs: Iterable[GroupLeg],
+        *,
+        idempotency_key: str | None = None,
+        ttl: timedelta | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ReserveGroupResult:
+        """Holds every leg or none. Raises InsufficientCredits (with leg_key),
+        AccountNotFound, IdempotencyKeyReused, InvalidArgument."""
+        request = rq.reserve_group(
+            legs, idempotency_key=idempotency_key, ttl=ttl, metadata=metadata
+        )
+        resp, replayed = self._call(self._stub.ReserveGroup, request, timeout_s)
+        return ReserveGroupResult(group_from_pb(resp.group), replayed)
+
+    def settle(
+        self,
+        reservation_id: str,
+        amount: int,
+        *,
+        final: bool = False,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ReservationResult:
+        """Consumes `amount` of the hold; `final` releases the rest. Raises
+        ReservationNotFound, ReservationClosed, ReservationExpired,
+        AmountExceedsRemaining, IdempotencyKeyReused, InvalidArgument."""
+        request = rq.settle(reservation_id, amount, final=final, idempotency_key=idempotency_key)
+        resp, replayed = self._call(self._stub.Settle, request, timeout_s)
+        return reservation_result(resp, replayed)
+
+    def release(
+        self,
+        reservation_id: str,
+        amount: int = 0,
+        *,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ReservationResult:
+        """Gives `amount` (0: all that remains) back to available. Raises
+        ReservationNotFound, ReservationClosed, ReservationExpired,
+        AmountExceedsRemaining, IdempotencyKeyReused, InvalidArgument."""
+        request = rq.release(reservation_id, amount, idempotency_key=idempotency_key)
+        resp, replayed = self._call(self._stub.Release, request, timeout_s)
+        return reservation_result(resp, replayed)
+
+    def refund(
+        self,
+        reservation_id: str,
+        amount: int,
+        *,
+        reason: str = "",
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+    ) -> ReservationResult:
+        """Gives settled credits back. Raises ReservationNotFound,
+        AmountExceedsSettled, IdempotencyKeyReused, InvalidArgument."""
+        request = rq.refund(reservation_id, amount, reason=reason, idempotency_key=idempotency_key)
+        resp, replayed = self._call(self._stub.Refund, request, timeout_s)
+        return reservation_result(resp, replayed)
+
+    def charge(
+        self,
+        account_id: str,
+        asset: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ReservationResult:
+        """Reserve and final Settle in one step. Raises InsufficientCredits,
+        AccountNotFound, IdempotencyKeyReused, InvalidArgument."""
+        request = rq.charge(
+            account_id, asset, amount, idempotency_key=idempotency_key, metadata=metadata
+        )
+        resp, replayed = self._call(self._stub.Charge, request, timeout_s)
+        return reservation_result(resp, replayed)
+
+    # --- reads ----------------------------------------------------------------------
+
+    def get_reservation(
+        self, reservation_id: str, *, timeout_s: float | None = None
+    ) -> Reservation:
+        """One reservation. Raises ReservationNotFound."""
+        request = pb.GetReservationRequest(reservation_id=reservation_id)
+        resp, _ = self._call(self._stub.GetReservation, request, timeout_s)
+        return reservation_from_pb(resp.reservation)
+
+    def get_reservation_group(
+        self, group_id: str, *, timeout_s: float | None = None
+    ) -> ReservationGroup:
+        """A group and its legs. Raises ReservationGroupNotFound."""
+        request = pb.GetReservationGroupRequest(group_id=group_id)
+        resp, _ = self._call(self._stub.GetReservationGroup, request, timeout_s)
+        return group_from_pb(resp.group)
+
+    def get_balance(
+        self,
+        account_id: str,
+        asset: str,
+        *,
+        expiring_within: timedelta | None = None,
+        include_lots: bool = False,
+        timeout_s: float | None = None,
+    ) -> BalanceView:
+        """One balance (zeros for an asset never granted). Raises AccountNotFound."""
+        request = rq.get_balance(
+            account_id, asset, expiring_within=expiring_within, include_lots=include_lots
+        )
+        resp, _ = self._call(self._stub.GetBalance, request, timeout_s)
+        lots = tuple(lot_from_pb(lot) for lot in resp.lots)
+        return BalanceView(balance_from_pb(resp.balance), resp.expiring_amount, lots)
+
+    def list_entries(
+        self,
+        account_id: str,
+        *,
+        asset: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> EntryPage:
+        """One page of the journal, newest first. Raises AccountNotFound, InvalidArgument."""
+        request = rq.list_entries(
+            account_id, asset=asset, page_size=page_size, page_token=page_token
+        )
+        resp, _ = self._call(self._stub.ListEntries, request, timeout_s)
+        return EntryPage(tuple(entry_from_pb(e) for e in resp.entries), resp.next_page_token)
+
+    def iter_entries(
+        self, account_id: str, *, asset: str = "", page_size: int = 0
+    ) -> Iterator[Entry]:
+        """Every entry of the journal, newest first, page after page."""
+        token = ""
+        while True:
+            page = self.list_entries(account_id, asset=asset, page_size=page_size, page_token=token)
+            yield from page.entries
+            token = page.next_page_token
+            if not token:
+                return
+
+    # --- helpers --------------------------------------------------------------------
+
+    def reservation(
+        self,
+        account_id: str,
+        asset: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        ttl: timedelta | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> SyncReservation:
+        """`with client.reservation(acct, asset, n) as hold: ... hold.use(k)`.
+
+        Reserves on entry (raising InsufficientCredits and the like there); on a
+        normal exit settles what was used, final; on an exception releases all.
+        """
+        return SyncReservation(self, account_id, asset, amount, idempotency_key, ttl, metadata)
+
+
+class SyncReservation:
+    """The context manager returned by `SyncLedgerClient.reservation`."""
+
+    def __init__(
+        self,
+        client: SyncLedgerClient,
+        account_id: str,
+        asset: str,
+        amount: int,
+        idempotency_key: str | None,
+        ttl: timedelta | None,
+        metadata: Mapping[str, str] | None,
+    ) -> None:
+        self._client = client
+        self._args = (account_id, asset, amount)
+        self._key = idempotency_key
+        self._ttl = ttl
+        self._metadata = metadata
+        self._hold: Hold | None = None
+
+    def __enter__(self) -> Hold:
+        result = self._client.reserve(
+            *self._args, idempotency_key=self._key, ttl=self._ttl, metadata=self._metadata
+        )
+        self._hold = Hold(result.reservation, replayed=result.replayed)
+        return self._hold
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        hold = self._hold
+        if hold is None:
+            raise RuntimeError("reservation context exited without being entered")
+        if exc is None:
+            hold.result = self._client.settle(hold.reservation_id, hold.used, final=True)
+            return
+        try:
+            hold.result = self._client.release(hold.reservation_id)
+        except LedgerError as release_error:
+            # The block's own exception matters more; the hold expires by its ttl anyway.
+            exc.add_note(
+                f"creditledger-client: release of {hold.reservation_id} failed: {release_error}"
+            )
