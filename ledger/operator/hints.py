@@ -1,0 +1,107 @@
+"""What an operator should do about each error, and the exit code scripts see."""
+
+from __future__ import annotations
+
+import grpc
+from creditledger_client import LedgerError
+
+EXIT_BUSINESS = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+_UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+_HINTS: dict[str, str] = {
+    "ACCOUNT_NOT_FOUND": "Check the id, or create it: ledger account create ACCOUNT_ID",
+    "ACCOUNT_EXISTS": "It is already there: ledger account show ACCOUNT_ID",
+    "RESERVATION_NOT_FOUND": (
+        "Check the reservation id; an account's reservations appear in: ledger entries ACCOUNT_ID"
+    ),
+    "RESERVATION_GROUP_NOT_FOUND": "Check the group id (ReserveGroup returned it).",
+    "INSUFFICIENT_CREDITS": (
+        "Nothing was changed. {available} available, {requested} requested: grant more with "
+        "`ledger grant ACCOUNT_ID ASSET AMOUNT`, or ask for at most {available}."
+    ),
+    "IDEMPOTENCY_KEY_REUSED": (
+        "This --key was used before for a different request. Use a new key, or leave --key out."
+    ),
+    "RESERVATION_CLOSED": (
+        "It is fully settled or released; only `ledger refund` still applies. "
+        "See: ledger reservation show RESERVATION_ID"
+    ),
+    "RESERVATION_EXPIRED": (
+        "Its hold went back to available when it expired; reserve again if the work goes on."
+    ),
+    "AMOUNT_EXCEEDS_REMAINING": (
+        "Only {remaining} is still held ({requested} asked). "
+        "See: ledger reservation show RESERVATION_ID"
+    ),
+    "AMOUNT_EXCEEDS_SETTLED": (
+        "At most {refundable} can still be refunded ({requested} asked). "
+        "See: ledger reservation show RESERVATION_ID"
+    ),
+    "BALANCE_LIMIT_EXCEEDED": "The balance would pass the ledger's limit; grant less.",
+    "CONTENTION": "The server was too busy to commit. Run the same command again with --key {key}.",
+    "DATABASE_UNAVAILABLE": (
+        "The server runs but cannot reach PostgreSQL: check the database, then retry with "
+        "--key {key}."
+    ),
+    "UNAUTHENTICATED": "Pass a valid token with --token or LEDGER_TOKEN.",
+    "PERMISSION_DENIED": "This token may not do that; use an operator token.",
+    "RATE_LIMITED": "Too many requests; wait a moment and retry with --key {key}.",
+}
+
+
+def exit_code_for(error: LedgerError) -> int:
+    """3 when the server could not be reached or answer, 2 for a bad request, else 1."""
+    if error.code in _UNREACHABLE_CODES:
+        return EXIT_UNREACHABLE
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT:
+        return EXIT_USAGE
+    return EXIT_BUSINESS
+
+
+def _hint(error: LedgerError, target: str, key: str | None) -> str:
+    retry = f" Retry with --key {key} so it applies at most once." if key else ""
+    if error.reason in _HINTS:
+        values = {**error.metadata, "key": key or "KEY"}
+        try:
+            return _HINTS[error.reason].format(**values)
+        except (KeyError, IndexError):
+            return _HINTS[error.reason]
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT:
+        bad = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
+        return f"Fix the request ({bad or error.message}); see --help."
+    if error.code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"Cannot reach the ledger at {target}. Is `ledger serve` running there? "
+            f"Point --target (or LEDGER_TARGET) at it; use --tls if it serves TLS.{retry}"
+        )
+    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            f"No answer from {target} in time; raise --timeout or check the server.{retry} "
+            "(It may have been applied: the same --key makes the retry safe.)"
+        )
+    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+        return _HINTS["UNAUTHENTICATED"]
+    if error.code == grpc.StatusCode.PERMISSION_DENIED:
+        return _HINTS["PERMISSION_DENIED"]
+    return f"Unexpected server error; the server's logs have more.{retry}"
+
+
+def error_report(error: LedgerError, *, target: str, key: str | None) -> dict[str, object]:
+    """The error as a dict: `summary` and `hint` for people, the rest for scripts."""
+    name = error.reason or error.code.name
+    return {
+        "summary": f"{name}: {error.message}",
+        "hint": _hint(error, target, key),
+        "code": error.code.name,
+        "reason": error.reason,
+        "message": error.message,
+        "metadata": dict(error.metadata),
+        "field_violations": [
+            {"field": v.field, "description": v.description} for v in error.field_violations
+        ],
+        "key": key,
+        "exit_code": exit_code_for(error),
+    }
