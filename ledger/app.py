@@ -1,0 +1,164 @@
+"""Composition root: config -> database -> storage -> service -> transport."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from prometheus_client import start_http_server
+
+from ledger import __version__
+from ledger.config import Config
+from ledger.observability import metrics
+from ledger.service.clock import Clock, SystemClock
+from ledger.service.ledger import Ledger
+from ledger.service.sweeper import Sweeper, SweeperSettings
+from ledger.service.writer import Writer, WriterSettings
+from ledger.storage.pool import (
+    EmbeddedPostgres,
+    PoolSettings,
+    create_pool,
+    migrate,
+    wait_for_database,
+)
+from ledger.storage.postgres import PostgresStore
+from ledger.transport.server import ServerSettings, build_server, set_health
+from ledger.transport.servicer import LedgerServicer
+
+log = logging.getLogger("ledger.app")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass
+class Hooks:
+    """Extension points the composition root wires (auth, TLS)."""
+
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+    server_credentials: grpc.ServerCredentials | None = None
+
+
+class App:
+    def __init__(
+        self, config: Config, clock: Clock | None = None, hooks: Hooks | None = None
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.hooks = hooks or Hooks()
+        self.port = 0
+        self.metrics_port = 0
+        self.database_url = config.database_url
+        self._embedded: EmbeddedPostgres | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._metrics_server: Any = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        metrics.set_build_info(__version__)
+        if not self.database_url:
+            self._embedded = EmbeddedPostgres(cfg.data_dir)
+            self.database_url = await asyncio.to_thread(self._embedded.start)
+            log.info("embedded PostgreSQL running under %s", cfg.data_dir)
+        await wait_for_database(self.database_url, cfg.database_wait_s)
+        applied = await migrate(self.database_url)
+        if applied:
+            log.info("migrations applied: %s", ", ".join(applied))
+        self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
+        self.store = PostgresStore(self.pool)
+        self.writer = Writer(
+            self.store,
+            self.clock,
+            WriterSettings(
+                batch_max=cfg.batch_max, refund_grace=timedelta(seconds=cfg.refund_grace_s)
+            ),
+        )
+        self.ledger = Ledger(self.store, self.writer, self.clock)
+        self.sweeper = Sweeper(
+            self.store,
+            self.writer,
+            self.clock,
+            SweeperSettings(
+                interval_s=cfg.sweep_interval_s,
+                idempotency_retention=timedelta(days=cfg.idempotency_retention_days),
+            ),
+        )
+        self.server, self.health = build_server(
+            LedgerServicer(self.ledger),
+            ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s),
+            self.hooks.interceptors,
+        )
+        if self.hooks.server_credentials is not None:
+            self.port = self.server.add_secure_port(cfg.listen, self.hooks.server_credentials)
+        else:
+            self.port = self.server.add_insecure_port(cfg.listen)
+        if cfg.metrics_listen:
+            host, port = split_host_port(cfg.metrics_listen)
+            self._metrics_server, _ = start_http_server(port, addr=host)
+            self.metrics_port = self._metrics_server.server_port
+        self.writer.start()
+        self.sweeper.start()
+        await self.server.start()
+        await self._check_health()
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(self._health_loop(), name="ledger-health")
+        )
+        log.info(
+            "serving creditledger.v1 on port %d (metrics on %s)",
+            self.port,
+            self.metrics_port or "off",
+        )
+
+    async def _check_health(self) -> None:
+        try:
+            await asyncio.wait_for(self.store.ping(), timeout=2.0)
+            serving = True
+        except Exception:
+            serving = False
+        await set_health(self.health, serving and not self._stopping.is_set())
+        size, in_use, waiting = self.store.pool_stats()
+        metrics.POOL_SIZE.set(size)
+        metrics.POOL_IN_USE.set(in_use)
+        metrics.POOL_WAITING.set(waiting)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._check_health()
+            except Exception:
+                log.exception("health check failed")
+
+    async def stop(self) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish, then close."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await set_health(self.health, False)
+        await self.server.stop(self.config.drain_s)
+        await self.sweeper.stop()
+        await self.writer.stop()
+        await self.pool.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await self.start()
+        await done.wait()
+        log.info("signal received: draining for up to %.0f s", self.config.drain_s)
+        await self.stop()

@@ -1,0 +1,1 @@
+"""The ledger rules: value types, commands, errors. Standard library only."""

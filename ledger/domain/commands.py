@@ -1,0 +1,300 @@
+"""Commands: one per mutating RPC. `validate()` raises InvalidArgument naming
+every bad field; `fingerprint()` is what an idempotency key is bound to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from ledger.domain import limits
+from ledger.domain.errors import FieldViolation, InvalidArgument
+
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_ASSET = re.compile(r"[a-z0-9_]{1,64}")
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+
+
+class Violations:
+    """Collects field violations, then raises them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field_name: str, description: str) -> None:
+        self.items.append(FieldViolation(field_name, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+    def account_id(self, name: str, value: str) -> None:
+        if value.startswith("@"):
+            self.add(name, "must not start with '@' (reserved for system accounts)")
+        elif not _ACCOUNT_ID.fullmatch(value):
+            self.add(name, "must be 1-128 (ACCOUNT_ID_LEN_MAX) chars of [A-Za-z0-9._:@-]")
+
+    def asset(self, name: str, value: str) -> None:
+        if not _ASSET.fullmatch(value):
+            self.add(name, "must be 1-64 (ASSET_LEN_MAX) chars of [a-z0-9_]")
+
+    def amount(self, name: str, value: int, *, allow_zero: bool = False) -> None:
+        low = 0 if allow_zero else 1
+        if not low <= value <= limits.AMOUNT_MAX:
+            self.add(name, f"must be between {low} and {limits.AMOUNT_MAX} (AMOUNT_MAX)")
+
+    def printable(self, name: str, value: str, max_len: int, limit_name: str) -> None:
+        if not value or len(value) > max_len or not _PRINTABLE.fullmatch(value):
+            self.add(name, f"must be 1-{max_len} ({limit_name}) printable ASCII chars")
+
+    def idempotency_key(self, value: str) -> None:
+        self.printable(
+            "idempotency_key", value, limits.IDEMPOTENCY_KEY_LEN_MAX, "IDEMPOTENCY_KEY_LEN_MAX"
+        )
+
+    def text(self, name: str, value: str, max_len: int, limit_name: str) -> None:
+        if len(value) > max_len:
+            self.add(name, f"must be at most {max_len} chars ({limit_name})")
+        elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            self.add(name, "must not contain control characters")
+
+    def metadata(self, name: str, value: dict[str, str]) -> None:
+        if len(value) > limits.METADATA_ENTRIES_MAX:
+            self.add(name, f"at most {limits.METADATA_ENTRIES_MAX} entries (METADATA_ENTRIES_MAX)")
+            return
+        for k, v in value.items():
+            if not k or len(k) > limits.METADATA_KEY_LEN_MAX or not _PRINTABLE.fullmatch(k):
+                self.add(
+                    f"{name}[{k[:32]!r}]",
+                    f"key must be 1-{limits.METADATA_KEY_LEN_MAX} (METADATA_KEY_LEN_MAX) printable ASCII chars",
+                )
+            if len(v) > limits.METADATA_VALUE_LEN_MAX or "\x00" in v:
+                self.add(
+                    f"{name}[{k[:32]!r}]",
+                    f"value must be at most {limits.METADATA_VALUE_LEN_MAX} chars (METADATA_VALUE_LEN_MAX), no NUL",
+                )
+
+    def ttl(self, name: str, ttl_s: float | None) -> None:
+        if ttl_s is not None and not limits.TTL_MIN_S <= ttl_s <= limits.TTL_MAX_S:
+            self.add(
+                name,
+                f"must be between {limits.TTL_MIN_S} s and {limits.TTL_MAX_S} s (TTL_MAX_S, 30 days)",
+            )
+
+    def reservation_id(self, name: str, value: str) -> None:
+        if not _is_uuid(value):
+            self.add(name, "must be a reservation id returned by Reserve or Charge (a UUID)")
+
+
+def _is_uuid(value: str) -> bool:
+    return (
+        re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value)
+        is not None
+    )
+
+
+def is_uuid(value: str) -> bool:
+    """True when value is a canonical lower-case UUID (the shape of server-made ids)."""
+    return _is_uuid(value)
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base of mutating commands. `caller` scopes the idempotency key."""
+
+    caller: str
+    idempotency_key: str
+
+    method = "Command"
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    def fingerprint(self) -> bytes:
+        """Hash of the method and every field but the caller and the key."""
+        fields = asdict(self)
+        fields.pop("caller")
+        fields.pop("idempotency_key")
+        canonical = json.dumps([self.method, fields], sort_keys=True, default=_json_default)
+        return hashlib.sha256(canonical.encode()).digest()
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not serializable: {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Grant(Command):
+    account_id: str
+    asset: str
+    amount: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    priority: int = limits.PRIORITY_DEFAULT
+    source: str = ""
+
+    method = "Grant"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.account_id("account_id", self.account_id)
+        v.asset("asset", self.asset)
+        v.amount("amount", self.amount)
+        v.idempotency_key(self.idempotency_key)
+        v.metadata("metadata", self.metadata)
+        if not limits.PRIORITY_MIN <= self.priority <= limits.PRIORITY_MAX:
+            v.add(
+                "priority",
+                f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX} (PRIORITY_MAX)",
+            )
+        v.text("source", self.source, limits.SOURCE_LEN_MAX, "SOURCE_LEN_MAX")
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class Reserve(Command):
+    account_id: str
+    asset: str
+    amount: int
+    ttl_s: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    method = "Reserve"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.account_id("account_id", self.account_id)
+        v.asset("asset", self.asset)
+        v.amount("amount", self.amount)
+        v.idempotency_key(self.idempotency_key)
+        v.ttl("ttl", self.ttl_s)
+        v.metadata("metadata", self.metadata)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class Charge(Command):
+    account_id: str
+    asset: str
+    amount: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    method = "Charge"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.account_id("account_id", self.account_id)
+        v.asset("asset", self.asset)
+        v.amount("amount", self.amount)
+        v.idempotency_key(self.idempotency_key)
+        v.metadata("metadata", self.metadata)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class Leg:
+    account_id: str
+    asset: str
+    amount: int
+    leg_key: str
+
+
+@dataclass(frozen=True)
+class ReserveGroup(Command):
+    legs: tuple[Leg, ...]
+    ttl_s: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    method = "ReserveGroup"
+
+    def validate(self) -> None:
+        v = Violations()
+        if not 1 <= len(self.legs) <= limits.GROUP_LEGS_MAX:
+            v.add("legs", f"must have 1 to {limits.GROUP_LEGS_MAX} legs (GROUP_LEGS_MAX)")
+        seen: set[str] = set()
+        for i, leg in enumerate(self.legs[: limits.GROUP_LEGS_MAX]):
+            v.account_id(f"legs[{i}].account_id", leg.account_id)
+            v.asset(f"legs[{i}].asset", leg.asset)
+            v.amount(f"legs[{i}].amount", leg.amount)
+            v.printable(
+                f"legs[{i}].leg_key", leg.leg_key, limits.LEG_KEY_LEN_MAX, "LEG_KEY_LEN_MAX"
+            )
+            if leg.leg_key in seen:
+                v.add(f"legs[{i}].leg_key", "must be unique within the group")
+            seen.add(leg.leg_key)
+        v.idempotency_key(self.idempotency_key)
+        v.ttl("ttl", self.ttl_s)
+        v.metadata("metadata", self.metadata)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class Settle(Command):
+    reservation_id: str
+    amount: int
+    final: bool = False
+
+    method = "Settle"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.reservation_id("reservation_id", self.reservation_id)
+        if self.amount == 0 and not self.final:
+            v.add("amount", "must be > 0 unless final is set")
+        else:
+            v.amount("amount", self.amount, allow_zero=True)
+        v.idempotency_key(self.idempotency_key)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class Release(Command):
+    reservation_id: str
+    amount: int = 0  # 0 = all that remains
+
+    method = "Release"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.reservation_id("reservation_id", self.reservation_id)
+        v.amount("amount", self.amount, allow_zero=True)
+        v.idempotency_key(self.idempotency_key)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class Refund(Command):
+    reservation_id: str
+    amount: int
+    reason: str = ""
+
+    method = "Refund"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.reservation_id("reservation_id", self.reservation_id)
+        v.amount("amount", self.amount)
+        v.idempotency_key(self.idempotency_key)
+        v.text("reason", self.reason, limits.REASON_LEN_MAX, "REASON_LEN_MAX")
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class ExpireDue(Command):
+    """Internal (sweeper): expire these overdue reservations, and the due lots of
+    these (account, asset) pairs. Never keyed, never recorded."""
+
+    reservation_ids: tuple[str, ...] = ()
+    lot_pairs: tuple[tuple[str, str], ...] = ()
+
+    method = "ExpireDue"
+
+    def validate(self) -> None:
+        return None
+
+
+MutatingCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund | ExpireDue

@@ -1,0 +1,175 @@
+"""Typed ledger errors. Each carries a stable UPPER_SNAKE reason.
+
+The service raises these; only the transport maps them to gRPC status codes
+(one table, ledger/transport/status.py). `Kind` is the category of an error,
+independent of any wire protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    """What sort of failure an error is, for the transport's status table."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    ABORTED = "aborted"
+    UNAVAILABLE = "unavailable"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request, named as in the proto (e.g. `legs[2].amount`)."""
+
+    field: str
+    description: str
+
+
+class LedgerError(Exception):
+    """Base of every expected ledger failure."""
+
+    kind: Kind = Kind.INTERNAL
+    reason: str = "INTERNAL"
+    replayed: bool = False  # set when this is the stored first outcome of a key, replayed
+
+    def __init__(self, message: str, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason}: {self.message})"
+
+
+class InvalidArgument(LedgerError):
+    """The request is malformed or outside a documented limit."""
+
+    kind = Kind.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = list(violations)
+        text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(
+            f"invalid request: {text}", {"fields": ",".join(v.field for v in violations)}
+        )
+
+
+class AccountNotFound(LedgerError):
+    kind = Kind.NOT_FOUND
+    reason = "ACCOUNT_NOT_FOUND"
+
+
+class ReservationNotFound(LedgerError):
+    kind = Kind.NOT_FOUND
+    reason = "RESERVATION_NOT_FOUND"
+
+
+class ReservationGroupNotFound(LedgerError):
+    kind = Kind.NOT_FOUND
+    reason = "RESERVATION_GROUP_NOT_FOUND"
+
+
+class AccountExists(LedgerError):
+    kind = Kind.ALREADY_EXISTS
+    reason = "ACCOUNT_EXISTS"
+
+
+class InsufficientCredits(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "INSUFFICIENT_CREDITS"
+
+
+class IdempotencyKeyReused(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class ReservationClosed(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "RESERVATION_CLOSED"
+
+
+class ReservationExpired(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "RESERVATION_EXPIRED"
+
+
+class AmountExceedsRemaining(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "AMOUNT_EXCEEDS_REMAINING"
+
+
+class AmountExceedsSettled(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "AMOUNT_EXCEEDS_SETTLED"
+
+
+class BalanceLimitExceeded(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "BALANCE_LIMIT_EXCEEDED"
+
+
+class Contention(LedgerError):
+    """Serialization retries ran out; nothing was recorded, retry with the same key."""
+
+    kind = Kind.ABORTED
+    reason = "CONTENTION"
+
+
+class DatabaseUnavailable(LedgerError):
+    """The database could not be reached; nothing was recorded."""
+
+    kind = Kind.UNAVAILABLE
+    reason = "DATABASE_UNAVAILABLE"
+
+
+class Unauthenticated(LedgerError):
+    kind = Kind.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(LedgerError):
+    kind = Kind.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class RateLimited(LedgerError):
+    kind = Kind.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, {"retry_after_ms": str(int(retry_after_s * 1000))})
+        self.retry_after_s = retry_after_s
+
+
+class InvariantViolation(Exception):
+    """A broken invariant: a bug, never an expected outcome. Maps to INTERNAL."""
+
+
+# Errors that are recorded as the final outcome of an idempotency key.
+# (Unavailable, Contention and auth failures are never recorded.)
+RECORDABLE: dict[str, type[LedgerError]] = {
+    cls.reason: cls
+    for cls in (
+        AccountNotFound,
+        ReservationNotFound,
+        ReservationGroupNotFound,
+        InsufficientCredits,
+        ReservationClosed,
+        ReservationExpired,
+        AmountExceedsRemaining,
+        AmountExceedsSettled,
+        BalanceLimitExceeded,
+    )
+}

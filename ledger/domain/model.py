@@ -1,0 +1,194 @@
+"""Value types of the ledger: balances, lots, reservations, entries, results.
+
+Amounts are ints in the asset's smallest unit. Times are timezone-aware UTC
+datetimes. These types are what the service returns and what idempotency
+records replay; they know nothing of protobuf or SQL.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class ReservationState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+    EXPIRED = "expired"
+
+
+class Movement(enum.Enum):
+    GRANT = "grant"
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    RELEASE = "release"
+    REFUND = "refund"
+    RESERVATION_EXPIRY = "reservation_expiry"
+    LOT_EXPIRY = "lot_expiry"
+
+
+class Bucket(enum.Enum):
+    AVAILABLE = "available"
+    HELD = "held"
+    SYSTEM = "system"
+
+
+# System accounts: no balance row, their totals are derived from entries.
+ISSUANCE = "@issuance"
+CONSUMED = "@consumed"
+EXPIRED = "@expired"
+
+
+@dataclass
+class Balance:
+    """Materialized balance of one (account, asset); equals what entries imply."""
+
+    account_id: str
+    asset: str
+    available: int = 0
+    reserved: int = 0
+    granted: int = 0
+    settled: int = 0
+    refunded: int = 0
+    expired: int = 0
+
+    def copy(self) -> Balance:
+        return Balance(**self.__dict__)
+
+
+@dataclass
+class Lot:
+    """What is left of one grant. remaining = unreserved, unspent, unexpired part."""
+
+    lot_id: str
+    account_id: str
+    asset: str
+    amount: int
+    remaining: int
+    priority: int
+    source: str
+    expires_at: datetime | None
+    created_at: datetime
+
+    def expired_at(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def spend_order(self) -> tuple[int, int, float, datetime, str]:
+        """Priority, then soonest expiry (never-expiring last), then oldest."""
+        never = 1 if self.expires_at is None else 0
+        expiry = self.expires_at.timestamp() if self.expires_at is not None else 0.0
+        return (self.priority, never, expiry, self.created_at, self.lot_id)
+
+
+@dataclass
+class Allocation:
+    """The part of a reservation that came from one lot."""
+
+    lot_id: str
+    held: int
+    settled: int = 0
+    released: int = 0
+    refunded: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.held - self.settled - self.released
+
+
+@dataclass
+class Reservation:
+    reservation_id: str
+    account_id: str
+    asset: str
+    amount: int
+    settled: int
+    released: int
+    refunded: int
+    state: ReservationState
+    created_at: datetime
+    expires_at: datetime
+    metadata: dict[str, str]
+    group_id: str = ""
+    leg_key: str = ""
+    allocations: list[Allocation] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return self.amount - self.settled - self.released
+
+    def overdue(self, now: datetime) -> bool:
+        return self.state is ReservationState.OPEN and self.expires_at <= now
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One entry as the rules produce it; storage gives it an id and a time."""
+
+    transaction_id: str
+    account_id: str
+    asset: str
+    amount: int
+    movement: Movement
+    bucket: Bucket
+    reservation_id: str = ""
+    lot_id: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    entry_id: int
+    transaction_id: str
+    account_id: str
+    asset: str
+    amount: int
+    movement: Movement
+    bucket: Bucket
+    reservation_id: str
+    lot_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    metadata: dict[str, str]
+    created_at: datetime
+    balances: list[Balance]
+
+
+# ---- results of commands (what a reply carries, and what a replay returns) ----
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    balance: Balance
+    lot: Lot
+
+
+@dataclass(frozen=True)
+class ReservationResult:
+    reservation: Reservation
+    balance: Balance
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    group_id: str
+    reservations: list[Reservation]
+
+
+@dataclass(frozen=True)
+class BalanceView:
+    balance: Balance
+    expiring_amount: int
+    lots: list[Lot]
+
+
+@dataclass(frozen=True)
+class EntriesPage:
+    entries: list[Entry]
+    next_page_token: str
+
+
+Result = GrantResult | ReservationResult | GroupResult | None

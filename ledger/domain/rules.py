@@ -1,0 +1,680 @@
+"""The ledger rules, applied to the rows a batch has loaded (a `WorkingSet`).
+
+Every operation checks first and mutates after, so an operation that raises
+a LedgerError leaves the working set as it found it, except for expiries it
+found due (an overdue reservation or lot is expired by whoever touches it
+first, and that stays even when the operation itself then fails).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ledger.domain import commands as c
+from ledger.domain import errors, limits
+from ledger.domain.model import (
+    CONSUMED,
+    EXPIRED,
+    ISSUANCE,
+    Allocation,
+    Balance,
+    Bucket,
+    GrantResult,
+    GroupResult,
+    Lot,
+    Movement,
+    Posting,
+    Reservation,
+    ReservationResult,
+    ReservationState,
+    Result,
+)
+
+PairKey = tuple[str, str]
+
+# Which positive posting counts a movement for the credits-moved metric, and its label.
+_MOVED_LABEL = {
+    (Movement.GRANT, Bucket.AVAILABLE): "granted",
+    (Movement.RESERVE, Bucket.HELD): "reserved",
+    (Movement.SETTLE, Bucket.SYSTEM): "settled",
+    (Movement.RELEASE, Bucket.AVAILABLE): "released",
+    (Movement.REFUND, Bucket.AVAILABLE): "refunded",
+    (Movement.LOT_EXPIRY, Bucket.SYSTEM): "expired",
+    (Movement.RESERVATION_EXPIRY, Bucket.AVAILABLE): "reservation_expired",
+}
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class WorkingSet:
+    """The rows one batch read, and what the batch changed in them."""
+
+    now: datetime
+    refund_grace: timedelta
+    accounts: set[str] = field(default_factory=set)
+    balances: dict[PairKey, Balance] = field(default_factory=dict)
+    lots: dict[str, Lot] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    make_id: Callable[[], str] = new_id
+    # What changed:
+    postings: list[Posting] = field(default_factory=list)
+    dirty_balances: set[PairKey] = field(default_factory=set)
+    dirty_lots: set[str] = field(default_factory=set)
+    dirty_reservations: set[str] = field(default_factory=set)
+    moved: list[tuple[str, str, int]] = field(default_factory=list)
+    _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
+
+    def add_lot(self, lot: Lot) -> None:
+        self.lots[lot.lot_id] = lot
+        self._pair_lots.setdefault((lot.account_id, lot.asset), {})[lot.lot_id] = lot
+
+    def spendable_lots(self, key: PairKey) -> list[Lot]:
+        lots = [lot for lot in self._pair_lots.get(key, {}).values() if lot.remaining > 0]
+        lots.sort(key=Lot.spend_order)
+        return lots
+
+    def balance(self, account_id: str, asset: str) -> Balance:
+        key = (account_id, asset)
+        bal = self.balances.get(key)
+        if bal is None:
+            bal = self.balances[key] = Balance(account_id, asset)
+        return bal
+
+    def touch_balance(self, bal: Balance) -> None:
+        self.dirty_balances.add((bal.account_id, bal.asset))
+
+    def post(
+        self,
+        tx: str,
+        account: str,
+        asset: str,
+        amount: int,
+        movement: Movement,
+        bucket: Bucket,
+        reservation_id: str = "",
+        lot_id: str = "",
+    ) -> None:
+        self.postings.append(
+            Posting(tx, account, asset, amount, movement, bucket, reservation_id, lot_id)
+        )
+        label = _MOVED_LABEL.get((movement, bucket))
+        if label is not None and amount > 0:
+            self.moved.append((asset, label, amount))
+
+
+def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
+    """Apply one validated command. Raises a recordable LedgerError on a business failure."""
+    if isinstance(cmd, c.Grant):
+        return grant(ws, cmd)
+    if isinstance(cmd, c.Reserve):
+        return reserve(ws, cmd)
+    if isinstance(cmd, c.Charge):
+        return charge(ws, cmd)
+    if isinstance(cmd, c.ReserveGroup):
+        return reserve_group(ws, cmd)
+    if isinstance(cmd, c.Settle):
+        return settle(ws, cmd)
+    if isinstance(cmd, c.Release):
+        return release(ws, cmd)
+    if isinstance(cmd, c.Refund):
+        return refund(ws, cmd)
+    if isinstance(cmd, c.ExpireDue):
+        expire_due(ws, cmd)
+        return None
+    raise errors.InvariantViolation(f"unknown command {type(cmd).__name__}")
+
+
+# ---------------------------------------------------------------- grants and lots
+
+
+def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
+    """Errors: AccountNotFound, BalanceLimitExceeded."""
+    _require_account(ws, cmd.account_id)
+    bal = ws.balance(cmd.account_id, cmd.asset)
+    if max(bal.available + bal.reserved, bal.granted) + cmd.amount > limits.INT64_MAX:
+        raise errors.BalanceLimitExceeded(
+            f"granting {cmd.amount} would push the balance of {cmd.asset} past int64 (INT64_MAX)",
+            {"limit": str(limits.INT64_MAX), "requested": str(cmd.amount)},
+        )
+    lot = Lot(
+        ws.make_id(),
+        cmd.account_id,
+        cmd.asset,
+        cmd.amount,
+        cmd.amount,
+        cmd.priority,
+        cmd.source,
+        cmd.expires_at,
+        ws.now,
+    )
+    ws.add_lot(lot)
+    ws.dirty_lots.add(lot.lot_id)
+    tx = ws.make_id()
+    ws.post(tx, ISSUANCE, cmd.asset, -cmd.amount, Movement.GRANT, Bucket.SYSTEM, lot_id=lot.lot_id)
+    ws.post(
+        tx,
+        cmd.account_id,
+        cmd.asset,
+        cmd.amount,
+        Movement.GRANT,
+        Bucket.AVAILABLE,
+        lot_id=lot.lot_id,
+    )
+    bal.available += cmd.amount
+    bal.granted += cmd.amount
+    ws.touch_balance(bal)
+    return GrantResult(bal.copy(), dataclasses.replace(lot))
+
+
+def expire_lots(ws: WorkingSet, account_id: str, asset: str) -> None:
+    """Write off the remainder of every lot of the pair whose expiry has come."""
+    for lot in ws.spendable_lots((account_id, asset)):
+        if lot.expired_at(ws.now):
+            _write_off_lot(ws, lot)
+
+
+def _write_off_lot(ws: WorkingSet, lot: Lot) -> None:
+    amount = lot.remaining
+    bal = ws.balance(lot.account_id, lot.asset)
+    tx = ws.make_id()
+    ws.post(
+        tx,
+        lot.account_id,
+        lot.asset,
+        -amount,
+        Movement.LOT_EXPIRY,
+        Bucket.AVAILABLE,
+        lot_id=lot.lot_id,
+    )
+    ws.post(tx, EXPIRED, lot.asset, amount, Movement.LOT_EXPIRY, Bucket.SYSTEM, lot_id=lot.lot_id)
+    lot.remaining = 0
+    ws.dirty_lots.add(lot.lot_id)
+    bal.available -= amount
+    bal.expired += amount
+    ws.touch_balance(bal)
+
+
+def _available(ws: WorkingSet, account_id: str, asset: str) -> int:
+    """Available after due lot expiries; checked against the lots it must equal."""
+    expire_lots(ws, account_id, asset)
+    bal = ws.balance(account_id, asset)
+    from_lots = sum(lot.remaining for lot in ws.spendable_lots((account_id, asset)))
+    if from_lots != bal.available:
+        raise errors.InvariantViolation(
+            f"balance {account_id}/{asset}: available {bal.available} != lots {from_lots}"
+        )
+    return bal.available
+
+
+# ---------------------------------------------------------------- holds
+
+
+def _insufficient(
+    account_id: str, asset: str, available: int, requested: int, leg_key: str = ""
+) -> errors.InsufficientCredits:
+    meta = {
+        "account_id": account_id,
+        "asset": asset,
+        "available": str(available),
+        "requested": str(requested),
+    }
+    where = ""
+    if leg_key:
+        meta["leg_key"] = leg_key
+        where = f" (leg {leg_key!r})"
+    return errors.InsufficientCredits(
+        f"{account_id} has {available} {asset} available, {requested} requested{where}", meta
+    )
+
+
+def _hold(
+    ws: WorkingSet,
+    tx: str,
+    account_id: str,
+    asset: str,
+    amount: int,
+    ttl_s: float | None,
+    metadata: dict[str, str],
+    group_id: str = "",
+    leg_key: str = "",
+) -> Reservation:
+    """Move `amount` from available to held, drawing lots in spending order. Caller checked."""
+    ttl = limits.TTL_DEFAULT_S if ttl_s is None else ttl_s
+    res = Reservation(
+        ws.make_id(),
+        account_id,
+        asset,
+        amount,
+        0,
+        0,
+        0,
+        ReservationState.OPEN,
+        ws.now,
+        ws.now + timedelta(seconds=ttl),
+        dict(metadata),
+        group_id,
+        leg_key,
+    )
+    left = amount
+    for lot in ws.spendable_lots((account_id, asset)):
+        take = min(lot.remaining, left)
+        lot.remaining -= take
+        ws.dirty_lots.add(lot.lot_id)
+        res.allocations.append(Allocation(lot.lot_id, take))
+        ws.post(
+            tx,
+            account_id,
+            asset,
+            -take,
+            Movement.RESERVE,
+            Bucket.AVAILABLE,
+            res.reservation_id,
+            lot.lot_id,
+        )
+        ws.post(
+            tx,
+            account_id,
+            asset,
+            take,
+            Movement.RESERVE,
+            Bucket.HELD,
+            res.reservation_id,
+            lot.lot_id,
+        )
+        left -= take
+        if left == 0:
+            break
+    if left:
+        raise errors.InvariantViolation(f"lots of {account_id}/{asset} short by {left} after check")
+    bal = ws.balance(account_id, asset)
+    bal.available -= amount
+    bal.reserved += amount
+    ws.touch_balance(bal)
+    ws.reservations[res.reservation_id] = res
+    ws.dirty_reservations.add(res.reservation_id)
+    return res
+
+
+def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
+    """Errors: AccountNotFound, InsufficientCredits."""
+    _require_account(ws, cmd.account_id)
+    available = _available(ws, cmd.account_id, cmd.asset)
+    if available < cmd.amount:
+        raise _insufficient(cmd.account_id, cmd.asset, available, cmd.amount)
+    res = _hold(ws, ws.make_id(), cmd.account_id, cmd.asset, cmd.amount, cmd.ttl_s, cmd.metadata)
+    return _result(ws, res)
+
+
+def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
+    """All legs or none. Errors: AccountNotFound, InsufficientCredits (naming the leg)."""
+    needed: dict[PairKey, int] = {}
+    for leg in cmd.legs:
+        _require_account(ws, leg.account_id, leg.leg_key)
+        key = (leg.account_id, leg.asset)
+        needed[key] = needed.get(key, 0) + leg.amount
+        available = _available(ws, leg.account_id, leg.asset)
+        if available < needed[key]:
+            raise _insufficient(
+                leg.account_id,
+                leg.asset,
+                available - (needed[key] - leg.amount),
+                leg.amount,
+                leg.leg_key,
+            )
+    group_id = ws.make_id()
+    tx = ws.make_id()
+    legs = [
+        _hold(
+            ws,
+            tx,
+            leg.account_id,
+            leg.asset,
+            leg.amount,
+            cmd.ttl_s,
+            cmd.metadata,
+            group_id,
+            leg.leg_key,
+        )
+        for leg in cmd.legs
+    ]
+    return GroupResult(group_id, [_snapshot(r) for r in legs])
+
+
+def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
+    """Reserve and settle in one step. Errors: AccountNotFound, InsufficientCredits."""
+    _require_account(ws, cmd.account_id)
+    available = _available(ws, cmd.account_id, cmd.asset)
+    if available < cmd.amount:
+        raise _insufficient(cmd.account_id, cmd.asset, available, cmd.amount)
+    tx = ws.make_id()
+    res = Reservation(
+        ws.make_id(),
+        cmd.account_id,
+        cmd.asset,
+        cmd.amount,
+        cmd.amount,
+        0,
+        0,
+        ReservationState.CLOSED,
+        ws.now,
+        ws.now,
+        dict(cmd.metadata),
+    )
+    left = cmd.amount
+    for lot in ws.spendable_lots((cmd.account_id, cmd.asset)):
+        take = min(lot.remaining, left)
+        lot.remaining -= take
+        ws.dirty_lots.add(lot.lot_id)
+        res.allocations.append(Allocation(lot.lot_id, take, settled=take))
+        # Straight from available to consumed: the hold would be undone in the same step.
+        ws.post(
+            tx,
+            cmd.account_id,
+            cmd.asset,
+            -take,
+            Movement.SETTLE,
+            Bucket.AVAILABLE,
+            res.reservation_id,
+            lot.lot_id,
+        )
+        ws.post(
+            tx,
+            CONSUMED,
+            cmd.asset,
+            take,
+            Movement.SETTLE,
+            Bucket.SYSTEM,
+            res.reservation_id,
+            lot.lot_id,
+        )
+        left -= take
+        if left == 0:
+            break
+    if left:
+        raise errors.InvariantViolation(
+            f"lots of {cmd.account_id}/{cmd.asset} short by {left} after check"
+        )
+    bal = ws.balance(cmd.account_id, cmd.asset)
+    bal.available -= cmd.amount
+    bal.settled += cmd.amount
+    ws.touch_balance(bal)
+    ws.reservations[res.reservation_id] = res
+    ws.dirty_reservations.add(res.reservation_id)
+    return _result(ws, res)
+
+
+# ---------------------------------------------------------------- settle, release, refund
+
+
+def _open_reservation(ws: WorkingSet, reservation_id: str) -> Reservation:
+    """The reservation, expired first if overdue. Errors: ReservationNotFound."""
+    res = ws.reservations.get(reservation_id)
+    if res is None:
+        raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
+    if res.overdue(ws.now):
+        _release(ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY)
+        res.state = ReservationState.EXPIRED
+    return res
+
+
+def _require_state_open(res: Reservation) -> None:
+    if res.state is ReservationState.EXPIRED:
+        raise errors.ReservationExpired(
+            f"reservation {res.reservation_id} expired at {res.expires_at.isoformat()}; its hold was released",
+            {"reservation_id": res.reservation_id, "expires_at": res.expires_at.isoformat()},
+        )
+    if res.state is ReservationState.CLOSED:
+        raise errors.ReservationClosed(
+            f"reservation {res.reservation_id} is closed; only Refund applies",
+            {"reservation_id": res.reservation_id},
+        )
+
+
+def _exceeds_remaining(res: Reservation, requested: int) -> errors.AmountExceedsRemaining:
+    return errors.AmountExceedsRemaining(
+        f"{requested} requested but reservation {res.reservation_id} holds {res.remaining}",
+        {"remaining": str(res.remaining), "requested": str(requested)},
+    )
+
+
+def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
+    """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
+    res = _open_reservation(ws, cmd.reservation_id)
+    _require_state_open(res)
+    if cmd.amount > res.remaining:
+        raise _exceeds_remaining(res, cmd.amount)
+    tx = ws.make_id()
+    left = cmd.amount
+    for alloc in res.allocations:
+        take = min(alloc.remaining, left)
+        if take == 0:
+            continue
+        alloc.settled += take
+        ws.post(
+            tx,
+            res.account_id,
+            res.asset,
+            -take,
+            Movement.SETTLE,
+            Bucket.HELD,
+            res.reservation_id,
+            alloc.lot_id,
+        )
+        ws.post(
+            tx,
+            CONSUMED,
+            res.asset,
+            take,
+            Movement.SETTLE,
+            Bucket.SYSTEM,
+            res.reservation_id,
+            alloc.lot_id,
+        )
+        left -= take
+    res.settled += cmd.amount
+    bal = ws.balance(res.account_id, res.asset)
+    bal.reserved -= cmd.amount
+    bal.settled += cmd.amount
+    ws.touch_balance(bal)
+    if cmd.final and res.remaining:
+        _release(ws, tx, res, res.remaining, Movement.RELEASE)
+    if res.remaining == 0:
+        res.state = ReservationState.CLOSED
+    ws.dirty_reservations.add(res.reservation_id)
+    return _result(ws, res)
+
+
+def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: Movement) -> None:
+    """Give `amount` of the hold back to its lots; parts of expired lots are written off."""
+    bal = ws.balance(res.account_id, res.asset)
+    left = amount
+    for alloc in res.allocations:
+        take = min(alloc.remaining, left)
+        if take == 0:
+            continue
+        alloc.released += take
+        left -= take
+        lot = ws.lots.get(alloc.lot_id)
+        if lot is None:
+            raise errors.InvariantViolation(
+                f"lot {alloc.lot_id} of reservation {res.reservation_id} not loaded"
+            )
+        if lot.expired_at(ws.now):
+            # Never brought back to life: the held part of an expired lot is written off.
+            ws.post(
+                tx,
+                res.account_id,
+                res.asset,
+                -take,
+                Movement.LOT_EXPIRY,
+                Bucket.HELD,
+                res.reservation_id,
+                lot.lot_id,
+            )
+            ws.post(
+                tx,
+                EXPIRED,
+                res.asset,
+                take,
+                Movement.LOT_EXPIRY,
+                Bucket.SYSTEM,
+                res.reservation_id,
+                lot.lot_id,
+            )
+            bal.expired += take
+        else:
+            ws.post(
+                tx,
+                res.account_id,
+                res.asset,
+                -take,
+                movement,
+                Bucket.HELD,
+                res.reservation_id,
+                lot.lot_id,
+            )
+            ws.post(
+                tx,
+                res.account_id,
+                res.asset,
+                take,
+                movement,
+                Bucket.AVAILABLE,
+                res.reservation_id,
+                lot.lot_id,
+            )
+            lot.remaining += take
+            ws.dirty_lots.add(lot.lot_id)
+            bal.available += take
+    if left:
+        raise errors.InvariantViolation(
+            f"reservation {res.reservation_id} allocations short by {left}"
+        )
+    res.released += amount
+    bal.reserved -= amount
+    ws.touch_balance(bal)
+    ws.dirty_reservations.add(res.reservation_id)
+
+
+def release(ws: WorkingSet, cmd: c.Release) -> ReservationResult:
+    """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
+    res = _open_reservation(ws, cmd.reservation_id)
+    _require_state_open(res)
+    amount = cmd.amount or res.remaining
+    if amount > res.remaining:
+        raise _exceeds_remaining(res, amount)
+    _release(ws, ws.make_id(), res, amount, Movement.RELEASE)
+    if res.remaining == 0:
+        res.state = ReservationState.CLOSED
+    return _result(ws, res)
+
+
+def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
+    """Give settled credits back, to their lot or, if it expired, to a new lot
+    that lives `refund_grace`. Works on open, closed and expired reservations.
+    Errors: ReservationNotFound, AmountExceedsSettled."""
+    res = _open_reservation(ws, cmd.reservation_id)
+    refundable = res.settled - res.refunded
+    if cmd.amount > refundable:
+        raise errors.AmountExceedsSettled(
+            f"{cmd.amount} requested but only {refundable} of reservation {res.reservation_id} is refundable",
+            {"refundable": str(refundable), "requested": str(cmd.amount)},
+        )
+    bal = ws.balance(res.account_id, res.asset)
+    tx = ws.make_id()
+    left = cmd.amount
+    for alloc in res.allocations:
+        take = min(alloc.settled - alloc.refunded, left)
+        if take == 0:
+            continue
+        alloc.refunded += take
+        left -= take
+        lot = ws.lots.get(alloc.lot_id)
+        if lot is None:
+            raise errors.InvariantViolation(
+                f"lot {alloc.lot_id} of reservation {res.reservation_id} not loaded"
+            )
+        if lot.expired_at(ws.now):
+            lot = Lot(
+                ws.make_id(),
+                res.account_id,
+                res.asset,
+                take,
+                take,
+                lot.priority,
+                "refund",
+                ws.now + ws.refund_grace,
+                ws.now,
+            )
+            ws.add_lot(lot)
+        else:
+            lot.remaining += take
+        ws.dirty_lots.add(lot.lot_id)
+        ws.post(
+            tx,
+            CONSUMED,
+            res.asset,
+            -take,
+            Movement.REFUND,
+            Bucket.SYSTEM,
+            res.reservation_id,
+            lot.lot_id,
+        )
+        ws.post(
+            tx,
+            res.account_id,
+            res.asset,
+            take,
+            Movement.REFUND,
+            Bucket.AVAILABLE,
+            res.reservation_id,
+            lot.lot_id,
+        )
+    if left:
+        raise errors.InvariantViolation(
+            f"reservation {res.reservation_id} settled allocations short by {left}"
+        )
+    res.refunded += cmd.amount
+    bal.available += cmd.amount
+    bal.refunded += cmd.amount
+    ws.touch_balance(bal)
+    ws.dirty_reservations.add(res.reservation_id)
+    return _result(ws, res)
+
+
+def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
+    """The sweeper's work: expire what is overdue among the given ids (others are no-ops)."""
+    for reservation_id in cmd.reservation_ids:
+        if reservation_id in ws.reservations:
+            _open_reservation(ws, reservation_id)
+    for account_id, asset in cmd.lot_pairs:
+        expire_lots(ws, account_id, asset)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _require_account(ws: WorkingSet, account_id: str, leg_key: str = "") -> None:
+    if account_id not in ws.accounts:
+        meta = {"account_id": account_id}
+        if leg_key:
+            meta["leg_key"] = leg_key
+        raise errors.AccountNotFound(
+            f"account {account_id} not found; create it with CreateAccount", meta
+        )
+
+
+def _snapshot(res: Reservation) -> Reservation:
+    """A copy for the reply: later commands of the batch may change the original."""
+    return dataclasses.replace(res, metadata=dict(res.metadata), allocations=[])
+
+
+def _result(ws: WorkingSet, res: Reservation) -> ReservationResult:
+    return ReservationResult(_snapshot(res), ws.balance(res.account_id, res.asset).copy())

@@ -1,0 +1,115 @@
+"""Prometheus metrics. Names and labels are a contract (docs/design.md).
+
+No label ever carries an account id, reservation id or idempotency key. The
+one caller-chosen label value, `asset`, is capped: past ASSET_LABELS_MAX
+distinct assets a process counts the rest under `_other`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+ASSET_LABELS_MAX = 64
+OTHER_ASSET = "_other"
+
+_LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+# The names and labels of go-grpc-prometheus / py-grpc-prometheus, so that
+# the ecosystem's dashboards work unchanged.
+GRPC_STARTED = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, regardless of success or failure.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_HANDLING_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Response latency of RPCs handled by the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+
+CREDITS_MOVED = Counter(
+    "ledger_credits_moved", "Credits moved, by asset and movement.", ["asset", "movement"]
+)
+REJECTIONS = Counter(
+    "ledger_rejections", "Business rejections by method and reason.", ["method", "reason"]
+)
+REPLAYS = Counter(
+    "ledger_idempotent_replays", "Replies replayed from an idempotency record.", ["method"]
+)
+SERIALIZATION_RETRIES = Counter(
+    "ledger_serialization_retries", "Transactions retried after a serialization conflict."
+)
+RETRIES_EXHAUSTED = Counter(
+    "ledger_retries_exhausted", "Batches that failed with CONTENTION after every retry."
+)
+TRANSACTION_SECONDS = Histogram(
+    "ledger_transaction_seconds",
+    "Duration of database transactions.",
+    ["kind"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+BATCH_SIZE = Histogram(
+    "ledger_batch_size",
+    "Commands per writer batch (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+POOL_SIZE = Gauge("ledger_db_pool_size", "Connections in the database pool.")
+POOL_IN_USE = Gauge("ledger_db_pool_in_use", "Pool connections in use.")
+POOL_WAITING = Gauge("ledger_db_pool_waiting", "Tasks waiting for a pool connection.")
+OPEN_RESERVATIONS = Gauge("ledger_open_reservations", "Reservations open right now.")
+OLDEST_OVERDUE_S = Gauge(
+    "ledger_oldest_overdue_reservation_seconds",
+    "Age past expiry of the oldest open reservation the sweeper has not expired yet.",
+)
+HEALTH_SERVING = Gauge("ledger_health_serving", "1 when the server reports SERVING, else 0.")
+BUILD_INFO = Info("ledger_build", "Build information.")
+
+_assets_seen: set[str] = set()
+_assets_lock = threading.Lock()
+
+
+def asset_label(asset: str) -> str:
+    """The label value for an asset, bounded in number."""
+    if asset in _assets_seen:
+        return asset
+    with _assets_lock:
+        if len(_assets_seen) < ASSET_LABELS_MAX:
+            _assets_seen.add(asset)
+            return asset
+    return OTHER_ASSET
+
+
+def record_moved(moved: list[tuple[str, str, int]]) -> None:
+    totals: dict[tuple[str, str], int] = {}
+    for asset, movement, amount in moved:
+        key = (asset_label(asset), movement)
+        totals[key] = totals.get(key, 0) + amount
+    for (asset, movement), amount in totals.items():
+        CREDITS_MOVED.labels(asset, movement).inc(amount)
+
+
+def set_build_info(version: str) -> None:
+    BUILD_INFO.info({"version": version})

@@ -1,0 +1,1 @@
+"""Use cases: one mutating command = one SERIALIZABLE transaction (batched)."""

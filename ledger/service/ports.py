@@ -1,0 +1,72 @@
+"""What the service needs from storage. ledger/storage implements it."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from ledger.domain.model import Account, Balance, Entry, Lot, Reservation
+from ledger.domain.rules import PairKey, WorkingSet
+
+
+class SerializationConflict(Exception):
+    """The transaction lost a serialization race; retrying it may succeed."""
+
+
+class StorageUnavailable(Exception):
+    """The database could not be reached or the connection broke; nothing was committed."""
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    caller: str
+    key: str
+    method: str
+    request_hash: bytes
+    outcome: dict[str, Any]
+
+
+class BatchUnit(Protocol):
+    """One SERIALIZABLE transaction. Committed when the `batch()` block exits cleanly."""
+
+    async def find_records(
+        self, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], IdempotencyRecord]: ...
+
+    async def load(
+        self, ws: WorkingSet, reservation_ids: set[str], pairs: set[PairKey], account_ids: set[str]
+    ) -> None: ...
+
+    async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None: ...
+
+
+class Store(Protocol):
+    def batch(self) -> AbstractAsyncContextManager[BatchUnit]: ...
+
+    async def create_account(
+        self, account_id: str, metadata: dict[str, str], now: datetime
+    ) -> Account | None: ...
+
+    async def get_account(self, account_id: str) -> Account | None: ...
+
+    async def get_balance(
+        self, account_id: str, asset: str
+    ) -> tuple[Balance, list[Lot]] | None: ...
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
+
+    async def get_group(self, group_id: str) -> list[Reservation]: ...
+
+    async def list_entries(
+        self, account_id: str, asset: str, before_entry_id: int | None, limit: int
+    ) -> list[Entry] | None: ...
+
+    async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]: ...
+
+    async def reservation_stats(self, now: datetime) -> tuple[int, float]: ...
+
+    async def prune_idempotency(self, before: datetime, limit: int) -> int: ...
+
+    async def ping(self) -> None: ...

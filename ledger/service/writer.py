@@ -1,0 +1,255 @@
+"""The single writer: coalesces concurrent commands into one SERIALIZABLE
+transaction per batch (group commit).
+
+Why: under SERIALIZABLE, concurrent transactions on one hot balance row abort
+each other, and retrying is slow. One writer per process applies a batch of
+commands in order, in memory, on the rows the batch loaded, then writes the
+result with one statement. Each command keeps its own outcome and its own
+idempotency record; a business failure of one command does not affect the
+others. Replicas still conflict with each other on shared rows: those
+conflicts are retried (bounded, jittered) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ledger.domain import commands as c
+from ledger.domain import errors, rules
+from ledger.domain.model import Result
+from ledger.domain.rules import PairKey
+from ledger.observability import metrics
+from ledger.service import outcomes
+from ledger.service.clock import Clock
+from ledger.service.outcomes import Outcome
+from ledger.service.ports import (
+    BatchUnit,
+    IdempotencyRecord,
+    SerializationConflict,
+    StorageUnavailable,
+    Store,
+)
+
+log = logging.getLogger("ledger.writer")
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    batch_max: int = 256
+    retry_attempts_max: int = 8
+    retry_backoff_base_s: float = 0.005
+    retry_backoff_max_s: float = 0.2
+    refund_grace: timedelta = timedelta(days=7)
+
+
+@dataclass
+class _Pending:
+    cmd: c.MutatingCommand
+    future: asyncio.Future[tuple[Outcome, bool]]
+
+
+def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
+    if isinstance(cmd, c.ExpireDue):
+        return None
+    return (cmd.caller, cmd.idempotency_key)
+
+
+def _replay(
+    first_method: str, first_hash: bytes, first: Outcome, cmd: c.MutatingCommand
+) -> tuple[Outcome, bool]:
+    if first_method != cmd.method or first_hash != cmd.fingerprint():
+        return errors.IdempotencyKeyReused(
+            f"idempotency key {cmd.idempotency_key!r} was first used for a different request"
+            f" ({first_method}); use a new key for a new request",
+            {"first_method": first_method},
+        ), False
+    if isinstance(first, errors.LedgerError):
+        # A fresh error object per reply: the first caller may still hold the original.
+        return type(first)(first.message, dict(first.metadata)), True
+    return first, True
+
+
+class Writer:
+    def __init__(
+        self, store: Store, clock: Clock, settings: WriterSettings = WriterSettings()
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._settings = settings
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
+        """Run a validated command. Returns (result, replayed); raises its LedgerError."""
+        future: asyncio.Future[tuple[Outcome, bool]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(cmd, future))
+        outcome, replayed = await future
+        if isinstance(outcome, errors.LedgerError):
+            outcome.replayed = replayed
+            raise outcome
+        return outcome, replayed
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._settings.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [p for p in batch if not p.future.done()]  # callers that gave up
+            if batch:
+                await self._execute(batch)
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        metrics.BATCH_SIZE.observe(len(batch))
+        try:
+            results = await self._with_retries(batch)
+        except errors.LedgerError as exc:
+            for p in batch:
+                _settle(p, (exc, False))
+            return
+        except Exception:
+            if len(batch) > 1:
+                # A bug in one command must not fail its neighbours: run each alone.
+                for p in batch:
+                    await self._execute([p])
+                return
+            log.exception("command %s failed", batch[0].cmd.method)
+            _settle(batch[0], (errors.LedgerError("internal error"), False))
+            return
+        for p, outcome in zip(batch, results, strict=True):
+            _settle(p, outcome)
+
+    async def _with_retries(self, batch: list[_Pending]) -> list[tuple[Outcome, bool]]:
+        s = self._settings
+        for attempt in range(s.retry_attempts_max):
+            started = time.perf_counter()
+            try:
+                results, moved = await self._attempt(batch)
+            except SerializationConflict:
+                metrics.SERIALIZATION_RETRIES.inc()
+                backoff = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2**attempt)
+                await asyncio.sleep(backoff * random.random())
+                continue
+            except StorageUnavailable as exc:
+                raise errors.DatabaseUnavailable(
+                    "the database is unavailable; nothing was recorded, retry with the same idempotency key",
+                    {"cause": str(exc)},
+                ) from exc
+            finally:
+                metrics.TRANSACTION_SECONDS.labels("batch").observe(time.perf_counter() - started)
+            metrics.record_moved(moved)
+            return results
+        metrics.RETRIES_EXHAUSTED.inc()
+        raise errors.Contention(
+            f"serialization conflicts persisted over {s.retry_attempts_max} attempts; nothing was recorded,"
+            " retry with the same idempotency key",
+            {"attempts": str(s.retry_attempts_max)},
+        )
+
+    async def _attempt(
+        self, batch: list[_Pending]
+    ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
+        ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
+        results: list[tuple[Outcome, bool] | None] = [None] * len(batch)
+        async with self._store.batch() as unit:
+            to_run, same_key_as = await self._dedupe(unit, batch, results)
+            await unit.load(ws, *_footprint([batch[i].cmd for i in to_run]))
+            records: list[IdempotencyRecord] = []
+            for i in to_run:
+                cmd = batch[i].cmd
+                outcome: Outcome
+                try:
+                    outcome = rules.apply(ws, cmd)
+                except errors.LedgerError as exc:
+                    if exc.reason not in errors.RECORDABLE:
+                        raise
+                    outcome = exc
+                results[i] = (outcome, False)
+                key = _key(cmd)
+                if key is not None:
+                    records.append(
+                        IdempotencyRecord(
+                            key[0], key[1], cmd.method, cmd.fingerprint(), outcomes.encode(outcome)
+                        )
+                    )
+            for i, j in same_key_as.items():
+                first = batch[j].cmd
+                first_outcome = results[j]
+                if first_outcome is None:
+                    raise errors.InvariantViolation("duplicate key's first command has no outcome")
+                results[i] = _replay(
+                    first.method, first.fingerprint(), first_outcome[0], batch[i].cmd
+                )
+            await unit.save(ws, records)
+        done = [r for r in results if r is not None]
+        if len(done) != len(batch):
+            raise errors.InvariantViolation("batch finished with commands lacking an outcome")
+        return done, ws.moved
+
+    async def _dedupe(
+        self, unit: BatchUnit, batch: list[_Pending], results: list[tuple[Outcome, bool] | None]
+    ) -> tuple[list[int], dict[int, int]]:
+        """Replays from stored records; duplicates within the batch follow their first."""
+        keys = {k for p in batch if (k := _key(p.cmd)) is not None}
+        records = await unit.find_records(sorted(keys))
+        to_run: list[int] = []
+        first_in_batch: dict[tuple[str, str], int] = {}
+        same_key_as: dict[int, int] = {}
+        for i, p in enumerate(batch):
+            key = _key(p.cmd)
+            if key is None:
+                to_run.append(i)
+                continue
+            record = records.get(key)
+            if record is not None:
+                results[i] = _replay(
+                    record.method, record.request_hash, outcomes.decode(record.outcome), p.cmd
+                )
+            elif key in first_in_batch:
+                same_key_as[i] = first_in_batch[key]
+            else:
+                first_in_batch[key] = i
+                to_run.append(i)
+        return to_run, same_key_as
+
+
+def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], set[str]]:
+    """The reservations, (account, asset) pairs and accounts a set of commands reads."""
+    reservation_ids: set[str] = set()
+    pairs: set[PairKey] = set()
+    accounts: set[str] = set()
+    for cmd in cmds:
+        if isinstance(cmd, (c.Grant, c.Reserve, c.Charge)):
+            pairs.add((cmd.account_id, cmd.asset))
+            accounts.add(cmd.account_id)
+        elif isinstance(cmd, c.ReserveGroup):
+            for leg in cmd.legs:
+                pairs.add((leg.account_id, leg.asset))
+                accounts.add(leg.account_id)
+        elif isinstance(cmd, (c.Settle, c.Release, c.Refund)):
+            reservation_ids.add(cmd.reservation_id)
+        elif isinstance(cmd, c.ExpireDue):
+            reservation_ids.update(cmd.reservation_ids)
+            pairs.update(cmd.lot_pairs)
+    return reservation_ids, pairs, accounts
+
+
+def _settle(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
+    if not p.future.done():
+        p.future.set_result(outcome)

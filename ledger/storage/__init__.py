@@ -1,0 +1,1 @@
+"""PostgreSQL storage: asyncpg and SQL live here and nowhere else."""

@@ -1,0 +1,133 @@
+"""Connecting: the asyncpg pool, the embedded PostgreSQL, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ledger.storage.postgres import json_codec_init
+
+log = logging.getLogger("ledger.storage")
+
+_MIGRATION_LOCK_KEY = 0x43524C44  # "CRLD": one advisory lock for every migrating process
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    min_size: int = 2
+    max_size: int = 10
+    connect_timeout_s: float = 3.0
+    command_timeout_s: float = 10.0
+
+
+async def create_pool(url: str, settings: PoolSettings = PoolSettings()) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        url,
+        min_size=settings.min_size,
+        max_size=settings.max_size,
+        timeout=settings.connect_timeout_s,
+        command_timeout=settings.command_timeout_s,
+        init=json_codec_init(),
+        # Idle connections are recycled so that a restarted database is noticed.
+        max_inactive_connection_lifetime=60.0,
+    )
+    return pool
+
+
+async def wait_for_database(url: str, timeout_s: float) -> None:
+    """Retry connecting (with backoff) until the database answers or time runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            conn = await asyncpg.connect(url, timeout=2.0)
+            await conn.close()
+            return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            if loop.time() + delay > deadline:
+                raise ConnectionError(
+                    f"database not reachable after {timeout_s:.0f} s: {type(exc).__name__}"
+                ) from exc
+            log.warning("database not reachable yet (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for item in resources.files("ledger.storage").joinpath("migrations").iterdir():
+        name = item.name
+        if name.endswith(".sql"):
+            found.append((int(name.split("_", 1)[0]), name, item.read_text()))
+    return sorted(found)
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply pending migrations under an advisory lock; safe when many processes start at once.
+
+    Returns the names of the migrations this call applied.
+    """
+    conn = await asyncpg.connect(url, timeout=10.0)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in _migrations():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        version,
+                        name,
+                    )
+                applied.append(name)
+                log.info("applied migration %s", name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the `pgserver` package, with its data under `data_dir`.
+
+    Data persists across restarts; the server is stopped on `stop()` (and by
+    pgserver at interpreter exit).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: Any = None
+
+    def start(self) -> str:
+        import pgserver  # imported here: only the embedded mode needs it
+
+        pgdata = self.data_dir / "pgdata"
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        uri: str = self._server.get_uri()
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            try:
+                self._server.cleanup()
+            finally:
+                self._server = None

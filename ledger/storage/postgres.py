@@ -1,0 +1,554 @@
+"""The ledger's tables in PostgreSQL, through asyncpg.
+
+Every SQL statement the ledger issues is in this package. Mutations run in
+`batch()`: one SERIALIZABLE transaction that reads the rows a batch of
+commands needs (a few set-based SELECTs) and writes every change back in one
+statement (data-modifying CTEs over unnest() arrays).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from ledger.domain.model import (
+    Account,
+    Allocation,
+    Balance,
+    Bucket,
+    Entry,
+    Lot,
+    Movement,
+    Reservation,
+    ReservationState,
+)
+from ledger.domain.rules import PairKey, WorkingSet
+from ledger.service.ports import (
+    IdempotencyRecord,
+    SerializationConflict,
+    StorageUnavailable,
+)
+
+T = TypeVar("T")
+
+# SQLSTATEs that mean "run the transaction again".
+_RETRYABLE = {"40001", "40P01"}
+# Connection-level failures: the database is gone or restarting.
+_UNAVAILABLE_STATES = {
+    "57P01",
+    "57P02",
+    "57P03",
+    "08000",
+    "08003",
+    "08006",
+    "08001",
+    "08004",
+    "53300",
+}
+
+_BALANCE_COLS = "account_id, asset, available, reserved, granted, settled, refunded, expired"
+_LOT_COLS = "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at"
+_RES_COLS = (
+    "reservation_id, account_id, asset, amount, settled, released, refunded, state, created_at,"
+    " expires_at, metadata, group_id, leg_key, allocations"
+)
+
+_SAVE = f"""
+WITH b AS (
+    INSERT INTO balances ({_BALANCE_COLS})
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                         $7::int8[], $8::int8[])
+    ON CONFLICT (account_id, asset) DO UPDATE SET
+        available = EXCLUDED.available, reserved = EXCLUDED.reserved, granted = EXCLUDED.granted,
+        settled = EXCLUDED.settled, refunded = EXCLUDED.refunded, expired = EXCLUDED.expired
+    RETURNING 1
+), l AS (
+    INSERT INTO lots ({_LOT_COLS})
+    SELECT * FROM unnest($9::uuid[], $10::text[], $11::text[], $12::int8[], $13::int8[], $14::int4[],
+                         $15::text[], $16::timestamptz[], $17::timestamptz[])
+    ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining
+    RETURNING 1
+), r AS (
+    INSERT INTO reservations ({_RES_COLS})
+    SELECT id, acc, ast, amt, st, rl, rf, sta, ca, ea, md::jsonb, gid, lk, al::jsonb
+    FROM unnest($18::uuid[], $19::text[], $20::text[], $21::int8[], $22::int8[], $23::int8[],
+                $24::int8[], $25::text[], $26::timestamptz[], $27::timestamptz[], $28::text[],
+                $29::uuid[], $30::text[], $31::text[])
+         AS t(id, acc, ast, amt, st, rl, rf, sta, ca, ea, md, gid, lk, al)
+    ON CONFLICT (reservation_id) DO UPDATE SET
+        settled = EXCLUDED.settled, released = EXCLUDED.released, refunded = EXCLUDED.refunded,
+        state = EXCLUDED.state, allocations = EXCLUDED.allocations
+    RETURNING 1
+), e AS (
+    INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,
+                         reservation_id, lot_id, created_at)
+    SELECT tx, acc, ast, amt, mv, bk, rid, lid, $32::timestamptz
+    FROM unnest($33::uuid[], $34::text[], $35::text[], $36::int8[], $37::text[], $38::text[],
+                $39::uuid[], $40::uuid[]) AS t(tx, acc, ast, amt, mv, bk, rid, lid)
+    RETURNING 1
+), i AS (
+    INSERT INTO idempotency (caller, key, method, request_hash, outcome, created_at)
+    SELECT c, k, m, h, o::jsonb, $32::timestamptz
+    FROM unnest($41::text[], $42::text[], $43::text[], $44::bytea[], $45::text[]) AS t(c, k, m, h, o)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FROM r)
+     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i)
+"""
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Map a driver error to the service's vocabulary (or leave it as a bug)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", "") or ""
+        if state in _RETRYABLE:
+            return SerializationConflict(state)
+        if state == "23505" and "idempotency" in str(getattr(exc, "constraint_name", "") or ""):
+            # A concurrent transaction (another replica) recorded the same key first:
+            # the retry will find its record and replay it.
+            return SerializationConflict(state)
+        if state in _UNAVAILABLE_STATES or state.startswith("08"):
+            return StorageUnavailable(f"database error {state}")
+        return exc
+    if isinstance(
+        exc,
+        (
+            OSError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+            TimeoutError,
+            ConnectionError,
+        ),
+    ):
+        return StorageUnavailable(type(exc).__name__)
+    return exc
+
+
+async def _guard(op: Awaitable[T]) -> T:
+    try:
+        return await op
+    except Exception as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+def _balance(row: asyncpg.Record) -> Balance:
+    return Balance(
+        row["account_id"],
+        row["asset"],
+        row["available"],
+        row["reserved"],
+        row["granted"],
+        row["settled"],
+        row["refunded"],
+        row["expired"],
+    )
+
+
+def _lot(row: asyncpg.Record) -> Lot:
+    return Lot(
+        str(row["lot_id"]),
+        row["account_id"],
+        row["asset"],
+        row["amount"],
+        row["remaining"],
+        row["priority"],
+        row["source"],
+        row["expires_at"],
+        row["created_at"],
+    )
+
+
+def _reservation(row: asyncpg.Record) -> Reservation:
+    return Reservation(
+        reservation_id=str(row["reservation_id"]),
+        account_id=row["account_id"],
+        asset=row["asset"],
+        amount=row["amount"],
+        settled=row["settled"],
+        released=row["released"],
+        refunded=row["refunded"],
+        state=ReservationState(row["state"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        metadata=dict(row["metadata"]),
+        group_id=str(row["group_id"]) if row["group_id"] is not None else "",
+        leg_key=row["leg_key"],
+        allocations=[Allocation(str(a[0]), a[1], a[2], a[3], a[4]) for a in row["allocations"]],
+    )
+
+
+def _entry(row: asyncpg.Record) -> Entry:
+    return Entry(
+        entry_id=row["entry_id"],
+        transaction_id=str(row["transaction_id"]),
+        account_id=row["account_id"],
+        asset=row["asset"],
+        amount=row["amount"],
+        movement=Movement(row["movement"]),
+        bucket=Bucket(row["bucket"]),
+        reservation_id=str(row["reservation_id"]) if row["reservation_id"] is not None else "",
+        lot_id=str(row["lot_id"]) if row["lot_id"] is not None else "",
+        created_at=row["created_at"],
+    )
+
+
+class PgBatch:
+    """The queries of one batch transaction (see ledger.service.ports.BatchUnit)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def find_records(
+        self, keys: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], IdempotencyRecord]:
+        if not keys:
+            return {}
+        rows = await _guard(
+            self._conn.fetch(
+                "SELECT i.caller, i.key, i.method, i.request_hash, i.outcome FROM idempotency i"
+                " JOIN unnest($1::text[], $2::text[]) AS k(caller, key)"
+                " ON i.caller = k.caller AND i.key = k.key",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
+        )
+        return {
+            (r["caller"], r["key"]): IdempotencyRecord(
+                r["caller"], r["key"], r["method"], bytes(r["request_hash"]), r["outcome"]
+            )
+            for r in rows
+        }
+
+    async def load(
+        self, ws: WorkingSet, reservation_ids: set[str], pairs: set[PairKey], account_ids: set[str]
+    ) -> None:
+        conn = self._conn
+        lot_ids: set[str] = set()
+        if reservation_ids:
+            rows = await _guard(
+                conn.fetch(
+                    f"SELECT {_RES_COLS} FROM reservations WHERE reservation_id = ANY($1::uuid[])",
+                    list(reservation_ids),
+                )
+            )
+            for row in rows:
+                res = _reservation(row)
+                ws.reservations[res.reservation_id] = res
+                pairs.add((res.account_id, res.asset))
+                lot_ids.update(a.lot_id for a in res.allocations)
+        if account_ids:
+            rows = await _guard(
+                conn.fetch(
+                    "SELECT account_id FROM accounts WHERE account_id = ANY($1::text[])",
+                    list(account_ids),
+                )
+            )
+            ws.accounts.update(r["account_id"] for r in rows)
+        if not pairs:
+            return
+        accs = [p[0] for p in pairs]
+        assets = [p[1] for p in pairs]
+        rows = await _guard(
+            conn.fetch(
+                f"SELECT {_BALANCE_COLS} FROM balances b"
+                " JOIN unnest($1::text[], $2::text[]) AS p(account_id, asset) USING (account_id, asset)",
+                accs,
+                assets,
+            )
+        )
+        for row in rows:
+            bal = _balance(row)
+            ws.balances[(bal.account_id, bal.asset)] = bal
+        rows = await _guard(
+            conn.fetch(
+                f"SELECT {_LOT_COLS} FROM lots WHERE lot_id = ANY($3::uuid[]) UNION"
+                f" SELECT {_LOT_COLS} FROM lots JOIN unnest($1::text[], $2::text[]) AS p(account_id, asset)"
+                " USING (account_id, asset) WHERE remaining > 0",
+                accs,
+                assets,
+                list(lot_ids),
+            )
+        )
+        for row in rows:
+            ws.add_lot(_lot(row))
+
+    async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
+        bals = [ws.balances[k] for k in sorted(ws.dirty_balances)]
+        lots = [ws.lots[i] for i in sorted(ws.dirty_lots)]
+        ress = [ws.reservations[i] for i in sorted(ws.dirty_reservations)]
+        posts = ws.postings
+        if not (bals or lots or ress or posts or records):
+            return
+        await _guard(
+            self._conn.fetchval(
+                _SAVE,
+                [b.account_id for b in bals],
+                [b.asset for b in bals],
+                [b.available for b in bals],
+                [b.reserved for b in bals],
+                [b.granted for b in bals],
+                [b.settled for b in bals],
+                [b.refunded for b in bals],
+                [b.expired for b in bals],
+                [lt.lot_id for lt in lots],
+                [lt.account_id for lt in lots],
+                [lt.asset for lt in lots],
+                [lt.amount for lt in lots],
+                [lt.remaining for lt in lots],
+                [lt.priority for lt in lots],
+                [lt.source for lt in lots],
+                [lt.expires_at for lt in lots],
+                [lt.created_at for lt in lots],
+                [r.reservation_id for r in ress],
+                [r.account_id for r in ress],
+                [r.asset for r in ress],
+                [r.amount for r in ress],
+                [r.settled for r in ress],
+                [r.released for r in ress],
+                [r.refunded for r in ress],
+                [r.state.value for r in ress],
+                [r.created_at for r in ress],
+                [r.expires_at for r in ress],
+                [json.dumps(r.metadata) for r in ress],
+                [r.group_id or None for r in ress],
+                [r.leg_key for r in ress],
+                [
+                    json.dumps(
+                        [
+                            [a.lot_id, a.held, a.settled, a.released, a.refunded]
+                            for a in r.allocations
+                        ]
+                    )
+                    for r in ress
+                ],
+                ws.now,
+                [p.transaction_id for p in posts],
+                [p.account_id for p in posts],
+                [p.asset for p in posts],
+                [p.amount for p in posts],
+                [p.movement.value for p in posts],
+                [p.bucket.value for p in posts],
+                [p.reservation_id or None for p in posts],
+                [p.lot_id or None for p in posts],
+                [r.caller for r in records],
+                [r.key for r in records],
+                [r.method for r in records],
+                [r.request_hash for r in records],
+                [json.dumps(r.outcome) for r in records],
+            )
+        )
+
+
+class PostgresStore:
+    """The Store of ledger.service.ports, on an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float = 5.0) -> None:
+        self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
+        self._waiting = 0
+
+    def pool_stats(self) -> tuple[int, int, int]:
+        """(connections, in use, tasks waiting for one)."""
+        size = self._pool.get_size()
+        return size, size - self._pool.get_idle_size(), self._waiting
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        self._waiting += 1
+        try:
+            conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
+        except Exception as exc:
+            raise StorageUnavailable(f"no database connection: {type(exc).__name__}") from exc
+        finally:
+            self._waiting -= 1
+        try:
+            yield conn
+        finally:
+            with suppress(Exception):
+                await self._pool.release(conn)
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[PgBatch]:
+        async with self._connection() as conn:
+            tx = conn.transaction(isolation="serializable")
+            await _guard(tx.start())
+            try:
+                yield PgBatch(conn)
+            except BaseException:
+                with suppress(Exception):
+                    await tx.rollback()
+                raise
+            await _guard(tx.commit())
+
+    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async with self._connection() as conn:
+            return await _guard(fn(conn))
+
+    async def create_account(
+        self, account_id: str, metadata: dict[str, str], now: datetime
+    ) -> Account | None:
+        async def run(conn: asyncpg.Connection) -> Account | None:
+            async with conn.transaction(isolation="serializable"):
+                row = await conn.fetchrow(
+                    "INSERT INTO accounts (account_id, metadata, created_at) VALUES ($1, $2::jsonb, $3)"
+                    " ON CONFLICT (account_id) DO NOTHING RETURNING account_id, metadata, created_at",
+                    account_id,
+                    json.dumps(metadata),
+                    now,
+                )
+            if row is None:
+                return None
+            return Account(row["account_id"], dict(row["metadata"]), row["created_at"], [])
+
+        return await self._read(run)
+
+    async def get_account(self, account_id: str) -> Account | None:
+        async def run(conn: asyncpg.Connection) -> Account | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(
+                    "SELECT account_id, metadata, created_at FROM accounts WHERE account_id = $1",
+                    account_id,
+                )
+                if row is None:
+                    return None
+                bals = await conn.fetch(
+                    f"SELECT {_BALANCE_COLS} FROM balances WHERE account_id = $1 ORDER BY asset",
+                    account_id,
+                )
+            return Account(
+                row["account_id"],
+                dict(row["metadata"]),
+                row["created_at"],
+                [_balance(b) for b in bals],
+            )
+
+        return await self._read(run)
+
+    async def get_balance(self, account_id: str, asset: str) -> tuple[Balance, list[Lot]] | None:
+        async def run(conn: asyncpg.Connection) -> tuple[Balance, list[Lot]] | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM accounts WHERE account_id = $1", account_id
+                )
+                if exists is None:
+                    return None
+                row = await conn.fetchrow(
+                    f"SELECT {_BALANCE_COLS} FROM balances WHERE account_id = $1 AND asset = $2",
+                    account_id,
+                    asset,
+                )
+                lots = await conn.fetch(
+                    f"SELECT {_LOT_COLS} FROM lots WHERE account_id = $1 AND asset = $2 AND remaining > 0",
+                    account_id,
+                    asset,
+                )
+            bal = _balance(row) if row is not None else Balance(account_id, asset)
+            return bal, [_lot(r) for r in lots]
+
+        return await self._read(run)
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None:
+        row = await self._read(
+            lambda conn: conn.fetchrow(
+                f"SELECT {_RES_COLS} FROM reservations WHERE reservation_id = $1::uuid",
+                reservation_id,
+            )
+        )
+        return _reservation(row) if row is not None else None
+
+    async def get_group(self, group_id: str) -> list[Reservation]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                f"SELECT {_RES_COLS} FROM reservations WHERE group_id = $1::uuid", group_id
+            )
+        )
+        return [_reservation(r) for r in rows]
+
+    async def list_entries(
+        self, account_id: str, asset: str, before_entry_id: int | None, limit: int
+    ) -> list[Entry] | None:
+        async def run(conn: asyncpg.Connection) -> list[Entry] | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if (
+                    await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id)
+                    is None
+                ):
+                    return None
+                rows = await conn.fetch(
+                    "SELECT entry_id, transaction_id, account_id, asset, amount, movement, bucket,"
+                    " reservation_id, lot_id, created_at FROM entries"
+                    " WHERE account_id = $1 AND ($2 = '' OR asset = $2) AND ($3::int8 IS NULL OR entry_id < $3)"
+                    " ORDER BY entry_id DESC LIMIT $4",
+                    account_id,
+                    asset,
+                    before_entry_id,
+                    limit,
+                )
+            return [_entry(r) for r in rows]
+
+        return await self._read(run)
+
+    async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]:
+        async def run(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str]]]:
+            res = await conn.fetch(
+                "SELECT reservation_id FROM reservations WHERE state = 'open' AND expires_at <= $1"
+                " ORDER BY expires_at LIMIT $2",
+                now,
+                limit,
+            )
+            lots = await conn.fetch(
+                "SELECT DISTINCT account_id, asset FROM (SELECT account_id, asset FROM lots"
+                " WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= $1"
+                " ORDER BY expires_at LIMIT $2) AS due_lots",
+                now,
+                limit,
+            )
+            return [str(r[0]) for r in res], [(r[0], r[1]) for r in lots]
+
+        return await self._read(run)
+
+    async def reservation_stats(self, now: datetime) -> tuple[int, float]:
+        row = await self._read(
+            lambda conn: conn.fetchrow(
+                "SELECT count(*) AS open, coalesce(extract(epoch FROM $1 - min(expires_at))"
+                " FILTER (WHERE expires_at <= $1), 0)::float8 AS overdue_s"
+                " FROM reservations WHERE state = 'open'",
+                now,
+            )
+        )
+        return int(row["open"]), max(0.0, float(row["overdue_s"]))
+
+    async def prune_idempotency(self, before: datetime, limit: int) -> int:
+        result: str = await self._read(
+            lambda conn: conn.execute(
+                "DELETE FROM idempotency WHERE ctid = ANY(ARRAY("
+                "SELECT ctid FROM idempotency WHERE created_at < $1 LIMIT $2))",
+                before,
+                limit,
+            )
+        )
+        return int(result.split()[-1])
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.fetchval("SELECT 1", timeout=2.0))
+
+
+def json_codec_init() -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    """Pool `init`: decode jsonb to Python values."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await conn.set_type_codec("jsonb", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+    return init
+
+
+def _dumps(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)

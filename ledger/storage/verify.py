@@ -1,0 +1,178 @@
+"""`ledger verify`: every invariant, checked against the database in one snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+
+# (name, what it means, query returning offending rows; none means it holds)
+CHECKS: list[tuple[str, str, str]] = [
+    (
+        "transactions_balance",
+        "every ledger transaction's entries sum to zero per asset",
+        "SELECT transaction_id, asset, sum(amount) AS total FROM entries GROUP BY 1, 2 HAVING sum(amount) <> 0",
+    ),
+    (
+        "assets_balance",
+        "all entries of an asset sum to zero",
+        "SELECT asset, sum(amount) AS total FROM entries GROUP BY 1 HAVING sum(amount) <> 0",
+    ),
+    (
+        "balances_match_entries",
+        "each balance (available, reserved and lifetime totals) equals its entries",
+        """WITH e AS (
+          SELECT account_id, asset,
+            coalesce(sum(amount) FILTER (WHERE bucket = 'available'), 0) AS available,
+            coalesce(sum(amount) FILTER (WHERE bucket = 'held'), 0) AS reserved,
+            coalesce(sum(amount) FILTER (WHERE movement = 'grant'), 0) AS granted,
+            coalesce(-sum(amount) FILTER (WHERE movement = 'settle'), 0) AS settled,
+            coalesce(sum(amount) FILTER (WHERE movement = 'refund'), 0) AS refunded,
+            coalesce(-sum(amount) FILTER (WHERE movement = 'lot_expiry'), 0) AS expired
+          FROM entries WHERE bucket <> 'system' GROUP BY 1, 2)
+        SELECT coalesce(b.account_id, e.account_id) AS account_id, coalesce(b.asset, e.asset) AS asset,
+               b.available, e.available AS entries_available, b.reserved, e.reserved AS entries_reserved,
+               b.granted, e.granted AS entries_granted, b.settled, e.settled AS entries_settled,
+               b.refunded, e.refunded AS entries_refunded, b.expired, e.expired AS entries_expired
+        FROM balances b FULL JOIN e ON b.account_id = e.account_id AND b.asset = e.asset
+        WHERE (coalesce(b.available, 0), coalesce(b.reserved, 0), coalesce(b.granted, 0),
+               coalesce(b.settled, 0), coalesce(b.refunded, 0), coalesce(b.expired, 0))
+           IS DISTINCT FROM (coalesce(e.available, 0), coalesce(e.reserved, 0), coalesce(e.granted, 0),
+               coalesce(e.settled, 0), coalesce(e.refunded, 0), coalesce(e.expired, 0))""",
+    ),
+    (
+        "reserved_matches_open_reservations",
+        "reserved equals the remaining of open reservations",
+        """WITH r AS (SELECT account_id, asset, sum(amount - settled - released) AS held
+                   FROM reservations WHERE state = 'open' GROUP BY 1, 2)
+        SELECT coalesce(b.account_id, r.account_id) AS account_id, coalesce(b.asset, r.asset) AS asset,
+               b.reserved, r.held
+        FROM balances b FULL JOIN r ON b.account_id = r.account_id AND b.asset = r.asset
+        WHERE coalesce(b.reserved, 0) <> coalesce(r.held, 0)""",
+    ),
+    (
+        "available_not_negative",
+        "no available or reserved balance is negative",
+        "SELECT account_id, asset, available, reserved FROM balances WHERE available < 0 OR reserved < 0",
+    ),
+    (
+        "reservation_caps",
+        "settled + released <= amount and refunded <= settled; closed ones hold nothing",
+        """SELECT reservation_id, state, amount, settled, released, refunded FROM reservations
+        WHERE settled + released > amount OR refunded > settled OR settled < 0 OR released < 0
+           OR refunded < 0 OR (state <> 'open' AND settled + released <> amount)""",
+    ),
+    (
+        "reservation_allocations",
+        "a reservation's per-lot allocations add up to its totals",
+        """SELECT r.reservation_id, r.amount, r.settled, r.released, r.refunded, a.held, a.settled AS a_settled,
+               a.released AS a_released, a.refunded AS a_refunded
+        FROM reservations r CROSS JOIN LATERAL (
+          SELECT coalesce(sum((x->>1)::int8), 0) AS held, coalesce(sum((x->>2)::int8), 0) AS settled,
+                 coalesce(sum((x->>3)::int8), 0) AS released, coalesce(sum((x->>4)::int8), 0) AS refunded
+          FROM jsonb_array_elements(r.allocations) AS x) a
+        WHERE (a.held, a.settled, a.released, a.refunded) IS DISTINCT FROM
+              (r.amount, r.settled, r.released, r.refunded)""",
+    ),
+    (
+        "reservation_holds_match_entries",
+        "each reservation's held entries equal what it still holds",
+        """WITH h AS (SELECT reservation_id, sum(amount) AS held FROM entries
+                   WHERE bucket = 'held' GROUP BY 1)
+        SELECT r.reservation_id, r.state, r.amount - r.settled - r.released AS remaining, h.held
+        FROM reservations r LEFT JOIN h USING (reservation_id)
+        WHERE coalesce(h.held, 0) <> CASE WHEN r.state = 'open' THEN r.amount - r.settled - r.released ELSE 0 END""",
+    ),
+    (
+        "lot_bounds",
+        "every lot's remaining is between 0 and its amount",
+        "SELECT lot_id, amount, remaining FROM lots WHERE remaining < 0 OR remaining > amount",
+    ),
+    (
+        "available_matches_lots",
+        "available equals the sum of the lots' unreserved remainders",
+        """WITH l AS (SELECT account_id, asset, sum(remaining) AS remaining FROM lots GROUP BY 1, 2)
+        SELECT coalesce(b.account_id, l.account_id) AS account_id, coalesce(b.asset, l.asset) AS asset,
+               b.available, l.remaining
+        FROM balances b FULL JOIN l ON b.account_id = l.account_id AND b.asset = l.asset
+        WHERE coalesce(b.available, 0) <> coalesce(l.remaining, 0)""",
+    ),
+    (
+        "lots_match_entries",
+        "each lot's remaining equals its available-bucket entries",
+        """WITH e AS (SELECT lot_id, sum(amount) AS available FROM entries
+                   WHERE bucket = 'available' AND lot_id IS NOT NULL GROUP BY 1)
+        SELECT l.lot_id, l.remaining, e.available FROM lots l LEFT JOIN e USING (lot_id)
+        WHERE l.remaining <> coalesce(e.available, 0)""",
+    ),
+    (
+        "nothing_spent_from_expired_lots",
+        "no credit is reserved or charged from a lot after its expiry",
+        """SELECT e.entry_id, e.lot_id, e.movement, e.created_at, l.expires_at FROM entries e JOIN lots l USING (lot_id)
+        WHERE e.bucket = 'available' AND e.amount < 0 AND e.movement IN ('reserve', 'settle')
+          AND l.expires_at IS NOT NULL AND e.created_at >= l.expires_at""",
+    ),
+    (
+        "expired_matches_write_offs",
+        "credits written off equal the expired movements to @expired",
+        """SELECT asset, sum(amount) FILTER (WHERE account_id = '@expired') AS to_expired,
+               (SELECT coalesce(sum(expired), 0) FROM balances b WHERE b.asset = e.asset) AS balances_expired
+        FROM entries e WHERE movement = 'lot_expiry' GROUP BY asset
+        HAVING sum(amount) FILTER (WHERE account_id = '@expired')
+               <> (SELECT coalesce(sum(expired), 0) FROM balances b WHERE b.asset = e.asset)""",
+    ),
+]
+
+# Not broken ledgers, but a sweeper that is behind.
+WARNINGS: list[tuple[str, str, str]] = [
+    (
+        "reservations_overdue",
+        "open reservations more than 60 s past expiry",
+        "SELECT reservation_id, expires_at FROM reservations WHERE state = 'open' AND expires_at < now() - interval '60 seconds'",
+    ),
+    (
+        "lots_overdue",
+        "lots with a remainder more than 60 s past expiry",
+        "SELECT lot_id, expires_at, remaining FROM lots WHERE remaining > 0 AND expires_at < now() - interval '60 seconds'",
+    ),
+]
+
+
+@dataclass
+class Report:
+    checked: list[str] = field(default_factory=list)
+    violations: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    warnings: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def verify(url: str, sample_max: int = 10) -> Report:
+    conn = await asyncpg.connect(url, timeout=10.0)
+    report = Report()
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            for table in ("accounts", "balances", "lots", "reservations", "entries", "idempotency"):
+                report.counts[table] = await conn.fetchval(f"SELECT count(*) FROM {table}")
+            for name, _, sql in CHECKS:
+                report.checked.append(name)
+                rows = await conn.fetch(f"SELECT * FROM ({sql}) AS q LIMIT {sample_max}")
+                if rows:
+                    report.violations[name] = [dict(r) for r in rows]
+            for name, _, sql in WARNINGS:
+                rows = await conn.fetch(f"SELECT * FROM ({sql}) AS q LIMIT {sample_max}")
+                if rows:
+                    report.warnings[name] = [dict(r) for r in rows]
+    finally:
+        await conn.close()
+    return report
+
+
+def describe(name: str) -> str:
+    for n, text, _ in CHECKS + WARNINGS:
+        if n == name:
+            return text
+    return name

@@ -1,0 +1,1 @@
+"""gRPC transport: grpc and the generated creditledger.v1 modules live here only."""

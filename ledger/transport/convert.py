@@ -1,0 +1,200 @@
+"""Protobuf messages to domain commands, and domain values to messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from creditledger.v1 import ledger_pb2 as pb
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from ledger.domain import commands as c
+from ledger.domain import limits
+from ledger.domain.errors import FieldViolation, InvalidArgument
+from ledger.domain.model import (
+    Account,
+    Balance,
+    Bucket,
+    Entry,
+    Lot,
+    Movement,
+    Reservation,
+    ReservationState,
+)
+
+_STATE = {
+    ReservationState.OPEN: pb.Reservation.STATE_OPEN,
+    ReservationState.CLOSED: pb.Reservation.STATE_CLOSED,
+    ReservationState.EXPIRED: pb.Reservation.STATE_EXPIRED,
+}
+_MOVEMENT = {
+    Movement.GRANT: pb.Entry.MOVEMENT_GRANT,
+    Movement.RESERVE: pb.Entry.MOVEMENT_RESERVE,
+    Movement.SETTLE: pb.Entry.MOVEMENT_SETTLE,
+    Movement.RELEASE: pb.Entry.MOVEMENT_RELEASE,
+    Movement.REFUND: pb.Entry.MOVEMENT_REFUND,
+    Movement.RESERVATION_EXPIRY: pb.Entry.MOVEMENT_RESERVATION_EXPIRY,
+    Movement.LOT_EXPIRY: pb.Entry.MOVEMENT_LOT_EXPIRY,
+}
+_BUCKET = {
+    Bucket.AVAILABLE: pb.Entry.BUCKET_AVAILABLE,
+    Bucket.HELD: pb.Entry.BUCKET_HELD,
+    Bucket.SYSTEM: pb.Entry.BUCKET_SYSTEM,
+}
+
+
+def _invalid(field: str, description: str) -> InvalidArgument:
+    return InvalidArgument([FieldViolation(field, description)])
+
+
+def duration_s(msg: duration_pb2.Duration, present: bool) -> float | None:
+    if not present:
+        return None
+    return msg.seconds + msg.nanos / 1e9
+
+
+def timestamp(msg: timestamp_pb2.Timestamp, present: bool, field: str) -> datetime | None:
+    if not present:
+        return None
+    try:
+        return msg.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise _invalid(field, "is not a valid timestamp") from exc
+
+
+def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+# ---- requests -> commands
+
+
+def grant(req: pb.GrantRequest, caller: str) -> c.Grant:
+    return c.Grant(
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        req.amount,
+        dict(req.metadata),
+        timestamp(req.expires_at, req.HasField("expires_at"), "expires_at"),
+        req.priority if req.HasField("priority") else limits.PRIORITY_DEFAULT,
+        req.source,
+    )
+
+
+def reserve(req: pb.ReserveRequest, caller: str) -> c.Reserve:
+    return c.Reserve(
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        req.amount,
+        duration_s(req.ttl, req.HasField("ttl")),
+        dict(req.metadata),
+    )
+
+
+def reserve_group(req: pb.ReserveGroupRequest, caller: str) -> c.ReserveGroup:
+    if len(req.legs) > limits.GROUP_LEGS_MAX:
+        raise _invalid("legs", f"must have 1 to {limits.GROUP_LEGS_MAX} legs (GROUP_LEGS_MAX)")
+    legs = tuple(c.Leg(leg.account_id, leg.asset, leg.amount, leg.leg_key) for leg in req.legs)
+    return c.ReserveGroup(
+        caller,
+        req.idempotency_key,
+        legs,
+        duration_s(req.ttl, req.HasField("ttl")),
+        dict(req.metadata),
+    )
+
+
+def charge(req: pb.ChargeRequest, caller: str) -> c.Charge:
+    return c.Charge(
+        caller, req.idempotency_key, req.account_id, req.asset, req.amount, dict(req.metadata)
+    )
+
+
+def settle(req: pb.SettleRequest, caller: str) -> c.Settle:
+    return c.Settle(caller, req.idempotency_key, req.reservation_id, req.amount, req.final)
+
+
+def release(req: pb.ReleaseRequest, caller: str) -> c.Release:
+    return c.Release(caller, req.idempotency_key, req.reservation_id, req.amount)
+
+
+def refund(req: pb.RefundRequest, caller: str) -> c.Refund:
+    return c.Refund(caller, req.idempotency_key, req.reservation_id, req.amount, req.reason)
+
+
+# ---- domain -> messages
+
+
+def balance(b: Balance) -> pb.Balance:
+    return pb.Balance(
+        account_id=b.account_id,
+        asset=b.asset,
+        available=b.available,
+        reserved=b.reserved,
+        granted=b.granted,
+        settled=b.settled,
+        refunded=b.refunded,
+        expired=b.expired,
+    )
+
+
+def lot(lt: Lot) -> pb.Lot:
+    out = pb.Lot(
+        lot_id=lt.lot_id,
+        source=lt.source,
+        priority=lt.priority,
+        amount=lt.amount,
+        remaining=lt.remaining,
+        created_at=_ts(lt.created_at),
+    )
+    if lt.expires_at is not None:
+        out.expires_at.CopyFrom(_ts(lt.expires_at))
+    return out
+
+
+def reservation(r: Reservation) -> pb.Reservation:
+    return pb.Reservation(
+        reservation_id=r.reservation_id,
+        account_id=r.account_id,
+        asset=r.asset,
+        amount=r.amount,
+        settled=r.settled,
+        released=r.released,
+        refunded=r.refunded,
+        remaining=r.remaining,
+        state=_STATE[r.state],
+        created_at=_ts(r.created_at),
+        expires_at=_ts(r.expires_at),
+        metadata=r.metadata,
+        group_id=r.group_id,
+        leg_key=r.leg_key,
+    )
+
+
+def entry(e: Entry) -> pb.Entry:
+    return pb.Entry(
+        entry_id=str(e.entry_id),
+        transaction_id=e.transaction_id,
+        account_id=e.account_id,
+        asset=e.asset,
+        amount=e.amount,
+        movement=_MOVEMENT[e.movement],
+        bucket=_BUCKET[e.bucket],
+        reservation_id=e.reservation_id,
+        lot_id=e.lot_id,
+        created_at=_ts(e.created_at),
+    )
+
+
+def account(a: Account) -> pb.Account:
+    return pb.Account(
+        account_id=a.account_id,
+        metadata=a.metadata,
+        created_at=_ts(a.created_at),
+        balances=[balance(b) for b in a.balances],
+    )

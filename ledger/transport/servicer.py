@@ -1,0 +1,154 @@
+"""LedgerService RPCs: request message in, (response message, replayed) out.
+
+Errors are raised as ledger errors; ledger.transport.server turns them into
+statuses (ledger.transport.status) and counts and logs every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from creditledger.v1 import ledger_pb2 as pb
+
+from ledger.domain.errors import InvariantViolation
+from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
+from ledger.service.ledger import Ledger
+from ledger.transport import convert
+
+Reply = tuple[Any, bool]
+Identify = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
+
+
+def local_caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Without authentication every call is the one local caller."""
+    return "local"
+
+
+def _reservation_reply(result: Result, response: type[Any]) -> Any:
+    if not isinstance(result, ReservationResult):
+        raise InvariantViolation(f"expected a reservation result, got {type(result).__name__}")
+    return response(
+        reservation=convert.reservation(result.reservation), balance=convert.balance(result.balance)
+    )
+
+
+class LedgerServicer:
+    def __init__(self, ledger: Ledger, identify: Identify = local_caller) -> None:
+        self._ledger = ledger
+        self._identify = identify
+
+    def methods(
+        self,
+    ) -> dict[str, tuple[Callable[[Any, Any], Awaitable[Reply]], type[Any], type[Any]]]:
+        """RPC name -> (implementation, request class, response class)."""
+        return {
+            "CreateAccount": (
+                self.create_account,
+                pb.CreateAccountRequest,
+                pb.CreateAccountResponse,
+            ),
+            "GetAccount": (self.get_account, pb.GetAccountRequest, pb.GetAccountResponse),
+            "Grant": (self.grant, pb.GrantRequest, pb.GrantResponse),
+            "Reserve": (self.reserve, pb.ReserveRequest, pb.ReserveResponse),
+            "ReserveGroup": (self.reserve_group, pb.ReserveGroupRequest, pb.ReserveGroupResponse),
+            "Settle": (self.settle, pb.SettleRequest, pb.SettleResponse),
+            "Release": (self.release, pb.ReleaseRequest, pb.ReleaseResponse),
+            "Refund": (self.refund, pb.RefundRequest, pb.RefundResponse),
+            "Charge": (self.charge, pb.ChargeRequest, pb.ChargeResponse),
+            "GetReservation": (
+                self.get_reservation,
+                pb.GetReservationRequest,
+                pb.GetReservationResponse,
+            ),
+            "GetReservationGroup": (
+                self.get_reservation_group,
+                pb.GetReservationGroupRequest,
+                pb.GetReservationGroupResponse,
+            ),
+            "GetBalance": (self.get_balance, pb.GetBalanceRequest, pb.GetBalanceResponse),
+            "ListEntries": (self.list_entries, pb.ListEntriesRequest, pb.ListEntriesResponse),
+        }
+
+    async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
+        account = await self._ledger.create_account(req.account_id, dict(req.metadata))
+        return pb.CreateAccountResponse(account=convert.account(account)), False
+
+    async def get_account(self, req: pb.GetAccountRequest, ctx: Any) -> Reply:
+        account = await self._ledger.get_account(req.account_id)
+        return pb.GetAccountResponse(account=convert.account(account)), False
+
+    async def grant(self, req: pb.GrantRequest, ctx: Any) -> Reply:
+        result, replayed = await self._ledger.execute(convert.grant(req, self._identify(ctx)))
+        if not isinstance(result, GrantResult):
+            raise InvariantViolation("Grant returned no GrantResult")
+        return pb.GrantResponse(
+            balance=convert.balance(result.balance), lot=convert.lot(result.lot)
+        ), replayed
+
+    async def reserve(self, req: pb.ReserveRequest, ctx: Any) -> Reply:
+        result, replayed = await self._ledger.execute(convert.reserve(req, self._identify(ctx)))
+        return _reservation_reply(result, pb.ReserveResponse), replayed
+
+    async def reserve_group(self, req: pb.ReserveGroupRequest, ctx: Any) -> Reply:
+        result, replayed = await self._ledger.execute(
+            convert.reserve_group(req, self._identify(ctx))
+        )
+        if not isinstance(result, GroupResult):
+            raise InvariantViolation("ReserveGroup returned no GroupResult")
+        group = pb.ReservationGroup(
+            group_id=result.group_id,
+            reservations=[convert.reservation(r) for r in result.reservations],
+        )
+        return pb.ReserveGroupResponse(group=group), replayed
+
+    async def settle(self, req: pb.SettleRequest, ctx: Any) -> Reply:
+        result, replayed = await self._ledger.execute(convert.settle(req, self._identify(ctx)))
+        return _reservation_reply(result, pb.SettleResponse), replayed
+
+    async def release(self, req: pb.ReleaseRequest, ctx: Any) -> Reply:
+        result, replayed = await self._ledger.execute(convert.release(req, self._identify(ctx)))
+        return _reservation_reply(result, pb.ReleaseResponse), replayed
+
+    async def refund(self, req: pb.RefundRequest, ctx: Any) -> Reply:
+        result, replayed = await self._ledger.execute(convert.refund(req, self._identify(ctx)))
+        return _reservation_reply(result, pb.RefundResponse), replayed
+
+    async def charge(self, req: pb.ChargeRequest, ctx: Any) -> Reply:
+        result, replayed = await self._ledger.execute(convert.charge(req, self._identify(ctx)))
+        return _reservation_reply(result, pb.ChargeResponse), replayed
+
+    async def get_reservation(self, req: pb.GetReservationRequest, ctx: Any) -> Reply:
+        res = await self._ledger.get_reservation(req.reservation_id)
+        return pb.GetReservationResponse(reservation=convert.reservation(res)), False
+
+    async def get_reservation_group(self, req: pb.GetReservationGroupRequest, ctx: Any) -> Reply:
+        group = await self._ledger.get_group(req.group_id)
+        return pb.GetReservationGroupResponse(
+            group=pb.ReservationGroup(
+                group_id=group.group_id,
+                reservations=[convert.reservation(r) for r in group.reservations],
+            )
+        ), False
+
+    async def get_balance(self, req: pb.GetBalanceRequest, ctx: Any) -> Reply:
+        view = await self._ledger.get_balance(
+            req.account_id,
+            req.asset,
+            convert.duration_s(req.expiring_within, req.HasField("expiring_within")),
+            req.include_lots,
+        )
+        return pb.GetBalanceResponse(
+            balance=convert.balance(view.balance),
+            expiring_amount=view.expiring_amount,
+            lots=[convert.lot(lt) for lt in view.lots],
+        ), False
+
+    async def list_entries(self, req: pb.ListEntriesRequest, ctx: Any) -> Reply:
+        page = await self._ledger.list_entries(
+            req.account_id, req.asset, req.page_size, req.page_token
+        )
+        return pb.ListEntriesResponse(
+            entries=[convert.entry(e) for e in page.entries], next_page_token=page.next_page_token
+        ), False
