@@ -1,0 +1,119 @@
+"""What the bench prints and writes: the table, the last line, the JSON file, the chart."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.bench.stats import PointResult
+
+THROUGHPUT_AT = 64
+P99_AT = 8
+
+
+def pick(points: Sequence[PointResult], workload: str, concurrency: int) -> PointResult | None:
+    """The point of `workload` at `concurrency`, else the nearest measured one."""
+    candidates = [p for p in points if p.workload == workload]
+    if not candidates:
+        return None
+    return min(
+        candidates,
+        key=lambda p: (abs(math.log(p.concurrency / concurrency)), -p.concurrency),
+    )
+
+
+def _num(value: float | None, digits: int) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _rate(point: PointResult | None) -> float | None:
+    return None if point is None else point.ops_per_s
+
+
+def _ratio(point: PointResult | None) -> float | None:
+    return None if point is None else point.ratio_to_pgbench
+
+
+def last_line(points: Sequence[PointResult], rss_peak_mb: float | None) -> str:
+    """`bench: charge <ops/s> (<ratio>x pgbench), reserve-settle ..., rss <MB> MB`."""
+    charge = pick(points, "charge", THROUGHPUT_AT)
+    settle = pick(points, "reserve-settle", THROUGHPUT_AT)
+    hot = pick(points, "hot", THROUGHPUT_AT)
+    tail = pick(points, "charge", P99_AT)
+    return (
+        f"bench: charge {_num(_rate(charge), 0)} ({_num(_ratio(charge), 2)}x pgbench),"
+        f" reserve-settle {_num(_rate(settle), 0)} ({_num(_ratio(settle), 2)}x),"
+        f" hot {_num(_rate(hot), 0)},"
+        f" charge p99 {_num(None if tail is None else tail.latency_ms['p99'], 1)} ms,"
+        f" rss {_num(rss_peak_mb, 0)} MB"
+    )
+
+
+def _errors(counts: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "0"
+
+
+def table(points: Sequence[PointResult]) -> str:
+    """A compact fixed-width table, one row per point."""
+    header = (
+        f"{'workload':<15}{'inflight':>8}{'ops/s':>9}{'xpgb':>6}{'p50':>7}{'p95':>7}"
+        f"{'p99':>7}{'p99.9':>8}{'retry':>7}{'batch':>6}{'srv%':>6}{'pg%':>5}{'gen%':>6}"
+        f"{'rssMB':>6}  errors(unexpected; expected)"
+    )
+    rows = [header, "-" * len(header)]
+    for p in points:
+        lat, cpu, srv = p.latency_ms, p.cpu, p.server
+        rows.append(
+            f"{p.workload:<15}{p.concurrency:>8}{p.ops_per_s:>9.0f}"
+            f"{_num(p.ratio_to_pgbench, 2):>6}{_num(lat['p50'], 1):>7}{_num(lat['p95'], 1):>7}"
+            f"{_num(lat['p99'], 1):>7}{_num(lat['p99.9'], 1):>8}"
+            f"{_num(srv.get('serialization_retries'), 0):>7}{_num(srv.get('mean_batch'), 1):>6}"
+            f"{_num(cpu.get('server'), 0):>6}{_num(cpu.get('postgres'), 0):>5}"
+            f"{_num(cpu.get('generator'), 0):>6}{_num(srv.get('rss_peak_mb'), 0):>6}"
+            f"  {_errors(p.unexpected_errors)}; {_errors(p.expected_rejections)}"
+        )
+    return "\n".join(rows)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """One JSON file per run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def chart(
+    path: Path, points: Sequence[PointResult], pgbench_tps: dict[int, float], title: str
+) -> None:
+    """Throughput and p99 against in-flight requests, one line per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tp, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for workload in dict.fromkeys(p.workload for p in points):
+        mine = sorted((p for p in points if p.workload == workload), key=lambda p: p.concurrency)
+        xs = [p.concurrency for p in mine]
+        ax_tp.plot(xs, [p.ops_per_s for p in mine], marker="o", label=workload)
+        ax_p99.plot(xs, [p.latency_ms["p99"] for p in mine], marker="o", label=workload)
+    if pgbench_tps:
+        xs = sorted(pgbench_tps)
+        ax_tp.plot(xs, [pgbench_tps[x] for x in xs], "k--", marker="x", label="pgbench tpcb-like")
+    ax_tp.set(xscale="log", xlabel="in flight", ylabel="operations/s", title="throughput")
+    ax_p99.set(xscale="log", yscale="log", xlabel="in flight", ylabel="ms", title="p99 latency")
+    ticks = sorted({p.concurrency for p in points})
+    for ax in (ax_tp, ax_p99):
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title, fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

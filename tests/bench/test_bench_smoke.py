@@ -1,0 +1,60 @@
+"""A tiny run of the benchmark: its output format, its JSON, and no unexpected errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LAST_LINE = re.compile(
+    r"bench: charge \d+ \(\d+\.\d\dx pgbench\), reserve-settle \d+ \(\d+\.\d\dx\),"
+    r" hot \d+, charge p99 \d+\.\d ms, rss \d+ MB"
+)
+SMOKE_TIMEOUT_S = 90
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SMOKE_TIMEOUT_S + 30)
+def test_bench_smoke(tmp_path: Path) -> None:
+    if importlib.util.find_spec("ledger.__main__") is None:
+        pytest.skip("the server (`python -m ledger serve`) is not there yet")
+    args = [
+        sys.executable, "-m", "tests.bench",
+        "--workloads", "charge,reserve-settle,hot",
+        "--concurrency", "1,8",
+        "--duration-s", "1", "--warmup-s", "0.5",
+        "--accounts", "200", "--pgbench-scale", "1",
+        "--out-dir", str(tmp_path), "--verify",
+    ]  # fmt: skip
+    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get("LEDGER_TEST_DATABASE_URL")
+    if url:
+        args += ["--database-url", url]
+    done = subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    lines = done.stdout.strip().splitlines()
+    assert LAST_LINE.fullmatch(lines[-1]), lines[-1]
+
+    [json_path] = tmp_path.glob("bench-*.json")
+    document = json.loads(json_path.read_text())
+    assert document["last_line"] == lines[-1]
+    assert document["git"]["commit"]
+    assert document["verify_exit"] == 0
+    points = document["points"]
+    assert {(p["workload"], p["concurrency"]) for p in points} == {
+        (w, c) for w in ("charge", "reserve-settle", "hot") for c in (1, 8)
+    }
+    for point in points:
+        assert point["unexpected_errors"] == {}, point
+        assert point["ops"] > 0, point
+    assert set(document["pgbench"]) == {"1", "8"}
+    assert list(tmp_path.glob("bench-*.png"))

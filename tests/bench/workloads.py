@@ -1,0 +1,234 @@
+"""The workloads: one coroutine loop per in-flight slot, over the generated stubs.
+
+Each loop owns its request objects and mutates two or three fields per call
+(no per-call message construction beyond that, no JSON), draws accounts from
+its own seeded RNG and makes idempotency keys unique with a per-slot prefix
+and a counter. Every RPC counts as one operation.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from creditledger.v1 import ledger_pb2 as pb
+from creditledger.v1 import ledger_pb2_grpc as pb_grpc
+from google.rpc import error_details_pb2, status_pb2
+
+ASSET = "credits"
+HOT_ACCOUNT = "bench-hot"
+# Far above any balance the bench grants: the mixed workload's deliberate overdrafts.
+OVERDRAFT_AMOUNT = 10**14
+WORKLOADS = ("charge", "reserve-settle", "hot", "mixed")
+# Business rejections a workload asks for on purpose; every other error is unexpected.
+EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
+    "charge": frozenset(),
+    "reserve-settle": frozenset(),
+    "hot": frozenset(),
+    "mixed": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
+}
+
+Resp = TypeVar("Resp")
+
+
+def account_id(index: int) -> str:
+    """The id of uniform account number `index`."""
+    return f"bench-{index:06d}"
+
+
+def error_key(error: grpc.aio.AioRpcError) -> str:
+    """`CODE/REASON` of a failed RPC, REASON from the google.rpc.ErrorInfo detail."""
+    reason = "-"
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason or "-"
+    return f"{error.code().name}/{reason}"
+
+
+@dataclass
+class Recorder:
+    """Counts and latencies of one worker process for one point.
+
+    Only RPCs that complete inside [window_start, window_end) count as
+    operations and give latency samples; errors are counted over the whole
+    point, warmup included, because any of them is a finding.
+    """
+
+    window_start: float
+    window_end: float
+    expected: frozenset[str]
+    timeout_s: float
+    latencies_ms: list[float] = field(default_factory=list)
+    by_method: dict[str, int] = field(default_factory=dict)
+    expected_rejections: dict[str, int] = field(default_factory=dict)
+    unexpected_errors: dict[str, int] = field(default_factory=dict)
+
+    async def call(
+        self, method: str, rpc: Callable[..., Awaitable[Resp]], request: Any
+    ) -> Resp | None:
+        """Run one RPC, time it, and return its response (None when it failed)."""
+        started = time.monotonic()
+        try:
+            response: Resp | None = await rpc(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as error:
+            response = None
+            key = error_key(error)
+            if key not in self.expected:
+                self.unexpected_errors[key] = self.unexpected_errors.get(key, 0) + 1
+                return None
+            self.expected_rejections[key] = self.expected_rejections.get(key, 0) + 1
+        finished = time.monotonic()
+        if self.window_start <= finished < self.window_end:
+            self.latencies_ms.append((finished - started) * 1000.0)
+            self.by_method[method] = self.by_method.get(method, 0) + 1
+        return response
+
+
+@dataclass
+class Slot:
+    """What one in-flight slot needs: stub, recorder, RNG, key prefix, stop time."""
+
+    stub: pb_grpc.LedgerServiceAsyncStub
+    rec: Recorder
+    rng: random.Random
+    key_prefix: str
+    accounts: int
+    stop_at: float
+    seq: int = 0
+
+    def key(self) -> str:
+        """A fresh idempotency key, unique across the run."""
+        self.seq += 1
+        return f"{self.key_prefix}{self.seq}"
+
+    def account(self) -> str:
+        """A uniformly drawn account id."""
+        return account_id(self.rng.randrange(self.accounts))
+
+
+class Ops:
+    """The RPC sequences the workloads are made of, with reused request objects."""
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+        self.charge_req = pb.ChargeRequest(asset=ASSET, amount=1)
+        self.reserve_req = pb.ReserveRequest(asset=ASSET, amount=2)
+        self.settle_req = pb.SettleRequest(amount=1, final=True)
+        self.release_req = pb.ReleaseRequest(amount=0)
+        self.refund_req = pb.RefundRequest(amount=1, reason="bench")
+        self.balance_req = pb.GetBalanceRequest(asset=ASSET)
+        # Reservations of recent charges, for the mixed workload's refunds.
+        self.refundable: deque[str] = deque(maxlen=64)
+
+    async def charge(self, account: str, amount: int = 1) -> None:
+        """One Charge."""
+        slot, req = self.slot, self.charge_req
+        req.account_id, req.amount, req.idempotency_key = account, amount, slot.key()
+        resp = await slot.rec.call("Charge", slot.stub.Charge, req)
+        if resp is not None and resp.reservation.reservation_id:
+            self.refundable.append(resp.reservation.reservation_id)
+
+    async def reserve(self, account: str, amount: int) -> str | None:
+        """One Reserve; the reservation id, or None when it failed."""
+        slot, req = self.slot, self.reserve_req
+        req.account_id, req.amount, req.idempotency_key = account, amount, slot.key()
+        resp = await slot.rec.call("Reserve", slot.stub.Reserve, req)
+        return None if resp is None else resp.reservation.reservation_id
+
+    async def reserve_settle(self, account: str, reserve: int = 2, settle: int = 1) -> None:
+        """Reserve, then a final Settle of part of it (the rest goes back)."""
+        reservation_id = await self.reserve(account, reserve)
+        if reservation_id is None:
+            return
+        slot, req = self.slot, self.settle_req
+        req.reservation_id, req.amount, req.idempotency_key = reservation_id, settle, slot.key()
+        await slot.rec.call("Settle", slot.stub.Settle, req)
+
+    async def reserve_release(self, account: str) -> None:
+        """Reserve, then Release all of it."""
+        reservation_id = await self.reserve(account, 5)
+        if reservation_id is None:
+            return
+        slot, req = self.slot, self.release_req
+        req.reservation_id, req.idempotency_key = reservation_id, slot.key()
+        await slot.rec.call("Release", slot.stub.Release, req)
+
+    async def refund(self) -> None:
+        """Refund 1 credit of a recent charge (a charge when none is left)."""
+        if not self.refundable:
+            await self.charge(self.slot.account())
+            return
+        slot, req = self.slot, self.refund_req
+        req.reservation_id, req.idempotency_key = self.refundable.popleft(), slot.key()
+        await slot.rec.call("Refund", slot.stub.Refund, req)
+
+    async def get_balance(self, account: str) -> None:
+        """One GetBalance (a read)."""
+        req = self.balance_req
+        req.account_id = account
+        await self.slot.rec.call("GetBalance", self.slot.stub.GetBalance, req)
+
+
+async def run_charge(ops: Ops) -> None:
+    """1 credit per Charge, uniform over the accounts (email opens)."""
+    slot = ops.slot
+    while time.monotonic() < slot.stop_at:
+        await ops.charge(slot.account())
+
+
+async def run_reserve_settle(ops: Ops) -> None:
+    """Reserve 2, then Settle 1 with final, uniform over the accounts."""
+    slot = ops.slot
+    while time.monotonic() < slot.stop_at:
+        await ops.reserve_settle(slot.account())
+
+
+async def run_hot(ops: Ops) -> None:
+    """Half Charges, half Reserve/Settle pairs, all on ONE account."""
+    slot = ops.slot
+    while time.monotonic() < slot.stop_at:
+        if slot.rng.random() < 0.5:
+            await ops.charge(HOT_ACCOUNT)
+        else:
+            await ops.reserve_settle(HOT_ACCOUNT)
+
+
+async def run_mixed(ops: Ops) -> None:
+    """A realistic blend: mostly charges, holds settled or released, a few refunds,
+    reads, and 1% deliberate overdrafts that must fail INSUFFICIENT_CREDITS."""
+    slot = ops.slot
+    rng = slot.rng
+    while time.monotonic() < slot.stop_at:
+        draw = rng.random()
+        account = slot.account()
+        if draw < 0.58:
+            await ops.charge(account, rng.randint(1, 5))
+        elif draw < 0.78:
+            await ops.reserve_settle(account, 5, rng.randint(1, 5))
+        elif draw < 0.84:
+            await ops.reserve_release(account)
+        elif draw < 0.88:
+            await ops.refund()
+        elif draw < 0.99:
+            await ops.get_balance(account)
+        else:
+            await ops.charge(account, OVERDRAFT_AMOUNT)
+
+
+LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
+    "charge": run_charge,
+    "reserve-settle": run_reserve_settle,
+    "hot": run_hot,
+    "mixed": run_mixed,
+}
