@@ -1,0 +1,47 @@
+"""Every command of the README's grpcurl session, run as written against a live server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.conftest import RunningServer
+from tests.grpcurl.session import commands, script, session_source, split_output
+from tests.grpcurl.tool import grpcurl_path, run_process
+
+
+def test_session_parses_into_the_commands_a_reader_pastes() -> None:
+    block = "# comment\ngrpcurl a \\\n  b\n\nRES=$(x \\\n  | y)\necho $RES\n"
+    assert commands(block) == ["grpcurl a   b", "RES=$(x   | y)", "echo $RES"]
+
+
+async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None:
+    path, block = session_source()
+    cmds = commands(block)
+    assert len(cmds) >= 10, f"{path}: expected the whole session, got {cmds}"
+    # The reader's PATH has grpcurl and python3 from the venv (`make install`).
+    tools = f"{Path(grpcurl_path()).parent}:{Path(sys.executable).parent}"
+    done = await run_process(
+        "bash", "-c", script(cmds, ledger_server.target), env={"PATH": f"{tools}:/usr/bin:/bin"}
+    )
+    results = split_output(done.stdout, len(cmds))
+    for cmd, (status, output) in zip(cmds, results, strict=True):
+        assert status == 0, f"{path}: `{cmd}` exited {status}:\n{output}"
+
+    def output_of(fragment: str) -> str:
+        """Output of the last command containing `fragment`."""
+        return [out for cmd, (_, out) in zip(cmds, results, strict=True) if fragment in cmd][-1]
+
+    assert "creditledger.v1.LedgerService" in output_of(" list")
+    assert "message ReserveRequest" in output_of("describe")
+    echoed = output_of('echo "reservation')
+    assert echoed.startswith("reservation: ") and len(echoed.split()[-1]) > 8, echoed
+    assert '"state": "STATE_CLOSED"' in output_of("/Settle")
+    assert "idempotent-replayed: true" in output_of("-v -d")
+    balance = output_of("/GetBalance")
+    for field, value in (("available", 1000), ("granted", 3000), ("settled", 3000)):
+        assert f'"{field}": "{value}"' in balance, balance
+    assert '"refunded": "1000"' in balance, balance  # once, though the refund ran twice
+    refused = output_of("/Charge")
+    assert "INSUFFICIENT_CREDITS" in refused and "FailedPrecondition" in refused, refused
+    assert "as expected" in refused
