@@ -418,6 +418,8 @@ def _open_reservation(ws: WorkingSet, reservation_id: str) -> Reservation:
     res = ws.reservations.get(reservation_id)
     if res is None:
         raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
+    # Whatever touches a pair sees its due expiries first, so replies never show expired credits.
+    expire_lots(ws, res.account_id, res.asset)
     if res.overdue(ws.now):
         _release(ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY)
         res.state = ReservationState.EXPIRED

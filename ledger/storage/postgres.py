@@ -518,8 +518,8 @@ class PostgresStore:
     async def reservation_stats(self, now: datetime) -> tuple[int, float]:
         row = await self._read(
             lambda conn: conn.fetchrow(
-                "SELECT count(*) AS open, coalesce(extract(epoch FROM $1 - min(expires_at))"
-                " FILTER (WHERE expires_at <= $1), 0)::float8 AS overdue_s"
+                "SELECT count(*) AS open, coalesce(extract(epoch FROM $1::timestamptz"
+                " - min(expires_at) FILTER (WHERE expires_at <= $1)), 0)::float8 AS overdue_s"
                 " FROM reservations WHERE state = 'open'",
                 now,
             )
