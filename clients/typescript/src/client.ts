@@ -176,6 +176,12 @@ export class LedgerClient {
   constructor(options: LedgerClientOptions) {
     this.options = options;
     this.retryPolicy = { ...DEFAULT_RETRY_POLICY, ...options.retry };
+    if ((options.timeoutMs ?? DEFAULT_TIMEOUT_MS) <= 0 || this.retryPolicy.overallTimeoutMs <= 0) {
+      throw new RangeError("timeoutMs and retry.overallTimeoutMs must be > 0");
+    }
+    if (!Number.isInteger(this.retryPolicy.maxAttempts) || this.retryPolicy.maxAttempts < 1) {
+      throw new RangeError("retry.maxAttempts must be an integer >= 1");
+    }
     let transport = options.transport;
     if (transport === undefined) {
       const baseUrl = baseUrlOf(options.target, options.tls !== undefined && options.tls !== false);

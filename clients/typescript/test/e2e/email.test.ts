@@ -80,6 +80,17 @@ describe("email scenario against ledger serve", { timeout: 180_000 }, () => {
     assert.equal(balance?.available, 4n, "the replay must not charge again");
     assert.equal(balance?.settled, 31n);
 
+    // The 31st email's refusal was its key's first outcome: it stays final,
+    // even now that credits are available, and says it is a replay.
+    await assert.rejects(
+      client.charge({ accountId, asset: ASSET, amount: 1, idempotencyKey: "email-30" }),
+      (error: unknown) => {
+        assert.ok(error instanceof InsufficientCredits, String(error));
+        assert.equal(error.replayed, true);
+        return true;
+      },
+    );
+
     // An old email's key from the first test is replayed too, long after.
     const old = await client.charge({ accountId, asset: ASSET, amount: 1, idempotencyKey: "email-0" });
     assert.equal(old.replayed, true);
@@ -94,7 +105,8 @@ describe("email scenario against ledger serve", { timeout: 180_000 }, () => {
     );
     await assert.rejects(client.grant({ accountId, asset: ASSET, amount: 0 }), (error: unknown) => {
       assert.ok(error instanceof InvalidArgument, String(error));
-      assert.ok(error.fieldViolations.some((violation) => violation.field === "amount"), JSON.stringify(error.fieldViolations));
+      const fields = error.fieldViolations.map((violation) => violation.field);
+      assert.ok(fields.includes("amount"), JSON.stringify(error.fieldViolations));
       return true;
     });
   });

@@ -4,7 +4,13 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter, type HandlerContext, createRouterTransport } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  type HandlerContext,
+  createRouterTransport,
+} from "@connectrpc/connect";
 
 import { BadRequestSchema, ErrorInfoSchema } from "../../src/gen/google/rpc/error_details_pb.js";
 import {
@@ -192,6 +198,11 @@ describe("LedgerClient policy", { timeout: 10_000 }, () => {
     await assert.rejects(client.createAccount({ accountId: "acme" }), AccountExists);
     const created = await client.createAccount({ accountId: "acme" }, { existOk: true });
     assert.equal(created.account?.accountId, "acme");
+  });
+
+  test("refuses a policy that cannot make one attempt", () => {
+    assert.throws(() => new LedgerClient({ target: "unused", retry: { maxAttempts: 0 } }), RangeError);
+    assert.throws(() => new LedgerClient({ target: "unused", timeoutMs: 0 }), RangeError);
   });
 
   test("backoff stays within [0, ceiling] and the ceiling grows to maxBackoffMs", () => {
