@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import database, report
-from tests.bench.facts import git_facts, machine_facts
+from tests.bench.facts import cpu_pressure, git_facts, machine_facts
 from tests.bench.load import Workers
 from tests.bench.points import PointRunner, Target
 from tests.bench.server import RssSampler, ServerUnderTest, ledger_cli
@@ -175,40 +175,54 @@ def _sweep(run: Run, runner: PointRunner, pg: database.Postgres | None, db_url: 
 
 
 def execute(s: Settings) -> Run:
-    """The whole run; raises when setup fails."""
+    """The whole run: fresh database, server, load, verify, drop; raises when setup fails."""
     now = datetime.now(UTC)
     run_id = now.strftime("%Y%m%dT%H%M%SZ")
     run = Run(s, run_id, now.isoformat(), machine_facts(), {}, [])
     logs = s.out_dir / f"bench-{run_id}"
     logs.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
+    with ExitStack() as db_stack:
         pg, db_name, db_url = None, None, None
         if s.target is None or s.database_url:
             pg = database.locate(s.database_url, s.out_dir / "pgdata")
             db_name = f"creditledger_bench_{run_id.lower()}_{os.getpid()}"
             db_url = database.create_database(pg, db_name)
             if not s.keep_db:
-                stack.callback(database.drop_database, pg, db_name)
+                db_stack.callback(database.drop_database, pg, db_name)
             run.facts["postgres"] = database.server_facts(db_url)
-        target = _start_server(s, run, stack, db_url, logs)
-        if pg is not None and db_url is not None and s.pgbench:
-            database.pgbench_init(pg, db_url, s.pgbench_scale)
-        workers = Workers(s.client_procs, target.address, s.channels_per_proc)
-        stack.callback(workers.close)
-        started = time.monotonic()
-        workers.setup(s.accounts)
-        run.setup_s = time.monotonic() - started
-        say(f"setup: {s.accounts} accounts created and funded in {run.setup_s:.1f} s")
-        runner = PointRunner(s, workers, target, db_url, db_name)
-        with RssSampler(target.pid) as sampler:
-            _sweep(run, runner, pg, db_url)
-        run.rss_peak_mb = sampler.peak_bytes / 2**20 if target.pid else None
-        stack.close()  # stop server and workers before verify and the drop
+        with ExitStack() as stack:
+            _load(run, stack, pg, db_name, db_url, logs)
+        # The server is stopped now: verify reads a quiet database.
         if s.verify and db_url is not None and s.target is None and not s.noop_server:
             run.verify_exit = ledger_cli(["verify", "--database-url", db_url], logs / "verify.log")
             say(f"ledger verify: exit {run.verify_exit}")
     run.facts["loadavg_end"] = os.getloadavg()
+    run.facts["cpu_pressure_end"] = cpu_pressure()
     return run
+
+
+def _load(
+    run: Run,
+    stack: ExitStack,
+    pg: database.Postgres | None,
+    db_name: str | None,
+    db_url: str | None,
+    logs: Path,
+) -> None:
+    s = run.settings
+    target = _start_server(s, run, stack, db_url, logs)
+    if pg is not None and db_url is not None and s.pgbench:
+        database.pgbench_init(pg, db_url, s.pgbench_scale)
+    workers = Workers(s.client_procs, target.address, s.channels_per_proc)
+    stack.callback(workers.close)
+    started = time.monotonic()
+    workers.setup(s.accounts)
+    run.setup_s = time.monotonic() - started
+    say(f"setup: {s.accounts} accounts created and funded in {run.setup_s:.1f} s")
+    runner = PointRunner(s, workers, target, db_url, db_name)
+    with RssSampler(target.pid) as sampler:
+        _sweep(run, runner, pg, db_url)
+    run.rss_peak_mb = sampler.peak_bytes / 2**20 if target.pid else None
 
 
 def _start_server(

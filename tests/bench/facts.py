@@ -57,6 +57,16 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def cpu_pressure() -> str | None:
+    """The kernel's CPU pressure line (`some avg10=.. avg60=..`): how contended the
+    cores were, which load average alone does not say on a shared machine."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return f.readline().strip()
+    except OSError:
+        return None
+
+
 def machine_facts() -> dict[str, Any]:
     """CPU, memory, load, OS, Python and the versions of the libraries on the path."""
     return {
@@ -64,6 +74,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "mem_total_mb": _mem_total_mb(),
         "loadavg_start": os.getloadavg(),
+        "cpu_pressure_start": cpu_pressure(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "libraries": {d: _version(d) for d in ("grpcio", "protobuf", "uvloop", "asyncpg")},
