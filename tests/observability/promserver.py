@@ -6,7 +6,6 @@ import functools
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from tests.observability.files import REPO
+from tests.support.process import free_port
 
 INSTALL_SCRIPT = REPO / "deploy" / "install-test-tools.sh"
 INSTALL_TIMEOUT_S = 900
@@ -59,14 +59,6 @@ def require_tool(name: str) -> str:
                 f"(Debian package `prometheus`, needs root and apt-get): {output or 'no output'}"
             )
     return found
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PromQLError(Exception):
