@@ -1,0 +1,139 @@
+"""Storage guarantees against the real PostgreSQL: immutability, migrations, verify."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from creditledger.v1 import ledger_pb2 as pb
+from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub
+
+from ledger.storage.pool import migrate
+from ledger.storage.verify import verify
+from tests.conftest import key, new_account
+from tests.support.db import TestDatabase
+from tests.support.process import REPO
+
+
+@pytest.fixture
+async def scratch_db() -> AsyncIterator[TestDatabase]:
+    """A database of its own, for tests that break things on purpose."""
+    db = await TestDatabase.create("ledger_scratch")
+    yield db
+    await db.drop()
+
+
+async def test_entries_cannot_be_updated_or_deleted(
+    stub: LedgerServiceStub, database_url: str
+) -> None:
+    await new_account(stub, grant=5)
+    conn = await asyncpg.connect(database_url)
+    try:
+        for sql in (
+            "UPDATE entries SET amount = amount + 1",
+            "DELETE FROM entries",
+            "TRUNCATE entries",
+        ):
+            with pytest.raises(asyncpg.PostgresError, match="immutable"):
+                await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrations_apply_once(scratch_db: TestDatabase) -> None:
+    results = await asyncio.gather(*(migrate(scratch_db.url) for _ in range(5)))
+    applied = [name for r in results for name in r]
+    assert applied == ["0001_init.sql"]  # exactly one process applied it
+    assert await migrate(scratch_db.url) == []
+
+
+async def corrupt_and_verify(db: TestDatabase, sql: str) -> set[str]:
+    conn = await asyncpg.connect(db.url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+    return set((await verify(db.url)).violations)
+
+
+async def seed(db: TestDatabase) -> None:
+    """A small consistent ledger, made through the real rules (a second app on the scratch DB)."""
+    from ledger.app import App
+    from ledger.config import Config
+
+    app = App(Config(listen="127.0.0.1:0", database_url=db.url, metrics_listen="", drain_s=0.5))
+    await app.start()
+    try:
+        import grpc
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub as Stub
+
+            stub = Stub(ch)
+            await stub.CreateAccount(pb.CreateAccountRequest(account_id="victim"))
+            await stub.Grant(
+                pb.GrantRequest(account_id="victim", asset="crm", amount=100, idempotency_key=key())
+            )
+            r = await stub.Reserve(
+                pb.ReserveRequest(
+                    account_id="victim", asset="crm", amount=40, idempotency_key=key()
+                )
+            )
+            await stub.Settle(
+                pb.SettleRequest(
+                    reservation_id=r.reservation.reservation_id, amount=10, idempotency_key=key()
+                )
+            )
+    finally:
+        await app.stop()
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            "UPDATE balances SET available = available + 1",
+            {"balances_match_entries", "available_matches_lots"},
+        ),
+        (
+            "UPDATE balances SET reserved = reserved - 1",
+            {"balances_match_entries", "reserved_matches_open_reservations"},
+        ),
+        (
+            "UPDATE reservations SET settled = settled + 1",
+            {"reservation_allocations", "reservation_holds_match_entries"},
+        ),
+        (
+            "UPDATE lots SET remaining = remaining - 1",
+            {"available_matches_lots", "lots_match_entries"},
+        ),
+        (
+            "ALTER TABLE entries DISABLE TRIGGER USER; INSERT INTO entries (transaction_id, account_id, asset, amount,"
+            " movement, bucket, created_at) VALUES (gen_random_uuid(), 'victim', 'crm', 5, 'grant', 'available', now())",
+            {"transactions_balance", "assets_balance", "balances_match_entries"},
+        ),
+    ],
+)
+async def test_verify_catches_each_kind_of_corruption(
+    scratch_db: TestDatabase, sql: str, expected: set[str]
+) -> None:
+    await seed(scratch_db)
+    assert (await verify(scratch_db.url)).ok
+    found = await corrupt_and_verify(scratch_db, sql)
+    assert expected <= found, found
+
+
+async def test_verify_cli_exit_codes(scratch_db: TestDatabase) -> None:
+    await seed(scratch_db)
+    cmd = [sys.executable, "-m", "ledger", "verify", "--database-url", scratch_db.url]
+    ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "every invariant holds" in ok.stdout
+    await corrupt_and_verify(scratch_db, "UPDATE balances SET available = available + 7")
+    bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert "FAIL balances_match_entries" in bad.stdout
