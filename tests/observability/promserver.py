@@ -141,6 +141,13 @@ class PrometheusServer:
         result: Series = data["result"]
         return result
 
+    def rules(self) -> Series:
+        """Every loaded rule with its health ("ok", "err", "unknown") and last error."""
+        url = f"{self.url}/api/v1/rules"
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+            groups: Series = json.load(response)["data"]["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
     def targets(self) -> Series:
         """The active scrape targets with their health and last error."""
         with urllib.request.urlopen(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -24,9 +25,11 @@ from tests.observability.files import (
     expand_variables,
     panel_queries,
     prometheus_config_for,
+    rules,
 )
 from tests.observability.ledger_process import live_ledger
 from tests.observability.promserver import (
+    POLL_INTERVAL_S,
     PrometheusServer,
     all_finite_positive,
     require_tool,
@@ -77,6 +80,7 @@ async def test_prometheus_scrapes_the_ledger_and_runs_every_dashboard_query(
                 await account_lifecycle(stub, f"obs-{run}-2")
             _assert_prometheus_sees_the_traffic(prometheus)
             _assert_every_dashboard_query_returns_data(prometheus)
+            _assert_rules_evaluate_and_stay_quiet(prometheus)
         finally:
             prometheus.stop()
 
@@ -116,3 +120,16 @@ def _assert_every_dashboard_query_returns_data(prometheus: PrometheusServer) -> 
         except AssertionError:
             empty.append(f"{query.panel} [{query.ref_id}]: {expr}")
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+
+def _assert_rules_evaluate_and_stay_quiet(prometheus: PrometheusServer) -> None:
+    """Every rule evaluated without error on real series; a healthy ledger raises no alert."""
+    loaded = {rule["name"] for rule in prometheus.rules()}
+    assert loaded == {r.get("alert") or r["record"] for r in rules("alert") + rules("record")}
+    deadline = time.monotonic() + WAIT_S
+    while any(r["health"] == "unknown" for r in prometheus.rules()):
+        assert time.monotonic() < deadline, f"rules never evaluated: {prometheus.rules()}"
+        time.sleep(POLL_INTERVAL_S)
+    failing = [(r["name"], r.get("lastError")) for r in prometheus.rules() if r["health"] != "ok"]
+    assert not failing, f"rules failing on the live series: {failing}"
+    assert prometheus.query("ALERTS") == [], "alerts pending or firing on a healthy ledger"
