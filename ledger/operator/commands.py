@@ -262,7 +262,14 @@ def run_command(handler: Handler, args: argparse.Namespace, out: TextIO, err: Te
             err.write(f"error: {e}\n")
             return EXIT_USAGE
         except LedgerError as e:
-            report = error_report(e, target=args.target, key=getattr(args, "key", None))
+            context = {
+                name: str(value)
+                for name in ("account_id", "asset", "reservation_id")
+                if (value := getattr(args, name, None))
+            }
+            report = error_report(
+                e, target=args.target, key=getattr(args, "key", None), context=context
+            )
             if args.json:
                 output.write_json(err, {"error": report})
             else:

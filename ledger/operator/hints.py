@@ -12,33 +12,33 @@ EXIT_UNREACHABLE = 3
 _UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 _HINTS: dict[str, str] = {
-    "ACCOUNT_NOT_FOUND": "Check the id, or create it: ledger account create ACCOUNT_ID",
-    "ACCOUNT_EXISTS": "It is already there: ledger account show ACCOUNT_ID",
+    "ACCOUNT_NOT_FOUND": "Check the id, or create it: ledger account create {account_id}",
+    "ACCOUNT_EXISTS": "It is already there: ledger account show {account_id}",
     "RESERVATION_NOT_FOUND": (
-        "Check the reservation id; an account's reservations appear in: ledger entries ACCOUNT_ID"
+        "Check the reservation id; an account's reservations appear in: ledger entries {account_id}"
     ),
     "RESERVATION_GROUP_NOT_FOUND": "Check the group id (ReserveGroup returned it).",
     "INSUFFICIENT_CREDITS": (
         "Nothing was changed. {available} available, {requested} requested: grant more with "
-        "`ledger grant ACCOUNT_ID ASSET AMOUNT`, or ask for at most {available}."
+        "`ledger grant {account_id} {asset} AMOUNT`, or ask for at most {available}."
     ),
     "IDEMPOTENCY_KEY_REUSED": (
         "This --key was used before for a different request. Use a new key, or leave --key out."
     ),
     "RESERVATION_CLOSED": (
         "It is fully settled or released; only `ledger refund` still applies. "
-        "See: ledger reservation show RESERVATION_ID"
+        "See: ledger reservation show {reservation_id}"
     ),
     "RESERVATION_EXPIRED": (
         "Its hold went back to available when it expired; reserve again if the work goes on."
     ),
     "AMOUNT_EXCEEDS_REMAINING": (
         "Only {remaining} is still held ({requested} asked). "
-        "See: ledger reservation show RESERVATION_ID"
+        "See: ledger reservation show {reservation_id}"
     ),
     "AMOUNT_EXCEEDS_SETTLED": (
         "At most {refundable} can still be refunded ({requested} asked). "
-        "See: ledger reservation show RESERVATION_ID"
+        "See: ledger reservation show {reservation_id}"
     ),
     "BALANCE_LIMIT_EXCEEDED": "The balance would pass the ledger's limit; grant less.",
     "CONTENTION": "The server was too busy to commit. Run the same command again with --key {key}.",
@@ -61,14 +61,20 @@ def exit_code_for(error: LedgerError) -> int:
     return EXIT_BUSINESS
 
 
-def _hint(error: LedgerError, target: str, key: str | None) -> str:
+class _Placeholders(dict[str, str]):
+    """Values for a hint; one that is unknown reads as its name in capitals (ACCOUNT_ID)."""
+
+    def __missing__(self, name: str) -> str:
+        return name.upper()
+
+
+def _hint(error: LedgerError, target: str, key: str | None, context: dict[str, str]) -> str:
     retry = f" Retry with --key {key} so it applies at most once." if key else ""
     if error.reason in _HINTS:
-        values = {**error.metadata, "key": key or "KEY"}
-        try:
-            return _HINTS[error.reason].format(**values)
-        except (KeyError, IndexError):
-            return _HINTS[error.reason]
+        values = _Placeholders({**context, **error.metadata})
+        if key:
+            values["key"] = key
+        return _HINTS[error.reason].format_map(values)
     if error.code == grpc.StatusCode.INVALID_ARGUMENT:
         bad = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
         return f"Fix the request ({bad or error.message}); see --help."
@@ -89,12 +95,18 @@ def _hint(error: LedgerError, target: str, key: str | None) -> str:
     return f"Unexpected server error; the server's logs have more.{retry}"
 
 
-def error_report(error: LedgerError, *, target: str, key: str | None) -> dict[str, object]:
-    """The error as a dict: `summary` and `hint` for people, the rest for scripts."""
+def error_report(
+    error: LedgerError, *, target: str, key: str | None, context: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The error as a dict: `summary` and `hint` for people, the rest for scripts.
+
+    `context` holds what the command was given (account_id, asset, reservation_id)
+    so the hint can name it.
+    """
     name = error.reason or error.code.name
     return {
         "summary": f"{name}: {error.message}",
-        "hint": _hint(error, target, key),
+        "hint": _hint(error, target, key, context or {}),
         "code": error.code.name,
         "reason": error.reason,
         "message": error.message,

@@ -42,13 +42,16 @@ class Result:
         return json.loads(self.stdout)
 
 
-async def run_process(*argv: str, env: dict[str, str] | None = None) -> Result:
-    """Runs a command to completion within TIMEOUT_S."""
+async def run_process(
+    *argv: str, env: dict[str, str] | None = None, cwd: str | None = None
+) -> Result:
+    """Runs a command to completion within TIMEOUT_S; `env` is added to this process's."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
