@@ -18,7 +18,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
 
-        return uvloop.run(coro)
+        result: int = uvloop.run(coro)
+        return result
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
         return asyncio.run(coro)
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -69,7 +74,7 @@ async def channel(ledger_server: RunningServer) -> AsyncIterator[grpc.aio.Channe
 
 
 @pytest.fixture(scope="session")
-def stub(channel: grpc.aio.Channel) -> ledger_pb2_grpc.LedgerServiceStub:
+def stub(channel: grpc.aio.Channel) -> LedgerServiceAsyncStub:
     return ledger_pb2_grpc.LedgerServiceStub(channel)
 
 
@@ -78,7 +83,7 @@ def key() -> str:
 
 
 async def new_account(
-    stub: ledger_pb2_grpc.LedgerServiceStub,
+    stub: LedgerServiceAsyncStub,
     prefix: str = "acct",
     grant: int = 0,
     asset: str = "crm_credits",

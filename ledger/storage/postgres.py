@@ -114,7 +114,7 @@ def _translate(exc: BaseException) -> BaseException:
             return SerializationConflict(state)
         if state in _UNAVAILABLE_STATES or state.startswith("08"):
             return StorageUnavailable(f"database error {state}")
-        return exc
+        return exc  # type: ignore[no-any-return]
     if isinstance(
         exc,
         (

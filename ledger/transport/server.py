@@ -58,7 +58,7 @@ Impl = Callable[[Any, Any], Awaitable[tuple[Any, bool]]]
 
 def _handler(
     name: str, impl: Impl, req_cls: type[Any], resp_cls: type[Any]
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler[Any, Any]:
     started = metrics.GRPC_STARTED.labels("unary", SERVICE, name)
     latency = metrics.GRPC_HANDLING_SECONDS.labels("unary", SERVICE, name)
     handled = {

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+
 import asyncio
 
 import grpc
 from creditledger.v1 import ledger_pb2 as pb
-from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub
 
 from tests.conftest import key, new_account
 from tests.support.rpc import error_info
 from tests.support.verify import assert_ledger_consistent
 
 
-async def test_200_reserves_against_100_credits(stub: LedgerServiceStub, database_url: str) -> None:
+async def test_200_reserves_against_100_credits(
+    stub: LedgerServiceAsyncStub, database_url: str
+) -> None:
     acct = await new_account(stub, grant=100)
 
     async def reserve_one() -> str:
@@ -25,7 +31,7 @@ async def test_200_reserves_against_100_credits(stub: LedgerServiceStub, databas
             )
             return "ok"
         except grpc.aio.AioRpcError as err:
-            return error_info(err).reason
+            return str(error_info(err).reason)
 
     outcomes = await asyncio.gather(*(reserve_one() for _ in range(200)))
     assert outcomes.count("ok") == 100
@@ -36,7 +42,7 @@ async def test_200_reserves_against_100_credits(stub: LedgerServiceStub, databas
 
 
 async def test_mixed_concurrent_traffic_on_one_account_keeps_invariants(
-    stub: LedgerServiceStub, database_url: str
+    stub: LedgerServiceAsyncStub, database_url: str
 ) -> None:
     acct = await new_account(stub, grant=500)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+
 import asyncio
 from datetime import timedelta
 
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
-from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub
 from google.protobuf import duration_pb2
 
 from tests.conftest import RunningServer, key, new_account
@@ -26,7 +30,7 @@ async def wait_for(predicate: object, timeout_s: float = 5.0) -> None:
 
 
 async def test_short_ttl_expires_and_balance_follows_within_5s(
-    stub: LedgerServiceStub, ledger_server: RunningServer, database_url: str
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer, database_url: str
 ) -> None:
     acct = await new_account(stub, grant=10)
     r = await stub.Reserve(
@@ -68,7 +72,7 @@ async def test_short_ttl_expires_and_balance_follows_within_5s(
 
 
 async def test_settle_after_expiry_fails_even_before_the_sweeper(
-    stub: LedgerServiceStub, ledger_server: RunningServer
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer
 ) -> None:
     acct = await new_account(stub, grant=10)
     r = await stub.Reserve(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+
 import asyncio
 
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
-from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub
 
 from tests.conftest import key, new_account
 from tests.support.rpc import error_info, replayed
@@ -20,7 +24,7 @@ async def call_with_trailers(method: object, request: object) -> tuple[object, b
     return response, replayed(await call.trailing_metadata())
 
 
-async def test_same_key_same_request_replays_without_effect(stub: LedgerServiceStub) -> None:
+async def test_same_key_same_request_replays_without_effect(stub: LedgerServiceAsyncStub) -> None:
     acct = await new_account(stub, grant=10)
     k = key()
     req = pb.ChargeRequest(account_id=acct, asset="crm_credits", amount=3, idempotency_key=k)
@@ -34,7 +38,7 @@ async def test_same_key_same_request_replays_without_effect(stub: LedgerServiceS
     assert bal.balance.available == 7
 
 
-async def test_replay_of_every_mutating_method(stub: LedgerServiceStub) -> None:
+async def test_replay_of_every_mutating_method(stub: LedgerServiceAsyncStub) -> None:
     acct = await new_account(stub, grant=100)
     grant = pb.GrantRequest(account_id=acct, asset="crm_credits", amount=5, idempotency_key=key())
     reserve = pb.ReserveRequest(
@@ -66,7 +70,7 @@ async def test_replay_of_every_mutating_method(stub: LedgerServiceStub) -> None:
     assert (bal.balance.available, bal.balance.reserved) == (100 + 5 - 20 + 5 + 2 - 1, 10 + 1)
 
 
-async def test_same_key_different_request_is_refused(stub: LedgerServiceStub) -> None:
+async def test_same_key_different_request_is_refused(stub: LedgerServiceAsyncStub) -> None:
     acct = await new_account(stub, grant=10)
     k = key()
     await stub.Charge(
@@ -100,7 +104,7 @@ async def test_same_key_different_request_is_refused(stub: LedgerServiceStub) ->
     assert bal.balance.available == 9
 
 
-async def test_business_failure_is_final_for_its_key(stub: LedgerServiceStub) -> None:
+async def test_business_failure_is_final_for_its_key(stub: LedgerServiceAsyncStub) -> None:
     """A late duplicate can never charge for an image that was never shown."""
     acct = await new_account(stub, "email")
     req = pb.ChargeRequest(account_id=acct, asset="image_opens", amount=1, idempotency_key=key())
@@ -120,7 +124,7 @@ async def test_business_failure_is_final_for_its_key(stub: LedgerServiceStub) ->
 
 
 async def test_concurrent_duplicates_execute_once(
-    stub: LedgerServiceStub, database_url: str
+    stub: LedgerServiceAsyncStub, database_url: str
 ) -> None:
     acct = await new_account(stub, grant=1000)
     reqs = [

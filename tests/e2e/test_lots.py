@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+
 import asyncio
 from datetime import datetime, timedelta
 
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
-from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from tests.conftest import RunningServer, key, new_account
@@ -23,7 +27,7 @@ def ts(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 async def grant(
-    stub: LedgerServiceStub,
+    stub: LedgerServiceAsyncStub,
     acct: str,
     amount: int,
     *,
@@ -43,7 +47,7 @@ async def grant(
     return resp
 
 
-async def lots_of(stub: LedgerServiceStub, acct: str) -> dict[str, int]:
+async def lots_of(stub: LedgerServiceAsyncStub, acct: str) -> dict[str, int]:
     got = await stub.GetBalance(
         pb.GetBalanceRequest(account_id=acct, asset="crm_credits", include_lots=True)
     )
@@ -59,7 +63,7 @@ async def wait_until(predicate: object, timeout_s: float = 6.0) -> None:
 
 
 async def test_monthly_allowance_is_spent_first_and_written_off_at_month_end(
-    stub: LedgerServiceStub, ledger_server: RunningServer, database_url: str
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer, database_url: str
 ) -> None:
     now = ledger_server.clock.now()
     month_end = now + timedelta(days=20)
@@ -107,7 +111,7 @@ async def test_monthly_allowance_is_spent_first_and_written_off_at_month_end(
 
 
 async def test_spend_order_priority_then_soonest_expiry_then_oldest(
-    stub: LedgerServiceStub, ledger_server: RunningServer
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer
 ) -> None:
     now = ledger_server.clock.now()
     acct = await new_account(stub, "order")
@@ -131,7 +135,7 @@ async def test_spend_order_priority_then_soonest_expiry_then_oldest(
 
 
 async def test_release_after_lot_expired_writes_off_never_revives(
-    stub: LedgerServiceStub, ledger_server: RunningServer, database_url: str
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer, database_url: str
 ) -> None:
     now = ledger_server.clock.now()
     acct = await new_account(stub, "revive")
@@ -156,7 +160,7 @@ async def test_release_after_lot_expired_writes_off_never_revives(
 
 
 async def test_refund_into_expired_lot_gets_a_grace_lot(
-    stub: LedgerServiceStub, ledger_server: RunningServer, database_url: str
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer, database_url: str
 ) -> None:
     now = ledger_server.clock.now()
     acct = await new_account(stub, "grace")
@@ -185,7 +189,7 @@ async def test_refund_into_expired_lot_gets_a_grace_lot(
 
 
 async def test_charge_racing_lot_expiry_never_spends_expired_credits(
-    stub: LedgerServiceStub, ledger_server: RunningServer, database_url: str
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer, database_url: str
 ) -> None:
     now = ledger_server.clock.now()
     acct = await new_account(stub, "race")
@@ -200,7 +204,7 @@ async def test_charge_racing_lot_expiry_never_spends_expired_credits(
             )
             return "ok"
         except grpc.aio.AioRpcError as err:
-            return error_info(err).reason
+            return str(error_info(err).reason)
 
     outcomes: list[str] = []
     loop = asyncio.get_running_loop()
@@ -217,7 +221,7 @@ async def test_charge_racing_lot_expiry_never_spends_expired_credits(
 
 
 async def test_reserve_group_holds_all_legs_across_accounts_and_assets(
-    stub: LedgerServiceStub,
+    stub: LedgerServiceAsyncStub,
 ) -> None:
     pool = await new_account(stub, "tenant-pool", grant=6000)
     cust = await new_account(stub, "customer")
@@ -276,7 +280,7 @@ async def test_reserve_group_holds_all_legs_across_accounts_and_assets(
 
 
 async def test_reserve_group_last_leg_fails_nothing_held(
-    stub: LedgerServiceStub, database_url: str
+    stub: LedgerServiceAsyncStub, database_url: str
 ) -> None:
     pool = await new_account(stub, "tenant-pool", grant=6000)
     cust = await new_account(stub, "customer")
@@ -310,7 +314,7 @@ async def test_reserve_group_last_leg_fails_nothing_held(
     await assert_ledger_consistent(database_url)
 
 
-async def test_reserve_group_leg_limit_is_named(stub: LedgerServiceStub) -> None:
+async def test_reserve_group_leg_limit_is_named(stub: LedgerServiceAsyncStub) -> None:
     acct = await new_account(stub, grant=1000)
     legs = [
         pb.ReserveGroupLeg(account_id=acct, asset="crm_credits", amount=1, leg_key=f"l{i}")
@@ -319,16 +323,16 @@ async def test_reserve_group_leg_limit_is_named(stub: LedgerServiceStub) -> None
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ReserveGroup(pb.ReserveGroupRequest(legs=legs, idempotency_key=key()))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "GROUP_LEGS_MAX" in err.value.details()
+    assert "GROUP_LEGS_MAX" in (err.value.details() or "")
     ok = await stub.ReserveGroup(pb.ReserveGroupRequest(legs=legs[:100], idempotency_key=key()))
     assert len(ok.group.reservations) == 100
 
 
 async def test_grant_expiry_in_the_past_is_invalid(
-    stub: LedgerServiceStub, ledger_server: RunningServer
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer
 ) -> None:
     acct = await new_account(stub)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await grant(stub, acct, 5, expires_at=ledger_server.clock.now() - timedelta(seconds=1))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "expires_at" in err.value.details()
+    assert "expires_at" in (err.value.details() or "")

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
-from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub
 
 from tests.conftest import key, new_account
 from tests.support.rpc import error_info
 from tests.support.verify import assert_ledger_consistent
 
 
-async def balance(stub: LedgerServiceStub, account_id: str, asset: str) -> pb.Balance:
+async def balance(stub: LedgerServiceAsyncStub, account_id: str, asset: str) -> pb.Balance:
     return (await stub.GetBalance(pb.GetBalanceRequest(account_id=account_id, asset=asset))).balance
 
 
 async def test_email_opens_until_credits_run_out(
-    stub: LedgerServiceStub, database_url: str
+    stub: LedgerServiceAsyncStub, database_url: str
 ) -> None:
     acct = await new_account(stub, "email", grant=30, asset="image_opens")
     for _ in range(30):
@@ -38,7 +42,9 @@ async def test_email_opens_until_credits_run_out(
     await assert_ledger_consistent(database_url)
 
 
-async def _crm_run(stub: LedgerServiceStub, acct: str) -> tuple[pb.Reservation, pb.Reservation]:
+async def _crm_run(
+    stub: LedgerServiceAsyncStub, acct: str
+) -> tuple[pb.Reservation, pb.Reservation]:
     """The automation run over 3,000 customers: executions and their emails, held up front."""
     executions = await stub.Reserve(
         pb.ReserveRequest(account_id=acct, asset="crm_credits", amount=3000, idempotency_key=key())
@@ -57,7 +63,7 @@ async def _crm_run(stub: LedgerServiceStub, acct: str) -> tuple[pb.Reservation, 
     return executions.reservation, emails.reservation
 
 
-async def test_crm_all_delivered(stub: LedgerServiceStub, database_url: str) -> None:
+async def test_crm_all_delivered(stub: LedgerServiceAsyncStub, database_url: str) -> None:
     acct = await new_account(stub, "crm", grant=10_000)
     _, emails = await _crm_run(stub, acct)
     await stub.Settle(
@@ -70,7 +76,7 @@ async def test_crm_all_delivered(stub: LedgerServiceStub, database_url: str) -> 
     await assert_ledger_consistent(database_url)
 
 
-async def test_crm_failed_deliveries_settled_short(stub: LedgerServiceStub) -> None:
+async def test_crm_failed_deliveries_settled_short(stub: LedgerServiceAsyncStub) -> None:
     acct = await new_account(stub, "crm", grant=10_000)
     _, emails = await _crm_run(stub, acct)
     done = await stub.Settle(
@@ -85,7 +91,7 @@ async def test_crm_failed_deliveries_settled_short(stub: LedgerServiceStub) -> N
 
 
 async def test_crm_failed_deliveries_refunded_gradually(
-    stub: LedgerServiceStub, database_url: str
+    stub: LedgerServiceAsyncStub, database_url: str
 ) -> None:
     acct = await new_account(stub, "crm", grant=10_000)
     _, emails = await _crm_run(stub, acct)
@@ -111,7 +117,7 @@ async def test_crm_failed_deliveries_refunded_gradually(
     await assert_ledger_consistent(database_url)
 
 
-async def test_crm_insufficient_credits_changes_nothing(stub: LedgerServiceStub) -> None:
+async def test_crm_insufficient_credits_changes_nothing(stub: LedgerServiceAsyncStub) -> None:
     acct = await new_account(stub, "crm", grant=2000)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Reserve(
@@ -126,7 +132,7 @@ async def test_crm_insufficient_credits_changes_nothing(stub: LedgerServiceStub)
     assert [e.movement for e in entries.entries] == [pb.Entry.MOVEMENT_GRANT]
 
 
-async def test_crm_and_sms_credits_are_separate(stub: LedgerServiceStub) -> None:
+async def test_crm_and_sms_credits_are_separate(stub: LedgerServiceAsyncStub) -> None:
     acct = await new_account(stub, "crm", grant=100)
     await stub.Grant(
         pb.GrantRequest(account_id=acct, asset="sms_credits", amount=5, idempotency_key=key())

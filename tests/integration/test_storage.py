@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+
 import asyncio
 import subprocess
 import sys
@@ -10,7 +15,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
-from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub
 
 from ledger.storage.pool import migrate
 from ledger.storage.verify import verify
@@ -28,7 +32,7 @@ async def scratch_db() -> AsyncIterator[TestDatabase]:
 
 
 async def test_entries_cannot_be_updated_or_deleted(
-    stub: LedgerServiceStub, database_url: str
+    stub: LedgerServiceAsyncStub, database_url: str
 ) -> None:
     await new_account(stub, grant=5)
     conn = await asyncpg.connect(database_url)
@@ -71,7 +75,7 @@ async def seed(db: TestDatabase) -> None:
         import grpc
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
-            from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub as Stub
+            from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub as Stub
 
             stub = Stub(ch)
             await stub.CreateAccount(pb.CreateAccountRequest(account_id="victim"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 
 def status_of(err: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status:
-    for key, value in err.trailing_metadata() or ():  # type: ignore[union-attr]
+    trailers: Any = err.trailing_metadata()
+    for key, value in trailers or ():
         if key == "grpc-status-details-bin":
             status = status_pb2.Status()
             status.ParseFromString(value)
@@ -33,5 +36,5 @@ def field_violations(err: grpc.aio.AioRpcError | grpc.RpcError) -> list[str]:
     return []
 
 
-def replayed(call_trailers: object) -> bool:
-    return any(k == "idempotent-replayed" and v == "true" for k, v in call_trailers or ())  # type: ignore[attr-defined]
+def replayed(call_trailers: Any) -> bool:
+    return any(k == "idempotent-replayed" and v == "true" for k, v in call_trailers or ())
