@@ -6,15 +6,15 @@ show up only when a pod starts (or, for an env var, never: it is ignored).
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from tests.deploy.files import (
     COMPOSE,
     K8S,
-    REPO,
+    PENDING_ENV,
+    PENDING_FLAGS,
     dockerfile_instructions,
+    env_names_read_by_the_server,
     exec_form,
     final_stage,
     last,
@@ -22,17 +22,6 @@ from tests.deploy.files import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-# Read by work that has not landed yet; each names the issue that adds it.
-PENDING_FLAGS = {"--insecure": "issue 6 (security): refuses plaintext off loopback without it"}
-PENDING_ENV = {"LEDGER_CALLERS_FILE": "issue 6 (security): the caller file"}
-
-
-def _env_names_read_by_the_server() -> set[str]:
-    names: set[str] = set()
-    for path in (REPO / "ledger").rglob("*.py"):
-        names.update(re.findall(r"[\"'](LEDGER_[A-Z0-9_]+)[\"']", path.read_text()))
-    return names
 
 
 def _check_serve_argv(argv: list[str]) -> None:
@@ -58,7 +47,7 @@ def test_kubernetes_args_are_accepted_by_ledger_serve() -> None:
 
 
 def test_every_ledger_env_var_set_by_deploy_is_read_by_the_server() -> None:
-    read = _env_names_read_by_the_server()
+    read = env_names_read_by_the_server()
     config = yaml_documents(K8S / "configmap.yaml")[0]["data"]
     compose = yaml_documents(COMPOSE)[0]["services"]
     compose_env = {
