@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -184,6 +185,12 @@ class PgCluster:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
+def with_database(url: str, name: str) -> str:
+    """`url` naming database `name` (keeps the query, e.g. a unix-socket host)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
 async def create_database(admin_url: str, prefix: str) -> str:
     """A fresh, empty database next to `admin_url`'s; returns its URL."""
     name = f"{prefix}_{secrets.token_hex(4)}"
@@ -192,13 +199,12 @@ async def create_database(admin_url: str, prefix: str) -> str:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    base, _, _ = admin_url.rpartition("/")
-    return f"{base}/{name}"
+    return with_database(admin_url, name)
 
 
 async def drop_database(admin_url: str, database_url: str) -> None:
     """Drop a database made by create_database, cutting its sessions first."""
-    name = database_url.rpartition("/")[2]
+    name = urlsplit(database_url).path.lstrip("/")
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(

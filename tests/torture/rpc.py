@@ -73,6 +73,13 @@ class CallResult(Generic[ResponseT]):
     has_status_details: bool = False
 
     @property
+    def body(self) -> Any:
+        """The response of an OK call (typed loosely: callers read its fields)."""
+        if self.response is None:
+            raise AssertionError(f"no response: {self.describe()} {self.message}")
+        return self.response
+
+    @property
     def ok(self) -> bool:
         return self.code == grpc.StatusCode.OK
 
