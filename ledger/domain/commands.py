@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from ledger.domain import limits
+from ledger.domain.access import Scope
 from ledger.domain.errors import FieldViolation, InvalidArgument
 
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
@@ -102,10 +103,13 @@ def is_uuid(value: str) -> bool:
 
 @dataclass(frozen=True)
 class Command:
-    """Base of mutating commands. `caller` scopes the idempotency key."""
+    """Base of mutating commands. `caller` scopes the idempotency key; `scope`
+    holds the account-id prefixes the caller may touch (None: every account),
+    checked by the rules when they load the account or the reservation."""
 
     caller: str
     idempotency_key: str
+    scope: Scope = field(default=None, kw_only=True)
 
     method = "Command"
 
@@ -113,10 +117,11 @@ class Command:
         raise NotImplementedError
 
     def fingerprint(self) -> bytes:
-        """Hash of the method and every field but the caller and the key."""
+        """Hash of the method and every field but the caller, the key and the scope."""
         fields = asdict(self)
         fields.pop("caller")
         fields.pop("idempotency_key")
+        fields.pop("scope")
         canonical = json.dumps([self.method, fields], sort_keys=True, default=_json_default)
         return hashlib.sha256(canonical.encode()).digest()
 

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits
+from ledger.domain.access import Scope, in_scope
 from ledger.domain.model import (
     CONSUMED,
     EXPIRED,
@@ -136,7 +137,7 @@ def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
 
 def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
     """Errors: AccountNotFound, BalanceLimitExceeded."""
-    _require_account(ws, cmd.account_id)
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
     bal = ws.balance(cmd.account_id, cmd.asset)
     if max(bal.available + bal.reserved, bal.granted) + cmd.amount > limits.INT64_MAX:
         raise errors.BalanceLimitExceeded(
@@ -304,7 +305,7 @@ def _hold(
 
 def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
     """Errors: AccountNotFound, InsufficientCredits."""
-    _require_account(ws, cmd.account_id)
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
     available = _available(ws, cmd.account_id, cmd.asset)
     if available < cmd.amount:
         raise _insufficient(cmd.account_id, cmd.asset, available, cmd.amount)
@@ -316,7 +317,7 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
     """All legs or none. Errors: AccountNotFound, InsufficientCredits (naming the leg)."""
     needed: dict[PairKey, int] = {}
     for leg in cmd.legs:
-        _require_account(ws, leg.account_id, leg.leg_key)
+        _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
         key = (leg.account_id, leg.asset)
         needed[key] = needed.get(key, 0) + leg.amount
         available = _available(ws, leg.account_id, leg.asset)
@@ -349,7 +350,7 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
 
 def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
     """Reserve and settle in one step. Errors: AccountNotFound, InsufficientCredits."""
-    _require_account(ws, cmd.account_id)
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
     available = _available(ws, cmd.account_id, cmd.asset)
     if available < cmd.amount:
         raise _insufficient(cmd.account_id, cmd.asset, available, cmd.amount)
@@ -413,10 +414,11 @@ def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
 # ---------------------------------------------------------------- settle, release, refund
 
 
-def _open_reservation(ws: WorkingSet, reservation_id: str) -> Reservation:
-    """The reservation, expired first if overdue. Errors: ReservationNotFound."""
+def _open_reservation(ws: WorkingSet, reservation_id: str, scope: Scope = None) -> Reservation:
+    """The reservation, expired first if overdue. Errors: ReservationNotFound, also
+    when its account is outside the caller's scope (checked before any change)."""
     res = ws.reservations.get(reservation_id)
-    if res is None:
+    if res is None or not in_scope(scope, res.account_id):
         raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
     # Whatever touches a pair sees its due expiries first, so replies never show expired credits.
     expire_lots(ws, res.account_id, res.asset)
@@ -448,7 +450,7 @@ def _exceeds_remaining(res: Reservation, requested: int) -> errors.AmountExceeds
 
 def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
     """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
-    res = _open_reservation(ws, cmd.reservation_id)
+    res = _open_reservation(ws, cmd.reservation_id, cmd.scope)
     _require_state_open(res)
     if cmd.amount > res.remaining:
         raise _exceeds_remaining(res, cmd.amount)
@@ -567,7 +569,7 @@ def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: M
 
 def release(ws: WorkingSet, cmd: c.Release) -> ReservationResult:
     """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
-    res = _open_reservation(ws, cmd.reservation_id)
+    res = _open_reservation(ws, cmd.reservation_id, cmd.scope)
     _require_state_open(res)
     amount = cmd.amount or res.remaining
     if amount > res.remaining:
@@ -582,7 +584,7 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
     """Give settled credits back, to their lot or, if it expired, to a new lot
     that lives `refund_grace`. Works on open, closed and expired reservations.
     Errors: ReservationNotFound, AmountExceedsSettled."""
-    res = _open_reservation(ws, cmd.reservation_id)
+    res = _open_reservation(ws, cmd.reservation_id, cmd.scope)
     refundable = res.settled - res.refunded
     if cmd.amount > refundable:
         raise errors.AmountExceedsSettled(
@@ -663,8 +665,11 @@ def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
 # ---------------------------------------------------------------- helpers
 
 
-def _require_account(ws: WorkingSet, account_id: str, leg_key: str = "") -> None:
-    if account_id not in ws.accounts:
+def _require_account(
+    ws: WorkingSet, account_id: str, leg_key: str = "", scope: Scope = None
+) -> None:
+    """Errors: AccountNotFound, also (word for word) when the account is outside `scope`."""
+    if account_id not in ws.accounts or not in_scope(scope, account_id):
         meta = {"account_id": account_id}
         if leg_key:
             meta["leg_key"] = leg_key

@@ -4,6 +4,12 @@ Mutations are validated here, then run by the Writer (one SERIALIZABLE
 transaction per batch, idempotency record inside it). Reads go straight to
 the store and present overdue reservations and lots as already expired, so
 that any read sees an expiry at once, before the sweeper has written it.
+
+Every use case takes the caller's `Access` (default: the local caller with
+every right). The permission is checked first; the account scope is checked
+where the account is known: here for account-addressed reads, by the rules
+inside the command's own transaction for mutations (the reservation's
+account is only known once it is loaded). Out of scope reads as not found.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from datetime import timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits
+from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
     Account,
@@ -57,13 +64,22 @@ class Ledger:
         self._writer = writer
         self._clock = clock
 
-    async def execute(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
-        """Run a mutating command. Returns (result, replayed).
+    async def execute(
+        self, cmd: c.MutatingCommand, access: Access = LOCAL
+    ) -> tuple[Result, bool]:
+        """Run a mutating command as `access.caller`. Returns (result, replayed).
 
-        Errors: InvalidArgument; the business errors of the command (see
-        ledger.domain.rules); IdempotencyKeyReused; DatabaseUnavailable;
-        Contention.
+        Errors: PermissionDenied; InvalidArgument; the business errors of the
+        command (see ledger.domain.rules), with AccountNotFound or
+        ReservationNotFound also for what lies outside the caller's scope;
+        IdempotencyKeyReused; DatabaseUnavailable; Contention.
         """
+        if access is not LOCAL:
+            access.require(cmd.method)
+            if cmd.caller != access.caller:
+                raise errors.InvariantViolation("a command must carry its caller's id")
+            if access.scope is not None:
+                cmd = dataclasses.replace(cmd, scope=access.scope)
         cmd.validate()
         if isinstance(cmd, c.Grant) and cmd.expires_at is not None:
             now = self._clock.now()
@@ -83,12 +99,23 @@ class Ledger:
             metrics.REPLAYS.labels(cmd.method).inc()
         return result, replayed
 
-    async def create_account(self, account_id: str, metadata: dict[str, str]) -> Account:
-        """Errors: InvalidArgument, AccountExists, DatabaseUnavailable."""
+    async def create_account(
+        self, account_id: str, metadata: dict[str, str], access: Access = LOCAL
+    ) -> Account:
+        """Errors: PermissionDenied (also for an id outside the caller's prefixes:
+        that answer depends on the id alone, never on what exists), InvalidArgument,
+        AccountExists, DatabaseUnavailable."""
+        access.require("CreateAccount")
         v = c.Violations()
         v.account_id("account_id", account_id)
         v.metadata("metadata", metadata)
         v.raise_if_any()
+        if not access.covers(account_id):
+            raise errors.PermissionDenied(
+                f"caller {access.caller} may only create accounts whose id starts with one of"
+                " its account prefixes",
+                {"method": "CreateAccount"},
+            )
         try:
             account = await self._store.create_account(account_id, metadata, self._clock.now())
         except StorageUnavailable as exc:
@@ -99,9 +126,12 @@ class Ledger:
             )
         return account
 
-    async def get_account(self, account_id: str) -> Account:
-        """Errors: InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+    async def get_account(self, account_id: str, access: Access = LOCAL) -> Account:
+        """Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        access.require("GetAccount")
         _check_account_id(account_id)
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
         try:
             account = await self._store.get_account(account_id)
         except StorageUnavailable as exc:
@@ -111,9 +141,15 @@ class Ledger:
         return account
 
     async def get_balance(
-        self, account_id: str, asset: str, expiring_within_s: float | None, include_lots: bool
+        self,
+        account_id: str,
+        asset: str,
+        expiring_within_s: float | None,
+        include_lots: bool,
+        access: Access = LOCAL,
     ) -> BalanceView:
-        """Errors: InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        """Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        access.require("GetBalance")
         v = c.Violations()
         v.account_id("account_id", account_id)
         v.asset("asset", asset)
@@ -123,6 +159,8 @@ class Ledger:
         ):
             v.add("expiring_within", "must be between 0 and 3660 days (EXPIRING_WITHIN_MAX_S)")
         v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
         try:
             found = await self._store.get_balance(account_id, asset)
         except StorageUnavailable as exc:
@@ -152,8 +190,10 @@ class Ledger:
             balance, expiring, live[: limits.LOTS_LISTED_MAX] if include_lots else []
         )
 
-    async def get_reservation(self, reservation_id: str) -> Reservation:
-        """Errors: InvalidArgument, ReservationNotFound, DatabaseUnavailable."""
+    async def get_reservation(self, reservation_id: str, access: Access = LOCAL) -> Reservation:
+        """Errors: PermissionDenied, InvalidArgument, ReservationNotFound (also when
+        its account is outside the caller's scope), DatabaseUnavailable."""
+        access.require("GetReservation")
         v = c.Violations()
         v.reservation_id("reservation_id", reservation_id)
         v.raise_if_any()
@@ -161,27 +201,31 @@ class Ledger:
             res = await self._store.get_reservation(reservation_id)
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        if res is None:
+        if res is None or not access.covers(res.account_id):
             raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
         return present(res, self._clock)
 
-    async def get_group(self, group_id: str) -> GroupResult:
-        """Errors: InvalidArgument, ReservationGroupNotFound, DatabaseUnavailable."""
+    async def get_group(self, group_id: str, access: Access = LOCAL) -> GroupResult:
+        """Errors: PermissionDenied, InvalidArgument, ReservationGroupNotFound (also
+        when any leg's account is outside the caller's scope), DatabaseUnavailable."""
+        access.require("GetReservationGroup")
         if not c.is_uuid(group_id):
             raise _invalid("group_id", "must be a group id returned by ReserveGroup (a UUID)")
         try:
             legs = await self._store.get_group(group_id)
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        if not legs:
+        if not legs or not all(access.covers(r.account_id) for r in legs):
             raise errors.ReservationGroupNotFound(f"reservation group {group_id} not found")
         legs.sort(key=lambda r: (r.created_at, r.leg_key))
         return GroupResult(group_id, [present(r, self._clock) for r in legs])
 
     async def list_entries(
-        self, account_id: str, asset: str, page_size: int, page_token: str
+        self, account_id: str, asset: str, page_size: int, page_token: str, access: Access = LOCAL
     ) -> EntriesPage:
-        """Newest first. Errors: InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        """Newest first. Errors: PermissionDenied, InvalidArgument, AccountNotFound,
+        DatabaseUnavailable."""
+        access.require("ListEntries")
         v = c.Violations()
         v.account_id("account_id", account_id)
         if asset:
@@ -192,6 +236,8 @@ class Ledger:
                 f"must be between 0 and {limits.PAGE_SIZE_MAX} (PAGE_SIZE_MAX); 0 means 100",
             )
         v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
         before = _decode_page_token(page_token, account_id, asset)
         size = page_size or limits.PAGE_SIZE_DEFAULT
         try:

@@ -43,6 +43,9 @@ class BatchUnit(Protocol):
 
 
 class Store(Protocol):
+    # False while the last health check failed: callers then fail fast.
+    reachable: bool
+
     def batch(self) -> AbstractAsyncContextManager[BatchUnit]: ...
 
     async def create_account(

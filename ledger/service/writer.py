@@ -45,6 +45,7 @@ class WriterSettings:
     retry_attempts_max: int = 8
     retry_backoff_base_s: float = 0.005
     retry_backoff_max_s: float = 0.2
+    unavailable_retries_max: int = 2
     refund_grace: timedelta = timedelta(days=7)
 
 
@@ -137,6 +138,7 @@ class Writer:
 
     async def _with_retries(self, batch: list[_Pending]) -> list[tuple[Outcome, bool]]:
         s = self._settings
+        unavailable = 0
         for attempt in range(s.retry_attempts_max):
             started = time.perf_counter()
             try:
@@ -147,8 +149,15 @@ class Writer:
                 await asyncio.sleep(backoff * random.random())
                 continue
             except StorageUnavailable as exc:
+                # Running the batch again is safe even if the broken connection had
+                # committed it: the retry then finds its idempotency records and replays.
+                unavailable += 1
+                if unavailable <= s.unavailable_retries_max and self._store.reachable:
+                    await asyncio.sleep(0.05 + 0.1 * random.random())
+                    continue
                 raise errors.DatabaseUnavailable(
-                    "the database is unavailable; nothing was recorded, retry with the same idempotency key",
+                    "the database is unavailable; retry with the same idempotency key"
+                    " (a retry replays the first outcome if it was recorded)",
                     {"cause": str(exc)},
                 ) from exc
             finally:

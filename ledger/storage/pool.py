@@ -23,7 +23,7 @@ _MIGRATION_LOCK_KEY = 0x43524C44  # "CRLD": one advisory lock for every migratin
 class PoolSettings:
     min_size: int = 2
     max_size: int = 10
-    connect_timeout_s: float = 3.0
+    connect_timeout_s: float = 2.0
     command_timeout_s: float = 10.0
 
 

@@ -350,10 +350,13 @@ class PgBatch:
 class PostgresStore:
     """The Store of ledger.service.ports, on an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float = 5.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float = 2.0) -> None:
         self._pool = pool
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
+        # Set by ping(): while the last health check failed, calls fail at once with
+        # UNAVAILABLE instead of each waiting out a connect timeout.
+        self.reachable = True
 
     def pool_stats(self) -> tuple[int, int, int]:
         """(connections, in use, tasks waiting for one)."""
@@ -361,7 +364,9 @@ class PostgresStore:
         return size, size - self._pool.get_idle_size(), self._waiting
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self, fail_fast: bool = True) -> AsyncIterator[asyncpg.Connection]:
+        if fail_fast and not self.reachable:
+            raise StorageUnavailable("database unreachable (last health check failed)")
         self._waiting += 1
         try:
             conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
@@ -538,7 +543,14 @@ class PostgresStore:
         return int(result.split()[-1])
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.fetchval("SELECT 1", timeout=2.0))
+        """Check the database; failures mark it unreachable until a ping succeeds."""
+        try:
+            async with self._connection(fail_fast=False) as conn:
+                await _guard(conn.fetchval("SELECT 1", timeout=2.0))
+        except BaseException:
+            self.reachable = False
+            raise
+        self.reachable = True
 
 
 def json_codec_init() -> Callable[[asyncpg.Connection], Awaitable[None]]:

@@ -75,7 +75,7 @@ async def seed(db: TestDatabase) -> None:
         import grpc
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
-            from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub as Stub
+            from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub as Stub
 
             stub = Stub(ch)
             await stub.CreateAccount(pb.CreateAccountRequest(account_id="victim"))
