@@ -107,7 +107,7 @@ async def test_sigterm_under_load_loses_nothing(
     with sync_stub(server.target) as stub:
         for s in unknown:  # resolve: the same key gives the one true outcome
             for _ in range(50):
-                result = await asyncio.to_thread(lambda s=s: _call(stub, s))
+                result = await asyncio.to_thread(_call, stub, s)
                 if not result.outcome_unknown:
                     break
                 await asyncio.sleep(0.2)
