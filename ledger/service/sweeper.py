@@ -59,11 +59,14 @@ class Sweeper:
 
     async def sweep_once(self) -> int:
         """Expire what is due now. Returns how many reservations and pairs it submitted."""
-        reservation_ids, lot_pairs = await self._store.due(
-            self._clock.now(), self._settings.batch_max
-        )
-        if reservation_ids or lot_pairs:
-            await self._writer.submit(c.ExpireDue("", "", tuple(reservation_ids), tuple(lot_pairs)))
+        with metrics.TRANSACTION_SECONDS.labels("sweep").time():
+            reservation_ids, lot_pairs = await self._store.due(
+                self._clock.now(), self._settings.batch_max
+            )
+            if reservation_ids or lot_pairs:
+                await self._writer.submit(
+                    c.ExpireDue("", "", tuple(reservation_ids), tuple(lot_pairs))
+                )
         return len(reservation_ids) + len(lot_pairs)
 
     async def _run(self) -> None:

@@ -37,9 +37,8 @@ def counter(metric: Any) -> float:
 
 async def test_contention_after_bounded_retries() -> None:
     store = FailingStore(SerializationConflict("40001"))
-    writer = Writer(
-        store, SystemClock(), WriterSettings(retry_attempts_max=4, retry_backoff_base_s=0.0001)
-    )  # type: ignore[arg-type]
+    settings = WriterSettings(retry_attempts_max=4, retry_backoff_base_s=0.0001)
+    writer = Writer(store, SystemClock(), settings)  # type: ignore[arg-type]
     retries_before = counter(metrics.SERIALIZATION_RETRIES)
     exhausted_before = counter(metrics.RETRIES_EXHAUSTED)
     writer.start()
