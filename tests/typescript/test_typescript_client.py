@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.db import TestDatabase
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "clients" / "typescript" / "run-tests.sh"
 # npm ci, a tsc build and a server start on a 2-core machine shared with others.
@@ -21,10 +23,12 @@ RUN_TIMEOUT_S = 280
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_typescript_client() -> None:
+def test_typescript_client(test_database: TestDatabase) -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("typescript client: SKIPPED (node not found)")
     env = dict(os.environ)
+    # The same PostgreSQL as the rest of the run: the machine's, or the embedded one.
+    env["LEDGER_TEST_DATABASE_URL"] = test_database.admin_url
     # The interpreter running pytest is the one with the server installed.
     env.setdefault("LEDGER_PYTHON", sys.executable)
     result = subprocess.run(
