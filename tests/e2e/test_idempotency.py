@@ -8,12 +8,13 @@ if TYPE_CHECKING:
     from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
 
 import asyncio
+from datetime import timedelta
 
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
 
-from tests.conftest import key, new_account
+from tests.conftest import RunningServer, key, new_account
 from tests.support.rpc import error_info, replayed
 from tests.support.verify import assert_ledger_consistent
 
@@ -158,3 +159,30 @@ async def test_keys_are_scoped_per_caller_in_storage(database_url: str) -> None:
     finally:
         await conn.close()
     assert pk == "caller,key"
+
+
+async def test_keys_are_pruned_after_the_retention(
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer
+) -> None:
+    acct = await new_account(stub, grant=10)
+    req = pb.ChargeRequest(account_id=acct, asset="crm_credits", amount=1, idempotency_key=key())
+    first = await stub.Charge(req)
+    ledger_server.clock.advance(timedelta(days=6))
+    assert (
+        await ledger_server.app.store.prune_idempotency(
+            ledger_server.clock.now() - timedelta(days=7), 10_000
+        )
+        >= 0
+    )
+    kept = await stub.Charge(req)
+    assert (
+        kept.reservation.reservation_id == first.reservation.reservation_id
+    )  # still a replay at 6 days
+    ledger_server.clock.advance(timedelta(days=2))
+    pruned = await ledger_server.app.store.prune_idempotency(
+        ledger_server.clock.now() - timedelta(days=7), 10_000
+    )
+    assert pruned >= 1
+    again = await stub.Charge(req)  # past retention the key is new again: documented
+    assert again.reservation.reservation_id != first.reservation.reservation_id
+    assert again.balance.available == 8
