@@ -225,3 +225,11 @@ def test_docker_compose_accepts_the_file() -> None:
             assert result.returncode == 0, result.stderr
             return
     pytest.skip("no Docker Compose v2 CLI on PATH; structure checked by the other tests")
+
+
+def test_ledger_containers_are_hardened_like_the_kubernetes_pods() -> None:
+    for name in ("migrate", "ledger"):
+        service = SERVICES[name]
+        assert service.get("read_only") is True, f"{name}: read-only root filesystem"
+        assert service.get("cap_drop") == ["ALL"], f"{name}: no capabilities"
+        assert "no-new-privileges:true" in service.get("security_opt", [])
