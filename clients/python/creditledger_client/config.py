@@ -168,7 +168,12 @@ class Attempts:
     def __init__(self, config: ClientConfig, timeout_s: float | None, rng: random.Random) -> None:
         self._config = config
         self._per_attempt_s = timeout_s if timeout_s is not None else config.timeout_s
-        self._deadline = time.monotonic() + max(config.total_timeout_s, self._per_attempt_s)
+        # A per-call timeout_s longer than the client's total stretches the total
+        # for that call; otherwise the total bounds every attempt and pause.
+        total_s = (
+            config.total_timeout_s if timeout_s is None else max(config.total_timeout_s, timeout_s)
+        )
+        self._deadline = time.monotonic() + total_s
         self._rng = rng
         self.count = 0
 
