@@ -13,8 +13,9 @@ import grpc
 from prometheus_client import start_http_server
 
 from ledger import __version__
-from ledger.config import Config
+from ledger.config import Config, is_loopback
 from ledger.observability import metrics
+from ledger.security.callers import CallerFileError
 from ledger.service.clock import Clock, SystemClock
 from ledger.service.ledger import Ledger
 from ledger.service.sweeper import Sweeper, SweeperSettings
@@ -27,6 +28,7 @@ from ledger.storage.pool import (
     wait_for_database,
 )
 from ledger.storage.postgres import PostgresStore
+from ledger.transport.auth import Security, TlsFiles, build_security
 from ledger.transport.server import ServerSettings, build_server, set_health
 from ledger.transport.servicer import LedgerServicer
 
@@ -46,6 +48,24 @@ class Hooks:
     server_credentials: grpc.ServerCredentials | None = None
 
 
+class StartupError(Exception):
+    """The configuration cannot serve; the message says why (the CLI exits 2)."""
+
+
+def _security(cfg: Config) -> Security:
+    """Errors: StartupError."""
+    problems = cfg.problems()
+    if problems:
+        raise StartupError("; ".join(problems))
+    tls = None
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    try:
+        return build_security(cfg.callers_file, tls)
+    except (CallerFileError, ValueError) as exc:
+        raise StartupError(str(exc)) from None
+
+
 class App:
     def __init__(
         self, config: Config, clock: Clock | None = None, hooks: Hooks | None = None
@@ -60,9 +80,12 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._metrics_server: Any = None
+        self.security: Security | None = None
 
     async def start(self) -> None:
+        """Errors: StartupError (before anything is started) for an unusable configuration."""
         cfg = self.config
+        self.security = security = _security(cfg)
         metrics.set_build_info(__version__)
         if not self.database_url:
             self._embedded = EmbeddedPostgres(cfg.data_dir)
@@ -92,12 +115,13 @@ class App:
             ),
         )
         self.server, self.health = build_server(
-            LedgerServicer(self.ledger),
+            LedgerServicer(self.ledger, security.authorize),
             ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s),
-            self.hooks.interceptors,
+            security.interceptors + self.hooks.interceptors,
         )
-        if self.hooks.server_credentials is not None:
-            self.port = self.server.add_secure_port(cfg.listen, self.hooks.server_credentials)
+        credentials = self.hooks.server_credentials or security.server_credentials
+        if credentials is not None:
+            self.port = self.server.add_secure_port(cfg.listen, credentials)
         else:
             self.port = self.server.add_insecure_port(cfg.listen)
         if cfg.metrics_listen:
@@ -116,6 +140,30 @@ class App:
             self.port,
             self.metrics_port or "off",
         )
+        self._log_security(security, credentials is not None)
+
+    def _log_security(self, security: Security, tls: bool) -> None:
+        cfg = self.config
+        transport = "plaintext"
+        if tls:
+            transport = "mutual TLS" if cfg.tls_client_ca is not None else "TLS"
+        callers = security.callers
+        who = (
+            f"{len(callers.book.callers)} callers from {callers.path}"
+            if callers is not None
+            else "no caller file: every call is the local caller, with every right"
+        )
+        log.info("security: %s; %s", transport, who)
+        if not tls and not is_loopback(cfg.listen):
+            log.warning("serving plaintext on %s (--insecure)", cfg.listen)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the caller file and TLS files; a bad file keeps the old one."""
+        if self.security is None:
+            log.info("SIGHUP before the server started: nothing to reload yet")
+            return
+        log.info("SIGHUP: reloading the caller file and TLS files")
+        self.security.reload()
 
     async def _check_health(self) -> None:
         try:
@@ -158,6 +206,7 @@ class App:
         done = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         await done.wait()
         log.info("signal received: draining for up to %.0f s", self.config.drain_s)

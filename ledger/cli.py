@@ -35,13 +35,22 @@ async def _resolve_url(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ledger.app import App
+    from ledger.app import App, StartupError
 
     cfg = config.from_args(args)
+    problems = cfg.problems()
+    if problems:
+        for problem in problems:
+            print(f"ledger serve: {problem}", file=sys.stderr)
+        return 2
     ledger_logging.configure(cfg.log_level, cfg.log_format)
 
     async def main() -> int:
-        await App(cfg).run_until_signalled()
+        try:
+            await App(cfg).run_until_signalled()
+        except StartupError as exc:
+            print(f"ledger serve: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     return _run(main())
@@ -107,6 +116,70 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _run(main())
 
 
+def cmd_token_new(args: argparse.Namespace) -> int:
+    from ledger.security.tokens import new_token, token_hash_hex
+
+    token = new_token()
+    if args.json:
+        print(json.dumps({"token": token, "sha256": token_hash_hex(token)}))
+    else:
+        print(f"token:  {token}")
+        print(f"sha256: {token_hash_hex(token)}")
+        print(
+            "Give the token to the caller (it is shown only now); put the sha256 in its"
+            " token_sha256 list in the caller file.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_token_hash(args: argparse.Namespace) -> int:
+    from ledger.security.tokens import token_hash_hex
+
+    # From standard input, never from argv: arguments show in `ps` and shell history.
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("ledger token hash: give the token on standard input", file=sys.stderr)
+        return 2
+    print(token_hash_hex(token))
+    return 0
+
+
+def cmd_callers_check(args: argparse.Namespace) -> int:
+    from ledger.security.callers import CallerFileError, load
+
+    try:
+        book = load(Path(args.file))
+    except CallerFileError as exc:
+        print(f"ledger callers check: {exc}", file=sys.stderr)
+        return 1
+    for c in book.callers:
+        perms = ",".join(sorted(p.value for p in c.access.permissions))
+        scope = "*" if c.access.scope is None else " ".join(c.access.scope)
+        rate = f"{c.rate.per_s:g}/s burst {c.rate.burst}" if c.rate.limited else "unlimited"
+        print(
+            f"{c.id}: {perms} on {scope}; {len(c.token_hashes)} token(s),"
+            f" {len(c.cert_identities)} certificate identity(ies); {rate}"
+        )
+    print(f"ledger callers check: {args.file} is valid ({len(book.callers)} callers)")
+    return 0
+
+
+def _add_security_commands(sub: Any) -> None:
+    token = sub.add_parser("token", help="make bearer tokens and their hashes for a caller file")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    new = tsub.add_parser("new", help="print a new random token and its SHA-256")
+    new.add_argument("--json", action="store_true", help="print {token, sha256} as JSON")
+    new.set_defaults(func=cmd_token_new)
+    hashp = tsub.add_parser("hash", help="print the SHA-256 of the token read from stdin")
+    hashp.set_defaults(func=cmd_token_hash)
+    callers = sub.add_parser("callers", help="caller file tools")
+    csub = callers.add_subparsers(dest="callers_command", required=True)
+    check = csub.add_parser("check", help="validate a caller file (before a SIGHUP)")
+    check.add_argument("file", help="the caller file (TOML)")
+    check.set_defaults(func=cmd_callers_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ledger.operator.commands import add_commands
 
@@ -126,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_database_flags(ver)
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.set_defaults(func=cmd_verify)
+    _add_security_commands(sub)
     add_commands(sub)
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,38 @@ class Config:
     refund_grace_s: float = 7 * 86400.0
     drain_s: float = 10.0
     database_wait_s: float = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    callers_file: Path | None = None
+    insecure: bool = False
+
+    def problems(self) -> list[str]:
+        """Why this configuration must not serve (empty when it may)."""
+        out: list[str] = []
+        if (self.tls_cert is None) != (self.tls_key is None):
+            out.append("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            out.append("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.tls_cert is None and not self.insecure and not is_loopback(self.listen):
+            out.append(
+                f"refusing to serve plaintext on {self.listen}, which is not a loopback address:"
+                " anyone on the network could read and forge every call (and its token)."
+                " Give --tls-cert and --tls-key (and --tls-client-ca for mutual TLS), or"
+                " --insecure if a proxy or mesh on this host already encrypts the traffic"
+            )
+        return out
+
+
+def is_loopback(listen: str) -> bool:
+    """True when HOST:PORT names only this machine (127.0.0.0/8, ::1, localhost)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or empty (every interface): not provably local
 
 
 def _env(name: str, default: str) -> str:
@@ -87,6 +120,39 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--drain-s", type=float, default=d.drain_s, help="grace for in-flight calls on SIGTERM"
     )
+    sec = p.add_argument_group("security (docs/security.md)")
+    sec.add_argument(
+        "--tls-cert",
+        default=_env("LEDGER_TLS_CERT", ""),
+        metavar="PEM",
+        help="server certificate chain; enables TLS (env LEDGER_TLS_CERT)",
+    )
+    sec.add_argument(
+        "--tls-key",
+        default=_env("LEDGER_TLS_KEY", ""),
+        metavar="PEM",
+        help="server private key (env LEDGER_TLS_KEY)",
+    )
+    sec.add_argument(
+        "--tls-client-ca",
+        default=_env("LEDGER_TLS_CLIENT_CA", ""),
+        metavar="PEM",
+        help="CA(s) of client certificates; enables mutual TLS (env LEDGER_TLS_CLIENT_CA)",
+    )
+    sec.add_argument(
+        "--callers",
+        default=_env("LEDGER_CALLERS_FILE", ""),
+        metavar="TOML",
+        help="caller file: tokens, certificates, accounts and rights of each caller;"
+        " reloaded on SIGHUP (env LEDGER_CALLERS_FILE). Without it: one local caller"
+        " with every right",
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env("LEDGER_INSECURE", "") in ("1", "true", "yes"),
+        help="allow plaintext on a non-loopback address (env LEDGER_INSECURE=1)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> Config:
@@ -103,4 +169,13 @@ def from_args(args: argparse.Namespace) -> Config:
         idempotency_retention_days=args.idempotency_retention_days,
         refund_grace_s=args.refund_grace_s,
         drain_s=args.drain_s,
+        tls_cert=_path(args.tls_cert),
+        tls_key=_path(args.tls_key),
+        tls_client_ca=_path(args.tls_client_ca),
+        callers_file=_path(args.callers),
+        insecure=args.insecure,
     )
+
+
+def _path(value: str) -> Path | None:
+    return Path(value) if value else None

@@ -64,9 +64,7 @@ class Ledger:
         self._writer = writer
         self._clock = clock
 
-    async def execute(
-        self, cmd: c.MutatingCommand, access: Access = LOCAL
-    ) -> tuple[Result, bool]:
+    async def execute(self, cmd: c.MutatingCommand, access: Access = LOCAL) -> tuple[Result, bool]:
         """Run a mutating command as `access.caller`. Returns (result, replayed).
 
         Errors: PermissionDenied; InvalidArgument; the business errors of the

@@ -12,18 +12,21 @@ from typing import Any
 import grpc
 from creditledger.v1 import ledger_pb2 as pb
 
+from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation
 from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
 from ledger.service.ledger import Ledger
 from ledger.transport import convert
 
 Reply = tuple[Any, bool]
-Identify = Callable[[grpc.aio.ServicerContext[Any, Any]], str]
+Authorize = Callable[[grpc.aio.ServicerContext[Any, Any]], Access]
+"""The caller of a call: its id (which scopes idempotency keys), rights and scope.
+Raises Unauthenticated when there is none (ledger.transport.auth)."""
 
 
-def local_caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Without authentication every call is the one local caller."""
-    return "local"
+def local_access(context: grpc.aio.ServicerContext[Any, Any]) -> Access:
+    """Without a caller file every call is the one local caller, with every right."""
+    return LOCAL
 
 
 def _reservation_reply(result: Result, response: type[Any]) -> Any:
@@ -35,9 +38,9 @@ def _reservation_reply(result: Result, response: type[Any]) -> Any:
 
 
 class LedgerServicer:
-    def __init__(self, ledger: Ledger, identify: Identify = local_caller) -> None:
+    def __init__(self, ledger: Ledger, authorize: Authorize = local_access) -> None:
         self._ledger = ledger
-        self._identify = identify
+        self._authorize = authorize
 
     def methods(
         self,
@@ -72,15 +75,18 @@ class LedgerServicer:
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
-        account = await self._ledger.create_account(req.account_id, dict(req.metadata))
+        account = await self._ledger.create_account(
+            req.account_id, dict(req.metadata), self._authorize(ctx)
+        )
         return pb.CreateAccountResponse(account=convert.account(account)), False
 
     async def get_account(self, req: pb.GetAccountRequest, ctx: Any) -> Reply:
-        account = await self._ledger.get_account(req.account_id)
+        account = await self._ledger.get_account(req.account_id, self._authorize(ctx))
         return pb.GetAccountResponse(account=convert.account(account)), False
 
     async def grant(self, req: pb.GrantRequest, ctx: Any) -> Reply:
-        result, replayed = await self._ledger.execute(convert.grant(req, self._identify(ctx)))
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(convert.grant(req, access.caller), access)
         if not isinstance(result, GrantResult):
             raise InvariantViolation("Grant returned no GrantResult")
         return pb.GrantResponse(
@@ -88,12 +94,14 @@ class LedgerServicer:
         ), replayed
 
     async def reserve(self, req: pb.ReserveRequest, ctx: Any) -> Reply:
-        result, replayed = await self._ledger.execute(convert.reserve(req, self._identify(ctx)))
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(convert.reserve(req, access.caller), access)
         return _reservation_reply(result, pb.ReserveResponse), replayed
 
     async def reserve_group(self, req: pb.ReserveGroupRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
         result, replayed = await self._ledger.execute(
-            convert.reserve_group(req, self._identify(ctx))
+            convert.reserve_group(req, access.caller), access
         )
         if not isinstance(result, GroupResult):
             raise InvariantViolation("ReserveGroup returned no GroupResult")
@@ -104,27 +112,31 @@ class LedgerServicer:
         return pb.ReserveGroupResponse(group=group), replayed
 
     async def settle(self, req: pb.SettleRequest, ctx: Any) -> Reply:
-        result, replayed = await self._ledger.execute(convert.settle(req, self._identify(ctx)))
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(convert.settle(req, access.caller), access)
         return _reservation_reply(result, pb.SettleResponse), replayed
 
     async def release(self, req: pb.ReleaseRequest, ctx: Any) -> Reply:
-        result, replayed = await self._ledger.execute(convert.release(req, self._identify(ctx)))
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(convert.release(req, access.caller), access)
         return _reservation_reply(result, pb.ReleaseResponse), replayed
 
     async def refund(self, req: pb.RefundRequest, ctx: Any) -> Reply:
-        result, replayed = await self._ledger.execute(convert.refund(req, self._identify(ctx)))
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(convert.refund(req, access.caller), access)
         return _reservation_reply(result, pb.RefundResponse), replayed
 
     async def charge(self, req: pb.ChargeRequest, ctx: Any) -> Reply:
-        result, replayed = await self._ledger.execute(convert.charge(req, self._identify(ctx)))
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(convert.charge(req, access.caller), access)
         return _reservation_reply(result, pb.ChargeResponse), replayed
 
     async def get_reservation(self, req: pb.GetReservationRequest, ctx: Any) -> Reply:
-        res = await self._ledger.get_reservation(req.reservation_id)
+        res = await self._ledger.get_reservation(req.reservation_id, self._authorize(ctx))
         return pb.GetReservationResponse(reservation=convert.reservation(res)), False
 
     async def get_reservation_group(self, req: pb.GetReservationGroupRequest, ctx: Any) -> Reply:
-        group = await self._ledger.get_group(req.group_id)
+        group = await self._ledger.get_group(req.group_id, self._authorize(ctx))
         return pb.GetReservationGroupResponse(
             group=pb.ReservationGroup(
                 group_id=group.group_id,
@@ -138,6 +150,7 @@ class LedgerServicer:
             req.asset,
             convert.duration_s(req.expiring_within, req.HasField("expiring_within")),
             req.include_lots,
+            self._authorize(ctx),
         )
         return pb.GetBalanceResponse(
             balance=convert.balance(view.balance),
@@ -147,7 +160,7 @@ class LedgerServicer:
 
     async def list_entries(self, req: pb.ListEntriesRequest, ctx: Any) -> Reply:
         page = await self._ledger.list_entries(
-            req.account_id, req.asset, req.page_size, req.page_token
+            req.account_id, req.asset, req.page_size, req.page_token, self._authorize(ctx)
         )
         return pb.ListEntriesResponse(
             entries=[convert.entry(e) for e in page.entries], next_page_token=page.next_page_token
