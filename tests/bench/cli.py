@@ -47,6 +47,7 @@ class Settings:
     keep_db: bool
     verify: bool
     noop_server: bool
+    analyze: bool
 
 
 def _csv(kind: type, text: str) -> tuple[Any, ...]:
@@ -81,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     ap.add_argument("--keep-db", action="store_true", help="do not drop the bench database")
     ap.add_argument("--verify", action="store_true", help="run `ledger verify` at the end")
     ap.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="skip the ANALYZE after creating the accounts (see docs/performance.md)",
+    )
+    ap.add_argument(
         "--noop-server",
         action="store_true",
         help="calibrate: run against tests/bench/noop_server.py instead of the ledger",
@@ -111,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         keep_db=ns.keep_db,
         verify=ns.verify,
         noop_server=ns.noop_server,
+        analyze=not ns.no_analyze,
     )
 
 
@@ -219,6 +226,8 @@ def _load(
     workers.setup(s.accounts)
     run.setup_s = time.monotonic() - started
     say(f"setup: {s.accounts} accounts created and funded in {run.setup_s:.1f} s")
+    if s.analyze and db_url is not None:
+        database.analyze(db_url)
     runner = PointRunner(s, workers, target, db_url, db_name)
     with RssSampler(target.pid) as sampler:
         _sweep(run, runner, pg, db_url)
