@@ -72,7 +72,7 @@ RESPONSES: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 class ScriptedServer:
     """Serves the methods of RESPONSES on 127.0.0.1; `scripts[method]` decides each answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
         self.scripts: dict[str, Script] = {name: Script() for name in RESPONSES}
         self._server = grpc.aio.server()
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
@@ -86,7 +86,11 @@ class ScriptedServer:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = (
+            self._server.add_insecure_port("127.0.0.1:0")
+            if credentials is None
+            else self._server.add_secure_port("127.0.0.1:0", credentials)
+        )
 
     @property
     def target(self) -> str:
