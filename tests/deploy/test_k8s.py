@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.deploy import prometheus_rule
 from tests.deploy.files import K8S, SERVER_DRAIN_SECONDS_MAX, port_of, yaml_documents
 
 kv_utils = pytest.importorskip(
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 # The oldest Kubernetes minor the manifests promise to fit, and the newest known.
 OLDEST_VERSION = "1.30"
 VERSIONS = sorted({OLDEST_VERSION, kv_utils.latest_version()})
-UNSCHEMAED_KINDS = {"ServiceMonitor", "Kustomization"}
+UNSCHEMAED_KINDS = {"ServiceMonitor", "PrometheusRule", "Kustomization"}
 EXAMPLES = {"secrets.example.yaml"}
 
 
@@ -253,3 +254,18 @@ def test_service_monitor_job_label_is_the_one_the_alert_rules_select() -> None:
         monitor.get("jobLabel", ""), service["metadata"]["name"]
     )
     assert job in jobs
+
+
+def test_prometheus_rule_carries_exactly_the_rules_of_deploy_prometheus() -> None:
+    """Hand-written checks for the CRD; the content must be the rule files', unchanged."""
+    rule = _one("PrometheusRule")
+    assert rule == prometheus_rule.rule_object(), (
+        "deploy/k8s/prometheusrule.yaml is stale: run `python -m tests.deploy.prometheus_rule --write`"
+    )
+    assert set(rule["spec"]) == {"groups"}
+    names = [group["name"] for group in rule["spec"]["groups"]]
+    assert len(names) == len(set(names)), "group names are unique"
+    for group in rule["spec"]["groups"]:
+        for item in group["rules"]:
+            assert ("alert" in item) != ("record" in item), item
+            assert isinstance(item["expr"], str) and item["expr"].strip()
