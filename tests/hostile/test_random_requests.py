@@ -14,11 +14,11 @@ from typing import Any
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2, ledger_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from tests.faults.calls import funded_account, new_key
-from tests.hostile.strategies import requests
+from tests.hostile.strategies import draw_request, typed, typed_given
 from tests.torture.rpc import call_sync
 from tests.torture.server import LedgerServer, health_status, run_verify
 
@@ -85,10 +85,10 @@ def check_reply(t: Target, method: str, request: Any) -> None:
 
 
 def test_random_requests_get_expected_statuses(target: Target, fresh_database_url: str) -> None:
-    @hypothesis_settings(1500)
-    @given(st.data())
-    def run(data: st.DataObject) -> None:
-        method, request = data.draw(requests(target.accounts, target.reservations))
+    @typed(hypothesis_settings(1500))
+    @typed_given(st.data())
+    def run(data: Any) -> None:
+        method, request = draw_request(data.draw, target.accounts, target.reservations)
         check_reply(target, method, request)
 
     run()
@@ -100,7 +100,7 @@ def test_random_requests_get_expected_statuses(target: Target, fresh_database_ur
 
 
 def test_random_bytes_as_messages(target: Target, fresh_database_url: str) -> None:
-    calls = {
+    calls: dict[str, Any] = {
         m: target.channel.unary_unary(
             f"/creditledger.v1.LedgerService/{m}",
             request_serializer=None,
@@ -109,8 +109,8 @@ def test_random_bytes_as_messages(target: Target, fresh_database_url: str) -> No
         for m in METHODS
     }
 
-    @hypothesis_settings(800)
-    @given(st.sampled_from(METHODS), st.binary(max_size=3000))
+    @typed(hypothesis_settings(800))
+    @typed_given(st.sampled_from(METHODS), st.binary(max_size=3000))
     def run(method: str, payload: bytes) -> None:
         result = call_sync(calls[method], payload, 10.0)
         target.codes[result.code.name] += 1
