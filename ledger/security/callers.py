@@ -123,7 +123,8 @@ def load(path: Path) -> CallerBook:
         raise CallerFileError(f"{path}: not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib's messages give line and column, not the offending text.
-        raise CallerFileError(f"{path}: not valid TOML: {exc}") from None
+        hint = " (the caller file is TOML, see docs/security.md)"
+        raise CallerFileError(f"{path}: not valid TOML: {exc}{hint}") from None
     try:
         return parse(data)
     except CallerFileError as exc:
