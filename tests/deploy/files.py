@@ -20,10 +20,6 @@ K8S = DEPLOY / "k8s"
 # How long the server drains in-flight calls after SIGTERM (ledger serve).
 SERVER_DRAIN_SECONDS_MAX = 10
 
-# Read by work that has not landed yet; each names the issue that adds it.
-PENDING_FLAGS = {"--insecure": "issue 6 (security): refuses plaintext off loopback without it"}
-PENDING_ENV = {"LEDGER_CALLERS_FILE": "issue 6 (security): the caller file"}
-
 
 def env_names_read_by_the_server() -> set[str]:
     """Every LEDGER_* name quoted in the server's code (flags' env fallbacks and the like)."""

@@ -269,3 +269,13 @@ def test_prometheus_rule_carries_exactly_the_rules_of_deploy_prometheus() -> Non
         for item in group["rules"]:
             assert ("alert" in item) != ("record" in item), item
             assert isinstance(item["expr"], str) and item["expr"].strip()
+
+
+def test_example_caller_file_is_accepted_by_the_server(tmp_path: Path) -> None:
+    from ledger.security.callers import load
+
+    examples = {d["metadata"]["name"]: d for d in yaml_documents(K8S / "secrets.example.yaml")}
+    name = _config()["LEDGER_CALLERS_FILE"].rsplit("/", 1)[1]
+    path = tmp_path / name
+    path.write_text(examples["creditledger-callers"]["stringData"][name])
+    load(path)  # raises CallerFileError on anything the server would refuse at start

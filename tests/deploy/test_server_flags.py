@@ -11,8 +11,6 @@ import pytest
 from tests.deploy.files import (
     COMPOSE,
     K8S,
-    PENDING_ENV,
-    PENDING_FLAGS,
     dockerfile_instructions,
     env_names_read_by_the_server,
     exec_form,
@@ -25,15 +23,14 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _check_serve_argv(argv: list[str]) -> None:
-    """argparse exits on an unknown flag; flags of work not landed yet are left out."""
+    """argparse exits on an unknown flag."""
     from ledger.cli import build_parser
 
     assert argv[0] == "serve"
-    known = [a for a in argv if a.split("=")[0] not in PENDING_FLAGS]
     try:
-        build_parser().parse_args(known)
+        build_parser().parse_args(argv)
     except SystemExit as exc:
-        pytest.fail(f"`ledger {' '.join(known)}` is refused (exit {exc.code})")
+        pytest.fail(f"`ledger {' '.join(argv)}` is refused (exit {exc.code})")
 
 
 def test_image_command_is_accepted_by_ledger_serve() -> None:
@@ -59,16 +56,5 @@ def test_every_ledger_env_var_set_by_deploy_is_read_by_the_server() -> None:
     set_by_deploy = {
         n for n in set(config) | compose_env | {"LEDGER_DATABASE_URL"} if n.startswith("LEDGER_")
     }
-    unknown = sorted(set_by_deploy - read - set(PENDING_ENV))
+    unknown = sorted(set_by_deploy - read)
     assert not unknown, f"set by deploy/ but read by no code in ledger/: {unknown}"
-
-
-@pytest.mark.parametrize("flag", sorted(PENDING_FLAGS))
-def test_pending_flags_are_accepted_once_their_work_lands(flag: str) -> None:
-    """Shows as xfail (with the reason) while `ledger serve` does not know the flag yet."""
-    from ledger.cli import build_parser
-
-    try:
-        build_parser().parse_args(["serve", flag])
-    except SystemExit:
-        pytest.xfail(f"`ledger serve {flag}` not accepted yet: {PENDING_FLAGS[flag]}")
