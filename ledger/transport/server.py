@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from ledger.domain import errors, limits
 from ledger.domain.errors import FieldViolation
 from ledger.observability import metrics
-from ledger.transport import status
+from ledger.transport import auth, status
 from ledger.transport.servicer import LedgerServicer
 
 log = logging.getLogger("ledger.rpc")
@@ -111,6 +111,7 @@ def _handler(
                             "reason": reason,
                             "account_id": getattr(request, "account_id", ""),
                             "replayed": replayed,
+                            "caller": auth.current_caller(),
                         }
                     },
                 )

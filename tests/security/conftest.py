@@ -17,6 +17,7 @@ from ledger.app import App
 from ledger.config import Config
 from ledger.security.tokens import new_token, token_hash_hex
 from tests.security.certs import Authority, Pair
+from tests.support.db import TestDatabase
 
 if TYPE_CHECKING:
     from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
@@ -33,6 +34,15 @@ class Pki:
     cn_only: Pair  # no SAN, CN cn-only-client -> caller "cn-only"
     stranger: Pair  # our CA, but an identity no caller lists
     rogue_billing: Pair  # the billing identity, signed by another CA
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """A database of its own: other suites' servers move their clocks (expiry tests),
+    and their sweepers would expire these tests' reservations in a shared one."""
+    db = await TestDatabase.create(prefix="ledger_security")
+    yield db.url
+    await db.drop()
 
 
 @pytest.fixture(scope="session")
