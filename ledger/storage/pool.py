@@ -78,8 +78,10 @@ async def migrate(url: str) -> list[str]:
     conn = await asyncpg.connect(url, timeout=10.0)
     applied: list[str] = []
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
-        try:
+        # A transaction-scoped lock: released by COMMIT/ROLLBACK on the same
+        # connection, so it also holds behind PgBouncer in transaction mode.
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_KEY)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL,"
@@ -89,17 +91,12 @@ async def migrate(url: str) -> list[str]:
             for version, name, sql in _migrations():
                 if version in done:
                     continue
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        version,
-                        name,
-                    )
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
                 applied.append(name)
                 log.info("applied migration %s", name)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)
     finally:
         await conn.close()
     return applied

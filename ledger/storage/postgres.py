@@ -38,6 +38,9 @@ T = TypeVar("T")
 
 # SQLSTATEs that mean "run the transaction again".
 _RETRYABLE = {"40001", "40P01"}
+# The commit's outcome is unknown (CockroachDB's ambiguous result): re-running the
+# batch is safe, since its idempotency records commit with its effects.
+_AMBIGUOUS = {"40003"}
 # Connection-level failures: the database is gone or restarting.
 _UNAVAILABLE_STATES = {
     "57P01",
@@ -112,7 +115,7 @@ def _translate(exc: BaseException) -> BaseException:
             # A concurrent transaction (another replica) recorded the same key first:
             # the retry will find its record and replay it.
             return SerializationConflict(state)
-        if state in _UNAVAILABLE_STATES or state.startswith("08"):
+        if state in _UNAVAILABLE_STATES or state in _AMBIGUOUS or state.startswith("08"):
             return StorageUnavailable(f"database error {state}")
         return exc  # type: ignore[no-any-return]
     if isinstance(
@@ -534,8 +537,8 @@ class PostgresStore:
     async def prune_idempotency(self, before: datetime, limit: int) -> int:
         result: str = await self._read(
             lambda conn: conn.execute(
-                "DELETE FROM idempotency WHERE ctid = ANY(ARRAY("
-                "SELECT ctid FROM idempotency WHERE created_at < $1 LIMIT $2))",
+                "DELETE FROM idempotency WHERE (caller, key) IN ("
+                "SELECT caller, key FROM idempotency WHERE created_at < $1 LIMIT $2)",
                 before,
                 limit,
             )
