@@ -22,7 +22,7 @@ DISTRIBUTED_DOC = REPO / "docs" / "distributed-sql.md"
 
 # feature: (pattern in the inventory's SQL, words docs/distributed-sql.md must use)
 FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "advisory locks": (r"\bpg_(?:try_)?advisory_(?:xact_)?(?:un)?lock", ("pg_advisory_lock",)),
+    "advisory locks": (r"\bpg_(?:try_)?advisory_(?:xact_)?(?:un)?lock", ("pg_advisory_xact_lock",)),
     "SERIALIZABLE transactions": (r"ISOLATION LEVEL SERIALIZABLE", ("SERIALIZABLE", "40001")),
     "REPEATABLE READ reads": (r"ISOLATION LEVEL REPEATABLE READ", ("REPEATABLE READ",)),
     "upserts": (r"\bON CONFLICT\b", ("ON CONFLICT",)),
