@@ -172,16 +172,21 @@ class TcpProxy:
         )
         self.conns.discard(conn)
         for w in (writer, up_writer):
-            w.transport.abort()
+            w.close()
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
     ) -> None:
         assert self.flowing is not None
         while True:
-            data = await reader.read(65536)
+            try:
+                data = await reader.read(65536)
+            except OSError:
+                data = b""
             if not data:
-                writer.transport.abort()
+                # A clean end (the peer closed): pass it on after what is buffered,
+                # e.g. PostgreSQL's FATAL message before it closes a terminated session.
+                writer.close()
                 return
             await self.flowing.wait()
             if conn.blackholed:

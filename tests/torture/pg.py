@@ -100,9 +100,19 @@ class PgCluster:
     def _run(self, args: list[str], timeout: float) -> None:
         # Output goes to files, never pipes: pg_ctl's postmaster inherits them and a
         # pipe would keep subprocess.run waiting for EOF (pgserver notes the same).
+        # As root, switch user with runuser rather than subprocess's user=: user=
+        # forces a plain fork(), whose gRPC atfork handlers can crash the child in
+        # this multi-threaded process (pg_ctl then "fails" with -11, SIGSEGV).
+        # Without user=, Python spawns with vfork and no atfork handler runs.
+        user: str | None = None
+        if self._user is not None:
+            if shutil.which("runuser"):
+                args = ["runuser", "-u", self._user, "--", *args]
+            else:
+                user = self._user
         with tempfile.TemporaryFile() as out:
             proc = subprocess.run(
-                args, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, user=self._user
+                args, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, user=user
             )
             if proc.returncode != 0:
                 out.seek(0)

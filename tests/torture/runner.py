@@ -146,8 +146,11 @@ def report(
     verify_output: str,
 ) -> RunReport:
     counts = injector.counts()
+    failed = [f for f in injector.faults if f.detail.startswith("injector error")]
     kinds = [k for k in WEIGHTS if injector.cluster is not None or k not in PG_KINDS]
     fault_line = "faults: " + " ".join(f"{k}={counts.get(k, 0)}" for k in kinds)
+    if failed:
+        fault_line += f" (not injected, injector errors: {len(failed)})"
     if injector.cluster is None:
         fault_line += " (pg_restart_* skipped: --database-url given)"
     ok = sum(op.status == "ok" for op in w.ops)
@@ -168,7 +171,7 @@ def report(
         ops=len(w.ops),
         acked=acked,
         unknown_resolved=resolved,
-        faults=len(injector.faults),
+        faults=len(injector.faults) - len(failed),
         violations=len(w.violations),
         seed=cfg.seed,
         fault_counts=dict(counts),
