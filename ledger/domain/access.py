@@ -15,7 +15,7 @@ answer depends only on the caller's own grant, never on stored data.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ledger.domain.errors import PermissionDenied
 
@@ -66,15 +66,22 @@ class Access:
     caller: str
     permissions: frozenset[Permission]
     scope: Scope = None
+    # The methods the permissions allow, worked out once: a str set lookup per
+    # call instead of enum hashing (Enum.__hash__ is Python code).
+    methods: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        admin = Permission.ADMIN in self.permissions
+        allowed = frozenset(m for m, p in NEEDED.items() if admin or p in self.permissions)
+        object.__setattr__(self, "methods", allowed)
 
     def may(self, method: str) -> bool:
         """True when the caller may call `method` at all (scope aside)."""
-        perms = self.permissions
-        return Permission.ADMIN in perms or NEEDED[method] in perms
+        return method in self.methods
 
     def require(self, method: str) -> None:
         """Errors: PermissionDenied when the caller lacks the method's permission."""
-        if not self.may(method):
+        if method not in self.methods:
             needed = NEEDED[method].value
             raise PermissionDenied(
                 f"caller {self.caller} may not call {method}: it needs the {needed!r} permission",
