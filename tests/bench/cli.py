@@ -226,8 +226,8 @@ def _load(
     workers.setup(s.accounts)
     run.setup_s = time.monotonic() - started
     say(f"setup: {s.accounts} accounts created and funded in {run.setup_s:.1f} s")
-    if s.analyze and db_url is not None:
-        database.analyze(db_url)
+    if s.analyze and db_url is not None and s.target is None:
+        database.analyze(db_url)  # with --target the server's database is not ours to know
     runner = PointRunner(s, workers, target, db_url, db_name)
     with RssSampler(target.pid) as sampler:
         _sweep(run, runner, pg, db_url)
