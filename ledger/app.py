@@ -42,7 +42,12 @@ def split_host_port(value: str) -> tuple[str, int]:
 
 @dataclass
 class Hooks:
-    """Extension points the composition root wires (auth, TLS)."""
+    """Extra interceptors and server credentials for embedders and tests.
+
+    The security the configuration asks for (TLS, the caller file) is built
+    by App itself (ledger.transport.auth.build_security); these come after
+    its interceptors, and credentials given here replace the configured ones.
+    """
 
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
     server_credentials: grpc.ServerCredentials | None = None

@@ -147,3 +147,22 @@ def test_loopback(listen: str, loopback: bool) -> None:
     assert is_loopback(listen) is loopback
     assert bool(Config(listen=listen).problems()) is not loopback
     assert not Config(listen=listen, insecure=True).problems()
+
+
+def test_callers_check_prints_each_caller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ledger.cli import main
+
+    path = tmp_path / "callers.toml"
+    path.write_text(
+        '[[caller]]\nid = "svc"\npermissions = ["spend", "read"]\naccount_prefixes = ["t1:"]\n'
+        f'token_sha256 = ["{token_hash_hex(TOKEN)}", "{token_hash_hex("b")}"]\nrate_per_s = 50\n'
+    )
+    assert main(["callers", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "svc: read,spend on t1:; 2 token(s), 0 certificate identity(ies); 50/s burst 50" in out
+    assert token_hash_hex(TOKEN) not in out
+    path.write_text("[[caller]]\nid = 'svc'\n")
+    assert main(["callers", "check", str(path)]) == 1
+    assert "permissions must not be empty" in capsys.readouterr().err
