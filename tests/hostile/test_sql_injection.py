@@ -120,7 +120,7 @@ def test_fragments_in_metadata_keys_sources_and_reasons_round_trip(
     ).balance
     assert (balance.granted, balance.settled, balance.refunded) == (
         10 * len(FRAGMENTS),
-        5,
+        20,
         len(FRAGMENTS),
     )
     code, output = run_verify(fresh_database_url)
