@@ -77,9 +77,16 @@ def median_of(documents: list[dict[str, Any]]) -> tuple[list[PointResult], float
 
 def main(argv: list[str] | None = None) -> int:
     """Print the median table and last line of the given runs."""
-    paths = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
+    args = list(argv if argv is not None else sys.argv[1:])
+    chart_path = None
+    if len(args) >= 2 and args[0] == "--chart":
+        chart_path, args = Path(args[1]), args[2:]
+    paths = [Path(a) for a in args]
     if not paths:
-        print("usage: python -m tests.bench.median RUN.json [RUN.json ...]", file=sys.stderr)
+        print(
+            "usage: python -m tests.bench.median [--chart OUT.png] RUN.json [RUN.json ...]",
+            file=sys.stderr,
+        )
         return 2
     documents = [json.loads(p.read_text()) for p in paths]
     points, rss = median_of(documents)
@@ -91,6 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             f" {facts.get('loadavg_start')}, cpu pressure {facts.get('cpu_pressure_start')}"
         )
     print(report.table(points))
+    if chart_path is not None:
+        concurrencies = {c for d in documents for c in d["pgbench"]}
+        tps = {
+            int(c): _median([d["pgbench"].get(c, {}).get("tps") for d in documents]) or 0.0
+            for c in concurrencies
+        }
+        title = f"creditledger bench, median of {len(documents)} runs ({documents[-1]['run_id']})"
+        report.chart(chart_path, points, tps, title)
+        print(f"chart: {chart_path}")
     print(report.last_line(points, rss))
     return 0
 
