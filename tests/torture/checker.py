@@ -122,7 +122,31 @@ class Checker:
                     )
 
         await asyncio.gather(*(resolve(op) for op in unknown))
+        await self.recheck_internal_errors()
         return sum(op.resolved for op in unknown)
+
+    async def recheck_internal_errors(self) -> None:
+        """Replay the keys of ops answered INTERNAL/UNKNOWN (already violations).
+
+        INTERNAL claims the command failed. If its key now replays a success, the
+        command had committed: a worse violation, and the model takes the real
+        outcome so that the rest of the checks are not polluted by it.
+        """
+        suspects = [
+            op for op in self.w.ops if op.status == "refused" and op.code in ("INTERNAL", "UNKNOWN")
+        ]
+        rng = random.Random(self.w.cfg.seed + 13)
+        for op in suspects:
+            first = op.code
+            op.notes.append(f"answered {first}; key replayed after healing")
+            op.status = "pending"
+            await self.w.execute(op, rng, budget_s=60)
+            if op.status == "ok" and op.replayed:
+                self.violation(
+                    "internal_but_committed",
+                    f"op {op.op_id} {op.kind} was answered {first} but had committed: its key replays OK",
+                    [op.op_id],
+                )
 
     async def replay_sample(self, count: int = 200) -> None:
         """Replays after healing: the same outcomes, and (checked later) no new effect."""

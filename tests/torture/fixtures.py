@@ -20,6 +20,7 @@ from tests.torture.pg import create_database, drop_database
 from tests.torture.server import LedgerServer
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

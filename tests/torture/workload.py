@@ -472,7 +472,12 @@ class Workload:
         for _ in range(5):
             op = self.ops[rng.randrange(len(self.ops))] if self.ops else None
             # INVALID_ARGUMENT is refused before the key is looked at: nothing to replay.
-            if op is not None and op.acknowledged and op.code != "INVALID_ARGUMENT":
+            # INTERNAL/UNKNOWN answers are violations with no known outcome: not a baseline.
+            if (
+                op is not None
+                and op.acknowledged
+                and op.code not in ("INVALID_ARGUMENT", "INTERNAL", "UNKNOWN")
+            ):
                 return op
         return None
 
