@@ -16,12 +16,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from creditledger.v1 import ledger_pb2
 
 from tests.torture.history import Op
 from tests.torture.rpc import call_aio
 from tests.torture.server import LedgerServer, health_status, run_verify
-from tests.torture.workload import Workload
+from tests.torture.workload import METHOD_BY_KIND, Workload
 
 RECOVERY_TIMEOUT_S = 45.0
 SWEEP_GRACE_S = 6.0
@@ -175,6 +176,54 @@ class Checker:
         self.verify_output = output
         if code != 0:
             self.violation("ledger_verify", f"exit {code}: {output[-3000:]}")
+
+    async def check_database(self) -> str:
+        """Straight from the tables: keys and reservations against the history.
+
+        Every acknowledged key has its one record, under the method that used
+        it; no record and no reservation exists that the history cannot explain.
+        Returns a note when the schema is not the one this knows (then skipped).
+        """
+        try:
+            conn = await asyncpg.connect(self.database_url, timeout=10)
+        except Exception as err:
+            return f"database checks skipped: {err!r}"
+        try:
+            records = {
+                r["key"]: r["method"]
+                for r in await conn.fetch("SELECT key, method FROM idempotency")
+            }
+            stored = {
+                str(r["reservation_id"])
+                for r in await conn.fetch("SELECT reservation_id FROM reservations")
+            }
+        except asyncpg.PostgresError as err:
+            return f"database checks skipped: {err!r}"
+        finally:
+            await conn.close()
+        by_key = {op.key: op for op in self.w.ops}
+        for op in self.w.ops:
+            recordable = op.status == "ok" or op.code in ("FAILED_PRECONDITION", "NOT_FOUND")
+            if recordable and records.get(op.key) != METHOD_BY_KIND[op.kind]:
+                self.violation(
+                    "key_not_recorded",
+                    f"op {op.op_id} {op.kind} {op.code}: record {records.get(op.key)!r}",
+                    [op.op_id],
+                )
+        prefix = f"t{self.w.cfg.seed}-"
+        strays = [k for k in records if k.startswith(prefix) and k not in by_key]
+        if strays:
+            self.violation(
+                "unknown_key_recorded",
+                f"{len(strays)} keys recorded that no op sent, e.g. {strays[:3]}",
+            )
+        phantoms = stored - set(self.w.reservations)
+        if phantoms:
+            self.violation(
+                "phantom_reservation",
+                f"{len(phantoms)} reservations in the table that no acknowledged op made, e.g. {sorted(phantoms)[:3]}",
+            )
+        return f"database: {len(records)} key records, {len(stored)} reservations, all explained"
 
     # ---- reading the ledger --------------------------------------------------------
 

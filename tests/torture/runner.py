@@ -132,9 +132,10 @@ async def _run_with(
         await checker.wait_for_expiries()
         await asyncio.to_thread(checker.verify)
         await checker.check_ledger()
+        db_note = await checker.check_database()
     finally:
         await workload.close()
-    return report(cfg, workload, injector, resolved, workdir, checker.verify_output)
+    return report(cfg, workload, injector, resolved, workdir, f"{checker.verify_output}; {db_note}")
 
 
 def report(
