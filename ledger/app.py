@@ -199,6 +199,7 @@ class App:
         await self.server.stop(self.config.drain_s)
         await self.sweeper.stop()
         await self.writer.stop()
+        await self.store.close()
         await self.pool.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

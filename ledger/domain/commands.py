@@ -3,10 +3,11 @@ every bad field; `fingerprint()` is what an idempotency key is bound to."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from ledger.domain import limits
@@ -118,17 +119,25 @@ class Command:
 
     def fingerprint(self) -> bytes:
         """Hash of the method and every field but the caller, the key and the scope."""
-        fields = asdict(self)
-        fields.pop("caller")
-        fields.pop("idempotency_key")
-        fields.pop("scope")
+        cached: bytes | None = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
+        fields = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("caller", "idempotency_key", "scope")
+        }
         canonical = json.dumps([self.method, fields], sort_keys=True, default=_json_default)
-        return hashlib.sha256(canonical.encode()).digest()
+        digest = hashlib.sha256(canonical.encode()).digest()
+        object.__setattr__(self, "_fingerprint", digest)  # computed once per command
+        return digest
 
 
-def _json_default(value: object) -> str:
+def _json_default(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     raise TypeError(f"not serializable: {type(value).__name__}")
 
 

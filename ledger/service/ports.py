@@ -31,13 +31,17 @@ class IdempotencyRecord:
 class BatchUnit(Protocol):
     """One SERIALIZABLE transaction. Committed when the `batch()` block exits cleanly."""
 
-    async def find_records(
-        self, keys: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], IdempotencyRecord]: ...
-
     async def load(
-        self, ws: WorkingSet, reservation_ids: set[str], pairs: set[PairKey], account_ids: set[str]
-    ) -> None: ...
+        self,
+        ws: WorkingSet,
+        keys: list[tuple[str, str]],
+        reservation_ids: set[str],
+        pairs: set[PairKey],
+        account_ids: set[str],
+    ) -> dict[tuple[str, str], IdempotencyRecord]:
+        """Load the rows into `ws` (with the pairs and lots of the reservations);
+        return the idempotency records of `keys` that exist."""
+        ...
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None: ...
 
@@ -47,6 +51,8 @@ class Store(Protocol):
     reachable: bool
 
     def batch(self) -> AbstractAsyncContextManager[BatchUnit]: ...
+
+    async def close(self) -> None: ...
 
     async def create_account(
         self, account_id: str, metadata: dict[str, str], now: datetime

@@ -29,7 +29,6 @@ from ledger.service import outcomes
 from ledger.service.clock import Clock
 from ledger.service.outcomes import Outcome
 from ledger.service.ports import (
-    BatchUnit,
     IdempotencyRecord,
     SerializationConflict,
     StorageUnavailable,
@@ -177,8 +176,11 @@ class Writer:
         ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
         results: list[tuple[Outcome, bool] | None] = [None] * len(batch)
         async with self._store.batch() as unit:
-            to_run, same_key_as = await self._dedupe(unit, batch, results)
-            await unit.load(ws, *_footprint([batch[i].cmd for i in to_run]))
+            keys = sorted({k for p in batch if (k := _key(p.cmd)) is not None})
+            # Everything in one read: commands that turn out to be replays load rows
+            # they do not need, which costs less than a second round trip.
+            stored = await unit.load(ws, keys, *_footprint([p.cmd for p in batch]))
+            to_run, same_key_as = self._dedupe(stored, batch, results)
             records: list[IdempotencyRecord] = []
             for i in to_run:
                 cmd = batch[i].cmd
@@ -211,12 +213,13 @@ class Writer:
             raise errors.InvariantViolation("batch finished with commands lacking an outcome")
         return done, ws.moved
 
-    async def _dedupe(
-        self, unit: BatchUnit, batch: list[_Pending], results: list[tuple[Outcome, bool] | None]
+    def _dedupe(
+        self,
+        records: dict[tuple[str, str], IdempotencyRecord],
+        batch: list[_Pending],
+        results: list[tuple[Outcome, bool] | None],
     ) -> tuple[list[int], dict[int, int]]:
         """Replays from stored records; duplicates within the batch follow their first."""
-        keys = {k for p in batch if (k := _key(p.cmd)) is not None}
-        records = await unit.find_records(sorted(keys))
         to_run: list[int] = []
         first_in_batch: dict[tuple[str, str], int] = {}
         same_key_as: dict[int, int] = {}

@@ -35,6 +35,10 @@ async def create_pool(url: str, settings: PoolSettings = PoolSettings()) -> asyn
         timeout=settings.connect_timeout_s,
         command_timeout=settings.command_timeout_s,
         init=json_codec_init(),
+        # asyncpg caches prepared statements; a generic plan made while the tables
+        # were empty (or never analyzed: autovacuum may be off) would scan them in
+        # full forever after. Our statements are cheap to plan: plan each execution.
+        server_settings={"plan_cache_mode": "force_custom_plan"},
         # Idle connections are recycled so that a restarted database is noticed.
         max_inactive_connection_lifetime=60.0,
     )

@@ -8,6 +8,7 @@ statement (data-modifying CTEs over unnest() arrays).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -60,6 +61,28 @@ _RES_COLS = (
     "reservation_id, account_id, asset, amount, settled, released, refunded, state, created_at,"
     " expires_at, metadata, group_id, leg_key, allocations"
 )
+
+# One statement reads everything a batch needs (one round trip instead of five).
+# Rows come back as (kind, jsonb): i = idempotency record, r = reservation,
+# a = account id, b = balance, l = lot.
+_LOAD = f"""
+WITH res AS (
+    SELECT {_RES_COLS} FROM reservations WHERE reservation_id = ANY($3::uuid[])
+), pairs AS (
+    SELECT * FROM unnest($4::text[], $5::text[]) AS p(account_id, asset)
+    UNION SELECT account_id, asset FROM res
+), lot_ids AS (
+    SELECT (a->>0)::uuid AS lot_id FROM res, jsonb_array_elements(res.allocations) AS a
+    UNION SELECT lots.lot_id FROM lots JOIN pairs USING (account_id, asset) WHERE lots.remaining > 0
+)
+SELECT 'i' AS kind, jsonb_build_array(i.caller, i.key, i.method, encode(i.request_hash, 'hex'), i.outcome)
+FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
+  ON i.caller = k.caller AND i.key = k.key
+UNION ALL SELECT 'r', to_jsonb(res) FROM res
+UNION ALL SELECT 'a', to_jsonb(accounts.account_id) FROM accounts WHERE account_id = ANY($6::text[])
+UNION ALL SELECT 'b', to_jsonb(b) FROM (SELECT {_BALANCE_COLS} FROM balances JOIN pairs USING (account_id, asset)) AS b
+UNION ALL SELECT 'l', to_jsonb(l) FROM (SELECT {_LOT_COLS} FROM lots WHERE lot_id IN (SELECT lot_id FROM lot_ids)) AS l
+"""
 
 _SAVE = f"""
 WITH b AS (
@@ -188,6 +211,45 @@ def _reservation(row: asyncpg.Record) -> Reservation:
     )
 
 
+def _parse_ts(value: str) -> datetime:
+    # PostgreSQL's JSON timestamps: "2026-11-22T04:19:02.123456+00:00".
+    return datetime.fromisoformat(value)
+
+
+def _lot_json(d: dict[str, Any]) -> Lot:
+    expires = d["expires_at"]
+    return Lot(
+        d["lot_id"],
+        d["account_id"],
+        d["asset"],
+        d["amount"],
+        d["remaining"],
+        d["priority"],
+        d["source"],
+        _parse_ts(expires) if expires is not None else None,
+        _parse_ts(d["created_at"]),
+    )
+
+
+def _reservation_json(d: dict[str, Any]) -> Reservation:
+    return Reservation(
+        reservation_id=d["reservation_id"],
+        account_id=d["account_id"],
+        asset=d["asset"],
+        amount=d["amount"],
+        settled=d["settled"],
+        released=d["released"],
+        refunded=d["refunded"],
+        state=ReservationState(d["state"]),
+        created_at=_parse_ts(d["created_at"]),
+        expires_at=_parse_ts(d["expires_at"]),
+        metadata=dict(d["metadata"]),
+        group_id=d["group_id"] or "",
+        leg_key=d["leg_key"],
+        allocations=[Allocation(str(a[0]), a[1], a[2], a[3], a[4]) for a in d["allocations"]],
+    )
+
+
 def _entry(row: asyncpg.Record) -> Entry:
     return Entry(
         entry_id=row["entry_id"],
@@ -209,79 +271,48 @@ class PgBatch:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def find_records(
-        self, keys: list[tuple[str, str]]
+    async def load(
+        self,
+        ws: WorkingSet,
+        keys: list[tuple[str, str]],
+        reservation_ids: set[str],
+        pairs: set[PairKey],
+        account_ids: set[str],
     ) -> dict[tuple[str, str], IdempotencyRecord]:
-        if not keys:
-            return {}
+        """Every row the batch reads, in one round trip; returns the idempotency records found.
+
+        Pairs of the loaded reservations, and the lots their allocations name,
+        are included by the statement itself.
+        """
         rows = await _guard(
             self._conn.fetch(
-                "SELECT i.caller, i.key, i.method, i.request_hash, i.outcome FROM idempotency i"
-                " JOIN unnest($1::text[], $2::text[]) AS k(caller, key)"
-                " ON i.caller = k.caller AND i.key = k.key",
+                _LOAD,
                 [k[0] for k in keys],
                 [k[1] for k in keys],
+                list(reservation_ids),
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+                list(account_ids),
             )
         )
-        return {
-            (r["caller"], r["key"]): IdempotencyRecord(
-                r["caller"], r["key"], r["method"], bytes(r["request_hash"]), r["outcome"]
-            )
-            for r in rows
-        }
-
-    async def load(
-        self, ws: WorkingSet, reservation_ids: set[str], pairs: set[PairKey], account_ids: set[str]
-    ) -> None:
-        conn = self._conn
-        lot_ids: set[str] = set()
-        if reservation_ids:
-            rows = await _guard(
-                conn.fetch(
-                    f"SELECT {_RES_COLS} FROM reservations WHERE reservation_id = ANY($1::uuid[])",
-                    list(reservation_ids),
-                )
-            )
-            for row in rows:
-                res = _reservation(row)
+        records: dict[tuple[str, str], IdempotencyRecord] = {}
+        for kind, data in rows:
+            if kind == "b":
+                bal = Balance(**data)
+                ws.balances[(bal.account_id, bal.asset)] = bal
+            elif kind == "l":
+                ws.add_lot(_lot_json(data))
+            elif kind == "r":
+                res = _reservation_json(data)
                 ws.reservations[res.reservation_id] = res
-                pairs.add((res.account_id, res.asset))
-                lot_ids.update(a.lot_id for a in res.allocations)
-        if account_ids:
-            rows = await _guard(
-                conn.fetch(
-                    "SELECT account_id FROM accounts WHERE account_id = ANY($1::text[])",
-                    list(account_ids),
+            elif kind == "a":
+                ws.accounts.add(data)
+            elif kind == "i":
+                caller, key, method, request_hash, outcome = data
+                records[(caller, key)] = IdempotencyRecord(
+                    caller, key, method, bytes.fromhex(request_hash), outcome
                 )
-            )
-            ws.accounts.update(r["account_id"] for r in rows)
-        if not pairs:
-            return
-        accs = [p[0] for p in pairs]
-        assets = [p[1] for p in pairs]
-        rows = await _guard(
-            conn.fetch(
-                f"SELECT {_BALANCE_COLS} FROM balances b"
-                " JOIN unnest($1::text[], $2::text[]) AS p(account_id, asset) USING (account_id, asset)",
-                accs,
-                assets,
-            )
-        )
-        for row in rows:
-            bal = _balance(row)
-            ws.balances[(bal.account_id, bal.asset)] = bal
-        rows = await _guard(
-            conn.fetch(
-                f"SELECT {_LOT_COLS} FROM lots WHERE lot_id = ANY($3::uuid[]) UNION"
-                f" SELECT {_LOT_COLS} FROM lots JOIN unnest($1::text[], $2::text[]) AS p(account_id, asset)"
-                " USING (account_id, asset) WHERE remaining > 0",
-                accs,
-                assets,
-                list(lot_ids),
-            )
-        )
-        for row in rows:
-            ws.add_lot(_lot(row))
+        return records
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
         bals = [ws.balances[k] for k in sorted(ws.dirty_balances)]
@@ -357,6 +388,7 @@ class PostgresStore:
         self._pool = pool
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
+        self._writer_conn: asyncpg.Connection | None = None
         # Set by ping(): while the last health check failed, calls fail at once with
         # UNAVAILABLE instead of each waiting out a connect timeout.
         self.reachable = True
@@ -383,18 +415,63 @@ class PostgresStore:
             with suppress(Exception):
                 await self._pool.release(conn)
 
+    async def _writer_connection(self) -> asyncpg.Connection:
+        """The writer's own connection, held across batches: no pool round trips
+        (acquire, and the reset query on release) on the hot path."""
+        conn = self._writer_conn
+        if conn is not None:
+            try:
+                if not conn.is_closed():
+                    return conn
+            except asyncpg.InterfaceError:
+                pass  # the pool took it back (it broke): get another
+            self._writer_conn = None
+        if not self.reachable:
+            raise StorageUnavailable("database unreachable (last health check failed)")
+        try:
+            conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
+        except Exception as exc:
+            raise StorageUnavailable(f"no database connection: {type(exc).__name__}") from exc
+        self._writer_conn = conn
+        return conn
+
+    async def _drop_writer_connection(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            with suppress(Exception):
+                conn.terminate()
+                await self._pool.release(conn)
+
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[PgBatch]:
-        async with self._connection() as conn:
-            tx = conn.transaction(isolation="serializable")
+        conn = await self._writer_connection()
+        tx = conn.transaction(isolation="serializable")
+        try:
             await _guard(tx.start())
-            try:
-                yield PgBatch(conn)
-            except BaseException:
+        except StorageUnavailable:
+            await self._drop_writer_connection()
+            raise
+        try:
+            yield PgBatch(conn)
+        except BaseException as exc:
+            if isinstance(exc, StorageUnavailable | asyncio.CancelledError):
+                await self._drop_writer_connection()  # its state is unknown: never reuse it
+            else:
                 with suppress(Exception):
                     await tx.rollback()
-                raise
+            raise
+        try:
             await _guard(tx.commit())
+        except StorageUnavailable:
+            await self._drop_writer_connection()
+            raise
+
+    async def close(self) -> None:
+        """Give the writer's connection back before the pool closes."""
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            with suppress(Exception):
+                await self._pool.release(conn)
 
     async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async with self._connection() as conn:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from creditledger.v1 import ledger_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -61,10 +61,15 @@ def timestamp(msg: timestamp_pb2.Timestamp, present: bool, field: str) -> dateti
         raise _invalid(field, "is not a valid timestamp") from exc
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+
+
 def _ts(value: datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
+    # Integer arithmetic: Timestamp.FromDatetime was a visible share of reply time.
+    return timestamp_pb2.Timestamp(
+        seconds=(value - _EPOCH) // _SECOND, nanos=value.microsecond * 1000
+    )
 
 
 # ---- requests -> commands
