@@ -50,6 +50,7 @@ def parse_args(argv: list[str]) -> RunConfig:
         results_dir=args.results_dir,
         keep_history=args.keep_history,
         faults=not args.no_faults,
+        server_source=args.server_source.resolve() if args.server_source else None,
     )
     if args.replay is not None:
         header = read_header(args.replay)

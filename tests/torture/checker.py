@@ -14,6 +14,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -69,7 +70,14 @@ def expected_from(ops: list[Op]) -> Expected:
 
 
 class Checker:
-    def __init__(self, workload: Workload, servers: list[LedgerServer], database_url: str) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        servers: list[LedgerServer],
+        database_url: str,
+        server_source: Path | None = None,
+    ) -> None:
+        self.server_source = server_source
         self.w = workload
         self.servers = servers
         self.database_url = database_url
@@ -172,7 +180,7 @@ class Checker:
             await asyncio.sleep(delay)
 
     def verify(self) -> None:
-        code, output = run_verify(self.database_url)
+        code, output = run_verify(self.database_url, cwd=self.server_source)
         self.verify_output = output
         if code != 0:
             self.violation("ledger_verify", f"exit {code}: {output[-3000:]}")

@@ -30,6 +30,9 @@ class RunConfig:
     results_dir: Path = Path("torture-results")
     keep_history: bool = False
     faults: bool = True
+    # A directory holding the `ledger` package to run (e.g. `git archive` of a
+    # commit); None runs the work tree's.
+    server_source: Path | None = None
 
 
 @dataclass
@@ -73,7 +76,12 @@ async def run(cfg: RunConfig) -> RunReport:
         f"database {database_url} ({'private cluster' if cluster else 'given URL: no PostgreSQL restarts'})"
     )
     servers = [
-        LedgerServer(database_url, workdir / f"server-{i}.log", name=f"server-{chr(65 + i)}")
+        LedgerServer(
+            database_url,
+            workdir / f"server-{i}.log",
+            name=f"server-{chr(65 + i)}",
+            cwd=cfg.server_source,
+        )
         for i in range(cfg.servers)
     ]
     try:
@@ -124,7 +132,7 @@ async def _run_with(
         log(f"load + faults over after {cfg.seconds:.0f}s; healed: {healed or 'nothing to do'}")
         workload.stopping = True
         await asyncio.gather(*clients)
-        checker = Checker(workload, servers, database_url)
+        checker = Checker(workload, servers, database_url, cfg.server_source)
         await checker.recovered()
         resolved = await checker.resolve_unknowns()
         log(f"resolved {resolved} unknown-outcome ops by replaying their keys")

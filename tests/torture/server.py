@@ -34,13 +34,16 @@ def health_status(target: str, timeout_s: float = 1.0) -> str:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-def run_verify(database_url: str, timeout_s: float = 300) -> tuple[int, str]:
-    """`ledger verify`: (exit code, its output)."""
+def run_verify(
+    database_url: str, timeout_s: float = 300, cwd: Path | None = None
+) -> tuple[int, str]:
+    """`ledger verify`: (exit code, its output). `cwd`: where the `ledger` package is taken from."""
     proc = subprocess.run(
         [sys.executable, "-m", "ledger", "verify", "--database-url", database_url],
         capture_output=True,
         text=True,
         timeout=timeout_s,
+        cwd=cwd,
     )
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
@@ -57,7 +60,11 @@ class LedgerServer:
         port: int | None = None,
         metrics_port: int | None = None,
         extra_args: list[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        # `python -m ledger` imports the package from its working directory first:
+        # a snapshot of a commit there tests that commit, whatever the work tree holds.
+        self.cwd = cwd
         self.database_url = database_url
         self.log_path = log_path
         self.name = name
@@ -93,7 +100,7 @@ class LedgerServer:
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
             *self.extra_args,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd)
         log.close()
         self.starts += 1
         self.paused = False
