@@ -160,7 +160,10 @@ class Checker:
     async def replay_sample(self, count: int = 200) -> None:
         """Replays after healing: the same outcomes, and (checked later) no new effect."""
         rng = random.Random(self.w.cfg.seed + 11)
+        give_up = time.monotonic() + 90
         for _ in range(count):
+            if time.monotonic() > give_up:
+                break
             await self.w.probe_replay(rng, -3)
 
     async def wait_for_expiries(self) -> None:
