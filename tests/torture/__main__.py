@@ -39,6 +39,13 @@ def parse_args(argv: list[str]) -> RunConfig:
     parser.add_argument(
         "--replay", type=Path, default=None, help="a history.jsonl: rerun its seed and settings"
     )
+    parser.add_argument(
+        "--server-source",
+        type=Path,
+        default=None,
+        help="run the ledger package found in this directory (e.g. `git archive HEAD ledger | tar -x -C DIR`) "
+        "instead of the work tree's, so that edits in progress are not what is tested",
+    )
     args = parser.parse_args(argv)
     cfg = RunConfig(
         seconds=args.seconds,
