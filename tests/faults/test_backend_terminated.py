@@ -28,7 +28,8 @@ from tests.faults.proxy import TcpProxy
 from tests.torture.rpc import CHANNEL_OPTIONS, call_aio
 from tests.torture.server import LedgerServer, run_verify
 
-LOAD_S = 20.0
+# Until the first bad answer, at most this long (it usually shows within 10 s).
+LOAD_S = 30.0
 CLIENTS = 16
 CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
 
@@ -91,7 +92,7 @@ async def test_calls_while_backends_are_terminated(
 
     async def worker(seed: int, stub: Any) -> None:
         rng = random.Random(seed)
-        while time.monotonic() < end:
+        while time.monotonic() < end and not bad:
             method = rng.choice(["Charge", "Reserve", "Grant", "GetBalance"])
             result = await call_aio(
                 getattr(stub, method), request_for(method, rng.choice(accounts)), 5
@@ -102,14 +103,14 @@ async def test_calls_while_backends_are_terminated(
 
     async def killer() -> None:
         rng = random.Random(0)
-        while time.monotonic() < end:
+        while time.monotonic() < end and not bad:
             await asyncio.sleep(rng.uniform(0.1, 1.0))
             await terminate_backends(pg_admin_url, database)
 
     async with grpc.aio.insecure_channel(ledger_process.target, options=CHANNEL_OPTIONS) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         await asyncio.gather(killer(), *(worker(i, stub) for i in range(CLIENTS)))
-    assert codes["OK"] > 100, codes
+    assert codes["OK"] > 100 or bad, codes
     assert not bad, (codes, bad[:10])
     code, output = await asyncio.to_thread(run_verify, fresh_database_url)
     assert code == 0, output
