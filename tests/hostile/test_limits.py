@@ -114,6 +114,7 @@ def test_amount_over_10_15(stub: Any, method: str) -> None:
     )
 
 
+@pytest.mark.slow
 async def test_grant_past_int64_is_refused_not_wrapped(
     ledger_process: LedgerServer, fresh_database_url: str
 ) -> None:

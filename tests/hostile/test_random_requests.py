@@ -109,7 +109,7 @@ def test_random_bytes_as_messages(target: Target, fresh_database_url: str) -> No
         for m in METHODS
     }
 
-    @typed(hypothesis_settings(800))
+    @typed(hypothesis_settings(2000))
     @typed_given(st.sampled_from(METHODS), st.binary(max_size=3000))
     def run(method: str, payload: bytes) -> None:
         result = call_sync(calls[method], payload, 10.0)
