@@ -70,12 +70,15 @@ def parse_args(argv: list[str]) -> RunConfig:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     report = asyncio.run(run(cfg))
-    for line in report.lines:
+    *details, fault_line = report.lines
+    for line in details:
         print(line)
     if report.history_path is not None:
         print(
             f"history: {report.history_path} (rerun: python -m tests.torture --replay {report.history_path})"
         )
+    # For scripts: the faults by kind, then the summary as the very last line.
+    print(fault_line)
     print(report.summary, flush=True)
     return 1 if report.violations else 0
 
