@@ -136,7 +136,10 @@ def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
 
 
 def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
-    """Errors: AccountNotFound, BalanceLimitExceeded."""
+    """Errors: InvalidArgument (expiry not in the future; never recorded), AccountNotFound,
+    BalanceLimitExceeded."""
+    if cmd.expires_at is not None and cmd.expires_at <= ws.now:
+        raise errors.InvalidArgument([errors.FieldViolation("expires_at", "must be in the future")])
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     bal = ws.balance(cmd.account_id, cmd.asset)
     if max(bal.available + bal.reserved, bal.granted) + cmd.amount > limits.INT64_MAX:

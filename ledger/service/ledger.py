@@ -80,9 +80,9 @@ class Ledger:
                 cmd = dataclasses.replace(cmd, scope=access.scope)
         cmd.validate()
         if isinstance(cmd, c.Grant) and cmd.expires_at is not None:
+            # "In the future" is checked by the rules, after the idempotency lookup:
+            # a late retry of an acknowledged Grant must replay, not be refused.
             now = self._clock.now()
-            if cmd.expires_at <= now:
-                raise _invalid("expires_at", "must be in the future")
             if cmd.expires_at > now + timedelta(seconds=limits.GRANT_EXPIRY_MAX_S):
                 raise _invalid("expires_at", "must be within 100 years (GRANT_EXPIRY_MAX_S)")
         try:

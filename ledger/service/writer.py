@@ -45,6 +45,9 @@ class WriterSettings:
     retry_backoff_base_s: float = 0.005
     retry_backoff_max_s: float = 0.2
     unavailable_retries_max: int = 2
+    # A batch normally takes milliseconds; one that takes this long is talking to
+    # a database that stopped answering: give up (UNAVAILABLE) within callers' deadlines.
+    attempt_timeout_s: float = 2.0
     refund_grace: timedelta = timedelta(days=7)
 
 
@@ -69,6 +72,8 @@ def _replay(
             f" ({first_method}); use a new key for a new request",
             {"first_method": first_method},
         ), False
+    if isinstance(first, errors.InvalidArgument):
+        return errors.InvalidArgument(first.violations), False  # never recorded: not a replay
     if isinstance(first, errors.LedgerError):
         # A fresh error object per reply: the first caller may still hold the original.
         return type(first)(first.message, dict(first.metadata)), True
@@ -138,10 +143,16 @@ class Writer:
     async def _with_retries(self, batch: list[_Pending]) -> list[tuple[Outcome, bool]]:
         s = self._settings
         unavailable = 0
+        first_started = time.perf_counter()
         for attempt in range(s.retry_attempts_max):
             started = time.perf_counter()
             try:
-                results, moved = await self._attempt(batch)
+                try:
+                    results, moved = await asyncio.wait_for(
+                        self._attempt(batch), s.attempt_timeout_s
+                    )
+                except TimeoutError as exc:
+                    raise StorageUnavailable(f"batch took over {s.attempt_timeout_s} s") from exc
             except SerializationConflict:
                 metrics.SERIALIZATION_RETRIES.inc()
                 backoff = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2**attempt)
@@ -151,7 +162,8 @@ class Writer:
                 # Running the batch again is safe even if the broken connection had
                 # committed it: the retry then finds its idempotency records and replays.
                 unavailable += 1
-                if unavailable <= s.unavailable_retries_max and self._store.reachable:
+                quick = time.perf_counter() - first_started < s.attempt_timeout_s / 2
+                if unavailable <= s.unavailable_retries_max and self._store.reachable and quick:
                     await asyncio.sleep(0.05 + 0.1 * random.random())
                     continue
                 raise errors.DatabaseUnavailable(
@@ -187,6 +199,12 @@ class Writer:
                 outcome: Outcome
                 try:
                     outcome = rules.apply(ws, cmd)
+                except errors.InvalidArgument as exc:
+                    # Bad input that only the rules can see (it depends on the
+                    # time): this command's answer, recorded nowhere, so a
+                    # corrected retry with the same key can still run.
+                    results[i] = (exc, False)
+                    continue
                 except errors.LedgerError as exc:
                     if exc.reason not in errors.RECORDABLE:
                         raise

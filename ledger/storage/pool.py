@@ -24,7 +24,9 @@ class PoolSettings:
     min_size: int = 2
     max_size: int = 10
     connect_timeout_s: float = 2.0
-    command_timeout_s: float = 10.0
+    # A silent database (a partition) must not outlive callers' deadlines:
+    # each statement gives up after this, and the call answers UNAVAILABLE.
+    command_timeout_s: float = 3.0
 
 
 async def create_pool(url: str, settings: PoolSettings = PoolSettings()) -> asyncpg.Pool:

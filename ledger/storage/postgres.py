@@ -151,6 +151,10 @@ def _translate(exc: BaseException) -> BaseException:
         if state in _UNAVAILABLE_STATES or state in _AMBIGUOUS or state.startswith("08"):
             return StorageUnavailable(f"database error {state}")
         return exc  # type: ignore[no-any-return]
+    if isinstance(exc, asyncpg.InternalClientError):
+        # The connection's protocol state broke (seen after pg_terminate_backend
+        # under load): the connection is unusable, the database may be fine.
+        return StorageUnavailable(f"connection broken: {type(exc).__name__}")
     if isinstance(
         exc,
         (
@@ -415,6 +419,11 @@ class PostgresStore:
             self._waiting -= 1
         try:
             yield conn
+        except (StorageUnavailable, asyncio.CancelledError):
+            # Timed out, cancelled or broken mid-query: its state is unknown, never reuse it.
+            with suppress(Exception):
+                conn.terminate()
+            raise
         finally:
             with suppress(Exception):
                 await self._pool.release(conn)

@@ -72,13 +72,6 @@ def request_for(method: str, account: str) -> Any:
     return cls(account_id=account, asset=ASSET, amount=1, idempotency_key=new_key())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug (reported to the lead): after pg_terminate_backend under load, a pooled "
-    "connection fails its next use with asyncpg InternalClientError ('cannot switch to state N; "
-    "another operation (2) is in progress'), which ledger/storage/postgres.py _translate does not "
-    "map, so reads and commands get INTERNAL",
-)
 async def test_calls_while_backends_are_terminated(
     tcp_server: LedgerServer, pg_admin_url: str, fresh_database_url: str
 ) -> None:

@@ -85,19 +85,11 @@ def requests_while_down(account: str) -> list[tuple[str, Any]]:
     ]
 
 
-SILENT_DATABASE_BUG = (
-    "server bug (reported to the lead): with PostgreSQL silent (a partition), the writer's batch "
-    "waits asyncpg's command_timeout (10 s, ledger/storage/pool.py PoolSettings) on a pooled "
-    "connection that never answers, so mutating calls end DEADLINE_EXCEEDED instead of "
-    "UNAVAILABLE within their deadline"
-)
-
-
 @pytest.mark.parametrize(
     "mode",
     [
         "refuse",
-        pytest.param("blackhole", marks=pytest.mark.xfail(strict=True, reason=SILENT_DATABASE_BUG)),
+        "blackhole",
     ],
 )
 def test_database_loss_fails_fast_and_heals_without_restart(

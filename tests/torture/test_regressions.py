@@ -1,7 +1,7 @@
 """Regression tests for what the torture runs found, one per finding.
 
-Each says which run found it (seed and violation kind) and stays xfail(strict)
-while the server still has the bug, so the suite is green and the fix flips it.
+Each says which run found it (seed and violation kind). They were xfail(strict)
+while the server had the bug; the fixes flipped them to plain tests.
 """
 
 from __future__ import annotations
@@ -17,12 +17,6 @@ from tests.torture.server import LedgerServer
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug (reported to the lead): Grant's 'expires_at must be in the future' is checked "
-    "before the idempotency lookup, so a retry of an acknowledged Grant after its lot's expires_at "
-    "gets INVALID_ARGUMENT instead of the replay (torture seed 101, violation replay_differs)",
-)
 def test_grant_replay_after_its_expiry_still_replays(ledger_process: LedgerServer) -> None:
     """The first outcome of a key is final, even when the request would now be refused."""
     with sync_stub(ledger_process.target) as stub:
