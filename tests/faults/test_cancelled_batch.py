@@ -1,0 +1,66 @@
+"""A batch cancelled while it begins its transaction must not swallow the batches after it.
+
+Found by torture seed 109 (commit 3e607d5): after a SIGSTOP, server-A answered
+OK to 45 commands in a row (reserves, charges, settles, a grant) that were
+never committed; they vanished when its connection was terminated. The
+writer's 2 s attempt timeout (asyncio.wait_for) cancelled a batch inside
+asyncpg's `Transaction.start()`: BEGIN had reached PostgreSQL, but asyncpg
+left `_top_xact` set, and `PostgresStore.batch()` kept the writer's connection
+(it drops it on StorageUnavailable only). Every later batch then became a
+SAVEPOINT inside that open transaction, and its "commit" a RELEASE SAVEPOINT:
+answered OK, committed never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import pytest
+
+from ledger.storage.pool import PoolSettings, create_pool
+from ledger.storage.postgres import PostgresStore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug (reported to the lead): PostgresStore.batch() keeps the writer's connection when "
+    "tx.start() is cancelled (CancelledError is not StorageUnavailable); asyncpg's _top_xact stays set, "
+    "so every later batch is a SAVEPOINT in a transaction that never commits: OK answers, lost data",
+)
+async def test_batch_cancelled_in_begin_leaves_later_batches_committed(
+    fresh_database_url: str,
+) -> None:
+    admin = await asyncpg.connect(fresh_database_url)
+    await admin.execute("CREATE TABLE probe (v int)")
+    pool = await create_pool(fresh_database_url, PoolSettings(min_size=1, max_size=2))
+    store = PostgresStore(pool)
+    try:
+        async with store.batch():
+            pass  # the writer now holds its connection: the next batch's first wait is BEGIN
+
+        async def begin_and_hang() -> None:
+            async with store.batch():
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(begin_and_hang())
+        await asyncio.sleep(0)  # the task is now inside BEGIN
+        task.cancel()  # what asyncio.wait_for does when the attempt timeout fires
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+        for value in range(3):
+            async with store.batch() as unit:
+                await unit._conn.execute("INSERT INTO probe VALUES ($1)", value)
+            seen = await admin.fetchval("SELECT count(*) FROM probe")
+            assert seen == value + 1, (
+                f"batch {value} returned as committed, but nobody else sees it"
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+        await pool.close()
+        await admin.close()
