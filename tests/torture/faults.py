@@ -55,10 +55,13 @@ class FaultInjector:
     async def run(self, until_monotonic: float) -> None:
         kinds = self.kinds
         weights = [WEIGHTS[k] for k in kinds]
+        # Every kind once first (in a seeded order), so that even a short run
+        # meets them all; then weighted draws.
+        first_round = self.rng.sample(kinds, len(kinds))
         # The first fault comes after the workload has warmed up a little.
         await asyncio.sleep(self.rng.uniform(*self.gap_s))
         while not self.stopping and time.monotonic() < until_monotonic:
-            kind = self.rng.choices(kinds, weights)[0]
+            kind = first_round.pop(0) if first_round else self.rng.choices(kinds, weights)[0]
             fault = Fault(kind, round(self.workload.now(), 3))
             self.faults.append(fault)
             try:
