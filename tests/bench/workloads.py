@@ -128,6 +128,10 @@ class Ops:
         self.release_req = pb.ReleaseRequest(amount=0)
         self.refund_req = pb.RefundRequest(amount=1, reason="bench")
         self.balance_req = pb.GetBalanceRequest(asset=ASSET)
+        self.grant_req = pb.GrantRequest(asset=ASSET, amount=3, priority=50, source="promotion")
+        self.group_req = pb.ReserveGroupRequest(
+            legs=[pb.ReserveGroupLeg(asset=ASSET, amount=2, leg_key="executions"),
+                  pb.ReserveGroupLeg(asset=ASSET, amount=1, leg_key="emails")])  # fmt: skip
         # Reservations of recent charges, for the mixed workload's refunds.
         self.refundable: deque[str] = deque(maxlen=64)
 
@@ -173,6 +177,30 @@ class Ops:
         req.reservation_id, req.idempotency_key = self.refundable.popleft(), slot.key()
         await slot.rec.call("Refund", slot.stub.Refund, req)
 
+    async def expiring_grant(self, account: str) -> None:
+        """A small promotion that expires in an hour: a new lot, spent before purchases."""
+        slot, req = self.slot, self.grant_req
+        req.account_id, req.idempotency_key = account, slot.key()
+        req.expires_at.FromSeconds(int(time.time()) + 3600)
+        await slot.rec.call("Grant", slot.stub.Grant, req)
+
+    async def group(self, first: str, second: str) -> None:
+        """An all-or-nothing hold over two accounts, then one leg settled, one released."""
+        slot, req = self.slot, self.group_req
+        req.legs[0].account_id, req.legs[1].account_id = first, second
+        req.idempotency_key = slot.key()
+        resp = await slot.rec.call("ReserveGroup", slot.stub.ReserveGroup, req)
+        if resp is None:
+            return
+        executions, emails = resp.group.reservations
+        settle = self.settle_req
+        settle.reservation_id, settle.amount, settle.idempotency_key = (
+            executions.reservation_id, 2, slot.key())  # fmt: skip
+        await slot.rec.call("Settle", slot.stub.Settle, settle)
+        release = self.release_req
+        release.reservation_id, release.idempotency_key = emails.reservation_id, slot.key()
+        await slot.rec.call("Release", slot.stub.Release, release)
+
     async def get_balance(self, account: str) -> None:
         """One GetBalance (a read)."""
         req = self.balance_req
@@ -206,7 +234,8 @@ async def run_hot(ops: Ops) -> None:
 
 async def run_mixed(ops: Ops) -> None:
     """A realistic blend: mostly charges, holds settled or released, a few refunds,
-    reads, and 1% deliberate overdrafts that must fail INSUFFICIENT_CREDITS."""
+    reads, expiring promotion grants (lots), two-account group holds, and 1%
+    deliberate overdrafts that must fail INSUFFICIENT_CREDITS."""
     slot = ops.slot
     rng = slot.rng
     while time.monotonic() < slot.stop_at:
@@ -220,8 +249,12 @@ async def run_mixed(ops: Ops) -> None:
             await ops.reserve_release(account)
         elif draw < 0.88:
             await ops.refund()
-        elif draw < 0.99:
+        elif draw < 0.93:
             await ops.get_balance(account)
+        elif draw < 0.96:
+            await ops.expiring_grant(account)
+        elif draw < 0.99:
+            await ops.group(account, slot.account())
         else:
             await ops.charge(account, OVERDRAFT_AMOUNT)
 
