@@ -498,6 +498,16 @@ def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
     return _result(ws, res)
 
 
+def _lot_of(ws: WorkingSet, res: Reservation, alloc: Allocation) -> Lot:
+    """The lot an allocation came from; the batch loads every one of them."""
+    lot = ws.lots.get(alloc.lot_id)
+    if lot is None:
+        raise errors.InvariantViolation(
+            f"lot {alloc.lot_id} of reservation {res.reservation_id} not loaded"
+        )
+    return lot
+
+
 def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: Movement) -> None:
     """Give `amount` of the hold back to its lots; parts of expired lots are written off."""
     bal = ws.balance(res.account_id, res.asset)
@@ -508,11 +518,7 @@ def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: M
             continue
         alloc.released += take
         left -= take
-        lot = ws.lots.get(alloc.lot_id)
-        if lot is None:
-            raise errors.InvariantViolation(
-                f"lot {alloc.lot_id} of reservation {res.reservation_id} not loaded"
-            )
+        lot = _lot_of(ws, res, alloc)
         if lot.expired_at(ws.now):
             # Never brought back to life: the held part of an expired lot is written off.
             ws.post(
@@ -603,11 +609,7 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
             continue
         alloc.refunded += take
         left -= take
-        lot = ws.lots.get(alloc.lot_id)
-        if lot is None:
-            raise errors.InvariantViolation(
-                f"lot {alloc.lot_id} of reservation {res.reservation_id} not loaded"
-            )
+        lot = _lot_of(ws, res, alloc)
         if lot.expired_at(ws.now):
             lot = Lot(
                 ws.make_id(),
