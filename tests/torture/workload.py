@@ -215,8 +215,9 @@ class Workload:
             return
         op.status = "refused"
         allowed = ALLOWED_REFUSALS[op.kind] | EXPECTED_BY_PURPOSE.get(op.expect, set())
-        if "resolution" in op.notes and op.kind == "grant" and op.request.HasField("expires_at"):
-            # Resolved late, a lot's expires_at may have passed: if the grant never ran,
+        retried = "resolution" in op.notes or len(op.attempts) > 1
+        if retried and op.kind == "grant" and op.request.HasField("expires_at"):
+            # Retried late, a lot's expires_at may have passed: if the grant never ran,
             # the request is now invalid. Had it run, the balance checks show it.
             allowed = allowed | {("INVALID_ARGUMENT", "INVALID_ARGUMENT")}
         pair = (result.code.name, result.reason)
