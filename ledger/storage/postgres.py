@@ -457,27 +457,39 @@ class PostgresStore:
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[PgBatch]:
+        """One SERIALIZABLE transaction on the writer's connection.
+
+        Plain BEGIN/COMMIT rather than asyncpg's Transaction object: when a batch
+        was cancelled inside Transaction.start() after BEGIN had run, asyncpg
+        kept the connection marked as in a transaction, every later batch
+        became a SAVEPOINT, and its "commit" committed nothing (found by the
+        torture run, tests/faults/test_cancelled_batch.py). The server's own
+        transaction status is checked before every batch instead.
+        """
         conn = await self._writer_connection()
-        tx = conn.transaction(isolation="serializable")
         try:
-            await _guard(tx.start())
-        except StorageUnavailable:
-            await self._drop_writer_connection()
-            raise
-        try:
+            if conn.is_in_transaction():
+                await _guard(conn.execute("ROLLBACK"))  # never nest into a leftover transaction
+            await _guard(conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE"))
             yield PgBatch(conn)
+            status = await _guard(conn.execute("COMMIT"))
+            if status != "COMMIT":  # PostgreSQL answers ROLLBACK when the transaction had failed
+                raise SerializationConflict(f"COMMIT answered {status}")
         except BaseException as exc:
-            if isinstance(exc, StorageUnavailable | asyncio.CancelledError):
-                await self._drop_writer_connection()  # its state is unknown: never reuse it
-            else:
-                with suppress(Exception):
-                    await tx.rollback()
+            await self._abandon(conn, exc)
             raise
-        try:
-            await _guard(tx.commit())
-        except StorageUnavailable:
-            await self._drop_writer_connection()
-            raise
+
+    async def _abandon(self, conn: asyncpg.Connection, exc: BaseException) -> None:
+        """After a failed batch: roll back on a sound connection, else drop it."""
+        if isinstance(exc, Exception) and not isinstance(exc, StorageUnavailable):
+            try:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    await asyncio.wait_for(conn.execute("ROLLBACK"), 1.0)
+                if not conn.is_in_transaction():
+                    return
+            except BaseException:
+                pass
+        await self._drop_writer_connection()  # cancelled, broken or unsure: never reuse it
 
     async def close(self) -> None:
         """Give the writer's connection back before the pool closes."""

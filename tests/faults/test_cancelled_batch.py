@@ -25,12 +25,6 @@ from ledger.storage.postgres import PostgresStore
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug (reported to the lead): PostgresStore.batch() keeps the writer's connection when "
-    "tx.start() is cancelled (CancelledError is not StorageUnavailable); asyncpg's _top_xact stays set, "
-    "so every later batch is a SAVEPOINT in a transaction that never commits: OK answers, lost data",
-)
 async def test_batch_cancelled_in_begin_leaves_later_batches_committed(
     fresh_database_url: str,
 ) -> None:
