@@ -97,15 +97,27 @@ async function stopProcess(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
+/**
+ * The admin URL with another database name. Not through `new URL`: the
+ * embedded PostgreSQL's URL has an empty host and a socket directory in the
+ * query (postgresql://postgres:@/postgres?host=/tmp/...), which WHATWG URL rejects.
+ */
+export function withDatabase(url: string, database: string): string {
+  const match = /^(postgres(?:ql)?:\/\/[^/?]*)(?:\/[^?]*)?(\?.*)?$/.exec(url);
+  if (match === null) {
+    throw new Error(`cannot set the database name in ${url}`);
+  }
+  return `${match[1] ?? ""}/${database}${match[2] ?? ""}`;
+}
+
 /** Creates database ledger_ts_<random>, starts `ledger serve` on it, waits until it answers. */
 export async function startLedgerServer(): Promise<LedgerServer> {
   const database = `ledger_ts_${randomBytes(6).toString("hex")}`;
   await adminSql(`CREATE DATABASE ${database}`);
-  const databaseUrl = new URL(adminUrl);
-  databaseUrl.pathname = `/${database}`;
+  const databaseUrl = withDatabase(adminUrl, database);
   const target = `127.0.0.1:${String(await freePort())}`;
   const metricsTarget = `127.0.0.1:${String(await freePort())}`;
-  const args = ["-m", "ledger", "serve", "--listen", target, "--database-url", databaseUrl.toString()];
+  const args = ["-m", "ledger", "serve", "--listen", target, "--database-url", databaseUrl];
   args.push("--metrics-listen", metricsTarget);
   const child = spawn(python, args, { cwd: REPO_DIR, stdio: ["ignore", "pipe", "pipe"] });
   let printed = "";
