@@ -78,6 +78,13 @@ class Violations:
                     f"value must be at most {limits.METADATA_VALUE_LEN_MAX} chars (METADATA_VALUE_LEN_MAX), no NUL",
                 )
 
+    def target(self, account_id: str, asset: str, amount: int, idempotency_key: str) -> None:
+        """The fields every account-addressed mutation has, in the order errors list them."""
+        self.account_id("account_id", account_id)
+        self.asset("asset", asset)
+        self.amount("amount", amount)
+        self.idempotency_key(idempotency_key)
+
     def ttl(self, name: str, ttl_s: float | None) -> None:
         if ttl_s is not None and not limits.TTL_MIN_S <= ttl_s <= limits.TTL_MAX_S:
             self.add(
@@ -155,10 +162,7 @@ class Grant(Command):
 
     def validate(self) -> None:
         v = Violations()
-        v.account_id("account_id", self.account_id)
-        v.asset("asset", self.asset)
-        v.amount("amount", self.amount)
-        v.idempotency_key(self.idempotency_key)
+        v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.metadata("metadata", self.metadata)
         if not limits.PRIORITY_MIN <= self.priority <= limits.PRIORITY_MAX:
             v.add(
@@ -181,10 +185,7 @@ class Reserve(Command):
 
     def validate(self) -> None:
         v = Violations()
-        v.account_id("account_id", self.account_id)
-        v.asset("asset", self.asset)
-        v.amount("amount", self.amount)
-        v.idempotency_key(self.idempotency_key)
+        v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.ttl("ttl", self.ttl_s)
         v.metadata("metadata", self.metadata)
         v.raise_if_any()
@@ -201,10 +202,7 @@ class Charge(Command):
 
     def validate(self) -> None:
         v = Violations()
-        v.account_id("account_id", self.account_id)
-        v.asset("asset", self.asset)
-        v.amount("amount", self.amount)
-        v.idempotency_key(self.idempotency_key)
+        v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.metadata("metadata", self.metadata)
         v.raise_if_any()
 
