@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 from ledger.domain.model import (
     Account,
@@ -359,13 +360,8 @@ class PgBatch:
         }
         if not any(doc.values()):
             return
-        await _guard(self._conn.fetchval(_SAVE, json.dumps(doc, default=_json_value), ws.now))
-
-
-def _json_value(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON: {type(value).__name__}")
+        # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
+        await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
 
 
 def _reservation_doc(r: Reservation) -> dict[str, object]:
@@ -659,13 +655,35 @@ class PostgresStore:
 
 
 def json_codec_init() -> Callable[[asyncpg.Connection], Awaitable[None]]:
-    """Pool `init`: decode jsonb to Python values."""
+    """Pool `init`: jsonb to and from Python values, in jsonb's binary format
+    (a version byte, then the text) and with orjson: the batch's read and save
+    move every row as jsonb, and the stdlib's json was a visible share of a batch."""
 
     async def init(conn: asyncpg.Connection) -> None:
-        await conn.set_type_codec("jsonb", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(
+            "jsonb",
+            encoder=_jsonb_encode,
+            decoder=_jsonb_decode,
+            schema="pg_catalog",
+            format="binary",
+        )
 
     return init
 
 
-def _dumps(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+_JSONB_VERSION = b"\x01"
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    """str and bytes are JSON text already; anything else is serialized."""
+    if isinstance(value, str):
+        return _JSONB_VERSION + value.encode()
+    if isinstance(value, bytes):
+        return _JSONB_VERSION + value
+    return _JSONB_VERSION + orjson.dumps(value)
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    if data[:1] != _JSONB_VERSION:
+        raise ValueError(f"unknown jsonb binary format version {data[:1]!r}")
+    return orjson.loads(memoryview(data)[1:])
