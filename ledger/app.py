@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -214,6 +215,10 @@ class App:
             loop.add_signal_handler(sig, done.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
+        # Everything built so far (modules, protobuf descriptors, the pool) lives as long
+        # as the process: keep it out of the collector's full passes, which otherwise
+        # walk all of it again and again under load.
+        gc.freeze()
         await done.wait()
         log.info("signal received: draining for up to %.0f s", self.config.drain_s)
         await self.stop()
