@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +51,12 @@ class Store(Protocol):
     # False while the last health check failed: callers then fail fast.
     reachable: bool
 
-    def batch(self) -> AbstractAsyncContextManager[BatchUnit]: ...
+    def batch(
+        self, more_waiting: Callable[[], bool] | None = None
+    ) -> AbstractAsyncContextManager[BatchUnit]:
+        """One transaction; `more_waiting()`, asked at commit, says whether
+        another batch will follow at once (the store may then begin it early)."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -187,7 +187,7 @@ class Writer:
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
         results: list[tuple[Outcome, bool] | None] = [None] * len(batch)
-        async with self._store.batch() as unit:
+        async with self._store.batch(self._more_waiting) as unit:
             keys = sorted({k for p in batch if (k := _key(p.cmd)) is not None})
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
@@ -230,6 +230,9 @@ class Writer:
         if len(done) != len(batch):
             raise errors.InvariantViolation("batch finished with commands lacking an outcome")
         return done, ws.moved
+
+    def _more_waiting(self) -> bool:
+        return not self._queue.empty()
 
     def _dedupe(
         self,

@@ -56,6 +56,8 @@ _UNAVAILABLE_STATES = {
     "53300",
 }
 
+_BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+
 _BALANCE_COLS = "account_id, asset, available, reserved, granted, settled, refunded, expired"
 _LOT_COLS = "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at"
 _RES_COLS = (
@@ -393,6 +395,9 @@ class PostgresStore:
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
+        # The writer's connection while it holds a transaction that batch() opened
+        # for the next batch (see batch()); None otherwise.
+        self._begun: asyncpg.Connection | None = None
         # Set by ping(): while the last health check failed, calls fail at once with
         # UNAVAILABLE instead of each waiting out a connect timeout.
         self.reachable = True
@@ -452,7 +457,7 @@ class PostgresStore:
                 await self._pool.release(conn)
 
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator[PgBatch]:
+    async def batch(self, more_waiting: Callable[[], bool] | None = None) -> AsyncIterator[PgBatch]:
         """One SERIALIZABLE transaction on the writer's connection.
 
         Plain BEGIN/COMMIT rather than asyncpg's Transaction object: when a batch
@@ -461,13 +466,29 @@ class PostgresStore:
         became a SAVEPOINT, and its "commit" committed nothing (found by the
         torture run, tests/faults/test_cancelled_batch.py). The server's own
         transaction status is checked before every batch instead.
+
+        When `more_waiting()` is true at commit time, the next batch's BEGIN
+        travels with this COMMIT ("COMMIT; BEGIN ...", one round trip instead
+        of two). That is safe because COMMIT follows a statement of this
+        transaction that just succeeded on this connection, so it either
+        commits or raises (a failed transaction is the only way COMMIT answers
+        ROLLBACK without an error); the BEGIN takes no snapshot until the next
+        batch's first statement. Only a transaction opened that way is reused:
+        `_begun` is cleared as each batch starts and set only after that
+        round trip succeeded, so anything else still open is rolled back.
         """
         conn = await self._writer_connection()
+        begun, self._begun = self._begun is conn, None
         try:
-            if conn.is_in_transaction():
-                await _guard(conn.execute("ROLLBACK"))  # never nest into a leftover transaction
-            await _guard(conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE"))
+            if not (begun and conn.is_in_transaction()):
+                if conn.is_in_transaction():
+                    await _guard(conn.execute("ROLLBACK"))  # never nest into a leftover transaction
+                await _guard(conn.execute(_BEGIN))
             yield PgBatch(conn)
+            if more_waiting is not None and more_waiting():
+                await _guard(conn.execute(f"COMMIT; {_BEGIN}"))
+                self._begun = conn
+                return
             status = await _guard(conn.execute("COMMIT"))
             if status != "COMMIT":  # PostgreSQL answers ROLLBACK when the transaction had failed
                 raise SerializationConflict(f"COMMIT answered {status}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,7 +25,7 @@ class FailingStore:
         self.reachable = True
 
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator[Any]:
+    async def batch(self, more_waiting: Callable[[], bool] | None = None) -> AsyncIterator[Any]:
         self.attempts += 1
         raise self.exc
         yield  # pragma: no cover
