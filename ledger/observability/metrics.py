@@ -43,6 +43,16 @@ GRPC_HANDLED = Counter(
     "RPCs completed on the server, regardless of success or failure.",
     ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
 )
+GRPC_MSG_RECEIVED = Counter(
+    "grpc_server_msg_received_total",
+    "RPC stream messages received by the server (one per unary request).",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+GRPC_MSG_SENT = Counter(
+    "grpc_server_msg_sent_total",
+    "RPC stream messages sent by the server (one per unary response).",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
 GRPC_HANDLING_SECONDS = Histogram(
     "grpc_server_handling_seconds",
     "Response latency of RPCs handled by the server.",
@@ -53,11 +63,13 @@ GRPC_HANDLING_SECONDS = Histogram(
 CREDITS_MOVED = Counter(
     "ledger_credits_moved", "Credits moved, by asset and movement.", ["asset", "movement"]
 )
+# The method label is `grpc_method` here too, so one matcher selects a method
+# across the gRPC and the ledger's own series.
 REJECTIONS = Counter(
-    "ledger_rejections", "Business rejections by method and reason.", ["method", "reason"]
+    "ledger_rejections", "Business rejections by method and reason.", ["grpc_method", "reason"]
 )
 REPLAYS = Counter(
-    "ledger_idempotent_replays", "Replies replayed from an idempotency record.", ["method"]
+    "ledger_idempotent_replays", "Replies replayed from an idempotency record.", ["grpc_method"]
 )
 SERIALIZATION_RETRIES = Counter(
     "ledger_serialization_retries", "Transactions retried after a serialization conflict."
@@ -86,6 +98,34 @@ OLDEST_OVERDUE_S = Gauge(
 )
 HEALTH_SERVING = Gauge("ledger_health_serving", "1 when the server reports SERVING, else 0.")
 BUILD_INFO = Info("ledger_build", "Build information.")
+
+# grpc_code values as go-grpc-prometheus spells them (Go's codes.Code.String()),
+# so fleet dashboards matching grpc_code=~"Unavailable|Internal" see the ledger.
+GRPC_CODE_NAMES: dict[str, str] = {
+    "OK": "OK",
+    "CANCELLED": "Canceled",
+    "UNKNOWN": "Unknown",
+    "INVALID_ARGUMENT": "InvalidArgument",
+    "DEADLINE_EXCEEDED": "DeadlineExceeded",
+    "NOT_FOUND": "NotFound",
+    "ALREADY_EXISTS": "AlreadyExists",
+    "PERMISSION_DENIED": "PermissionDenied",
+    "RESOURCE_EXHAUSTED": "ResourceExhausted",
+    "FAILED_PRECONDITION": "FailedPrecondition",
+    "ABORTED": "Aborted",
+    "OUT_OF_RANGE": "OutOfRange",
+    "UNIMPLEMENTED": "Unimplemented",
+    "INTERNAL": "Internal",
+    "UNAVAILABLE": "Unavailable",
+    "DATA_LOSS": "DataLoss",
+    "UNAUTHENTICATED": "Unauthenticated",
+}
+
+
+def grpc_code_label(code_name: str) -> str:
+    """The grpc_code label value of a status code given by its enum name (CANCELLED -> Canceled)."""
+    return GRPC_CODE_NAMES[code_name]
+
 
 _assets_seen: set[str] = set()
 _assets_lock = threading.Lock()

@@ -249,8 +249,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         rpc_type, service, name = rpc
         metrics.GRPC_STARTED.labels(rpc_type, service, name).inc()
+        metrics.GRPC_MSG_RECEIVED.labels(rpc_type, service, name).inc()
         code, message, trailing = status.to_status(exc)
-        metrics.GRPC_HANDLED.labels(rpc_type, service, name, code.name).inc()
+        metrics.GRPC_HANDLED.labels(
+            rpc_type, service, name, metrics.grpc_code_label(code.name)
+        ).inc()
         metrics.REJECTIONS.labels(name, exc.reason).inc()
         if log.isEnabledFor(logging.INFO):
             log.info(

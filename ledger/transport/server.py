@@ -61,14 +61,19 @@ def _handler(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     started = metrics.GRPC_STARTED.labels("unary", SERVICE, name)
     latency = metrics.GRPC_HANDLING_SECONDS.labels("unary", SERVICE, name)
+    received = metrics.GRPC_MSG_RECEIVED.labels("unary", SERVICE, name)
+    sent = metrics.GRPC_MSG_SENT.labels("unary", SERVICE, name)
     handled = {
-        code: metrics.GRPC_HANDLED.labels("unary", SERVICE, name, code.name)
+        code: metrics.GRPC_HANDLED.labels(
+            "unary", SERVICE, name, metrics.grpc_code_label(code.name)
+        )
         for code in grpc.StatusCode
     }
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         t0 = time.perf_counter()
         started.inc()
+        received.inc()
         code = grpc.StatusCode.OK
         reason = ""
         replayed = False
@@ -80,6 +85,7 @@ def _handler(
             response, replayed = await impl(request, context)
             if replayed:
                 context.set_trailing_metadata(((status.REPLAYED_KEY, "true"),))
+            sent.inc()
             return response
         except errors.LedgerError as exc:
             code, message, trailing = status.to_status(exc)

@@ -99,8 +99,21 @@ def _depends_on(service: str) -> dict[str, str]:
     return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
 
 
-def test_the_stack_has_the_five_services() -> None:
-    assert set(SERVICES) == {"postgres", "migrate", "ledger", "prometheus", "grafana"}
+def test_the_stack_has_the_seven_services() -> None:
+    assert set(SERVICES) == {
+        "postgres", "migrate", "ledger", "verify", "pushgateway", "prometheus", "grafana",
+    }  # fmt: skip
+
+
+def test_verify_runs_on_a_schedule_and_pushes_where_prometheus_scrapes() -> None:
+    verify = SERVICES["verify"]
+    script = " ".join(_argv(verify["command"]))
+    assert "ledger verify --pushgateway http://pushgateway:9091" in script
+    assert "sleep 3600" in script, "hourly: LedgerVerifyStale allows a day without success"
+    assert _depends_on("verify")["migrate"] == "service_completed_successfully"
+    jobs = {j["job_name"]: j for j in _prometheus_config()["scrape_configs"]}
+    assert jobs["pushgateway"]["honor_labels"] is True, "keeps job=creditledger-verify"
+    assert jobs["pushgateway"]["static_configs"][0]["targets"] == ["pushgateway:9091"]
 
 
 def test_every_service_has_an_image_or_a_build_whose_dockerfile_exists() -> None:
@@ -228,7 +241,7 @@ def test_docker_compose_accepts_the_file() -> None:
 
 
 def test_ledger_containers_are_hardened_like_the_kubernetes_pods() -> None:
-    for name in ("migrate", "ledger"):
+    for name in ("migrate", "ledger", "verify"):
         service = SERVICES[name]
         assert service.get("read_only") is True, f"{name}: read-only root filesystem"
         assert service.get("cap_drop") == ["ALL"], f"{name}: no capabilities"

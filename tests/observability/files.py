@@ -114,6 +114,17 @@ def contract() -> dict[str, set[str]]:
     return found
 
 
+def pushed_contract() -> set[str]:
+    """The metric names of docs/design.md's table of metrics pushed by the scheduled verify.
+
+    A batch job pushes them to a Pushgateway; the ledger process never serves them,
+    so the dashboard (run against a live ledger) does not show them; alerts read them.
+    """
+    text = DESIGN.read_text()
+    section = text.split("## Metrics pushed by `ledger verify`", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"\bledger_verify_\w+", section))
+
+
 def metric_names(expr: str) -> set[str]:
     """The contract metric names an expression reads (histogram series mapped to their base)."""
     names = set()

@@ -45,7 +45,15 @@ WAIT_S = 20.0
 # What Grafana would put in the dashboard's variables for this setup.
 GRAFANA_VALUES = {"job": JOB, "instance": ".*", "__rate_interval": "1m", "__range": "5m"}
 LATENCY_PANEL = "Latency p50 / p95 / p99"
-GRPC_CODES = {code.name for code in grpc.StatusCode}
+# go-grpc-prometheus spells codes as Go does (FailedPrecondition, Canceled).
+GRPC_CODES = {
+    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
+    "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
+    "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+}  # fmt: skip
+# Alerts that are rightly pending here: this test runs no scheduled `ledger verify`
+# and no Pushgateway, so nothing has ever proven the ledger.
+PENDING_WITHOUT_VERIFY = {"LedgerVerifyStale"}
 
 
 def _dashboard_p99() -> PanelQuery:
@@ -103,10 +111,10 @@ def _assert_prometheus_sees_the_traffic(prometheus: PrometheusServer) -> None:
         p99, lambda r: len(r) == 1 and math.isfinite(values(r)[0]), WAIT_S, "dashboard p99"
     )
     assert 0 < values(result)[0] < 10, f"p99 of a handful of local RPCs: {result}"
-    # The error-ratio rule matches codes by their UPPER_SNAKE names.
+    # The SLO and error-ratio rules match codes by their go-grpc-prometheus names.
     codes = {s["metric"]["grpc_code"] for s in prometheus.query("grpc_server_handled_total")}
-    assert codes <= GRPC_CODES, f"grpc_code values that are not grpc.StatusCode names: {codes}"
-    assert {"OK", "FAILED_PRECONDITION"} <= codes, codes
+    assert codes <= GRPC_CODES, f"grpc_code values not spelled as go-grpc-prometheus does: {codes}"
+    assert {"OK", "FailedPrecondition"} <= codes, codes
 
 
 def _assert_every_dashboard_query_returns_data(prometheus: PrometheusServer) -> None:
@@ -132,4 +140,8 @@ def _assert_rules_evaluate_and_stay_quiet(prometheus: PrometheusServer) -> None:
         time.sleep(POLL_INTERVAL_S)
     failing = [(r["name"], r.get("lastError")) for r in prometheus.rules() if r["health"] != "ok"]
     assert not failing, f"rules failing on the live series: {failing}"
-    assert prometheus.query("ALERTS") == [], "alerts pending or firing on a healthy ledger"
+    alerts = {
+        (a["metric"]["alertname"], a["metric"]["alertstate"]) for a in prometheus.query("ALERTS")
+    }
+    expected = {(name, "pending") for name in PENDING_WITHOUT_VERIFY}
+    assert alerts <= expected, f"alerts pending or firing on a healthy ledger: {alerts - expected}"
