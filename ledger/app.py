@@ -11,11 +11,12 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import start_http_server
 
 from ledger import __version__
 from ledger.config import Config, is_loopback
-from ledger.observability import metrics
+from ledger.observability import metrics, tracing
 from ledger.security.callers import CallerFileError
 from ledger.service.clock import Clock, SystemClock
 from ledger.service.ledger import Ledger
@@ -30,6 +31,7 @@ from ledger.storage.pool import (
 )
 from ledger.storage.postgres import PostgresStore
 from ledger.transport.auth import Security, TlsFiles, build_security
+from ledger.transport.calls import CallContextInterceptor
 from ledger.transport.server import ServerSettings, build_server, set_health
 from ledger.transport.servicer import LedgerServicer
 
@@ -52,6 +54,9 @@ class Hooks:
 
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
     server_credentials: grpc.ServerCredentials | None = None
+    # Tracing with this provider (tests: an in-memory exporter) instead of the
+    # configured one (--otlp-endpoint); App shuts it down on stop.
+    tracer_provider: TracerProvider | None = None
 
 
 class StartupError(Exception):
@@ -86,6 +91,7 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._metrics_server: Any = None
+        self._tracer_provider: TracerProvider | None = None
         self.security: Security | None = None
 
     async def start(self) -> None:
@@ -120,10 +126,21 @@ class App:
                 idempotency_retention=timedelta(days=cfg.idempotency_retention_days),
             ),
         )
+        self._tracer_provider = self.hooks.tracer_provider
+        if self._tracer_provider is None and cfg.otlp_endpoint:
+            self._tracer_provider = tracing.otlp_provider(
+                cfg.otlp_endpoint, cfg.trace_sample_ratio, __version__
+            )
+        tracer = (
+            self._tracer_provider.get_tracer("creditledger.server", __version__)
+            if self._tracer_provider is not None
+            else None
+        )
         self.server, self.health = build_server(
             LedgerServicer(self.ledger, security.authorize),
             ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s),
-            security.interceptors + self.hooks.interceptors,
+            # Outermost first: the request id and span cover authentication too.
+            (CallContextInterceptor(tracer), *security.interceptors, *self.hooks.interceptors),
         )
         credentials = self.hooks.server_credentials or security.server_credentials
         if credentials is not None:
@@ -204,6 +221,9 @@ class App:
         await self.pool.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+        if self._tracer_provider is not None:
+            # Flushes the spans still queued (bounded by the exporter's timeout).
+            await asyncio.to_thread(self._tracer_provider.shutdown)
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         log.info("stopped")

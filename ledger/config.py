@@ -29,6 +29,8 @@ class Config:
     tls_client_ca: Path | None = None
     callers_file: Path | None = None
     insecure: bool = False
+    otlp_endpoint: str = ""
+    trace_sample_ratio: float = 1.0
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -37,6 +39,8 @@ class Config:
             out.append("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             out.append("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if not 0.0 <= self.trace_sample_ratio <= 1.0:
+            out.append("--trace-sample-ratio must be between 0 and 1")
         if self.tls_cert is None and not self.insecure and not is_loopback(self.listen):
             out.append(
                 f"refusing to serve plaintext on {self.listen}, which is not a loopback address:"
@@ -120,6 +124,22 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--drain-s", type=float, default=d.drain_s, help="grace for in-flight calls on SIGTERM"
     )
+    obs = p.add_argument_group("tracing (docs/observability.md; off by default)")
+    obs.add_argument(
+        "--otlp-endpoint",
+        default=_env("LEDGER_OTLP_ENDPOINT", d.otlp_endpoint),
+        metavar="URL",
+        help="export OpenTelemetry spans to this OTLP/gRPC collector, e.g."
+        " http://otel-collector:4317 (env LEDGER_OTLP_ENDPOINT); empty: tracing off",
+    )
+    obs.add_argument(
+        "--trace-sample-ratio",
+        type=float,
+        default=float(_env("LEDGER_TRACE_SAMPLE_RATIO", str(d.trace_sample_ratio))),
+        metavar="RATIO",
+        help="share of calls without a sampled caller trace that are traced; a caller's"
+        " traceparent decides for its own calls (env LEDGER_TRACE_SAMPLE_RATIO)",
+    )
     sec = p.add_argument_group("security (docs/security.md)")
     sec.add_argument(
         "--tls-cert",
@@ -174,6 +194,8 @@ def from_args(args: argparse.Namespace) -> Config:
         tls_client_ca=_path(args.tls_client_ca),
         callers_file=_path(args.callers),
         insecure=args.insecure,
+        otlp_endpoint=args.otlp_endpoint,
+        trace_sample_ratio=args.trace_sample_ratio,
     )
 
 

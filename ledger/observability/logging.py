@@ -1,7 +1,9 @@
 """Logs: one JSON object per line (default), or a human-readable format for `make run`.
 
 Request lines carry method, code, duration, reason, account_id and replayed;
-never tokens, idempotency keys or metadata maps.
+never tokens, idempotency keys or metadata maps. Every line made during a call
+also carries its request_id (and trace_id with tracing on, reservation_id for
+calls that name one): ledger.observability.context.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from ledger.observability.context import FIELDS, ContextFilter
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -21,6 +25,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for name in FIELDS:
+            value = getattr(record, name, "")
+            if value:
+                out[name] = value
         rpc = getattr(record, "rpc", None)
         if isinstance(rpc, dict):
             out.update(rpc)
@@ -41,6 +49,9 @@ class TextFormatter(logging.Formatter):
             )
         else:
             line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        request_id = getattr(record, "request_id", "")
+        if request_id:
+            line += f" [{request_id}]"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -49,6 +60,7 @@ class TextFormatter(logging.Formatter):
 def configure(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -34,6 +34,7 @@ import grpc
 from ledger.domain import errors
 from ledger.domain.access import Access
 from ledger.observability import metrics
+from ledger.observability.context import REQUEST_ID
 from ledger.security import callers as caller_file
 from ledger.security.callers import Caller, CallerBook, CallerFileError
 from ledger.security.ratelimit import RateLimiter
@@ -261,6 +262,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 extra={
                     "rpc": {
                         "method": name,
+                        "request_id": REQUEST_ID.get(),
                         "code": code.name,
                         "duration_ms": round((self._clock() - t0) * 1000, 3),
                         "reason": exc.reason,

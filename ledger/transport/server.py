@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from ledger.domain import errors, limits
 from ledger.domain.errors import FieldViolation
 from ledger.observability import metrics
+from ledger.observability.context import REQUEST_ID, RESERVATION_ID, TRACE_ID
 from ledger.transport import auth, status
 from ledger.transport.servicer import LedgerServicer
 
@@ -25,6 +26,8 @@ log = logging.getLogger("ledger.rpc")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["LedgerService"].full_name
 HEALTH_SERVICES = ("", SERVICE)
+# A reservation id is a UUID; a longer value (bad input) is cut in log lines.
+_LOGGED_ID_LEN_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,16 @@ def _handler(
         code = grpc.StatusCode.OK
         reason = ""
         replayed = False
+        # Settle, Release, Refund, GetReservation: every log line names the reservation.
+        reservation_id = str(getattr(request, "reservation_id", ""))[:_LOGGED_ID_LEN_MAX]
+        res_token = RESERVATION_ID.set(reservation_id) if reservation_id else None
         try:
             if isinstance(request, _Undecodable):
                 raise errors.InvalidArgument(
                     [FieldViolation("request", f"not a valid {req_cls.__name__} ({request.error})")]
                 )
             response, replayed = await impl(request, context)
-            if replayed:
-                context.set_trailing_metadata(((status.REPLAYED_KEY, "true"),))
+            context.set_trailing_metadata(status.success_trailers(replayed))
             sent.inc()
             return response
         except errors.LedgerError as exc:
@@ -104,7 +109,8 @@ def _handler(
             await context.abort(c, message, trailing_metadata=trailing)
         finally:
             elapsed = time.perf_counter() - t0
-            latency.observe(elapsed)
+            trace_id = TRACE_ID.get()
+            latency.observe(elapsed, {"trace_id": trace_id} if trace_id else None)
             handled[code].inc()
             if log.isEnabledFor(logging.INFO):
                 log.info(
@@ -112,15 +118,19 @@ def _handler(
                     extra={
                         "rpc": {
                             "method": name,
+                            "request_id": REQUEST_ID.get(),
                             "code": code.name,
                             "duration_ms": round(elapsed * 1000, 3),
                             "reason": reason,
                             "account_id": getattr(request, "account_id", ""),
+                            "reservation_id": reservation_id,
                             "replayed": replayed,
                             "caller": auth.current_caller(),
                         }
                     },
                 )
+            if res_token is not None:
+                RESERVATION_ID.reset(res_token)
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
     return grpc.unary_unary_rpc_method_handler(

@@ -9,10 +9,15 @@ from google.rpc import error_details_pb2, status_pb2
 
 from ledger.domain import errors
 from ledger.domain.errors import Kind
+from ledger.observability.context import REQUEST_ID
 
 DOMAIN = "creditledger.v1"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 REPLAYED_KEY = "idempotent-replayed"
+# The call's request id (ledger.transport.calls): in this trailer on every answer,
+# and as ErrorInfo metadata REQUEST_ID_FIELD on every error.
+REQUEST_ID_KEY = "x-request-id"
+REQUEST_ID_FIELD = "request_id"
 
 CODE_OF: dict[Kind, grpc.StatusCode] = {
     Kind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -40,7 +45,11 @@ def to_status(
 ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
     """(code, message, trailing metadata) for an error; the metadata holds the details."""
     code = CODE_OF[error.kind]
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    request_id = REQUEST_ID.get()
+    metadata = error.metadata
+    if request_id:
+        metadata = {**metadata, REQUEST_ID_FIELD: request_id}
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
     details = [_pack(info)]
     if isinstance(error, errors.InvalidArgument):
         bad = error_details_pb2.BadRequest(
@@ -60,4 +69,17 @@ def to_status(
     trailing: list[tuple[str, str | bytes]] = [(STATUS_DETAILS_KEY, status.SerializeToString())]
     if error.replayed:
         trailing.append((REPLAYED_KEY, "true"))
+    if request_id:
+        trailing.append((REQUEST_ID_KEY, request_id))
     return code, error.message, tuple(trailing)
+
+
+def success_trailers(replayed: bool) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a successful answer."""
+    out: list[tuple[str, str]] = []
+    request_id = REQUEST_ID.get()
+    if request_id:
+        out.append((REQUEST_ID_KEY, request_id))
+    if replayed:
+        out.append((REPLAYED_KEY, "true"))
+    return tuple(out)
