@@ -158,7 +158,7 @@ async def test_a_traceparent_sent_is_continued_and_the_latency_exemplar_names_th
     assert format(span.context.trace_id, "032x") == TRACE_ID
     assert span.parent is not None and format(span.parent.span_id, "016x") == PARENT_SPAN_ID
     assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 0
-    exposition = generate_latest(REGISTRY).decode()
+    exposition = generate_latest(REGISTRY).decode()  # type: ignore[no-untyped-call]
     exemplars = [
         line
         for line in exposition.splitlines()
