@@ -36,6 +36,7 @@ NEEDED: dict[str, Permission] = {
     "GetAccount": Permission.READ,
     "GetBalance": Permission.READ,
     "ListEntries": Permission.READ,
+    "ListReservations": Permission.READ,
     "GetReservation": Permission.READ,
     "GetReservationGroup": Permission.READ,
     "Reserve": Permission.SPEND,

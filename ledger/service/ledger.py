@@ -35,6 +35,7 @@ from ledger.domain.model import (
 )
 from ledger.observability import metrics
 from ledger.service.clock import Clock
+from ledger.service.listing import ReservationQuery, ReservationsPage
 from ledger.service.ports import StorageUnavailable, Store
 from ledger.service.writer import Writer
 
@@ -249,6 +250,28 @@ class Ledger:
             entries = entries[:size]
             token = _encode_page_token(entries[-1].entry_id, account_id, asset)
         return EntriesPage(entries, token)
+
+    async def list_reservations(
+        self, query: ReservationQuery, page_size: int, page_token: str, access: Access = LOCAL
+    ) -> ReservationsPage:
+        """Oldest first, states as a read shows them (ledger.service.listing). Errors:
+        PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        access.require("ListReservations")
+        query.validate(page_size)
+        if not access.covers(query.account_id):
+            raise _account_not_found(query.account_id)
+        after = query.decode_token(page_token)
+        size = page_size or limits.PAGE_SIZE_DEFAULT
+        try:
+            found = await self._store.list_reservations(
+                query.account_id, query.asset, query.state, after, size + 1, self._clock.now()
+            )
+        except StorageUnavailable as exc:
+            raise _unavailable(exc) from exc
+        if found is None:
+            raise _account_not_found(query.account_id)
+        token = query.encode_token(found[size - 1]) if len(found) > size else ""
+        return ReservationsPage([present(r, self._clock) for r in found[:size]], token)
 
 
 def _check_account_id(account_id: str) -> None:

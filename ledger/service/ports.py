@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ledger.domain.model import Account, Balance, Entry, Lot, Reservation
+from ledger.domain.model import Account, Balance, Entry, Lot, Reservation, ReservationState
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -77,6 +77,19 @@ class Store(Protocol):
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int
     ) -> list[Entry] | None: ...
+
+    async def list_reservations(
+        self,
+        account_id: str,
+        asset: str,
+        state: ReservationState | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        now: datetime,
+    ) -> list[Reservation] | None:
+        """An account's reservations by (created_at, reservation_id), after `after`; the
+        state as read at `now` (open past expiry is EXPIRED). None: no such account."""
+        ...
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]: ...
 

@@ -221,6 +221,34 @@ def _lot(row: asyncpg.Record) -> Lot:
     )
 
 
+# ListReservations: one literal statement per state filter, so that the open
+# filter names `state = 'open'` and can use the partial index
+# reservations_account_open (0007). $6 is "now": an open reservation past its
+# expiry reads as expired, as everywhere else.
+_LIST_RES_FROM = (
+    " FROM reservations WHERE account_id = $1 AND ($2 = '' OR asset = $2)"
+    " AND ($3::timestamptz IS NULL OR (created_at, reservation_id) > ($3, $4::uuid))"
+)
+_LIST_RES_ORDER = " ORDER BY created_at, reservation_id LIMIT $5"
+_LIST_RESERVATIONS: dict[ReservationState | None, tuple[str, bool]] = {
+    None: (f"SELECT {_RES_COLS}{_LIST_RES_FROM}{_LIST_RES_ORDER}", False),
+    ReservationState.OPEN: (
+        f"SELECT {_RES_COLS}{_LIST_RES_FROM} AND state = 'open' AND expires_at > $6"
+        f"{_LIST_RES_ORDER}",
+        True,
+    ),
+    ReservationState.CLOSED: (
+        f"SELECT {_RES_COLS}{_LIST_RES_FROM} AND state = 'closed'{_LIST_RES_ORDER}",
+        False,
+    ),
+    ReservationState.EXPIRED: (
+        f"SELECT {_RES_COLS}{_LIST_RES_FROM}"
+        f" AND (state = 'expired' OR (state = 'open' AND expires_at <= $6)){_LIST_RES_ORDER}",
+        True,
+    ),
+}
+
+
 def _reservation(row: asyncpg.Record) -> Reservation:
     return Reservation(
         reservation_id=str(row["reservation_id"]),
@@ -639,6 +667,33 @@ class PostgresStore:
                     limit,
                 )
             return [_entry(r) for r in rows]
+
+        return await self._read(run)
+
+    async def list_reservations(
+        self,
+        account_id: str,
+        asset: str,
+        state: ReservationState | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        now: datetime,
+    ) -> list[Reservation] | None:
+        after_at, after_id = after if after is not None else (None, None)
+        sql, with_now = _LIST_RESERVATIONS[state]
+        args: tuple[Any, ...] = (account_id, asset, after_at, after_id, limit)
+        if with_now:
+            args = (*args, now)
+
+        async def run(conn: asyncpg.Connection) -> list[Reservation] | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if (
+                    await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id)
+                    is None
+                ):
+                    return None
+                rows = await conn.fetch(sql, *args)
+            return [_reservation(r) for r in rows]
 
         return await self._read(run)
 

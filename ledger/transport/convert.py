@@ -203,3 +203,20 @@ def account(a: Account) -> pb.Account:
         created_at=_ts(a.created_at),
         balances=[balance(b) for b in a.balances],
     )
+
+
+_STATE_FILTER: dict[int, ReservationState] = {int(v): state for state, v in _STATE.items()}
+
+
+def state_filter(value: int) -> ReservationState | None:
+    """A ListReservations state filter: None for STATE_UNSPECIFIED (every state).
+
+    Errors: InvalidArgument (state) for a number that is no State."""
+    if value == pb.Reservation.STATE_UNSPECIFIED:
+        return None
+    state = _STATE_FILTER.get(int(value))
+    if state is None:
+        raise _invalid(
+            "state", "must be STATE_OPEN, STATE_CLOSED, STATE_EXPIRED or unspecified (every state)"
+        )
+    return state

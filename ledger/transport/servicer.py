@@ -16,6 +16,7 @@ from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation
 from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
 from ledger.service.ledger import Ledger
+from ledger.service.listing import ReservationQuery
 from ledger.transport import convert
 
 Reply = tuple[Any, bool]
@@ -72,6 +73,11 @@ class LedgerServicer:
             ),
             "GetBalance": (self.get_balance, pb.GetBalanceRequest, pb.GetBalanceResponse),
             "ListEntries": (self.list_entries, pb.ListEntriesRequest, pb.ListEntriesResponse),
+            "ListReservations": (
+                self.list_reservations,
+                pb.ListReservationsRequest,
+                pb.ListReservationsResponse,
+            ),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
@@ -164,4 +170,14 @@ class LedgerServicer:
         )
         return pb.ListEntriesResponse(
             entries=[convert.entry(e) for e in page.entries], next_page_token=page.next_page_token
+        ), False
+
+    async def list_reservations(self, req: pb.ListReservationsRequest, ctx: Any) -> Reply:
+        query = ReservationQuery(req.account_id, req.asset, convert.state_filter(req.state))
+        page = await self._ledger.list_reservations(
+            query, req.page_size, req.page_token, self._authorize(ctx)
+        )
+        return pb.ListReservationsResponse(
+            reservations=[convert.reservation(r) for r in page.reservations],
+            next_page_token=page.next_page_token,
         ), False

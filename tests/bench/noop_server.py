@@ -70,6 +70,9 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     async def ListEntries(self, request: Any, context: Any) -> pb.ListEntriesResponse:
         return pb.ListEntriesResponse()
 
+    async def ListReservations(self, request: Any, context: Any) -> pb.ListReservationsResponse:
+        return pb.ListReservationsResponse()
+
 
 class _Metrics(BaseHTTPRequestHandler):
     def do_GET(self) -> None:

@@ -36,6 +36,8 @@ async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None
     assert "message ReserveRequest" in output_of("describe")
     echoed = output_of('echo "reservation')
     assert echoed.startswith("reservation: ") and len(echoed.split()[-1]) > 8, echoed
+    held = output_of("/ListReservations")
+    assert '"state": "STATE_OPEN"' in held and '"amount": "3000"' in held, held
     assert '"state": "STATE_CLOSED"' in output_of("/Settle")
     assert "idempotent-replayed: true" in output_of("-v -d")
     balance = output_of("/GetBalance")

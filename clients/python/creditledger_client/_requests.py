@@ -173,3 +173,15 @@ def list_entries(
     return pb.ListEntriesRequest(
         account_id=account_id, asset=asset, page_size=page_size, page_token=page_token
     )
+
+
+def list_reservations(
+    account_id: str, *, asset: str, state: int, page_size: int, page_token: str
+) -> pb.ListReservationsRequest:
+    return pb.ListReservationsRequest(
+        account_id=account_id,
+        asset=asset,
+        state=state,  # type: ignore[arg-type]
+        page_size=page_size,
+        page_token=page_token,
+    )

@@ -35,7 +35,9 @@ from creditledger_client.models import (
     GroupLeg,
     Reservation,
     ReservationGroup,
+    ReservationPage,
     ReservationResult,
+    ReservationState,
     ReserveGroupResult,
     account_from_pb,
     balance_from_pb,
@@ -358,6 +360,47 @@ class LedgerClient:
             )
             for entry in page.entries:
                 yield entry
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def list_reservations(
+        self,
+        account_id: str,
+        *,
+        asset: str = "",
+        state: ReservationState = ReservationState.UNSPECIFIED,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> ReservationPage:
+        """One page of an account's reservations, oldest first; `state` filters
+        (UNSPECIFIED: every state; an open one past expiry counts as EXPIRED).
+        Raises AccountNotFound, InvalidArgument."""
+        request = rq.list_reservations(
+            account_id, asset=asset, state=state.value, page_size=page_size, page_token=page_token
+        )
+        resp, _ = await self._call(self._stub.ListReservations, request, timeout_s)
+        return ReservationPage(
+            tuple(reservation_from_pb(r) for r in resp.reservations), resp.next_page_token
+        )
+
+    async def iter_reservations(
+        self,
+        account_id: str,
+        *,
+        asset: str = "",
+        state: ReservationState = ReservationState.UNSPECIFIED,
+        page_size: int = 0,
+    ) -> AsyncIterator[Reservation]:
+        """Every reservation of the account (matching the filters), oldest first."""
+        token = ""
+        while True:
+            page = await self.list_reservations(
+                account_id, asset=asset, state=state, page_size=page_size, page_token=token
+            )
+            for reservation in page.reservations:
+                yield reservation
             token = page.next_page_token
             if not token:
                 return

@@ -174,6 +174,14 @@ class EntryPage:
 
 
 @dataclass(frozen=True, slots=True)
+class ReservationPage:
+    """One page of ListReservations, oldest first; `next_page_token` is "" on the last page."""
+
+    reservations: tuple[Reservation, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
 class GroupLeg:
     """One leg of a ReserveGroup request."""
 

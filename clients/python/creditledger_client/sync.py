@@ -34,7 +34,9 @@ from creditledger_client.models import (
     GroupLeg,
     Reservation,
     ReservationGroup,
+    ReservationPage,
     ReservationResult,
+    ReservationState,
     ReserveGroupResult,
     account_from_pb,
     balance_from_pb,
@@ -353,6 +355,46 @@ class SyncLedgerClient:
         while True:
             page = self.list_entries(account_id, asset=asset, page_size=page_size, page_token=token)
             yield from page.entries
+            token = page.next_page_token
+            if not token:
+                return
+
+    def list_reservations(
+        self,
+        account_id: str,
+        *,
+        asset: str = "",
+        state: ReservationState = ReservationState.UNSPECIFIED,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> ReservationPage:
+        """One page of an account's reservations, oldest first; `state` filters
+        (UNSPECIFIED: every state; an open one past expiry counts as EXPIRED).
+        Raises AccountNotFound, InvalidArgument."""
+        request = rq.list_reservations(
+            account_id, asset=asset, state=state.value, page_size=page_size, page_token=page_token
+        )
+        resp, _ = self._call(self._stub.ListReservations, request, timeout_s)
+        return ReservationPage(
+            tuple(reservation_from_pb(r) for r in resp.reservations), resp.next_page_token
+        )
+
+    def iter_reservations(
+        self,
+        account_id: str,
+        *,
+        asset: str = "",
+        state: ReservationState = ReservationState.UNSPECIFIED,
+        page_size: int = 0,
+    ) -> Iterator[Reservation]:
+        """Every reservation of the account (matching the filters), oldest first."""
+        token = ""
+        while True:
+            page = self.list_reservations(
+                account_id, asset=asset, state=state, page_size=page_size, page_token=token
+            )
+            yield from page.reservations
             token = page.next_page_token
             if not token:
                 return

@@ -41,6 +41,10 @@ RULES: list[tuple[str, str]] = [
     (r"calls in flight are cancelled", "calls in flight fail"),
     (r"The async context manager", "The context manager"),
     (r"for entry in page\.entries:\n\s+yield entry\n", "yield from page.entries\n"),
+    (
+        r"for reservation in page\.reservations:\n\s+yield reservation\n",
+        "yield from page.reservations\n",
+    ),
     # A blocking call returns (response, call) only through with_call().
     (
         r"call = method\(([^)]*)\)\n(\s+)response = call\n",

@@ -37,6 +37,8 @@ import {
   LedgerService,
   type ListEntriesRequestSchema,
   type ListEntriesResponse,
+  type ListReservationsRequestSchema,
+  type ListReservationsResponse,
   type RefundRequestSchema,
   type RefundResponse,
   type ReleaseRequestSchema,
@@ -133,6 +135,7 @@ export type GetReservationInput = Input<typeof GetReservationRequestSchema, "res
 export type GetReservationGroupInput = Input<typeof GetReservationGroupRequestSchema, "groupId">;
 export type GetBalanceInput = Input<typeof GetBalanceRequestSchema, "accountId" | "asset">;
 export type ListEntriesInput = Input<typeof ListEntriesRequestSchema, "accountId">;
+export type ListReservationsInput = Input<typeof ListReservationsRequestSchema, "accountId">;
 
 /** int64 on the wire is a bigint here; a number must be a safe integer (a programmer error otherwise). */
 function toInt64(amount: Amount): bigint {
@@ -301,6 +304,11 @@ export class LedgerClient {
   /** Reads one page of an account's journal, newest first. Throws AccountNotFound, InvalidArgument. */
   listEntries(input: ListEntriesInput, settings?: CallSettings): Promise<ListEntriesResponse> {
     return this.read((options) => this.stub.listEntries(input, options), settings);
+  }
+
+  /** One page of an account's reservations, oldest first; `state` filters (unset: every state). */
+  listReservations(input: ListReservationsInput, settings?: CallSettings): Promise<ListReservationsResponse> {
+    return this.read((options) => this.stub.listReservations(input, options), settings);
   }
 
   private async read<Response>(

@@ -14,6 +14,7 @@ export {
   LedgerClient,
   type LedgerClientOptions,
   type ListEntriesInput,
+  type ListReservationsInput,
   type Mutation,
   type RefundInput,
   type ReleaseInput,

@@ -100,6 +100,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.FromString,
                 _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/creditledger.v1.LedgerService/ListReservations',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -200,6 +205,14 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReservations(self, request, context):
+        """ListReservations returns an account's reservations, oldest first,
+        paginated, optionally only one asset and one state: what holds credits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +280,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ListEntries,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListReservationsRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.ListReservationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +639,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/ListEntries',
             creditledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/ListReservations',
+            creditledger_dot_v1_dot_ledger__pb2.ListReservationsRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.ListReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

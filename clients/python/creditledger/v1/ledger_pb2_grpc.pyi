@@ -72,6 +72,10 @@ class LedgerServiceStub:
     """GetBalance returns one balance; an asset never granted reads as zeros."""
     ListEntries: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListEntriesRequest, _ledger_pb2.ListEntriesResponse]
     """ListEntries returns an account's journal, newest first, paginated."""
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListReservationsRequest, _ledger_pb2.ListReservationsResponse]
+    """ListReservations returns an account's reservations, oldest first,
+    paginated, optionally only one asset and one state: what holds credits.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -109,6 +113,10 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """GetBalance returns one balance; an asset never granted reads as zeros."""
     ListEntries: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListEntriesRequest, _ledger_pb2.ListEntriesResponse]  # type: ignore[assignment]
     """ListEntries returns an account's journal, newest first, paginated."""
+    ListReservations: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListReservationsRequest, _ledger_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """ListReservations returns an account's reservations, oldest first,
+    paginated, optionally only one asset and one state: what holds credits.
+    """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     """LedgerService holds, spends and gives back credits."""
@@ -221,5 +229,15 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListEntriesResponse, _abc.Awaitable[_ledger_pb2.ListEntriesResponse]]:
         """ListEntries returns an account's journal, newest first, paginated."""
+
+    @_abc_1.abstractmethod
+    def ListReservations(
+        self,
+        request: _ledger_pb2.ListReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListReservationsResponse, _abc.Awaitable[_ledger_pb2.ListReservationsResponse]]:
+        """ListReservations returns an account's reservations, oldest first,
+        paginated, optionally only one asset and one state: what holds credits.
+        """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
