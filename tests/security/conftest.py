@@ -203,6 +203,10 @@ def refusal(err: grpc.aio.AioRpcError) -> Refusal:
             retry = error_details_pb2.RetryInfo()
             if detail.Unpack(info):
                 reason, metadata = info.reason, dict(info.metadata)
+                # Every error names its call's request id: random, server-made, and
+                # different on each call, so refusals compare without it.
+                if not metadata.pop("request_id", ""):
+                    raise AssertionError(f"an error without a request_id: {info}")
             elif detail.Unpack(retry):
                 delay = retry.retry_delay.ToMilliseconds() / 1000
     return Refusal(err.code(), err.details() or "", reason, metadata, delay)
