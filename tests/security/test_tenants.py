@@ -107,9 +107,6 @@ ACCOUNT_CALLS: dict[str, AccountCall] = {
     "ListReservations": lambda s, a, md, k: s.ListReservations(
         pb.ListReservationsRequest(account_id=a), metadata=md
     ),
-    "ListReservations": lambda s, a, md, k: s.ListReservations(
-        pb.ListReservationsRequest(account_id=a), metadata=md
-    ),
     "Reserve": lambda s, a, md, k: s.Reserve(
         pb.ReserveRequest(account_id=a, asset=ASSET, amount=1, idempotency_key=k),
         metadata=md,
