@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -75,43 +76,130 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return _run(main())
 
 
+def _database_error(command: str, exc: BaseException) -> int:
+    """A database that cannot be reached or read: exit 3, never a traceback (nor 1,
+    which for verify means a broken invariant)."""
+    print(
+        f"ledger {command}: cannot read the database: {type(exc).__name__}: {exc}", file=sys.stderr
+    )
+    return EXIT_UNREACHABLE
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ledger.storage.verify import describe, verify
+    import time
+
+    import asyncpg
+
+    from ledger.observability.proof import push_result
+    from ledger.storage.verify import account_exists, verify
+
+    if args.account is not None and args.pushgateway:
+        print(
+            "ledger verify: --account and --pushgateway do not go together: a run scoped to"
+            " one account must not stand for the scheduled proof of the whole ledger",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    async def main() -> int:
+        url, embedded = await _resolve_url(args)
+        started = time.monotonic()
+        try:
+            if args.account is not None and not await account_exists(url, args.account):
+                print(f"ledger verify: no account {args.account}", file=sys.stderr)
+                return EXIT_REFUSED
+            report = await verify(url, account_id=args.account)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return _database_error("verify", exc)
+        finally:
+            if embedded is not None:
+                embedded.stop()
+        _print_report(report, args)
+        code = EXIT_OK if report.ok else EXIT_REFUSED
+        if args.pushgateway:
+            try:
+                push_result(
+                    args.pushgateway,
+                    ok=report.ok,
+                    violations=len(report.violations),
+                    duration_s=time.monotonic() - started,
+                    finished_at_s=time.time(),
+                )
+            except OSError as exc:
+                print(
+                    f"ledger verify: could not push the result to {args.pushgateway}: {exc}",
+                    file=sys.stderr,
+                )
+                return code if code != EXIT_OK else EXIT_PUSH_FAILED
+        return code
+
+    return _run(main())
+
+
+def _print_report(report: Any, args: argparse.Namespace) -> None:
+    from ledger.storage.verify import describe
+
+    scope = f" (account {args.account})" if args.account is not None else ""
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "account_id": args.account,
+                    "checked": report.checked,
+                    "counts": report.counts,
+                    "violations": report.violations,
+                    "warnings": report.warnings,
+                },
+                default=str,
+            )
+        )
+        return
+    print(f"ledger verify{scope}: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
+    for name in report.checked:
+        mark = "FAIL" if name in report.violations else "ok  "
+        print(f"  {mark} {name}: {describe(name)}")
+        for row in report.violations.get(name, []):
+            print(f"         {row}")
+    for name, rows in report.warnings.items():
+        print(f"  WARN {name}: {describe(name)} ({len(rows)} shown)")
+    if report.ok:
+        print(f"ledger verify{scope}: every invariant holds")
+    else:
+        print(
+            f"ledger verify{scope}: {len(report.violations)} invariant(s) violated",
+            file=sys.stderr,
+        )
+
+
+def cmd_migrations(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from ledger.storage.pool import migration_status
 
     async def main() -> int:
         url, embedded = await _resolve_url(args)
         try:
-            report = await verify(url)
+            status = await migration_status(url)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return _database_error("migrations", exc)
         finally:
             if embedded is not None:
                 embedded.stop()
+        pending = [name for name, applied_at in status if applied_at is None]
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "ok": report.ok,
-                        "checked": report.checked,
-                        "counts": report.counts,
-                        "violations": report.violations,
-                        "warnings": report.warnings,
-                    },
-                    default=str,
+            rows = [{"name": n, "applied_at": a.isoformat() if a else None} for n, a in status]
+            print(json.dumps({"migrations": rows, "pending": pending}))
+        else:
+            for name, applied_at in status:
+                print(
+                    f"  {'applied ' + applied_at.isoformat() if applied_at else 'PENDING':<40} {name}"
                 )
+            print(
+                f"ledger migrations: {len(status) - len(pending)} applied, {len(pending)} pending"
+                + (" (run `ledger migrate`)" if pending else "")
             )
-            return 0 if report.ok else 1
-        print("ledger verify: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()))
-        for name in report.checked:
-            mark = "FAIL" if name in report.violations else "ok  "
-            print(f"  {mark} {name}: {describe(name)}")
-            for row in report.violations.get(name, []):
-                print(f"         {row}")
-        for name, rows in report.warnings.items():
-            print(f"  WARN {name}: {describe(name)} ({len(rows)} shown)")
-        if report.ok:
-            print("ledger verify: every invariant holds")
-            return 0
-        print(f"ledger verify: {len(report.violations)} invariant(s) violated", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED if pending else EXIT_OK
 
     return _run(main())
 
@@ -169,7 +257,12 @@ def _add_security_commands(sub: Any) -> None:
     token = sub.add_parser("token", help="make bearer tokens and their hashes for a caller file")
     tsub = token.add_subparsers(dest="token_command", required=True)
     new = tsub.add_parser("new", help="print a new random token and its SHA-256")
-    new.add_argument("--json", action="store_true", help="print {token, sha256} as JSON")
+    new.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print {token, sha256} as JSON",
+    )
     new.set_defaults(func=cmd_token_new)
     hashp = tsub.add_parser("hash", help="print the SHA-256 of the token read from stdin")
     hashp.set_defaults(func=cmd_token_hash)
@@ -180,13 +273,50 @@ def _add_security_commands(sub: Any) -> None:
     check.set_defaults(func=cmd_callers_check)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ledger.operator.commands import add_commands
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_PUSH_FAILED = 0, 1, 2, 3, 4
 
-    parser = argparse.ArgumentParser(
-        prog="ledger", description="Creditledger: credit balances, spent safely."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+EXIT_CODES = """\
+exit codes (scripts may rely on them; docs/operations.md):
+  0  done; verify: every invariant holds; migrations: none pending
+  1  the ledger refused (insufficient credits, not found, closed, ...);
+     verify: an invariant is violated; migrations: some are pending
+  2  usage error: bad flags, or the server answered INVALID_ARGUMENT
+  3  the server or the database could not be reached, or did not answer in time
+  4  verify passed but its result could not be pushed (--pushgateway)
+"""
+
+
+# Flags whose value may be a secret (a token, a URL with a password): their
+# defaults come from the environment and must not be printed by --help.
+_SECRET_DESTS = frozenset({"token", "database_url"})
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default (never a secret's), and the epilog (exit codes) as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest in _SECRET_DESTS or action.default in (None, False, ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class LedgerParser(argparse.ArgumentParser):
+    """Every `ledger` parser and subparser (add_parser makes instances of the parent's
+    class): defaults in the help, the exit codes below it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("epilog", EXIT_CODES)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ledger.operator.commands import add_commands, add_connection_flags
+
+    parser = LedgerParser(prog="ledger", description="Creditledger: credit balances, spent safely.")
+    # Also here, so that `ledger --target H:P balance x` works (the operator commands).
+    add_connection_flags(parser, defaults=True)
+    sub: Any = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve", help="serve the gRPC API (embedded PostgreSQL without --database-url)"
     )
@@ -197,8 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=cmd_migrate)
     ver = sub.add_parser("verify", help="check every ledger invariant; exit 1 on any violation")
     config.add_database_flags(ver)
-    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    ver.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the report as JSON"
+    )
+    ver.add_argument(
+        "--account",
+        metavar="ID",
+        help="report only what concerns this account (its balances, lots, reservations,"
+        " transactions and assets); the checks still read the whole ledger",
+    )
+    ver.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        default=os.environ.get("LEDGER_VERIFY_PUSHGATEWAY", ""),
+        help="push the result as metrics to this Prometheus Pushgateway, job"
+        " creditledger-verify (env LEDGER_VERIFY_PUSHGATEWAY; the scheduled proof)",
+    )
     ver.set_defaults(func=cmd_verify)
+    mst = sub.add_parser(
+        "migrations", help="list applied and pending migrations; exit 1 when any is pending"
+    )
+    config.add_database_flags(mst)
+    mst.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the list as JSON"
+    )
+    mst.set_defaults(func=cmd_migrations)
     _add_security_commands(sub)
     add_commands(sub)
     return parser

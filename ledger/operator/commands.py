@@ -11,13 +11,15 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TextIO, TypeAlias
 
 from creditledger_client import (
     LedgerError,
+    Reservation,
     ReservationResult,
+    ReservationState,
     SyncLedgerClient,
     TlsConfig,
     new_idempotency_key,
@@ -81,33 +83,74 @@ def _meta(text: str) -> tuple[str, str]:
 # --- parsers ---------------------------------------------------------------------------
 
 
-def _connection_parser() -> argparse.ArgumentParser:
-    """Flags every operator command takes (a parent parser, so they go after the command)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("connection")
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def add_connection_flags(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The flags every operator command takes, before or after the command's name.
+
+    They are on the top-level parser with their defaults and on each command
+    with none (SUPPRESS), so `ledger --target H:P balance x` and `ledger balance
+    x --target H:P` both work and a flag after the command wins. Help texts
+    name the defaults themselves for that reason.
+    """
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    def shown(text: str, value: object) -> str:
+        # The top level's help shows defaults itself (ledger.cli); a command's
+        # flags have none to show, so their help names it.
+        return text if defaults else f"{text} (default {value})"
+
+    g = p.add_argument_group("connection (before or after the command)")
     g.add_argument(
         "--target",
-        default=os.environ.get("LEDGER_TARGET", DEFAULT_TARGET),
-        help="server address host:port (env LEDGER_TARGET; default %(default)s)",
+        default=default(os.environ.get("LEDGER_TARGET", DEFAULT_TARGET)),
+        help=shown("server address host:port (env LEDGER_TARGET)", DEFAULT_TARGET),
     )
     g.add_argument(
         "--token",
-        default=os.environ.get("LEDGER_TOKEN"),
+        default=default(os.environ.get("LEDGER_TOKEN")),
         help="bearer token sent as `authorization: Bearer ...` (env LEDGER_TOKEN)",
     )
-    g.add_argument("--tls", action="store_true", help="use TLS (implied by the --tls-* files)")
-    g.add_argument("--tls-ca", metavar="PEM", help="root certificates to trust")
-    g.add_argument("--tls-cert", metavar="PEM", help="client certificate chain (mutual TLS)")
-    g.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
-    g.add_argument("--tls-server-name", metavar="NAME", help="expected server name")
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="use TLS (implied by the --tls-* files; default: plaintext)",
+    )
+    g.add_argument(
+        "--tls-ca", metavar="PEM", default=default(None), help="root certificates to trust"
+    )
+    g.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        default=default(None),
+        help="client certificate chain (mutual TLS)",
+    )
+    g.add_argument(
+        "--tls-key", metavar="PEM", default=default(None), help="client private key (mutual TLS)"
+    )
+    g.add_argument(
+        "--tls-server-name", metavar="NAME", default=default(None), help="expected server name"
+    )
     g.add_argument(
         "--timeout",
         type=float,
-        default=10.0,
+        default=default(DEFAULT_TIMEOUT_S),
         metavar="SECONDS",
-        help="give up after this long, retries included (default %(default)s)",
+        help=shown("give up after this long, retries included", f"{DEFAULT_TIMEOUT_S:g}"),
     )
-    g.add_argument("--json", action="store_true", help="print JSON for scripts")
+    g.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON for scripts"
+    )
+
+
+def _connection_parser() -> argparse.ArgumentParser:
+    """The connection flags as a parent parser of each command, without defaults."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_connection_flags(p, defaults=False)
     return p
 
 
@@ -196,6 +239,25 @@ def add_commands(sub: Subparsers) -> None:
     pages.add_argument("--page-token", default="", help="next_page_token of the previous page")
     pages.add_argument("--all", action="store_true", help="every page")
 
+    p = command(
+        sub,
+        "reservations",
+        _reservations,
+        "list an account's reservations, oldest first (default: the open ones)",
+    )
+    p.add_argument("account_id")
+    p.add_argument("--asset", default="", help="only this asset (default: every asset)")
+    p.add_argument(
+        "--state",
+        choices=sorted(_STATES),
+        default="open",
+        help="only reservations in this state; an open one past its expiry counts as expired",
+    )
+    p.add_argument("--page-size", type=int, default=50, help="1-1000")
+    pages = p.add_mutually_exclusive_group()
+    pages.add_argument("--page-token", default="", help="next_page_token of the previous page")
+    pages.add_argument("--all", action="store_true", help="every page")
+
     reservation = sub.add_parser("reservation", help="show a reservation or a group")
     res_sub = reservation.add_subparsers(dest="reservation_command", metavar="{show,group}")
     res_sub.required = True
@@ -274,6 +336,8 @@ def run_command(handler: Handler, args: argparse.Namespace, out: TextIO, err: Te
                 output.write_json(err, {"error": report})
             else:
                 err.write(f"error: {report['summary']}\n{report['hint']}\n")
+                if report["request_id"]:
+                    err.write(f"request id: {report['request_id']} (in the server's log lines)\n")
             return exit_code_for(e)
 
 
@@ -414,6 +478,48 @@ def _entries(c: SyncLedgerClient, args: argparse.Namespace, out: TextIO) -> int:
         args.account_id, asset=args.asset, page_size=args.page_size, page_token=args.page_token
     )
     text = output.entries_table(page.entries)
+    if page.next_page_token:
+        text += f"\n\nmore: add --page-token {page.next_page_token} (or use --all)"
+    return _emit(args, out, page, text)
+
+
+_STATES = {
+    "open": ReservationState.OPEN,
+    "closed": ReservationState.CLOSED,
+    "expired": ReservationState.EXPIRED,
+    "all": ReservationState.UNSPECIFIED,
+}
+_RESERVATION_HEADER = (
+    "RESERVATION", "ASSET", "AMOUNT", "REMAINING", "SETTLED", "STATE", "CREATED", "EXPIRES",
+)  # fmt: skip
+
+
+def _reservation_rows(reservations: Sequence[Reservation]) -> list[list[object]]:
+    return [
+        [r.reservation_id, r.asset, r.amount, r.remaining, r.settled, r.state, r.created_at,
+         r.expires_at]
+        for r in reservations
+    ]  # fmt: skip
+
+
+def _reservations(c: SyncLedgerClient, args: argparse.Namespace, out: TextIO) -> int:
+    state = _STATES[args.state]
+    if args.all:
+        found = tuple(
+            c.iter_reservations(
+                args.account_id, asset=args.asset, state=state, page_size=args.page_size
+            )
+        )
+        value: object = {"reservations": output.plain(found), "next_page_token": ""}
+        return _emit(args, out, value, output.table(_reservation_rows(found), _RESERVATION_HEADER))
+    page = c.list_reservations(
+        args.account_id,
+        asset=args.asset,
+        state=state,
+        page_size=args.page_size,
+        page_token=args.page_token,
+    )
+    text = output.table(_reservation_rows(page.reservations), _RESERVATION_HEADER)
     if page.next_page_token:
         text += f"\n\nmore: add --page-token {page.next_page_token} (or use --all)"
     return _emit(args, out, page, text)

@@ -115,5 +115,7 @@ def error_report(
             {"field": v.field, "description": v.description} for v in error.field_violations
         ],
         "key": key,
+        # The server's log lines of this call carry it (x-request-id).
+        "request_id": error.metadata.get("request_id", ""),
         "exit_code": exit_code_for(error),
     }

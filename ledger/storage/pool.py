@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,21 @@ async def migrate(url: str) -> list[str]:
     finally:
         await conn.close()
     return applied
+
+
+async def migration_status(url: str) -> list[tuple[str, datetime | None]]:
+    """Every migration this build knows, oldest first, with when it was applied
+    (None: pending). Reads only; a database never migrated has all pending."""
+    conn = await asyncpg.connect(url, timeout=10.0)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        rows = (
+            await conn.fetch("SELECT version, applied_at FROM schema_migrations") if exists else []
+        )
+    finally:
+        await conn.close()
+    applied = {r["version"]: r["applied_at"] for r in rows}
+    return [(name, applied.get(version)) for version, name, _ in _migrations()]
 
 
 class EmbeddedPostgres:
