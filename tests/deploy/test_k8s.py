@@ -191,6 +191,28 @@ def test_migration_job_runs_migrate_with_the_same_settings() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
+def test_verify_cronjob_proves_the_ledger_hourly_and_pushes_the_result() -> None:
+    cron = _one("CronJob")
+    spec = cron["spec"]
+    assert spec["schedule"].split()[1:] == ["*", "*", "*", "*"], "hourly: stale after a day"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    job = spec["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] < 3600, "a run ends before the next is due"
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["verify"]
+    assert container["image"] == _server()["image"]
+    assert container["envFrom"] == _server()["envFrom"]
+    env = {e["name"]: e for e in container["env"]}
+    assert (
+        env["LEDGER_DATABASE_URL"]
+        == {e["name"]: e for e in _server()["env"]}["LEDGER_DATABASE_URL"]
+    )
+    assert env["LEDGER_VERIFY_PUSHGATEWAY"]["value"].startswith("http")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
 def test_disruption_budget_and_autoscaler_keep_two_servers() -> None:
     labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
     pdb = _one("PodDisruptionBudget")
