@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := clients/python
 PROTO := protos/creditledger/v1/ledger.proto
 
-.PHONY: run test install proto proto-check lint typecheck unit bench torture clean
+.PHONY: run test install proto proto-check breaking lint typecheck unit bench torture clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ proto-check: $(STAMP)
 	$(VENV)/bin/buf lint
 	@echo "buf lint: clean"
 
+## buf breaking: the contract against the one it must not break (see .ci/buf-breaking:
+## the merge base with main on a branch; the last v* tag, else HEAD~1, on main).
+breaking: $(STAMP)
+	./.ci/buf-breaking
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -52,7 +57,7 @@ typecheck: $(STAMP)
 
 ## Everything the tests need, then the whole suite.
 test: $(STAMP)
-	$(MAKE) proto-check lint typecheck
+	$(MAKE) proto-check breaking lint typecheck
 	./deploy/install-test-tools.sh
 	$(PY) -m pytest -q -p no:cacheprovider
 
