@@ -247,7 +247,7 @@ def _lot(d: Mapping[str, Any]) -> Lot:
 def _allocation(a: Mapping[str, Any]) -> Allocation:
     return Allocation(
         lot_id=str(a["lot_id"]),
-        held=a["held"],
+        drawn=a["drawn"],
         settled=a["settled"],
         released=a["released"],
         refunded=a["refunded"],
