@@ -13,8 +13,8 @@ histogram's exemplars.
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -40,7 +40,10 @@ def request_id_of(metadata: Any) -> str:
             if isinstance(value, str) and _VALID_REQUEST_ID.fullmatch(value):
                 return value
             break
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits: unique enough to find log lines, and
+    # several times cheaper than uuid4 (which reads os.urandom on every call).
+    # Not a secret: nothing is authorised by it.
+    return f"{random.getrandbits(128):032x}"
 
 
 class CallContextInterceptor(grpc.aio.ServerInterceptor):
