@@ -15,6 +15,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 SERVICE_NAME = "creditledger"
+# Bounds each export, retries included, and so the flush at shutdown when the
+# collector is away: it must fit terminationGracePeriodSeconds after the drain.
+EXPORT_TIMEOUT_S = 3
 
 
 def provider(exporter: SpanExporter, sample_ratio: float, version: str) -> TracerProvider:
@@ -33,4 +36,5 @@ def otlp_provider(endpoint: str, sample_ratio: float, version: str) -> TracerPro
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     insecure = endpoint.startswith("http://")
-    return provider(OTLPSpanExporter(endpoint=endpoint, insecure=insecure), sample_ratio, version)
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure, timeout=EXPORT_TIMEOUT_S)
+    return provider(exporter, sample_ratio, version)

@@ -28,6 +28,7 @@ from ledger.app import App, Hooks
 from ledger.config import Config
 from ledger.observability.context import ContextFilter
 from tests.conftest import key
+from tests.support.process import free_port
 from tests.support.rpc import error_info
 
 pytestmark = pytest.mark.timeout(60)
@@ -185,3 +186,26 @@ async def test_without_a_traceparent_the_server_starts_a_trace(traced: Traced) -
     assert span.parent is None
     assert span.attributes is not None
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_an_otlp_endpoint_that_is_down_costs_callers_nothing(database_url: str) -> None:
+    """--otlp-endpoint with no collector behind it: calls answer as ever, and the
+    server still stops (the flush gives up after EXPORT_TIMEOUT_S)."""
+    app = App(
+        Config(
+            listen="127.0.0.1:0",
+            database_url=database_url,
+            metrics_listen="",
+            otlp_endpoint=f"http://127.0.0.1:{free_port()}",
+        )
+    )
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+            account = f"otlp-{uuid.uuid4().hex[:10]}"
+            call = stub.CreateAccount(pb.CreateAccountRequest(account_id=account))
+            await call
+            assert _trailer(await call.trailing_metadata(), "x-request-id")
+    finally:
+        await app.stop()
