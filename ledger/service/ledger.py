@@ -14,10 +14,7 @@ account is only known once it is loaded). Out of scope reads as not found.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import json
 from datetime import timedelta
 
 from ledger.domain import commands as c
@@ -34,6 +31,7 @@ from ledger.domain.model import (
     Result,
 )
 from ledger.observability import metrics
+from ledger.service import pagetoken
 from ledger.service.clock import Clock
 from ledger.service.ports import StorageUnavailable, Store
 from ledger.service.writer import Writer
@@ -262,26 +260,14 @@ def _account_not_found(account_id: str) -> errors.AccountNotFound:
 
 
 def _encode_page_token(before_entry_id: int, account_id: str, asset: str) -> str:
-    raw = json.dumps({"b": before_entry_id, "a": account_id, "s": asset}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    return pagetoken.encode("ListEntries", (account_id, asset), (before_entry_id,))
 
 
 def _decode_page_token(token: str, account_id: str, asset: str) -> int | None:
-    """A page token is bound to the query it came from (AIP-158)."""
-    if not token:
+    """A page token is bound to the query it came from (AIP-158); see ledger.service.pagetoken."""
+    cursor = pagetoken.decode(token, "ListEntries", (account_id, asset), 1, "page_token")
+    if cursor is None:
         return None
-    bad = _invalid(
-        "page_token", "is not a token returned by ListEntries for this account_id and asset"
-    )
-    if len(token) > limits.PAGE_TOKEN_LEN_MAX:
-        raise bad
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError) as exc:
-        raise bad from exc
-    if not isinstance(data, dict) or data.get("a") != account_id or data.get("s") != asset:
-        raise bad
-    before = data.get("b")
-    if not isinstance(before, int) or isinstance(before, bool) or before <= 0:
-        raise bad
-    return before
+    if cursor[0] <= 0:
+        raise _invalid("page_token", "is not a next_page_token returned by ListEntries")
+    return cursor[0]
