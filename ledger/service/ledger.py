@@ -33,7 +33,7 @@ from ledger.domain.model import (
 from ledger.observability import metrics
 from ledger.service import pagetoken
 from ledger.service.clock import Clock
-from ledger.service.ports import StorageUnavailable, Store
+from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
 from ledger.service.writer import Writer
 
 
@@ -41,7 +41,19 @@ def _invalid(field: str, description: str) -> errors.InvalidArgument:
     return errors.InvalidArgument([FieldViolation(field, description)])
 
 
-def _unavailable(exc: StorageUnavailable) -> errors.DatabaseUnavailable:
+# What the store raises when it gave up; _storage_failure says what the caller gets.
+_STORAGE_FAILURES = (StorageUnavailable, SerializationConflict)
+
+
+def _storage_failure(exc: Exception) -> errors.LedgerError:
+    """UNAVAILABLE; or ABORTED (CONTENTION) when every attempt the store made lost a
+    serialization race (it re-runs such a unit itself, bounded). Nothing was done either way."""
+    if isinstance(exc, SerializationConflict):
+        metrics.RETRIES_EXHAUSTED.inc()
+        return errors.Contention(
+            "serialization conflicts persisted over every attempt; nothing was done, retry",
+            {"attempts": str(exc.attempts)},
+        )
     return errors.DatabaseUnavailable(
         "the database is unavailable; retry shortly", {"cause": str(exc)}
     )
@@ -100,7 +112,7 @@ class Ledger:
     ) -> Account:
         """Errors: PermissionDenied (also for an id outside the caller's prefixes:
         that answer depends on the id alone, never on what exists), InvalidArgument,
-        AccountExists, DatabaseUnavailable."""
+        AccountExists, DatabaseUnavailable, Contention."""
         access.require("CreateAccount")
         v = c.Violations()
         v.account_id("account_id", account_id)
@@ -114,8 +126,8 @@ class Ledger:
             )
         try:
             account = await self._store.create_account(account_id, metadata, self._clock.now())
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if account is None:
             raise errors.AccountExists(
                 f"account {account_id} already exists", {"account_id": account_id}
@@ -130,8 +142,8 @@ class Ledger:
             raise _account_not_found(account_id)
         try:
             account = await self._store.get_account(account_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if account is None:
             raise _account_not_found(account_id)
         return account
@@ -159,8 +171,8 @@ class Ledger:
             raise _account_not_found(account_id)
         try:
             found = await self._store.get_balance(account_id, asset)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if found is None:
             raise _account_not_found(account_id)
         balance, lots = found
@@ -195,8 +207,8 @@ class Ledger:
         v.raise_if_any()
         try:
             res = await self._store.get_reservation(reservation_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if res is None or not access.covers(res.account_id):
             raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
         return present(res, self._clock)
@@ -209,8 +221,8 @@ class Ledger:
             raise _invalid("group_id", "must be a group id returned by ReserveGroup (a UUID)")
         try:
             legs = await self._store.get_group(group_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if not legs or not all(access.covers(r.account_id) for r in legs):
             raise errors.ReservationGroupNotFound(f"reservation group {group_id} not found")
         legs.sort(key=lambda r: (r.created_at, r.leg_key))
@@ -238,8 +250,8 @@ class Ledger:
         size = page_size or limits.PAGE_SIZE_DEFAULT
         try:
             entries = await self._store.list_entries(account_id, asset, before, size + 1)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if entries is None:
             raise _account_not_found(account_id)
         token = ""
