@@ -4,7 +4,8 @@
 ALREADY_EXISTS (ACCOUNT_EXISTS); never INTERNAL (issue 13, item 5: 26 of 640
 answered INTERNAL with a SerializationError from the create path). The same
 idempotency key sent 32 times at once on Grant, Reserve, Charge and
-ReserveGroup: one effect, 32 equal answers, exactly one not marked replayed.
+ReserveGroup (and Settle, Release, Refund): one effect, 32 equal answers,
+exactly one not marked replayed.
 """
 
 from __future__ import annotations
@@ -142,6 +143,17 @@ def test_same_key_at_once_has_one_effect(two_replicas: Any, spread: int) -> None
     one_effect(
         asyncio.run(all_at_once(targets, "ReserveGroup", [group] * DUPLICATES)), "ReserveGroup"
     )
+    # And the commands on a reservation: settle 1, release 1, refund 1, each once.
+    rid = held.reservation.reservation_id
+    for method, request in [
+        ("Settle", pb.SettleRequest(reservation_id=rid, amount=1, idempotency_key=new_key())),
+        ("Release", pb.ReleaseRequest(reservation_id=rid, amount=1, idempotency_key=new_key())),
+        ("Refund", pb.RefundRequest(reservation_id=rid, amount=1, idempotency_key=new_key())),
+    ]:
+        after = one_effect(
+            asyncio.run(all_at_once(targets, method, [request] * DUPLICATES)), method
+        ).reservation
+    assert (after.settled, after.released, after.refunded) == (1, 1, 1), after
 
     async def balances() -> tuple[Any, Any]:
         async with grpc.aio.insecure_channel(targets[0], options=CHANNEL_OPTIONS) as ch:
@@ -152,7 +164,7 @@ def test_same_key_at_once_has_one_effect(two_replicas: Any, spread: int) -> None
 
     mine, theirs = asyncio.run(balances())
     assert lot.amount == 7 and held.reservation.amount == 5
-    assert (mine.granted, mine.reserved, mine.settled) == (1007, 5 + 2, 3), mine
+    assert (mine.granted, mine.reserved, mine.settled) == (1007, 3 + 2, 3 + 1), mine
     assert (theirs.granted, theirs.reserved) == (1000, 4), theirs
     code, output = run_verify(url)
     assert code == 0, output
