@@ -280,6 +280,7 @@ def _decode_page_token(token: str, account_id: str, asset: str) -> int | None:
     cursor = pagetoken.decode(token, "ListEntries", (account_id, asset), 1, "page_token")
     if cursor is None:
         return None
-    if cursor[0] <= 0:
+    before = cursor[0]
+    if not isinstance(before, int) or before <= 0:
         raise _invalid("page_token", "is not a next_page_token returned by ListEntries")
-    return cursor[0]
+    return before

@@ -1,7 +1,8 @@
 """Page tokens (AIP-158): opaque to callers, bounded in length, bound to their query.
 
 A token carries where the next page starts (the cursor: a few non-negative
-int64s, such as the last entry id shown) and a short hash of the query that
+int64s or short strings of id characters, such as the last entry id shown, or a
+timestamp in microseconds and a reservation id) and a short hash of the query that
 made it (the RPC's name and the query's fields, such as account_id and
 asset), never the query itself: its length then depends on the cursor alone,
 so the server always accepts back a token it made, however long the query's
@@ -11,9 +12,11 @@ ids are (issue 13: a 128-char account id with a 64-char asset used to give a
 Decoding trusts nothing: any token that is not exactly one this module made
 for the same query (malformed base64, JSON, types; floats, bools, negative or
 out-of-int64 numbers; another query's hash) is InvalidArgument naming the
-field, never an exception that would answer INTERNAL.
+field, never an exception that would answer INTERNAL. The caller still
+checks what each part must be (an id > 0, a UUID) and refuses it with
+InvalidArgument too: a caller can forge any cursor of its own query.
 
-Usage, for a query (rpc, parts) whose cursor has `size` ints:
+Usage, for a query (rpc, parts) whose cursor has `size` parts:
     token = encode("ListEntries", (account_id, asset), (last_entry_id,))
     cursor = decode(token, "ListEntries", (account_id, asset), 1, "page_token")  # None: first page
 """
@@ -31,9 +34,15 @@ from ledger.domain.errors import FieldViolation
 
 _VERSION = 1
 _QUERY_HASH_BYTES = 12  # 96 bits: telling queries apart, not a secret
-# Each cursor int is at most 19 digits: with the version and the hash, a
-# 3-int cursor's token is about 120 chars, far under PAGE_TOKEN_LEN_MAX.
-CURSOR_INTS_MAX = 3
+# A cursor part is an int of at most 19 digits or a string of at most 40 chars:
+# with the version and the hash, a 3-part cursor's token is at most ~210 chars,
+# under PAGE_TOKEN_LEN_MAX whatever the query.
+CURSOR_PARTS_MAX = 3
+CURSOR_TEXT_LEN_MAX = 40
+# Ids' characters, none of which JSON escapes (so the bound above holds).
+_TEXT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@-")
+
+Cursor = tuple[int | str, ...]
 
 
 def query_hash(rpc: str, parts: Sequence[str]) -> str:
@@ -43,14 +52,15 @@ def query_hash(rpc: str, parts: Sequence[str]) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def encode(rpc: str, parts: Sequence[str], cursor: Sequence[int]) -> str:
+def encode(rpc: str, parts: Sequence[str], cursor: Sequence[int | str]) -> str:
     """The token that resumes query (rpc, parts) at `cursor`.
 
-    Errors: InvariantViolation when the cursor is not 1 to CURSOR_INTS_MAX ints
-    in 0..INT64_MAX (a bug in the caller: cursors come from stored rows).
+    Errors: InvariantViolation when the cursor is not 1 to CURSOR_PARTS_MAX ints in
+    0..INT64_MAX or strings of 1 to CURSOR_TEXT_LEN_MAX chars of [A-Za-z0-9._:@-] (a
+    UUID, an account id's first 40 chars; a bug in the caller: cursors come from rows).
     """
-    if not 1 <= len(cursor) <= CURSOR_INTS_MAX or not all(_is_position(v) for v in cursor):
-        raise errors.InvariantViolation(f"a page cursor must be 1-3 int64s >= 0, got {cursor!r}")
+    if not 1 <= len(cursor) <= CURSOR_PARTS_MAX or not all(_is_position(v) for v in cursor):
+        raise errors.InvariantViolation(f"not a page cursor: {cursor!r}")
     raw = json.dumps([_VERSION, query_hash(rpc, parts), *cursor], separators=(",", ":"))
     token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
     if len(token) > limits.PAGE_TOKEN_LEN_MAX:  # cannot happen with the bounds above
@@ -60,8 +70,8 @@ def encode(rpc: str, parts: Sequence[str], cursor: Sequence[int]) -> str:
 
 def decode(
     token: str, rpc: str, parts: Sequence[str], size: int, field: str = "page_token"
-) -> tuple[int, ...] | None:
-    """The cursor of a token made by encode(rpc, parts, ...) with `size` ints; None for "".
+) -> Cursor | None:
+    """The cursor of a token made by encode(rpc, parts, ...) with `size` parts; None for "".
 
     Errors: InvalidArgument naming `field` for anything else.
     """
@@ -99,4 +109,8 @@ def decode(
 
 def _is_position(value: object) -> bool:
     # type() rather than isinstance(): True and False are ints too.
-    return type(value) is int and 0 <= value <= limits.INT64_MAX
+    if type(value) is int:
+        return 0 <= value <= limits.INT64_MAX
+    if type(value) is str:
+        return 1 <= len(value) <= CURSOR_TEXT_LEN_MAX and _TEXT_CHARS.issuperset(value)
+    return False
