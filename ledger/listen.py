@@ -27,8 +27,11 @@ def split_host_port(value: str) -> tuple[str, int]:
 def bind_problem(address: str) -> str | None:
     """Why nothing can listen on HOST:PORT now (e.g. "address already in use"), or None.
 
-    Like gRPC, it is enough that one of the host's addresses can be bound.
+    Like gRPC, it is enough that one of the host's addresses can be bound. Addresses
+    gRPC reads otherwise (unix:PATH, unix-abstract:NAME, vsock:...) are left to it.
     """
+    if address.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return None
     try:
         host, port = split_host_port(address)
     except ValueError:
