@@ -561,17 +561,18 @@ class PostgresStore:
         connection. A lost serialization race (two CreateAccounts of one id at
         SERIALIZABLE, a deadlock) re-runs the whole unit, bounded and jittered;
         SerializationConflict only when every attempt lost (issue 13, item 5)."""
-        async with self._connection() as conn:
-            for attempt in range(1, _UNIT_ATTEMPTS_MAX + 1):
-                try:
+        for attempt in range(1, _UNIT_ATTEMPTS_MAX + 1):
+            try:
+                async with self._connection() as conn:
                     return await _guard(fn(conn))
-                except SerializationConflict as exc:
-                    if attempt == _UNIT_ATTEMPTS_MAX:
-                        exc.attempts = attempt
-                        raise
-                    metrics.SERIALIZATION_RETRIES.inc()
-                    backoff_s = min(_UNIT_BACKOFF_MAX_S, _UNIT_BACKOFF_BASE_S * 2**attempt)
-                    await asyncio.sleep(backoff_s * random.random())
+            except SerializationConflict as exc:
+                if attempt == _UNIT_ATTEMPTS_MAX:
+                    exc.attempts = attempt
+                    raise
+            # Back off without holding a connection: others may need it meanwhile.
+            metrics.SERIALIZATION_RETRIES.inc()
+            backoff_s = min(_UNIT_BACKOFF_MAX_S, _UNIT_BACKOFF_BASE_S * 2**attempt)
+            await asyncio.sleep(backoff_s * random.random())
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def create_account(
