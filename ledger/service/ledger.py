@@ -96,7 +96,10 @@ class Ledger:
             # a late retry of an acknowledged Grant must replay, not be refused.
             now = self._clock.now()
             if cmd.expires_at > now + timedelta(seconds=limits.GRANT_EXPIRY_MAX_S):
-                raise _invalid("expires_at", "must be within 100 years (GRANT_EXPIRY_MAX_S)")
+                raise _invalid(
+                    "expires_at",
+                    f"must be within {limits.GRANT_EXPIRY_MAX_S // 86400} days (GRANT_EXPIRY_MAX_S)",
+                )
         try:
             result, replayed = await self._writer.submit(cmd)
         except errors.LedgerError as exc:
@@ -173,7 +176,11 @@ class Ledger:
             expiring_within_s is not None
             and not 0 <= expiring_within_s <= limits.EXPIRING_WITHIN_MAX_S
         ):
-            v.add("expiring_within", "must be between 0 and 3660 days (EXPIRING_WITHIN_MAX_S)")
+            v.add(
+                "expiring_within",
+                f"must be between 0 and {limits.EXPIRING_WITHIN_MAX_S // 86400} days"
+                " (EXPIRING_WITHIN_MAX_S)",
+            )
         v.raise_if_any()
         if not access.covers(account_id):
             raise _account_not_found(account_id)
