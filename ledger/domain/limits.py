@@ -10,8 +10,8 @@ ASSET_LEN_MAX = 64
 IDEMPOTENCY_KEY_LEN_MAX = 128
 LEG_KEY_LEN_MAX = 64
 METADATA_ENTRIES_MAX = 32
-METADATA_KEY_LEN_MAX = 64
-METADATA_VALUE_LEN_MAX = 512
+METADATA_KEY_LEN_MAX = 64  # printable ASCII: chars are bytes
+METADATA_VALUE_LEN_MAX = 512  # bytes of UTF-8
 SOURCE_LEN_MAX = 64
 REASON_LEN_MAX = 256
 PRIORITY_MIN = 0
@@ -24,9 +24,7 @@ EXPIRING_WITHIN_MAX_S = 3660 * 86400
 GRANT_EXPIRY_MAX_S = 100 * 366 * 86400  # a lot may expire at most ~100 years ahead
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
-# A ListEntries token carries account_id and asset (<= 128 + 64 ASCII) in base64
-# JSON: up to ~320 chars; 256 refused the tokens of long queries the server made.
-PAGE_TOKEN_LEN_MAX = 512
+PAGE_TOKEN_LEN_MAX = 256
 GROUP_LEGS_MAX = 100
 LOTS_LISTED_MAX = 1000
 # Live (unspent, unexpired) lots of one account x asset: a Grant past it is refused

@@ -1,19 +1,14 @@
 """ListReservations: an account's reservations, oldest first, a page at a time.
 
-Page tokens (AIP-158) are bound to the query they came from: a token carries a
-digest of (account_id, asset, state) next to its position, so it is refused
-with another query. Its size does not depend on the query (the digest is
-fixed-length), so every token the server makes fits PAGE_TOKEN_LEN_MAX and is
-accepted back; anything else (garbage, a token of another query or RPC, a
-forged position) is INVALID_ARGUMENT naming page_token, never INTERNAL.
+Page tokens come from ledger.service.pagetoken (AIP-158): bound to the query
+(account_id, asset, state) by a hash, bounded in length whatever the query, so
+every token the server makes is accepted back; anything else is
+INVALID_ARGUMENT naming page_token, never INTERNAL. The cursor is the last
+reservation shown: its created_at in microseconds since 1970, and its id.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +16,9 @@ from ledger.domain import commands as c
 from ledger.domain import errors, limits
 from ledger.domain.errors import FieldViolation
 from ledger.domain.model import Reservation, ReservationState
+from ledger.service import pagetoken
 
+RPC = "ListReservations"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # Positions are microseconds since 1970, up to the last one Python can represent.
@@ -53,51 +50,30 @@ class ReservationQuery:
             )
         v.raise_if_any()
 
-    def _digest(self) -> str:
-        state = self.state.value if self.state is not None else ""
-        raw = json.dumps(["ListReservations", self.account_id, self.asset, state])
-        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+    def _parts(self) -> tuple[str, str, str]:
+        return (self.account_id, self.asset, self.state.value if self.state else "")
 
     def encode_token(self, last: Reservation) -> str:
         """The token of the page after `last`."""
         position_us = (last.created_at - _EPOCH) // _MICROSECOND
-        raw = json.dumps(
-            {"q": self._digest(), "t": position_us, "r": last.reservation_id},
-            separators=(",", ":"),
-        )
-        return base64.urlsafe_b64encode(raw.encode()).decode()
+        return pagetoken.encode(RPC, self._parts(), (position_us, last.reservation_id))
 
     def decode_token(self, token: str) -> tuple[datetime, str] | None:
         """The position after which the page starts; None for the first page.
 
         Errors: InvalidArgument (page_token) for any token this query did not make.
         """
-        if not token:
+        cursor = pagetoken.decode(token, RPC, self._parts(), 2)
+        if cursor is None:
             return None
-        bad = errors.InvalidArgument(
-            [
-                FieldViolation(
-                    "page_token",
-                    "is not a token returned by ListReservations for this account_id,"
-                    " asset and state",
-                )
-            ]
-        )
-        if len(token) > limits.PAGE_TOKEN_LEN_MAX:
-            raise bad
-        try:
-            data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        except (ValueError, binascii.Error, UnicodeError, RecursionError) as exc:
-            raise bad from exc
-        if not isinstance(data, dict) or data.get("q") != self._digest():
-            raise bad
-        position_us, reservation_id = data.get("t"), data.get("r")
+        position_us, reservation_id = cursor
         if (
             not isinstance(position_us, int)
-            or isinstance(position_us, bool)
-            or not 0 <= position_us <= _POSITION_US_MAX
+            or position_us > _POSITION_US_MAX
             or not isinstance(reservation_id, str)
             or not c.is_uuid(reservation_id)
         ):
-            raise bad
+            raise errors.InvalidArgument(
+                [FieldViolation("page_token", f"is not a next_page_token returned by {RPC}")]
+            )
         return _EPOCH + position_us * _MICROSECOND, reservation_id

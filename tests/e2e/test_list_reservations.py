@@ -115,9 +115,12 @@ async def test_every_token_the_server_makes_is_accepted_back_even_for_the_longes
 
 
 def _forge(token: str, **changes: object) -> str:
-    data = json.loads(base64.urlsafe_b64decode(token))
-    data.update(changes)
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+    """The token with its cursor changed: t (created_at in microseconds), r (the id)."""
+    data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    version, query, position, reservation_id = data
+    cursor = {"t": position, "r": reservation_id, **changes}
+    raw = json.dumps([version, query, cursor["t"], cursor["r"]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 async def test_a_forged_or_foreign_token_is_invalid_argument_never_internal(
@@ -142,6 +145,8 @@ async def test_a_forged_or_foreign_token_is_invalid_argument_never_internal(
         ("too long", account, ANY, "A" * (limits.PAGE_TOKEN_LEN_MAX + 1)),
         ("a position that is no uuid", account, ANY, _forge(token, r="1; DROP TABLE x")),
         ("a position out of range", account, ANY, _forge(token, t=10**30)),
+        ("a position past year 9999", account, ANY, _forge(token, t=2**62)),
+        ("an id of id characters that is no uuid", account, ANY, _forge(token, r="abc-def")),
         ("a negative position", account, ANY, _forge(token, t=-1)),
         ("a position of the wrong type", account, ANY, _forge(token, t="2026")),
         ("a boolean position", account, ANY, _forge(token, t=True)),
