@@ -146,6 +146,8 @@ class World:
     charged: str  # a closed one with plenty settled (to refund)
     group: str
     token: str  # a real ListEntries next_page_token for (account, "")
+    # A real ListReservations next_page_token for (account, "", every state).
+    reservations_token: str = ""
     results: Counter[str] = field(default_factory=Counter)
 
 
@@ -187,7 +189,10 @@ def make_world(stub: Any) -> World:
     group_req.legs.add(account_id=account, asset=ASSET, amount=1, leg_key="a")
     group = ok("ReserveGroup", group_req).group.group_id
     token = ok("ListEntries", pb.ListEntriesRequest(account_id=account, page_size=1))
-    return World(stub, account, other, charged, group, token.next_page_token)
+    listed = ok("ListReservations", pb.ListReservationsRequest(account_id=account, page_size=1))
+    return World(
+        stub, account, other, charged, group, token.next_page_token, listed.next_page_token
+    )
 
 
 def held(w: World) -> str:
@@ -228,6 +233,10 @@ def base_request(method: str, w: World) -> Message:
         return pb.ListEntriesRequest(account_id=w.account, page_size=2, page_token=w.token)
     if method == "GetAccount":
         return pb.GetAccountRequest(account_id=w.account)
+    if method == "ListReservations":
+        return pb.ListReservationsRequest(
+            account_id=w.account, page_size=1, page_token=w.reservations_token
+        )
     # An RPC this file does not know yet: its empty request, every field still attacked.
     cls: type[Message] = getattr(pb, SERVICE.methods_by_name[method].input_type.name)
     return cls()
@@ -410,10 +419,9 @@ def named(case: Case, reply: Reply) -> bool:
         return True  # not decodable: "request"; a valid request refused: any field
     top = case.field.split(".")[0].split("[")[0]
     tops = {f.split(".")[0].split("[")[0] for f in reply.fields}
-    # A token is bound to its query: another account_id or asset refuses the token.
-    return (
-        top in tops or "request" in tops or (case.method == "ListEntries" and "page_token" in tops)
-    )
+    # A token is bound to its query: another account_id, asset (or state) refuses it.
+    paged = case.method in ("ListEntries", "ListReservations")
+    return top in tops or "request" in tops or (paged and "page_token" in tops)
 
 
 def check(case: Case, reply: Reply) -> str | None:
