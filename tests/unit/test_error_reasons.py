@@ -98,6 +98,14 @@ def test_typescript_client_has_a_class_per_reason() -> None:
     assert classes == python_names, "the two clients name the classes differently"
 
 
+def test_typescript_classes_sit_in_the_same_code_family() -> None:
+    text = (REPO / "clients" / "typescript" / "src" / "errors.ts").read_text(encoding="utf-8")
+    parents = dict(re.findall(r"export class (\w+) extends (\w+)", text))
+    for reason, name in typescript_classes().items():
+        python_cls = client_errors._BY_REASON[reason]
+        assert parents.get(name) == python_cls.__mro__[1].__name__, (reason, name)
+
+
 def test_operator_hints_cover_every_reason() -> None:
     assert set(hints._HINTS) == proto_reasons()
 
