@@ -67,8 +67,8 @@ class SyncLedgerClient:
     `total_timeout_s`), and `call_metadata`, gRPC metadata for that call only.
     Every call carries an `x-request-id` (the caller's, or a UUID4 kept across
     its retries); a failure's `LedgerError.request_id` matches the server's
-    log lines. `interceptors` (grpc.aio unary-unary client interceptors) run on
-    every attempt, for tracing or logging.
+    log lines. `interceptors` (unary-unary client interceptors of the
+    channel's flavour) run on every attempt, for tracing or logging.
     """
 
     def __init__(
