@@ -45,6 +45,7 @@ def _reservation(request: Any, state: pb.Reservation.State.ValueType) -> pb.Rese
         account_id=getattr(request, "account_id", "acct"),
         asset=getattr(request, "asset", "crm_credits") or "crm_credits",
         amount=getattr(request, "amount", 0),
+        remaining=getattr(request, "amount", 0) if state == pb.Reservation.STATE_OPEN else 0,
         state=state,
     )
 

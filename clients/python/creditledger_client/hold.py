@@ -69,8 +69,8 @@ class Hold:
 
     @property
     def unused(self) -> int:
-        """Held credits not used yet."""
-        return self.reservation.amount - self.used
+        """Held credits not used yet (of what the reservation still held as the block began)."""
+        return self.reservation.remaining - self.used
 
     @property
     def outcome(self) -> Reservation | None:
@@ -94,6 +94,6 @@ class Hold:
             raise ValueError(f"use() takes a positive amount, got {amount}")
         if amount > self.unused:
             raise ValueError(
-                f"use({amount}) exceeds the hold: {self.unused} of {self.reservation.amount} unused"
+                f"use({amount}) exceeds the hold: {self.unused} of {self.reservation.remaining} unused"
             )
         self.used += amount

@@ -66,9 +66,9 @@ export class Hold {
     return this.reservation.state !== Reservation_State.OPEN;
   }
 
-  /** Held credits not used yet. */
+  /** Held credits not used yet (of what the reservation still held as the work began). */
   get unused(): bigint {
-    return this.reservation.amount - this.used;
+    return this.reservation.remaining - this.used;
   }
 
   /** Records that `amount` credits were consumed. Throws RangeError past the hold, Error on a finished hold. */
@@ -85,7 +85,7 @@ export class Hold {
     }
     if (n > this.unused) {
       throw new RangeError(
-        `use(${String(n)}) exceeds the hold: ${String(this.unused)} of ${String(this.reservation.amount)} unused`,
+        `use(${String(n)}) exceeds the hold: ${String(this.unused)} of ${String(this.reservation.remaining)} unused`,
       );
     }
     this.used += n;

@@ -213,6 +213,7 @@ describe("call policy", { timeout: 20_000 }, () => {
             reservation: {
               reservationId: "res-1",
               amount: request.amount,
+              remaining: request.amount,
               state: Reservation_State.OPEN,
             },
           };
