@@ -239,6 +239,21 @@ class BalanceLimitExceeded(FailedPrecondition):
         return self._int("requested")
 
 
+class LotLimitExceeded(FailedPrecondition):
+    """LOT_LIMIT_EXCEEDED: the account holds the most live lots of the asset one
+    account may (LIVE_LOTS_PER_PAIR_MAX); metadata says the limit."""
+
+    @property
+    def limit(self) -> int:
+        """The most live lots one account may hold of one asset."""
+        return self._int("limit")
+
+    @property
+    def live_lots(self) -> int:
+        """The live lots the account holds of the asset."""
+        return self._int("live_lots")
+
+
 class Contention(Aborted):
     """CONTENTION: the server's own retries of a serialization failure ran out."""
 
@@ -267,6 +282,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "AMOUNT_EXCEEDS_REMAINING": AmountExceedsRemaining,
     "AMOUNT_EXCEEDS_SETTLED": AmountExceedsSettled,
     "BALANCE_LIMIT_EXCEEDED": BalanceLimitExceeded,
+    "LOT_LIMIT_EXCEEDED": LotLimitExceeded,
     "CONTENTION": Contention,
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
     "UNAUTHENTICATED": Unauthenticated,

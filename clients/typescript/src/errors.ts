@@ -291,6 +291,20 @@ export class BalanceLimitExceeded extends FailedPrecondition {
     this.requested = this.int64("requested");
   }
 }
+/** LOT_LIMIT_EXCEEDED: a grant to an account and asset that already hold the most live lots. */
+export class LotLimitExceeded extends FailedPrecondition {
+  override readonly name: string = "LotLimitExceeded";
+  /** The most live lots one account may hold of one asset (-1n if the server did not say). */
+  readonly limit: bigint;
+  /** The live lots the account holds of the asset. */
+  readonly liveLots: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.limit = this.int64("limit");
+    this.liveLots = this.int64("live_lots");
+  }
+}
 /** CONTENTION (ABORTED): the server ran out of serialization retries; the client retries it itself. */
 export class Contention extends Aborted {
   override readonly name: string = "Contention";
@@ -324,6 +338,7 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["AMOUNT_EXCEEDS_REMAINING", AmountExceedsRemaining],
   ["AMOUNT_EXCEEDS_SETTLED", AmountExceedsSettled],
   ["BALANCE_LIMIT_EXCEEDED", BalanceLimitExceeded],
+  ["LOT_LIMIT_EXCEEDED", LotLimitExceeded],
   ["CONTENTION", Contention],
   ["DATABASE_UNAVAILABLE", DatabaseUnavailable],
   ["UNAUTHENTICATED", Unauthenticated],

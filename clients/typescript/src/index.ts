@@ -44,6 +44,7 @@ export {
   InvalidArgument,
   KNOWN_REASONS,
   LedgerError,
+  LotLimitExceeded,
   NotFound,
   PermissionDenied,
   REPLAYED_METADATA_KEY,
