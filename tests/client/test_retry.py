@@ -85,7 +85,9 @@ async def test_attempts_are_bounded(scripted: ScriptedServer) -> None:
         with pytest.raises(Unavailable) as caught:
             await client.get_account("acct")
     assert len(scripted.scripts["GetAccount"].calls) == 4
-    assert caught.value.__notes__ == ["creditledger-client: gave up after 4 attempts"]
+    assert caught.value.__notes__ == [
+        f"creditledger-client: gave up after 4 attempts; request id {caught.value.request_id}"
+    ]
     assert isinstance(caught.value.__cause__, grpc.aio.AioRpcError)  # the raw error stays
 
 

@@ -250,9 +250,10 @@ class Attempts:
         return pause
 
     def give_up(self, error: LedgerError) -> LedgerError:
-        """Notes how many attempts were made on the error that ends the call."""
-        if self.count > 1:
-            error.add_note(f"creditledger-client: gave up after {self.count} attempts")
+        """Notes the request id, and how many attempts were made, on the error that ends
+        the call, so a logged traceback names the server's log lines."""
+        tried = f"gave up after {self.count} attempts; " if self.count > 1 else ""
+        error.add_note(f"creditledger-client: {tried}request id {error.request_id}")
         return error
 
 
