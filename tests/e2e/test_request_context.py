@@ -6,6 +6,7 @@ exporting to an in-memory span exporter.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -71,6 +72,20 @@ def _rpc_records(caplog: pytest.LogCaptureFixture, method: str) -> list[logging.
     ]
 
 
+async def _rpc_record(
+    caplog: pytest.LogCaptureFixture, method: str, request_id: str
+) -> logging.LogRecord:
+    """The call's log line. The server logs it after the answer is on its way, so the
+    client (on the same event loop) can see the answer first: wait for the line."""
+    for _ in range(500):
+        found = [r for r in _rpc_records(caplog, method) if r.rpc["request_id"] == request_id]  # type: ignore[attr-defined]
+        if found:
+            (record,) = found
+            return record
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {method} log line with request_id {request_id}")
+
+
 def _trailer(call_metadata: Any, name: str) -> str | None:
     for k, v in call_metadata or ():
         if k == name:
@@ -90,8 +105,7 @@ async def test_a_request_id_sent_comes_back_in_trailers_and_in_the_log_line(
     )
     await call
     assert _trailer(await call.trailing_metadata(), "x-request-id") == request_id
-    (record,) = _rpc_records(caplog, "CreateAccount")
-    assert record.rpc["request_id"] == request_id  # type: ignore[attr-defined]
+    record = await _rpc_record(caplog, "CreateAccount", request_id)
     assert record.request_id == request_id  # type: ignore[attr-defined]  # the filter's field
 
 
@@ -111,11 +125,7 @@ async def test_an_error_carries_the_request_id_in_error_info_trailers_and_log(
     info = error_info(err)
     assert info.metadata["request_id"] == request_id
     assert _trailer(err.trailing_metadata(), "x-request-id") == request_id
-    (record,) = [
-        r
-        for r in _rpc_records(caplog, "Settle")
-        if r.rpc["request_id"] == request_id  # type: ignore[attr-defined]
-    ]
+    record = await _rpc_record(caplog, "Settle", request_id)
     # Settle's log line names its reservation, which it did not before.
     assert record.rpc["reservation_id"] == missing  # type: ignore[attr-defined]
     assert record.rpc["reason"] == "RESERVATION_NOT_FOUND"  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None
     assert echoed.startswith("reservation: ") and len(echoed.split()[-1]) > 8, echoed
     held = output_of("/ListReservations")
     assert '"state": "STATE_OPEN"' in held and '"amount": "3000"' in held, held
+    assert '"settled": "0"' in held, held  # -emit-defaults: the zero is shown
     assert '"state": "STATE_CLOSED"' in output_of("/Settle")
     assert "idempotent-replayed: true" in output_of("-v -d")
     balance = output_of("/GetBalance")
