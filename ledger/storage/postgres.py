@@ -54,6 +54,9 @@ _UNAVAILABLE_STATES = {
     "08001",
     "08004",
     "53300",
+    # read_only_sql_transaction: this connection's node turned standby (a failover
+    # demoted it). The connection is dropped; the next one finds the new primary.
+    "25006",
 }
 
 _BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
@@ -439,7 +442,9 @@ class PostgresStore:
             raise
         finally:
             with suppress(Exception):
-                await self._pool.release(conn)
+                # Bounded: the reset on release must not hang on a node that stopped
+                # answering (asyncpg terminates the connection when it times out).
+                await self._pool.release(conn, timeout=self._acquire_timeout_s)
 
     async def _writer_connection(self) -> asyncpg.Connection:
         """The writer's own connection, held across batches: no pool round trips
