@@ -73,6 +73,28 @@ async def wait_for_database(url: str, timeout_s: float) -> None:
             delay = min(delay * 2, 2.0)
 
 
+async def read_endpoint_problem(url: str) -> str:
+    """Why reads must not go to standbys ('' when they may).
+
+    A read on a standby sees every acknowledged write only when each commit waited
+    for the synchronous standbys to apply it: synchronous_commit = remote_apply with
+    synchronous_standby_names set, as the ledger's own sessions on the primary see them.
+    """
+    conn = await hosts.connect(url, 10.0)
+    try:
+        commit, standbys = await conn.fetchrow(
+            "SELECT current_setting('synchronous_commit'),"
+            " current_setting('synchronous_standby_names')"
+        )
+    finally:
+        await conn.close()
+    if commit != "remote_apply":
+        return f"synchronous_commit is {commit!r} on the primary, not 'remote_apply'"
+    if not standbys:
+        return "synchronous_standby_names is empty on the primary: no commit waits for a standby"
+    return ""
+
+
 def _why(exc: BaseException) -> str:
     # NoHostAvailable's message names each host's reason; others: the type is enough.
     return str(exc) if isinstance(exc, hosts.NoHostAvailable) else type(exc).__name__

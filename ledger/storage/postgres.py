@@ -61,6 +61,13 @@ _UNAVAILABLE_STATES = {
 
 _BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
 
+# The read endpoint's fence (PostgresStore._standby_read): the primary's flush
+# position, then "has this standby replayed that far?" (NULL, so false, on a
+# node that is not in recovery), asked again after each pause before giving up.
+_FLUSH_LSN = "SELECT pg_current_wal_flush_lsn()::text"
+_REPLAYED_PAST = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)"
+_FENCE_PAUSES_S = (0.002, 0.005, 0.01, 0.02, 0.0)
+
 # The writer's two statements are keyed lookups and inserts, nothing else: with
 # the planner held to index paths they have the same plan whatever the tables'
 # statistics say (even empty and never analyzed, as on a fresh database with
@@ -405,8 +412,15 @@ def _reservation_doc(r: Reservation) -> dict[str, object]:
 class PostgresStore:
     """The Store of ledger.service.ports, on an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        acquire_timeout_s: float = 2.0,
+        read_pool: asyncpg.Pool | None = None,
+    ) -> None:
         self._pool = pool
+        # Synchronous standbys for the reads that may go there (see _standby_read).
+        self._read_pool = read_pool
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
@@ -543,6 +557,45 @@ class PostgresStore:
         async with self._connection() as conn:
             return await _guard(fn(conn))
 
+    async def _standby_read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """A read on the read endpoint when there is one and it has caught up; else on the primary.
+
+        The fence: the primary's WAL flush position, taken first, covers every
+        commit acknowledged before this read began (a commit is flushed before it
+        is acknowledged). The standby serves the read only once it has replayed
+        that far, so a standby that fell out of the synchronous set (a node
+        rejoining after a failover, a lagging one) never answers with old data;
+        a node that is not in recovery is never used either (it may be an old
+        primary cut off from the cluster). With synchronous_commit = remote_apply
+        (checked at start) the synchronous standbys are there already, or within
+        the few milliseconds of commits in flight.
+        """
+        if self._read_pool is None:
+            return await self._read(fn)
+        fence = await self._read(lambda conn: conn.fetchval(_FLUSH_LSN))
+        try:
+            conn = await self._read_pool.acquire(timeout=self._acquire_timeout_s)
+        except Exception:
+            return await self._read(fn)
+        try:
+            if await self._caught_up(conn, fence):
+                return await _guard(fn(conn))
+        except StorageUnavailable:
+            with suppress(Exception):
+                conn.terminate()
+        finally:
+            with suppress(Exception):
+                await self._read_pool.release(conn, timeout=self._acquire_timeout_s)
+        return await self._read(fn)
+
+    @staticmethod
+    async def _caught_up(conn: asyncpg.Connection, fence: str) -> bool:
+        for pause_s in _FENCE_PAUSES_S:
+            if await _guard(conn.fetchval(_REPLAYED_PAST, fence)):
+                return True
+            await asyncio.sleep(pause_s)
+        return False
+
     async def create_account(
         self, account_id: str, metadata: dict[str, str], now: datetime
     ) -> Account | None:
@@ -581,7 +634,7 @@ class PostgresStore:
                 [_balance(b) for b in bals],
             )
 
-        return await self._read(run)
+        return await self._standby_read(run)
 
     async def get_balance(self, account_id: str, asset: str) -> tuple[Balance, list[Lot]] | None:
         async def run(conn: asyncpg.Connection) -> tuple[Balance, list[Lot]] | None:
@@ -604,10 +657,10 @@ class PostgresStore:
             bal = _balance(row) if row is not None else Balance(account_id, asset)
             return bal, [_lot(r) for r in lots]
 
-        return await self._read(run)
+        return await self._standby_read(run)
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
-        row = await self._read(
+        row = await self._standby_read(
             lambda conn: conn.fetchrow(
                 f"SELECT {_RES_COLS} FROM reservations WHERE reservation_id = $1::uuid",
                 reservation_id,
@@ -616,7 +669,7 @@ class PostgresStore:
         return _reservation(row) if row is not None else None
 
     async def get_group(self, group_id: str) -> list[Reservation]:
-        rows = await self._read(
+        rows = await self._standby_read(
             lambda conn: conn.fetch(
                 f"SELECT {_RES_COLS} FROM reservations WHERE group_id = $1::uuid", group_id
             )
@@ -645,7 +698,7 @@ class PostgresStore:
                 )
             return [_entry(r) for r in rows]
 
-        return await self._read(run)
+        return await self._standby_read(run)
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]:
         async def run(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str]]]:

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 
 from tests.faults.proxy import TcpProxy
@@ -85,6 +84,31 @@ def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under `pid` (from /proc: no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rpartition(")")[2].split()
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _as_user(argv: list[str]) -> list[str]:
@@ -144,16 +168,12 @@ class Node:
         except (OSError, ValueError, IndexError):
             return None
 
-    def postgres_processes(self) -> list[psutil.Process]:
+    def postgres_processes(self) -> list[int]:
         """The postmaster and its children (backends, walsender, checkpointer...)."""
         pid = self.postmaster_pid()
-        if pid is None:
+        if pid is None or not Path(f"/proc/{pid}").exists():
             return []
-        try:
-            master = psutil.Process(pid)
-            return [master, *master.children(recursive=True)]
-        except psutil.Error:
-            return []
+        return [pid, *_descendants(pid)]
 
     def role(self) -> str:
         """'primary', 'replica' or 'down' as this node's Patroni REST API says."""
@@ -334,10 +354,9 @@ class PatroniCluster:
     def destroy(self) -> None:
         for node in self.nodes:
             self._stop_process(node.proc)
-            for proc in node.postgres_processes():
-                with contextlib.suppress(psutil.Error):
-                    proc.send_signal(signal.SIGCONT)
-                    proc.kill()
+            procs = node.postgres_processes()
+            _signal(procs, signal.SIGCONT)
+            _signal(procs, signal.SIGKILL)
         self._stop_process(self.etcd)
         for node in self.nodes:
             for proxy in (node.pg_proxy, node.etcd_proxy):
@@ -399,7 +418,10 @@ class PatroniCluster:
         return len(leaders) == 1 and leaders[0].get("state") == "running" and len(syncs) == 2
 
     def wait_healthy(self, timeout_s: float = 90.0) -> None:
-        self.wait_for(self.healthy, timeout_s, "one leader and two synchronous standbys")
+        try:
+            self.wait_for(self.healthy, timeout_s, "one leader and two synchronous standbys")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; members: {self.members()}") from None
 
     # ---- faults ---------------------------------------------------------------
 
@@ -416,20 +438,14 @@ class PatroniCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.proc.pid, signal.SIGKILL)
             node.proc.wait(timeout=10)
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        _signal(procs, signal.SIGKILL)
 
     def freeze(self, node: Node, sig: signal.Signals) -> None:
         """SIGSTOP (hang) or SIGCONT (thaw) Patroni, the postmaster and every backend."""
-        pids = [p.pid for p in node.postgres_processes()]
+        pids = node.postgres_processes()
         if node.proc is not None:
-            pids.append(node.proc.pid)
-            with contextlib.suppress(psutil.Error):
-                pids += [c.pid for c in psutil.Process(node.proc.pid).children(recursive=True)]
-        for pid in sorted(set(pids)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+            pids += [node.proc.pid, *_descendants(node.proc.pid)]
+        _signal(sorted(set(pids)), sig)
 
     def partition(self, node: Node, cut: bool) -> None:
         """Blackhole (or restore) everything that reaches the node or leaves it for etcd."""
