@@ -101,8 +101,10 @@ def _mismatch(target: str, standby: bool, read_only: bool) -> str:
             return f"a standby (in recovery), not {target}"
         if target == READ_WRITE and read_only:
             return "read-only (default_transaction_read_only = on), not read-write"
-    if target in ("standby", "read-only") and not read_only:
-        return f"read-write, not {target}"
+    if target == "standby" and not standby:
+        return "a primary (not in recovery), not standby"
+    if target == "read-only" and not read_only:
+        return "read-write, not read-only"
     return ""
 
 

@@ -449,10 +449,11 @@ class PostgresStore:
             self._waiting -= 1
         try:
             yield conn
-        except (StorageUnavailable, asyncio.CancelledError):
+        except (StorageUnavailable, asyncio.CancelledError) as exc:
             # Timed out, cancelled or broken mid-query: its state is unknown, never reuse it.
             with suppress(Exception):
                 conn.terminate()
+            await self._expire_if_silent(exc)
             raise
         finally:
             with suppress(Exception):
@@ -534,8 +535,16 @@ class PostgresStore:
             await self._abandon(conn, exc)
             raise
 
+    async def _expire_if_silent(self, exc: BaseException) -> None:
+        """A statement that got no answer: the node hangs or is cut off, and so are the
+        pool's other connections to it. Replace them all (asyncpg reconnects each on its
+        next acquire, racing the hosts again) rather than let each cost one more timeout."""
+        if isinstance(exc, StorageUnavailable) and isinstance(exc.__cause__, TimeoutError):
+            await self._pool.expire_connections()
+
     async def _abandon(self, conn: asyncpg.Connection, exc: BaseException) -> None:
         """After a failed batch: roll back on a sound connection, else drop it."""
+        await self._expire_if_silent(exc)
         if isinstance(exc, Exception) and not isinstance(exc, StorageUnavailable):
             try:
                 if not conn.is_closed() and conn.is_in_transaction():

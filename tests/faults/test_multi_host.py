@@ -86,7 +86,7 @@ async def test_no_host_of_the_role_names_every_host_and_why(
     message = str(failed.value)
     assert f"127.0.0.1:{hung_host.port} no answer within" in message
     assert f"127.0.0.1:{refused} connection refused" in message
-    assert "read-write, not standby" in message
+    assert "a primary (not in recovery), not standby" in message
     lines = [r.getMessage() for r in caplog.records if r.name == "ledger.storage.hosts"]
     assert len(lines) == 3, lines
     assert all(r.exc_info is None for r in caplog.records)
@@ -144,3 +144,35 @@ def test_server_serves_through_a_url_whose_first_host_hangs(
             assert result.ok, result.describe()
     finally:
         server.stop()
+
+
+async def test_a_silent_statement_retires_every_pooled_connection(fresh_database_url: str) -> None:
+    """One statement that got no answer: the pool's other connections to that node
+    are replaced too, instead of each costing the next caller one more timeout."""
+    proxy = TcpProxy.for_database(fresh_database_url)
+    proxy.start()
+    url = proxy.url_for(fresh_database_url)
+    pool = await create_pool(url, PoolSettings(min_size=2, max_size=2, command_timeout_s=1.0))
+    store = PostgresStore(pool)
+    try:
+        before = await _backend_pids(pool)
+        proxy.pause()  # the node stops answering, as when SIGSTOPped
+        with pytest.raises(StorageUnavailable, match="TimeoutError"):
+            await store._read(lambda conn: conn.fetchval("SELECT 1"))
+        proxy.resume()  # it answers again, late: the other connection still works
+        after = await _backend_pids(pool)
+        assert not after & before, f"connections {after & before} outlived the silent one"
+    finally:
+        await store.close()
+        await pool.close()
+        proxy.close()
+
+
+async def _backend_pids(pool: asyncpg.Pool) -> set[int]:
+    """The backends of every pool connection, holding them all at once."""
+    conns = [await pool.acquire(timeout=5) for _ in range(pool.get_max_size())]
+    try:
+        return {await c.fetchval("SELECT pg_backend_pid()") for c in conns}
+    finally:
+        for c in conns:
+            await pool.release(c)
