@@ -125,19 +125,37 @@ class Command:
         raise NotImplementedError
 
     def fingerprint(self) -> bytes:
-        """Hash of the method and every field but the caller, the key and the scope."""
+        """Hash of the method and every field but the caller, the key and the scope,
+        after defaults are applied (a Reserve without a ttl and one with the default
+        ttl are the same request)."""
         cached: bytes | None = self.__dict__.get("_fingerprint")
         if cached is not None:
             return cached
-        fields = {
+        fields = self._fields()
+        if fields.get("ttl_s") == limits.TTL_DEFAULT_S:
+            fields["ttl_s"] = None  # the form keys were bound to before defaults were applied
+        digest = _digest(self.method, fields)
+        object.__setattr__(self, "_fingerprint", digest)  # computed once per command
+        return digest
+
+    def matches(self, stored_hash: bytes) -> bool:
+        """True when a stored key's request hash is this request's: the hash of
+        today, or the one a key stored before defaults were applied carries."""
+        return stored_hash == self.fingerprint() or stored_hash == _digest(
+            self.method, self._fields()
+        )
+
+    def _fields(self) -> dict[str, object]:
+        return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
             if f.name not in ("caller", "idempotency_key", "scope")
         }
-        canonical = json.dumps([self.method, fields], sort_keys=True, default=_json_default)
-        digest = hashlib.sha256(canonical.encode()).digest()
-        object.__setattr__(self, "_fingerprint", digest)  # computed once per command
-        return digest
+
+
+def _digest(method: str, fields: dict[str, object]) -> bytes:
+    canonical = json.dumps([method, fields], sort_keys=True, default=_json_default)
+    return hashlib.sha256(canonical.encode()).digest()
 
 
 def _json_default(value: object) -> object:

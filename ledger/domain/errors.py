@@ -120,6 +120,13 @@ class BalanceLimitExceeded(LedgerError):
     reason = "BALANCE_LIMIT_EXCEEDED"
 
 
+class LotLimitExceeded(LedgerError):
+    """A Grant would give the pair more live lots than LIVE_LOTS_PER_PAIR_MAX."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "LOT_LIMIT_EXCEEDED"
+
+
 class Contention(LedgerError):
     """Serialization retries ran out; nothing was recorded, retry with the same key."""
 
@@ -172,5 +179,6 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         AmountExceedsRemaining,
         AmountExceedsSettled,
         BalanceLimitExceeded,
+        LotLimitExceeded,
     )
 }

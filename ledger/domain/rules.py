@@ -49,6 +49,15 @@ _MOVED_LABEL = {
 }
 
 
+class LotsNotLoaded(Exception):
+    """A command needs live lots of these pairs beyond those the batch loaded:
+    the writer loads them whole and runs the batch again. Never reaches a caller."""
+
+    def __init__(self, pairs: set[PairKey]) -> None:
+        super().__init__(f"lots not loaded for {sorted(pairs)}")
+        self.pairs = pairs
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -70,16 +79,35 @@ class WorkingSet:
     dirty_lots: set[str] = field(default_factory=set)
     dirty_reservations: set[str] = field(default_factory=set)
     moved: list[tuple[str, str, int]] = field(default_factory=list)
+    # Pairs whose live lots were loaded only up to a point in spend order (the
+    # storage loads the first few): the spend order of the last one loaded.
+    lot_horizon: dict[PairKey, tuple[int, int, float, datetime, str]] = field(default_factory=dict)
+    # Live lots per pair, for the pairs a Grant touches (the LIVE_LOTS_PER_PAIR_MAX cap).
+    live_lot_counts: dict[PairKey, int] = field(default_factory=dict)
     _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
+    _pair_holds: dict[PairKey, dict[str, Reservation]] = field(default_factory=dict)
+    _caught_up: dict[PairKey, datetime] = field(default_factory=dict)
 
     def add_lot(self, lot: Lot) -> None:
         self.lots[lot.lot_id] = lot
         self._pair_lots.setdefault((lot.account_id, lot.asset), {})[lot.lot_id] = lot
 
+    def add_reservation(self, res: Reservation) -> None:
+        self.reservations[res.reservation_id] = res
+        if res.state is ReservationState.OPEN:
+            key = (res.account_id, res.asset)
+            self._pair_holds.setdefault(key, {})[res.reservation_id] = res
+
     def spendable_lots(self, key: PairKey) -> list[Lot]:
         lots = [lot for lot in self._pair_lots.get(key, {}).values() if lot.remaining > 0]
         lots.sort(key=Lot.spend_order)
         return lots
+
+    def overdue_holds(self, key: PairKey) -> list[Reservation]:
+        """Open reservations of the pair whose expiry has come, soonest first."""
+        due = [r for r in self._pair_holds.get(key, {}).values() if r.overdue(self.now)]
+        due.sort(key=lambda r: (r.expires_at, r.reservation_id))
+        return due
 
     def balance(self, account_id: str, asset: str) -> Balance:
         key = (account_id, asset)
@@ -141,8 +169,20 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
     if cmd.expires_at is not None and cmd.expires_at <= ws.now:
         raise errors.InvalidArgument([errors.FieldViolation("expires_at", "must be in the future")])
     _require_account(ws, cmd.account_id, scope=cmd.scope)
+    key = (cmd.account_id, cmd.asset)
+    catch_up(ws, *key)
+    if key in ws.lot_horizon:
+        raise LotsNotLoaded({key})
+    live = len(ws.spendable_lots(key))
+    if live >= limits.LIVE_LOTS_PER_PAIR_MAX:
+        raise errors.LotLimitExceeded(
+            f"{cmd.account_id} has {live} live lots of {cmd.asset}, the most one account may hold"
+            f" per asset (LIVE_LOTS_PER_PAIR_MAX {limits.LIVE_LOTS_PER_PAIR_MAX}); spend, let expire"
+            " or consolidate them first",
+            {"limit": str(limits.LIVE_LOTS_PER_PAIR_MAX), "live_lots": str(live)},
+        )
     bal = ws.balance(cmd.account_id, cmd.asset)
-    if max(bal.available + bal.reserved, bal.granted) + cmd.amount > limits.INT64_MAX:
+    if bal.available + bal.reserved + cmd.amount > limits.INT64_MAX:
         raise errors.BalanceLimitExceeded(
             f"granting {cmd.amount} would push the balance of {cmd.asset} past int64 (INT64_MAX)",
             {"limit": str(limits.INT64_MAX), "requested": str(cmd.amount)},
@@ -172,16 +212,33 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
         lot_id=lot.lot_id,
     )
     bal.available += cmd.amount
-    bal.granted += cmd.amount
+    bal.granted = _saturating(bal.granted + cmd.amount)
     ws.touch_balance(bal)
     return GrantResult(bal.copy(), dataclasses.replace(lot))
 
 
-def expire_lots(ws: WorkingSet, account_id: str, asset: str) -> None:
-    """Write off the remainder of every lot of the pair whose expiry has come."""
-    for lot in ws.spendable_lots((account_id, asset)):
+def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
+    """The pair as it is at `ws.now`: the only way any rule or read sees a pair.
+
+    In this order (the sweeper's too, since it runs the same function): the
+    unreserved remainder of every due lot is written off; then every overdue
+    hold ends EXPIRED, its remaining credits going back to their lots, except
+    the parts whose lot has expired, which are written off. Whether or not the
+    sweeper has run, every reader and every rule sees the same amounts; the
+    sweeper only makes them durable. Idempotent within a working set (nothing
+    becomes due twice at one instant).
+    """
+    key = (account_id, asset)
+    if ws._caught_up.get(key) == ws.now:
+        return
+    ws._caught_up[key] = ws.now
+    for lot in ws.spendable_lots(key):
         if lot.expired_at(ws.now):
             _write_off_lot(ws, lot)
+    for res in ws.overdue_holds(key):
+        _release(ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY)
+        res.state = ReservationState.EXPIRED
+        ws._pair_holds[key].pop(res.reservation_id, None)
 
 
 def _write_off_lot(ws: WorkingSet, lot: Lot) -> None:
@@ -201,14 +258,16 @@ def _write_off_lot(ws: WorkingSet, lot: Lot) -> None:
     lot.remaining = 0
     ws.dirty_lots.add(lot.lot_id)
     bal.available -= amount
-    bal.expired += amount
+    bal.expired = _saturating(bal.expired + amount)
     ws.touch_balance(bal)
 
 
 def _available(ws: WorkingSet, account_id: str, asset: str) -> int:
-    """Available after due lot expiries; checked against the lots it must equal."""
-    expire_lots(ws, account_id, asset)
+    """Available at `ws.now`; checked against the lots it must equal when all are loaded."""
+    catch_up(ws, account_id, asset)
     bal = ws.balance(account_id, asset)
+    if (account_id, asset) in ws.lot_horizon:
+        return bal.available
     from_lots = sum(lot.remaining for lot in ws.spendable_lots((account_id, asset)))
     if from_lots != bal.available:
         raise errors.InvariantViolation(
@@ -238,6 +297,31 @@ def _insufficient(
     )
 
 
+def _draw(ws: WorkingSet, account_id: str, asset: str, amount: int) -> list[tuple[Lot, int]]:
+    """Take `amount` from the pair's live lots in spend order: the one way credits
+    leave lots. Plans first, then takes, so LotsNotLoaded leaves nothing changed."""
+    key = (account_id, asset)
+    horizon = ws.lot_horizon.get(key)
+    plan: list[tuple[Lot, int]] = []
+    left = amount
+    for lot in ws.spendable_lots(key):
+        if horizon is not None and lot.spend_order() > horizon:
+            break  # unloaded lots may come before this one
+        take = min(lot.remaining, left)
+        plan.append((lot, take))
+        left -= take
+        if left == 0:
+            break
+    if left and horizon is not None:
+        raise LotsNotLoaded({key})
+    if left:
+        raise errors.InvariantViolation(f"lots of {account_id}/{asset} short by {left} after check")
+    for lot, take in plan:
+        lot.remaining -= take
+        ws.dirty_lots.add(lot.lot_id)
+    return plan
+
+
 def _hold(
     ws: WorkingSet,
     tx: str,
@@ -248,29 +332,27 @@ def _hold(
     metadata: dict[str, str],
     group_id: str = "",
     leg_key: str = "",
+    leg_index: int = 0,
 ) -> Reservation:
     """Move `amount` from available to held, drawing lots in spending order. Caller checked."""
     ttl = limits.TTL_DEFAULT_S if ttl_s is None else ttl_s
     res = Reservation(
-        ws.make_id(),
-        account_id,
-        asset,
-        amount,
-        0,
-        0,
-        0,
-        ReservationState.OPEN,
-        ws.now,
-        ws.now + timedelta(seconds=ttl),
-        dict(metadata),
-        group_id,
-        leg_key,
+        reservation_id=ws.make_id(),
+        account_id=account_id,
+        asset=asset,
+        amount=amount,
+        settled=0,
+        released=0,
+        refunded=0,
+        state=ReservationState.OPEN,
+        created_at=ws.now,
+        expires_at=ws.now + timedelta(seconds=ttl),
+        metadata=dict(metadata),
+        group_id=group_id,
+        leg_key=leg_key,
+        leg_index=leg_index,
     )
-    left = amount
-    for lot in ws.spendable_lots((account_id, asset)):
-        take = min(lot.remaining, left)
-        lot.remaining -= take
-        ws.dirty_lots.add(lot.lot_id)
+    for lot, take in _draw(ws, account_id, asset, amount):
         res.allocations.append(Allocation(lot.lot_id, take))
         ws.post(
             tx,
@@ -292,16 +374,11 @@ def _hold(
             res.reservation_id,
             lot.lot_id,
         )
-        left -= take
-        if left == 0:
-            break
-    if left:
-        raise errors.InvariantViolation(f"lots of {account_id}/{asset} short by {left} after check")
     bal = ws.balance(account_id, asset)
     bal.available -= amount
     bal.reserved += amount
     ws.touch_balance(bal)
-    ws.reservations[res.reservation_id] = res
+    ws.add_reservation(res)
     ws.dirty_reservations.add(res.reservation_id)
     return res
 
@@ -345,10 +422,11 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
             cmd.metadata,
             group_id,
             leg.leg_key,
+            index,
         )
-        for leg in cmd.legs
+        for index, leg in enumerate(cmd.legs)
     ]
-    return GroupResult(group_id, [_snapshot(r) for r in legs])
+    return GroupResult(group_id, [snapshot(r) for r in legs])
 
 
 def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
@@ -359,23 +437,19 @@ def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
         raise _insufficient(cmd.account_id, cmd.asset, available, cmd.amount)
     tx = ws.make_id()
     res = Reservation(
-        ws.make_id(),
-        cmd.account_id,
-        cmd.asset,
-        cmd.amount,
-        cmd.amount,
-        0,
-        0,
-        ReservationState.CLOSED,
-        ws.now,
-        ws.now,
-        dict(cmd.metadata),
+        reservation_id=ws.make_id(),
+        account_id=cmd.account_id,
+        asset=cmd.asset,
+        amount=cmd.amount,
+        settled=cmd.amount,
+        released=0,
+        refunded=0,
+        state=ReservationState.CLOSED,
+        created_at=ws.now,
+        expires_at=ws.now,
+        metadata=dict(cmd.metadata),
     )
-    left = cmd.amount
-    for lot in ws.spendable_lots((cmd.account_id, cmd.asset)):
-        take = min(lot.remaining, left)
-        lot.remaining -= take
-        ws.dirty_lots.add(lot.lot_id)
+    for lot, take in _draw(ws, cmd.account_id, cmd.asset, cmd.amount):
         res.allocations.append(Allocation(lot.lot_id, take, settled=take))
         # Straight from available to consumed: the hold would be undone in the same step.
         ws.post(
@@ -398,18 +472,11 @@ def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
             res.reservation_id,
             lot.lot_id,
         )
-        left -= take
-        if left == 0:
-            break
-    if left:
-        raise errors.InvariantViolation(
-            f"lots of {cmd.account_id}/{cmd.asset} short by {left} after check"
-        )
     bal = ws.balance(cmd.account_id, cmd.asset)
     bal.available -= cmd.amount
-    bal.settled += cmd.amount
+    bal.settled = _saturating(bal.settled + cmd.amount)
     ws.touch_balance(bal)
-    ws.reservations[res.reservation_id] = res
+    ws.add_reservation(res)
     ws.dirty_reservations.add(res.reservation_id)
     return _result(ws, res)
 
@@ -423,11 +490,7 @@ def _open_reservation(ws: WorkingSet, reservation_id: str, scope: Scope = None) 
     res = ws.reservations.get(reservation_id)
     if res is None or not in_scope(scope, res.account_id):
         raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
-    # Whatever touches a pair sees its due expiries first, so replies never show expired credits.
-    expire_lots(ws, res.account_id, res.asset)
-    if res.overdue(ws.now):
-        _release(ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY)
-        res.state = ReservationState.EXPIRED
+    catch_up(ws, res.account_id, res.asset)
     return res
 
 
@@ -488,7 +551,7 @@ def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
     res.settled += cmd.amount
     bal = ws.balance(res.account_id, res.asset)
     bal.reserved -= cmd.amount
-    bal.settled += cmd.amount
+    bal.settled = _saturating(bal.settled + cmd.amount)
     ws.touch_balance(bal)
     if cmd.final and res.remaining:
         _release(ws, tx, res, res.remaining, Movement.RELEASE)
@@ -516,7 +579,6 @@ def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: M
         take = min(alloc.remaining, left)
         if take == 0:
             continue
-        alloc.released += take
         left -= take
         lot = _lot_of(ws, res, alloc)
         if lot.expired_at(ws.now):
@@ -541,7 +603,9 @@ def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: M
                 res.reservation_id,
                 lot.lot_id,
             )
-            bal.expired += take
+            alloc.expired += take
+            res.expired += take
+            bal.expired = _saturating(bal.expired + take)
         else:
             ws.post(
                 tx,
@@ -563,6 +627,8 @@ def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: M
                 res.reservation_id,
                 lot.lot_id,
             )
+            alloc.released += take
+            res.released += take
             lot.remaining += take
             ws.dirty_lots.add(lot.lot_id)
             bal.available += take
@@ -570,7 +636,6 @@ def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: M
         raise errors.InvariantViolation(
             f"reservation {res.reservation_id} allocations short by {left}"
         )
-    res.released += amount
     bal.reserved -= amount
     ws.touch_balance(bal)
     ws.dirty_reservations.add(res.reservation_id)
@@ -652,7 +717,7 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
         )
     res.refunded += cmd.amount
     bal.available += cmd.amount
-    bal.refunded += cmd.amount
+    bal.refunded = _saturating(bal.refunded + cmd.amount)
     ws.touch_balance(bal)
     ws.dirty_reservations.add(res.reservation_id)
     return _result(ws, res)
@@ -664,7 +729,7 @@ def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
         if reservation_id in ws.reservations:
             _open_reservation(ws, reservation_id)
     for account_id, asset in cmd.lot_pairs:
-        expire_lots(ws, account_id, asset)
+        catch_up(ws, account_id, asset)
 
 
 # ---------------------------------------------------------------- helpers
@@ -683,10 +748,17 @@ def _require_account(
         )
 
 
-def _snapshot(res: Reservation) -> Reservation:
+def _saturating(total: int) -> int:
+    """Lifetime totals (granted, settled, refunded, expired) are statistics: they
+    stop at INT64_MAX instead of ever stopping an account (the journal has the
+    exact history)."""
+    return min(total, limits.INT64_MAX)
+
+
+def snapshot(res: Reservation) -> Reservation:
     """A copy for the reply: later commands of the batch may change the original."""
     return dataclasses.replace(res, metadata=dict(res.metadata), allocations=[])
 
 
 def _result(ws: WorkingSet, res: Reservation) -> ReservationResult:
-    return ReservationResult(_snapshot(res), ws.balance(res.account_id, res.asset).copy())
+    return ReservationResult(snapshot(res), ws.balance(res.account_id, res.asset).copy())

@@ -41,6 +41,9 @@ _HINTS: dict[str, str] = {
         "See: ledger reservation show {reservation_id}"
     ),
     "BALANCE_LIMIT_EXCEEDED": "The balance would pass the ledger's limit; grant less.",
+    "LOT_LIMIT_EXCEEDED": (
+        "The account holds the most live lots of this asset it may; spend or let some expire first."
+    ),
     "CONTENTION": "The server was too busy to commit. Run the same command again with --key {key}.",
     "DATABASE_UNAVAILABLE": (
         "The server runs but cannot reach PostgreSQL: check the database, then retry with "

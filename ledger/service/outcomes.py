@@ -56,6 +56,8 @@ def _reservation(r: Reservation) -> dict[str, Any]:
         "metadata": r.metadata,
         "group_id": r.group_id,
         "leg_key": r.leg_key,
+        "expired": r.expired,
+        "leg_index": r.leg_index,
     }
 
 
@@ -65,19 +67,22 @@ def _load_reservation(d: dict[str, Any]) -> Reservation:
     if created is None or expires is None:
         raise errors.InvariantViolation("stored reservation without created_at/expires_at")
     return Reservation(
-        d["reservation_id"],
-        d["account_id"],
-        d["asset"],
-        d["amount"],
-        d["settled"],
-        d["released"],
-        d["refunded"],
-        ReservationState(d["state"]),
-        created,
-        expires,
-        dict(d["metadata"]),
-        d["group_id"],
-        d["leg_key"],
+        reservation_id=d["reservation_id"],
+        account_id=d["account_id"],
+        asset=d["asset"],
+        amount=d["amount"],
+        settled=d["settled"],
+        released=d["released"],
+        refunded=d["refunded"],
+        state=ReservationState(d["state"]),
+        created_at=created,
+        expires_at=expires,
+        metadata=dict(d["metadata"]),
+        group_id=d["group_id"],
+        leg_key=d["leg_key"],
+        # Outcomes stored before version 5 counted write-offs in `released`.
+        expired=d.get("expired", 0),
+        leg_index=d.get("leg_index", 0),
     )
 
 

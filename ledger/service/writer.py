@@ -66,7 +66,7 @@ def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
 def _replay(
     first_method: str, first_hash: bytes, first: Outcome, cmd: c.MutatingCommand
 ) -> tuple[Outcome, bool]:
-    if first_method != cmd.method or first_hash != cmd.fingerprint():
+    if first_method != cmd.method or not cmd.matches(first_hash):
         return errors.IdempotencyKeyReused(
             f"idempotency key {cmd.idempotency_key!r} was first used for a different request"
             f" ({first_method}); use a new key for a new request",
@@ -144,15 +144,26 @@ class Writer:
         s = self._settings
         unavailable = 0
         first_started = time.perf_counter()
-        for attempt in range(s.retry_attempts_max):
+        whole: set[PairKey] = set()
+        attempt = 0
+        while attempt < s.retry_attempts_max:
             started = time.perf_counter()
+            attempt += 1
             try:
                 try:
                     results, moved = await asyncio.wait_for(
-                        self._attempt(batch), s.attempt_timeout_s
+                        self._attempt(batch, whole), s.attempt_timeout_s
                     )
                 except TimeoutError as exc:
                     raise StorageUnavailable(f"batch took over {s.attempt_timeout_s} s") from exc
+            except rules.LotsNotLoaded as more:
+                # A command needs lots past the first few the batch read: read those
+                # pairs whole and run again (bounded: each pair is added once).
+                if more.pairs <= whole:
+                    raise errors.InvariantViolation(f"lots still missing: {more}") from more
+                whole |= more.pairs
+                attempt -= 1
+                continue
             except SerializationConflict:
                 metrics.SERIALIZATION_RETRIES.inc()
                 backoff = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2**attempt)
@@ -183,7 +194,7 @@ class Writer:
         )
 
     async def _attempt(
-        self, batch: list[_Pending]
+        self, batch: list[_Pending], whole: set[PairKey]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
         results: list[tuple[Outcome, bool] | None] = [None] * len(batch)
@@ -191,7 +202,10 @@ class Writer:
             keys = sorted({k for p in batch if (k := _key(p.cmd)) is not None})
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
-            stored = await unit.load(ws, keys, *_footprint([p.cmd for p in batch]))
+            reservation_ids, pairs, accounts, grant_pairs = _footprint([p.cmd for p in batch])
+            stored = await unit.load(
+                ws, keys, reservation_ids, pairs, accounts, whole | grant_pairs
+            )
             to_run, same_key_as = self._dedupe(stored, batch, results)
             records: list[IdempotencyRecord] = []
             for i in to_run:
@@ -262,12 +276,18 @@ class Writer:
         return to_run, same_key_as
 
 
-def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], set[str]]:
-    """The reservations, (account, asset) pairs and accounts a set of commands reads."""
+def _footprint(
+    cmds: list[c.MutatingCommand],
+) -> tuple[set[str], set[PairKey], set[str], set[PairKey]]:
+    """The reservations, (account, asset) pairs and accounts a set of commands
+    reads, and the pairs whose live lots it reads whole (a Grant counts them)."""
     reservation_ids: set[str] = set()
     pairs: set[PairKey] = set()
     accounts: set[str] = set()
+    grant_pairs: set[PairKey] = set()
     for cmd in cmds:
+        if isinstance(cmd, c.Grant):
+            grant_pairs.add((cmd.account_id, cmd.asset))
         if isinstance(cmd, (c.Grant, c.Reserve, c.Charge)):
             pairs.add((cmd.account_id, cmd.asset))
             accounts.add(cmd.account_id)
@@ -280,7 +300,7 @@ def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], s
         elif isinstance(cmd, c.ExpireDue):
             reservation_ids.update(cmd.reservation_ids)
             pairs.update(cmd.lot_pairs)
-    return reservation_ids, pairs, accounts
+    return reservation_ids, pairs | grant_pairs, accounts, grant_pairs
 
 
 def _settle(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
