@@ -207,7 +207,9 @@ class App:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            # While the database is marked unreachable every call fails fast until a
+            # check passes: check more often then, so a new primary is used at once.
+            await asyncio.sleep(1.0 if self.store.reachable else 0.25)
             try:
                 await self._check_health()
             except Exception:

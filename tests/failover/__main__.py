@@ -27,6 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         " tar -x -C DIR`) instead of the work tree's: how a fix is shown to matter"
         " (no read endpoint then)",
     )
+    parser.add_argument(
+        "--dcs",
+        choices=["etcd", "etcd3"],
+        default="etcd",
+        help="Patroni's DCS client: etcd (v2 API, the default) or etcd3, whose Patroni 3.0.2"
+        " client lets a hung primary take the leader key back when it wakes (docs/operations.md)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     scenarios = tuple(s for s in args.scenarios.split(",") if s)
     unknown = set(scenarios) - set(ALL_SCENARIOS)
@@ -40,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results_dir / time.strftime("%Y%m%dT%H%M%S"),
         scenarios,
         args.server_source.resolve() if args.server_source else None,
+        args.dcs,
     )
     for o in outcomes:
         print(
