@@ -241,7 +241,7 @@ def summary(outcomes: list[Outcome], acked: int) -> str:
     worst = max(recoveries, default=0.0)
     return (
         f"failover: scenarios={len(outcomes)} acked={acked} lost={lost} internal={internal}"
-        f" recovery_p50={p50:.1f}s recovery_max={worst:.1f}s"
+        f" recovery_p50={p50:.2f}s recovery_max={worst:.2f}s"
     )
 
 
