@@ -68,7 +68,10 @@ def missing_tools() -> str:
                 f"{tool} not installed (deploy/install-test-tools.sh installs it with apt as root)"
             )
     if not (PG_BIN / "postgres").exists():
-        return f"PostgreSQL 15 binaries not found in {PG_BIN}"
+        return (
+            f"PostgreSQL 15 binaries not found in {PG_BIN} (Debian's postgresql-15;"
+            " not installed by the test tools, since its package starts a cluster on 5432)"
+        )
     if os.geteuid() == 0:
         try:
             pwd.getpwnam(SYSTEM_USER)
