@@ -86,7 +86,7 @@ class Allocation:
     """The part of a reservation that came from one lot."""
 
     lot_id: str
-    held: int  # drawn from the lot when the reservation was made
+    drawn: int  # taken from the lot when the reservation was made (not the current hold)
     settled: int = 0
     released: int = 0  # given back to the lot
     refunded: int = 0
@@ -94,7 +94,7 @@ class Allocation:
 
     @property
     def remaining(self) -> int:
-        return self.held - self.settled - self.released - self.expired
+        return self.drawn - self.settled - self.released - self.expired
 
 
 @dataclass

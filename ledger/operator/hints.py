@@ -30,7 +30,8 @@ _HINTS: dict[str, str] = {
         "See: ledger reservation show {reservation_id}"
     ),
     "RESERVATION_EXPIRED": (
-        "Its hold went back to available when it expired; reserve again if the work goes on."
+        "When it expired, what it held went back to its lots (or was written off where the lot"
+        " had expired too); reserve again if the work goes on."
     ),
     "AMOUNT_EXCEEDS_REMAINING": (
         "Only {remaining} is still held ({requested} asked). "

@@ -66,7 +66,7 @@ class Ledger:
         never saved. Reads and rules see a pair at an instant the same way."""
         return rules.WorkingSet(now=self._clock.now(), refund_grace=self._refund_grace)
 
-    async def execute(self, cmd: c.MutatingCommand, access: Access = LOCAL) -> tuple[Result, bool]:
+    async def execute(self, cmd: c.KeyedCommand, access: Access = LOCAL) -> tuple[Result, bool]:
         """Run a mutating command as `access.caller`. Returns (result, replayed).
 
         Errors: PermissionDenied; InvalidArgument; the business errors of the

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ledger.domain.model import Account, Balance, Entry, Lot, Reservation
+from ledger.domain.model import Account, Entry
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -75,10 +75,6 @@ class Store(Protocol):
 
     async def get_account(self, account_id: str) -> Account | None: ...
 
-    async def get_balance(
-        self, account_id: str, asset: str
-    ) -> tuple[Balance, list[Lot]] | None: ...
-
     async def snapshot(
         self,
         ws: WorkingSet,
@@ -92,10 +88,6 @@ class Store(Protocol):
         """Read into `ws`, in one consistent snapshot, what rules.catch_up needs to
         see these pairs at `ws.now` (as a batch's load does, read-only)."""
         ...
-
-    async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
-
-    async def get_group(self, group_id: str) -> list[Reservation]: ...
 
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int

@@ -49,6 +49,9 @@ class WriterSettings:
     # a database that stopped answering: give up (UNAVAILABLE) within callers' deadlines.
     attempt_timeout_s: float = 2.0
     refund_grace: timedelta = timedelta(days=7)
+    # Commands waiting for the writer, at most: past it a call is refused at once
+    # (RESOURCE_EXHAUSTED with a retry delay) instead of queueing without bound.
+    queue_max: int = 10_000
 
 
 @dataclass
@@ -64,7 +67,7 @@ def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
 
 
 def _replay(
-    first_method: str, first_hash: bytes, first: Outcome, cmd: c.MutatingCommand
+    first_method: str, first_hash: bytes, first: Outcome, cmd: c.KeyedCommand
 ) -> tuple[Outcome, bool]:
     if first_method != cmd.method or not cmd.matches(first_hash):
         return errors.IdempotencyKeyReused(
@@ -102,6 +105,12 @@ class Writer:
 
     async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
         """Run a validated command. Returns (result, replayed); raises its LedgerError."""
+        if self._queue.qsize() >= self._settings.queue_max:
+            raise errors.RateLimited(
+                f"the writer has {self._settings.queue_max} commands waiting (writer queue_max);"
+                " retry shortly with the same idempotency key",
+                retry_after_s=0.05,
+            )
         future: asyncio.Future[tuple[Outcome, bool]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(cmd, future))
         outcome, replayed = await future
@@ -126,7 +135,7 @@ class Writer:
             results = await self._with_retries(batch)
         except errors.LedgerError as exc:
             for p in batch:
-                _settle(p, (exc, False))
+                _resolve(p, (exc, False))
             return
         except Exception:
             if len(batch) > 1:
@@ -135,10 +144,10 @@ class Writer:
                     await self._execute([p])
                 return
             log.exception("command %s failed", batch[0].cmd.method)
-            _settle(batch[0], (errors.LedgerError("internal error"), False))
+            _resolve(batch[0], (errors.LedgerError("internal error"), False))
             return
         for p, outcome in zip(batch, results, strict=True):
-            _settle(p, outcome)
+            _resolve(p, outcome)
 
     async def _with_retries(self, batch: list[_Pending]) -> list[tuple[Outcome, bool]]:
         s = self._settings
@@ -224,21 +233,24 @@ class Writer:
                         raise
                     outcome = exc
                 results[i] = (outcome, False)
-                key = _key(cmd)
-                if key is not None:
+                if not isinstance(cmd, c.ExpireDue):
                     records.append(
                         IdempotencyRecord(
-                            key[0], key[1], cmd.method, cmd.fingerprint(), outcomes.encode(outcome)
+                            cmd.caller,
+                            cmd.idempotency_key,
+                            cmd.method,
+                            cmd.fingerprint(),
+                            outcomes.encode(outcome),
                         )
                     )
             for i, j in same_key_as.items():
-                first = batch[j].cmd
+                first, this = batch[j].cmd, batch[i].cmd
                 first_outcome = results[j]
-                if first_outcome is None:
+                if first_outcome is None or isinstance(first, c.ExpireDue):
                     raise errors.InvariantViolation("duplicate key's first command has no outcome")
-                results[i] = _replay(
-                    first.method, first.fingerprint(), first_outcome[0], batch[i].cmd
-                )
+                if isinstance(this, c.ExpireDue):
+                    raise errors.InvariantViolation("an unkeyed command has no duplicate")
+                results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], this)
             await unit.save(ws, records)
         done = [r for r in results if r is not None]
         if len(done) != len(batch):
@@ -259,10 +271,10 @@ class Writer:
         first_in_batch: dict[tuple[str, str], int] = {}
         same_key_as: dict[int, int] = {}
         for i, p in enumerate(batch):
-            key = _key(p.cmd)
-            if key is None:
+            if isinstance(p.cmd, c.ExpireDue):
                 to_run.append(i)
                 continue
+            key = (p.cmd.caller, p.cmd.idempotency_key)
             record = records.get(key)
             if record is not None:
                 results[i] = _replay(
@@ -303,6 +315,6 @@ def _footprint(
     return reservation_ids, pairs | grant_pairs, accounts, grant_pairs
 
 
-def _settle(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
+def _resolve(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
     if not p.future.done():
         p.future.set_result(outcome)

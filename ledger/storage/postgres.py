@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, TypeVar
@@ -18,17 +18,14 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
-from ledger.domain import limits
+from ledger.domain import codec, limits
 from ledger.domain.model import (
     Account,
-    Allocation,
-    Balance,
     Bucket,
     Entry,
     Lot,
     Movement,
     Reservation,
-    ReservationState,
 )
 from ledger.domain.rules import PairKey, WorkingSet
 from ledger.service.ports import (
@@ -229,85 +226,9 @@ async def _guard(op: Awaitable[T]) -> T:
         raise translated from exc
 
 
-def _balance(row: asyncpg.Record) -> Balance:
-    return Balance(**dict(row))
-
-
-def _ts(value: datetime | str) -> datetime:
-    """A timestamp from a row (datetime) or from jsonb ("2026-11-22T04:19:02.123456+00:00")."""
-    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
-
-
-def _lot(d: Mapping[str, Any]) -> Lot:
-    """A lot from a row or from its jsonb form: the one decoder of lots."""
-    expires = d["expires_at"]
-    return Lot(
-        lot_id=str(d["lot_id"]),
-        account_id=d["account_id"],
-        asset=d["asset"],
-        amount=d["amount"],
-        remaining=d["remaining"],
-        priority=d["priority"],
-        source=d["source"],
-        expires_at=_ts(expires) if expires is not None else None,
-        created_at=_ts(d["created_at"]),
-    )
-
-
-def _allocation(a: Mapping[str, Any]) -> Allocation:
-    return Allocation(
-        lot_id=str(a["lot_id"]),
-        held=a["held"],
-        settled=a["settled"],
-        released=a["released"],
-        refunded=a["refunded"],
-        expired=a.get("expired", 0),
-    )
-
-
-def _reservation(d: Mapping[str, Any]) -> Reservation:
-    """A reservation from a row or from its jsonb form: the one decoder of reservations."""
-    group_id = d["group_id"]
-    return Reservation(
-        reservation_id=str(d["reservation_id"]),
-        account_id=d["account_id"],
-        asset=d["asset"],
-        amount=d["amount"],
-        settled=d["settled"],
-        released=d["released"],
-        refunded=d["refunded"],
-        state=ReservationState(d["state"]),
-        created_at=_ts(d["created_at"]),
-        expires_at=_ts(d["expires_at"]),
-        metadata=dict(d["metadata"]),
-        group_id=str(group_id) if group_id else "",
-        leg_key=d["leg_key"],
-        allocations=[_allocation(a) for a in d["allocations"]],
-        expired=d["expired"],
-        leg_index=d["leg_index"],
-    )
-
-
-def _reservation_doc(r: Reservation) -> dict[str, object]:
-    """The one encoder of reservations (the batch's save)."""
-    return {
-        "reservation_id": r.reservation_id,
-        "account_id": r.account_id,
-        "asset": r.asset,
-        "amount": r.amount,
-        "settled": r.settled,
-        "released": r.released,
-        "refunded": r.refunded,
-        "state": r.state.value,
-        "created_at": r.created_at,
-        "expires_at": r.expires_at,
-        "metadata": r.metadata,
-        "group_id": r.group_id or None,
-        "leg_key": r.leg_key,
-        "allocations": [a.__dict__ for a in r.allocations],
-        "expired": r.expired,
-        "leg_index": r.leg_index,
-    }
+def _reservation_doc(r: Reservation) -> dict[str, Any]:
+    """A reservation for the save's jsonb (the group_id column is a uuid: none is NULL)."""
+    return {**codec.reservation_to_dict(r), "group_id": r.group_id or None}
 
 
 def _entry(row: asyncpg.Record) -> Entry:
@@ -364,15 +285,15 @@ class PgBatch:
         prefix: dict[PairKey, list[Lot]] = {}
         for kind, data in rows:
             if kind == "b":
-                bal = Balance(**data)
+                bal = codec.balance_from(data)
                 ws.balances[(bal.account_id, bal.asset)] = bal
             elif kind == "p":
-                lot = _lot(data)
+                lot = codec.lot_from(data)
                 prefix.setdefault((lot.account_id, lot.asset), []).append(lot)
             elif kind == "l":
-                ws.add_lot(_lot(data))
+                ws.add_lot(codec.lot_from(data))
             elif kind == "r":
-                ws.add_reservation(_reservation(data))
+                ws.add_reservation(codec.reservation_from(data))
             elif kind == "a":
                 ws.accounts.add(data)
             elif kind == "i":
@@ -390,8 +311,8 @@ class PgBatch:
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
         doc = {
-            "b": [ws.balances[k].__dict__ for k in sorted(ws.dirty_balances)],
-            "l": [ws.lots[i].__dict__ for i in sorted(ws.dirty_lots)],
+            "b": [codec.balance_to_dict(ws.balances[k]) for k in sorted(ws.dirty_balances)],
+            "l": [codec.lot_to_dict(ws.lots[i]) for i in sorted(ws.dirty_lots)],
             "r": [_reservation_doc(ws.reservations[i]) for i in sorted(ws.dirty_reservations)],
             "e": [
                 {
@@ -592,6 +513,12 @@ class PostgresStore:
         primary cut off from the cluster). With synchronous_commit = remote_apply
         (checked at start) the synchronous standbys are there already, or within
         the few milliseconds of commits in flight.
+
+        The read falls back to the primary only when `fn` has not run: a
+        failure inside it is UNAVAILABLE (reads are safe to retry), so that
+        `fn` never fills its results from two snapshots.
+
+        Errors: StorageUnavailable.
         """
         if self._read_pool is None:
             return await self._read(fn)
@@ -600,12 +527,16 @@ class PostgresStore:
             conn = await self._read_pool.acquire(timeout=self._acquire_timeout_s)
         except Exception:
             return await self._read(fn)
+        started = False
         try:
             if await self._caught_up(conn, fence):
+                started = True
                 return await _guard(fn(conn))
         except StorageUnavailable:
             with suppress(Exception):
                 conn.terminate()
+            if started:
+                raise
         finally:
             with suppress(Exception):
                 await self._read_pool.release(conn, timeout=self._acquire_timeout_s)
@@ -638,49 +569,16 @@ class PostgresStore:
         return await self._read(run)
 
     async def get_account(self, account_id: str) -> Account | None:
-        async def run(conn: asyncpg.Connection) -> Account | None:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                row = await conn.fetchrow(
-                    "SELECT account_id, metadata, created_at FROM accounts WHERE account_id = $1",
-                    account_id,
-                )
-                if row is None:
-                    return None
-                bals = await conn.fetch(
-                    f"SELECT {_BALANCE_COLS} FROM balances WHERE account_id = $1 ORDER BY asset",
-                    account_id,
-                )
-            return Account(
-                row["account_id"],
-                dict(row["metadata"]),
-                row["created_at"],
-                [_balance(b) for b in bals],
+        """The account without its balances (snapshot() reads those as of an instant)."""
+        row = await self._standby_read(
+            lambda conn: conn.fetchrow(
+                "SELECT account_id, metadata, created_at FROM accounts WHERE account_id = $1",
+                account_id,
             )
-
-        return await self._standby_read(run)
-
-    async def get_balance(self, account_id: str, asset: str) -> tuple[Balance, list[Lot]] | None:
-        async def run(conn: asyncpg.Connection) -> tuple[Balance, list[Lot]] | None:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM accounts WHERE account_id = $1", account_id
-                )
-                if exists is None:
-                    return None
-                row = await conn.fetchrow(
-                    f"SELECT {_BALANCE_COLS} FROM balances WHERE account_id = $1 AND asset = $2",
-                    account_id,
-                    asset,
-                )
-                lots = await conn.fetch(
-                    f"SELECT {_LOT_COLS} FROM lots WHERE account_id = $1 AND asset = $2 AND remaining > 0",
-                    account_id,
-                    asset,
-                )
-            bal = _balance(row) if row is not None else Balance(account_id, asset)
-            return bal, [_lot(r) for r in lots]
-
-        return await self._standby_read(run)
+        )
+        if row is None:
+            return None
+        return Account(row["account_id"], dict(row["metadata"]), row["created_at"], [])
 
     async def snapshot(
         self,
@@ -722,24 +620,7 @@ class PostgresStore:
                     whole,
                 )
 
-        await self._read(run)
-
-    async def get_reservation(self, reservation_id: str) -> Reservation | None:
-        row = await self._standby_read(
-            lambda conn: conn.fetchrow(
-                f"SELECT {_RES_COLS} FROM reservations WHERE reservation_id = $1::uuid",
-                reservation_id,
-            )
-        )
-        return _reservation(row) if row is not None else None
-
-    async def get_group(self, group_id: str) -> list[Reservation]:
-        rows = await self._standby_read(
-            lambda conn: conn.fetch(
-                f"SELECT {_RES_COLS} FROM reservations WHERE group_id = $1::uuid", group_id
-            )
-        )
-        return [_reservation(r) for r in rows]
+        await self._standby_read(run)
 
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int

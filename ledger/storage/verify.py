@@ -21,7 +21,7 @@ CHECKS: list[tuple[str, str, str]] = [
     (
         "balances_match_entries",
         "each balance (available, reserved and lifetime totals) equals its entries"
-        " (lifetime totals saturate at INT64_MAX: rules._saturating)",
+        " (lifetime totals saturate at INT64_MAX: workingset.saturating)",
         """WITH e AS (
           SELECT account_id, asset,
             coalesce(sum(amount) FILTER (WHERE bucket = 'available'), 0) AS available,
@@ -66,17 +66,17 @@ CHECKS: list[tuple[str, str, str]] = [
     (
         "reservation_allocations",
         "a reservation's per-lot allocations add up to its totals",
-        """SELECT r.reservation_id, r.amount, r.settled, r.released, r.expired, r.refunded, a.held,
+        """SELECT r.reservation_id, r.amount, r.settled, r.released, r.expired, r.refunded, a.drawn,
                a.settled AS a_settled, a.released AS a_released, a.expired AS a_expired,
                a.refunded AS a_refunded
         FROM reservations r CROSS JOIN LATERAL (
-          SELECT coalesce(sum((x->>'held')::int8), 0) AS held,
+          SELECT coalesce(sum((x->>'drawn')::int8), 0) AS drawn,
                  coalesce(sum((x->>'settled')::int8), 0) AS settled,
                  coalesce(sum((x->>'released')::int8), 0) AS released,
                  coalesce(sum((x->>'expired')::int8), 0) AS expired,
                  coalesce(sum((x->>'refunded')::int8), 0) AS refunded
           FROM jsonb_array_elements(r.allocations) AS x) a
-        WHERE (a.held, a.settled, a.released, a.expired, a.refunded) IS DISTINCT FROM
+        WHERE (a.drawn, a.settled, a.released, a.expired, a.refunded) IS DISTINCT FROM
               (r.amount, r.settled, r.released, r.expired, r.refunded)""",
     ),
     (

@@ -166,9 +166,36 @@ async def _set_totals(url: str, acct: str, settled: int, refunded: int, granted:
         await conn.close()
 
 
-def test_lifetime_totals_saturate_and_never_stop_spending(server: ServerThread) -> None:
-    """As after ~9,223 cycles of Charge 10^15 + Refund 10^15 (set directly: the loop takes minutes)."""
+async def _totals_from_entries(url: str, acct: str) -> None:
+    """Undo _set_totals: the database is shared with tests that run `ledger verify`."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "UPDATE balances b SET granted = e.granted, settled = e.settled, refunded = e.refunded"
+            " FROM (SELECT coalesce(sum(amount) FILTER (WHERE movement = 'grant'), 0) AS granted,"
+            "  coalesce(-sum(amount) FILTER (WHERE movement = 'settle'), 0) AS settled,"
+            "  coalesce(sum(amount) FILTER (WHERE movement = 'refund'), 0) AS refunded"
+            "  FROM entries WHERE account_id = $1 AND asset = $2) AS e"
+            " WHERE b.account_id = $1 AND b.asset = $2",
+            acct,
+            ASSET,
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def saturated_account(server: ServerThread) -> Iterator[str]:
     acct = account(server, grant=limits.AMOUNT_MAX)
+    yield acct
+    server.run(_totals_from_entries(server.database_url, acct))
+
+
+def test_lifetime_totals_saturate_and_never_stop_spending(
+    server: ServerThread, saturated_account: str
+) -> None:
+    """As after ~9,223 cycles of Charge 10^15 + Refund 10^15 (set directly: the loop takes minutes)."""
+    acct = saturated_account
     server.run(
         _set_totals(
             server.database_url,

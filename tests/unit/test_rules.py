@@ -102,7 +102,7 @@ def test_every_posting_names_a_bucket_and_sums_to_zero() -> None:
     rules.release(ws, c.Release("caller", "k3", r.reservation_id, 5))
     rules.refund(ws, c.Refund("caller", "k4", r.reservation_id, 10))
     ws.now = NOW + timedelta(hours=1)
-    rules.expire_due(ws, c.ExpireDue("", "", (r.reservation_id,)))
+    rules.expire_due(ws, c.ExpireDue((r.reservation_id,)))
     assert ws.reservations[r.reservation_id].state is ReservationState.EXPIRED
     assert all(isinstance(p.bucket, Bucket) for p in ws.postings)
     assert_balanced(ws)

@@ -16,11 +16,12 @@ FROM (SELECT reservation_id, -sum(amount) AS amount FROM entries
       GROUP BY reservation_id) AS w
 WHERE r.reservation_id = w.reservation_id;
 
--- Allocations: [lot_id, held, settled, released, refunded] -> named fields.
+-- Allocations: [lot_id, held, settled, released, refunded] -> named fields, `held`
+-- (what was taken from the lot, not the current hold) named `drawn`.
 UPDATE reservations r SET allocations = (
     SELECT coalesce(jsonb_agg(jsonb_build_object(
         'lot_id', x.a->>0,
-        'held', (x.a->>1)::int8,
+        'drawn', (x.a->>1)::int8,
         'settled', (x.a->>2)::int8,
         'released', (x.a->>3)::int8 - coalesce(w.amount, 0),
         'refunded', (x.a->>4)::int8,
