@@ -329,6 +329,8 @@ class PatroniCluster:
                             "max_replication_slots": 10,
                             "wal_keep_size": "128MB",
                             "hot_standby": "on",
+                            # Reads on the standbys: fewer queries cancelled by recovery conflicts.
+                            "hot_standby_feedback": "on",
                             "autovacuum": "off",
                             "fsync": "off",
                         },
