@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg
+from ledger.storage import hosts
 
 # (name, what it means, query returning offending rows; none means it holds)
 CHECKS: list[tuple[str, str, str]] = [
@@ -196,7 +196,7 @@ async def verify(url: str, sample_max: int = 10, account_id: str | None = None) 
     """Every check in one read-only snapshot; with `account_id`, only the offending
     rows that concern that account (see _ACCOUNT_SCOPE). Raises OSError,
     asyncpg.PostgresError or TimeoutError when the database cannot be read."""
-    conn = await asyncpg.connect(url, timeout=10.0)
+    conn = await hosts.connect(url, 10.0)
     report = Report()
     args: tuple[str, ...] = () if account_id is None else (account_id,)
     try:
@@ -223,7 +223,7 @@ def _sampled(name: str, sql: str, sample_max: int, args: tuple[str, ...]) -> str
 
 
 async def account_exists(url: str, account_id: str) -> bool:
-    conn = await asyncpg.connect(url, timeout=10.0)
+    conn = await hosts.connect(url, 10.0)
     try:
         found = await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id)
     finally:
