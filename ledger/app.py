@@ -30,6 +30,7 @@ from ledger.storage.pool import (
 )
 from ledger.storage.postgres import PostgresStore
 from ledger.transport.auth import Security, TlsFiles, build_security
+from ledger.transport.door import DoorLimits
 from ledger.transport.server import ServerSettings, build_server, set_health
 from ledger.transport.servicer import LedgerServicer
 
@@ -67,9 +68,23 @@ def _security(cfg: Config) -> Security:
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     try:
-        return build_security(cfg.callers_file, tls)
+        return build_security(cfg.callers_file, tls, _door(cfg))
     except (CallerFileError, ValueError) as exc:
         raise StartupError(str(exc)) from None
+
+
+def _door(cfg: Config) -> DoorLimits:
+    return DoorLimits(watch_streams_per_peer_max=cfg.watch_streams_per_peer_max)
+
+
+def server_settings(cfg: Config) -> ServerSettings:
+    return ServerSettings(
+        listen=cfg.listen,
+        drain_s=cfg.drain_s,
+        concurrent_rpcs_max=cfg.concurrent_rpcs_max,
+        unary_deadline_s=cfg.unary_deadline_s,
+        door=_door(cfg),
+    )
 
 
 class App:
@@ -122,7 +137,7 @@ class App:
         )
         self.server, self.health = build_server(
             LedgerServicer(self.ledger, security.authorize),
-            ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s),
+            server_settings(cfg),
             security.interceptors + self.hooks.interceptors,
         )
         credentials = self.hooks.server_credentials or security.server_credentials

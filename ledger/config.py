@@ -29,6 +29,12 @@ class Config:
     tls_client_ca: Path | None = None
     callers_file: Path | None = None
     insecure: bool = False
+    # Security hardening (docs/security.md): anonymous full access off
+    # loopback must be asked for by name; the door's limits.
+    allow_anonymous_full_access: bool = False
+    concurrent_rpcs_max: int = 4096
+    unary_deadline_s: float = 30.0
+    watch_streams_per_peer_max: int = 8
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -43,6 +49,17 @@ class Config:
                 " anyone on the network could read and forge every call (and its token)."
                 " Give --tls-cert and --tls-key (and --tls-client-ca for mutual TLS), or"
                 " --insecure if a proxy or mesh on this host already encrypts the traffic"
+            )
+        if (
+            self.callers_file is None
+            and not self.allow_anonymous_full_access
+            and not is_loopback(self.listen)
+        ):
+            out.append(
+                f"refusing to serve {self.listen}, which is not a loopback address, without"
+                " a caller file: every caller could move every account's credits."
+                " Give --callers FILE (docs/security.md), or, only where something in"
+                " front authenticates every call, --allow-anonymous-full-access"
             )
         return out
 
@@ -153,6 +170,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         default=_env("LEDGER_INSECURE", "") in ("1", "true", "yes"),
         help="allow plaintext on a non-loopback address (env LEDGER_INSECURE=1)",
     )
+    sec.add_argument(
+        "--allow-anonymous-full-access",
+        action="store_true",
+        default=_env("LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS", "") in ("1", "true", "yes"),
+        help="serve a non-loopback address WITHOUT a caller file: anyone who reaches the"
+        " port has every right on every account (env LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS=1)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> Config:
@@ -174,6 +198,7 @@ def from_args(args: argparse.Namespace) -> Config:
         tls_client_ca=_path(args.tls_client_ca),
         callers_file=_path(args.callers),
         insecure=args.insecure,
+        allow_anonymous_full_access=args.allow_anonymous_full_access,
     )
 
 

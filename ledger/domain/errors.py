@@ -153,6 +153,14 @@ class RateLimited(LedgerError):
         self.retry_after_s = retry_after_s
 
 
+class DeadlineExceeded(LedgerError):
+    """The server's own deadline passed: a request body that never came, or a call
+    without a deadline of its own that ran past the server's (docs/security.md)."""
+
+    kind = Kind.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
 class InvariantViolation(Exception):
     """A broken invariant: a bug, never an expected outcome. Maps to INTERNAL."""
 
