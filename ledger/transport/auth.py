@@ -21,12 +21,15 @@ the service (ledger.service.ledger), not here.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
+import os
 import ssl
+import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias, cast
@@ -120,16 +123,17 @@ class TlsReloader:
         )
 
     def _read(self) -> grpc.ServerCertificateConfiguration:
-        """Errors: ValueError naming the file and what is wrong with it."""
+        """Errors: ValueError naming the file and what is wrong with it.
+
+        Each file is read once, and those very bytes are both checked and handed
+        to gRPC: a write between a check by path and a second read could
+        otherwise load a pair that was never checked."""
         f = self.files
-        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
-            check.load_cert_chain(f.cert, f.key)  # the key must match the certificate
-            if f.client_ca is not None:
-                check.load_verify_locations(cafile=f.client_ca)
             cert, key = f.cert.read_bytes(), f.key.read_bytes()
             ca = f.client_ca.read_bytes() if f.client_ca is not None else None
-        except (OSError, ssl.SSLError) as exc:
+            _check_pair(cert, key, ca)
+        except (OSError, ssl.SSLError, ValueError) as exc:
             raise ValueError(
                 f"TLS files {f.cert}, {f.key}"
                 f"{', ' + str(f.client_ca) if f.client_ca else ''} unusable: {exc}"
@@ -152,6 +156,35 @@ class TlsReloader:
         with self._lock:
             config, self._pending = self._pending, None
         return config
+
+
+def _check_pair(cert: bytes, key: bytes, ca: bytes | None) -> None:
+    """The key matches the certificate, and the CA bundle parses: checked by the
+    ssl module on these bytes (through anonymous in-memory files, so the key
+    never touches a disk). Errors: ssl.SSLError, OSError, ValueError."""
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with _memory_file(cert) as cert_path, _memory_file(key) as key_path:
+        check.load_cert_chain(cert_path, key_path)
+    if ca is not None:
+        check.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """A path whose contents are `data`: a memfd on Linux, else a private temporary file."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("ledger-tls", 0)
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory() as d:  # pragma: no cover - not Linux
+        path = Path(d) / "pem"
+        path.write_bytes(data)
+        path.chmod(0o600)
+        yield str(path)
 
 
 # ---------------------------------------------------------------- the interceptor

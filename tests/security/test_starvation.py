@@ -6,9 +6,10 @@ attack as the issue describes it would fill the cap many times over if calls
 without credentials were held until their body came. While it runs, a
 legitimate caller keeps calling GetBalance: every call must succeed, and its
 p99 must stay within 5x the p99 of the same calls measured unloaded in the
-same test (the one latency comparison the issue asks for; both phases run on
-the same loaded machine, and the unloaded p99 is floored at P99_FLOOR_S so a
-quiet moment does not make a 1 ms baseline into a 5 ms bar).
+same test (the one latency comparison the issue asks for). Both phases run on
+the same shared machine, whose other load comes and goes: the unloaded p99 is
+the worse of the one measured just before and just after the attack, floored
+at P99_FLOOR_S so that a quiet moment does not make a 1 ms baseline a 5 ms bar.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -30,12 +32,15 @@ from ledger.app import App
 from tests.security.conftest import _config, bearer
 from tests.support.process import REPO
 
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
+
 pytestmark = pytest.mark.timeout(180)
 
 CONCURRENT_RPCS_MAX = 256
 WATCH_PER_PEER_MAX = 8
 CALLS = 300
-P99_FLOOR_S = 0.010
+P99_FLOOR_S = 0.020
 ATTACK_S = 12.0
 
 
@@ -60,7 +65,7 @@ def _p99(samples: list[float]) -> float:
 
 
 async def _legit_calls(
-    stub: ledger_pb2_grpc.LedgerServiceStub, md: object, account: str
+    stub: LedgerServiceAsyncStub, md: tuple[tuple[str, str], ...], account: str
 ) -> list[float]:
     """CALLS GetBalance calls one after the other; every one must succeed."""
     latencies = []
@@ -79,7 +84,7 @@ async def _under_attack(
     target = f"127.0.0.1:{app.port}"
     md = bearer(tokens["admin"])
     async with grpc.aio.insecure_channel(target) as ch:
-        stub = ledger_pb2_grpc.LedgerServiceStub(ch)
+        stub: LedgerServiceAsyncStub = ledger_pb2_grpc.LedgerServiceStub(ch)
         account = f"tenant-a:starve-{mode}"
         try:
             await stub.CreateAccount(pb.CreateAccountRequest(account_id=account), metadata=md)
@@ -106,6 +111,9 @@ async def _under_attack(
             loaded = _p99(await _legit_calls(stub, md, account))
             summary = await asyncio.wait_for(proc.stdout.readline(), ATTACK_S + 60)
             await asyncio.wait_for(proc.wait(), 30)
+            # The machine's other load comes and goes: the baseline is the worse of
+            # the p99s measured just before and just after the attack.
+            quiet = max(quiet, _p99(await _legit_calls(stub, md, account)))
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -115,6 +123,7 @@ async def _under_attack(
 
 def _assert_p99(quiet: float, loaded: float) -> None:
     bar = 5 * max(quiet, P99_FLOOR_S)
+    print(f"p99 unloaded {quiet * 1000:.1f} ms, under attack {loaded * 1000:.1f} ms")
     assert loaded <= bar, f"p99 {loaded * 1000:.1f} ms under attack > 5x {quiet * 1000:.1f} ms"
 
 
@@ -127,7 +136,12 @@ async def test_calls_without_a_body_or_token_cannot_starve_a_caller(
     assert ends.get("OK", 0) == 0, ends
     refused = ends.get("UNAUTHENTICATED", 0) + ends.get("RESOURCE_EXHAUSTED", 0)
     assert refused >= 1600, ends  # every call of the first wave at least, and none held
-    assert set(ends) <= {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED"}, ends
+    assert set(ends) <= {
+        "UNAUTHENTICATED",
+        "RESOURCE_EXHAUSTED",
+        "DEADLINE_EXCEEDED",
+        "CANCELLED",
+    }, ends
 
 
 async def test_many_health_watch_streams_cannot_starve_a_caller(
