@@ -34,6 +34,7 @@ from ledger.domain.model import (
     Result,
 )
 from ledger.observability import metrics
+from ledger.service import scope
 from ledger.service.clock import Clock
 from ledger.service.ports import StorageUnavailable, Store
 from ledger.service.writer import Writer
@@ -87,7 +88,11 @@ class Ledger:
                 raise _invalid("expires_at", "must be within 100 years (GRANT_EXPIRY_MAX_S)")
         try:
             result, replayed = await self._writer.submit(cmd)
+            if replayed:
+                scope.check_replay(cmd, result, access)  # the scope as it is now
         except errors.LedgerError as exc:
+            if exc.replayed:
+                scope.check_replay(cmd, None, access)
             if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
                 metrics.REJECTIONS.labels(cmd.method, exc.reason).inc()
             if exc.replayed:

@@ -1,0 +1,51 @@
+"""A replay under a narrowed scope: the caller's tenant scope is checked again
+on the stored outcome, not only its rights.
+
+An idempotency key replays what its first call answered. If the caller's
+account prefixes were narrowed since (a caller file reload), the stored
+outcome may name accounts it may no longer touch: it then reads exactly as a
+first call on those accounts would, AccountNotFound (account-addressed
+commands) or ReservationNotFound (reservation-addressed ones).
+"""
+
+from __future__ import annotations
+
+from ledger.domain import commands as c
+from ledger.domain import errors
+from ledger.domain.access import Access
+from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
+
+_BY_RESERVATION = (c.Settle, c.Release, c.Refund)
+
+
+def accounts_of(cmd: c.MutatingCommand, result: Result | None) -> list[str]:
+    """The accounts a command or its stored outcome names."""
+    out: list[str] = []
+    if isinstance(result, GrantResult):
+        out.append(result.balance.account_id)
+    elif isinstance(result, ReservationResult):
+        out.append(result.reservation.account_id)
+    elif isinstance(result, GroupResult):
+        out += [r.account_id for r in result.reservations]
+    account_id = getattr(cmd, "account_id", None)
+    if isinstance(account_id, str):
+        out.append(account_id)
+    if isinstance(cmd, c.ReserveGroup):
+        out += [leg.account_id for leg in cmd.legs]
+    return out
+
+
+def check_replay(cmd: c.MutatingCommand, result: Result | None, access: Access) -> None:
+    """Errors: AccountNotFound or ReservationNotFound when a replayed outcome names
+    an account outside the caller's scope as it is now."""
+    if access.scope is None:
+        return
+    for account_id in accounts_of(cmd, result):
+        if not access.covers(account_id):
+            if isinstance(cmd, _BY_RESERVATION):
+                rid = cmd.reservation_id
+                raise errors.ReservationNotFound(f"reservation {rid} not found")
+            raise errors.AccountNotFound(
+                f"account {account_id} not found; create it with CreateAccount",
+                {"account_id": account_id},
+            )
