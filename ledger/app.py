@@ -108,6 +108,7 @@ class App:
         cfg = self.config
         self.security = security = _security(cfg)
         metrics.set_build_info(__version__)
+        metrics.set_asset_labels(cfg.metrics_asset_labels)
         if not self.database_url:
             self._embedded = EmbeddedPostgres(cfg.data_dir)
             self.database_url = await asyncio.to_thread(self._embedded.start)

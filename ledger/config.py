@@ -35,6 +35,7 @@ class Config:
     concurrent_rpcs_max: int = 4096
     unary_deadline_s: float = 30.0
     watch_streams_per_peer_max: int = 8
+    metrics_asset_labels: bool = False
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -104,6 +105,14 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--metrics-listen",
         default=_env("LEDGER_METRICS_LISTEN", d.metrics_listen),
         help="HOST:PORT of /metrics (env LEDGER_METRICS_LISTEN); empty disables it",
+    )
+    p.add_argument(
+        "--metrics-asset-labels",
+        action="store_true",
+        default=_env("LEDGER_METRICS_ASSET_LABELS", "") in ("1", "true", "yes"),
+        help="name assets in the asset label of /metrics (env LEDGER_METRICS_ASSET_LABELS=1);"
+        " off by default, because /metrics has no authentication and would list every"
+        " tenant's asset names",
     )
     p.add_argument(
         "--log-level",
@@ -199,6 +208,7 @@ def from_args(args: argparse.Namespace) -> Config:
         callers_file=_path(args.callers),
         insecure=args.insecure,
         allow_anonymous_full_access=args.allow_anonymous_full_access,
+        metrics_asset_labels=args.metrics_asset_labels,
     )
 
 

@@ -6,6 +6,8 @@ retry reads exactly as a first call outside its scope would (NOT_FOUND)."""
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -81,3 +83,36 @@ async def test_a_replay_after_the_scope_was_narrowed_reads_as_not_found(
             assert "idempotent-replayed" not in trailing
     finally:
         await app.stop()
+
+
+async def test_metrics_do_not_name_assets_by_default(database_url: str, tmp_path: Path) -> None:
+    """/metrics has no authentication: it must not list every tenant's asset names."""
+    admin, mover = new_token(), new_token()
+    path = tmp_path / "callers.toml"
+    path.write_text(_file(admin, mover, ["tenant-a:"]))
+    app = App(_config(database_url, callers_file=path))
+    await app.start()
+    secret_asset = f"tenant_secret_{uuid.uuid4().hex[:8]}"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            stub = ledger_pb2_grpc.LedgerServiceStub(ch)
+            account = f"tenant-a:{uuid.uuid4().hex[:10]}"
+            await stub.CreateAccount(
+                pb.CreateAccountRequest(account_id=account), metadata=bearer(admin)
+            )
+            await stub.Grant(
+                pb.GrantRequest(
+                    account_id=account,
+                    asset=secret_asset,
+                    amount=7,
+                    idempotency_key=uuid.uuid4().hex,
+                ),
+                metadata=bearer(admin),
+            )
+        url = f"http://127.0.0.1:{app.metrics_port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+    finally:
+        await app.stop()
+    body = text.decode()
+    assert secret_asset not in body
+    assert 'ledger_credits_moved_total{asset="_all"' in body
