@@ -26,6 +26,7 @@ from ledger.storage.pool import (
     PoolSettings,
     create_pool,
     migrate,
+    schema_problem,
     wait_for_database,
 )
 from ledger.storage.postgres import PostgresStore
@@ -114,9 +115,15 @@ class App:
             self.database_url = await asyncio.to_thread(self._embedded.start)
             log.info("embedded PostgreSQL running under %s", cfg.data_dir)
         await wait_for_database(self.database_url, cfg.database_wait_s)
-        applied = await migrate(self.database_url)
-        if applied:
-            log.info("migrations applied: %s", ", ".join(applied))
+        if cfg.migrate_at_start:
+            applied = await migrate(self.database_url)
+            if applied:
+                log.info("migrations applied: %s", ", ".join(applied))
+        else:
+            problem = await schema_problem(self.database_url)
+            if problem is not None:
+                await self._stop_embedded()
+                raise StartupError(f"not serving: {problem}")
         self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
         self.store = PostgresStore(self.pool)
         self.writer = Writer(
@@ -206,6 +213,11 @@ class App:
                 await self._check_health()
             except Exception:
                 log.exception("health check failed")
+
+    async def _stop_embedded(self) -> None:
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish, then close."""

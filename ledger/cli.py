@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -57,19 +58,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from ledger.storage.pool import migrate, wait_for_database
+    from ledger.storage.pool import migrate, set_up_serving_role, wait_for_database
+    from ledger.storage.roles import RoleError
 
     ledger_logging.configure("info", "text")
+    # The serving role's password from the environment only: argv shows in `ps`.
+    password = os.environ.get("LEDGER_SERVING_ROLE_PASSWORD") or None
 
     async def main() -> int:
         url, embedded = await _resolve_url(args)
         try:
             await wait_for_database(url, 30.0)
             applied = await migrate(url)
+            if args.serving_role:
+                await set_up_serving_role(url, args.serving_role, password)
+        except RoleError as exc:
+            print(f"ledger migrate: {exc}", file=sys.stderr)
+            return 2
         finally:
             if embedded is not None:
                 embedded.stop()
         print("migrations applied: " + (", ".join(applied) if applied else "none (up to date)"))
+        if args.serving_role:
+            print(f"serving role {args.serving_role}: created if missing, rights granted")
         return 0
 
     return _run(main())
@@ -194,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     mig = sub.add_parser("migrate", help="apply database migrations and exit")
     config.add_database_flags(mig)
+    mig.add_argument(
+        "--serving-role",
+        default=os.environ.get("LEDGER_SERVING_ROLE", ""),
+        metavar="NAME",
+        help="also create the role `serve` logs in as (if missing) and grant it only the"
+        " rights it uses (env LEDGER_SERVING_ROLE; its password from env"
+        " LEDGER_SERVING_ROLE_PASSWORD); run as the owner role",
+    )
     mig.set_defaults(func=cmd_migrate)
     ver = sub.add_parser("verify", help="check every ledger invariant; exit 1 on any violation")
     config.add_database_flags(ver)

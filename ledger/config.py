@@ -36,6 +36,9 @@ class Config:
     unary_deadline_s: float = 30.0
     watch_streams_per_peer_max: int = 8
     metrics_asset_labels: bool = False
+    # Migrate at start (in-process embedders and tests); `ledger serve` with a
+    # database URL turns it off and checks the schema version instead.
+    migrate_at_start: bool = True
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -146,6 +149,14 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--drain-s", type=float, default=d.drain_s, help="grace for in-flight calls on SIGTERM"
     )
+    p.add_argument(
+        "--migrate-at-start",
+        action="store_true",
+        default=_env("LEDGER_MIGRATE_AT_START", "") in ("1", "true", "yes"),
+        help="apply pending migrations before serving (env LEDGER_MIGRATE_AT_START=1);"
+        " the default only with the embedded PostgreSQL. Otherwise `serve` refuses a"
+        " schema other than its own: run `ledger migrate` as the owner role first",
+    )
     sec = p.add_argument_group("security (docs/security.md)")
     sec.add_argument(
         "--tls-cert",
@@ -209,6 +220,7 @@ def from_args(args: argparse.Namespace) -> Config:
         insecure=args.insecure,
         allow_anonymous_full_access=args.allow_anonymous_full_access,
         metrics_asset_labels=args.metrics_asset_labels,
+        migrate_at_start=args.migrate_at_start or not args.database_url,
     )
 
 
