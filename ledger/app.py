@@ -32,7 +32,12 @@ from ledger.storage.pool import (
 from ledger.storage.postgres import PostgresStore
 from ledger.transport.auth import Security, TlsFiles, build_security
 from ledger.transport.door import DoorLimits
-from ledger.transport.server import ServerSettings, build_server, set_health
+from ledger.transport.server import (
+    ServerSettings,
+    build_health_server,
+    build_server,
+    set_health,
+)
 from ledger.transport.servicer import LedgerServicer
 
 log = logging.getLogger("ledger.app")
@@ -102,6 +107,8 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._metrics_server: Any = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self.security: Security | None = None
 
     async def start(self) -> None:
@@ -157,6 +164,11 @@ class App:
             host, port = split_host_port(cfg.metrics_listen)
             self._metrics_server, _ = start_http_server(port, addr=host)
             self.metrics_port = self._metrics_server.server_port
+        if cfg.health_listen:
+            self._health_server, self.health_port = build_health_server(
+                self.health, server_settings(cfg), cfg.health_listen
+            )
+            await self._health_server.start()
         self.writer.start()
         self.sweeper.start()
         await self.server.start()
@@ -226,6 +238,8 @@ class App:
             task.cancel()
         await set_health(self.health, False)
         await self.server.stop(self.config.drain_s)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.sweeper.stop()
         await self.writer.stop()
         await self.store.close()

@@ -39,6 +39,8 @@ class Config:
     # Migrate at start (in-process embedders and tests); `ledger serve` with a
     # database URL turns it off and checks the schema version instead.
     migrate_at_start: bool = True
+    # A plaintext grpc.health.v1-only port for probes that cannot speak TLS.
+    health_listen: str = ""
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -108,6 +110,12 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--metrics-listen",
         default=_env("LEDGER_METRICS_LISTEN", d.metrics_listen),
         help="HOST:PORT of /metrics (env LEDGER_METRICS_LISTEN); empty disables it",
+    )
+    p.add_argument(
+        "--health-listen",
+        default=_env("LEDGER_HEALTH_LISTEN", d.health_listen),
+        help="HOST:PORT of a plaintext port serving grpc.health.v1 only, for probes that"
+        " cannot speak TLS (env LEDGER_HEALTH_LISTEN); empty (the default) disables it",
     )
     p.add_argument(
         "--metrics-asset-labels",
@@ -221,6 +229,7 @@ def from_args(args: argparse.Namespace) -> Config:
         allow_anonymous_full_access=args.allow_anonymous_full_access,
         metrics_asset_labels=args.metrics_asset_labels,
         migrate_at_start=args.migrate_at_start or not args.database_url,
+        health_listen=args.health_listen,
     )
 
 

@@ -205,6 +205,20 @@ def build_server(
     return server, health_servicer
 
 
+def build_health_server(
+    health_servicer: Any, settings: ServerSettings, listen: str
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with grpc.health.v1 only (no LedgerService, no reflection),
+    for probes that cannot speak TLS (Kubernetes' native gRPC probes), and its port."""
+    server = grpc.aio.server(
+        interceptors=(HealthDoor(settings.door),),
+        options=server_options(settings),
+        maximum_concurrent_rpcs=256,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, server.add_insecure_port(listen)
+
+
 async def set_health(health_servicer: Any, serving: bool) -> None:
     state = (
         health_pb2.HealthCheckResponse.SERVING
