@@ -3,7 +3,7 @@
 TOML (stdlib tomllib), documented in docs/security.md:
 
     [defaults]                      # optional
-    rate_per_s = 500                # requests a second per caller; 0 = no limit
+    rate_per_s = 500                # weight units a second per caller (default 1000); 0 = no limit
     burst = 1000                    # bucket size; default: one second's worth
 
     [[caller]]
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.domain.access import EVERY_ACCOUNT, Access, Permission
-from ledger.security.ratelimit import Rate
+from ledger.security.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, Rate
 from ledger.security.tokens import TOKEN_LEN_MAX, token_hash
 
 FILE_BYTES_MAX = 1024 * 1024
@@ -145,7 +145,7 @@ def parse(data: dict[str, Any]) -> CallerBook:
     if not isinstance(defaults, dict):
         raise CallerFileError("[defaults] must be a table")
     _no_unknown_keys("[defaults]", defaults, _DEFAULT_KEYS)
-    default_rate = _rate("[defaults]", defaults, Rate())
+    default_rate = _rate("[defaults]", defaults, Rate(DEFAULT_RATE_PER_S, DEFAULT_BURST))
     entries = data.get("caller", [])
     if not isinstance(entries, list) or not entries:
         raise CallerFileError("needs at least one [[caller]] table")

@@ -23,6 +23,23 @@ class Rate:
         return self.per_s > 0
 
 
+#: A caller without a rate of its own in the caller file gets this: weight
+#: units (below) a second, bursts of DEFAULT_BURST. 0 (no limit) must be
+#: written in the file, by name (docs/security.md).
+DEFAULT_RATE_PER_S = 1000.0
+DEFAULT_BURST = 2000
+#: What a request weighs: 1, plus 1 per leg beyond its first, plus 1 per
+#: WEIGHT_BYTES of request message; so that 100-leg groups with large metadata
+#: cost what they store, not what one small call costs.
+WEIGHT_BYTES = 4096
+
+
+def weight(legs: int, message_bytes: int) -> int:
+    """The rate-limit cost of a request with `legs` legs (0 or 1 for single-account
+    calls) and `message_bytes` bytes on the wire."""
+    return 1 + max(0, legs - 1) + message_bytes // WEIGHT_BYTES
+
+
 class _Bucket:
     __slots__ = ("rate", "tokens", "updated")
 

@@ -41,7 +41,7 @@ from ledger.domain.access import Access
 from ledger.observability import metrics
 from ledger.security import callers as caller_file
 from ledger.security.callers import Caller, CallerBook, CallerFileError
-from ledger.security.ratelimit import PEERS_TRACKED_MAX, Rate, RateLimiter
+from ledger.security.ratelimit import PEERS_TRACKED_MAX, Rate, RateLimiter, weight
 from ledger.transport import door, status
 from ledger.transport.door import HEALTH_PREFIX, DoorLimits
 from ledger.transport.servicer import local_access
@@ -55,6 +55,10 @@ _BEARER = "bearer "
 
 _current: contextvars.ContextVar[Access | None] = contextvars.ContextVar(
     "ledger_access", default=None
+)
+# The caller's id and rate, while its request's weight is still to be charged.
+_charge: contextvars.ContextVar[tuple[str, Rate] | None] = contextvars.ContextVar(
+    "ledger_charge", default=None
 )
 
 
@@ -248,7 +252,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._failures = RateLimiter(keys_max=PEERS_TRACKED_MAX)
         self._clock = clock
         self._limits = limits or DoorLimits()
-        self._methods: dict[str, tuple[Handler, Handler, tuple[str, str, str]]] = {}
+        self._methods: dict[str, tuple[Handler, Handler, tuple[str, str, str], Handler]] = {}
 
     def forget_removed_callers(self) -> None:
         self._limiter.forget_except({c.id for c in self._source.book.callers})
@@ -264,7 +268,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         cached = self._methods.get(method)
         if cached is None or cached[0] is not handler:
-            cached = (handler, self._by_certificate(handler, method), _rpc(handler, method))
+            weighed = self._weighed(handler)
+            by_certificate = self._by_certificate(weighed, method)
+            cached = (handler, by_certificate, _rpc(handler, method), weighed)
             self._methods[method] = cached
         authorization = _authorization(details.invocation_metadata)
         if authorization is None:
@@ -278,9 +284,43 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if wait_s > 0:
             return self._refusal(cached[2], caller.access, _over_rate(caller, wait_s))
         # Each RPC runs in a task of its own, which the behaviour shares with
-        # its interceptors: the variable set here is this call's only.
+        # its interceptors: the variables set here are this call's only.
         _current.set(caller.access)
+        if caller.rate.limited:
+            _charge.set((caller.id, caller.rate))
+            return cached[3]
         return handler
+
+    def _weighed(self, handler: Handler) -> Handler:
+        """`handler`, charging a limited caller for its request's weight beyond the
+        one unit the door took (ledger.security.ratelimit.weight), once the body is read."""
+        inner = handler.unary_unary
+        if inner is None:
+            return handler
+        limiter = self._limiter
+
+        async def weighed(request: Any, context: Any) -> Any:
+            charge = _charge.get()
+            if charge is not None:
+                extra = request_weight(request) - 1
+                if extra > 0:
+                    caller_id, rate = charge
+                    wait_s = limiter.take(caller_id, rate, extra)
+                    if wait_s > 0:
+                        await door.abort(
+                            context,
+                            errors.RateLimited(
+                                f"caller {caller_id} is over its rate limit of {rate.per_s:g}"
+                                f" weight units/s (this request weighs {extra + 1});"
+                                f" retry in {wait_s * 1000:.0f} ms",
+                                wait_s,
+                            ),
+                        )
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            weighed, handler.request_deserializer, handler.response_serializer
+        )
 
     def _identify(self, context: Any) -> Caller:
         """The caller a verified client certificate names. Errors: Unauthenticated."""
@@ -304,6 +344,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         wait_s = self._limiter.take(caller.id, caller.rate)
         if wait_s > 0:
             return caller.access, _over_rate(caller, wait_s)
+        if caller.rate.limited:
+            _charge.set((caller.id, caller.rate))
         return caller.access, None
 
     def _refusal(
@@ -399,13 +441,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+def request_weight(request: Any) -> int:
+    """A request's rate-limit weight: its legs and its size (ratelimit.weight)."""
+    size = getattr(request, "ByteSize", None)
+    legs = getattr(request, "legs", ())
+    return weight(len(legs), size() if size is not None else 0)
+
+
 def _not_accepted() -> errors.Unauthenticated:
     return errors.Unauthenticated("credentials not accepted: unknown token or client certificate")
 
 
 def _over_rate(caller: Caller, wait_s: float) -> errors.RateLimited:
     return errors.RateLimited(
-        f"caller {caller.id} is over its rate limit of {caller.rate.per_s:g} requests/s;"
+        f"caller {caller.id} is over its rate limit of {caller.rate.per_s:g} weight units/s;"
         f" retry in {wait_s * 1000:.0f} ms",
         wait_s,
     )
