@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := clients/python
 PROTO := protos/creditledger/v1/ledger.proto
 
-.PHONY: run test install proto proto-check lint typecheck unit bench torture clean
+.PHONY: run test install proto proto-check lint typecheck unit bench torture clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,17 @@ bench: $(STAMP)
 ## The consistency checker with the fault injector (TORTURE_SECONDS, default 120).
 torture: $(STAMP)
 	$(PY) -m tests.torture --seconds $${TORTURE_SECONDS:-120} $(TORTURE_ARGS)
+
+## Refresh requirements/*.lock: exact versions with the SHA-256 of every file
+## (pip-tools), from both pyproject.toml, resolved against PyPI alone (--isolated:
+## no local mirrors or find-links in the hashes). The Dockerfile installs from them.
+lock: $(STAMP)
+	$(PY) deploy/lock.py
+	for f in server dev; do \
+	  $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	    --no-emit-index-url --no-emit-find-links --pip-args "--isolated" \
+	    -o requirements/$$f.lock requirements/$$f.in || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .ledger-data .mypy_cache .ruff_cache .pytest_cache

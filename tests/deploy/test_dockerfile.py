@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -56,7 +57,9 @@ def test_hadolint_finds_nothing() -> None:
 def test_multi_stage_on_the_slim_python_base() -> None:
     bases = [ins.args.split()[0] for ins in INSTRUCTIONS if ins.keyword == "FROM"]
     assert len(bases) >= 2, "build and runtime stages"
-    assert all(base == "python:3.11-slim" for base in bases), bases
+    # Pinned by digest (issue 15): the same python:3.11-slim index in every stage.
+    assert all(re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", b) for b in bases), bases
+    assert len(set(bases)) == 1, bases
     copies_from_build = [
         ins for ins in RUNTIME if ins.keyword == "COPY" and ins.args.startswith("--from=")
     ]
@@ -69,7 +72,14 @@ def test_installs_runtime_dependencies_only() -> None:
         for ins in INSTRUCTIONS
         if ins.keyword == "RUN" and "pip install" in ins.args
     ]
-    targets = [arg for args in installs for arg in args if not arg.startswith("-")]
+    # Third-party packages from the lock file, every file checked by hash.
+    (locked,) = [args for args in installs if "-r" in args]
+    assert "--require-hashes" in locked
+    assert locked[locked.index("-r") + 1] == "requirements/server.lock"
+    # This repository's packages by path, never resolved from an index.
+    (local,) = [args for args in installs if "-r" not in args]
+    assert {"--no-index", "--no-deps"} <= set(local), local
+    targets = [arg for arg in local if not arg.startswith("-")]
     assert sorted(targets) == [".", "./clients/python"], "the server and the client it depends on"
     for args in installs:
         assert "-e" not in args and "--editable" not in args, "editable installs need the sources"
