@@ -14,9 +14,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=24"
 
-# Re-install whenever a pyproject changes.
-$(STAMP): $(PY) pyproject.toml clients/python/pyproject.toml
-	$(PIP) install --quiet -e ./clients/python -e '.[dev]'
+# Re-install whenever a pyproject or the lock changes. Third-party packages come
+# from requirements/dev.lock, every file checked by hash; this repository's two
+# packages by path, never from an index (--no-index --no-deps). `pip check`
+# fails when the lock lacks a dependency a pyproject gained: run `make lock`.
+$(STAMP): $(PY) pyproject.toml clients/python/pyproject.toml requirements/dev.lock
+	$(PIP) install --quiet --require-hashes -r requirements/dev.lock
+	$(PIP) install --quiet --no-index --no-deps --no-build-isolation -e ./clients/python -e '.[dev]'
+	$(PIP) check || { echo "requirements/dev.lock is stale: run make lock"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -67,7 +72,8 @@ torture: $(STAMP)
 ## Refresh requirements/*.lock: exact versions with the SHA-256 of every file
 ## (pip-tools), from both pyproject.toml, resolved against PyPI alone (--isolated:
 ## no local mirrors or find-links in the hashes). The Dockerfile installs from them.
-lock: $(STAMP)
+lock: $(PY)
+	$(PIP) install --quiet "pip-tools>=7.4,<8"
 	$(PY) deploy/lock.py
 	for f in server dev; do \
 	  $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
