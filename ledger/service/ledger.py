@@ -94,7 +94,7 @@ class Ledger:
                 scope.check_replay(cmd, result, access)  # the scope as it is now
         except errors.LedgerError as exc:
             if exc.replayed:
-                scope.check_replay(cmd, None, access)
+                scope.check_replayed_error(cmd, exc, access)
             if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
                 metrics.REJECTIONS.labels(cmd.method, exc.reason).inc()
             if exc.replayed:

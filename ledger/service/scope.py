@@ -18,6 +18,12 @@ from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Res
 _BY_RESERVATION = (c.Settle, c.Release, c.Refund)
 
 
+def check_replayed_error(cmd: c.MutatingCommand, exc: errors.LedgerError, access: Access) -> None:
+    """The same for a replayed error; a stored NOT_FOUND already says nothing more."""
+    if exc.kind is not errors.Kind.NOT_FOUND:
+        check_replay(cmd, None, access)
+
+
 def accounts_of(cmd: c.MutatingCommand, result: Result | None) -> list[str]:
     """The accounts a command or its stored outcome names."""
     out: list[str] = []
@@ -37,9 +43,17 @@ def accounts_of(cmd: c.MutatingCommand, result: Result | None) -> list[str]:
 
 def check_replay(cmd: c.MutatingCommand, result: Result | None, access: Access) -> None:
     """Errors: AccountNotFound or ReservationNotFound when a replayed outcome names
-    an account outside the caller's scope as it is now."""
+    an account outside the caller's scope as it is now, word for word what the
+    rules answer a first call on it (a group names its first such leg)."""
     if access.scope is None:
         return
+    if isinstance(cmd, c.ReserveGroup):
+        for leg in cmd.legs:
+            if not access.covers(leg.account_id):
+                raise errors.AccountNotFound(
+                    f"account {leg.account_id} not found; create it with CreateAccount",
+                    {"account_id": leg.account_id, "leg_key": leg.leg_key},
+                )
     for account_id in accounts_of(cmd, result):
         if not access.covers(account_id):
             if isinstance(cmd, _BY_RESERVATION):

@@ -1,6 +1,7 @@
 """Issue 15, item 1: no anonymous client can starve the legitimate callers.
 
-Each attack runs in a process of its own (tests/security/attacker.py) against
+Each attack runs in a process of its own (tests/security/attacker.py, at the
+lowest CPU priority: a real attacker has machines of its own) against
 an in-process server whose concurrent-RPC cap is small (256), so that the
 attack as the issue describes it would fill the cap many times over if calls
 without credentials were held until their body came. While it runs, a
