@@ -246,13 +246,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.perf_counter,
         limits: DoorLimits | None = None,
+        client_certificates: bool = True,
     ) -> None:
         self._source = source
         self._limiter = limiter or RateLimiter()
         self._failures = RateLimiter(keys_max=PEERS_TRACKED_MAX)
         self._clock = clock
         self._limits = limits or DoorLimits()
-        self._methods: dict[str, tuple[Handler, Handler, tuple[str, str, str], Handler]] = {}
+        # Without mutual TLS no call can carry a certificate: one without a
+        # token is refused at once, by a handler made once per method.
+        self._client_certificates = client_certificates
+        self._methods: dict[
+            str, tuple[Handler, Handler, tuple[str, str, str], Handler, Handler]
+        ] = {}
 
     def forget_removed_callers(self) -> None:
         self._limiter.forget_except({c.id for c in self._source.book.callers})
@@ -269,8 +275,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         cached = self._methods.get(method)
         if cached is None or cached[0] is not handler:
             weighed = self._weighed(handler)
-            by_certificate = self._by_certificate(weighed, method)
-            cached = (handler, by_certificate, _rpc(handler, method), weighed)
+            rpc = _rpc(handler, method)
+            by_certificate = (
+                self._by_certificate(weighed, method)
+                if self._client_certificates
+                else self._refusal(rpc, None, _MISSING)
+            )
+            cached = (
+                handler,
+                by_certificate,
+                rpc,
+                weighed,
+                self._refusal(rpc, None, _NOT_ACCEPTED),
+            )
             self._methods[method] = cached
         authorization = _authorization(details.invocation_metadata)
         if authorization is None:
@@ -279,7 +296,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         token = authorization[len(_BEARER) :].strip()
         caller = self._source.book.by_token(token) if scheme == _BEARER else None
         if caller is None:
-            return self._refusal(cached[2], None, _not_accepted())
+            return cached[4]
         wait_s = self._limiter.take(caller.id, caller.rate)
         if wait_s > 0:
             return self._refusal(cached[2], caller.access, _over_rate(caller, wait_s))
@@ -351,10 +368,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def _refusal(
         self, rpc: tuple[str, str, str], access: Access | None, exc: errors.LedgerError
     ) -> Handler:
-        t0 = self._clock()
+        clock = self._clock
 
         async def refuse(_requests: Any, context: Any) -> None:
-            await self._refuse(context, rpc, access, exc, t0)
+            await self._refuse(context, rpc, access, exc, clock())
 
         return grpc.stream_unary_rpc_method_handler(refuse)
 
@@ -380,7 +397,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 )
                 quiet = True
         metrics.GRPC_STARTED.labels(rpc_type, service, name).inc()
-        code, message, trailing = status.to_status(exc)
+        code, message, trailing = _STATIC_STATUS.get(id(exc)) or status.to_status(exc)
         metrics.GRPC_HANDLED.labels(rpc_type, service, name, code.name).inc()
         metrics.REJECTIONS.labels(name, exc.reason).inc()
         if not quiet and log.isEnabledFor(logging.INFO):
@@ -452,6 +469,14 @@ def _not_accepted() -> errors.Unauthenticated:
     return errors.Unauthenticated("credentials not accepted: unknown token or client certificate")
 
 
+_NOT_ACCEPTED = _not_accepted()
+_MISSING = errors.Unauthenticated(
+    "missing credentials: send `authorization: Bearer <token>` metadata or a client certificate"
+)
+# The refusals that never change, their status made once (by the object's id).
+_STATIC_STATUS = {id(e): status.to_status(e) for e in (_NOT_ACCEPTED, _MISSING)}
+
+
 def _over_rate(caller: Caller, wait_s: float) -> errors.RateLimited:
     return errors.RateLimited(
         f"caller {caller.id} is over its rate limit of {caller.rate.per_s:g} weight units/s;"
@@ -502,5 +527,6 @@ def build_security(
     if callers_file is None:
         return Security((), creds, local_access, tls=reloader)
     source = CallerSource(callers_file)
-    interceptor = AuthInterceptor(source, limits=limits)
+    client_certificates = tls is not None and tls.client_ca is not None
+    interceptor = AuthInterceptor(source, limits=limits, client_certificates=client_certificates)
     return Security((interceptor,), creds, current_access, source, reloader, interceptor)

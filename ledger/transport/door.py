@@ -9,7 +9,8 @@ metadata, peer and TLS identity, and the one request message is then read
 within a bounded wait. On the wire nothing changes: clients still send one
 message and get one (or a stream) back.
 
-`HealthDoor` applies that to grpc.health.v1, which needs no credentials: a
+`HealthDoor` applies that to grpc.health.v1 (where it is registered), which
+needs no credentials: a
 Check or Watch must send its body within `health_body_wait_s`, and a peer
 (an IP address) may hold at most `watch_streams_per_peer_max` Watch streams,
 the whole server `watch_streams_max`.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from ledger.domain import errors
 from ledger.transport import status
@@ -33,7 +35,6 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Before = Callable[[Any], Awaitable[None]]
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-WATCH_METHOD = HEALTH_PREFIX + "Watch"
 
 
 @dataclass(frozen=True)
@@ -174,34 +175,33 @@ class WatchCounter:
         self.total -= 1
 
 
-class HealthDoor(grpc.aio.ServerInterceptor):
-    """Bounds what anonymous grpc.health.v1 callers can hold (see the module doc)."""
+class HealthDoor:
+    """Bounds what anonymous grpc.health.v1 callers can hold (see the module doc).
+
+    Applied where the health service is registered (`add_health`), not as an
+    interceptor, so that LedgerService calls pay nothing for it."""
 
     def __init__(self, limits: DoorLimits) -> None:
         self._limits = limits
         self.watches = WatchCounter(limits)
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or not method.startswith(HEALTH_PREFIX):
-            return handler
+    def add_health(self, servicer: Any, server: Any) -> None:
+        """grpc.health.v1 on `server`, each method behind the door."""
+        capture = _Capture()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, capture)
+        for service, handlers in capture.services.items():
+            guarded = {name: self.wrap(name, h) for name, h in handlers.items()}
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, guarded),)
+            )
+            server.add_registered_method_handlers(service, guarded)
+
+    def wrap(self, name: str, handler: Handler) -> Handler:
         if handler.request_streaming:
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        if method == WATCH_METHOD:
-            wrapped = self._watch(handler)
-        else:
-            wrapped = body_first(handler, _nothing, self._limits.health_body_wait_s)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        if name == "Watch":
+            return self._watch(handler)
+        return body_first(handler, _nothing, self._limits.health_body_wait_s)
 
     def _watch(self, handler: Handler) -> Handler:
         watches, wait_s = self.watches, self._limits.health_body_wait_s
@@ -231,3 +231,16 @@ class HealthDoor(grpc.aio.ServerInterceptor):
 
 async def _nothing(_context: Any) -> None:
     return None
+
+
+class _Capture:
+    """Stands for a server to learn the handlers a generated add_*_to_server registers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, Handler]] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+        return None
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        self.services[service] = dict(handlers)

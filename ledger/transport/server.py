@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 from creditledger.v1 import ledger_pb2 as pb
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from ledger.domain import errors, limits
@@ -184,16 +184,16 @@ def build_server(
     settings: ServerSettings,
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
 ) -> tuple[grpc.aio.Server, Any]:
-    """The server (not started) and its health servicer. grpc.health.v1 calls
-    pass ledger.transport.door.HealthDoor first (anonymous callers' limits)."""
+    """The server (not started) and its health servicer. grpc.health.v1 is
+    registered behind ledger.transport.door.HealthDoor (anonymous callers' limits)."""
     server = grpc.aio.server(
-        interceptors=(HealthDoor(settings.door), *interceptors),
+        interceptors=interceptors,
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.concurrent_rpcs_max,
     )
     server.add_generic_rpc_handlers((ledger_handler(servicer, settings.unary_deadline_s),))
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    HealthDoor(settings.door).add_health(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE,
@@ -210,12 +210,8 @@ def build_health_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A plaintext server with grpc.health.v1 only (no LedgerService, no reflection),
     for probes that cannot speak TLS (Kubernetes' native gRPC probes), and its port."""
-    server = grpc.aio.server(
-        interceptors=(HealthDoor(settings.door),),
-        options=server_options(settings),
-        maximum_concurrent_rpcs=256,
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server = grpc.aio.server(options=server_options(settings), maximum_concurrent_rpcs=256)
+    HealthDoor(settings.door).add_health(health_servicer, server)
     return server, server.add_insecure_port(listen)
 
 

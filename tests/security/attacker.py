@@ -19,6 +19,7 @@ import asyncio
 import collections
 import json
 import os
+import random
 import sys
 import time
 
@@ -28,9 +29,10 @@ from grpc_health.v1 import health_pb2
 
 GET_BALANCE = "/creditledger.v1.LedgerService/GetBalance"
 WATCH = "/grpc.health.v1.Health/Watch"
-#: A refused call is opened again after this pause: a persistent attacker that
-#: keeps trying to hold slots, not a flood (a flood of calls is volume, which
-#: the network in front has to absorb; docs/security.md).
+#: A refused call is opened again after about this pause (0.5-1.5x, so the
+#: attempts spread out): a persistent attacker that keeps trying to hold
+#: slots, about 1,600 attempts a second here, not a synchronized flood (a flood
+#: of calls is volume, which the network in front has to absorb; docs/security.md).
 PAUSE_S = 1.0
 
 
@@ -61,7 +63,7 @@ async def _no_body(
             ends["OK"] += 1
         except grpc.aio.AioRpcError as exc:
             ends[exc.code().name] += 1
-        await asyncio.sleep(PAUSE_S)
+        await asyncio.sleep(PAUSE_S * random.uniform(0.5, 1.5))
 
 
 async def _watch(
