@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := clients/python
 PROTO := protos/creditledger/v1/ledger.proto
 
-.PHONY: run test install proto proto-check lint typecheck unit bench torture clean lock
+.PHONY: run test install proto proto-check lint typecheck unit bench torture failover clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,12 @@ lock: $(PY)
 	    --no-emit-index-url --no-emit-find-links --pip-args "--isolated" \
 	    -o requirements/$$f.lock requirements/$$f.in || exit 1; \
 	done
+
+## The ledger on a real HA PostgreSQL (Patroni + etcd, three nodes) through five faults:
+## see docs/operations.md. FAILOVER_ARGS=--scenarios kill,hang for a subset.
+failover: $(STAMP)
+	./deploy/install-test-tools.sh
+	$(PY) -m tests.failover $(FAILOVER_ARGS)
 
 clean:
 	rm -rf $(VENV) .ledger-data .mypy_cache .ruff_cache .pytest_cache
