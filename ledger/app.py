@@ -102,12 +102,15 @@ class App:
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
         self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
-        self.store = PostgresStore(self.pool)
+        retention = cfg.idempotency_retention()
+        self.store = PostgresStore(self.pool, idempotency_partition=retention.partition)
         self.writer = Writer(
             self.store,
             self.clock,
             WriterSettings(
-                batch_max=cfg.batch_max, refund_grace=timedelta(seconds=cfg.refund_grace_s)
+                batch_max=cfg.batch_max,
+                refund_grace=timedelta(seconds=cfg.refund_grace_s),
+                retention=retention,
             ),
         )
         self.ledger = Ledger(self.store, self.writer, self.clock)
@@ -117,7 +120,7 @@ class App:
             self.clock,
             SweeperSettings(
                 interval_s=cfg.sweep_interval_s,
-                idempotency_retention=timedelta(days=cfg.idempotency_retention_days),
+                retention=retention,
             ),
         )
         self.server, self.health = build_server(
@@ -134,6 +137,8 @@ class App:
             host, port = split_host_port(cfg.metrics_listen)
             self._metrics_server, _ = start_http_server(port, addr=host)
             self.metrics_port = self._metrics_server.server_port
+        # Partitions for the keys of the first calls, before there are calls.
+        await self.sweeper.maintain_once()
         self.writer.start()
         self.sweeper.start()
         await self.server.start()
