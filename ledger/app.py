@@ -121,6 +121,7 @@ class App:
             SweeperSettings(
                 interval_s=cfg.sweep_interval_s,
                 retention=retention,
+                maintain_every_s=min(10.0, retention.partition.total_seconds() / 2),
             ),
         )
         self.server, self.health = build_server(
