@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+# Every reservation, hot or archived (`ledger archive reservations`): the
+# invariants hold for both, and entries keep pointing at archived ones.
+_ALL_RESERVATIONS = (
+    "(SELECT reservation_id, state, amount, settled, released, refunded, allocations FROM reservations"
+    " UNION ALL SELECT reservation_id, state, amount, settled, released, refunded, allocations"
+    " FROM reservations_archive)"
+)
+
 # (name, what it means, query returning offending rows; none means it holds)
 CHECKS: list[tuple[str, str, str]] = [
     (
@@ -58,16 +66,16 @@ CHECKS: list[tuple[str, str, str]] = [
     (
         "reservation_caps",
         "settled + released <= amount and refunded <= settled; closed ones hold nothing",
-        """SELECT reservation_id, state, amount, settled, released, refunded FROM reservations
+        f"""SELECT reservation_id, state, amount, settled, released, refunded FROM {_ALL_RESERVATIONS} r
         WHERE settled + released > amount OR refunded > settled OR settled < 0 OR released < 0
            OR refunded < 0 OR (state <> 'open' AND settled + released <> amount)""",
     ),
     (
         "reservation_allocations",
         "a reservation's per-lot allocations add up to its totals",
-        """SELECT r.reservation_id, r.amount, r.settled, r.released, r.refunded, a.held, a.settled AS a_settled,
+        f"""SELECT r.reservation_id, r.amount, r.settled, r.released, r.refunded, a.held, a.settled AS a_settled,
                a.released AS a_released, a.refunded AS a_refunded
-        FROM reservations r CROSS JOIN LATERAL (
+        FROM {_ALL_RESERVATIONS} r CROSS JOIN LATERAL (
           SELECT coalesce(sum((x->>1)::int8), 0) AS held, coalesce(sum((x->>2)::int8), 0) AS settled,
                  coalesce(sum((x->>3)::int8), 0) AS released, coalesce(sum((x->>4)::int8), 0) AS refunded
           FROM jsonb_array_elements(r.allocations) AS x) a
@@ -77,11 +85,16 @@ CHECKS: list[tuple[str, str, str]] = [
     (
         "reservation_holds_match_entries",
         "each reservation's held entries equal what it still holds",
-        """WITH h AS (SELECT reservation_id, sum(amount) AS held FROM entries
+        f"""WITH h AS (SELECT reservation_id, sum(amount) AS held FROM entries
                    WHERE bucket = 'held' GROUP BY 1)
         SELECT r.reservation_id, r.state, r.amount - r.settled - r.released AS remaining, h.held
-        FROM reservations r LEFT JOIN h USING (reservation_id)
+        FROM {_ALL_RESERVATIONS} r LEFT JOIN h USING (reservation_id)
         WHERE coalesce(h.held, 0) <> CASE WHEN r.state = 'open' THEN r.amount - r.settled - r.released ELSE 0 END""",
+    ),
+    (
+        "reservation_in_one_table",
+        "an archived reservation is no longer in the hot table",
+        "SELECT reservation_id FROM reservations JOIN reservations_archive USING (reservation_id)",
     ),
     (
         "lot_bounds",
@@ -155,7 +168,15 @@ async def verify(url: str, sample_max: int = 10) -> Report:
     report = Report()
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            for table in ("accounts", "balances", "lots", "reservations", "entries", "idempotency"):
+            for table in (
+                "accounts",
+                "balances",
+                "lots",
+                "reservations",
+                "reservations_archive",
+                "entries",
+                "idempotency",
+            ):
                 report.counts[table] = await conn.fetchval(f"SELECT count(*) FROM {table}")
             for name, _, sql in CHECKS:
                 report.checked.append(name)
