@@ -160,12 +160,12 @@ SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FR
 # it and one of the two retries, so a row never ends up in both tables.
 _ARCHIVE_RESERVATIONS = f"""
 WITH picked AS (
-    SELECT reservation_id FROM reservations
+    SELECT reservation_id AS picked_id FROM reservations
     WHERE state <> 'open' AND expires_at < $1
     ORDER BY expires_at LIMIT $2
 ), gone AS (
-    DELETE FROM reservations r USING picked WHERE r.reservation_id = picked.reservation_id
-    RETURNING {", ".join("r." + c.strip() for c in _RES_COLS.split(","))}
+    DELETE FROM reservations USING picked WHERE reservation_id = picked.picked_id
+    RETURNING {_RES_COLS}
 ), kept AS (
     INSERT INTO reservations_archive ({_RES_COLS}, archived_at)
     SELECT gone.*, $3::timestamptz FROM gone
