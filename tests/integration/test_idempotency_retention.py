@@ -10,6 +10,7 @@ not both commit.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -100,11 +101,9 @@ async def test_an_expired_key_reads_absent_before_and_after_its_partition_is_dro
     assert await _load(store, t0 + timedelta(minutes=4, seconds=59), "k1")  # inside retention
     assert not await _load(store, t0 + timedelta(minutes=5), "k1")  # expired: absent
     assert await _rows(pool, "k1") == 1  # ...though its partition is still there
-    created, dropped = await store.maintain_idempotency(
-        t0 + timedelta(minutes=4), t0 + timedelta(minutes=10)
-    )
+    await store.maintain_idempotency(t0 + timedelta(minutes=4), t0 + timedelta(minutes=10))
     assert await _rows(pool, "k1") == 1, "a partition holding a live key was dropped"
-    created, dropped = await store.maintain_idempotency(
+    _, dropped = await store.maintain_idempotency(
         t0 + timedelta(minutes=7), t0 + timedelta(minutes=10)
     )
     assert dropped >= 1
@@ -124,7 +123,7 @@ async def test_maintenance_creates_partitions_ahead_on_the_grid(pool: asyncpg.Po
     assert again == 0  # idempotent
     async with pool.acquire() as conn:
         parts = await idem.partitions(conn)
-    for a, b in zip(parts, parts[1:], strict=False):
+    for a, b in itertools.pairwise(parts):
         assert a.upper == b.lower  # contiguous
         assert b.upper - b.lower == WIDTH
 
