@@ -113,7 +113,9 @@ class App:
                 retention=retention,
             ),
         )
-        self.ledger = Ledger(self.store, self.writer, self.clock)
+        self.ledger = Ledger(
+            self.store, self.writer, self.clock, timedelta(seconds=cfg.refund_grace_s)
+        )
         self.sweeper = Sweeper(
             self.store,
             self.writer,

@@ -32,6 +32,9 @@ class SweeperSettings:
     # Creating and dropping partitions is a few catalog statements: every 10 s
     # keeps the keys physically kept within retention + one partition + 10 s.
     maintain_every_s: float = 10.0
+    # Sweeps of batch_max in a row before sleeping, at most (a backlog is worked
+    # off over several ticks, never in one unbounded loop).
+    catch_up_rounds_max: int = 20
 
 
 class Sweeper:
@@ -65,9 +68,7 @@ class Sweeper:
                 self._clock.now(), self._settings.batch_max
             )
             if reservation_ids or lot_pairs:
-                await self._writer.submit(
-                    c.ExpireDue("", "", tuple(reservation_ids), tuple(lot_pairs))
-                )
+                await self._writer.submit(c.ExpireDue(tuple(reservation_ids), tuple(lot_pairs)))
         return len(reservation_ids) + len(lot_pairs)
 
     async def maintain_once(self) -> tuple[int, int]:
@@ -88,8 +89,9 @@ class Sweeper:
         last_maintained = -self._settings.maintain_every_s  # once at start
         while True:
             try:
-                while await self.sweep_once() >= self._settings.batch_max:
-                    pass  # more is due: keep going before sleeping
+                for _ in range(self._settings.catch_up_rounds_max):
+                    if await self.sweep_once() < self._settings.batch_max:
+                        break  # nothing more is due: sleep
                 open_count, overdue_s = await self._store.reservation_stats(self._clock.now())
                 metrics.OPEN_RESERVATIONS.set(open_count)
                 metrics.OLDEST_OVERDUE_S.set(overdue_s)

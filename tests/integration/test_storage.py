@@ -52,7 +52,7 @@ async def test_entries_cannot_be_updated_or_deleted(
 async def test_concurrent_migrations_apply_once(scratch_db: TestDatabase) -> None:
     results = await asyncio.gather(*(migrate(scratch_db.url) for _ in range(5)))
     applied = [name for r in results for name in r]
-    # exactly one process applied each migration
+    # Exactly one process applied each of them.
     assert applied == [name for _, name, _ in pool_module._migrations()]
     assert await migrate(scratch_db.url) == []
 

@@ -51,25 +51,17 @@ $$;
 
 -- 2. Closed reservations move out of the hot table after a configurable age
 --    (`ledger archive reservations --older-than-days N`). The archive keeps the
---    whole row, so GetReservation still answers for an archived reservation;
---    an operator may export and truncate it (docs/operations.md). Entries, the
---    audit trail, stay in `entries` forever and keep pointing at the id.
+--    whole row as it was, as jsonb (later columns of `reservations` need no
+--    change here; jsonb_populate_record(NULL::reservations, doc) reads it back),
+--    so GetReservation still answers for an archived reservation; an operator
+--    may export and delete it (docs/operations.md). Entries, the audit trail,
+--    stay in `entries` forever and keep pointing at the id.
 CREATE TABLE reservations_archive (
     reservation_id  uuid PRIMARY KEY,
-    account_id      text NOT NULL,
-    asset           text NOT NULL,
-    amount          bigint NOT NULL,
-    settled         bigint NOT NULL,
-    released        bigint NOT NULL,
-    refunded        bigint NOT NULL,
-    state           text NOT NULL CHECK (state IN ('closed', 'expired')),
-    created_at      timestamptz NOT NULL,
-    expires_at      timestamptz NOT NULL,
-    metadata        jsonb NOT NULL,
     group_id        uuid,
-    leg_key         text NOT NULL DEFAULT '',
-    allocations     jsonb NOT NULL,
-    archived_at     timestamptz NOT NULL
+    expires_at      timestamptz NOT NULL,
+    archived_at     timestamptz NOT NULL,
+    doc             jsonb NOT NULL
 );
 CREATE INDEX reservations_archive_group ON reservations_archive (group_id) WHERE group_id IS NOT NULL;
 -- What the archiver picks, oldest first, without scanning the open ones.
