@@ -103,32 +103,47 @@ async def partitions(conn: asyncpg.Connection) -> list[Partition]:
 async def ensure(
     conn: asyncpg.Connection, now: datetime, until: datetime, width: timedelta
 ) -> tuple[int, datetime]:
-    """Create the partitions missing between the last one (or now) and `until`.
+    """Create the partitions missing between now and `until`, gaps included (a
+    clock that went back may need partitions before the last one again).
 
-    Returns (how many were created, the upper bound of the last partition).
+    Returns (how many were created, the end of the gapless coverage from now).
     """
-    existing = [p for p in await partitions(conn) if not p.pending]
-    start = max((p.upper for p in existing), default=_grid_floor(now, width))
-    start = max(start, _grid_floor(now, width))  # a gap before now can hold no row
+    existing = sorted((p for p in await partitions(conn) if not p.pending), key=lambda p: p.upper)
+    t = _grid_floor(now, width)
     created = 0
-    while start < until and created < PARTITIONS_PER_ROUND_MAX:
-        end = _grid_next(start, width)
-        name = partition_name(start)
-        lower, upper = _ts(start), _ts(end)
+    while t < until and created < PARTITIONS_PER_ROUND_MAX:
+        # The first partition ending after t (partitions never overlap).
+        nxt = next((p for p in existing if p.upper > t), None)
+        if nxt is not None and (nxt.lower is None or nxt.lower <= t):
+            t = nxt.upper  # t is covered: skip to its end
+            continue
+        end = _grid_next(t, width)
+        if nxt is not None and nxt.lower is not None and nxt.lower < end:
+            end = nxt.lower  # fill the gap up to the next partition only
+        name = partition_name(t)
+        lower, upper = _ts(t), _ts(end)
         async with conn.transaction():
             await conn.execute(_CREATE.format(name=name, lower=lower, upper=upper))
             await conn.execute(_ATTACH.format(name=name, lower=lower, upper=upper))
             await conn.execute(_DROP_CHECK.format(name=name))
         created += 1
-        start = end
-    return created, start
+        t = end
+    # Covered without a gap from now to t (not to the last partition: a process
+    # whose clock runs ahead may have made partitions far beyond a gap).
+    return created, t
 
 
 async def drop_expired(conn: asyncpg.Connection, now: datetime, timeout_s: float) -> int:
-    """Detach (concurrently) and drop every partition whose keys have all expired."""
+    """Detach (concurrently) and drop every partition whose keys have all expired.
+
+    Expired by the earlier of this process's clock and the database's: a replica
+    whose clock runs ahead must not drop keys that the others still replay.
+    """
+    db_now: datetime = await conn.fetchval("SELECT now()")
+    cutoff = min(now, db_now)
     dropped = 0
     for p in await partitions(conn):
-        if p.upper > now:
+        if p.upper > cutoff:
             continue
         if p.pending:
             await conn.execute(_FINALIZE.format(name=p.name), timeout=timeout_s)

@@ -390,7 +390,9 @@ class PostgresStore:
         # The idempotency table's partition grid, and how far its partitions
         # are known to reach (ledger/storage/idempotency.py).
         self._idem_partition = idempotency_partition
-        self._idem_covered: datetime | None = None
+        # [from, until): partitions exist for every expires_at in it (as of the last
+        # maintenance; `from` is the `now` it dropped up to).
+        self._idem_covered: tuple[datetime, datetime] | None = None
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
@@ -667,7 +669,7 @@ class PostgresStore:
         async with self._connection() as conn:
             result = await _guard(idem.maintain(conn, now, until, self._idem_partition, drop))
         if result.covered_until is not None:
-            self._idem_covered = result.covered_until
+            self._idem_covered = (now, result.covered_until)
         return result.created, result.dropped
 
     async def _cover_idempotency(self, now: datetime, expires_at: datetime) -> None:
@@ -675,16 +677,17 @@ class PostgresStore:
         made far ahead by the sweeper; this covers a process that has not run it
         yet, or a clock that jumped. Another process holding the maintenance lock
         makes the batch retry."""
-        if self._idem_covered is not None and expires_at < self._idem_covered:
+        covered = self._idem_covered
+        if covered is not None and covered[0] <= expires_at < covered[1]:
             return
         margin = 2 * self._idem_partition
         async with self._connection() as conn:
             result = await _guard(
                 idem.maintain(conn, now, expires_at + margin, self._idem_partition, drop=False)
             )
-        if result.skipped:
+        if result.skipped or result.covered_until is None:
             raise SerializationConflict("idempotency partitions are being maintained")
-        self._idem_covered = result.covered_until
+        self._idem_covered = (now, result.covered_until)
 
     async def archive_reservations(
         self, expired_before: datetime, now: datetime, limit: int

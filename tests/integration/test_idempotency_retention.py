@@ -96,22 +96,34 @@ async def test_an_expired_key_reads_absent_before_and_after_its_partition_is_dro
     pool: asyncpg.Pool,
 ) -> None:
     store = _store(pool)
-    t0 = datetime.now(UTC)
+    # Written 10 minutes ago with 5 minutes of retention: expired by every clock now
+    # (partitions are dropped by the earlier of the process's and the database's).
+    t0 = datetime.now(UTC) - timedelta(minutes=10)
     await _write(store, t0, _record("k1", t0 + timedelta(minutes=5)))
     assert await _load(store, t0 + timedelta(minutes=4, seconds=59), "k1")  # inside retention
     assert not await _load(store, t0 + timedelta(minutes=5), "k1")  # expired: absent
     assert await _rows(pool, "k1") == 1  # ...though its partition is still there
     await store.maintain_idempotency(t0 + timedelta(minutes=4), t0 + timedelta(minutes=10))
     assert await _rows(pool, "k1") == 1, "a partition holding a live key was dropped"
-    _, dropped = await store.maintain_idempotency(
-        t0 + timedelta(minutes=7), t0 + timedelta(minutes=10)
-    )
+    now = datetime.now(UTC)
+    _, dropped = await store.maintain_idempotency(now, now + timedelta(minutes=5))
     assert dropped >= 1
     assert await _rows(pool, "k1") == 0
     async with pool.acquire() as conn:
         parts = await idem.partitions(conn)
-    assert all(p.upper > t0 + timedelta(minutes=7) for p in parts)
+    assert all(p.upper > now for p in parts)
     assert not any(p.pending for p in parts)
+
+
+async def test_a_clock_running_ahead_drops_nothing_the_database_clock_keeps(
+    pool: asyncpg.Pool,
+) -> None:
+    store = _store(pool)
+    now = datetime.now(UTC)
+    await _write(store, now, _record("ahead", now + timedelta(minutes=5)))
+    await store.maintain_idempotency(now + timedelta(days=30), now + timedelta(days=31))
+    assert await _rows(pool, "ahead") == 1
+    assert await _load(store, now, "ahead")
 
 
 async def test_maintenance_creates_partitions_ahead_on_the_grid(pool: asyncpg.Pool) -> None:
