@@ -1,4 +1,4 @@
-"""A tiny soak: two minutes, retention of 40 s in partitions of 2 s, on a cluster of its own.
+"""A tiny soak: two minutes, retention of 60 s in partitions of 6 s, on a cluster of its own.
 
 It checks the pipeline (own cluster, pacing, per-minute samples, verify, the
 last line) and the one criterion that does not depend on the machine's load:
@@ -34,7 +34,7 @@ def test_soak_smoke(tmp_path: Path) -> None:
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql (postgresql-15)")
     args = [
-        sys.executable, "-m", "tests.bench.soak", "--minutes", "2", "--retention-s", "40",
+        sys.executable, "-m", "tests.bench.soak", "--minutes", "2", "--retention-s", "60", "--partition-s", "6",
         "--peak-s", "5", "--fraction", "0.3", "--accounts", "300", "--port", "25498",
         "--out-dir", str(tmp_path),
     ]  # fmt: skip
