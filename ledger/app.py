@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 
 from ledger import __version__
 from ledger.config import Config, is_loopback
+from ledger.listen import bind_problem, describe, split_host_port
 from ledger.observability import metrics
 from ledger.security.callers import CallerFileError
 from ledger.service.clock import Clock, SystemClock
@@ -26,6 +27,7 @@ from ledger.storage.pool import (
     PoolSettings,
     create_pool,
     migrate,
+    read_endpoint_problem,
     wait_for_database,
 )
 from ledger.storage.postgres import PostgresStore
@@ -34,11 +36,6 @@ from ledger.transport.server import ServerSettings, build_server, set_health
 from ledger.transport.servicer import LedgerServicer
 
 log = logging.getLogger("ledger.app")
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 @dataclass
@@ -72,6 +69,14 @@ def _security(cfg: Config) -> Security:
         raise StartupError(str(exc)) from None
 
 
+def _check_listen(cfg: Config) -> None:
+    """Errors: StartupError naming the flag, the address and why nothing can listen there."""
+    for flag, address in (("--listen", cfg.listen), ("--metrics-listen", cfg.metrics_listen)):
+        problem = bind_problem(address) if address else None
+        if problem is not None:
+            raise StartupError(f"{flag} {address}: {problem}")
+
+
 class App:
     def __init__(
         self, config: Config, clock: Clock | None = None, hooks: Hooks | None = None
@@ -87,11 +92,13 @@ class App:
         self._stopping = asyncio.Event()
         self._metrics_server: Any = None
         self.security: Security | None = None
+        self.read_pool: Any = None
 
     async def start(self) -> None:
         """Errors: StartupError (before anything is started) for an unusable configuration."""
         cfg = self.config
         self.security = security = _security(cfg)
+        _check_listen(cfg)  # before the database: a port in use fails fast, in one line
         metrics.set_build_info(__version__)
         if not self.database_url:
             self._embedded = EmbeddedPostgres(cfg.data_dir)
@@ -103,7 +110,10 @@ class App:
             log.info("migrations applied: %s", ", ".join(applied))
         self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
         retention = cfg.idempotency_retention()
-        self.store = PostgresStore(self.pool, idempotency_partition=retention.partition)
+        self.read_pool = await self._read_pool()
+        self.store = PostgresStore(
+            self.pool, idempotency_partition=retention.partition, read_pool=self.read_pool
+        )
         self.writer = Writer(
             self.store,
             self.clock,
@@ -132,13 +142,25 @@ class App:
             security.interceptors + self.hooks.interceptors,
         )
         credentials = self.hooks.server_credentials or security.server_credentials
-        if credentials is not None:
-            self.port = self.server.add_secure_port(cfg.listen, credentials)
-        else:
-            self.port = self.server.add_insecure_port(cfg.listen)
+        try:
+            if credentials is not None:
+                self.port = self.server.add_secure_port(cfg.listen, credentials)
+            else:
+                self.port = self.server.add_insecure_port(cfg.listen)
+        except RuntimeError:  # taken since _check_listen: say why, as it does
+            await self._close_storage()
+            problem = bind_problem(cfg.listen) or "cannot listen there"
+            raise StartupError(f"--listen {cfg.listen}: {problem}") from None
         if cfg.metrics_listen:
             host, port = split_host_port(cfg.metrics_listen)
-            self._metrics_server, _ = start_http_server(port, addr=host)
+            try:
+                self._metrics_server, _ = start_http_server(port, addr=host)
+            except OSError as exc:
+                await self.server.stop(None)
+                await self._close_storage()
+                raise StartupError(
+                    f"--metrics-listen {cfg.metrics_listen}: {describe(exc)}"
+                ) from None
             self.metrics_port = self._metrics_server.server_port
         # Partitions for the keys of the first calls, before there are calls.
         await self.sweeper.maintain_once()
@@ -155,6 +177,23 @@ class App:
             self.metrics_port or "off",
         )
         self._log_security(security, credentials is not None)
+
+    async def _read_pool(self) -> Any:
+        """The read endpoint's pool, when one is given and reads there are safe; else None."""
+        url = self.config.read_database_url
+        if not url:
+            return None
+        problem = await read_endpoint_problem(self.database_url)
+        if problem:
+            log.warning(
+                "read endpoint not used, reads stay on the primary: %s (a standby could"
+                " miss acknowledged writes; docs/operations.md)",
+                problem,
+            )
+            return None
+        pool = await create_pool(url, PoolSettings(min_size=1, max_size=self.config.pool_size_max))
+        log.info("reads (GetBalance, GetAccount, ListEntries, ...) go to the read endpoint")
+        return pool
 
     def _log_security(self, security: Security, tls: bool) -> None:
         cfg = self.config
@@ -193,11 +232,19 @@ class App:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            # While the database is marked unreachable every call fails fast until a
+            # check passes: check more often then, so a new primary is used at once.
+            await asyncio.sleep(1.0 if self.store.reachable else 0.25)
             try:
                 await self._check_health()
             except Exception:
                 log.exception("health check failed")
+
+    async def _close_storage(self) -> None:
+        """Undo a start that failed after the pool was made."""
+        await self.pool.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish, then close."""
@@ -210,6 +257,8 @@ class App:
         await self.writer.stop()
         await self.store.close()
         await self.pool.close()
+        if self.read_pool is not None:
+            await self.read_pool.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._embedded is not None:

@@ -13,11 +13,23 @@ from ledger.domain.rules import PairKey, WorkingSet
 
 
 class SerializationConflict(Exception):
-    """The transaction lost a serialization race; retrying it may succeed."""
+    """The transaction lost a serialization race; retrying it may succeed.
+
+    The Store re-runs its own units of work (everything but `batch()`) a bounded
+    number of times and raises this only when every attempt lost; `attempts`
+    says how many it made."""
+
+    attempts: int = 1
 
 
 class StorageUnavailable(Exception):
-    """The database could not be reached or the connection broke; nothing was committed."""
+    """The database could not be reached or the connection broke.
+
+    The outcome of a write is then unknown: a COMMIT cut off mid-way (a failover
+    while it waited for the synchronous standby, the command timeout) can have
+    committed. Callers get UNAVAILABLE and retry with the same idempotency key,
+    which replays the first outcome if there was one.
+    """
 
 
 @dataclass(frozen=True)

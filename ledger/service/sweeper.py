@@ -17,7 +17,7 @@ from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.observability import metrics
 from ledger.service.clock import Clock
-from ledger.service.ports import StorageUnavailable, Store
+from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
 from ledger.service.retention import IdempotencyRetention
 from ledger.service.writer import Writer
 
@@ -98,7 +98,12 @@ class Sweeper:
                 if loop.time() - last_maintained >= self._settings.maintain_every_s:
                     last_maintained = loop.time()
                     await self.maintain_once()
-            except (StorageUnavailable, errors.DatabaseUnavailable, errors.Contention) as exc:
+            except (
+                StorageUnavailable,
+                SerializationConflict,
+                errors.DatabaseUnavailable,
+                errors.Contention,
+            ) as exc:
                 log.warning("sweep skipped: %s", exc)
             except Exception:
                 log.exception("sweep failed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ from ledger.domain.model import (
     Reservation,
 )
 from ledger.domain.rules import PairKey, WorkingSet
+from ledger.observability import metrics
 from ledger.service.ports import (
     IdempotencyRecord,
     SerializationConflict,
@@ -53,9 +55,35 @@ _UNAVAILABLE_STATES = {
     "08001",
     "08004",
     "53300",
+    # read_only_sql_transaction: this connection's node turned standby (a failover
+    # demoted it). The connection is dropped; the next one finds the new primary.
+    "25006",
 }
 
+# Also "nothing was done, try again", whatever the request (issue 13, item 5): a
+# lock wait gave up (55P03: a lock_timeout an operator set) is contention; the
+# server out of resources (class 53: disk full, out of memory, too many
+# connections), a statement cancelled (57014: pg_cancel_backend, a
+# statement_timeout) or failing I/O (class 58) makes the database unavailable.
+_RETRYABLE_TOO = {"55P03"}
+_UNAVAILABLE_CLASSES = ("53", "58")
+_UNAVAILABLE_TOO = {"57014"}
+
 _BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+
+# Units of work outside the writer's batches (CreateAccount, reads, the sweeper's
+# queries): how often one is re-run after losing a serialization race, as the
+# writer does for its batches (ledger.service.writer.WriterSettings).
+_UNIT_ATTEMPTS_MAX = 8
+_UNIT_BACKOFF_BASE_S = 0.005
+_UNIT_BACKOFF_MAX_S = 0.2
+
+# The read endpoint's fence (PostgresStore._standby_read): the primary's flush
+# position, then "has this standby replayed that far?" (NULL, so false, on a
+# node that is not in recovery), asked again after each pause before giving up.
+_FLUSH_LSN = "SELECT pg_current_wal_flush_lsn()::text"
+_REPLAYED_PAST = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)"
+_FENCE_PAUSES_S = (0.002, 0.005, 0.01, 0.02, 0.0)
 
 # The writer's two statements are keyed lookups and inserts, nothing else: with
 # the planner held to index paths they have the same plan whatever the tables'
@@ -214,6 +242,10 @@ def _translate(exc: BaseException) -> BaseException:
             # the retry will find its record and replay it.
             return SerializationConflict(state)
         if state in _UNAVAILABLE_STATES or state in _AMBIGUOUS or state.startswith("08"):
+            return StorageUnavailable(f"database error {state}")
+        if state in _RETRYABLE_TOO:
+            return SerializationConflict(state)
+        if state in _UNAVAILABLE_TOO or state.startswith(_UNAVAILABLE_CLASSES):
             return StorageUnavailable(f"database error {state}")
         return exc  # type: ignore[no-any-return]
     if isinstance(exc, asyncpg.InternalClientError):
@@ -385,8 +417,11 @@ class PostgresStore:
         pool: asyncpg.Pool,
         acquire_timeout_s: float = 2.0,
         idempotency_partition: timedelta = timedelta(hours=12),
+        read_pool: asyncpg.Pool | None = None,
     ) -> None:
         self._pool = pool
+        # Synchronous standbys for the reads that may go there (see _standby_read).
+        self._read_pool = read_pool
         # The idempotency table's partition grid, and how far its partitions
         # are known to reach (ledger/storage/idempotency.py).
         self._idem_partition = idempotency_partition
@@ -421,14 +456,17 @@ class PostgresStore:
             self._waiting -= 1
         try:
             yield conn
-        except (StorageUnavailable, asyncio.CancelledError):
+        except (StorageUnavailable, asyncio.CancelledError) as exc:
             # Timed out, cancelled or broken mid-query: its state is unknown, never reuse it.
             with suppress(Exception):
                 conn.terminate()
+            await self._expire_if_silent(exc)
             raise
         finally:
             with suppress(Exception):
-                await self._pool.release(conn)
+                # Bounded: the reset on release must not hang on a node that stopped
+                # answering (asyncpg terminates the connection when it times out).
+                await self._pool.release(conn, timeout=self._acquire_timeout_s)
 
     async def _writer_connection(self) -> asyncpg.Connection:
         """The writer's own connection, held across batches: no pool round trips
@@ -504,8 +542,16 @@ class PostgresStore:
             await self._abandon(conn, exc)
             raise
 
+    async def _expire_if_silent(self, exc: BaseException) -> None:
+        """A statement that got no answer: the node hangs or is cut off, and so are the
+        pool's other connections to it. Replace them all (asyncpg reconnects each on its
+        next acquire, racing the hosts again) rather than let each cost one more timeout."""
+        if isinstance(exc, StorageUnavailable) and isinstance(exc.__cause__, TimeoutError):
+            await self._pool.expire_connections()
+
     async def _abandon(self, conn: asyncpg.Connection, exc: BaseException) -> None:
         """After a failed batch: roll back on a sound connection, else drop it."""
+        await self._expire_if_silent(exc)
         if isinstance(exc, Exception) and not isinstance(exc, StorageUnavailable):
             try:
                 if not conn.is_closed() and conn.is_in_transaction():
@@ -524,8 +570,72 @@ class PostgresStore:
                 await self._pool.release(conn)
 
     async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async with self._connection() as conn:
-            return await _guard(fn(conn))
+        """Run `fn` (one whole unit of work: a statement or a transaction) on a pooled
+        connection. A lost serialization race (two CreateAccounts of one id at
+        SERIALIZABLE, a deadlock) re-runs the whole unit, bounded and jittered;
+        SerializationConflict only when every attempt lost (issue 13, item 5)."""
+        for attempt in range(1, _UNIT_ATTEMPTS_MAX + 1):
+            try:
+                async with self._connection() as conn:
+                    return await _guard(fn(conn))
+            except SerializationConflict as exc:
+                if attempt == _UNIT_ATTEMPTS_MAX:
+                    exc.attempts = attempt
+                    raise
+            # Back off without holding a connection: others may need it meanwhile.
+            metrics.SERIALIZATION_RETRIES.inc()
+            backoff_s = min(_UNIT_BACKOFF_MAX_S, _UNIT_BACKOFF_BASE_S * 2**attempt)
+            await asyncio.sleep(backoff_s * random.random())
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _standby_read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """A read on the read endpoint when there is one and it has caught up; else on the primary.
+
+        The fence: the primary's WAL flush position, taken first, covers every
+        commit acknowledged before this read began (a commit is flushed before it
+        is acknowledged). The standby serves the read only once it has replayed
+        that far, so a standby that fell out of the synchronous set (a node
+        rejoining after a failover, a lagging one) never answers with old data;
+        a node that is not in recovery is never used either (it may be an old
+        primary cut off from the cluster). With synchronous_commit = remote_apply
+        (checked at start) the synchronous standbys are there already, or within
+        the few milliseconds of commits in flight.
+
+        The read falls back to the primary only when `fn` has not run: a
+        failure inside it is UNAVAILABLE (reads are safe to retry), so that
+        `fn` never fills its results from two snapshots.
+
+        Errors: StorageUnavailable.
+        """
+        if self._read_pool is None:
+            return await self._read(fn)
+        fence = await self._read(lambda conn: conn.fetchval(_FLUSH_LSN))
+        try:
+            conn = await self._read_pool.acquire(timeout=self._acquire_timeout_s)
+        except Exception:
+            return await self._read(fn)
+        started = False
+        try:
+            if await self._caught_up(conn, fence):
+                started = True
+                return await _guard(fn(conn))
+        except StorageUnavailable:
+            with suppress(Exception):
+                conn.terminate()
+            if started:
+                raise
+        finally:
+            with suppress(Exception):
+                await self._read_pool.release(conn, timeout=self._acquire_timeout_s)
+        return await self._read(fn)
+
+    @staticmethod
+    async def _caught_up(conn: asyncpg.Connection, fence: str) -> bool:
+        for pause_s in _FENCE_PAUSES_S:
+            if await _guard(conn.fetchval(_REPLAYED_PAST, fence)):
+                return True
+            await asyncio.sleep(pause_s)
+        return False
 
     async def create_account(
         self, account_id: str, metadata: dict[str, str], now: datetime
@@ -547,7 +657,7 @@ class PostgresStore:
 
     async def get_account(self, account_id: str) -> Account | None:
         """The account without its balances (snapshot() reads those as of an instant)."""
-        row = await self._read(
+        row = await self._standby_read(
             lambda conn: conn.fetchrow(
                 "SELECT account_id, metadata, created_at FROM accounts WHERE account_id = $1",
                 account_id,
@@ -603,7 +713,7 @@ class PostgresStore:
                     for row in await conn.fetch(_ARCHIVED_RESERVATIONS, missing, group_id or None):
                         ws.add_reservation(codec.reservation_from(row["doc"]))
 
-        await self._read(run)
+        await self._standby_read(run)
 
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int
@@ -627,7 +737,7 @@ class PostgresStore:
                 )
             return [_entry(r) for r in rows]
 
-        return await self._read(run)
+        return await self._standby_read(run)
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]:
         async def run(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str]]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg
+from ledger.storage import hosts
 
 # Every reservation, hot or archived (`ledger archive reservations`): the
 # invariants hold for both, and entries keep pointing at archived ones.
@@ -65,7 +65,9 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "reservation_caps",
-        "settled + released + expired <= amount and refunded <= settled; closed ones hold nothing",
+        "settled + released + expired <= amount and refunded <= settled; closed ones hold nothing"
+        " (the rule: rules.refund and rules._exceeds_remaining; the constraints: the CHECKs of"
+        " reservations in migrations 0001 and 0005; docs/design.md, 'Where a rule lives')",
         f"""SELECT reservation_id, state, amount, settled, released, expired, refunded FROM {_ALL_RESERVATIONS} r
         WHERE settled + released + expired > amount OR refunded > settled OR settled < 0 OR released < 0
            OR refunded < 0 OR expired < 0 OR (state <> 'open' AND settled + released + expired <> amount)""",
@@ -182,7 +184,7 @@ class Report:
 
 
 async def verify(url: str, sample_max: int = 10) -> Report:
-    conn = await asyncpg.connect(url, timeout=10.0)
+    conn = await hosts.connect(url, 10.0)
     report = Report()
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
