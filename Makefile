@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := clients/python
 PROTO := protos/creditledger/v1/ledger.proto
 
-.PHONY: run test install proto proto-check lint typecheck unit bench torture failover clean lock
+.PHONY: run test install proto proto-check lint typecheck unit bench torture soak failover clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ test: $(STAMP)
 ## The benchmark (not part of `make test`): see docs/performance.md.
 bench: $(STAMP)
 	$(PY) -m tests.bench $(BENCH_ARGS)
+
+## Hours of mixed load with retention shortened to minutes (SOAK_MINUTES, default 20):
+## see docs/performance.md, "Soak". Needs root (initdb runs as `postgres`).
+soak: $(STAMP)
+	$(PY) -m tests.bench.soak --minutes $${SOAK_MINUTES:-20} $(SOAK_ARGS)
 
 ## The consistency checker with the fault injector (TORTURE_SECONDS, default 120).
 torture: $(STAMP)

@@ -139,13 +139,18 @@ class App:
                 await self._stop_embedded()
                 raise StartupError(f"not serving: {problem}")
         self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
+        retention = cfg.idempotency_retention()
         self.read_pool = await self._read_pool()
-        self.store = PostgresStore(self.pool, read_pool=self.read_pool)
+        self.store = PostgresStore(
+            self.pool, idempotency_partition=retention.partition, read_pool=self.read_pool
+        )
         self.writer = Writer(
             self.store,
             self.clock,
             WriterSettings(
-                batch_max=cfg.batch_max, refund_grace=timedelta(seconds=cfg.refund_grace_s)
+                batch_max=cfg.batch_max,
+                refund_grace=timedelta(seconds=cfg.refund_grace_s),
+                retention=retention,
             ),
         )
         self.ledger = Ledger(
@@ -157,7 +162,8 @@ class App:
             self.clock,
             SweeperSettings(
                 interval_s=cfg.sweep_interval_s,
-                idempotency_retention=timedelta(days=cfg.idempotency_retention_days),
+                retention=retention,
+                maintain_every_s=min(10.0, retention.partition.total_seconds() / 2),
             ),
         )
         self.server, self.health = build_server(
@@ -191,6 +197,8 @@ class App:
                 self.health, server_settings(cfg), cfg.health_listen
             )
             await self._health_server.start()
+        # Partitions for the keys of the first calls, before there are calls.
+        await self.sweeper.maintain_once()
         self.writer.start()
         self.sweeper.start()
         await self.server.start()

@@ -127,6 +127,77 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _run(main())
 
 
+def cmd_archive_reservations(args: argparse.Namespace) -> int:
+    """Move closed reservations past their expiry by more than --older-than-days
+    into reservations_archive, in short batches (docs/operations.md, "Retention")."""
+    from datetime import UTC, datetime, timedelta
+
+    from ledger.service.ports import SerializationConflict
+    from ledger.storage.pool import PoolSettings, create_pool
+    from ledger.storage.postgres import PostgresStore
+
+    if args.older_than_days <= 0 or args.batch <= 0:
+        print("ledger archive reservations: --older-than-days and --batch must be positive",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+    async def main() -> int:
+        url, embedded = await _resolve_url(args)
+        total = 0
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(days=args.older_than_days)
+        try:
+            pool = await create_pool(
+                url, PoolSettings(min_size=1, max_size=1, command_timeout_s=60.0)
+            )
+            store = PostgresStore(pool)
+            conflicts = 0
+            try:
+                while True:
+                    try:
+                        moved = await store.archive_reservations(cutoff, now, args.batch)
+                    except SerializationConflict:
+                        conflicts += 1  # a batch touched one of them: take the round again
+                        if conflicts > 100:
+                            raise
+                        await asyncio.sleep(0.05)
+                        continue
+                    total += moved
+                    if moved < args.batch:
+                        break
+            finally:
+                await pool.close()
+        finally:
+            if embedded is not None:
+                embedded.stop()
+        print(
+            f"ledger archive reservations: {total} archived"
+            f" (closed, expired before {cutoff.isoformat(timespec='seconds')})"
+        )
+        return 0
+
+    return _run(main())
+
+
+def _add_retention_commands(sub: Any) -> None:
+    archive = sub.add_parser("archive", help="move old history out of the hot tables")
+    asub = archive.add_subparsers(dest="archive_command", required=True)
+    res = asub.add_parser(
+        "reservations",
+        help="move closed reservations into reservations_archive (GetReservation still answers)",
+    )
+    config.add_database_flags(res)
+    res.add_argument(
+        "--older-than-days",
+        type=float,
+        default=90.0,
+        help="archive those whose expires_at is older than this (default 90: Refund of an"
+        " archived reservation answers RESERVATION_NOT_FOUND)",
+    )
+    res.add_argument("--batch", type=int, default=1000, help="reservations per transaction")
+    res.set_defaults(func=cmd_archive_reservations)
+
+
 def cmd_token_new(args: argparse.Namespace) -> int:
     from ledger.security.tokens import new_token, token_hash_hex
 
@@ -219,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.set_defaults(func=cmd_verify)
     _add_security_commands(sub)
+    _add_retention_commands(sub)
     add_commands(sub)
     return parser
 

@@ -6,7 +6,10 @@ import argparse
 import ipaddress
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+
+from ledger.service.retention import IdempotencyRetention
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,8 @@ class Config:
     batch_max: int = 256
     sweep_interval_s: float = 1.0
     idempotency_retention_days: float = 7.0
+    idempotency_refused_retention_days: float = 1.0
+    idempotency_partition_s: float = 12 * 3600.0
     refund_grace_s: float = 7 * 86400.0
     drain_s: float = 10.0
     database_wait_s: float = 30.0
@@ -68,7 +73,15 @@ class Config:
                 " Give --callers FILE (docs/security.md), or, only where something in"
                 " front authenticates every call, --allow-anonymous-full-access"
             )
+        out += self.idempotency_retention().problems()
         return out
+
+    def idempotency_retention(self) -> IdempotencyRetention:
+        return IdempotencyRetention(
+            applied=timedelta(days=self.idempotency_retention_days),
+            refused=timedelta(days=self.idempotency_refused_retention_days),
+            partition=timedelta(seconds=self.idempotency_partition_s),
+        )
 
 
 def is_loopback(listen: str) -> bool:
@@ -155,6 +168,24 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--idempotency-retention-days",
         type=float,
         default=float(_env("LEDGER_IDEMPOTENCY_RETENTION_DAYS", str(d.idempotency_retention_days))),
+        help="how long a key of an applied request replays its outcome (docs/operations.md)",
+    )
+    p.add_argument(
+        "--idempotency-refused-retention-days",
+        type=float,
+        default=float(
+            _env(
+                "LEDGER_IDEMPOTENCY_REFUSED_RETENTION_DAYS",
+                str(d.idempotency_refused_retention_days),
+            )
+        ),
+        help="how long a key of a request refused by a rule replays its refusal",
+    )
+    p.add_argument(
+        "--idempotency-partition-s",
+        type=float,
+        default=float(_env("LEDGER_IDEMPOTENCY_PARTITION_S", str(d.idempotency_partition_s))),
+        help="width of the idempotency table's time partitions (keys are dropped a partition at a time)",
     )
     p.add_argument(
         "--refund-grace-s",
@@ -228,6 +259,8 @@ def from_args(args: argparse.Namespace) -> Config:
         batch_max=args.batch_max,
         sweep_interval_s=args.sweep_interval_s,
         idempotency_retention_days=args.idempotency_retention_days,
+        idempotency_refused_retention_days=args.idempotency_refused_retention_days,
+        idempotency_partition_s=args.idempotency_partition_s,
         refund_grace_s=args.refund_grace_s,
         drain_s=args.drain_s,
         tls_cert=_path(args.tls_cert),
