@@ -27,10 +27,11 @@ from ledger.domain.model import (
     EntriesPage,
     GroupResult,
     Reservation,
+    ReservationResult,
     Result,
 )
 from ledger.observability import metrics
-from ledger.service import pagetoken
+from ledger.service import groups, pagetoken, scope
 from ledger.service.clock import Clock
 from ledger.service.listing import ReservationQuery, ReservationsPage
 from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
@@ -103,7 +104,11 @@ class Ledger:
                 )
         try:
             result, replayed = await self._writer.submit(cmd)
+            if replayed:
+                scope.check_replay(cmd, result, access)  # the scope as it is now
         except errors.LedgerError as exc:
+            if exc.replayed:
+                scope.check_replayed_error(cmd, exc, access)
             if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
                 metrics.REJECTIONS.labels(cmd.method, exc.reason).inc()
             if exc.replayed:
@@ -111,7 +116,32 @@ class Ledger:
             raise
         if replayed:
             metrics.REPLAYS.labels(cmd.method).inc()
-        return result, replayed
+        return await self._show_group_metadata(result), replayed
+
+    async def _show_group_metadata(self, result: Result) -> Result:
+        """Group legs show their group's metadata, stored once (ledger.service.groups)."""
+        if isinstance(result, GroupResult):
+            return groups.with_group_metadata(result)
+        if isinstance(result, ReservationResult) and groups.needs_group_metadata(
+            result.reservation
+        ):
+            res = dataclasses.replace(
+                result.reservation,
+                metadata=await self._group_metadata(result.reservation.group_id),
+            )
+            return ReservationResult(res, result.balance)
+        return result
+
+    async def _group_metadata(self, group_id: str) -> dict[str, str]:
+        """Errors: DatabaseUnavailable, Contention."""
+        ws = self._view()
+        try:
+            await self._store.snapshot(ws, group_id=group_id)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        return groups.group_metadata(
+            [r for r in ws.reservations.values() if r.group_id == group_id]
+        )
 
     async def create_account(
         self, account_id: str, metadata: dict[str, str], access: Access = LOCAL
@@ -225,7 +255,10 @@ class Ledger:
         if res is None or not access.covers(res.account_id):
             raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
         rules.catch_up(ws, res.account_id, res.asset)
-        return rules.snapshot(res)
+        out = rules.snapshot(res)
+        if groups.needs_group_metadata(out):
+            out.metadata = await self._group_metadata(out.group_id)
+        return out
 
     async def get_group(self, group_id: str, access: Access = LOCAL) -> GroupResult:
         """Errors: PermissionDenied, InvalidArgument, ReservationGroupNotFound (also
@@ -245,7 +278,7 @@ class Ledger:
             rules.catch_up(ws, r.account_id, r.asset)
         # As requested (leg_index); groups made before it was stored: by leg key.
         legs.sort(key=lambda r: (r.leg_index, r.created_at, r.leg_key))
-        return GroupResult(group_id, [rules.snapshot(r) for r in legs])
+        return groups.with_group_metadata(GroupResult(group_id, [rules.snapshot(r) for r in legs]))
 
     async def list_entries(
         self, account_id: str, asset: str, page_size: int, page_token: str, access: Access = LOCAL

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ledger.domain import commands as c
@@ -34,6 +34,7 @@ from ledger.service.ports import (
     StorageUnavailable,
     Store,
 )
+from ledger.service.retention import IdempotencyRetention
 
 log = logging.getLogger("ledger.writer")
 
@@ -49,6 +50,7 @@ class WriterSettings:
     # a database that stopped answering: give up (UNAVAILABLE) within callers' deadlines.
     attempt_timeout_s: float = 2.0
     refund_grace: timedelta = timedelta(days=7)
+    retention: IdempotencyRetention = field(default_factory=IdempotencyRetention)
     # Commands waiting for the writer, at most: past it a call is refused at once
     # (RESOURCE_EXHAUSTED with a retry delay) instead of queueing without bound.
     queue_max: int = 10_000
@@ -234,6 +236,7 @@ class Writer:
                     outcome = exc
                 results[i] = (outcome, False)
                 if not isinstance(cmd, c.ExpireDue):
+                    refused = isinstance(outcome, errors.LedgerError)
                     records.append(
                         IdempotencyRecord(
                             cmd.caller,
@@ -241,6 +244,7 @@ class Writer:
                             cmd.method,
                             cmd.fingerprint(),
                             outcomes.encode(outcome),
+                            self._settings.retention.expires_at(ws.now, refused),
                         )
                     )
             for i, j in same_key_as.items():
