@@ -178,7 +178,8 @@ WARNINGS: list[tuple[str, str, str]] = [
 # other accounts, and costs as much as a full one.
 _ACCOUNT_SCOPE = {
     "account_id": "q.account_id = $1",
-    "reservation_id": "q.reservation_id IN (SELECT reservation_id FROM reservations WHERE account_id = $1)",
+    "reservation_id": "q.reservation_id IN (SELECT reservation_id FROM reservations WHERE account_id = $1"
+    " UNION ALL SELECT reservation_id FROM reservations_archive WHERE doc->>'account_id' = $1)",
     "lot_id": "q.lot_id IN (SELECT lot_id FROM lots WHERE account_id = $1)",
     "transaction_id": "q.transaction_id IN (SELECT transaction_id FROM entries WHERE account_id = $1)",
     "asset": "q.asset IN (SELECT asset FROM balances WHERE account_id = $1)",
@@ -199,6 +200,8 @@ _SCOPE_OF = {
     "nothing_spent_from_expired_lots": "lot_id",
     "expired_matches_write_offs": "asset",
     "reservations_overdue": "reservation_id",
+    "archived_reservations_hold_nothing": "reservation_id",
+    "reservation_in_one_table": "reservation_id",
     "lots_overdue": "lot_id",
 }
 
