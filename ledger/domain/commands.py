@@ -309,4 +309,38 @@ class ExpireDue(Command):
         return None
 
 
-MutatingCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund | ExpireDue
+BatchCommand = Grant | Reserve | Charge | Settle | Release | Refund
+"""The commands SubmitBatch takes (ReserveGroup is a batch of its own)."""
+
+
+@dataclass(frozen=True)
+class Batch(Command):
+    """SubmitBatch: up to BATCH_COMMANDS_MAX commands, run in order, each with its
+    own idempotency key and its own outcome. The batch itself has no key (its
+    `idempotency_key` is empty): replays are per command. `atomic`: one
+    transaction, all or nothing; a failed atomic batch records nothing.
+
+    One command object, so that whatever carries a command to the writer
+    carries a batch unchanged."""
+
+    commands: tuple[BatchCommand, ...] = ()
+    atomic: bool = False
+
+    method = "SubmitBatch"
+
+    def validate(self) -> None:
+        """Only the batch's own limits: each command is validated on its own."""
+        if not 1 <= len(self.commands) <= limits.BATCH_COMMANDS_MAX:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "commands",
+                        f"must have 1 to {limits.BATCH_COMMANDS_MAX} commands (BATCH_COMMANDS_MAX)",
+                    )
+                ]
+            )
+
+
+MutatingCommand = (
+    Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund | ExpireDue | Batch
+)

@@ -28,3 +28,5 @@ PAGE_TOKEN_LEN_MAX = 256
 GROUP_LEGS_MAX = 100
 LOTS_LISTED_MAX = 1000
 MESSAGE_BYTES_MAX = 64 * 1024
+BATCH_COMMANDS_MAX = 1000  # commands per SubmitBatch request
+BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: MESSAGE_BYTES_MAX)

@@ -35,9 +35,11 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
 
-    def take(self, caller: str, rate: Rate) -> float:
-        """Spend one request of `caller`. Returns 0.0 when allowed, else the
-        seconds until a request would be allowed (nothing is spent then)."""
+    def take(self, caller: str, rate: Rate, weight: int = 1) -> float:
+        """Spend `weight` requests of `caller` (a SubmitBatch weighs its number of
+        commands). Returns 0.0 when allowed, else the seconds until it would be
+        allowed (nothing is spent then). A call heavier than the burst is allowed
+        once the bucket is full, and leaves it in debt: the rate holds over time."""
         if not rate.limited:
             return 0.0
         now = self._clock()
@@ -49,10 +51,11 @@ class RateLimiter:
             elapsed = now - bucket.updated
             bucket.tokens = min(float(rate.burst), bucket.tokens + elapsed * rate.per_s)
             bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        need = float(min(weight, max(rate.burst, 1)))
+        if bucket.tokens >= need:
+            bucket.tokens -= weight
             return 0.0
-        return (1.0 - bucket.tokens) / rate.per_s
+        return (need - bucket.tokens) / rate.per_s
 
     def forget_except(self, callers: set[str]) -> None:
         """Drop the buckets of callers that no longer exist (after a reload)."""

@@ -27,13 +27,17 @@ from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
     Account,
     BalanceView,
+    BatchResult,
     EntriesPage,
+    GrantResult,
     GroupResult,
     Reservation,
+    ReservationResult,
     ReservationState,
     Result,
 )
 from ledger.observability import metrics
+from ledger.service import batching
 from ledger.service.clock import Clock
 from ledger.service.ports import StorageUnavailable, Store
 from ledger.service.writer import Writer
@@ -72,6 +76,23 @@ class Ledger:
         ReservationNotFound also for what lies outside the caller's scope;
         IdempotencyKeyReused; DatabaseUnavailable; Contention.
         """
+        cmd = self._admit(cmd, access)
+        try:
+            result, replayed = await self._writer.submit(cmd)
+        except errors.LedgerError as exc:
+            if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
+                metrics.REJECTIONS.labels(cmd.method, exc.reason).inc()
+            if exc.replayed:
+                metrics.REPLAYS.labels(cmd.method).inc()
+            raise
+        if replayed:
+            metrics.REPLAYS.labels(cmd.method).inc()
+        return result, replayed
+
+    def _admit(self, cmd: c.MutatingCommand, access: Access) -> c.MutatingCommand:
+        """The command as it will run (scoped to the caller), once permitted and valid.
+
+        Errors: PermissionDenied, InvalidArgument."""
         if access is not LOCAL:
             access.require(cmd.method)
             if cmd.caller != access.caller:
@@ -85,17 +106,47 @@ class Ledger:
             now = self._clock.now()
             if cmd.expires_at > now + timedelta(seconds=limits.GRANT_EXPIRY_MAX_S):
                 raise _invalid("expires_at", "must be within 100 years (GRANT_EXPIRY_MAX_S)")
-        try:
-            result, replayed = await self._writer.submit(cmd)
-        except errors.LedgerError as exc:
-            if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
+        return cmd
+
+    async def execute_batch(self, batch: c.Batch, access: Access = LOCAL) -> BatchResult:
+        """Run SubmitBatch's commands as `access.caller`: each command is permitted,
+        validated, replayed and answered exactly as its single call would be.
+
+        Errors of the whole call: InvalidArgument (the batch's own limits);
+        DatabaseUnavailable; Contention; for an atomic batch also the first
+        failing command's own error, named by batching.atomic_failure (ErrorInfo
+        metadata batch_index). A non-atomic batch answers each command's error
+        in that command's outcome instead.
+        """
+        if access is not LOCAL and batch.caller != access.caller:
+            raise errors.InvariantViolation("a batch must carry its caller's id")
+        batch.validate()
+        admitted: list[c.BatchCommand | errors.LedgerError] = []
+        for i, cmd in enumerate(batch.commands):
+            try:
+                ready = self._admit(cmd, access)
+            except errors.LedgerError as exc:
                 metrics.REJECTIONS.labels(cmd.method, exc.reason).inc()
-            if exc.replayed:
-                metrics.REPLAYS.labels(cmd.method).inc()
-            raise
-        if replayed:
-            metrics.REPLAYS.labels(cmd.method).inc()
-        return result, replayed
+                if batch.atomic:
+                    raise batching.atomic_failure(i, cmd, exc) from exc
+                admitted.append(exc)
+                continue
+            if not isinstance(ready, c.BatchCommand):
+                raise errors.InvariantViolation("admitting a command changed its type")
+            admitted.append(ready)
+        runnable = tuple(a for a in admitted if not isinstance(a, errors.LedgerError))
+        ran: tuple[tuple[GrantResult | ReservationResult | errors.LedgerError, bool], ...] = ()
+        if runnable:
+            try:
+                result, _ = await self._writer.submit(dataclasses.replace(batch, commands=runnable))
+            except errors.LedgerError as exc:
+                if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
+                    metrics.REJECTIONS.labels(batch.method, exc.reason).inc()
+                raise
+            if not isinstance(result, BatchResult) or len(result.outcomes) != len(runnable):
+                raise errors.InvariantViolation("the writer answered a batch with another shape")
+            ran = result.outcomes
+        return BatchResult(_merge(admitted, ran, batch.commands))
 
     async def create_account(
         self, account_id: str, metadata: dict[str, str], access: Access = LOCAL
@@ -249,6 +300,29 @@ class Ledger:
             entries = entries[:size]
             token = _encode_page_token(entries[-1].entry_id, account_id, asset)
         return EntriesPage(entries, token)
+
+
+def _merge(
+    admitted: list[c.BatchCommand | errors.LedgerError],
+    ran: tuple[tuple[GrantResult | ReservationResult | errors.LedgerError, bool], ...],
+    cmds: tuple[c.BatchCommand, ...],
+) -> tuple[tuple[GrantResult | ReservationResult | errors.LedgerError, bool], ...]:
+    """Every command's outcome in request order: refusals where admission
+    refused, the writer's outcomes (in order) for the others; counted as the
+    single calls count theirs."""
+    outcomes = iter(ran)
+    merged: list[tuple[GrantResult | ReservationResult | errors.LedgerError, bool]] = []
+    for cmd, a in zip(cmds, admitted, strict=True):
+        if isinstance(a, errors.LedgerError):
+            merged.append((a, False))
+            continue
+        outcome, replayed = next(outcomes)
+        if replayed:
+            metrics.REPLAYS.labels(cmd.method).inc()
+        if isinstance(outcome, errors.LedgerError):
+            metrics.REJECTIONS.labels(cmd.method, outcome.reason).inc()
+        merged.append((outcome, replayed))
+    return tuple(merged)
 
 
 def _check_account_id(account_id: str) -> None:

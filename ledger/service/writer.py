@@ -22,10 +22,10 @@ from datetime import timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, rules
-from ledger.domain.model import Result
+from ledger.domain.model import BatchResult, GrantResult, ReservationResult, Result
 from ledger.domain.rules import PairKey
 from ledger.observability import metrics
-from ledger.service import outcomes
+from ledger.service import batching, outcomes
 from ledger.service.clock import Clock
 from ledger.service.outcomes import Outcome
 from ledger.service.ports import (
@@ -40,7 +40,10 @@ log = logging.getLogger("ledger.writer")
 
 @dataclass(frozen=True)
 class WriterSettings:
-    batch_max: int = 256
+    # Commands per transaction. Large enough that a full SubmitBatch request
+    # (BATCH_COMMANDS_MAX) and the single calls waiting beside it share one
+    # transaction: one BEGIN/load/save/COMMIT for all of them.
+    batch_max: int = 1024
     retry_attempts_max: int = 8
     retry_backoff_base_s: float = 0.005
     retry_backoff_max_s: float = 0.2
@@ -58,7 +61,7 @@ class _Pending:
 
 
 def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
-    if isinstance(cmd, c.ExpireDue):
+    if isinstance(cmd, (c.ExpireDue, c.Batch)):
         return None
     return (cmd.caller, cmd.idempotency_key)
 
@@ -89,6 +92,9 @@ class Writer:
         self._settings = settings
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # An atomic batch taken from the queue while collecting others: it runs
+        # in the next transaction, on its own.
+        self._held: _Pending | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
@@ -101,7 +107,16 @@ class Writer:
             self._task = None
 
     async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
-        """Run a validated command. Returns (result, replayed); raises its LedgerError."""
+        """Run a validated command. Returns (result, replayed); raises its LedgerError.
+
+        A Batch returns (BatchResult, False): each command's own outcome. Its
+        commands join the queue together, in order, so that they share as few
+        transactions as possible with each other and with the single calls
+        waiting; an atomic batch runs as one transaction of its own and raises
+        the failing command's error (batching.atomic_failure) when one fails.
+        """
+        if isinstance(cmd, c.Batch) and not cmd.atomic:
+            return await self._submit_each(cmd), False
         future: asyncio.Future[tuple[Outcome, bool]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(cmd, future))
         outcome, replayed = await future
@@ -110,12 +125,35 @@ class Writer:
             raise outcome
         return outcome, replayed
 
+    async def _submit_each(self, batch: c.Batch) -> BatchResult:
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(cmd, loop.create_future()) for cmd in batch.commands]
+        for p in pending:  # no await in between: they stay together in the queue
+            self._queue.put_nowait(p)
+        done = await asyncio.gather(*(p.future for p in pending))
+        answers: list[tuple[GrantResult | ReservationResult | errors.LedgerError, bool]] = []
+        for outcome, replayed in done:
+            if isinstance(outcome, errors.LedgerError):
+                outcome.replayed = replayed
+            elif not isinstance(outcome, (GrantResult, ReservationResult)):
+                raise errors.InvariantViolation(f"a batch command returned {outcome!r}")
+            answers.append((outcome, replayed))
+        return BatchResult(tuple(answers))
+
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
+            first, self._held = self._held or await self._queue.get(), None
             batch = [first]
-            while len(batch) < self._settings.batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            while (
+                not _atomic(first)
+                and len(batch) < self._settings.batch_max
+                and not self._queue.empty()
+            ):
+                p = self._queue.get_nowait()
+                if _atomic(p):
+                    self._held = p
+                    break
+                batch.append(p)
             batch = [p for p in batch if not p.future.done()]  # callers that gave up
             if batch:
                 await self._execute(batch)
@@ -185,74 +223,113 @@ class Writer:
     async def _attempt(
         self, batch: list[_Pending]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
+        if len(batch) == 1 and isinstance(atomic := batch[0].cmd, c.Batch):
+            return await self._attempt_atomic(atomic)
+        cmds = [p.cmd for p in batch]
         ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
-        results: list[tuple[Outcome, bool] | None] = [None] * len(batch)
         async with self._store.batch(self._more_waiting) as unit:
-            keys = sorted({k for p in batch if (k := _key(p.cmd)) is not None})
+            keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
-            stored = await unit.load(ws, keys, *_footprint([p.cmd for p in batch]))
-            to_run, same_key_as = self._dedupe(stored, batch, results)
-            records: list[IdempotencyRecord] = []
-            for i in to_run:
-                cmd = batch[i].cmd
-                outcome: Outcome
-                try:
-                    outcome = rules.apply(ws, cmd)
-                except errors.InvalidArgument as exc:
-                    # Bad input that only the rules can see (it depends on the
-                    # time): this command's answer, recorded nowhere, so a
-                    # corrected retry with the same key can still run.
-                    results[i] = (exc, False)
-                    continue
-                except errors.LedgerError as exc:
-                    if exc.reason not in errors.RECORDABLE:
-                        raise
-                    outcome = exc
-                results[i] = (outcome, False)
-                key = _key(cmd)
-                if key is not None:
-                    records.append(
-                        IdempotencyRecord(
-                            key[0], key[1], cmd.method, cmd.fingerprint(), outcomes.encode(outcome)
-                        )
-                    )
-            for i, j in same_key_as.items():
-                first = batch[j].cmd
-                first_outcome = results[j]
-                if first_outcome is None:
-                    raise errors.InvariantViolation("duplicate key's first command has no outcome")
-                results[i] = _replay(
-                    first.method, first.fingerprint(), first_outcome[0], batch[i].cmd
-                )
+            stored = await unit.load(ws, keys, *_footprint(cmds))
+            done, records = self._apply_all(ws, stored, cmds)
             await unit.save(ws, records)
-        done = [r for r in results if r is not None]
-        if len(done) != len(batch):
-            raise errors.InvariantViolation("batch finished with commands lacking an outcome")
         return done, ws.moved
 
+    async def _attempt_atomic(
+        self, batch: c.Batch
+    ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
+        """All of the batch or none of it: on the first command that fails,
+        nothing is saved (the transaction commits its reads only), so the
+        failure is recorded nowhere and a corrected retry with the same keys runs."""
+        cmds: list[c.MutatingCommand] = list(batch.commands)
+        ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
+        failure: errors.LedgerError | None = None
+        async with self._store.batch(self._more_waiting) as unit:
+            keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
+            stored = await unit.load(ws, keys, *_footprint(cmds))
+            done, records = self._apply_all(ws, stored, cmds)
+            for i, (outcome, _) in enumerate(done):
+                if isinstance(outcome, errors.LedgerError):
+                    failure = batching.atomic_failure(i, batch.commands[i], outcome)
+                    break
+            else:
+                await unit.save(ws, records)
+        if failure is not None:
+            return [(failure, False)], []
+        answers: list[tuple[GrantResult | ReservationResult | errors.LedgerError, bool]] = []
+        for outcome, replayed in done:
+            if not isinstance(outcome, (GrantResult, ReservationResult)):
+                raise errors.InvariantViolation(f"a batch command returned {outcome!r}")
+            answers.append((outcome, replayed))
+        return [(BatchResult(tuple(answers)), False)], ws.moved
+
+    def _apply_all(
+        self,
+        ws: rules.WorkingSet,
+        stored: dict[tuple[str, str], IdempotencyRecord],
+        cmds: list[c.MutatingCommand],
+    ) -> tuple[list[tuple[Outcome, bool]], list[IdempotencyRecord]]:
+        """Each command's outcome, in order, and the idempotency records to write."""
+        results: list[tuple[Outcome, bool] | None] = [None] * len(cmds)
+        to_run, same_key_as = self._dedupe(stored, cmds, results)
+        records: list[IdempotencyRecord] = []
+        for i in to_run:
+            cmd = cmds[i]
+            outcome: Outcome
+            try:
+                outcome = rules.apply(ws, cmd)
+            except errors.InvalidArgument as exc:
+                # Bad input that only the rules can see (it depends on the
+                # time): this command's answer, recorded nowhere, so a
+                # corrected retry with the same key can still run.
+                results[i] = (exc, False)
+                continue
+            except errors.LedgerError as exc:
+                if exc.reason not in errors.RECORDABLE:
+                    raise
+                outcome = exc
+            results[i] = (outcome, False)
+            key = _key(cmd)
+            if key is not None:
+                records.append(
+                    IdempotencyRecord(
+                        key[0], key[1], cmd.method, cmd.fingerprint(), outcomes.encode(outcome)
+                    )
+                )
+        for i, j in same_key_as.items():
+            first = cmds[j]
+            first_outcome = results[j]
+            if first_outcome is None:
+                raise errors.InvariantViolation("duplicate key's first command has no outcome")
+            results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], cmds[i])
+        done = [r for r in results if r is not None]
+        if len(done) != len(cmds):
+            raise errors.InvariantViolation("batch finished with commands lacking an outcome")
+        return done, records
+
     def _more_waiting(self) -> bool:
-        return not self._queue.empty()
+        return self._held is not None or not self._queue.empty()
 
     def _dedupe(
         self,
         records: dict[tuple[str, str], IdempotencyRecord],
-        batch: list[_Pending],
+        cmds: list[c.MutatingCommand],
         results: list[tuple[Outcome, bool] | None],
     ) -> tuple[list[int], dict[int, int]]:
         """Replays from stored records; duplicates within the batch follow their first."""
         to_run: list[int] = []
         first_in_batch: dict[tuple[str, str], int] = {}
         same_key_as: dict[int, int] = {}
-        for i, p in enumerate(batch):
-            key = _key(p.cmd)
+        for i, cmd in enumerate(cmds):
+            key = _key(cmd)
             if key is None:
                 to_run.append(i)
                 continue
             record = records.get(key)
             if record is not None:
                 results[i] = _replay(
-                    record.method, record.request_hash, outcomes.decode(record.outcome), p.cmd
+                    record.method, record.request_hash, outcomes.decode(record.outcome), cmd
                 )
             elif key in first_in_batch:
                 same_key_as[i] = first_in_batch[key]
@@ -281,6 +358,10 @@ def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], s
             reservation_ids.update(cmd.reservation_ids)
             pairs.update(cmd.lot_pairs)
     return reservation_ids, pairs, accounts
+
+
+def _atomic(p: _Pending) -> bool:
+    return isinstance(p.cmd, c.Batch)
 
 
 def _settle(p: _Pending, outcome: tuple[Outcome, bool]) -> None:

@@ -224,17 +224,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
         return caller
 
-    def _admit(self, context: Any) -> tuple[Access | None, errors.LedgerError | None]:
-        """(the caller's Access, None), or (the caller's Access or None, the refusal)."""
+    def _admit(
+        self, context: Any, weight: int = 1
+    ) -> tuple[Access | None, errors.LedgerError | None]:
+        """(the caller's Access, None), or (the caller's Access or None, the refusal).
+        `weight`: what the call costs of the caller's rate (see _weight)."""
         try:
             caller = self._identify(context)
         except errors.Unauthenticated as exc:
             return None, exc
-        wait_s = self._limiter.take(caller.id, caller.rate)
+        wait_s = self._limiter.take(caller.id, caller.rate, weight)
         if wait_s > 0:
+            heavy = f" (this call weighs {weight}: one per command)" if weight > 1 else ""
             return caller.access, errors.RateLimited(
-                f"caller {caller.id} is over its rate limit of {caller.rate.per_s:g} requests/s;"
-                f" retry in {wait_s * 1000:.0f} ms",
+                f"caller {caller.id} is over its rate limit of {caller.rate.per_s:g} requests/s"
+                f"{heavy}; retry in {wait_s * 1000:.0f} ms",
                 wait_s,
             )
         return caller.access, None
@@ -275,9 +279,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         service, _, name = method.lstrip("/").rpartition("/")
         rpc = (_rpc_type(handler), service, name)
 
-        async def entry(context: Any) -> Access:
+        async def entry(context: Any, weight: int = 1) -> Access:
             t0 = clock()
-            access, refusal = admit(context)
+            access, refusal = admit(context, weight)
             if refusal is not None or access is None:
                 await refuse(context, rpc, access, refusal or errors.Unauthenticated(""), t0)
                 raise errors.InvariantViolation("context.abort returned")  # it raises
@@ -287,7 +291,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: Any) -> Any:
-                token = _current.set(await entry(context))
+                token = _current.set(await entry(context, _weight(request)))
                 try:
                     return await inner_uu(request, context)
                 finally:
@@ -319,6 +323,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             handler.request_deserializer,
             handler.response_serializer,
         )
+
+
+def _weight(request: Any) -> int:
+    """A SubmitBatch costs one request per command, so that batching is no way
+    around a caller's rate; every other call costs one."""
+    commands = getattr(request, "commands", None)
+    return max(1, len(commands)) if commands is not None else 1
 
 
 def _rpc_type(handler: Handler) -> str:

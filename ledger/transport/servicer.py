@@ -13,10 +13,10 @@ import grpc
 from creditledger.v1 import ledger_pb2 as pb
 
 from ledger.domain.access import LOCAL, Access
-from ledger.domain.errors import InvariantViolation
+from ledger.domain.errors import InvariantViolation, LedgerError
 from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
 from ledger.service.ledger import Ledger
-from ledger.transport import convert
+from ledger.transport import convert, status
 
 Reply = tuple[Any, bool]
 Authorize = Callable[[grpc.aio.ServicerContext[Any, Any]], Access]
@@ -72,6 +72,7 @@ class LedgerServicer:
             ),
             "GetBalance": (self.get_balance, pb.GetBalanceRequest, pb.GetBalanceResponse),
             "ListEntries": (self.list_entries, pb.ListEntriesRequest, pb.ListEntriesResponse),
+            "SubmitBatch": (self.submit_batch, pb.SubmitBatchRequest, pb.SubmitBatchResponse),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
@@ -165,3 +166,37 @@ class LedgerServicer:
         return pb.ListEntriesResponse(
             entries=[convert.entry(e) for e in page.entries], next_page_token=page.next_page_token
         ), False
+
+    async def submit_batch(self, req: pb.SubmitBatchRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        batch = convert.batch(req, access.caller)
+        result = await self._ledger.execute_batch(batch, access)
+        outcomes = [
+            _batch_outcome(cmd.method, outcome, replayed)
+            for cmd, (outcome, replayed) in zip(batch.commands, result.outcomes, strict=True)
+        ]
+        # The call's own trailer says nothing of replays: each outcome carries its own flag.
+        return pb.SubmitBatchResponse(outcomes=outcomes), False
+
+
+def _batch_outcome(
+    method: str, outcome: GrantResult | ReservationResult | LedgerError, replayed: bool
+) -> pb.BatchOutcome:
+    if isinstance(outcome, LedgerError):
+        return pb.BatchOutcome(error=status.status_message(outcome), replayed=replayed)
+    if isinstance(outcome, GrantResult):
+        grant = pb.GrantResponse(
+            balance=convert.balance(outcome.balance), lot=convert.lot(outcome.lot)
+        )
+        return pb.BatchOutcome(grant=grant, replayed=replayed)
+    reply = _reservation_reply(outcome, _RESPONSE_OF[method])
+    return pb.BatchOutcome(replayed=replayed, **{method.lower(): reply})
+
+
+_RESPONSE_OF: dict[str, type[Any]] = {
+    "Charge": pb.ChargeResponse,
+    "Reserve": pb.ReserveResponse,
+    "Settle": pb.SettleResponse,
+    "Release": pb.ReleaseResponse,
+    "Refund": pb.RefundResponse,
+}

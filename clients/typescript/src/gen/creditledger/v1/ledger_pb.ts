@@ -15,13 +15,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Status } from "../../google/rpc/status_pb.js";
+import { file_google_rpc_status } from "../../google/rpc/status_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file creditledger/v1/ledger.proto.
  */
 export const file_creditledger_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilgEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMiugEKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAimgQKC1Jlc2VydmF0aW9uEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSDQoFYXNzZXQYAyABKAkSDgoGYW1vdW50GAQgASgDEg8KB3NldHRsZWQYBSABKAMSEAoIcmVsZWFzZWQYBiABKAMSEAoIcmVmdW5kZWQYByABKAMSEQoJcmVtYWluaW5nGAggASgDEjEKBXN0YXRlGAkgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAwgAygLMiouY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLk1ldGFkYXRhRW50cnkSEAoIZ3JvdXBfaWQYDSABKAkSDwoHbGVnX2tleRgOIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIOCgpTVEFURV9PUEVOEAESEAoMU1RBVEVfQ0xPU0VEEAISEQoNU1RBVEVfRVhQSVJFRBADIlgKEFJlc2VydmF0aW9uR3JvdXASEAoIZ3JvdXBfaWQYASABKAkSMgoMcmVzZXJ2YXRpb25zGAIgAygLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uIsUECgVFbnRyeRIQCghlbnRyeV9pZBgBIAEoCRIWCg50cmFuc2FjdGlvbl9pZBgCIAEoCRISCgphY2NvdW50X2lkGAMgASgJEg0KBWFzc2V0GAQgASgJEg4KBmFtb3VudBgFIAEoAxIxCghtb3ZlbWVudBgGIAEoDjIfLmNyZWRpdGxlZGdlci52MS5FbnRyeS5Nb3ZlbWVudBItCgZidWNrZXQYByABKA4yHS5jcmVkaXRsZWRnZXIudjEuRW50cnkuQnVja2V0EhYKDnJlc2VydmF0aW9uX2lkGAggASgJEg4KBmxvdF9pZBgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLIAQoITW92ZW1lbnQSGAoUTU9WRU1FTlRfVU5TUEVDSUZJRUQQABISCg5NT1ZFTUVOVF9HUkFOVBABEhQKEE1PVkVNRU5UX1JFU0VSVkUQAhITCg9NT1ZFTUVOVF9TRVRUTEUQAxIUChBNT1ZFTUVOVF9SRUxFQVNFEAQSEwoPTU9WRU1FTlRfUkVGVU5EEAUSHwobTU9WRU1FTlRfUkVTRVJWQVRJT05fRVhQSVJZEAYSFwoTTU9WRU1FTlRfTE9UX0VYUElSWRAHIloKBkJ1Y2tldBIWChJCVUNLRVRfVU5TUEVDSUZJRUQQABIUChBCVUNLRVRfQVZBSUxBQkxFEAESDwoLQlVDS0VUX0hFTEQQAhIRCg1CVUNLRVRfU1lTVEVNEAMiogEKFENyZWF0ZUFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSRQoIbWV0YWRhdGEYAiADKAsyMy5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQgoVQ3JlYXRlQWNjb3VudFJlc3BvbnNlEikKB2FjY291bnQYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQWNjb3VudCInChFHZXRBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJIj8KEkdldEFjY291bnRSZXNwb25zZRIpCgdhY2NvdW50GAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkFjY291bnQirgIKDEdyYW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPQoIbWV0YWRhdGEYBSADKAsyKy5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIcHJpb3JpdHkYByABKAVIAIgBARIOCgZzb3VyY2UYCCABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9wcmlvcml0eSJdCg1HcmFudFJlc3BvbnNlEikKB2JhbGFuY2UYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRIhCgNsb3QYAiABKAsyFC5jcmVkaXRsZWRnZXIudjEuTG90IvYBCg5SZXNlcnZlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEj8KCG1ldGFkYXRhGAYgAygLMi0uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm8KD1Jlc2VydmVSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiVQoPUmVzZXJ2ZUdyb3VwTGVnEhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEg8KB2xlZ19rZXkYBCABKAki/QEKE1Jlc2VydmVHcm91cFJlcXVlc3QSLgoEbGVncxgBIAMoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBMZWcSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJECghtZXRhZGF0YRgEIAMoCzIyLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKFFJlc2VydmVHcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXAiXwoNU2V0dGxlUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSDQoFZmluYWwYAyABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJIm4KDlNldHRsZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJRCg5SZWxlYXNlUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIm8KD1JlbGVhc2VSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiYAoNUmVmdW5kUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEg4KBnJlYXNvbhgEIAEoCSJuCg5SZWZ1bmRSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UizAEKDUNoYXJnZVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEj4KCG1ldGFkYXRhGAUgAygLMiwuY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEibgoOQ2hhcmdlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIi8KFUdldFJlc2VydmF0aW9uUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCSJLChZHZXRSZXNlcnZhdGlvblJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uIi4KGkdldFJlc2VydmF0aW9uR3JvdXBSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJIk8KG0dldFJlc2VydmF0aW9uR3JvdXBSZXNwb25zZRIwCgVncm91cBgBIAEoCzIhLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbkdyb3VwIoABChFHZXRCYWxhbmNlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEjIKD2V4cGlyaW5nX3dpdGhpbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxpbmNsdWRlX2xvdHMYBCABKAgifAoSR2V0QmFsYW5jZVJlc3BvbnNlEikKB2JhbGFuY2UYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRIXCg9leHBpcmluZ19hbW91bnQYAiABKAMSIgoEbG90cxgDIAMoCzIULmNyZWRpdGxlZGdlci52MS5Mb3QiXgoSTGlzdEVudHJpZXNSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiVwoTTGlzdEVudHJpZXNSZXNwb25zZRInCgdlbnRyaWVzGAEgAygLMhYuY3JlZGl0bGVkZ2VyLnYxLkVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKHCQoNTGVkZ2VyU2VydmljZRJeCg1DcmVhdGVBY2NvdW50EiUuY3JlZGl0bGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXF1ZXN0GiYuY3JlZGl0bGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXNwb25zZRJaCgpHZXRBY2NvdW50EiIuY3JlZGl0bGVkZ2VyLnYxLkdldEFjY291bnRSZXF1ZXN0GiMuY3JlZGl0bGVkZ2VyLnYxLkdldEFjY291bnRSZXNwb25zZSIDkAIBEkYKBUdyYW50Eh0uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVxdWVzdBoeLmNyZWRpdGxlZGdlci52MS5HcmFudFJlc3BvbnNlEkwKB1Jlc2VydmUSHy5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3QaIC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlc3BvbnNlElsKDFJlc2VydmVHcm91cBIkLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXF1ZXN0GiUuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlc3BvbnNlEkkKBlNldHRsZRIeLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlc3BvbnNlEkwKB1JlbGVhc2USHy5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlcXVlc3QaIC5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlc3BvbnNlEkkKBlJlZnVuZBIeLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlc3BvbnNlEkkKBkNoYXJnZRIeLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlc3BvbnNlEmYKDkdldFJlc2VydmF0aW9uEiYuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uUmVxdWVzdBonLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvblJlc3BvbnNlIgOQAgESdQoTR2V0UmVzZXJ2YXRpb25Hcm91cBIrLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvbkdyb3VwUmVxdWVzdBosLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvbkdyb3VwUmVzcG9uc2UiA5ACARJaCgpHZXRCYWxhbmNlEiIuY3JlZGl0bGVkZ2VyLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiMuY3JlZGl0bGVkZ2VyLnYxLkdldEJhbGFuY2VSZXNwb25zZSIDkAIBEl0KC0xpc3RFbnRyaWVzEiMuY3JlZGl0bGVkZ2VyLnYxLkxpc3RFbnRyaWVzUmVxdWVzdBokLmNyZWRpdGxlZGdlci52MS5MaXN0RW50cmllc1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilgEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMiugEKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAimgQKC1Jlc2VydmF0aW9uEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSDQoFYXNzZXQYAyABKAkSDgoGYW1vdW50GAQgASgDEg8KB3NldHRsZWQYBSABKAMSEAoIcmVsZWFzZWQYBiABKAMSEAoIcmVmdW5kZWQYByABKAMSEQoJcmVtYWluaW5nGAggASgDEjEKBXN0YXRlGAkgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAwgAygLMiouY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLk1ldGFkYXRhRW50cnkSEAoIZ3JvdXBfaWQYDSABKAkSDwoHbGVnX2tleRgOIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIOCgpTVEFURV9PUEVOEAESEAoMU1RBVEVfQ0xPU0VEEAISEQoNU1RBVEVfRVhQSVJFRBADIlgKEFJlc2VydmF0aW9uR3JvdXASEAoIZ3JvdXBfaWQYASABKAkSMgoMcmVzZXJ2YXRpb25zGAIgAygLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uIsUECgVFbnRyeRIQCghlbnRyeV9pZBgBIAEoCRIWCg50cmFuc2FjdGlvbl9pZBgCIAEoCRISCgphY2NvdW50X2lkGAMgASgJEg0KBWFzc2V0GAQgASgJEg4KBmFtb3VudBgFIAEoAxIxCghtb3ZlbWVudBgGIAEoDjIfLmNyZWRpdGxlZGdlci52MS5FbnRyeS5Nb3ZlbWVudBItCgZidWNrZXQYByABKA4yHS5jcmVkaXRsZWRnZXIudjEuRW50cnkuQnVja2V0EhYKDnJlc2VydmF0aW9uX2lkGAggASgJEg4KBmxvdF9pZBgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLIAQoITW92ZW1lbnQSGAoUTU9WRU1FTlRfVU5TUEVDSUZJRUQQABISCg5NT1ZFTUVOVF9HUkFOVBABEhQKEE1PVkVNRU5UX1JFU0VSVkUQAhITCg9NT1ZFTUVOVF9TRVRUTEUQAxIUChBNT1ZFTUVOVF9SRUxFQVNFEAQSEwoPTU9WRU1FTlRfUkVGVU5EEAUSHwobTU9WRU1FTlRfUkVTRVJWQVRJT05fRVhQSVJZEAYSFwoTTU9WRU1FTlRfTE9UX0VYUElSWRAHIloKBkJ1Y2tldBIWChJCVUNLRVRfVU5TUEVDSUZJRUQQABIUChBCVUNLRVRfQVZBSUxBQkxFEAESDwoLQlVDS0VUX0hFTEQQAhIRCg1CVUNLRVRfU1lTVEVNEAMiogEKFENyZWF0ZUFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSRQoIbWV0YWRhdGEYAiADKAsyMy5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQgoVQ3JlYXRlQWNjb3VudFJlc3BvbnNlEikKB2FjY291bnQYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQWNjb3VudCInChFHZXRBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJIj8KEkdldEFjY291bnRSZXNwb25zZRIpCgdhY2NvdW50GAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkFjY291bnQirgIKDEdyYW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPQoIbWV0YWRhdGEYBSADKAsyKy5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIcHJpb3JpdHkYByABKAVIAIgBARIOCgZzb3VyY2UYCCABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9wcmlvcml0eSJdCg1HcmFudFJlc3BvbnNlEikKB2JhbGFuY2UYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRIhCgNsb3QYAiABKAsyFC5jcmVkaXRsZWRnZXIudjEuTG90IvYBCg5SZXNlcnZlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEj8KCG1ldGFkYXRhGAYgAygLMi0uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm8KD1Jlc2VydmVSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiVQoPUmVzZXJ2ZUdyb3VwTGVnEhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEg8KB2xlZ19rZXkYBCABKAki/QEKE1Jlc2VydmVHcm91cFJlcXVlc3QSLgoEbGVncxgBIAMoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBMZWcSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJECghtZXRhZGF0YRgEIAMoCzIyLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKFFJlc2VydmVHcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXAiXwoNU2V0dGxlUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSDQoFZmluYWwYAyABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJIm4KDlNldHRsZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJRCg5SZWxlYXNlUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIm8KD1JlbGVhc2VSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiYAoNUmVmdW5kUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEg4KBnJlYXNvbhgEIAEoCSJuCg5SZWZ1bmRSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UizAEKDUNoYXJnZVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEj4KCG1ldGFkYXRhGAUgAygLMiwuY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEibgoOQ2hhcmdlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIi8KFUdldFJlc2VydmF0aW9uUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCSJLChZHZXRSZXNlcnZhdGlvblJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uIi4KGkdldFJlc2VydmF0aW9uR3JvdXBSZXF1ZXN0EhAKCGdyb3VwX2lkGAEgASgJIk8KG0dldFJlc2VydmF0aW9uR3JvdXBSZXNwb25zZRIwCgVncm91cBgBIAEoCzIhLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbkdyb3VwIoABChFHZXRCYWxhbmNlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEjIKD2V4cGlyaW5nX3dpdGhpbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIUCgxpbmNsdWRlX2xvdHMYBCABKAgifAoSR2V0QmFsYW5jZVJlc3BvbnNlEikKB2JhbGFuY2UYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRIXCg9leHBpcmluZ19hbW91bnQYAiABKAMSIgoEbG90cxgDIAMoCzIULmNyZWRpdGxlZGdlci52MS5Mb3QiXgoSTGlzdEVudHJpZXNSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiVwoTTGlzdEVudHJpZXNSZXNwb25zZRInCgdlbnRyaWVzGAEgAygLMhYuY3JlZGl0bGVkZ2VyLnYxLkVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLHAgoMQmF0Y2hDb21tYW5kEjAKBmNoYXJnZRgBIAEoCzIeLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXF1ZXN0SAASMgoHcmVzZXJ2ZRgCIAEoCzIfLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVxdWVzdEgAEjAKBnNldHRsZRgDIAEoCzIeLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXF1ZXN0SAASMgoHcmVsZWFzZRgEIAEoCzIfLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVxdWVzdEgAEjAKBnJlZnVuZBgFIAEoCzIeLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXF1ZXN0SAASLgoFZ3JhbnQYBiABKAsyHS5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0SABCCQoHY29tbWFuZCJVChJTdWJtaXRCYXRjaFJlcXVlc3QSLwoIY29tbWFuZHMYASADKAsyHS5jcmVkaXRsZWRnZXIudjEuQmF0Y2hDb21tYW5kEg4KBmF0b21pYxgCIAEoCCKEAwoMQmF0Y2hPdXRjb21lEjEKBmNoYXJnZRgBIAEoCzIfLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXNwb25zZUgAEjMKB3Jlc2VydmUYAiABKAsyIC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlc3BvbnNlSAASMQoGc2V0dGxlGAMgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlc3BvbnNlSAASMwoHcmVsZWFzZRgEIAEoCzIgLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVzcG9uc2VIABIxCgZyZWZ1bmQYBSABKAsyHy5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVzcG9uc2VIABIvCgVncmFudBgGIAEoCzIeLmNyZWRpdGxlZGdlci52MS5HcmFudFJlc3BvbnNlSAASIwoFZXJyb3IYByABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAEhAKCHJlcGxheWVkGAggASgIQgkKB291dGNvbWUiRgoTU3VibWl0QmF0Y2hSZXNwb25zZRIvCghvdXRjb21lcxgBIAMoCzIdLmNyZWRpdGxlZGdlci52MS5CYXRjaE91dGNvbWUy4QkKDUxlZGdlclNlcnZpY2USXgoNQ3JlYXRlQWNjb3VudBIlLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdBomLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVzcG9uc2USWgoKR2V0QWNjb3VudBIiLmNyZWRpdGxlZGdlci52MS5HZXRBY2NvdW50UmVxdWVzdBojLmNyZWRpdGxlZGdlci52MS5HZXRBY2NvdW50UmVzcG9uc2UiA5ACARJGCgVHcmFudBIdLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3QaHi5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXNwb25zZRJMCgdSZXNlcnZlEh8uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0GiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXNwb25zZRJbCgxSZXNlcnZlR3JvdXASJC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwUmVxdWVzdBolLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXNwb25zZRJJCgZTZXR0bGUSHi5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXNwb25zZRJMCgdSZWxlYXNlEh8uY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXF1ZXN0GiAuY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXNwb25zZRJJCgZSZWZ1bmQSHi5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXNwb25zZRJJCgZDaGFyZ2USHi5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXNwb25zZRJmCg5HZXRSZXNlcnZhdGlvbhImLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvblJlcXVlc3QaJy5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25SZXNwb25zZSIDkAIBEnUKE0dldFJlc2VydmF0aW9uR3JvdXASKy5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25Hcm91cFJlcXVlc3QaLC5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25Hcm91cFJlc3BvbnNlIgOQAgESWgoKR2V0QmFsYW5jZRIiLmNyZWRpdGxlZGdlci52MS5HZXRCYWxhbmNlUmVxdWVzdBojLmNyZWRpdGxlZGdlci52MS5HZXRCYWxhbmNlUmVzcG9uc2UiA5ACARJdCgtMaXN0RW50cmllcxIjLmNyZWRpdGxlZGdlci52MS5MaXN0RW50cmllc1JlcXVlc3QaJC5jcmVkaXRsZWRnZXIudjEuTGlzdEVudHJpZXNSZXNwb25zZSIDkAIBElgKC1N1Ym1pdEJhdGNoEiMuY3JlZGl0bGVkZ2VyLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdBokLmNyZWRpdGxlZGdlci52MS5TdWJtaXRCYXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * Account is a customer (or a pool) that holds balances of several assets.
@@ -1463,6 +1465,211 @@ export const ListEntriesResponseSchema: GenMessage<ListEntriesResponse> = /*@__P
   messageDesc(file_creditledger_v1_ledger, 32);
 
 /**
+ * One command of a batch: the request message of its single-call RPC.
+ *
+ * @generated from message creditledger.v1.BatchCommand
+ */
+export type BatchCommand = Message<"creditledger.v1.BatchCommand"> & {
+  /**
+   * The command; exactly one must be set.
+   *
+   * @generated from oneof creditledger.v1.BatchCommand.command
+   */
+  command: {
+    /**
+     * A Charge, as the Charge RPC takes it.
+     *
+     * @generated from field: creditledger.v1.ChargeRequest charge = 1;
+     */
+    value: ChargeRequest;
+    case: "charge";
+  } | {
+    /**
+     * A Reserve, as the Reserve RPC takes it.
+     *
+     * @generated from field: creditledger.v1.ReserveRequest reserve = 2;
+     */
+    value: ReserveRequest;
+    case: "reserve";
+  } | {
+    /**
+     * A Settle, as the Settle RPC takes it.
+     *
+     * @generated from field: creditledger.v1.SettleRequest settle = 3;
+     */
+    value: SettleRequest;
+    case: "settle";
+  } | {
+    /**
+     * A Release, as the Release RPC takes it.
+     *
+     * @generated from field: creditledger.v1.ReleaseRequest release = 4;
+     */
+    value: ReleaseRequest;
+    case: "release";
+  } | {
+    /**
+     * A Refund, as the Refund RPC takes it.
+     *
+     * @generated from field: creditledger.v1.RefundRequest refund = 5;
+     */
+    value: RefundRequest;
+    case: "refund";
+  } | {
+    /**
+     * A Grant, as the Grant RPC takes it.
+     *
+     * @generated from field: creditledger.v1.GrantRequest grant = 6;
+     */
+    value: GrantRequest;
+    case: "grant";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message creditledger.v1.BatchCommand.
+ * Use `create(BatchCommandSchema)` to create a new message.
+ */
+export const BatchCommandSchema: GenMessage<BatchCommand> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 33);
+
+/**
+ * Request of SubmitBatch.
+ *
+ * @generated from message creditledger.v1.SubmitBatchRequest
+ */
+export type SubmitBatchRequest = Message<"creditledger.v1.SubmitBatchRequest"> & {
+  /**
+   * 1 to 1,000 commands (BATCH_COMMANDS_MAX), run in this order.
+   *
+   * @generated from field: repeated creditledger.v1.BatchCommand commands = 1;
+   */
+  commands: BatchCommand[];
+
+  /**
+   * All or nothing: one transaction; if any command fails, none is applied
+   * or recorded and the call fails naming the command (batch_index).
+   *
+   * @generated from field: bool atomic = 2;
+   */
+  atomic: boolean;
+};
+
+/**
+ * Describes the message creditledger.v1.SubmitBatchRequest.
+ * Use `create(SubmitBatchRequestSchema)` to create a new message.
+ */
+export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 34);
+
+/**
+ * The outcome of one command of a batch.
+ *
+ * @generated from message creditledger.v1.BatchOutcome
+ */
+export type BatchOutcome = Message<"creditledger.v1.BatchOutcome"> & {
+  /**
+   * What the command's single call would have answered.
+   *
+   * @generated from oneof creditledger.v1.BatchOutcome.outcome
+   */
+  outcome: {
+    /**
+     * The Charge's response.
+     *
+     * @generated from field: creditledger.v1.ChargeResponse charge = 1;
+     */
+    value: ChargeResponse;
+    case: "charge";
+  } | {
+    /**
+     * The Reserve's response.
+     *
+     * @generated from field: creditledger.v1.ReserveResponse reserve = 2;
+     */
+    value: ReserveResponse;
+    case: "reserve";
+  } | {
+    /**
+     * The Settle's response.
+     *
+     * @generated from field: creditledger.v1.SettleResponse settle = 3;
+     */
+    value: SettleResponse;
+    case: "settle";
+  } | {
+    /**
+     * The Release's response.
+     *
+     * @generated from field: creditledger.v1.ReleaseResponse release = 4;
+     */
+    value: ReleaseResponse;
+    case: "release";
+  } | {
+    /**
+     * The Refund's response.
+     *
+     * @generated from field: creditledger.v1.RefundResponse refund = 5;
+     */
+    value: RefundResponse;
+    case: "refund";
+  } | {
+    /**
+     * The Grant's response.
+     *
+     * @generated from field: creditledger.v1.GrantResponse grant = 6;
+     */
+    value: GrantResponse;
+    case: "grant";
+  } | {
+    /**
+     * The command's error: its gRPC code, message and details (a
+     * google.rpc.ErrorInfo with the reason, as the single call's status has).
+     *
+     * @generated from field: google.rpc.Status error = 7;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * True when this outcome is a replay of the key's first outcome (the single
+   * call's `idempotent-replayed: true` trailer).
+   *
+   * @generated from field: bool replayed = 8;
+   */
+  replayed: boolean;
+};
+
+/**
+ * Describes the message creditledger.v1.BatchOutcome.
+ * Use `create(BatchOutcomeSchema)` to create a new message.
+ */
+export const BatchOutcomeSchema: GenMessage<BatchOutcome> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 35);
+
+/**
+ * Response of SubmitBatch.
+ *
+ * @generated from message creditledger.v1.SubmitBatchResponse
+ */
+export type SubmitBatchResponse = Message<"creditledger.v1.SubmitBatchResponse"> & {
+  /**
+   * One outcome per command, in the order of the request's commands.
+   *
+   * @generated from field: repeated creditledger.v1.BatchOutcome outcomes = 1;
+   */
+  outcomes: BatchOutcome[];
+};
+
+/**
+ * Describes the message creditledger.v1.SubmitBatchResponse.
+ * Use `create(SubmitBatchResponseSchema)` to create a new message.
+ */
+export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 36);
+
+/**
  * LedgerService holds, spends and gives back credits.
  *
  * @generated from service creditledger.v1.LedgerService
@@ -1600,6 +1807,23 @@ export const LedgerService: GenService<{
     methodKind: "unary";
     input: typeof ListEntriesRequestSchema;
     output: typeof ListEntriesResponseSchema;
+  },
+  /**
+   * SubmitBatch runs up to 1,000 commands (Charge, Reserve, Settle, Release,
+   * Refund, Grant), each with its own idempotency key, in order, and answers
+   * each command's own outcome in the same order. Each command behaves as its
+   * single call would: replays, key reuse, permissions and account scope are
+   * per command. With atomic set, the batch is one transaction: one failing
+   * command fails the call (its own status, ErrorInfo metadata batch_index)
+   * and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
+   * BATCH_BYTES_MAX bytes per request.
+   *
+   * @generated from rpc creditledger.v1.LedgerService.SubmitBatch
+   */
+  submitBatch: {
+    methodKind: "unary";
+    input: typeof SubmitBatchRequestSchema;
+    output: typeof SubmitBatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_creditledger_v1_ledger, 0);
