@@ -28,7 +28,7 @@ def reason_of(error: status_pb2.Status) -> str:
     for detail in error.details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason
+            return str(info.reason)
     raise AssertionError(f"no ErrorInfo in {error}")
 
 
