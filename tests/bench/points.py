@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,8 @@ class PointRunner:
             reports = self.workers.collect(busy, self.s.timeout_s + self.s.duration_s + 60)
         after = scrape(self.target.metrics)
         merged = _merge(reports)
-        ops = len(merged.latencies_ms)
+        # Operations, not RPCs: a SubmitBatch counts its commands (see workloads).
+        ops = sum(merged.by_method.values())
         server = _server_view(before, after)
         server["rss_peak_mb"] = round(rss.peak_bytes / 2**20, 1) if self.target.pid else None
         ops_per_s = ops / self.s.duration_s
@@ -173,7 +175,8 @@ class PointRunner:
             expected_rejections=merged.expected_rejections,
             unexpected_errors=merged.unexpected_errors,
             server=server,
-            cpu=last.share_since(first),
+            # The machine is shared: its 1-minute load beside every point's busy share.
+            cpu={**last.share_since(first), "loadavg_1m": round(os.getloadavg()[0], 2)},
             pgbench_tps=pgbench_tps,
             ratio_to_pgbench=round(ops_per_s / pgbench_tps, 3) if pgbench_tps else None,
         )

@@ -3,7 +3,8 @@
 Each loop owns its request objects and mutates two or three fields per call
 (no per-call message construction beyond that, no JSON), draws accounts from
 its own seeded RNG and makes idempotency keys unique with a per-slot prefix
-and a counter. Every RPC counts as one operation.
+and a counter. Every RPC counts as one operation, but a SubmitBatch counts as
+many operations as it has commands (batch-charge: 100 Charges per request).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ ASSET = "credits"
 HOT_ACCOUNT = "bench-hot"
 # Far above any balance the bench grants: the mixed workload's deliberate overdrafts.
 OVERDRAFT_AMOUNT = 10**14
-WORKLOADS = ("charge", "reserve-settle", "hot", "mixed")
+WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "batch-charge")
+BATCH_SIZE = 100  # commands per SubmitBatch of the batch-charge workload
 # Business rejections a workload asks for on purpose; every other error is unexpected.
 EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
     "charge": frozenset(),
     "reserve-settle": frozenset(),
     "hot": frozenset(),
     "mixed": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
+    "batch-charge": frozenset(),
 }
 
 Resp = TypeVar("Resp")
@@ -75,9 +78,10 @@ class Recorder:
     unexpected_errors: dict[str, int] = field(default_factory=dict)
 
     async def call(
-        self, method: str, rpc: Callable[..., Awaitable[Resp]], request: Any
+        self, method: str, rpc: Callable[..., Awaitable[Resp]], request: Any, weight: int = 1
     ) -> Resp | None:
-        """Run one RPC, time it, and return its response (None when it failed)."""
+        """Run one RPC, time it, and return its response (None when it failed).
+        `weight`: the operations it counts as (a batch's commands)."""
         started = time.monotonic()
         try:
             response: Resp | None = await rpc(request, timeout=self.timeout_s)
@@ -91,8 +95,15 @@ class Recorder:
         finished = time.monotonic()
         if self.window_start <= finished < self.window_end:
             self.latencies_ms.append((finished - started) * 1000.0)
-            self.by_method[method] = self.by_method.get(method, 0) + 1
+            self.by_method[method] = self.by_method.get(method, 0) + weight
         return response
+
+    def command_failed(self, key: str) -> None:
+        """A command of a batch failed (`CODE/REASON`); the RPC itself succeeded."""
+        if key in self.expected:
+            self.expected_rejections[key] = self.expected_rejections.get(key, 0) + 1
+        else:
+            self.unexpected_errors[key] = self.unexpected_errors.get(key, 0) + 1
 
 
 @dataclass
@@ -134,6 +145,24 @@ class Ops:
                   pb.ReserveGroupLeg(asset=ASSET, amount=1, leg_key="emails")])  # fmt: skip
         # Reservations of recent charges, for the mixed workload's refunds.
         self.refundable: deque[str] = deque(maxlen=64)
+        self.batch_req = pb.SubmitBatchRequest(
+            commands=[
+                pb.BatchCommand(charge=pb.ChargeRequest(asset=ASSET, amount=1))
+                for _ in range(BATCH_SIZE)
+            ]
+        )
+
+    async def batch_charge(self) -> None:
+        """One SubmitBatch of BATCH_SIZE Charges of 1 credit on uniform accounts."""
+        slot, req = self.slot, self.batch_req
+        for command in req.commands:
+            command.charge.account_id, command.charge.idempotency_key = slot.account(), slot.key()
+        resp = await slot.rec.call("SubmitBatch.Charge", slot.stub.SubmitBatch, req, BATCH_SIZE)
+        if resp is None:
+            return
+        for outcome in resp.outcomes:
+            if outcome.HasField("error"):
+                slot.rec.command_failed(_outcome_key(outcome.error))
 
     async def charge(self, account: str, amount: int = 1) -> None:
         """One Charge."""
@@ -259,9 +288,30 @@ async def run_mixed(ops: Ops) -> None:
             await ops.charge(account, OVERDRAFT_AMOUNT)
 
 
+async def run_batch_charge(ops: Ops) -> None:
+    """SubmitBatch of 100 Charges of 1 credit each (an event-rate caller's flushes)."""
+    slot = ops.slot
+    while time.monotonic() < slot.stop_at:
+        await ops.batch_charge()
+
+
+def _outcome_key(status: status_pb2.Status) -> str:
+    """`CODE/REASON` of a batch command's google.rpc.Status."""
+    reason = "-"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason or "-"
+    return f"{_CODE_NAMES.get(status.code, str(status.code))}/{reason}"
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
 LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
     "charge": run_charge,
     "reserve-settle": run_reserve_settle,
     "hot": run_hot,
     "mixed": run_mixed,
+    "batch-charge": run_batch_charge,
 }
