@@ -36,6 +36,7 @@ RULES: list[tuple[str, str]] = [
     (r"grpc\.aio\.", "grpc."),
     (r"asyncio\.sleep\(", "time.sleep("),
     (r"AsyncReservation", "SyncReservation"),
+    (r"\bBatcher\b", "SyncBatcher"),
     (r"\bLedgerClient\b", "SyncLedgerClient"),
     (r"Asyncio client", "Blocking client"),
     (r"calls in flight are cancelled", "calls in flight fail"),
