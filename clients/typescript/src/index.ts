@@ -44,6 +44,14 @@ export {
   codeName,
   toLedgerError,
 } from "./errors.js";
+export {
+  BATCH_COMMANDS_MAX,
+  type BatchCommandInput,
+  type BatchOutcome,
+  type BatchResult,
+  Batcher,
+  type BatcherOptions,
+} from "./batch.js";
 export { DEFAULT_RETRY_POLICY, RETRYABLE_CODES, type RetryPolicy, backoffMs } from "./retry.js";
 // The generated messages and the service descriptor, for callers that need them.
 export * from "./gen/creditledger/v1/ledger_pb.js";
