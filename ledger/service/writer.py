@@ -109,14 +109,13 @@ class Writer:
     async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
         """Run a validated command. Returns (result, replayed); raises its LedgerError.
 
-        A Batch returns (BatchResult, False): each command's own outcome. Its
-        commands join the queue together, in order, so that they share as few
-        transactions as possible with each other and with the single calls
-        waiting; an atomic batch runs as one transaction of its own and raises
-        the failing command's error (batching.atomic_failure) when one fails.
+        A Batch returns (BatchResult, False): each command's own outcome. It is
+        one item of the queue, never split: its commands share a transaction
+        with each other and with the commands waiting beside it (up to
+        `batch_max` commands). An atomic batch runs as one transaction of its
+        own and raises the failing command's error (batching.atomic_failure)
+        when one fails.
         """
-        if isinstance(cmd, c.Batch) and not cmd.atomic:
-            return await self._submit_each(cmd), False
         future: asyncio.Future[tuple[Outcome, bool]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(cmd, future))
         outcome, replayed = await future
@@ -125,41 +124,25 @@ class Writer:
             raise outcome
         return outcome, replayed
 
-    async def _submit_each(self, batch: c.Batch) -> BatchResult:
-        loop = asyncio.get_running_loop()
-        pending = [_Pending(cmd, loop.create_future()) for cmd in batch.commands]
-        for p in pending:  # no await in between: they stay together in the queue
-            self._queue.put_nowait(p)
-        done = await asyncio.gather(*(p.future for p in pending))
-        answers: list[tuple[GrantResult | ReservationResult | errors.LedgerError, bool]] = []
-        for outcome, replayed in done:
-            if isinstance(outcome, errors.LedgerError):
-                outcome.replayed = replayed
-            elif not isinstance(outcome, (GrantResult, ReservationResult)):
-                raise errors.InvariantViolation(f"a batch command returned {outcome!r}")
-            answers.append((outcome, replayed))
-        return BatchResult(tuple(answers))
-
     async def _run(self) -> None:
         while True:
             first, self._held = self._held or await self._queue.get(), None
-            batch = [first]
+            batch, size = [first], _size(first)
             while (
-                not _atomic(first)
-                and len(batch) < self._settings.batch_max
-                and not self._queue.empty()
+                not _atomic(first) and size < self._settings.batch_max and not self._queue.empty()
             ):
                 p = self._queue.get_nowait()
-                if _atomic(p):
-                    self._held = p
+                if _atomic(p) or size + _size(p) > self._settings.batch_max:
+                    self._held = p  # the next transaction's first
                     break
                 batch.append(p)
+                size += _size(p)
             batch = [p for p in batch if not p.future.done()]  # callers that gave up
             if batch:
                 await self._execute(batch)
 
     async def _execute(self, batch: list[_Pending]) -> None:
-        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_SIZE.observe(sum(_size(p) for p in batch))
         try:
             results = await self._with_retries(batch)
         except errors.LedgerError as exc:
@@ -223,9 +206,9 @@ class Writer:
     async def _attempt(
         self, batch: list[_Pending]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
-        if len(batch) == 1 and isinstance(atomic := batch[0].cmd, c.Batch):
+        if len(batch) == 1 and _atomic(batch[0]) and isinstance(atomic := batch[0].cmd, c.Batch):
             return await self._attempt_atomic(atomic)
-        cmds = [p.cmd for p in batch]
+        cmds = _flat(batch)
         ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
         async with self._store.batch(self._more_waiting) as unit:
             keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
@@ -234,7 +217,7 @@ class Writer:
             stored = await unit.load(ws, keys, *_footprint(cmds))
             done, records = self._apply_all(ws, stored, cmds)
             await unit.save(ws, records)
-        return done, ws.moved
+        return _regroup(batch, done), ws.moved
 
     async def _attempt_atomic(
         self, batch: c.Batch
@@ -257,12 +240,7 @@ class Writer:
                 await unit.save(ws, records)
         if failure is not None:
             return [(failure, False)], []
-        answers: list[tuple[GrantResult | ReservationResult | errors.LedgerError, bool]] = []
-        for outcome, replayed in done:
-            if not isinstance(outcome, (GrantResult, ReservationResult)):
-                raise errors.InvariantViolation(f"a batch command returned {outcome!r}")
-            answers.append((outcome, replayed))
-        return [(BatchResult(tuple(answers)), False)], ws.moved
+        return [(_batch_result(done), False)], ws.moved
 
     def _apply_all(
         self,
@@ -361,7 +339,49 @@ def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], s
 
 
 def _atomic(p: _Pending) -> bool:
-    return isinstance(p.cmd, c.Batch)
+    return isinstance(p.cmd, c.Batch) and p.cmd.atomic
+
+
+def _size(p: _Pending) -> int:
+    """Commands an item of the queue brings to a transaction."""
+    return len(p.cmd.commands) if isinstance(p.cmd, c.Batch) else 1
+
+
+def _flat(batch: list[_Pending]) -> list[c.MutatingCommand]:
+    """The commands of a transaction, in order, batches unpacked."""
+    cmds: list[c.MutatingCommand] = []
+    for p in batch:
+        if isinstance(p.cmd, c.Batch):
+            cmds.extend(p.cmd.commands)
+        else:
+            cmds.append(p.cmd)
+    return cmds
+
+
+def _regroup(batch: list[_Pending], done: list[tuple[Outcome, bool]]) -> list[tuple[Outcome, bool]]:
+    """One outcome per queue item from one per command: a batch's as a BatchResult."""
+    out: list[tuple[Outcome, bool]] = []
+    i = 0
+    for p in batch:
+        n = _size(p)
+        out.append(
+            (_batch_result(done[i : i + n]), False) if isinstance(p.cmd, c.Batch) else done[i]
+        )
+        i += n
+    if i != len(done):
+        raise errors.InvariantViolation("a transaction answered another number of commands")
+    return out
+
+
+def _batch_result(done: list[tuple[Outcome, bool]]) -> BatchResult:
+    answers: list[tuple[GrantResult | ReservationResult | errors.LedgerError, bool]] = []
+    for outcome, replayed in done:
+        if isinstance(outcome, errors.LedgerError):
+            outcome.replayed = replayed
+        elif not isinstance(outcome, (GrantResult, ReservationResult)):
+            raise errors.InvariantViolation(f"a batch command returned {outcome!r}")
+        answers.append((outcome, replayed))
+    return BatchResult(tuple(answers))
 
 
 def _settle(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
