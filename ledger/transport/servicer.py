@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from creditledger.v1 import ledger_pb2 as pb
 
+from ledger.domain import commands as c
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation, LedgerError
 from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
@@ -171,26 +172,32 @@ class LedgerServicer:
         access = self._authorize(ctx)
         batch = convert.batch(req, access.caller)
         result = await self._ledger.execute_batch(batch, access)
-        outcomes = [
-            _batch_outcome(cmd.method, outcome, replayed)
-            for cmd, (outcome, replayed) in zip(batch.commands, result.outcomes, strict=True)
-        ]
         # The call's own trailer says nothing of replays: each outcome carries its own flag.
-        return pb.SubmitBatchResponse(outcomes=outcomes), False
+        return _batch_response(batch.commands, result.outcomes), False
 
 
-def _batch_outcome(
-    method: str, outcome: GrantResult | ReservationResult | LedgerError, replayed: bool
-) -> pb.BatchOutcome:
-    if isinstance(outcome, LedgerError):
-        return pb.BatchOutcome(error=status.status_message(outcome), replayed=replayed)
-    if isinstance(outcome, GrantResult):
-        grant = pb.GrantResponse(
-            balance=convert.balance(outcome.balance), lot=convert.lot(outcome.lot)
-        )
-        return pb.BatchOutcome(grant=grant, replayed=replayed)
-    reply = _reservation_reply(outcome, _RESPONSE_OF[method])
-    return pb.BatchOutcome(replayed=replayed, **{method.lower(): reply})
+def _batch_response(
+    cmds: tuple[c.BatchCommand, ...],
+    outcomes: tuple[tuple[GrantResult | ReservationResult | LedgerError, bool], ...],
+) -> pb.SubmitBatchResponse:
+    """Built in place (`outcomes.add`): a message passed to a constructor is copied,
+    and three nested copies per command cost more than the rest of the reply."""
+    response = pb.SubmitBatchResponse()
+    add = response.outcomes.add
+    for cmd, (outcome, replayed) in zip(cmds, outcomes, strict=True):
+        if isinstance(outcome, LedgerError):
+            add(error=status.status_message(outcome), replayed=replayed)
+        elif isinstance(outcome, GrantResult):
+            reply = pb.GrantResponse(
+                balance=convert.balance(outcome.balance), lot=convert.lot(outcome.lot)
+            )
+            add(grant=reply, replayed=replayed)
+        else:
+            add(
+                replayed=replayed,
+                **{cmd.method.lower(): _reservation_reply(outcome, _RESPONSE_OF[cmd.method])},
+            )
+    return response
 
 
 _RESPONSE_OF: dict[str, type[Any]] = {

@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     say(report.table(run.points))
     say(f"json: {json_path}")
     say(f"chart: {png_path}")
+    for budget in report.cpu_budget(run.points, os.cpu_count() or 1):
+        say(budget)
     facts = run.facts
     say(
         f"machine: {os.cpu_count()} cores, loadavg start {_loads(facts.get('loadavg_start'))}"

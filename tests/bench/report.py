@@ -83,6 +83,31 @@ def last_line(points: Sequence[PointResult], rss_peak_mb: float | None) -> str:
     )
 
 
+def cpu_budget(points: Sequence[PointResult], cores: int) -> list[str]:
+    """Per workload at its best point: CPU microseconds per operation of the server,
+    PostgreSQL and the load generator, and the rate all `cores` would give at that
+    cost. On a shared machine the rate is what others leave us; the cost per
+    operation is what we spend, and says how far the bars are from the hardware."""
+    lines = []
+    for workload in dict.fromkeys(p.workload for p in points):
+        best = peak(points, workload)
+        if best is None or not best.ops_per_s:
+            continue
+        cost = {
+            k: 10_000.0 * v / best.ops_per_s
+            for k in ("server", "postgres", "generator")
+            if (v := best.cpu.get(k)) is not None
+        }
+        total = sum(cost.values())
+        ceiling = f"{cores * 1e6 / total:.0f}/s" if total else "n/a"
+        lines.append(
+            f"cpu per op: {workload} at {best.concurrency} in flight: "
+            + ", ".join(f"{k} {v:.0f} us" for k, v in cost.items())
+            + f"; all {cores} cores at this cost: {ceiling}"
+        )
+    return lines
+
+
 def _errors(counts: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "0"
 
