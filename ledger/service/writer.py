@@ -92,8 +92,9 @@ class Writer:
         self._settings = settings
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        # An atomic batch taken from the queue while collecting others: it runs
-        # in the next transaction, on its own.
+        # An item taken from the queue that did not fit the transaction being
+        # collected (an atomic batch, which runs alone, or a batch that would
+        # pass batch_max): it starts the next one.
         self._held: _Pending | None = None
 
     def start(self) -> None:
