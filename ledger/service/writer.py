@@ -51,6 +51,11 @@ class WriterSettings:
     # A batch normally takes milliseconds; one that takes this long is talking to
     # a database that stopped answering: give up (UNAVAILABLE) within callers' deadlines.
     attempt_timeout_s: float = 2.0
+    # ... plus this much per command: a transaction of 1,000 commands (a full
+    # SubmitBatch) does a thousand commands' work, in Python and in PostgreSQL,
+    # and on a loaded machine that alone took over 2 s (bench, batch-charge at
+    # 64 in flight, load average 15-22 on 2 cores).
+    attempt_timeout_per_command_s: float = 0.002
     refund_grace: timedelta = timedelta(days=7)
 
 
@@ -166,15 +171,16 @@ class Writer:
         s = self._settings
         unavailable = 0
         first_started = time.perf_counter()
+        timeout_s = s.attempt_timeout_s + s.attempt_timeout_per_command_s * sum(
+            _size(p) for p in batch
+        )
         for attempt in range(s.retry_attempts_max):
             started = time.perf_counter()
             try:
                 try:
-                    results, moved = await asyncio.wait_for(
-                        self._attempt(batch), s.attempt_timeout_s
-                    )
+                    results, moved = await asyncio.wait_for(self._attempt(batch), timeout_s)
                 except TimeoutError as exc:
-                    raise StorageUnavailable(f"batch took over {s.attempt_timeout_s} s") from exc
+                    raise StorageUnavailable(f"batch took over {timeout_s:.1f} s") from exc
             except SerializationConflict:
                 metrics.SERIALIZATION_RETRIES.inc()
                 backoff = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2**attempt)
@@ -184,7 +190,7 @@ class Writer:
                 # Running the batch again is safe even if the broken connection had
                 # committed it: the retry then finds its idempotency records and replays.
                 unavailable += 1
-                quick = time.perf_counter() - first_started < s.attempt_timeout_s / 2
+                quick = time.perf_counter() - first_started < timeout_s / 2
                 if unavailable <= s.unavailable_retries_max and self._store.reachable and quick:
                     await asyncio.sleep(0.05 + 0.1 * random.random())
                     continue

@@ -44,17 +44,23 @@ class CpuReading:
     generator: float
     postgres: float
     machine_busy: float
+    # PostgreSQL's per process: its backends come and go (the writer's connection
+    # is replaced after a timeout), and a process gone by the second reading would
+    # take its whole past CPU out of the delta (negative pg% were seen).
+    postgres_each: dict[int, float]
 
     @staticmethod
     def take(server: list[int], generator: list[int], postgres: list[int]) -> CpuReading:
         """Read /proc now."""
         busy, _ = machine_busy_seconds()
+        each = {pid: cpu_seconds([pid]) for pid in postgres}
         return CpuReading(
             at=time.monotonic(),
             server=cpu_seconds(server),
             generator=cpu_seconds(generator),
-            postgres=cpu_seconds(postgres),
+            postgres=sum(each.values()),
             machine_busy=busy,
+            postgres_each=each,
         )
 
     def share_since(self, start: CpuReading) -> dict[str, float | None]:
@@ -62,10 +68,18 @@ class CpuReading:
         wall = self.at - start.at
         if wall <= 0:
             return {}
-        return {
+        shares = {
             name: round(100.0 * (getattr(self, name) - getattr(start, name)) / wall, 1)
-            for name in ("server", "generator", "postgres", "machine_busy")
+            for name in ("server", "generator", "machine_busy")
         }
+        # Only processes that lived through the window (and were alive at its start).
+        pg = sum(
+            max(0.0, now - start.postgres_each[pid])
+            for pid, now in self.postgres_each.items()
+            if now and start.postgres_each.get(pid)
+        )
+        shares["postgres"] = round(100.0 * pg / wall, 1)
+        return shares
 
 
 def _merge(reports: list[WorkerReport]) -> WorkerReport:
