@@ -110,7 +110,9 @@ class App:
                 batch_max=cfg.batch_max, refund_grace=timedelta(seconds=cfg.refund_grace_s)
             ),
         )
-        self.ledger = Ledger(self.store, self.writer, self.clock)
+        self.ledger = Ledger(
+            self.store, self.writer, self.clock, timedelta(seconds=cfg.refund_grace_s)
+        )
         self.sweeper = Sweeper(
             self.store,
             self.writer,

@@ -27,6 +27,11 @@ PAGE_SIZE_MAX = 1000
 PAGE_TOKEN_LEN_MAX = 256
 GROUP_LEGS_MAX = 100
 LOTS_LISTED_MAX = 1000
+# Live (unspent, unexpired) lots of one account x asset: a Grant past it is refused
+# (LOT_LIMIT_EXCEEDED), so that no command's cost grows with an account's history.
+LIVE_LOTS_PER_PAIR_MAX = 1000
+# The batch loads this many live lots of a spent pair, in spend order; more only if needed.
+LOTS_LOADED_FIRST = 32
 MESSAGE_BYTES_MAX = 64 * 1024
 BATCH_COMMANDS_MAX = 1000  # commands per SubmitBatch request
 BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: MESSAGE_BYTES_MAX)

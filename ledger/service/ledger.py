@@ -21,7 +21,7 @@ import json
 from datetime import timedelta
 
 from ledger.domain import commands as c
-from ledger.domain import errors, limits
+from ledger.domain import errors, limits, rules
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
@@ -33,7 +33,6 @@ from ledger.domain.model import (
     GroupResult,
     Reservation,
     ReservationResult,
-    ReservationState,
     Result,
 )
 from ledger.observability import metrics
@@ -53,22 +52,25 @@ def _unavailable(exc: StorageUnavailable) -> errors.DatabaseUnavailable:
     )
 
 
-def present(res: Reservation, clock: Clock) -> Reservation:
-    """An overdue open reservation reads as expired, its remaining released."""
-    if res.overdue(clock.now()):
-        return dataclasses.replace(
-            res, state=ReservationState.EXPIRED, released=res.released + res.remaining
-        )
-    return res
-
-
 class Ledger:
-    def __init__(self, store: Store, writer: Writer, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        writer: Writer,
+        clock: Clock,
+        refund_grace: timedelta = timedelta(days=7),
+    ) -> None:
         self._store = store
         self._writer = writer
         self._clock = clock
+        self._refund_grace = refund_grace
 
-    async def execute(self, cmd: c.MutatingCommand, access: Access = LOCAL) -> tuple[Result, bool]:
+    def _view(self) -> rules.WorkingSet:
+        """A working set for a read: filled by the store, seen through rules.catch_up,
+        never saved. Reads and rules see a pair at an instant the same way."""
+        return rules.WorkingSet(now=self._clock.now(), refund_grace=self._refund_grace)
+
+    async def execute(self, cmd: c.KeyedCommand, access: Access = LOCAL) -> tuple[Result, bool]:
         """Run a mutating command as `access.caller`. Returns (result, replayed).
 
         Errors: PermissionDenied; InvalidArgument; the business errors of the
@@ -89,7 +91,7 @@ class Ledger:
             metrics.REPLAYS.labels(cmd.method).inc()
         return result, replayed
 
-    def _admit(self, cmd: c.MutatingCommand, access: Access) -> c.MutatingCommand:
+    def _admit(self, cmd: c.KeyedCommand, access: Access) -> c.KeyedCommand:
         """The command as it will run (scoped to the caller), once permitted and valid.
 
         Errors: PermissionDenied, InvalidArgument."""
@@ -183,11 +185,17 @@ class Ledger:
             raise _account_not_found(account_id)
         try:
             account = await self._store.get_account(account_id)
+            if account is None:
+                raise _account_not_found(account_id)
+            ws = self._view()
+            await self._store.snapshot(ws, account_id=account_id)
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        if account is None:
-            raise _account_not_found(account_id)
-        return account
+        balances = []
+        for _, asset in sorted(ws.balances):
+            rules.catch_up(ws, account_id, asset)
+            balances.append(ws.balance(account_id, asset).copy())
+        return dataclasses.replace(account, balances=balances)
 
     async def get_balance(
         self,
@@ -210,23 +218,18 @@ class Ledger:
         v.raise_if_any()
         if not access.covers(account_id):
             raise _account_not_found(account_id)
+        pair = (account_id, asset)
+        ws = self._view()
         try:
-            found = await self._store.get_balance(account_id, asset)
+            await self._store.snapshot(ws, pairs={pair}, whole_pairs={pair})
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
-        if found is None:
+        if account_id not in ws.accounts:
             raise _account_not_found(account_id)
-        balance, lots = found
-        now = self._clock.now()
-        due = sum(lot.remaining for lot in lots if lot.expired_at(now))
-        if due:
-            # The sweeper has not written these off yet; they are not available any more.
-            balance = dataclasses.replace(
-                balance, available=balance.available - due, expired=balance.expired + due
-            )
-        live = sorted(
-            (lot for lot in lots if not lot.expired_at(now)), key=lambda lot: lot.spend_order()
-        )
+        rules.catch_up(ws, account_id, asset)
+        balance = ws.balance(account_id, asset).copy()
+        live = ws.spendable_lots(pair)
+        now = ws.now
         expiring = 0
         if expiring_within_s is not None:
             horizon = now + timedelta(seconds=expiring_within_s)
@@ -246,13 +249,16 @@ class Ledger:
         v = c.Violations()
         v.reservation_id("reservation_id", reservation_id)
         v.raise_if_any()
+        ws = self._view()
         try:
-            res = await self._store.get_reservation(reservation_id)
+            await self._store.snapshot(ws, reservation_ids={reservation_id})
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
+        res = ws.reservations.get(reservation_id)
         if res is None or not access.covers(res.account_id):
             raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
-        return present(res, self._clock)
+        rules.catch_up(ws, res.account_id, res.asset)
+        return rules.snapshot(res)
 
     async def get_group(self, group_id: str, access: Access = LOCAL) -> GroupResult:
         """Errors: PermissionDenied, InvalidArgument, ReservationGroupNotFound (also
@@ -260,14 +266,19 @@ class Ledger:
         access.require("GetReservationGroup")
         if not c.is_uuid(group_id):
             raise _invalid("group_id", "must be a group id returned by ReserveGroup (a UUID)")
+        ws = self._view()
         try:
-            legs = await self._store.get_group(group_id)
+            await self._store.snapshot(ws, group_id=group_id)
         except StorageUnavailable as exc:
             raise _unavailable(exc) from exc
+        legs = [r for r in ws.reservations.values() if r.group_id == group_id]
         if not legs or not all(access.covers(r.account_id) for r in legs):
             raise errors.ReservationGroupNotFound(f"reservation group {group_id} not found")
-        legs.sort(key=lambda r: (r.created_at, r.leg_key))
-        return GroupResult(group_id, [present(r, self._clock) for r in legs])
+        for r in legs:
+            rules.catch_up(ws, r.account_id, r.asset)
+        # As requested (leg_index); groups made before it was stored: by leg key.
+        legs.sort(key=lambda r: (r.leg_index, r.created_at, r.leg_key))
+        return GroupResult(group_id, [rules.snapshot(r) for r in legs])
 
     async def list_entries(
         self, account_id: str, asset: str, page_size: int, page_token: str, access: Access = LOCAL

@@ -29,6 +29,7 @@ from ledger.service import batching, outcomes
 from ledger.service.clock import Clock
 from ledger.service.outcomes import Outcome
 from ledger.service.ports import (
+    BatchUnit,
     IdempotencyRecord,
     SerializationConflict,
     StorageUnavailable,
@@ -57,6 +58,10 @@ class WriterSettings:
     # 64 in flight, load average 15-22 on 2 cores).
     attempt_timeout_per_command_s: float = 0.002
     refund_grace: timedelta = timedelta(days=7)
+    # Commands waiting for the writer, at most: past it a call is refused at once
+    # (RESOURCE_EXHAUSTED with a retry delay) instead of queueing without bound.
+    # A SubmitBatch counts its commands.
+    queue_max: int = 10_000
 
 
 @dataclass
@@ -72,9 +77,9 @@ def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
 
 
 def _replay(
-    first_method: str, first_hash: bytes, first: Outcome, cmd: c.MutatingCommand
+    first_method: str, first_hash: bytes, first: Outcome, cmd: c.KeyedCommand
 ) -> tuple[Outcome, bool]:
-    if first_method != cmd.method or first_hash != cmd.fingerprint():
+    if first_method != cmd.method or not cmd.matches(first_hash):
         return errors.IdempotencyKeyReused(
             f"idempotency key {cmd.idempotency_key!r} was first used for a different request"
             f" ({first_method}); use a new key for a new request",
@@ -101,6 +106,7 @@ class Writer:
         # collected (an atomic batch, which runs alone, or a batch that would
         # pass batch_max): it starts the next one.
         self._held: _Pending | None = None
+        self._waiting = 0  # commands queued (a batch counts its commands), for queue_max
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
@@ -122,9 +128,16 @@ class Writer:
         own and raises the failing command's error (batching.atomic_failure)
         when one fails.
         """
-        future: asyncio.Future[tuple[Outcome, bool]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(cmd, future))
-        outcome, replayed = await future
+        pending = _Pending(cmd, asyncio.get_running_loop().create_future())
+        if self._waiting + _size(pending) > self._settings.queue_max:
+            raise errors.RateLimited(
+                f"the writer has {self._waiting} commands waiting (writer queue_max"
+                f" {self._settings.queue_max}); retry shortly with the same idempotency keys",
+                retry_after_s=0.05,
+            )
+        self._waiting += _size(pending)
+        self._queue.put_nowait(pending)
+        outcome, replayed = await pending.future
         if isinstance(outcome, errors.LedgerError):
             outcome.replayed = replayed
             raise outcome
@@ -134,6 +147,7 @@ class Writer:
         while True:
             first, self._held = self._held or await self._queue.get(), None
             batch, size = [first], _size(first)
+            self._waiting -= size
             while (
                 not _atomic(first) and size < self._settings.batch_max and not self._queue.empty()
             ):
@@ -143,6 +157,7 @@ class Writer:
                     break
                 batch.append(p)
                 size += _size(p)
+                self._waiting -= _size(p)
             batch = [p for p in batch if not p.future.done()]  # callers that gave up
             if batch:
                 await self._execute(batch)
@@ -153,7 +168,7 @@ class Writer:
             results = await self._with_retries(batch)
         except errors.LedgerError as exc:
             for p in batch:
-                _settle(p, (exc, False))
+                _resolve(p, (exc, False))
             return
         except Exception:
             if len(batch) > 1:
@@ -162,10 +177,10 @@ class Writer:
                     await self._execute([p])
                 return
             log.exception("command %s failed", batch[0].cmd.method)
-            _settle(batch[0], (errors.LedgerError("internal error"), False))
+            _resolve(batch[0], (errors.LedgerError("internal error"), False))
             return
         for p, outcome in zip(batch, results, strict=True):
-            _settle(p, outcome)
+            _resolve(p, outcome)
 
     async def _with_retries(self, batch: list[_Pending]) -> list[tuple[Outcome, bool]]:
         s = self._settings
@@ -174,13 +189,24 @@ class Writer:
         timeout_s = s.attempt_timeout_s + s.attempt_timeout_per_command_s * sum(
             _size(p) for p in batch
         )
-        for attempt in range(s.retry_attempts_max):
+        whole: set[PairKey] = set()
+        attempt = 0
+        while attempt < s.retry_attempts_max:
             started = time.perf_counter()
+            attempt += 1
             try:
                 try:
-                    results, moved = await asyncio.wait_for(self._attempt(batch), timeout_s)
+                    results, moved = await asyncio.wait_for(self._attempt(batch, whole), timeout_s)
                 except TimeoutError as exc:
                     raise StorageUnavailable(f"batch took over {timeout_s:.1f} s") from exc
+            except rules.LotsNotLoaded as more:
+                # A command needs lots past the first few the batch read: read those
+                # pairs whole and run again (bounded: each pair is added once).
+                if more.pairs <= whole:
+                    raise errors.InvariantViolation(f"lots still missing: {more}") from more
+                whole |= more.pairs
+                attempt -= 1
+                continue
             except SerializationConflict:
                 metrics.SERIALIZATION_RETRIES.inc()
                 backoff = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2**attempt)
@@ -211,23 +237,23 @@ class Writer:
         )
 
     async def _attempt(
-        self, batch: list[_Pending]
+        self, batch: list[_Pending], whole: set[PairKey]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         if len(batch) == 1 and _atomic(batch[0]) and isinstance(atomic := batch[0].cmd, c.Batch):
-            return await self._attempt_atomic(atomic)
+            return await self._attempt_atomic(atomic, whole)
         cmds = _flat(batch)
         ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
         async with self._store.batch(self._more_waiting) as unit:
             keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
-            stored = await unit.load(ws, keys, *_footprint(cmds))
+            stored = await self._load(unit, ws, keys, cmds, whole)
             done, records = self._apply_all(ws, stored, cmds)
             await unit.save(ws, records)
         return _regroup(batch, done), ws.moved
 
     async def _attempt_atomic(
-        self, batch: c.Batch
+        self, batch: c.Batch, whole: set[PairKey]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         """All of the batch or none of it: on the first command that fails,
         nothing is saved (the transaction commits its reads only), so the
@@ -237,7 +263,7 @@ class Writer:
         failure: errors.LedgerError | None = None
         async with self._store.batch(self._more_waiting) as unit:
             keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
-            stored = await unit.load(ws, keys, *_footprint(cmds))
+            stored = await self._load(unit, ws, keys, cmds, whole)
             done, records = self._apply_all(ws, stored, cmds)
             for i, (outcome, _) in enumerate(done):
                 if isinstance(outcome, errors.LedgerError):
@@ -248,6 +274,17 @@ class Writer:
         if failure is not None:
             return [(failure, False)], []
         return [(_batch_result(done), False)], ws.moved
+
+    @staticmethod
+    async def _load(
+        unit: BatchUnit,
+        ws: rules.WorkingSet,
+        keys: list[tuple[str, str]],
+        cmds: list[c.MutatingCommand],
+        whole: set[PairKey],
+    ) -> dict[tuple[str, str], IdempotencyRecord]:
+        reservation_ids, pairs, accounts, grant_pairs = _footprint(cmds)
+        return await unit.load(ws, keys, reservation_ids, pairs, accounts, whole | grant_pairs)
 
     def _apply_all(
         self,
@@ -275,19 +312,25 @@ class Writer:
                     raise
                 outcome = exc
             results[i] = (outcome, False)
-            key = _key(cmd)
-            if key is not None:
-                records.append(
-                    IdempotencyRecord(
-                        key[0], key[1], cmd.method, cmd.fingerprint(), outcomes.encode(outcome)
-                    )
+            if isinstance(cmd, c.ExpireDue | c.Batch):
+                continue
+            records.append(
+                IdempotencyRecord(
+                    cmd.caller,
+                    cmd.idempotency_key,
+                    cmd.method,
+                    cmd.fingerprint(),
+                    outcomes.encode(outcome),
                 )
+            )
         for i, j in same_key_as.items():
-            first = cmds[j]
+            first, this = cmds[j], cmds[i]
             first_outcome = results[j]
-            if first_outcome is None:
+            if first_outcome is None or isinstance(first, c.ExpireDue | c.Batch):
                 raise errors.InvariantViolation("duplicate key's first command has no outcome")
-            results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], cmds[i])
+            if isinstance(this, c.ExpireDue | c.Batch):
+                raise errors.InvariantViolation("an unkeyed command has no duplicate")
+            results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], this)
         done = [r for r in results if r is not None]
         if len(done) != len(cmds):
             raise errors.InvariantViolation("batch finished with commands lacking an outcome")
@@ -307,10 +350,10 @@ class Writer:
         first_in_batch: dict[tuple[str, str], int] = {}
         same_key_as: dict[int, int] = {}
         for i, cmd in enumerate(cmds):
-            key = _key(cmd)
-            if key is None:
+            if isinstance(cmd, c.ExpireDue | c.Batch):
                 to_run.append(i)
                 continue
+            key = (cmd.caller, cmd.idempotency_key)
             record = records.get(key)
             if record is not None:
                 results[i] = _replay(
@@ -324,12 +367,18 @@ class Writer:
         return to_run, same_key_as
 
 
-def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], set[str]]:
-    """The reservations, (account, asset) pairs and accounts a set of commands reads."""
+def _footprint(
+    cmds: list[c.MutatingCommand],
+) -> tuple[set[str], set[PairKey], set[str], set[PairKey]]:
+    """The reservations, (account, asset) pairs and accounts a set of commands
+    reads, and the pairs whose live lots it reads whole (a Grant counts them)."""
     reservation_ids: set[str] = set()
     pairs: set[PairKey] = set()
     accounts: set[str] = set()
+    grant_pairs: set[PairKey] = set()
     for cmd in cmds:
+        if isinstance(cmd, c.Grant):
+            grant_pairs.add((cmd.account_id, cmd.asset))
         if isinstance(cmd, (c.Grant, c.Reserve, c.Charge)):
             pairs.add((cmd.account_id, cmd.asset))
             accounts.add(cmd.account_id)
@@ -342,7 +391,7 @@ def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], s
         elif isinstance(cmd, c.ExpireDue):
             reservation_ids.update(cmd.reservation_ids)
             pairs.update(cmd.lot_pairs)
-    return reservation_ids, pairs, accounts
+    return reservation_ids, pairs | grant_pairs, accounts, grant_pairs
 
 
 def _atomic(p: _Pending) -> bool:
@@ -391,6 +440,6 @@ def _batch_result(done: list[tuple[Outcome, bool]]) -> BatchResult:
     return BatchResult(tuple(answers))
 
 
-def _settle(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
+def _resolve(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
     if not p.future.done():
         p.future.set_result(outcome)

@@ -50,6 +50,7 @@ class _Unit:
         reservation_ids: set[str],
         pairs: set[PairKey],
         account_ids: set[str],
+        whole_pairs: set[PairKey],
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         now = datetime.now(UTC)
         ws.accounts.update(account_ids)
