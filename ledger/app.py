@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 
 from ledger import __version__
 from ledger.config import Config, is_loopback
+from ledger.listen import bind_problem, describe, split_host_port
 from ledger.observability import metrics
 from ledger.security.callers import CallerFileError
 from ledger.service.clock import Clock, SystemClock
@@ -34,11 +35,6 @@ from ledger.transport.server import ServerSettings, build_server, set_health
 from ledger.transport.servicer import LedgerServicer
 
 log = logging.getLogger("ledger.app")
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 @dataclass
@@ -72,6 +68,14 @@ def _security(cfg: Config) -> Security:
         raise StartupError(str(exc)) from None
 
 
+def _check_listen(cfg: Config) -> None:
+    """Errors: StartupError naming the flag, the address and why nothing can listen there."""
+    for flag, address in (("--listen", cfg.listen), ("--metrics-listen", cfg.metrics_listen)):
+        problem = bind_problem(address) if address else None
+        if problem is not None:
+            raise StartupError(f"{flag} {address}: {problem}")
+
+
 class App:
     def __init__(
         self, config: Config, clock: Clock | None = None, hooks: Hooks | None = None
@@ -92,6 +96,7 @@ class App:
         """Errors: StartupError (before anything is started) for an unusable configuration."""
         cfg = self.config
         self.security = security = _security(cfg)
+        _check_listen(cfg)  # before the database: a port in use fails fast, in one line
         metrics.set_build_info(__version__)
         if not self.database_url:
             self._embedded = EmbeddedPostgres(cfg.data_dir)
@@ -128,13 +133,25 @@ class App:
             security.interceptors + self.hooks.interceptors,
         )
         credentials = self.hooks.server_credentials or security.server_credentials
-        if credentials is not None:
-            self.port = self.server.add_secure_port(cfg.listen, credentials)
-        else:
-            self.port = self.server.add_insecure_port(cfg.listen)
+        try:
+            if credentials is not None:
+                self.port = self.server.add_secure_port(cfg.listen, credentials)
+            else:
+                self.port = self.server.add_insecure_port(cfg.listen)
+        except RuntimeError:  # taken since _check_listen: say why, as it does
+            await self._close_storage()
+            problem = bind_problem(cfg.listen) or "cannot listen there"
+            raise StartupError(f"--listen {cfg.listen}: {problem}") from None
         if cfg.metrics_listen:
             host, port = split_host_port(cfg.metrics_listen)
-            self._metrics_server, _ = start_http_server(port, addr=host)
+            try:
+                self._metrics_server, _ = start_http_server(port, addr=host)
+            except OSError as exc:
+                await self.server.stop(None)
+                await self._close_storage()
+                raise StartupError(
+                    f"--metrics-listen {cfg.metrics_listen}: {describe(exc)}"
+                ) from None
             self.metrics_port = self._metrics_server.server_port
         self.writer.start()
         self.sweeper.start()
@@ -192,6 +209,12 @@ class App:
                 await self._check_health()
             except Exception:
                 log.exception("health check failed")
+
+    async def _close_storage(self) -> None:
+        """Undo a start that failed after the pool was made."""
+        await self.pool.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish, then close."""

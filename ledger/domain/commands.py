@@ -77,10 +77,14 @@ class Violations:
                     f"{name}[{k[:32]!r}]",
                     f"key must be 1-{limits.METADATA_KEY_LEN_MAX} (METADATA_KEY_LEN_MAX) printable ASCII chars",
                 )
-            if len(v) > limits.METADATA_VALUE_LEN_MAX or "\x00" in v:
+            # Bytes of UTF-8, as documented (and as stored): 512 "é" are 1024 bytes.
+            if (
+                len(v.encode("utf-8", "surrogatepass")) > limits.METADATA_VALUE_LEN_MAX
+                or "\x00" in v
+            ):
                 self.add(
                     f"{name}[{k[:32]!r}]",
-                    f"value must be at most {limits.METADATA_VALUE_LEN_MAX} chars (METADATA_VALUE_LEN_MAX), no NUL",
+                    f"value must be at most {limits.METADATA_VALUE_LEN_MAX} bytes of UTF-8 (METADATA_VALUE_LEN_MAX), no NUL",
                 )
 
     def target(self, account_id: str, asset: str, amount: int, idempotency_key: str) -> None:

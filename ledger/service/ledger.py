@@ -14,10 +14,7 @@ account is only known once it is loaded). Out of scope reads as not found.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import json
 from datetime import timedelta
 
 from ledger.domain import commands as c
@@ -36,9 +33,9 @@ from ledger.domain.model import (
     Result,
 )
 from ledger.observability import metrics
-from ledger.service import batching
+from ledger.service import batching, pagetoken
 from ledger.service.clock import Clock
-from ledger.service.ports import StorageUnavailable, Store
+from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
 from ledger.service.writer import Writer
 
 
@@ -46,7 +43,19 @@ def _invalid(field: str, description: str) -> errors.InvalidArgument:
     return errors.InvalidArgument([FieldViolation(field, description)])
 
 
-def _unavailable(exc: StorageUnavailable) -> errors.DatabaseUnavailable:
+# What the store raises when it gave up; _storage_failure says what the caller gets.
+_STORAGE_FAILURES = (StorageUnavailable, SerializationConflict)
+
+
+def _storage_failure(exc: Exception) -> errors.LedgerError:
+    """UNAVAILABLE; or ABORTED (CONTENTION) when every attempt the store made lost a
+    serialization race (it re-runs such a unit itself, bounded). Nothing was done either way."""
+    if isinstance(exc, SerializationConflict):
+        metrics.RETRIES_EXHAUSTED.inc()
+        return errors.Contention(
+            "serialization conflicts persisted over every attempt; nothing was done, retry",
+            {"attempts": str(exc.attempts)},
+        )
     return errors.DatabaseUnavailable(
         "the database is unavailable; retry shortly", {"cause": str(exc)}
     )
@@ -107,7 +116,10 @@ class Ledger:
             # a late retry of an acknowledged Grant must replay, not be refused.
             now = self._clock.now()
             if cmd.expires_at > now + timedelta(seconds=limits.GRANT_EXPIRY_MAX_S):
-                raise _invalid("expires_at", "must be within 100 years (GRANT_EXPIRY_MAX_S)")
+                raise _invalid(
+                    "expires_at",
+                    f"must be within {limits.GRANT_EXPIRY_MAX_S // 86400} days (GRANT_EXPIRY_MAX_S)",
+                )
         return cmd
 
     async def execute_batch(self, batch: c.Batch, access: Access = LOCAL) -> BatchResult:
@@ -155,7 +167,7 @@ class Ledger:
     ) -> Account:
         """Errors: PermissionDenied (also for an id outside the caller's prefixes:
         that answer depends on the id alone, never on what exists), InvalidArgument,
-        AccountExists, DatabaseUnavailable."""
+        AccountExists, DatabaseUnavailable, Contention."""
         access.require("CreateAccount")
         v = c.Violations()
         v.account_id("account_id", account_id)
@@ -169,8 +181,8 @@ class Ledger:
             )
         try:
             account = await self._store.create_account(account_id, metadata, self._clock.now())
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if account is None:
             raise errors.AccountExists(
                 f"account {account_id} already exists", {"account_id": account_id}
@@ -189,8 +201,8 @@ class Ledger:
                 raise _account_not_found(account_id)
             ws = self._view()
             await self._store.snapshot(ws, account_id=account_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         balances = []
         for _, asset in sorted(ws.balances):
             rules.catch_up(ws, account_id, asset)
@@ -214,7 +226,11 @@ class Ledger:
             expiring_within_s is not None
             and not 0 <= expiring_within_s <= limits.EXPIRING_WITHIN_MAX_S
         ):
-            v.add("expiring_within", "must be between 0 and 3660 days (EXPIRING_WITHIN_MAX_S)")
+            v.add(
+                "expiring_within",
+                f"must be between 0 and {limits.EXPIRING_WITHIN_MAX_S // 86400} days"
+                " (EXPIRING_WITHIN_MAX_S)",
+            )
         v.raise_if_any()
         if not access.covers(account_id):
             raise _account_not_found(account_id)
@@ -222,8 +238,8 @@ class Ledger:
         ws = self._view()
         try:
             await self._store.snapshot(ws, pairs={pair}, whole_pairs={pair})
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if account_id not in ws.accounts:
             raise _account_not_found(account_id)
         rules.catch_up(ws, account_id, asset)
@@ -252,8 +268,8 @@ class Ledger:
         ws = self._view()
         try:
             await self._store.snapshot(ws, reservation_ids={reservation_id})
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         res = ws.reservations.get(reservation_id)
         if res is None or not access.covers(res.account_id):
             raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
@@ -269,8 +285,8 @@ class Ledger:
         ws = self._view()
         try:
             await self._store.snapshot(ws, group_id=group_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         legs = [r for r in ws.reservations.values() if r.group_id == group_id]
         if not legs or not all(access.covers(r.account_id) for r in legs):
             raise errors.ReservationGroupNotFound(f"reservation group {group_id} not found")
@@ -302,8 +318,8 @@ class Ledger:
         size = page_size or limits.PAGE_SIZE_DEFAULT
         try:
             entries = await self._store.list_entries(account_id, asset, before, size + 1)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if entries is None:
             raise _account_not_found(account_id)
         token = ""
@@ -347,26 +363,15 @@ def _account_not_found(account_id: str) -> errors.AccountNotFound:
 
 
 def _encode_page_token(before_entry_id: int, account_id: str, asset: str) -> str:
-    raw = json.dumps({"b": before_entry_id, "a": account_id, "s": asset}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    return pagetoken.encode("ListEntries", (account_id, asset), (before_entry_id,))
 
 
 def _decode_page_token(token: str, account_id: str, asset: str) -> int | None:
-    """A page token is bound to the query it came from (AIP-158)."""
-    if not token:
+    """A page token is bound to the query it came from (AIP-158); see ledger.service.pagetoken."""
+    cursor = pagetoken.decode(token, "ListEntries", (account_id, asset), 1, "page_token")
+    if cursor is None:
         return None
-    bad = _invalid(
-        "page_token", "is not a token returned by ListEntries for this account_id and asset"
-    )
-    if len(token) > limits.PAGE_TOKEN_LEN_MAX:
-        raise bad
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError) as exc:
-        raise bad from exc
-    if not isinstance(data, dict) or data.get("a") != account_id or data.get("s") != asset:
-        raise bad
-    before = data.get("b")
-    if not isinstance(before, int) or isinstance(before, bool) or before <= 0:
-        raise bad
+    before = cursor[0]
+    if not isinstance(before, int) or before <= 0:
+        raise _invalid("page_token", "is not a next_page_token returned by ListEntries")
     return before

@@ -13,7 +13,13 @@ from ledger.domain.rules import PairKey, WorkingSet
 
 
 class SerializationConflict(Exception):
-    """The transaction lost a serialization race; retrying it may succeed."""
+    """The transaction lost a serialization race; retrying it may succeed.
+
+    The Store re-runs its own units of work (everything but `batch()`) a bounded
+    number of times and raises this only when every attempt lost; `attempts`
+    says how many it made."""
+
+    attempts: int = 1
 
 
 class StorageUnavailable(Exception):

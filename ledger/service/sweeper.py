@@ -18,7 +18,7 @@ from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.observability import metrics
 from ledger.service.clock import Clock
-from ledger.service.ports import StorageUnavailable, Store
+from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
 from ledger.service.writer import Writer
 
 log = logging.getLogger("ledger.sweeper")
@@ -93,7 +93,12 @@ class Sweeper:
                             pruned,
                             before.isoformat(),
                         )
-            except (StorageUnavailable, errors.DatabaseUnavailable, errors.Contention) as exc:
+            except (
+                StorageUnavailable,
+                SerializationConflict,
+                errors.DatabaseUnavailable,
+                errors.Contention,
+            ) as exc:
                 log.warning("sweep skipped: %s", exc)
             except Exception:
                 log.exception("sweep failed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
@@ -28,6 +29,7 @@ from ledger.domain.model import (
     Reservation,
 )
 from ledger.domain.rules import PairKey, WorkingSet
+from ledger.observability import metrics
 from ledger.service.ports import (
     IdempotencyRecord,
     SerializationConflict,
@@ -54,7 +56,23 @@ _UNAVAILABLE_STATES = {
     "53300",
 }
 
+# Also "nothing was done, try again", whatever the request (issue 13, item 5): a
+# lock wait gave up (55P03: a lock_timeout an operator set) is contention; the
+# server out of resources (class 53: disk full, out of memory, too many
+# connections), a statement cancelled (57014: pg_cancel_backend, a
+# statement_timeout) or failing I/O (class 58) makes the database unavailable.
+_RETRYABLE_TOO = {"55P03"}
+_UNAVAILABLE_CLASSES = ("53", "58")
+_UNAVAILABLE_TOO = {"57014"}
+
 _BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+
+# Units of work outside the writer's batches (CreateAccount, reads, the sweeper's
+# queries): how often one is re-run after losing a serialization race, as the
+# writer does for its batches (ledger.service.writer.WriterSettings).
+_UNIT_ATTEMPTS_MAX = 8
+_UNIT_BACKOFF_BASE_S = 0.005
+_UNIT_BACKOFF_MAX_S = 0.2
 
 # The writer's two statements are keyed lookups and inserts, nothing else: with
 # the planner held to index paths they have the same plan whatever the tables'
@@ -186,6 +204,10 @@ def _translate(exc: BaseException) -> BaseException:
             # the retry will find its record and replay it.
             return SerializationConflict(state)
         if state in _UNAVAILABLE_STATES or state in _AMBIGUOUS or state.startswith("08"):
+            return StorageUnavailable(f"database error {state}")
+        if state in _RETRYABLE_TOO:
+            return SerializationConflict(state)
+        if state in _UNAVAILABLE_TOO or state.startswith(_UNAVAILABLE_CLASSES):
             return StorageUnavailable(f"database error {state}")
         return exc  # type: ignore[no-any-return]
     if isinstance(exc, asyncpg.InternalClientError):
@@ -470,8 +492,23 @@ class PostgresStore:
                 await self._pool.release(conn)
 
     async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async with self._connection() as conn:
-            return await _guard(fn(conn))
+        """Run `fn` (one whole unit of work: a statement or a transaction) on a pooled
+        connection. A lost serialization race (two CreateAccounts of one id at
+        SERIALIZABLE, a deadlock) re-runs the whole unit, bounded and jittered;
+        SerializationConflict only when every attempt lost (issue 13, item 5)."""
+        for attempt in range(1, _UNIT_ATTEMPTS_MAX + 1):
+            try:
+                async with self._connection() as conn:
+                    return await _guard(fn(conn))
+            except SerializationConflict as exc:
+                if attempt == _UNIT_ATTEMPTS_MAX:
+                    exc.attempts = attempt
+                    raise
+            # Back off without holding a connection: others may need it meanwhile.
+            metrics.SERIALIZATION_RETRIES.inc()
+            backoff_s = min(_UNIT_BACKOFF_MAX_S, _UNIT_BACKOFF_BASE_S * 2**attempt)
+            await asyncio.sleep(backoff_s * random.random())
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def create_account(
         self, account_id: str, metadata: dict[str, str], now: datetime

@@ -58,7 +58,9 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "reservation_caps",
-        "settled + released + expired <= amount and refunded <= settled; closed ones hold nothing",
+        "settled + released + expired <= amount and refunded <= settled; closed ones hold nothing"
+        " (the rule: rules.refund and rules._exceeds_remaining; the constraints: the CHECKs of"
+        " reservations in migrations 0001 and 0005; docs/design.md, 'Where a rule lives')",
         """SELECT reservation_id, state, amount, settled, released, expired, refunded FROM reservations
         WHERE settled + released + expired > amount OR refunded > settled OR settled < 0 OR released < 0
            OR refunded < 0 OR expired < 0 OR (state <> 'open' AND settled + released + expired <> amount)""",

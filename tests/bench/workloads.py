@@ -24,9 +24,14 @@ from google.rpc import error_details_pb2, status_pb2
 
 ASSET = "credits"
 HOT_ACCOUNT = "bench-hot"
+# One account with the most live lots an account may hold (LIVE_LOTS_PER_PAIR_MAX):
+# the many-lots workload spends from it beside the uniform accounts.
+HEAVY_ACCOUNT = "bench-heavy"
+HEAVY_LOTS = 1000
+HEAVY_LOT_AMOUNT = 10**6
 # Far above any balance the bench grants: the mixed workload's deliberate overdrafts.
 OVERDRAFT_AMOUNT = 10**14
-WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "batch-charge")
+WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "many-lots", "batch-charge")
 BATCH_SIZE = 100  # commands per SubmitBatch of the batch-charge workload
 REFUSED_BATCH_PAUSE_S = 0.05
 # Business rejections a workload asks for on purpose; every other error is unexpected.
@@ -35,6 +40,7 @@ EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
     "reserve-settle": frozenset(),
     "hot": frozenset(),
     "mixed": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
+    "many-lots": frozenset(),
     # The writer's queue holds 10,000 commands (queue_max); 256 batches of 100 in
     # flight pass it, and the server sheds the rest with RATE_LIMITED and a retry
     # delay, as designed: the slot waits that long and sends again.
@@ -83,9 +89,16 @@ class Recorder:
     unexpected_errors: dict[str, int] = field(default_factory=dict)
 
     async def call(
-        self, method: str, rpc: Callable[..., Awaitable[Resp]], request: Any, weight: int = 1
+        self,
+        method: str,
+        rpc: Callable[..., Awaitable[Resp]],
+        request: Any,
+        sample: bool = True,
+        weight: int = 1,
     ) -> Resp | None:
         """Run one RPC, time it, and return its response (None when it failed).
+        `sample=False`: counted as an operation, its latency left out of the
+        percentiles (the many-lots workload reports the p99 of the others).
         `weight`: the operations it counts as (a batch's commands)."""
         started = time.monotonic()
         try:
@@ -101,7 +114,8 @@ class Recorder:
                 return None  # a refused batch applied none of its commands: no operations
         finished = time.monotonic()
         if self.window_start <= finished < self.window_end:
-            self.latencies_ms.append((finished - started) * 1000.0)
+            if sample:
+                self.latencies_ms.append((finished - started) * 1000.0)
             self.by_method[method] = self.by_method.get(method, 0) + weight
         return response
 
@@ -164,7 +178,9 @@ class Ops:
         slot, req = self.slot, self.batch_req
         for command in req.commands:
             command.charge.account_id, command.charge.idempotency_key = slot.account(), slot.key()
-        resp = await slot.rec.call("SubmitBatch.Charge", slot.stub.SubmitBatch, req, BATCH_SIZE)
+        resp = await slot.rec.call(
+            "SubmitBatch.Charge", slot.stub.SubmitBatch, req, weight=BATCH_SIZE
+        )
         if resp is None:
             await asyncio.sleep(REFUSED_BATCH_PAUSE_S)  # the RetryInfo delay of RATE_LIMITED
             return
@@ -296,6 +312,21 @@ async def run_mixed(ops: Ops) -> None:
             await ops.charge(account, OVERDRAFT_AMOUNT)
 
 
+async def run_many_lots(ops: Ops) -> None:
+    """Uniform 1-credit Charges, and one in eight on the heavy account, which holds
+    HEAVY_LOTS lots of HEAVY_LOT_AMOUNT credits each: its charges count as operations
+    but only the others' latencies are sampled, so the percentiles say what one
+    heavy account costs everybody else (compare with the charge workload)."""
+    slot = ops.slot
+    heavy = pb.ChargeRequest(account_id=HEAVY_ACCOUNT, asset=ASSET, amount=1)
+    while time.monotonic() < slot.stop_at:
+        if slot.rng.random() < 0.125:
+            heavy.idempotency_key = slot.key()
+            await slot.rec.call("Charge", slot.stub.Charge, heavy, sample=False)
+        else:
+            await ops.charge(slot.account())
+
+
 async def run_batch_charge(ops: Ops) -> None:
     """SubmitBatch of 100 Charges of 1 credit each (an event-rate caller's flushes)."""
     slot = ops.slot
@@ -321,5 +352,6 @@ LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
     "reserve-settle": run_reserve_settle,
     "hot": run_hot,
     "mixed": run_mixed,
+    "many-lots": run_many_lots,
     "batch-charge": run_batch_charge,
 }
