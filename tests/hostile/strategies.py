@@ -98,30 +98,19 @@ def typed_given(*strategies: Any) -> Callable[[Callable[..., None]], Callable[[]
     return cast(Callable[[Callable[..., None]], Callable[[], None]], given(*strategies))
 
 
-BATCHED = ("Charge", "Reserve", "Settle", "Release", "Refund", "Grant")
-METHODS = (
-    "CreateAccount", "GetAccount", "Grant", "Reserve", "ReserveGroup", "Settle", "Release",
-    "Refund", "Charge", "GetReservation", "GetReservationGroup", "GetBalance", "ListEntries",
-    "SubmitBatch",
-)  # fmt: skip
-
-
 def draw_request(
-    draw: Callable[[Any], Any],
-    accounts: list[str],
-    reservations: list[str],
-    methods: tuple[str, ...] = METHODS,
+    draw: Callable[[Any], Any], accounts: list[str], reservations: list[str]
 ) -> tuple[str, Any]:
     """(method name, request) with every field drawn from the hostile strategies."""
-    method = draw(st.sampled_from(methods))
-    if method == "SubmitBatch":
-        batch = ledger_pb2.SubmitBatchRequest(atomic=draw(st.booleans()))
-        for _ in range(draw(st.integers(0, 5))):
-            kind, sub = draw_request(draw, accounts, reservations, BATCHED)
-            getattr(batch.commands.add(), kind.lower()).CopyFrom(sub)
-        if draw(st.integers(0, 9)) == 0:
-            batch.commands.add()  # a command with nothing set
-        return method, batch
+    method = draw(
+        st.sampled_from(
+            [
+                "CreateAccount", "GetAccount", "Grant", "Reserve", "ReserveGroup", "Settle",
+                "Release", "Refund", "Charge", "GetReservation", "GetReservationGroup",
+                "GetBalance", "ListEntries",
+            ]
+        )
+    )  # fmt: skip
     account = draw(ids(accounts))
     reservation = draw(ids(reservations))
     req: Any
