@@ -24,24 +24,42 @@ export {
   type TlsOptions,
 } from "./client.js";
 export {
+  Aborted,
   AccountExists,
   AccountNotFound,
+  AlreadyExists,
   AmountExceedsRemaining,
   AmountExceedsSettled,
+  BalanceLimitExceeded,
   Contention,
   DatabaseUnavailable,
+  DeadlineExceeded,
   ERROR_DOMAIN,
   type ErrorContext,
+  FailedPrecondition,
   type FieldViolation,
   IdempotencyKeyReused,
   InsufficientCredits,
+  Internal,
   InvalidArgument,
+  KNOWN_REASONS,
   LedgerError,
+  LotLimitExceeded,
+  NotFound,
+  PermissionDenied,
   REPLAYED_METADATA_KEY,
+  REQUEST_ID_HEADER,
+  RateLimited,
   ReservationClosed,
   ReservationExpired,
+  ReservationGroupNotFound,
   ReservationNotFound,
+  ResourceExhausted,
+  Unauthenticated,
+  Unavailable,
   codeName,
+  errorClassOf,
+  retryDelayMsOf,
   toLedgerError,
 } from "./errors.js";
 export {
@@ -52,6 +70,7 @@ export {
   Batcher,
   type BatcherOptions,
 } from "./batch.js";
+export { Hold, type HoldOnError, type HoldOptions, holdReleaseKey, holdSettleKey } from "./hold.js";
 export { DEFAULT_RETRY_POLICY, RETRYABLE_CODES, type RetryPolicy, backoffMs } from "./retry.js";
 // The generated messages and the service descriptor, for callers that need them.
 export * from "./gen/creditledger/v1/ledger_pb.js";
