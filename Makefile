@@ -8,15 +8,20 @@ STAMP := $(VENV)/.installed
 GEN_DIR := clients/python
 PROTO := protos/creditledger/v1/ledger.proto
 
-.PHONY: run test install proto proto-check lint typecheck unit bench torture failover clean
+.PHONY: run test install proto proto-check lint typecheck unit bench torture soak failover clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=24"
 
-# Re-install whenever a pyproject changes.
-$(STAMP): $(PY) pyproject.toml clients/python/pyproject.toml
-	$(PIP) install --quiet -e ./clients/python -e '.[dev]'
+# Re-install whenever a pyproject or the lock changes. Third-party packages come
+# from requirements/dev.lock, every file checked by hash; this repository's two
+# packages by path, never from an index (--no-index --no-deps). `pip check`
+# fails when the lock lacks a dependency a pyproject gained: run `make lock`.
+$(STAMP): $(PY) pyproject.toml clients/python/pyproject.toml requirements/dev.lock
+	$(PIP) install --quiet --require-hashes -r requirements/dev.lock
+	$(PIP) install --quiet --no-index --no-deps --no-build-isolation -e ./clients/python -e '.[dev]'
+	$(PIP) check || { echo "requirements/dev.lock is stale: run make lock"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -60,9 +65,26 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
+## Hours of mixed load with retention shortened to minutes (SOAK_MINUTES, default 20):
+## see docs/performance.md, "Soak". Needs root (initdb runs as `postgres`).
+soak: $(STAMP)
+	$(PY) -m tests.bench.soak --minutes $${SOAK_MINUTES:-20} $(SOAK_ARGS)
+
 ## The consistency checker with the fault injector (TORTURE_SECONDS, default 120).
 torture: $(STAMP)
 	$(PY) -m tests.torture --seconds $${TORTURE_SECONDS:-120} $(TORTURE_ARGS)
+
+## Refresh requirements/*.lock: exact versions with the SHA-256 of every file
+## (pip-tools), from both pyproject.toml, resolved against PyPI alone (--isolated:
+## no local mirrors or find-links in the hashes). The Dockerfile installs from them.
+lock: $(PY)
+	$(PIP) install --quiet "pip-tools>=7.4,<8"
+	$(PY) deploy/lock.py
+	for f in server dev; do \
+	  $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	    --no-emit-index-url --no-emit-find-links --pip-args "--isolated" \
+	    -o requirements/$$f.lock requirements/$$f.in || exit 1; \
+	done
 
 ## The ledger on a real HA PostgreSQL (Patroni + etcd, three nodes) through five faults:
 ## see docs/operations.md. FAILOVER_ARGS=--scenarios kill,hang for a subset.

@@ -28,11 +28,18 @@ from ledger.storage.pool import (
     create_pool,
     migrate,
     read_endpoint_problem,
+    schema_problem,
     wait_for_database,
 )
 from ledger.storage.postgres import PostgresStore
 from ledger.transport.auth import Security, TlsFiles, build_security
-from ledger.transport.server import ServerSettings, build_server, set_health
+from ledger.transport.door import DoorLimits
+from ledger.transport.server import (
+    ServerSettings,
+    build_health_server,
+    build_server,
+    set_health,
+)
 from ledger.transport.servicer import LedgerServicer
 
 log = logging.getLogger("ledger.app")
@@ -64,9 +71,23 @@ def _security(cfg: Config) -> Security:
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     try:
-        return build_security(cfg.callers_file, tls)
+        return build_security(cfg.callers_file, tls, _door(cfg))
     except (CallerFileError, ValueError) as exc:
         raise StartupError(str(exc)) from None
+
+
+def _door(cfg: Config) -> DoorLimits:
+    return DoorLimits(watch_streams_per_peer_max=cfg.watch_streams_per_peer_max)
+
+
+def server_settings(cfg: Config) -> ServerSettings:
+    return ServerSettings(
+        listen=cfg.listen,
+        drain_s=cfg.drain_s,
+        concurrent_rpcs_max=cfg.concurrent_rpcs_max,
+        unary_deadline_s=cfg.unary_deadline_s,
+        door=_door(cfg),
+    )
 
 
 def _check_listen(cfg: Config) -> None:
@@ -91,6 +112,8 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._metrics_server: Any = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self.security: Security | None = None
         self.read_pool: Any = None
 
@@ -100,22 +123,34 @@ class App:
         self.security = security = _security(cfg)
         _check_listen(cfg)  # before the database: a port in use fails fast, in one line
         metrics.set_build_info(__version__)
+        metrics.set_asset_labels(cfg.metrics_asset_labels)
         if not self.database_url:
             self._embedded = EmbeddedPostgres(cfg.data_dir)
             self.database_url = await asyncio.to_thread(self._embedded.start)
             log.info("embedded PostgreSQL running under %s", cfg.data_dir)
         await wait_for_database(self.database_url, cfg.database_wait_s)
-        applied = await migrate(self.database_url)
-        if applied:
-            log.info("migrations applied: %s", ", ".join(applied))
+        if cfg.migrate_at_start:
+            applied = await migrate(self.database_url)
+            if applied:
+                log.info("migrations applied: %s", ", ".join(applied))
+        else:
+            problem = await schema_problem(self.database_url)
+            if problem is not None:
+                await self._stop_embedded()
+                raise StartupError(f"not serving: {problem}")
         self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
+        retention = cfg.idempotency_retention()
         self.read_pool = await self._read_pool()
-        self.store = PostgresStore(self.pool, read_pool=self.read_pool)
+        self.store = PostgresStore(
+            self.pool, idempotency_partition=retention.partition, read_pool=self.read_pool
+        )
         self.writer = Writer(
             self.store,
             self.clock,
             WriterSettings(
-                batch_max=cfg.batch_max, refund_grace=timedelta(seconds=cfg.refund_grace_s)
+                batch_max=cfg.batch_max,
+                refund_grace=timedelta(seconds=cfg.refund_grace_s),
+                retention=retention,
             ),
         )
         self.ledger = Ledger(
@@ -127,12 +162,13 @@ class App:
             self.clock,
             SweeperSettings(
                 interval_s=cfg.sweep_interval_s,
-                idempotency_retention=timedelta(days=cfg.idempotency_retention_days),
+                retention=retention,
+                maintain_every_s=min(10.0, retention.partition.total_seconds() / 2),
             ),
         )
         self.server, self.health = build_server(
             LedgerServicer(self.ledger, security.authorize),
-            ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s),
+            server_settings(cfg),
             security.interceptors + self.hooks.interceptors,
         )
         credentials = self.hooks.server_credentials or security.server_credentials
@@ -156,6 +192,13 @@ class App:
                     f"--metrics-listen {cfg.metrics_listen}: {describe(exc)}"
                 ) from None
             self.metrics_port = self._metrics_server.server_port
+        if cfg.health_listen:
+            self._health_server, self.health_port = build_health_server(
+                self.health, server_settings(cfg), cfg.health_listen
+            )
+            await self._health_server.start()
+        # Partitions for the keys of the first calls, before there are calls.
+        await self.sweeper.maintain_once()
         self.writer.start()
         self.sweeper.start()
         await self.server.start()
@@ -232,6 +275,11 @@ class App:
             except Exception:
                 log.exception("health check failed")
 
+    async def _stop_embedded(self) -> None:
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+
     async def _close_storage(self) -> None:
         """Undo a start that failed after the pool was made."""
         await self.pool.close()
@@ -245,6 +293,8 @@ class App:
             task.cancel()
         await set_health(self.health, False)
         await self.server.stop(self.config.drain_s)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.sweeper.stop()
         await self.writer.stop()
         await self.store.close()

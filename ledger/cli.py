@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -57,19 +58,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from ledger.storage.pool import migrate, wait_for_database
+    from ledger.storage.pool import migrate, set_up_serving_role, wait_for_database
+    from ledger.storage.roles import RoleError
 
     ledger_logging.configure("info", "text")
+    # The serving role's password from the environment only: argv shows in `ps`.
+    password = os.environ.get("LEDGER_SERVING_ROLE_PASSWORD") or None
 
     async def main() -> int:
         url, embedded = await _resolve_url(args)
         try:
             await wait_for_database(url, 30.0)
             applied = await migrate(url)
+            if args.serving_role:
+                await set_up_serving_role(url, args.serving_role, password)
+        except RoleError as exc:
+            print(f"ledger migrate: {exc}", file=sys.stderr)
+            return 2
         finally:
             if embedded is not None:
                 embedded.stop()
         print("migrations applied: " + (", ".join(applied) if applied else "none (up to date)"))
+        if args.serving_role:
+            print(f"serving role {args.serving_role}: created if missing, rights granted")
         return 0
 
     return _run(main())
@@ -114,6 +125,77 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1
 
     return _run(main())
+
+
+def cmd_archive_reservations(args: argparse.Namespace) -> int:
+    """Move closed reservations past their expiry by more than --older-than-days
+    into reservations_archive, in short batches (docs/operations.md, "Retention")."""
+    from datetime import UTC, datetime, timedelta
+
+    from ledger.service.ports import SerializationConflict
+    from ledger.storage.pool import PoolSettings, create_pool
+    from ledger.storage.postgres import PostgresStore
+
+    if args.older_than_days <= 0 or args.batch <= 0:
+        print("ledger archive reservations: --older-than-days and --batch must be positive",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+    async def main() -> int:
+        url, embedded = await _resolve_url(args)
+        total = 0
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(days=args.older_than_days)
+        try:
+            pool = await create_pool(
+                url, PoolSettings(min_size=1, max_size=1, command_timeout_s=60.0)
+            )
+            store = PostgresStore(pool)
+            conflicts = 0
+            try:
+                while True:
+                    try:
+                        moved = await store.archive_reservations(cutoff, now, args.batch)
+                    except SerializationConflict:
+                        conflicts += 1  # a batch touched one of them: take the round again
+                        if conflicts > 100:
+                            raise
+                        await asyncio.sleep(0.05)
+                        continue
+                    total += moved
+                    if moved < args.batch:
+                        break
+            finally:
+                await pool.close()
+        finally:
+            if embedded is not None:
+                embedded.stop()
+        print(
+            f"ledger archive reservations: {total} archived"
+            f" (closed, expired before {cutoff.isoformat(timespec='seconds')})"
+        )
+        return 0
+
+    return _run(main())
+
+
+def _add_retention_commands(sub: Any) -> None:
+    archive = sub.add_parser("archive", help="move old history out of the hot tables")
+    asub = archive.add_subparsers(dest="archive_command", required=True)
+    res = asub.add_parser(
+        "reservations",
+        help="move closed reservations into reservations_archive (GetReservation still answers)",
+    )
+    config.add_database_flags(res)
+    res.add_argument(
+        "--older-than-days",
+        type=float,
+        default=90.0,
+        help="archive those whose expires_at is older than this (default 90: Refund of an"
+        " archived reservation answers RESERVATION_NOT_FOUND)",
+    )
+    res.add_argument("--batch", type=int, default=1000, help="reservations per transaction")
+    res.set_defaults(func=cmd_archive_reservations)
 
 
 def cmd_token_new(args: argparse.Namespace) -> int:
@@ -194,12 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     mig = sub.add_parser("migrate", help="apply database migrations and exit")
     config.add_database_flags(mig)
+    mig.add_argument(
+        "--serving-role",
+        default=os.environ.get("LEDGER_SERVING_ROLE", ""),
+        metavar="NAME",
+        help="also create the role `serve` logs in as (if missing) and grant it only the"
+        " rights it uses (env LEDGER_SERVING_ROLE; its password from env"
+        " LEDGER_SERVING_ROLE_PASSWORD); run as the owner role",
+    )
     mig.set_defaults(func=cmd_migrate)
     ver = sub.add_parser("verify", help="check every ledger invariant; exit 1 on any violation")
     config.add_database_flags(ver)
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.set_defaults(func=cmd_verify)
     _add_security_commands(sub)
+    _add_retention_commands(sub)
     add_commands(sub)
     return parser
 

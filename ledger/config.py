@@ -6,7 +6,10 @@ import argparse
 import ipaddress
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+
+from ledger.service.retention import IdempotencyRetention
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,8 @@ class Config:
     batch_max: int = 1024  # a full SubmitBatch (1,000) and its neighbours in one transaction
     sweep_interval_s: float = 1.0
     idempotency_retention_days: float = 7.0
+    idempotency_refused_retention_days: float = 1.0
+    idempotency_partition_s: float = 12 * 3600.0
     refund_grace_s: float = 7 * 86400.0
     drain_s: float = 10.0
     database_wait_s: float = 30.0
@@ -30,6 +35,18 @@ class Config:
     tls_client_ca: Path | None = None
     callers_file: Path | None = None
     insecure: bool = False
+    # Security hardening (docs/security.md): anonymous full access off
+    # loopback must be asked for by name; the door's limits.
+    allow_anonymous_full_access: bool = False
+    concurrent_rpcs_max: int = 4096
+    unary_deadline_s: float = 30.0
+    watch_streams_per_peer_max: int = 8
+    metrics_asset_labels: bool = False
+    # Migrate at start (in-process embedders and tests); `ledger serve` with a
+    # database URL turns it off and checks the schema version instead.
+    migrate_at_start: bool = True
+    # A plaintext grpc.health.v1-only port for probes that cannot speak TLS.
+    health_listen: str = ""
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -45,7 +62,26 @@ class Config:
                 " Give --tls-cert and --tls-key (and --tls-client-ca for mutual TLS), or"
                 " --insecure if a proxy or mesh on this host already encrypts the traffic"
             )
+        if (
+            self.callers_file is None
+            and not self.allow_anonymous_full_access
+            and not is_loopback(self.listen)
+        ):
+            out.append(
+                f"refusing to serve {self.listen}, which is not a loopback address, without"
+                " a caller file: every caller could move every account's credits."
+                " Give --callers FILE (docs/security.md), or, only where something in"
+                " front authenticates every call, --allow-anonymous-full-access"
+            )
+        out += self.idempotency_retention().problems()
         return out
+
+    def idempotency_retention(self) -> IdempotencyRetention:
+        return IdempotencyRetention(
+            applied=timedelta(days=self.idempotency_retention_days),
+            refused=timedelta(days=self.idempotency_refused_retention_days),
+            partition=timedelta(seconds=self.idempotency_partition_s),
+        )
 
 
 def is_loopback(listen: str) -> bool:
@@ -97,6 +133,20 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="HOST:PORT of /metrics (env LEDGER_METRICS_LISTEN); empty disables it",
     )
     p.add_argument(
+        "--health-listen",
+        default=_env("LEDGER_HEALTH_LISTEN", d.health_listen),
+        help="HOST:PORT of a plaintext port serving grpc.health.v1 only, for probes that"
+        " cannot speak TLS (env LEDGER_HEALTH_LISTEN); empty (the default) disables it",
+    )
+    p.add_argument(
+        "--metrics-asset-labels",
+        action="store_true",
+        default=_env("LEDGER_METRICS_ASSET_LABELS", "") in ("1", "true", "yes"),
+        help="name assets in the asset label of /metrics (env LEDGER_METRICS_ASSET_LABELS=1);"
+        " off by default, because /metrics has no authentication and would list every"
+        " tenant's asset names",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("LEDGER_LOG_LEVEL", d.log_level),
         choices=["debug", "info", "warning", "error"],
@@ -118,6 +168,24 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--idempotency-retention-days",
         type=float,
         default=float(_env("LEDGER_IDEMPOTENCY_RETENTION_DAYS", str(d.idempotency_retention_days))),
+        help="how long a key of an applied request replays its outcome (docs/operations.md)",
+    )
+    p.add_argument(
+        "--idempotency-refused-retention-days",
+        type=float,
+        default=float(
+            _env(
+                "LEDGER_IDEMPOTENCY_REFUSED_RETENTION_DAYS",
+                str(d.idempotency_refused_retention_days),
+            )
+        ),
+        help="how long a key of a request refused by a rule replays its refusal",
+    )
+    p.add_argument(
+        "--idempotency-partition-s",
+        type=float,
+        default=float(_env("LEDGER_IDEMPOTENCY_PARTITION_S", str(d.idempotency_partition_s))),
+        help="width of the idempotency table's time partitions (keys are dropped a partition at a time)",
     )
     p.add_argument(
         "--refund-grace-s",
@@ -127,6 +195,14 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--drain-s", type=float, default=d.drain_s, help="grace for in-flight calls on SIGTERM"
+    )
+    p.add_argument(
+        "--migrate-at-start",
+        action="store_true",
+        default=_env("LEDGER_MIGRATE_AT_START", "") in ("1", "true", "yes"),
+        help="apply pending migrations before serving (env LEDGER_MIGRATE_AT_START=1);"
+        " the default only with the embedded PostgreSQL. Otherwise `serve` refuses a"
+        " schema other than its own: run `ledger migrate` as the owner role first",
     )
     sec = p.add_argument_group("security (docs/security.md)")
     sec.add_argument(
@@ -161,6 +237,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         default=_env("LEDGER_INSECURE", "") in ("1", "true", "yes"),
         help="allow plaintext on a non-loopback address (env LEDGER_INSECURE=1)",
     )
+    sec.add_argument(
+        "--allow-anonymous-full-access",
+        action="store_true",
+        default=_env("LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS", "") in ("1", "true", "yes"),
+        help="serve a non-loopback address WITHOUT a caller file: anyone who reaches the"
+        " port has every right on every account (env LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS=1)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> Config:
@@ -176,6 +259,8 @@ def from_args(args: argparse.Namespace) -> Config:
         batch_max=args.batch_max,
         sweep_interval_s=args.sweep_interval_s,
         idempotency_retention_days=args.idempotency_retention_days,
+        idempotency_refused_retention_days=args.idempotency_refused_retention_days,
+        idempotency_partition_s=args.idempotency_partition_s,
         refund_grace_s=args.refund_grace_s,
         drain_s=args.drain_s,
         tls_cert=_path(args.tls_cert),
@@ -183,6 +268,10 @@ def from_args(args: argparse.Namespace) -> Config:
         tls_client_ca=_path(args.tls_client_ca),
         callers_file=_path(args.callers),
         insecure=args.insecure,
+        allow_anonymous_full_access=args.allow_anonymous_full_access,
+        metrics_asset_labels=args.metrics_asset_labels,
+        migrate_at_start=args.migrate_at_start or not args.database_url,
+        health_listen=args.health_listen,
     )
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ from ledger.app import App
 from ledger.config import Config
 from ledger.service.clock import OffsetClock
 from tests.support.db import TestDatabase
+
+# `ledger serve` with a database URL checks the schema instead of migrating
+# (docs/security.md): the servers the tests start as processes get fresh
+# databases, so they are told to migrate at start (an explicit choice there).
+os.environ.setdefault("LEDGER_MIGRATE_AT_START", "1")
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ class Kind(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
     RESOURCE_EXHAUSTED = "resource_exhausted"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
 
@@ -158,6 +159,14 @@ class RateLimited(LedgerError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message, {"retry_after_ms": str(int(retry_after_s * 1000))})
         self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(LedgerError):
+    """The server's own deadline passed: a request body that never came, or a call
+    without a deadline of its own that ran past the server's (docs/security.md)."""
+
+    kind = Kind.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
 
 
 class InvariantViolation(Exception):

@@ -295,7 +295,10 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
     for index, leg in enumerate(cmd.legs):
         res = _new_reservation(ws, leg.account_id, leg.asset, leg.amount)
         res.expires_at = ws.now + _ttl(cmd.ttl_s)
-        res.metadata = dict(cmd.metadata)
+        # The group's metadata is stored once, on its first leg (issue 15: copied
+        # onto 100 legs it multiplied what a caller could store); replies show
+        # it on every leg (ledger.service.groups).
+        res.metadata = dict(cmd.metadata) if index == 0 else {}
         res.group_id, res.leg_key, res.leg_index = group_id, leg.leg_key, index
         legs.append(_hold(ws, tx, res))
     return GroupResult(group_id, [snapshot(r) for r in legs])

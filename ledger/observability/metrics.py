@@ -1,8 +1,10 @@
 """Prometheus metrics. Names and labels are a contract (docs/design.md).
 
 No label ever carries an account id, reservation id or idempotency key. The
-one caller-chosen label value, `asset`, is capped: past ASSET_LABELS_MAX
-distinct assets a process counts the rest under `_other`.
+one caller-chosen label value, `asset`, is `_all` unless asset labels are
+turned on (`--metrics-asset-labels`): /metrics has no authentication, and
+asset names are every tenant's business. When on, it is capped: past
+ASSET_LABELS_MAX distinct assets a process counts the rest under `_other`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 ASSET_LABELS_MAX = 64
 OTHER_ASSET = "_other"
+#: The asset label's value while asset labels are off (the default).
+ALL_ASSETS = "_all"
 
 _LATENCY_BUCKETS_S = (
     0.0005,
@@ -90,10 +94,18 @@ BUILD_INFO = Info("ledger_build", "Build information.")
 
 _assets_seen: set[str] = set()
 _assets_lock = threading.Lock()
+_asset_labels = [False]
+
+
+def set_asset_labels(enabled: bool) -> None:
+    """Whether /metrics names assets (off by default: it has no authentication)."""
+    _asset_labels[0] = enabled
 
 
 def asset_label(asset: str) -> str:
-    """The label value for an asset, bounded in number."""
+    """The label value for an asset, bounded in number; ALL_ASSETS when labels are off."""
+    if not _asset_labels[0]:
+        return ALL_ASSETS
     if asset in _assets_seen:
         return asset
     with _assets_lock:

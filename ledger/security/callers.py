@@ -3,7 +3,7 @@
 TOML (stdlib tomllib), documented in docs/security.md:
 
     [defaults]                      # optional
-    rate_per_s = 500                # requests a second per caller; 0 = no limit
+    rate_per_s = 500                # weight units a second per caller (default 1000); 0 = no limit
     burst = 1000                    # bucket size; default: one second's worth
 
     [[caller]]
@@ -11,7 +11,7 @@ TOML (stdlib tomllib), documented in docs/security.md:
     permissions = ["read", "spend"] # read, spend, refund, grant, admin
     account_prefixes = ["tenant-42:"]   # "*" = every account
     token_sha256 = ["<64 hex>"]     # from `ledger token new` / `ledger token hash`
-    cert_identities = ["spiffe://prod/billing"]   # client certificate SAN, or CN
+    cert_identities = ["uri:spiffe://prod/billing"]   # typed: uri:, dns:, email:, cn:
     rate_per_s = 100                # optional, overrides [defaults]
     burst = 200
 
@@ -22,7 +22,6 @@ end up in a log.
 
 from __future__ import annotations
 
-import hmac
 import math
 import re
 import tomllib
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.domain.access import EVERY_ACCOUNT, Access, Permission
-from ledger.security.ratelimit import Rate
+from ledger.security.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, Rate
 from ledger.security.tokens import TOKEN_LEN_MAX, token_hash
 
 FILE_BYTES_MAX = 1024 * 1024
@@ -60,6 +59,17 @@ _CALLER_KEYS = {
 }
 _PERMISSIONS = {p.value: p for p in Permission}
 
+#: The types of certificate identity, each matched only against the same type
+#: in the client certificate: `uri:` and `dns:` and `email:` SAN entries,
+#: `cn:` the subject's common name (only of a certificate without SAN).
+IDENTITY_TYPES = ("uri", "dns", "email", "cn")
+
+
+def typed_identity(kind: str, value: str) -> str:
+    """The form a caller file and the interceptor compare: "kind:value", with DNS
+    names lower-cased (they are case-insensitive)."""
+    return f"{kind}:{value.lower() if kind == 'dns' else value}"
+
 
 class CallerFileError(ValueError):
     """The caller file is unreadable or invalid; the message says where, never a value."""
@@ -82,23 +92,20 @@ class CallerBook:
 
     def __init__(self, callers: Sequence[Caller]) -> None:
         self.callers = tuple(callers)
-        self._tokens = tuple((h, c) for c in self.callers for h in c.token_hashes)
+        self._tokens = {h: c for c in self.callers for h in c.token_hashes}
         self._identities = {i: c for c in self.callers for i in c.cert_identities}
 
     def by_token(self, token: str) -> Caller | None:
-        """The caller holding `token`, compared in constant time against every stored hash.
+        """The caller holding `token`: one SHA-256 and one dict lookup of the digest,
+        whatever the number of callers.
 
-        Every stored hash is compared, without an early exit, so the time taken
-        does not tell which caller (if any) came close.
+        The lookup's timing can only tell about the digest, never the token:
+        learning digest bits does not help find a 256-bit token (SHA-256 is
+        preimage resistant), so no constant-time compare is needed.
         """
         if not token or len(token) > TOKEN_LEN_MAX:
             return None
-        digest = token_hash(token)
-        found: Caller | None = None
-        for stored, caller in self._tokens:
-            if hmac.compare_digest(stored, digest):
-                found = caller
-        return found
+        return self._tokens.get(token_hash(token))
 
     def by_identities(self, identities: Iterable[str]) -> Caller | None:
         """The caller a client certificate names; None when none or several do."""
@@ -138,7 +145,7 @@ def parse(data: dict[str, Any]) -> CallerBook:
     if not isinstance(defaults, dict):
         raise CallerFileError("[defaults] must be a table")
     _no_unknown_keys("[defaults]", defaults, _DEFAULT_KEYS)
-    default_rate = _rate("[defaults]", defaults, Rate())
+    default_rate = _rate("[defaults]", defaults, Rate(DEFAULT_RATE_PER_S, DEFAULT_BURST))
     entries = data.get("caller", [])
     if not isinstance(entries, list) or not entries:
         raise CallerFileError("needs at least one [[caller]] table")
@@ -176,12 +183,12 @@ def _caller(where: str, entry: object, default_rate: Rate) -> Caller:
                 f"{where}.token_sha256[{j}] must be 64 hex chars, the SHA-256 of a token"
                 " (`ledger token hash`), never the token itself"
             )
-    identities = _strings(where, entry, "cert_identities", max_items=CREDENTIALS_PER_CALLER_MAX)
-    for j, ident in enumerate(identities):
-        if len(ident) > IDENTITY_LEN_MAX or not _PRINTABLE.fullmatch(ident):
-            raise CallerFileError(
-                f"{where}.cert_identities[{j}] must be 1-{IDENTITY_LEN_MAX} printable ASCII chars"
-            )
+    identities = [
+        _identity(f"{where}.cert_identities[{j}]", ident)
+        for j, ident in enumerate(
+            _strings(where, entry, "cert_identities", max_items=CREDENTIALS_PER_CALLER_MAX)
+        )
+    ]
     if not hashes and not identities:
         raise CallerFileError(f"{where} needs token_sha256 or cert_identities (or both)")
     scope = None if EVERY_ACCOUNT in prefixes else tuple(dict.fromkeys(prefixes))
@@ -191,6 +198,20 @@ def _caller(where: str, entry: object, default_rate: Rate) -> Caller:
         tuple(identities),
         _rate(where, entry, default_rate),
     )
+
+
+def _identity(where: str, ident: str) -> str:
+    if len(ident) > IDENTITY_LEN_MAX or not _PRINTABLE.fullmatch(ident):
+        raise CallerFileError(f"{where} must be 1-{IDENTITY_LEN_MAX} printable ASCII chars")
+    kind, sep, value = ident.partition(":")
+    if not sep or kind not in IDENTITY_TYPES or not value:
+        # Say where, and which forms are accepted; the value itself stays out.
+        raise CallerFileError(
+            f"{where} has no identity type: write it as uri:<SAN URI, e.g. spiffe://...>,"
+            " dns:<SAN DNS name>, email:<SAN email> or cn:<subject CN, certificates without"
+            " SAN only>, so that one type can never match another"
+        )
+    return typed_identity(kind, value)
 
 
 def _bad_permission(where: str) -> Permission:

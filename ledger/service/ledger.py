@@ -33,7 +33,7 @@ from ledger.domain.model import (
     Result,
 )
 from ledger.observability import metrics
-from ledger.service import batching, pagetoken
+from ledger.service import batching, groups, pagetoken, scope
 from ledger.service.clock import Clock
 from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
 from ledger.service.writer import Writer
@@ -90,7 +90,11 @@ class Ledger:
         cmd = self._admit(cmd, access)
         try:
             result, replayed = await self._writer.submit(cmd)
+            if replayed:
+                scope.check_replay(cmd, result, access)  # the scope as it is now
         except errors.LedgerError as exc:
+            if exc.replayed:
+                scope.check_replayed_error(cmd, exc, access)
             if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
                 metrics.REJECTIONS.labels(cmd.method, exc.reason).inc()
             if exc.replayed:
@@ -98,7 +102,7 @@ class Ledger:
             raise
         if replayed:
             metrics.REPLAYS.labels(cmd.method).inc()
-        return result, replayed
+        return await self._show_group_metadata(result), replayed
 
     def _admit(self, cmd: c.KeyedCommand, access: Access) -> c.KeyedCommand:
         """The command as it will run (scoped to the caller), once permitted and valid.
@@ -160,7 +164,60 @@ class Ledger:
             if not isinstance(result, BatchResult) or len(result.outcomes) != len(runnable):
                 raise errors.InvariantViolation("the writer answered a batch with another shape")
             ran = result.outcomes
-        return BatchResult(_merge(admitted, ran, batch.commands))
+        merged = _merge(admitted, ran, batch.commands)
+        shown = [
+            (await self._as_single_call(cmd, outcome, replayed, access), replayed)
+            for cmd, (outcome, replayed) in zip(batch.commands, merged, strict=True)
+        ]
+        return BatchResult(tuple(shown))
+
+    async def _as_single_call(
+        self,
+        cmd: c.BatchCommand,
+        outcome: GrantResult | ReservationResult | errors.LedgerError,
+        replayed: bool,
+        access: Access,
+    ) -> GrantResult | ReservationResult | errors.LedgerError:
+        """What the command's single call answers: a replay seen through the scope
+        as it is now, group legs with their group's metadata."""
+        try:
+            if isinstance(outcome, errors.LedgerError):
+                if outcome.replayed:
+                    scope.check_replayed_error(cmd, outcome, access)
+                return outcome
+            if replayed:
+                scope.check_replay(cmd, outcome, access)
+            shown = await self._show_group_metadata(outcome)
+        except errors.LedgerError as exc:
+            return exc
+        if not isinstance(shown, GrantResult | ReservationResult):
+            raise errors.InvariantViolation("a batch command's result changed its type")
+        return shown
+
+    async def _show_group_metadata(self, result: Result) -> Result:
+        """Group legs show their group's metadata, stored once (ledger.service.groups)."""
+        if isinstance(result, GroupResult):
+            return groups.with_group_metadata(result)
+        if isinstance(result, ReservationResult) and groups.needs_group_metadata(
+            result.reservation
+        ):
+            res = dataclasses.replace(
+                result.reservation,
+                metadata=await self._group_metadata(result.reservation.group_id),
+            )
+            return ReservationResult(res, result.balance)
+        return result
+
+    async def _group_metadata(self, group_id: str) -> dict[str, str]:
+        """Errors: DatabaseUnavailable, Contention."""
+        ws = self._view()
+        try:
+            await self._store.snapshot(ws, group_id=group_id)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        return groups.group_metadata(
+            [r for r in ws.reservations.values() if r.group_id == group_id]
+        )
 
     async def create_account(
         self, account_id: str, metadata: dict[str, str], access: Access = LOCAL
@@ -274,7 +331,10 @@ class Ledger:
         if res is None or not access.covers(res.account_id):
             raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
         rules.catch_up(ws, res.account_id, res.asset)
-        return rules.snapshot(res)
+        out = rules.snapshot(res)
+        if groups.needs_group_metadata(out):
+            out.metadata = await self._group_metadata(out.group_id)
+        return out
 
     async def get_group(self, group_id: str, access: Access = LOCAL) -> GroupResult:
         """Errors: PermissionDenied, InvalidArgument, ReservationGroupNotFound (also
@@ -294,7 +354,7 @@ class Ledger:
             rules.catch_up(ws, r.account_id, r.asset)
         # As requested (leg_index); groups made before it was stored: by leg key.
         legs.sort(key=lambda r: (r.leg_index, r.created_at, r.leg_key))
-        return GroupResult(group_id, [rules.snapshot(r) for r in legs])
+        return groups.with_group_metadata(GroupResult(group_id, [rules.snapshot(r) for r in legs]))
 
     async def list_entries(
         self, account_id: str, asset: str, page_size: int, page_token: str, access: Access = LOCAL

@@ -39,6 +39,9 @@ class IdempotencyRecord:
     method: str
     request_hash: bytes
     outcome: dict[str, Any]
+    # When the key may be used for a new request (set by the writer when it
+    # records a key; ledger.service.retention). Not read back.
+    expires_at: datetime | None = None
 
 
 class BatchUnit(Protocol):
@@ -103,6 +106,15 @@ class Store(Protocol):
 
     async def reservation_stats(self, now: datetime) -> tuple[int, float]: ...
 
-    async def prune_idempotency(self, before: datetime, limit: int) -> int: ...
+    async def maintain_idempotency(
+        self, now: datetime, until: datetime, drop: bool = True
+    ) -> tuple[int, int]:
+        """Make the key store ready for keys expiring up to `until`; forget keys
+        expired by `now` (when `drop`). Returns (created, dropped) units of storage."""
+        ...
+
+    async def archive_reservations(
+        self, expired_before: datetime, now: datetime, limit: int
+    ) -> int: ...
 
     async def ping(self) -> None: ...

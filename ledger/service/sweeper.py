@@ -1,5 +1,5 @@
 """Background work: expire overdue reservations and lots, keep gauges fresh,
-prune old idempotency records.
+keep the idempotency key store ready ahead and drop its expired partitions.
 
 Safe with several server processes on one database: each sweeper only
 submits ExpireDue commands to its own writer, which re-reads the rows inside
@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
 
 from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.observability import metrics
 from ledger.service.clock import Clock
 from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
+from ledger.service.retention import IdempotencyRetention
 from ledger.service.writer import Writer
 
 log = logging.getLogger("ledger.sweeper")
@@ -28,9 +28,10 @@ log = logging.getLogger("ledger.sweeper")
 class SweeperSettings:
     interval_s: float = 1.0
     batch_max: int = 500
-    idempotency_retention: timedelta = timedelta(days=7)
-    prune_every_s: float = 60.0
-    prune_batch_max: int = 5000
+    retention: IdempotencyRetention = field(default_factory=IdempotencyRetention)
+    # Creating and dropping partitions is a few catalog statements: every 10 s
+    # keeps the keys physically kept within retention + one partition + 10 s.
+    maintain_every_s: float = 10.0
     # Sweeps of batch_max in a row before sleeping, at most (a backlog is worked
     # off over several ticks, never in one unbounded loop).
     catch_up_rounds_max: int = 20
@@ -70,9 +71,22 @@ class Sweeper:
                 await self._writer.submit(c.ExpireDue(tuple(reservation_ids), tuple(lot_pairs)))
         return len(reservation_ids) + len(lot_pairs)
 
+    async def maintain_once(self) -> tuple[int, int]:
+        """Partitions ready up to the longest retention ahead; expired ones dropped."""
+        now = self._clock.now()
+        with metrics.TRANSACTION_SECONDS.labels("idempotency_maintenance").time():
+            created, dropped = await self._store.maintain_idempotency(
+                now, now + self._settings.retention.horizon()
+            )
+        if created or dropped:
+            log.info(
+                "idempotency partitions: %d created, %d expired ones dropped", created, dropped
+            )
+        return created, dropped
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        last_prune = loop.time()
+        last_maintained = -self._settings.maintain_every_s  # once at start
         while True:
             try:
                 for _ in range(self._settings.catch_up_rounds_max):
@@ -81,18 +95,9 @@ class Sweeper:
                 open_count, overdue_s = await self._store.reservation_stats(self._clock.now())
                 metrics.OPEN_RESERVATIONS.set(open_count)
                 metrics.OLDEST_OVERDUE_S.set(overdue_s)
-                if loop.time() - last_prune >= self._settings.prune_every_s:
-                    last_prune = loop.time()
-                    before = self._clock.now() - self._settings.idempotency_retention
-                    pruned = await self._store.prune_idempotency(
-                        before, self._settings.prune_batch_max
-                    )
-                    if pruned:
-                        log.info(
-                            "pruned %d idempotency records older than %s",
-                            pruned,
-                            before.isoformat(),
-                        )
+                if loop.time() - last_maintained >= self._settings.maintain_every_s:
+                    last_maintained = loop.time()
+                    await self.maintain_once()
             except (
                 StorageUnavailable,
                 SerializationConflict,

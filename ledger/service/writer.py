@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ledger.domain import commands as c
@@ -35,6 +35,7 @@ from ledger.service.ports import (
     StorageUnavailable,
     Store,
 )
+from ledger.service.retention import IdempotencyRetention
 
 log = logging.getLogger("ledger.writer")
 
@@ -58,6 +59,7 @@ class WriterSettings:
     # 64 in flight, load average 15-22 on 2 cores).
     attempt_timeout_per_command_s: float = 0.002
     refund_grace: timedelta = timedelta(days=7)
+    retention: IdempotencyRetention = field(default_factory=IdempotencyRetention)
     # Commands waiting for the writer, at most: past it a call is refused at once
     # (RESOURCE_EXHAUSTED with a retry delay) instead of queueing without bound.
     # A SubmitBatch counts its commands.
@@ -314,6 +316,7 @@ class Writer:
             results[i] = (outcome, False)
             if isinstance(cmd, c.ExpireDue | c.Batch):
                 continue
+            refused = isinstance(outcome, errors.LedgerError)
             records.append(
                 IdempotencyRecord(
                     cmd.caller,
@@ -321,6 +324,7 @@ class Writer:
                     cmd.method,
                     cmd.fingerprint(),
                     outcomes.encode(outcome),
+                    self._settings.retention.expires_at(ws.now, refused),
                 )
             )
         for i, j in same_key_as.items():

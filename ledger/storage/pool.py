@@ -141,6 +141,30 @@ async def migrate(url: str) -> list[str]:
     return applied
 
 
+async def set_up_serving_role(url: str, role: str, password: str | None) -> None:
+    """`ledger migrate --serving-role`: see ledger.storage.roles. Errors: RoleError."""
+    from ledger.storage import roles
+
+    conn = await asyncpg.connect(url, timeout=10.0)
+    try:
+        await roles.grant_serving_role(conn, role, password)
+    finally:
+        await conn.close()
+
+
+async def schema_problem(url: str) -> str | None:
+    """Why `ledger serve` must not serve this database without migrating it
+    (ledger.storage.roles.schema_problem); None when its schema is this code's."""
+    from ledger.storage import roles
+
+    conn = await asyncpg.connect(url, timeout=10.0)
+    try:
+        applied = await roles.applied_versions(conn)
+    finally:
+        await conn.close()
+    return roles.schema_problem(applied, {version for version, _, _ in _migrations()})
+
+
 class EmbeddedPostgres:
     """PostgreSQL from the `pgserver` package, with its data under `data_dir`.
 

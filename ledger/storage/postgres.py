@@ -13,7 +13,7 @@ import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -35,6 +35,7 @@ from ledger.service.ports import (
     SerializationConflict,
     StorageUnavailable,
 )
+from ledger.storage import idempotency as idem
 
 T = TypeVar("T")
 
@@ -131,7 +132,7 @@ WITH byid AS (
 )
 SELECT 'i' AS kind, jsonb_build_array(i.caller, i.key, i.method, encode(i.request_hash, 'hex'), i.outcome)
 FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
-  ON i.caller = k.caller AND i.key = k.key
+  ON i.caller = k.caller AND i.key = k.key AND i.expires_at > $7::timestamptz
 UNION ALL SELECT 'r', to_jsonb(res) FROM res
 UNION ALL SELECT 'a', to_jsonb(accounts.account_id) FROM accounts WHERE account_id = ANY($6::text[])
 UNION ALL SELECT 'b', to_jsonb(b) FROM (SELECT {_BALANCE_COLS} FROM balances JOIN pairs USING (account_id, asset)) AS b
@@ -192,15 +193,42 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
         reservation_id uuid, lot_id uuid)
     RETURNING 1
 ), i AS (
-    INSERT INTO idempotency (caller, key, method, request_hash, outcome, created_at)
-    SELECT t.caller, t.key, t.method, decode(t.request_hash, 'hex'), t.outcome, $2::timestamptz
+    INSERT INTO idempotency (caller, key, method, request_hash, outcome, created_at, expires_at)
+    SELECT t.caller, t.key, t.method, decode(t.request_hash, 'hex'), t.outcome, $2::timestamptz,
+           t.expires_at
     FROM d, jsonb_to_recordset(d.doc->'i') AS t(
-        caller text, key text, method text, request_hash text, outcome jsonb)
+        caller text, key text, method text, request_hash text, outcome jsonb, expires_at timestamptz)
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FROM r)
      + (SELECT count(*) FROM e) + (SELECT count(*) FROM i)
 """
+
+
+# Closed reservations out of the hot table, oldest first, in one SERIALIZABLE
+# statement: a concurrent batch that read one of them (a Refund) conflicts with
+# it and one of the two retries, so a row never ends up in both tables.
+_ARCHIVE_RESERVATIONS = """
+WITH picked AS (
+    SELECT reservation_id AS picked_id FROM reservations
+    WHERE state <> 'open' AND expires_at < $1
+    ORDER BY expires_at LIMIT $2
+), gone AS (
+    DELETE FROM reservations USING picked WHERE reservation_id = picked.picked_id
+    RETURNING reservations.*
+), kept AS (
+    INSERT INTO reservations_archive (reservation_id, group_id, expires_at, archived_at, doc)
+    SELECT g.reservation_id, g.group_id, g.expires_at, $3::timestamptz, to_jsonb(g) FROM gone AS g
+    RETURNING 1
+)
+SELECT count(*) FROM kept
+"""
+
+# The archived rows of reservations (each as the row was, in jsonb) by id or group.
+_ARCHIVED_RESERVATIONS = (
+    "SELECT doc FROM reservations_archive"
+    " WHERE reservation_id = ANY($1::uuid[]) OR group_id = $2::uuid"
+)
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -271,8 +299,14 @@ def _entry(row: asyncpg.Record) -> Entry:
 class PgBatch:
     """The queries of one batch transaction (see ledger.service.ports.BatchUnit)."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        cover_idempotency: Callable[[datetime, datetime], Awaitable[None]] | None = None,
+    ) -> None:
         self._conn = conn
+        # Makes sure a partition exists for a record's expires_at (see save()).
+        self._cover_idempotency = cover_idempotency
 
     async def load(
         self,
@@ -356,14 +390,23 @@ class PgBatch:
                     "method": r.method,
                     "request_hash": r.request_hash.hex(),
                     "outcome": r.outcome,
+                    "expires_at": _record_expiry(r),
                 }
                 for r in records
             ],
         }
         if not any(doc.values()):
             return
+        if records and self._cover_idempotency is not None:
+            await self._cover_idempotency(ws.now, max(_record_expiry(r) for r in records))
         # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
         await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+
+
+def _record_expiry(r: IdempotencyRecord) -> datetime:
+    if r.expires_at is None:
+        raise ValueError(f"idempotency record {r.key!r} has no expires_at")
+    return r.expires_at
 
 
 class PostgresStore:
@@ -373,11 +416,18 @@ class PostgresStore:
         self,
         pool: asyncpg.Pool,
         acquire_timeout_s: float = 2.0,
+        idempotency_partition: timedelta = timedelta(hours=12),
         read_pool: asyncpg.Pool | None = None,
     ) -> None:
         self._pool = pool
         # Synchronous standbys for the reads that may go there (see _standby_read).
         self._read_pool = read_pool
+        # The idempotency table's partition grid, and how far its partitions
+        # are known to reach (ledger/storage/idempotency.py).
+        self._idem_partition = idempotency_partition
+        # [from, until): partitions exist for every expires_at in it (as of the last
+        # maintenance; `from` is the `now` it dropped up to).
+        self._idem_covered: tuple[datetime, datetime] | None = None
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
@@ -480,7 +530,7 @@ class PostgresStore:
                 if conn.is_in_transaction():
                     await _guard(conn.execute("ROLLBACK"))  # never nest into a leftover transaction
                 await _guard(conn.execute(_BEGIN))
-            yield PgBatch(conn)
+            yield PgBatch(conn, self._cover_idempotency)
             if more_waiting is not None and more_waiting():
                 await _guard(conn.execute(f"COMMIT; {_BEGIN}"))
                 self._begun = conn
@@ -656,6 +706,12 @@ class PostgresStore:
                     {account_id} if account_id else {p[0] for p in pairs},
                     whole,
                 )
+                # Archived reservations still answer (docs/operations.md, "Retention"):
+                # closed, so there is nothing to catch up on.
+                missing = [i for i in reservation_ids if i not in ws.reservations]
+                if missing or group_id:
+                    for row in await conn.fetch(_ARCHIVED_RESERVATIONS, missing, group_id or None):
+                        ws.add_reservation(codec.reservation_from(row["doc"]))
 
         await self._standby_read(run)
 
@@ -713,16 +769,51 @@ class PostgresStore:
         )
         return int(row["open"]), max(0.0, float(row["overdue_s"]))
 
-    async def prune_idempotency(self, before: datetime, limit: int) -> int:
-        result: str = await self._read(
-            lambda conn: conn.execute(
-                "DELETE FROM idempotency WHERE (caller, key) IN ("
-                "SELECT caller, key FROM idempotency WHERE created_at < $1 LIMIT $2)",
-                before,
-                limit,
+    async def maintain_idempotency(
+        self, now: datetime, until: datetime, drop: bool = True
+    ) -> tuple[int, int]:
+        """Create the idempotency partitions up to `until`; drop those expired by `now`.
+
+        Returns (created, dropped); (0, 0) when another process is doing it.
+        """
+        async with self._connection() as conn:
+            result = await _guard(idem.maintain(conn, now, until, self._idem_partition, drop))
+        if result.covered_until is not None:
+            self._idem_covered = (now, result.covered_until)
+        return result.created, result.dropped
+
+    async def _cover_idempotency(self, now: datetime, expires_at: datetime) -> None:
+        """Called by a batch before it inserts records: the partitions are normally
+        made far ahead by the sweeper; this covers a process that has not run it
+        yet, or a clock that jumped. Another process holding the maintenance lock
+        makes the batch retry."""
+        covered = self._idem_covered
+        if covered is not None and covered[0] <= expires_at < covered[1]:
+            return
+        margin = 2 * self._idem_partition
+        async with self._connection() as conn:
+            result = await _guard(
+                idem.maintain(conn, now, expires_at + margin, self._idem_partition, drop=False)
             )
-        )
-        return int(result.split()[-1])
+        if result.skipped or result.covered_until is None:
+            raise SerializationConflict("idempotency partitions are being maintained")
+        self._idem_covered = (now, result.covered_until)
+
+    async def archive_reservations(
+        self, expired_before: datetime, now: datetime, limit: int
+    ) -> int:
+        """Move closed reservations whose expires_at is before `expired_before` to the
+        archive, at most `limit` in one short transaction. Returns how many moved.
+
+        Errors: SerializationConflict (run it again), StorageUnavailable.
+        """
+
+        async def run(conn: asyncpg.Connection) -> int:
+            async with conn.transaction(isolation="serializable"):
+                moved: int = await conn.fetchval(_ARCHIVE_RESERVATIONS, expired_before, limit, now)
+            return moved
+
+        return await self._read(run)
 
     async def ping(self) -> None:
         """Check the database; failures mark it unreachable until a ping succeeds."""

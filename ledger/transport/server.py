@@ -7,18 +7,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from creditledger.v1 import ledger_pb2 as pb
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from ledger.domain import errors, limits
 from ledger.domain.errors import FieldViolation
 from ledger.observability import metrics
 from ledger.transport import auth, status
+from ledger.transport.door import DoorLimits, HealthDoor
 from ledger.transport.servicer import LedgerServicer
 
 log = logging.getLogger("ledger.rpc")
@@ -34,6 +35,45 @@ class ServerSettings:
     concurrent_streams_max: int = 256
     concurrent_rpcs_max: int = 4096
     drain_s: float = 10.0
+    #: A unary call that carries no deadline of its own gets this one
+    #: (DEADLINE_EXCEEDED), so no call holds a slot for ever (docs/security.md).
+    unary_deadline_s: float = 30.0
+    #: Connections: closed after this long without a call, and after this long
+    #: at all (then given the grace to finish their calls), so a client cannot
+    #: hold a connection, or pin itself to one replica, for ever.
+    connection_idle_s: float = 300.0
+    connection_age_s: float = 1800.0
+    connection_age_grace_s: float = 60.0
+    #: Keepalive enforcement: pings closer than this without a call in flight
+    #: count as strikes; past the strikes the connection is closed (GOAWAY).
+    ping_interval_min_s: float = 10.0
+    ping_strikes_max: int = 2
+    door: DoorLimits = field(default_factory=DoorLimits)
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """The grpc core options that bound connections and keepalive (docs/security.md)."""
+    return [
+        # Each method holds its own limit (MESSAGE_BYTES_MAX, SubmitBatch's
+        # BATCH_BYTES_MAX) when decoding, answering INVALID_ARGUMENT that names
+        # it; gRPC's own limit, twice the largest, only stops what is far over.
+        (
+            "grpc.max_receive_message_length",
+            2 * max(settings.message_bytes_max, limits.BATCH_BYTES_MAX),
+        ),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ("grpc.max_concurrent_streams", settings.concurrent_streams_max),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_idle_ms", int(settings.connection_idle_s * 1000)),
+        ("grpc.max_connection_age_ms", int(settings.connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.connection_age_grace_s * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(settings.ping_interval_min_s * 1000)),
+        # Clients may ping while no call is in flight (at most every
+        # ping_interval_min_s): gRPC clients with keepalive do, to keep idle
+        # connections through NATs. Faster pings are strikes.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", settings.ping_strikes_max),
+    ]
 
 
 class _Undecodable:
@@ -77,7 +117,12 @@ Impl = Callable[[Any, Any], Awaitable[tuple[Any, bool]]]
 
 
 def _handler(
-    name: str, impl: Impl, req_cls: type[Any], resp_cls: type[Any], message_bytes_max: int
+    name: str,
+    impl: Impl,
+    req_cls: type[Any],
+    resp_cls: type[Any],
+    deadline_s: float,
+    message_bytes_max: int = limits.MESSAGE_BYTES_MAX,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     started = metrics.GRPC_STARTED.labels("unary", SERVICE, name)
     latency = metrics.GRPC_HANDLING_SECONDS.labels("unary", SERVICE, name)
@@ -95,7 +140,18 @@ def _handler(
         try:
             if isinstance(request, _Undecodable):
                 raise errors.InvalidArgument([FieldViolation("request", request.describe(req_cls))])
-            response, replayed = await impl(request, context)
+            if context.time_remaining() is None:
+                # No deadline from the caller: the server's own (DEADLINE_EXCEEDED).
+                try:
+                    async with asyncio.timeout(deadline_s):
+                        response, replayed = await impl(request, context)
+                except TimeoutError:
+                    raise errors.DeadlineExceeded(
+                        f"the call carried no deadline and ran past the server's"
+                        f" {deadline_s:g} s (UNARY_DEADLINE_S)"
+                    ) from None
+            else:
+                response, replayed = await impl(request, context)
             if replayed:
                 context.set_trailing_metadata(((status.REPLAYED_KEY, "true"),))
             return response
@@ -147,10 +203,12 @@ def _handler(
 
 
 def ledger_handler(
-    servicer: LedgerServicer, message_bytes_max: int = limits.MESSAGE_BYTES_MAX
+    servicer: LedgerServicer,
+    unary_deadline_s: float = ServerSettings.unary_deadline_s,
+    message_bytes_max: int = limits.MESSAGE_BYTES_MAX,
 ) -> grpc.GenericRpcHandler:
     handlers = {
-        name: _handler(name, impl, req, resp, message_bytes_max)
+        name: _handler(name, impl, req, resp, unary_deadline_s, message_bytes_max)
         for name, (impl, req, resp) in servicer.methods().items()
     }
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
@@ -161,27 +219,18 @@ def build_server(
     settings: ServerSettings,
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
 ) -> tuple[grpc.aio.Server, Any]:
-    """The server (not started) and its health servicer."""
+    """The server (not started) and its health servicer. grpc.health.v1 is
+    registered behind ledger.transport.door.HealthDoor (anonymous callers' limits)."""
     server = grpc.aio.server(
         interceptors=interceptors,
-        options=[
-            # Each method holds its own limit (MESSAGE_BYTES_MAX, SubmitBatch's
-            # BATCH_BYTES_MAX) when decoding, answering INVALID_ARGUMENT that
-            # names it; gRPC's own limit, twice the largest, only stops what is
-            # far over (RESOURCE_EXHAUSTED, before a byte is decoded).
-            (
-                "grpc.max_receive_message_length",
-                2 * max(settings.message_bytes_max, limits.BATCH_BYTES_MAX),
-            ),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-            ("grpc.max_concurrent_streams", settings.concurrent_streams_max),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(settings),
         maximum_concurrent_rpcs=settings.concurrent_rpcs_max,
     )
-    server.add_generic_rpc_handlers((ledger_handler(servicer, settings.message_bytes_max),))
+    server.add_generic_rpc_handlers(
+        (ledger_handler(servicer, settings.unary_deadline_s, settings.message_bytes_max),)
+    )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    HealthDoor(settings.door).add_health(health_servicer, server)
     reflection.enable_server_reflection(
         (
             SERVICE,
@@ -191,6 +240,16 @@ def build_server(
         server,
     )
     return server, health_servicer
+
+
+def build_health_server(
+    health_servicer: Any, settings: ServerSettings, listen: str
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with grpc.health.v1 only (no LedgerService, no reflection),
+    for probes that cannot speak TLS (Kubernetes' native gRPC probes), and its port."""
+    server = grpc.aio.server(options=server_options(settings), maximum_concurrent_rpcs=256)
+    HealthDoor(settings.door).add_health(health_servicer, server)
+    return server, server.add_insecure_port(listen)
 
 
 async def set_health(health_servicer: Any, serving: bool) -> None:

@@ -59,6 +59,7 @@ class Plan:
     key_prefix: str
     accounts: int
     timeout_s: float
+    pace_s: float = 0.0  # per slot, for the paced workloads (0: unpaced)
 
 
 @dataclass
@@ -172,6 +173,7 @@ async def run_plan(stubs: list[pb_grpc.LedgerServiceAsyncStub], plan: Plan) -> W
             key_prefix=f"{plan.key_prefix}-{slot_no}-",
             accounts=plan.accounts,
             stop_at=rec.window_end,
+            pace_s=plan.pace_s,
         )
         ops.append(Ops(slot))
     delay = plan.start_at - time.monotonic()

@@ -67,7 +67,9 @@ class ServerUnderTest:
     def start(self) -> None:
         """Start the server and wait until both its gRPC and metrics ports answer."""
         log = self.log_path.open("wb")
-        self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        # A fresh database: `serve` migrates it only when told (docs/security.md).
+        env = {**os.environ, "LEDGER_MIGRATE_AT_START": "1"}
+        self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

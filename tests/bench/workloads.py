@@ -40,6 +40,7 @@ EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
     "reserve-settle": frozenset(),
     "hot": frozenset(),
     "mixed": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
+    "mixed-paced": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
     "many-lots": frozenset(),
     # The writer's queue holds 10,000 commands (queue_max); 256 batches of 100 in
     # flight pass it, and the server sheds the rest with RATE_LIMITED and a retry
@@ -138,6 +139,9 @@ class Slot:
     accounts: int
     stop_at: float
     seq: int = 0
+    # Seconds between the starts of this slot's operations (0: as fast as it can);
+    # the soak (tests/bench/soak.py) holds a steady rate with it.
+    pace_s: float = 0.0
 
     def key(self) -> str:
         """A fresh idempotency key, unique across the run."""
@@ -290,26 +294,48 @@ async def run_mixed(ops: Ops) -> None:
     reads, expiring promotion grants (lots), two-account group holds, and 1%
     deliberate overdrafts that must fail INSUFFICIENT_CREDITS."""
     slot = ops.slot
-    rng = slot.rng
     while time.monotonic() < slot.stop_at:
-        draw = rng.random()
-        account = slot.account()
-        if draw < 0.58:
-            await ops.charge(account, rng.randint(1, 5))
-        elif draw < 0.78:
-            await ops.reserve_settle(account, 5, rng.randint(1, 5))
-        elif draw < 0.84:
-            await ops.reserve_release(account)
-        elif draw < 0.88:
-            await ops.refund()
-        elif draw < 0.93:
-            await ops.get_balance(account)
-        elif draw < 0.96:
-            await ops.expiring_grant(account)
-        elif draw < 0.99:
-            await ops.group(account, slot.account())
-        else:
-            await ops.charge(account, OVERDRAFT_AMOUNT)
+        await _mixed_step(ops)
+
+
+async def run_mixed_paced(ops: Ops) -> None:
+    """The mixed blend at a steady rate: one operation every `slot.pace_s`
+    (a slot that falls behind by over a second starts its schedule again
+    rather than bursting to catch up)."""
+    slot = ops.slot
+    next_at = time.monotonic() + slot.rng.random() * slot.pace_s
+    while next_at < slot.stop_at:
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -1.0:
+            next_at = time.monotonic()
+        await _mixed_step(ops)
+        next_at += slot.pace_s
+
+
+async def _mixed_step(ops: Ops) -> None:
+    """One operation of the mixed blend."""
+    slot = ops.slot
+    rng = slot.rng
+    draw = rng.random()
+    account = slot.account()
+    if draw < 0.58:
+        await ops.charge(account, rng.randint(1, 5))
+    elif draw < 0.78:
+        await ops.reserve_settle(account, 5, rng.randint(1, 5))
+    elif draw < 0.84:
+        await ops.reserve_release(account)
+    elif draw < 0.88:
+        await ops.refund()
+    elif draw < 0.93:
+        await ops.get_balance(account)
+    elif draw < 0.96:
+        await ops.expiring_grant(account)
+    elif draw < 0.99:
+        await ops.group(account, slot.account())
+    else:
+        await ops.charge(account, OVERDRAFT_AMOUNT)
 
 
 async def run_many_lots(ops: Ops) -> None:
@@ -352,6 +378,7 @@ LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
     "reserve-settle": run_reserve_settle,
     "hot": run_hot,
     "mixed": run_mixed,
+    "mixed-paced": run_mixed_paced,
     "many-lots": run_many_lots,
     "batch-charge": run_batch_charge,
 }

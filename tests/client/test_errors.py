@@ -62,8 +62,12 @@ CONTRACT = {
     ),
     "RATE_LIMITED": (grpc.StatusCode.RESOURCE_EXHAUSTED, e.RateLimited, e.ResourceExhausted),
     "INTERNAL": (grpc.StatusCode.INTERNAL, e.Internal, e.Internal),
+    "DEADLINE_EXCEEDED": (
+        grpc.StatusCode.DEADLINE_EXCEEDED, e.DeadlineExceeded, e.DeadlineExceeded,
+    ),
 }  # fmt: skip
-RETRYABLE_REASONS = {"CONTENTION", "DATABASE_UNAVAILABLE", "RATE_LIMITED"}
+# DEADLINE_EXCEEDED: the server's own deadline; retried with the same key like the code's.
+RETRYABLE_REASONS = {"CONTENTION", "DATABASE_UNAVAILABLE", "RATE_LIMITED", "DEADLINE_EXCEEDED"}
 
 
 def trailers(

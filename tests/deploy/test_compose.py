@@ -99,8 +99,8 @@ def _depends_on(service: str) -> dict[str, str]:
     return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
 
 
-def test_the_stack_has_the_five_services() -> None:
-    assert set(SERVICES) == {"postgres", "migrate", "ledger", "prometheus", "grafana"}
+def test_the_stack_has_the_six_services() -> None:
+    assert set(SERVICES) == {"postgres", "certs", "migrate", "ledger", "prometheus", "grafana"}
 
 
 def test_every_service_has_an_image_or_a_build_whose_dockerfile_exists() -> None:
@@ -130,32 +130,78 @@ def test_start_order_postgres_then_migrate_then_ledger() -> None:
     assert "healthcheck" in SERVICES["postgres"]
     assert _depends_on("migrate") == {"postgres": "service_healthy"}
     assert _depends_on("ledger")["migrate"] == "service_completed_successfully"
+    assert _depends_on("ledger")["certs"] == "service_completed_successfully"
+    assert SERVICES["certs"].get("restart", "no") == "no", "one-shot"
     assert _argv(SERVICES["migrate"]["command"]) == ["migrate"]
     assert SERVICES["migrate"].get("restart", "no") == "no", "one-shot"
 
 
-def test_ledger_and_migrate_reach_the_compose_database() -> None:
-    env = SERVICES["postgres"]["environment"]
-    for name in ("migrate", "ledger"):
-        url = urlparse(SERVICES[name]["environment"]["LEDGER_DATABASE_URL"])
+def _env(service: str) -> dict[str, str]:
+    env: dict[str, str] = SERVICES[service]["environment"]
+    return env
+
+
+def test_ledger_and_migrate_reach_the_compose_database_as_two_roles() -> None:
+    """migrate logs in as the owner, the server as the serving role; neither is the
+    superuser, and the server never holds the owner's password (issue 15)."""
+    pg = _env("postgres")
+    owner = urlparse(_env("migrate")["LEDGER_DATABASE_URL"])
+    serving = urlparse(_env("ledger")["LEDGER_DATABASE_URL"])
+    for url in (owner, serving):
         assert url.hostname == "postgres"
         assert (url.port or 5432) == 5432
-        assert url.username == env["POSTGRES_USER"]
-        assert url.password == env["POSTGRES_PASSWORD"]
-        assert url.path.lstrip("/") == env["POSTGRES_DB"]
+        assert url.path.lstrip("/") == pg["POSTGRES_DB"]
+        assert url.username != pg["POSTGRES_USER"], "never the superuser"
+    assert owner.username != serving.username
+    assert serving.username == _env("migrate")["LEDGER_SERVING_ROLE"]
+    assert serving.password == _env("migrate")["LEDGER_SERVING_ROLE_PASSWORD"]
+    assert owner.password == pg["CREDITLEDGER_OWNER_PASSWORD"]
+    assert owner.password != serving.password
+    init = _host_path("postgres", "/docker-entrypoint-initdb.d/10-creditledger-owner.sh")
+    text = init.read_text()
+    assert f"CREATE ROLE {owner.username} LOGIN NOSUPERUSER" in text
+
+
+def test_ledger_serves_mutual_tls_with_the_generated_caller_file() -> None:
+    """Safe by default: TLS, a client CA and a caller file, all from the certs volume."""
+    env = _env("ledger")
+    argv = _ledger_command()
+    assert "--insecure" not in argv and "--allow-anonymous-full-access" not in argv
+    assert "LEDGER_INSECURE" not in env and "LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS" not in env
+    mounts = dict((t, s) for s, t in _mounts("ledger"))
+    certs_volume = mounts["/certs"]
+    assert dict((t, s) for s, t in _mounts("certs"))["/certs"] == certs_volume
+    for key in ("LEDGER_TLS_CERT", "LEDGER_TLS_KEY", "LEDGER_TLS_CLIENT_CA", "LEDGER_CALLERS_FILE"):
+        assert env[key].startswith("/certs/"), key
+    script = _host_path("certs", "/make-dev-certs.sh").read_text()
+    for key in ("LEDGER_TLS_CERT", "LEDGER_TLS_KEY", "LEDGER_TLS_CLIENT_CA", "LEDGER_CALLERS_FILE"):
+        assert f'"$out/{env[key].rsplit("/", 1)[1]}"' in script, key
+
+
+def test_the_generated_caller_file_is_accepted_by_the_server(tmp_path: Path) -> None:
+    from ledger.security.callers import load
+
+    script = _host_path("certs", "/make-dev-certs.sh").read_text()
+    toml = script.split("<<'TOML'\n", 1)[1].split("\nTOML\n", 1)[0]
+    path = tmp_path / "callers.toml"
+    path.write_text(toml)
+    (caller,) = load(path).callers
+    assert caller.cert_identities == ("uri:spiffe://creditledger.local/dev-client",)
+    assert "--san spiffe://creditledger.local/dev-client" in script
 
 
 def test_ledger_ports_match_its_flags_the_published_ports_and_the_scrape_target() -> None:
     argv = _ledger_command()
     assert argv[0] == "serve"
-    listen, metrics = flag_value(argv, "--listen"), flag_value(argv, "--metrics-listen")
+    listen = flag_value(argv, "--listen")
+    metrics = flag_value(argv, "--metrics-listen") or _env("ledger").get("LEDGER_METRICS_LISTEN")
     assert listen is not None and metrics is not None
     assert listen.startswith("0.0.0.0:") and metrics.startswith("0.0.0.0:")
     grpc_port, metrics_port = port_of(listen), port_of(metrics)
     assert (grpc_port, metrics_port) == (50051, 9464)
     assert _published_container_ports("ledger") == {grpc_port, metrics_port}
     for port in SERVICES["ledger"]["ports"]:
-        assert str(port).startswith("127.0.0.1:"), "plaintext ports stay on the host's loopback"
+        assert str(port).startswith("127.0.0.1:"), "ports stay on the host's loopback"
     targets = [
         target
         for job in _prometheus_config()["scrape_configs"]

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.timeout(60)
 # The oldest Kubernetes minor the manifests promise to fit, and the newest known.
 OLDEST_VERSION = "1.30"
 VERSIONS = sorted({OLDEST_VERSION, kv_utils.latest_version()})
-UNSCHEMAED_KINDS = {"ServiceMonitor", "PrometheusRule", "Kustomization"}
-EXAMPLES = {"secrets.example.yaml"}
+UNSCHEMAED_KINDS = {"ServiceMonitor", "PrometheusRule", "Kustomization", "Certificate"}
+EXAMPLES = {"secrets.example.yaml", "certificate.example.yaml"}
 
 
 def _kustomization() -> dict[str, Any]:
@@ -135,8 +135,10 @@ def test_ports_probes_and_config_agree() -> None:
     config = _config()
     assert ports["grpc"] == port_of(config["LEDGER_LISTEN"])
     assert ports["metrics"] == port_of(config["LEDGER_METRICS_LISTEN"])
+    assert ports["health"] == port_of(config["LEDGER_HEALTH_LISTEN"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["grpc"]["port"] == ports["grpc"], f"{probe} is a native gRPC probe"
+        # Native gRPC probes cannot speak TLS: they ask the plaintext health-only port.
+        assert server[probe]["grpc"]["port"] == ports["health"], f"{probe}: health port"
     for service in (d for d in _all() if d["kind"] == "Service"):
         assert _selects(
             service["spec"]["selector"],
@@ -175,7 +177,8 @@ def test_secrets_are_referenced_not_inlined() -> None:
     assert _config()["LEDGER_CALLERS_FILE"].rsplit("/", 1)[1] in callers_secret["stringData"]
 
 
-def test_migration_job_runs_migrate_with_the_same_settings() -> None:
+def test_migration_job_runs_migrate_as_the_owner_and_the_server_as_the_serving_role() -> None:
+    """Two roles, two Secrets (issue 15): only the Job holds the owner's URL."""
     job = _one("Job")
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] in {"Never", "OnFailure"}
@@ -183,12 +186,63 @@ def test_migration_job_runs_migrate_with_the_same_settings() -> None:
     assert container["args"] == ["migrate"]
     assert container["image"] == _server()["image"]
     assert container["envFrom"] == _server()["envFrom"]
-    env = {e["name"]: e for e in container["env"]}
-    assert (
-        env["LEDGER_DATABASE_URL"]
-        == {e["name"]: e for e in _server()["env"]}["LEDGER_DATABASE_URL"]
-    )
+    job_env = {e["name"]: e for e in container["env"]}
+    server_env = {e["name"]: e for e in _server()["env"]}
+    owner = job_env["LEDGER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    serving = server_env["LEDGER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert owner["name"] != serving["name"], "the server must not hold the owner's credentials"
+    # The Job creates the serving role named in the ConfigMap, with the serving password.
+    assert _config()["LEDGER_SERVING_ROLE"]
+    password = job_env["LEDGER_SERVING_ROLE_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert password["name"] == serving["name"]
+    examples = {d["metadata"]["name"]: d for d in yaml_documents(K8S / "secrets.example.yaml")}
+    assert _config()["LEDGER_SERVING_ROLE"] in examples[serving["name"]]["stringData"]["url"]
+    assert "owner" in examples[owner["name"]]["stringData"]["url"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_server_defaults_to_mutual_tls_with_a_caller_file() -> None:
+    """No plaintext, no anonymous full access: TLS files and the caller file from Secrets."""
+    server = _server()
+    assert "--insecure" not in server["args"]
+    assert "--allow-anonymous-full-access" not in server["args"]
+    config = _config()
+    assert "LEDGER_INSECURE" not in config and "LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS" not in config
+    volumes = {v["name"]: v for v in _pod_spec()["volumes"]}
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    tls_dir = mounts["tls"]["mountPath"]
+    assert mounts["tls"]["readOnly"] is True
+    secret = volumes["tls"]["secret"]["secretName"]
+    for key in ("LEDGER_TLS_CERT", "LEDGER_TLS_KEY", "LEDGER_TLS_CLIENT_CA"):
+        assert config[key].startswith(tls_dir + "/"), key
+    examples = {d["metadata"]["name"]: d for d in yaml_documents(K8S / "secrets.example.yaml")}
+    assert examples[secret]["type"] == "kubernetes.io/tls"
+    for key in ("LEDGER_TLS_CERT", "LEDGER_TLS_KEY", "LEDGER_TLS_CLIENT_CA"):
+        assert config[key].rsplit("/", 1)[1] in examples[secret]["stringData"], key
+    assert config["LEDGER_CALLERS_FILE"]
+    # What cert-manager would make is the same Secret.
+    certificate = yaml_documents(K8S / "certificate.example.yaml")[0]
+    assert certificate["spec"]["secretName"] == secret
+
+
+def test_network_policy_admits_callers_to_grpc_and_prometheus_to_metrics_only() -> None:
+    policy = _one("NetworkPolicy")
+    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert _selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    by_port = {rule["ports"][0]["port"]: rule for rule in rules}
+    assert set(by_port) == {"grpc", "metrics"}, "nothing else is admitted"
+    for rule in rules:
+        assert len(rule["ports"]) == 1 and rule.get("from"), rule  # no rule admits everyone
+    grpc_from = by_port["grpc"]["from"]
+    assert all("namespaceSelector" in peer and "podSelector" not in peer for peer in grpc_from)
+    (prometheus,) = by_port["metrics"]["from"]
+    assert prometheus["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "prometheus"
+    assert "namespaceSelector" in prometheus
+    # /metrics listens on every interface only because this policy covers its port.
+    if _config()["LEDGER_METRICS_LISTEN"].startswith("0.0.0.0:"):
+        assert "metrics" in by_port
 
 
 def test_disruption_budget_and_autoscaler_keep_two_servers() -> None:

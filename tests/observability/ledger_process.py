@@ -35,12 +35,14 @@ class LiveLedger:
 
 
 @contextmanager
-def live_ledger(database_url: str, workdir: Path) -> Iterator[LiveLedger]:
+def live_ledger(
+    database_url: str, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[LiveLedger]:
     """A `ledger serve` subprocess on loopback (a fresh metrics registry), stopped on the way out.
 
     Its log goes to workdir/ledger.log.
     """
-    server = ServerProcess(database_url, log_path=workdir / "ledger.log")
+    server = ServerProcess(database_url, log_path=workdir / "ledger.log", env=env)
     try:
         server.start(wait_s=START_TIMEOUT_S)
         yield LiveLedger(server.target, f"127.0.0.1:{server.metrics_port}", workdir / "ledger.log")

@@ -81,6 +81,7 @@ class Authority:
         dns: tuple[str, ...] = (),
         uris: tuple[str, ...] = (),
         ips: tuple[str, ...] = (),
+        emails: tuple[str, ...] = (),
         server: bool = False,
     ) -> Pair:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -103,6 +104,7 @@ class Authority:
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         names += [x509.UniformResourceIdentifier(u) for u in uris]
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        names += [x509.RFC822Name(e) for e in emails]
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())

@@ -89,9 +89,9 @@ def caller_file_text(tokens: dict[str, str], extra: str = "") -> str:
         )
     out.append(
         '[[caller]]\nid = "billing-cert"\npermissions = ["read", "spend"]\n'
-        'account_prefixes = ["tenant-a:"]\ncert_identities = ["spiffe://test/billing"]\n\n'
+        'account_prefixes = ["tenant-a:"]\ncert_identities = ["uri:spiffe://test/billing"]\n\n'
         '[[caller]]\nid = "cn-only"\npermissions = ["read"]\n'
-        'account_prefixes = ["*"]\ncert_identities = ["cn-only-client"]\n\n'
+        'account_prefixes = ["*"]\ncert_identities = ["cn:cn-only-client"]\n\n'
     )
     return "".join(out) + extra
 

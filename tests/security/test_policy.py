@@ -43,7 +43,7 @@ def test_a_valid_file_gives_access_and_rate() -> None:
                     permissions=["admin"],
                     account_prefixes=["*"],
                     token_sha256=[],
-                    cert_identities=["spiffe://x/ops"],
+                    cert_identities=["uri:spiffe://x/ops"],
                     rate_per_s=0,
                 ),
             ],
@@ -56,7 +56,7 @@ def test_a_valid_file_gives_access_and_rate() -> None:
     assert book.by_token(TOKEN) is svc
     assert book.by_token(TOKEN + "x") is None
     assert book.by_token("") is None
-    assert book.by_identities(["dns.example", "spiffe://x/ops"]) is ops
+    assert book.by_identities(["dns:dns.example", "uri:spiffe://x/ops"]) is ops
     assert book.by_identities(["nobody"]) is None
 
 
@@ -71,6 +71,9 @@ def test_a_valid_file_gives_access_and_rate() -> None:
         ({"token_sha256": [TOKEN]}, "token_sha256[0] must be 64 hex chars"),
         ({"token_sha256": []}, "needs token_sha256 or cert_identities"),
         ({"cert_identities": ["has space"]}, "cert_identities[0] must be"),
+        ({"cert_identities": ["spiffe://x/ops"]}, "cert_identities[0] has no identity type"),
+        ({"cert_identities": ["uri:a", "billing"]}, "cert_identities[1] has no identity type"),
+        ({"cert_identities": ["san:billing"]}, "cert_identities[0] has no identity type"),
         ({"rate_per_s": -1}, "rate_per_s must be a number"),
         ({"rate_per_s": True}, "rate_per_s must be a number"),
         ({"burst": 0}, "burst must be a whole number"),
@@ -146,7 +149,11 @@ def test_access_decisions() -> None:
 def test_loopback(listen: str, loopback: bool) -> None:
     assert is_loopback(listen) is loopback
     assert bool(Config(listen=listen).problems()) is not loopback
-    assert not Config(listen=listen, insecure=True).problems()
+    anonymous = Config(listen=listen, insecure=True).problems()
+    assert bool(anonymous) is not loopback
+    assert all("without a caller file" in p for p in anonymous)
+    assert not Config(listen=listen, insecure=True, allow_anonymous_full_access=True).problems()
+    assert not Config(listen=listen, insecure=True, callers_file=Path("c.toml")).problems()
 
 
 def test_callers_check_prints_each_caller(

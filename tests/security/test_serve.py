@@ -49,6 +49,22 @@ def test_plaintext_off_loopback_is_refused_with_the_reason() -> None:
         assert "--tls-cert" in out.stderr and "--insecure" in out.stderr
 
 
+def test_anonymous_full_access_off_loopback_is_refused_unless_named(tmp_path: Path) -> None:
+    """TLS alone is not enough: without a caller file anyone who reaches the port
+    would have every right on every account."""
+    ca = Authority(tmp_path, "t")
+    server = ca.server()
+    tls = ["--tls-cert", str(server.cert_path), "--tls-key", str(server.key_path)]
+    for listen in ("0.0.0.0:50999", "10.1.2.3:50999"):
+        out = _serve("--listen", listen, *tls)
+        assert out.returncode == 2, out
+        assert "without a caller file" in out.stderr
+        assert "--allow-anonymous-full-access" in out.stderr
+    # The environment's spelling of the same choice is refused the same way when unset.
+    out = _serve("--listen", "0.0.0.0:50999", "--insecure")
+    assert out.returncode == 2 and "without a caller file" in out.stderr
+
+
 def test_half_a_tls_configuration_is_refused() -> None:
     out = _serve("--tls-cert", "server.pem")
     assert out.returncode == 2 and "--tls-cert and --tls-key go together" in out.stderr
@@ -105,7 +121,12 @@ def test_insecure_allows_plaintext_off_loopback(database_url: str, tmp_path: Pat
     with ServerProcess(
         database_url,
         port=port,
-        extra_args=["--listen", f"0.0.0.0:{port}", "--insecure"],
+        extra_args=[
+            "--listen",
+            f"0.0.0.0:{port}",
+            "--insecure",
+            "--allow-anonymous-full-access",
+        ],
         log_path=log,
     ):
         pass

@@ -96,7 +96,7 @@ class LedgerServer:
         args = [
             sys.executable, "-m", "ledger", "serve",
             "--listen", self.target,
-            "--database-url", self.database_url,
+            "--database-url", self.database_url, "--migrate-at-start",
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
             *self.extra_args,
         ]  # fmt: skip

@@ -293,6 +293,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited,
     "INTERNAL": Internal,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[LedgerError]] = {

@@ -345,6 +345,7 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["PERMISSION_DENIED", PermissionDenied],
   ["RATE_LIMITED", RateLimited],
   ["INTERNAL", Internal],
+  ["DEADLINE_EXCEEDED", DeadlineExceeded],
 ]);
 
 const CLASS_BY_CODE: ReadonlyMap<Code, LedgerErrorClass> = new Map<Code, LedgerErrorClass>([

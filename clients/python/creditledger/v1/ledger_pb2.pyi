@@ -76,6 +76,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INTERNAL: a bug in the server; it is logged with its stack trace."""
     ERROR_REASON_LOT_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 19
     """FAILED_PRECONDITION: a Grant to an account and asset that already hold the most live lots."""
+    ERROR_REASON_DEADLINE_EXCEEDED: _ErrorReason.ValueType  # 20
+    """Retry with the same key: the command may or may not have been applied.
+    DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a deadline).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -126,6 +130,10 @@ ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 18
 """INTERNAL: a bug in the server; it is logged with its stack trace."""
 ERROR_REASON_LOT_LIMIT_EXCEEDED: ErrorReason.ValueType  # 19
 """FAILED_PRECONDITION: a Grant to an account and asset that already hold the most live lots."""
+ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 20
+"""Retry with the same key: the command may or may not have been applied.
+DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a deadline).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
