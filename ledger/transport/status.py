@@ -44,6 +44,19 @@ def to_status(
     error: errors.LedgerError,
 ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
     """(code, message, trailing metadata) for an error; the metadata holds the details."""
+    status = status_message(error)
+    trailing: list[tuple[str, str | bytes]] = [(STATUS_DETAILS_KEY, status.SerializeToString())]
+    if error.replayed:
+        trailing.append((REPLAYED_KEY, "true"))
+    request_id = REQUEST_ID.get()
+    if request_id:
+        trailing.append((REQUEST_ID_KEY, request_id))
+    return CODE_OF[error.kind], error.message, tuple(trailing)
+
+
+def status_message(error: errors.LedgerError) -> status_pb2.Status:
+    """The google.rpc.Status of an error: what a call's status carries, and what
+    a SubmitBatch outcome carries for one command."""
     code = CODE_OF[error.kind]
     request_id = REQUEST_ID.get()
     metadata = error.metadata
@@ -65,13 +78,7 @@ def to_status(
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(max(1, int(error.retry_after_s * 1000)))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
-    trailing: list[tuple[str, str | bytes]] = [(STATUS_DETAILS_KEY, status.SerializeToString())]
-    if error.replayed:
-        trailing.append((REPLAYED_KEY, "true"))
-    if request_id:
-        trailing.append((REQUEST_ID_KEY, request_id))
-    return code, error.message, tuple(trailing)
+    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
 
 
 def success_trailers(replayed: bool) -> tuple[tuple[str, str], ...]:

@@ -73,6 +73,14 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     async def ListReservations(self, request: Any, context: Any) -> pb.ListReservationsResponse:
         return pb.ListReservationsResponse()
 
+    async def SubmitBatch(self, request: Any, context: Any) -> pb.SubmitBatchResponse:
+        return pb.SubmitBatchResponse(
+            outcomes=[
+                pb.BatchOutcome(charge=pb.ChargeResponse(reservation=_reservation()))
+                for _ in request.commands
+            ]
+        )
+
 
 class _Metrics(BaseHTTPRequestHandler):
     def do_GET(self) -> None:

@@ -237,6 +237,10 @@ def base_request(method: str, w: World) -> Message:
         return pb.ListReservationsRequest(
             account_id=w.account, page_size=1, page_token=w.reservations_token
         )
+    if method == "SubmitBatch":
+        batch = pb.SubmitBatchRequest()
+        batch.commands.add().charge.MergeFromString(base_request("Charge", w).SerializeToString())
+        return batch
     # An RPC this file does not know yet: its empty request, every field still attacked.
     cls: type[Message] = getattr(pb, SERVICE.methods_by_name[method].input_type.name)
     return cls()
