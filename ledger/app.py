@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,9 +19,11 @@ from ledger.config import Config, is_loopback
 from ledger.observability import metrics
 from ledger.security.callers import CallerFileError
 from ledger.service.clock import Clock, SystemClock
+from ledger.service.election import Election, ElectionSettings, WriterRole
 from ledger.service.ledger import Ledger
 from ledger.service.sweeper import Sweeper, SweeperSettings
-from ledger.service.writer import Writer, WriterSettings
+from ledger.service.writer import WriterSettings
+from ledger.storage.lease import PgLease
 from ledger.storage.pool import (
     EmbeddedPostgres,
     PoolSettings,
@@ -30,6 +33,7 @@ from ledger.storage.pool import (
 )
 from ledger.storage.postgres import PostgresStore
 from ledger.transport.auth import Security, TlsFiles, build_security
+from ledger.transport.internal import ForwardingClient, WriterService, build_internal_server
 from ledger.transport.server import ServerSettings, build_server, set_health
 from ledger.transport.servicer import LedgerServicer
 
@@ -103,23 +107,8 @@ class App:
             log.info("migrations applied: %s", ", ".join(applied))
         self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
         self.store = PostgresStore(self.pool)
-        self.writer = Writer(
-            self.store,
-            self.clock,
-            WriterSettings(
-                batch_max=cfg.batch_max, refund_grace=timedelta(seconds=cfg.refund_grace_s)
-            ),
-        )
-        self.ledger = Ledger(self.store, self.writer, self.clock)
-        self.sweeper = Sweeper(
-            self.store,
-            self.writer,
-            self.clock,
-            SweeperSettings(
-                interval_s=cfg.sweep_interval_s,
-                idempotency_retention=timedelta(days=cfg.idempotency_retention_days),
-            ),
-        )
+        self.election = self._election(cfg)
+        self.ledger = Ledger(self.store, self.election, self.clock)
         self.server, self.health = build_server(
             LedgerServicer(self.ledger, security.authorize),
             ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s),
@@ -134,8 +123,8 @@ class App:
             host, port = split_host_port(cfg.metrics_listen)
             self._metrics_server, _ = start_http_server(port, addr=host)
             self.metrics_port = self._metrics_server.server_port
-        self.writer.start()
-        self.sweeper.start()
+        await self.internal_server.start()
+        await self.election.start()
         await self.server.start()
         await self._check_health()
         self._tasks.append(
@@ -147,6 +136,40 @@ class App:
             self.metrics_port or "off",
         )
         self._log_security(security, credentials is not None)
+
+    def _election(self, cfg: Config) -> Election:
+        """The writer role, the lease, and the internal server the others forward to."""
+        role = WriterRole(
+            self.store,
+            self.clock,
+            WriterSettings(
+                batch_max=cfg.batch_max, refund_grace=timedelta(seconds=cfg.refund_grace_s)
+            ),
+        )
+        self.sweeper = role.sweeper = Sweeper(
+            self.store,
+            role,
+            self.clock,
+            SweeperSettings(
+                interval_s=cfg.sweep_interval_s,
+                idempotency_retention=timedelta(days=cfg.idempotency_retention_days),
+            ),
+        )
+        secret = cfg.writer_secret
+        election = Election(
+            PgLease(self.database_url),
+            role,
+            holder=uuid.uuid4().hex,
+            address="",
+            connect=lambda address: ForwardingClient(address, secret),
+            settings=ElectionSettings(lease_s=cfg.writer_lease_s),
+        )
+        self.internal_server, self.internal_port = build_internal_server(
+            WriterService(election, secret), cfg.internal_listen
+        )
+        host, _ = split_host_port(cfg.internal_listen)
+        election.address = cfg.advertise or f"{host}:{self.internal_port}"
+        return election
 
     def _log_security(self, security: Security, tls: bool) -> None:
         cfg = self.config
@@ -198,8 +221,9 @@ class App:
             task.cancel()
         await set_health(self.health, False)
         await self.server.stop(self.config.drain_s)
-        await self.sweeper.stop()
-        await self.writer.stop()
+        # Then hand the lease over at once (the others forwarded to us while we drained).
+        await self.election.stop()
+        await self.internal_server.stop(1.0)
         await self.store.close()
         await self.pool.close()
         if self._metrics_server is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -29,6 +29,11 @@ class Config:
     tls_client_ca: Path | None = None
     callers_file: Path | None = None
     insecure: bool = False
+    # One writer per database (docs/design.md): the internal WriterService.
+    internal_listen: str = "127.0.0.1:0"
+    advertise: str = ""  # HOST:PORT the other replicas reach internal_listen at
+    writer_secret: str = field(default="", repr=False)
+    writer_lease_s: float = 3.0
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -44,6 +49,13 @@ class Config:
                 " Give --tls-cert and --tls-key (and --tls-client-ca for mutual TLS), or"
                 " --insecure if a proxy or mesh on this host already encrypts the traffic"
             )
+        if not self.writer_secret and not is_loopback(self.internal_listen):
+            out.append(
+                f"refusing to serve the internal writer service on {self.internal_listen}"
+                " without a shared secret: give --writer-secret-file or LEDGER_WRITER_SECRET"
+            )
+        if self.writer_lease_s < 1.0:
+            out.append("--writer-lease-s must be at least 1 s")
         return out
 
 
@@ -153,6 +165,43 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         default=_env("LEDGER_INSECURE", "") in ("1", "true", "yes"),
         help="allow plaintext on a non-loopback address (env LEDGER_INSECURE=1)",
     )
+    add_writer_flags(p)
+
+
+def add_writer_flags(p: argparse.ArgumentParser) -> None:
+    d = Config()
+    w = p.add_argument_group("one writer per database (docs/design.md)")
+    w.add_argument(
+        "--internal-listen",
+        default=_env("LEDGER_INTERNAL_LISTEN", d.internal_listen),
+        help="HOST:PORT of the internal writer service other replicas forward commands to"
+        " (env LEDGER_INTERNAL_LISTEN; port 0 = any free port)",
+    )
+    w.add_argument(
+        "--advertise",
+        default=_env("LEDGER_ADVERTISE", d.advertise),
+        help="HOST:PORT the other replicas reach --internal-listen at, published in the"
+        " writer lease (env LEDGER_ADVERTISE; default: the internal address as bound)",
+    )
+    w.add_argument(
+        "--writer-secret-file",
+        default=_env("LEDGER_WRITER_SECRET_FILE", ""),
+        metavar="FILE",
+        help="shared secret of the replicas' internal calls (or env LEDGER_WRITER_SECRET);"
+        " required unless --internal-listen is a loopback address",
+    )
+    w.add_argument(
+        "--writer-lease-s",
+        type=float,
+        default=float(_env("LEDGER_WRITER_LEASE_S", str(d.writer_lease_s))),
+        help="life of the writer lease; renewed every third of it (env LEDGER_WRITER_LEASE_S)",
+    )
+
+
+def _writer_secret(args: argparse.Namespace) -> str:
+    if args.writer_secret_file:
+        return Path(args.writer_secret_file).read_text().strip()
+    return os.environ.get("LEDGER_WRITER_SECRET", "").strip()
 
 
 def from_args(args: argparse.Namespace) -> Config:
@@ -174,6 +223,10 @@ def from_args(args: argparse.Namespace) -> Config:
         tls_client_ca=_path(args.tls_client_ca),
         callers_file=_path(args.callers),
         insecure=args.insecure,
+        internal_listen=args.internal_listen,
+        advertise=args.advertise,
+        writer_secret=_writer_secret(args),
+        writer_lease_s=args.writer_lease_s,
     )
 
 

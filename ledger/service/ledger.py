@@ -35,8 +35,7 @@ from ledger.domain.model import (
 )
 from ledger.observability import metrics
 from ledger.service.clock import Clock
-from ledger.service.ports import StorageUnavailable, Store
-from ledger.service.writer import Writer
+from ledger.service.ports import CommandSink, StorageUnavailable, Store
 
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
@@ -59,7 +58,8 @@ def present(res: Reservation, clock: Clock) -> Reservation:
 
 
 class Ledger:
-    def __init__(self, store: Store, writer: Writer, clock: Clock) -> None:
+    def __init__(self, store: Store, writer: CommandSink, clock: Clock) -> None:
+        # `writer`: the local Writer, or the Election that routes to the elected one.
         self._store = store
         self._writer = writer
         self._clock = clock
@@ -70,7 +70,7 @@ class Ledger:
         Errors: PermissionDenied; InvalidArgument; the business errors of the
         command (see ledger.domain.rules), with AccountNotFound or
         ReservationNotFound also for what lies outside the caller's scope;
-        IdempotencyKeyReused; DatabaseUnavailable; Contention.
+        IdempotencyKeyReused; DatabaseUnavailable; WriterUnavailable; Contention.
         """
         if access is not LOCAL:
             access.require(cmd.method)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ledger.domain.model import Account, Balance, Entry, Lot, Reservation
+from ledger.domain import commands as c
+from ledger.domain.model import Account, Balance, Entry, Lot, Reservation, Result
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -18,6 +19,11 @@ class SerializationConflict(Exception):
 
 class StorageUnavailable(Exception):
     """The database could not be reached or the connection broke; nothing was committed."""
+
+
+class WriterFenced(Exception):
+    """The batch's writer term is no longer the current one: another process is
+    the writer now, and nothing of the batch was committed."""
 
 
 @dataclass(frozen=True)
@@ -85,3 +91,12 @@ class Store(Protocol):
     async def prune_idempotency(self, before: datetime, limit: int) -> int: ...
 
     async def ping(self) -> None: ...
+
+
+class CommandSink(Protocol):
+    """Where validated commands go: the local Writer, or the route to the elected one
+    (ledger.service.election)."""
+
+    async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
+        """Returns (result, replayed); raises the command's LedgerError."""
+        ...

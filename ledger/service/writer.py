@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,6 +34,7 @@ from ledger.service.ports import (
     SerializationConflict,
     StorageUnavailable,
     Store,
+    WriterFenced,
 )
 
 log = logging.getLogger("ledger.writer")
@@ -80,25 +82,42 @@ def _replay(
     return first, True
 
 
+def _writer_gone(detail: str) -> errors.WriterUnavailable:
+    return errors.WriterUnavailable(
+        f"{detail}; retry with the same idempotency key (a retry replays the first"
+        " outcome if it was recorded)",
+        {"cause": detail},
+    )
+
+
 class Writer:
     def __init__(
-        self, store: Store, clock: Clock, settings: WriterSettings = WriterSettings()
+        self,
+        store: Store,
+        clock: Clock,
+        settings: WriterSettings = WriterSettings(),
+        on_fenced: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._settings = settings
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # Called when a batch found that this process is no longer the elected writer.
+        self._on_fenced = on_fenced
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
 
     async def stop(self) -> None:
+        """Stop batching; commands not answered yet answer WRITER_UNAVAILABLE."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        while not self._queue.empty():
+            _settle(self._queue.get_nowait(), (_writer_gone("the writer stopped"), False))
 
     async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
         """Run a validated command. Returns (result, replayed); raises its LedgerError."""
@@ -118,7 +137,13 @@ class Writer:
                 batch.append(self._queue.get_nowait())
             batch = [p for p in batch if not p.future.done()]  # callers that gave up
             if batch:
-                await self._execute(batch)
+                try:
+                    await self._execute(batch)
+                except asyncio.CancelledError:
+                    # Stopped mid-batch: its outcome is unknown, a retry finds out.
+                    for p in batch:
+                        _settle(p, (_writer_gone("the writer stopped during the batch"), False))
+                    raise
 
     async def _execute(self, batch: list[_Pending]) -> None:
         metrics.BATCH_SIZE.observe(len(batch))
@@ -153,6 +178,10 @@ class Writer:
                     )
                 except TimeoutError as exc:
                     raise StorageUnavailable(f"batch took over {s.attempt_timeout_s} s") from exc
+            except WriterFenced as exc:
+                if self._on_fenced is not None:
+                    self._on_fenced()
+                raise _writer_gone("this process is no longer the elected writer") from exc
             except SerializationConflict:
                 metrics.SERIALIZATION_RETRIES.inc()
                 backoff = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2**attempt)
