@@ -61,12 +61,8 @@ async def lease_of(url: str) -> tuple[int, str]:
         await conn.close()
 
 
-async def main_async(ns: argparse.Namespace) -> int:
+async def main_async(ns: argparse.Namespace, url: str) -> int:
     out = Path(ns.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pg = database.locate(ns.database_url, out / "pgdata")
-    name = f"creditledger_takeover_{os.getpid()}"
-    url = database.create_database(pg, name)
     replicas = [Replica(url, out / f"takeover-{n}.log", ns.lease_s) for n in range(ns.replicas)]
     try:
         for r in replicas:
@@ -75,7 +71,6 @@ async def main_async(ns: argparse.Namespace) -> int:
     finally:
         for r in replicas:
             r.server.stop()
-        database.drop_database(pg, name)
 
 
 async def drive(ns: argparse.Namespace, url: str, replicas: list[Replica]) -> int:
@@ -176,7 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lease-s", type=float, default=3.0)
     ap.add_argument("--database-url", default=os.environ.get("LEDGER_BENCH_DATABASE_URL"))
     ap.add_argument("--out-dir", default=str(REPO / "bench-results"))
-    return asyncio.run(main_async(ap.parse_args(argv)))
+    ns = ap.parse_args(argv)
+    out = Path(ns.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pg = database.locate(ns.database_url, out / "pgdata")
+    name = f"creditledger_takeover_{os.getpid()}"
+    url = database.create_database(pg, name)
+    try:
+        return asyncio.run(main_async(ns, url))
+    finally:
+        database.drop_database(pg, name)
 
 
 if __name__ == "__main__":

@@ -53,13 +53,14 @@ CONTRACT = {
     ),
     "CONTENTION": (grpc.StatusCode.ABORTED, e.Contention, e.Aborted),
     "DATABASE_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.DatabaseUnavailable, e.Unavailable),
+    "WRITER_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.WriterUnavailable, e.Unavailable),
     "UNAUTHENTICATED": (grpc.StatusCode.UNAUTHENTICATED, e.Unauthenticated, e.Unauthenticated),
     "PERMISSION_DENIED": (
         grpc.StatusCode.PERMISSION_DENIED, e.PermissionDenied, e.PermissionDenied,
     ),
     "RATE_LIMITED": (grpc.StatusCode.RESOURCE_EXHAUSTED, e.RateLimited, e.ResourceExhausted),
 }  # fmt: skip
-RETRYABLE_REASONS = {"CONTENTION", "DATABASE_UNAVAILABLE", "RATE_LIMITED"}
+RETRYABLE_REASONS = {"CONTENTION", "DATABASE_UNAVAILABLE", "WRITER_UNAVAILABLE", "RATE_LIMITED"}
 
 
 def trailers(

@@ -53,6 +53,7 @@ from creditledger_client.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    WriterUnavailable,
 )
 from creditledger_client.hold import Hold
 from creditledger_client.models import (
@@ -132,5 +133,6 @@ __all__ = [
     "TlsConfig",
     "Unauthenticated",
     "Unavailable",
+    "WriterUnavailable",
     "new_idempotency_key",
 ]

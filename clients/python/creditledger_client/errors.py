@@ -220,6 +220,11 @@ class DatabaseUnavailable(Unavailable):
     """DATABASE_UNAVAILABLE: the server runs but cannot reach PostgreSQL."""
 
 
+class WriterUnavailable(Unavailable):
+    """WRITER_UNAVAILABLE: the server could not reach the elected writer, or the writer
+    changed while the command ran; a retry with the same key replays or runs it."""
+
+
 class RateLimited(ResourceExhausted):
     """RATE_LIMITED: too many requests from this caller."""
 
@@ -239,6 +244,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "BALANCE_LIMIT_EXCEEDED": BalanceLimitExceeded,
     "CONTENTION": Contention,
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
+    "WRITER_UNAVAILABLE": WriterUnavailable,
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited,

@@ -160,6 +160,11 @@ export class DatabaseUnavailable extends LedgerError {
   override readonly name: string = "DatabaseUnavailable";
 }
 
+/** UNAVAILABLE: the elected writer could not be reached or changed; the client retries it itself. */
+export class WriterUnavailable extends LedgerError {
+  override readonly name: string = "WriterUnavailable";
+}
+
 type LedgerErrorClass = new (cause: ConnectError, context: ErrorContext) => LedgerError;
 
 const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, LedgerErrorClass>([
@@ -174,6 +179,7 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["AMOUNT_EXCEEDS_SETTLED", AmountExceedsSettled],
   ["CONTENTION", Contention],
   ["DATABASE_UNAVAILABLE", DatabaseUnavailable],
+  ["WRITER_UNAVAILABLE", WriterUnavailable],
 ]);
 
 /**

@@ -41,6 +41,7 @@ export {
   ReservationClosed,
   ReservationExpired,
   ReservationNotFound,
+  WriterUnavailable,
   codeName,
   toLedgerError,
 } from "./errors.js";
