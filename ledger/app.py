@@ -111,7 +111,7 @@ class App:
         self.ledger = Ledger(self.store, self.election, self.clock)
         self.server, self.health = build_server(
             LedgerServicer(self.ledger, security.authorize),
-            ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s),
+            ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s, reuse_port=cfg.reuse_port),
             security.interceptors + self.hooks.interceptors,
         )
         credentials = self.hooks.server_credentials or security.server_credentials

@@ -34,6 +34,9 @@ class Config:
     advertise: str = ""  # HOST:PORT the other replicas reach internal_listen at
     writer_secret: str = field(default="", repr=False)
     writer_lease_s: float = 3.0
+    # `serve --fronts N` (ledger/fronts.py): N processes share --listen.
+    fronts: int = 1
+    reuse_port: bool = False
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -54,6 +57,8 @@ class Config:
                 f"refusing to serve the internal writer service on {self.internal_listen}"
                 " without a shared secret: give --writer-secret-file or LEDGER_WRITER_SECRET"
             )
+        if self.fronts < 1:
+            out.append("--fronts must be at least 1 (or auto)")
         if self.writer_lease_s < 1.0:
             out.append("--writer-lease-s must be at least 1 s")
         return out
@@ -196,6 +201,13 @@ def add_writer_flags(p: argparse.ArgumentParser) -> None:
         default=float(_env("LEDGER_WRITER_LEASE_S", str(d.writer_lease_s))),
         help="life of the writer lease; renewed every third of it (env LEDGER_WRITER_LEASE_S)",
     )
+    w.add_argument(
+        "--fronts",
+        default=_env("LEDGER_FRONTS", "1"),
+        help="processes serving --listen together (SO_REUSEPORT), each reaching the elected"
+        " writer as a replica does; 'auto' = one per core (env LEDGER_FRONTS)",
+    )
+    w.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
 
 def _writer_secret(args: argparse.Namespace) -> str:
@@ -227,7 +239,18 @@ def from_args(args: argparse.Namespace) -> Config:
         advertise=args.advertise,
         writer_secret=_writer_secret(args),
         writer_lease_s=args.writer_lease_s,
+        fronts=_fronts(args.fronts),
+        reuse_port=args.reuse_port,
     )
+
+
+def _fronts(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        return int(value)
+    except ValueError:
+        return 0  # refused by problems()
 
 
 def _path(value: str) -> Path | None:

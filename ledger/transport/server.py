@@ -34,6 +34,8 @@ class ServerSettings:
     concurrent_streams_max: int = 256
     concurrent_rpcs_max: int = 4096
     drain_s: float = 10.0
+    # Front processes of one `serve --fronts N` share the port (SO_REUSEPORT).
+    reuse_port: bool = False
 
 
 class _Undecodable:
@@ -144,7 +146,7 @@ def build_server(
             ("grpc.max_receive_message_length", settings.message_bytes_max),
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.max_concurrent_streams", settings.concurrent_streams_max),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ],
         maximum_concurrent_rpcs=settings.concurrent_rpcs_max,
     )
