@@ -143,7 +143,9 @@ class App:
             self.store,
             self.clock,
             WriterSettings(
-                batch_max=cfg.batch_max, refund_grace=timedelta(seconds=cfg.refund_grace_s)
+                batch_max=cfg.batch_max,
+                attempt_timeout_s=cfg.batch_timeout_s,
+                refund_grace=timedelta(seconds=cfg.refund_grace_s),
             ),
         )
         self.sweeper = role.sweeper = Sweeper(

@@ -19,6 +19,7 @@ class Config:
     log_format: str = "json"
     pool_size_max: int = 10
     batch_max: int = 256
+    batch_timeout_s: float = 2.0
     sweep_interval_s: float = 1.0
     idempotency_retention_days: float = 7.0
     refund_grace_s: float = 7 * 86400.0
@@ -121,6 +122,12 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--batch-max", type=int, default=d.batch_max, help="commands per writer transaction"
+    )
+    p.add_argument(
+        "--batch-timeout-s",
+        type=float,
+        default=d.batch_timeout_s,
+        help="a batch transaction taking longer is abandoned (UNAVAILABLE, nothing recorded)",
     )
     p.add_argument("--sweep-interval-s", type=float, default=d.sweep_interval_s)
     p.add_argument(
@@ -226,6 +233,7 @@ def from_args(args: argparse.Namespace) -> Config:
         log_format=args.log_format,
         pool_size_max=args.pool_size_max,
         batch_max=args.batch_max,
+        batch_timeout_s=args.batch_timeout_s,
         sweep_interval_s=args.sweep_interval_s,
         idempotency_retention_days=args.idempotency_retention_days,
         refund_grace_s=args.refund_grace_s,

@@ -28,6 +28,7 @@ from ledger.domain import errors
 from ledger.domain.model import Result
 from ledger.observability import metrics
 from ledger.service.clock import Clock
+from ledger.service.outcomes import Outcome
 from ledger.service.ports import CommandSink, StorageUnavailable, Store
 from ledger.service.sweeper import Sweeper
 from ledger.service.writer import Writer, WriterSettings
@@ -160,9 +161,9 @@ class Election:
                 )
         return await sink.submit(cmd)
 
-    async def submit_local(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
-        """For commands forwarded by other processes: never forwarded again.
-        Errors: the command's own, WriterUnavailable when this is not the writer."""
+    def enqueue_local(self, cmd: c.MutatingCommand) -> asyncio.Future[tuple[Outcome, bool]]:
+        """For commands forwarded by other processes (Writer.enqueue): run here, never
+        forwarded again. Errors: WriterUnavailable when this is not the writer."""
         local = self._local
         if local is None:
             raise errors.WriterUnavailable(
@@ -170,7 +171,7 @@ class Election:
                 " idempotency key",
                 {"cause": "not the writer"},
             )
-        return await local.submit(cmd)
+        return local.enqueue(cmd)
 
     @property
     def writer_address(self) -> str:

@@ -119,11 +119,16 @@ class Writer:
         while not self._queue.empty():
             _settle(self._queue.get_nowait(), (_writer_gone("the writer stopped"), False))
 
-    async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
-        """Run a validated command. Returns (result, replayed); raises its LedgerError."""
+    def enqueue(self, cmd: c.MutatingCommand) -> asyncio.Future[tuple[Outcome, bool]]:
+        """Queue a validated command; the future gets (outcome, replayed), never an exception.
+        For callers that wait for many commands at once (no task per command)."""
         future: asyncio.Future[tuple[Outcome, bool]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(cmd, future))
-        outcome, replayed = await future
+        return future
+
+    async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
+        """Run a validated command. Returns (result, replayed); raises its LedgerError."""
+        outcome, replayed = await self.enqueue(cmd)
         if isinstance(outcome, errors.LedgerError):
             outcome.replayed = replayed
             raise outcome

@@ -35,6 +35,7 @@ from ledger.domain.model import Result
 from ledger.observability import metrics
 from ledger.service import wire
 from ledger.service.election import Election
+from ledger.service.outcomes import Outcome
 
 log = logging.getLogger("ledger.internal")
 
@@ -44,6 +45,9 @@ METHOD = f"/{SERVICE}/Submit"
 COMMANDS_PER_CALL_MAX = 512
 CALLS_IN_FLIGHT_MAX = 4
 MESSAGE_BYTES_MAX = 64 * 1024 * 1024
+
+
+_PENDING: wire.Outcome = errors.LedgerError("no outcome yet")
 
 
 def _bearer(secret: str) -> tuple[tuple[str, str], ...]:
@@ -78,18 +82,25 @@ class WriterService:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"at most {COMMANDS_PER_CALL_MAX} commands per call (COMMANDS_PER_CALL_MAX)",
             )
-        outcomes = await asyncio.gather(*(self._one(cmd) for cmd in cmds))
-        return wire.encode_outcomes(list(outcomes))
-
-    async def _one(self, cmd: c.MutatingCommand) -> wire.Outcome:
-        try:
-            cmd.validate()  # again: the writer does not trust its peers' code to be right
-            return await self._election.submit_local(cmd)
-        except errors.LedgerError as exc:
-            return exc
-        except Exception:
-            log.exception("forwarded %s failed with an internal error", cmd.method)
-            return errors.LedgerError("internal error; it has been logged")
+        results: list[wire.Outcome] = []
+        waiting: list[tuple[int, asyncio.Future[tuple[Outcome, bool]]]] = []
+        for cmd in cmds:
+            try:
+                cmd.validate()  # again: the writer does not trust its peers' code to be right
+                waiting.append((len(results), self._election.enqueue_local(cmd)))
+                results.append(_PENDING)
+            except errors.LedgerError as exc:
+                results.append(exc)
+        # Futures, not coroutines: no task per command. They never hold an exception.
+        await asyncio.gather(*(future for _, future in waiting))
+        for i, future in waiting:
+            outcome, replayed = future.result()
+            if isinstance(outcome, errors.LedgerError):
+                outcome.replayed = replayed
+                results[i] = outcome
+            else:
+                results[i] = (outcome, replayed)
+        return wire.encode_outcomes(results)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

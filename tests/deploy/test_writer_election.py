@@ -38,7 +38,7 @@ EVENT_WAIT_S = 30.0  # an upper bound for "eventually", never a performance clai
 
 
 class Replica:
-    def __init__(self, url: str, tmp_path: Any, n: int) -> None:
+    def __init__(self, url: str, tmp_path: Any, n: int, extra: tuple[str, ...] = ()) -> None:
         self.internal = f"127.0.0.1:{free_port()}"
         self.process = ServerProcess(
             url,
@@ -47,6 +47,7 @@ class Replica:
                 "--writer-lease-s", LEASE_S,
                 "--sweep-interval-s", "0.2",
                 "--log-format", "text",
+                *extra,
             ],
             log_path=tmp_path / f"replica-{n}.log",
         )  # fmt: skip
@@ -76,11 +77,11 @@ async def database() -> AsyncIterator[support_db.TestDatabase]:
 @pytest.fixture
 async def start_replicas(
     database: support_db.TestDatabase, tmp_path: Any
-) -> AsyncIterator[Callable[[int], Any]]:
+) -> AsyncIterator[Callable[..., Any]]:
     started: list[Replica] = []
 
-    async def start(count: int) -> list[Replica]:
-        replicas = [Replica(database.url, tmp_path, len(started) + n) for n in range(count)]
+    async def start(count: int, *extra: str) -> list[Replica]:
+        replicas = [Replica(database.url, tmp_path, len(started) + n, extra) for n in range(count)]
         started.extend(replicas)
         await asyncio.gather(*(asyncio.to_thread(r.process.start, 60.0) for r in replicas))
         for r in replicas:
@@ -177,7 +178,7 @@ async def settled(stub: LedgerServiceAsyncStub, account: str) -> int:
 
 
 async def test_one_writer_and_every_replica_forwards(
-    start_replicas: Callable[[int], Any], database: support_db.TestDatabase
+    start_replicas: Callable[..., Any], database: support_db.TestDatabase
 ) -> None:
     replicas: list[Replica] = await start_replicas(3)
     writer, term = await writer_of(database.url, replicas)
@@ -196,7 +197,7 @@ async def test_one_writer_and_every_replica_forwards(
 
 
 async def test_a_killed_writer_is_replaced_and_nothing_acknowledged_is_lost(
-    start_replicas: Callable[[int], Any], database: support_db.TestDatabase
+    start_replicas: Callable[..., Any], database: support_db.TestDatabase
 ) -> None:
     replicas: list[Replica] = await start_replicas(3)
     writer, term = await writer_of(database.url, replicas)
@@ -239,9 +240,12 @@ async def _wait_lock_waiter(url: str, deadline_s: float = EVENT_WAIT_S) -> None:
 
 
 async def test_a_paused_writer_is_fenced_and_its_batch_never_commits(
-    start_replicas: Callable[[int], Any], database: support_db.TestDatabase
+    start_replicas: Callable[..., Any], database: support_db.TestDatabase
 ) -> None:
-    replicas: list[Replica] = await start_replicas(2)
+    # A batch timeout longer than the pause: on SIGCONT the paused writer goes on with
+    # its batch and sends the COMMIT (a shorter one would abandon the batch instead,
+    # which is safe too but would not put the fence to the test).
+    replicas: list[Replica] = await start_replicas(2, "--batch-timeout-s", "60")
     old, term = await writer_of(database.url, replicas)
     other = next(r for r in replicas if r is not old)
     assert old.stub is not None and other.stub is not None
