@@ -109,11 +109,11 @@ class WriterRole:
             self.sweeper.start()
         return self._writer
 
-    async def stop(self) -> None:
+    async def stop(self, database_lost: bool = False) -> None:
         if self.sweeper is not None:
             await self.sweeper.stop()
         if self._writer is not None:
-            await self._writer.stop()
+            await self._writer.stop(database_lost)
             self._writer = None
 
 
@@ -143,6 +143,8 @@ class Election:
         self._known = asyncio.Event()
         self._poke = asyncio.Event()
         self._renew_started = 0.0
+        # Why the last lease operation failed, while the database is unreachable.
+        self._database_trouble = ""
         self._task: asyncio.Task[None] | None = None
 
     # ---- the route ------------------------------------------------------------
@@ -154,6 +156,12 @@ class Election:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._known.wait(), self._settings.writer_wait_s)
             sink = self._local or self._remote
+            if sink is None and self._database_trouble:
+                raise errors.DatabaseUnavailable(
+                    "the database is unavailable, so no writer can be elected; retry with the"
+                    " same idempotency key",
+                    {"cause": self._database_trouble},
+                )
             if sink is None:
                 raise errors.WriterUnavailable(
                     "no writer is elected right now; retry with the same idempotency key",
@@ -233,7 +241,9 @@ class Election:
                 view = await self._lease.current()
         except StorageUnavailable as exc:
             log.warning("writer lease unreadable: %s", exc)
+            self._database_trouble = str(exc)
             return
+        self._database_trouble = ""
         if term is not None:
             self._local = await self._role.start(term, self.poke)
             self.term, self._renew_started = term, started
@@ -258,7 +268,10 @@ class Election:
             )
         except (StorageUnavailable, TimeoutError) as exc:
             log.warning("writer lease not renewed: %s", exc)
+            self._database_trouble = str(exc) or type(exc).__name__
             kept = None
+        else:
+            self._database_trouble = ""
         if kept:
             self._renew_started = started
         elif kept is False:
@@ -273,7 +286,7 @@ class Election:
         self.term, self._local = None, None
         self._known.clear()
         metrics.WRITER_LEADER.set(0)
-        await self._role.stop()
+        await self._role.stop(database_lost=bool(self._database_trouble))
 
     async def _set_remote(self, address: str) -> None:
         if address == self._remote_address:

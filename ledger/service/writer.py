@@ -105,19 +105,31 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         # Called when a batch found that this process is no longer the elected writer.
         self._on_fenced = on_fenced
+        self._database_lost = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
 
-    async def stop(self) -> None:
-        """Stop batching; commands not answered yet answer WRITER_UNAVAILABLE."""
+    async def stop(self, database_lost: bool = False) -> None:
+        """Stop batching; commands not answered yet answer WRITER_UNAVAILABLE, or
+        DATABASE_UNAVAILABLE when the writer stops because the database is unreachable."""
+        self._database_lost = database_lost
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         while not self._queue.empty():
-            _settle(self._queue.get_nowait(), (_writer_gone("the writer stopped"), False))
+            _settle(self._queue.get_nowait(), (self._gone("the writer stopped"), False))
+
+    def _gone(self, detail: str) -> errors.LedgerError:
+        if self._database_lost:
+            return errors.DatabaseUnavailable(
+                "the database is unavailable; retry with the same idempotency key"
+                " (a retry replays the first outcome if it was recorded)",
+                {"cause": detail},
+            )
+        return _writer_gone(detail)
 
     def enqueue(self, cmd: c.MutatingCommand) -> asyncio.Future[tuple[Outcome, bool]]:
         """Queue a validated command; the future gets (outcome, replayed), never an exception.
@@ -147,7 +159,7 @@ class Writer:
                 except asyncio.CancelledError:
                     # Stopped mid-batch: its outcome is unknown, a retry finds out.
                     for p in batch:
-                        _settle(p, (_writer_gone("the writer stopped during the batch"), False))
+                        _settle(p, (self._gone("the writer stopped during the batch"), False))
                     raise
 
     async def _execute(self, batch: list[_Pending]) -> None:
