@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 
 from ledger import __version__
 from ledger.config import Config, is_loopback
+from ledger.listen import bind_problem, describe, split_host_port
 from ledger.observability import metrics
 from ledger.security.callers import CallerFileError
 from ledger.service.clock import Clock, SystemClock
@@ -38,11 +39,6 @@ from ledger.transport.server import ServerSettings, build_server, set_health
 from ledger.transport.servicer import LedgerServicer
 
 log = logging.getLogger("ledger.app")
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 @dataclass
@@ -76,6 +72,14 @@ def _security(cfg: Config) -> Security:
         raise StartupError(str(exc)) from None
 
 
+def _check_listen(cfg: Config) -> None:
+    """Errors: StartupError naming the flag, the address and why nothing can listen there."""
+    for flag, address in (("--listen", cfg.listen), ("--metrics-listen", cfg.metrics_listen)):
+        problem = bind_problem(address) if address else None
+        if problem is not None:
+            raise StartupError(f"{flag} {address}: {problem}")
+
+
 class App:
     def __init__(
         self, config: Config, clock: Clock | None = None, hooks: Hooks | None = None
@@ -96,6 +100,7 @@ class App:
         """Errors: StartupError (before anything is started) for an unusable configuration."""
         cfg = self.config
         self.security = security = _security(cfg)
+        _check_listen(cfg)  # before the database: a port in use fails fast, in one line
         metrics.set_build_info(__version__)
         if not self.database_url:
             self._embedded = EmbeddedPostgres(cfg.data_dir)
@@ -108,20 +113,34 @@ class App:
         self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
         self.store = PostgresStore(self.pool)
         self.election = self._election(cfg)
-        self.ledger = Ledger(self.store, self.election, self.clock)
+        self.ledger = Ledger(
+            self.store, self.election, self.clock, timedelta(seconds=cfg.refund_grace_s)
+        )
         self.server, self.health = build_server(
             LedgerServicer(self.ledger, security.authorize),
             ServerSettings(listen=cfg.listen, drain_s=cfg.drain_s, reuse_port=cfg.reuse_port),
             security.interceptors + self.hooks.interceptors,
         )
         credentials = self.hooks.server_credentials or security.server_credentials
-        if credentials is not None:
-            self.port = self.server.add_secure_port(cfg.listen, credentials)
-        else:
-            self.port = self.server.add_insecure_port(cfg.listen)
+        try:
+            if credentials is not None:
+                self.port = self.server.add_secure_port(cfg.listen, credentials)
+            else:
+                self.port = self.server.add_insecure_port(cfg.listen)
+        except RuntimeError:  # taken since _check_listen: say why, as it does
+            await self._close_storage()
+            problem = bind_problem(cfg.listen) or "cannot listen there"
+            raise StartupError(f"--listen {cfg.listen}: {problem}") from None
         if cfg.metrics_listen:
             host, port = split_host_port(cfg.metrics_listen)
-            self._metrics_server, _ = start_http_server(port, addr=host)
+            try:
+                self._metrics_server, _ = start_http_server(port, addr=host)
+            except OSError as exc:
+                await self.server.stop(None)
+                await self._close_storage()
+                raise StartupError(
+                    f"--metrics-listen {cfg.metrics_listen}: {describe(exc)}"
+                ) from None
             self.metrics_port = self._metrics_server.server_port
         await self.internal_server.start()
         await self.election.start()
@@ -215,6 +234,12 @@ class App:
                 await self._check_health()
             except Exception:
                 log.exception("health check failed")
+
+    async def _close_storage(self) -> None:
+        """Undo a start that failed after the pool was made."""
+        await self.pool.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
 
     async def stop(self) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish, then close."""

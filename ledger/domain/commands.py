@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 from ledger.domain import limits
 from ledger.domain.access import Scope
@@ -17,6 +18,7 @@ from ledger.domain.errors import FieldViolation, InvalidArgument
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _ASSET = re.compile(r"[a-z0-9_]{1,64}")
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Violations:
@@ -36,11 +38,14 @@ class Violations:
         if value.startswith("@"):
             self.add(name, "must not start with '@' (reserved for system accounts)")
         elif not _ACCOUNT_ID.fullmatch(value):
-            self.add(name, "must be 1-128 (ACCOUNT_ID_LEN_MAX) chars of [A-Za-z0-9._:@-]")
+            self.add(
+                name,
+                f"must be 1-{limits.ACCOUNT_ID_LEN_MAX} (ACCOUNT_ID_LEN_MAX) chars of [A-Za-z0-9._:@-]",
+            )
 
     def asset(self, name: str, value: str) -> None:
         if not _ASSET.fullmatch(value):
-            self.add(name, "must be 1-64 (ASSET_LEN_MAX) chars of [a-z0-9_]")
+            self.add(name, f"must be 1-{limits.ASSET_LEN_MAX} (ASSET_LEN_MAX) chars of [a-z0-9_]")
 
     def amount(self, name: str, value: int, *, allow_zero: bool = False) -> None:
         low = 0 if allow_zero else 1
@@ -72,10 +77,14 @@ class Violations:
                     f"{name}[{k[:32]!r}]",
                     f"key must be 1-{limits.METADATA_KEY_LEN_MAX} (METADATA_KEY_LEN_MAX) printable ASCII chars",
                 )
-            if len(v) > limits.METADATA_VALUE_LEN_MAX or "\x00" in v:
+            # Bytes of UTF-8, as documented (and as stored): 512 "é" are 1024 bytes.
+            if (
+                len(v.encode("utf-8", "surrogatepass")) > limits.METADATA_VALUE_LEN_MAX
+                or "\x00" in v
+            ):
                 self.add(
                     f"{name}[{k[:32]!r}]",
-                    f"value must be at most {limits.METADATA_VALUE_LEN_MAX} chars (METADATA_VALUE_LEN_MAX), no NUL",
+                    f"value must be at most {limits.METADATA_VALUE_LEN_MAX} bytes of UTF-8 (METADATA_VALUE_LEN_MAX), no NUL",
                 )
 
     def target(self, account_id: str, asset: str, amount: int, idempotency_key: str) -> None:
@@ -93,20 +102,13 @@ class Violations:
             )
 
     def reservation_id(self, name: str, value: str) -> None:
-        if not _is_uuid(value):
+        if not is_uuid(value):
             self.add(name, "must be a reservation id returned by Reserve or Charge (a UUID)")
-
-
-def _is_uuid(value: str) -> bool:
-    return (
-        re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value)
-        is not None
-    )
 
 
 def is_uuid(value: str) -> bool:
     """True when value is a canonical lower-case UUID (the shape of server-made ids)."""
-    return _is_uuid(value)
+    return _UUID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -125,19 +127,37 @@ class Command:
         raise NotImplementedError
 
     def fingerprint(self) -> bytes:
-        """Hash of the method and every field but the caller, the key and the scope."""
+        """Hash of the method and every field but the caller, the key and the scope,
+        after defaults are applied (a Reserve without a ttl and one with the default
+        ttl are the same request)."""
         cached: bytes | None = self.__dict__.get("_fingerprint")
         if cached is not None:
             return cached
-        fields = {
+        fields = self._fields()
+        if fields.get("ttl_s") == limits.TTL_DEFAULT_S:
+            fields["ttl_s"] = None  # the form keys were bound to before defaults were applied
+        digest = _digest(self.method, fields)
+        object.__setattr__(self, "_fingerprint", digest)  # computed once per command
+        return digest
+
+    def matches(self, stored_hash: bytes) -> bool:
+        """True when a stored key's request hash is this request's: the hash of
+        today, or the one a key stored before defaults were applied carries."""
+        return stored_hash == self.fingerprint() or stored_hash == _digest(
+            self.method, self._fields()
+        )
+
+    def _fields(self) -> dict[str, object]:
+        return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
             if f.name not in ("caller", "idempotency_key", "scope")
         }
-        canonical = json.dumps([self.method, fields], sort_keys=True, default=_json_default)
-        digest = hashlib.sha256(canonical.encode()).digest()
-        object.__setattr__(self, "_fingerprint", digest)  # computed once per command
-        return digest
+
+
+def _digest(method: str, fields: dict[str, object]) -> bytes:
+    canonical = json.dumps([method, fields], sort_keys=True, default=_json_default)
+    return hashlib.sha256(canonical.encode()).digest()
 
 
 def _json_default(value: object) -> object:
@@ -296,17 +316,19 @@ class Refund(Command):
 
 
 @dataclass(frozen=True)
-class ExpireDue(Command):
-    """Internal (sweeper): expire these overdue reservations, and the due lots of
-    these (account, asset) pairs. Never keyed, never recorded."""
+class ExpireDue:
+    """Internal (sweeper): make durable what is due among these reservations and
+    (account, asset) pairs. No caller and no key: never recorded, never replayed."""
 
     reservation_ids: tuple[str, ...] = ()
     lot_pairs: tuple[tuple[str, str], ...] = ()
 
-    method = "ExpireDue"
+    method: ClassVar[str] = "ExpireDue"
 
     def validate(self) -> None:
         return None
 
 
-MutatingCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund | ExpireDue
+# What callers send: keyed by (caller, idempotency_key), recorded, replayed.
+KeyedCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund
+MutatingCommand = KeyedCommand | ExpireDue

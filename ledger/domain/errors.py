@@ -23,7 +23,6 @@ class Kind(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
     RESOURCE_EXHAUSTED = "resource_exhausted"
-    DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
 
@@ -120,6 +119,13 @@ class BalanceLimitExceeded(LedgerError):
     reason = "BALANCE_LIMIT_EXCEEDED"
 
 
+class LotLimitExceeded(LedgerError):
+    """A Grant would give the pair more live lots than LIVE_LOTS_PER_PAIR_MAX."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "LOT_LIMIT_EXCEEDED"
+
+
 class Contention(LedgerError):
     """Serialization retries ran out; nothing was recorded, retry with the same key."""
 
@@ -180,5 +186,6 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         AmountExceedsRemaining,
         AmountExceedsSettled,
         BalanceLimitExceeded,
+        LotLimitExceeded,
     )
 }

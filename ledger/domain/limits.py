@@ -10,8 +10,8 @@ ASSET_LEN_MAX = 64
 IDEMPOTENCY_KEY_LEN_MAX = 128
 LEG_KEY_LEN_MAX = 64
 METADATA_ENTRIES_MAX = 32
-METADATA_KEY_LEN_MAX = 64
-METADATA_VALUE_LEN_MAX = 512
+METADATA_KEY_LEN_MAX = 64  # printable ASCII: chars are bytes
+METADATA_VALUE_LEN_MAX = 512  # bytes of UTF-8
 SOURCE_LEN_MAX = 64
 REASON_LEN_MAX = 256
 PRIORITY_MIN = 0
@@ -27,4 +27,9 @@ PAGE_SIZE_MAX = 1000
 PAGE_TOKEN_LEN_MAX = 256
 GROUP_LEGS_MAX = 100
 LOTS_LISTED_MAX = 1000
+# Live (unspent, unexpired) lots of one account x asset: a Grant past it is refused
+# (LOT_LIMIT_EXCEEDED), so that no command's cost grows with an account's history.
+LIVE_LOTS_PER_PAIR_MAX = 1000
+# The batch loads this many live lots of a spent pair, in spend order; more only if needed.
+LOTS_LOADED_FIRST = 32
 MESSAGE_BYTES_MAX = 64 * 1024

@@ -86,14 +86,15 @@ class Allocation:
     """The part of a reservation that came from one lot."""
 
     lot_id: str
-    held: int
+    drawn: int  # taken from the lot when the reservation was made (not the current hold)
     settled: int = 0
-    released: int = 0
+    released: int = 0  # given back to the lot
     refunded: int = 0
+    expired: int = 0  # held, then written off because the lot expired
 
     @property
     def remaining(self) -> int:
-        return self.held - self.settled - self.released
+        return self.drawn - self.settled - self.released - self.expired
 
 
 @dataclass
@@ -112,10 +113,14 @@ class Reservation:
     group_id: str = ""
     leg_key: str = ""
     allocations: list[Allocation] = field(default_factory=list)
+    # Held credits written off because their lot expired (not back to available).
+    expired: int = 0
+    # The leg's place in its ReserveGroup request (0 outside a group).
+    leg_index: int = 0
 
     @property
     def remaining(self) -> int:
-        return self.amount - self.settled - self.released
+        return self.amount - self.settled - self.released - self.expired
 
     def overdue(self, now: datetime) -> bool:
         return self.state is ReservationState.OPEN and self.expires_at <= now

@@ -1,113 +1,45 @@
 """The ledger rules, applied to the rows a batch has loaded (a `WorkingSet`).
 
-Every operation checks first and mutates after, so an operation that raises
-a LedgerError leaves the working set as it found it, except for expiries it
-found due (an overdue reservation or lot is expired by whoever touches it
-first, and that stays even when the operation itself then fails).
+Every rule speaks in transfers (`WorkingSet.transfer`): credits leave one
+(account, bucket) and enter another, so a posting cannot be unbalanced and no
+balance is adjusted by hand. Every operation checks first and mutates after,
+so an operation that raises a LedgerError leaves the working set as it found
+it, except for what `catch_up` applied: what is due at the batch's instant is
+due whatever the command then decides.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits
 from ledger.domain.access import Scope, in_scope
 from ledger.domain.model import (
-    CONSUMED,
-    EXPIRED,
-    ISSUANCE,
     Allocation,
-    Balance,
-    Bucket,
     GrantResult,
     GroupResult,
     Lot,
     Movement,
-    Posting,
     Reservation,
     ReservationResult,
     ReservationState,
     Result,
 )
+from ledger.domain.workingset import (
+    CONSUMED_SIDE,
+    EXPIRED_SIDE,
+    ISSUED,
+    LotsNotLoaded,
+    PairKey,
+    WorkingSet,
+    available,
+    held,
+    new_id,
+)
 
-PairKey = tuple[str, str]
-
-# Which positive posting counts a movement for the credits-moved metric, and its label.
-_MOVED_LABEL = {
-    (Movement.GRANT, Bucket.AVAILABLE): "granted",
-    (Movement.RESERVE, Bucket.HELD): "reserved",
-    (Movement.SETTLE, Bucket.SYSTEM): "settled",
-    (Movement.RELEASE, Bucket.AVAILABLE): "released",
-    (Movement.REFUND, Bucket.AVAILABLE): "refunded",
-    (Movement.LOT_EXPIRY, Bucket.SYSTEM): "expired",
-    (Movement.RESERVATION_EXPIRY, Bucket.AVAILABLE): "reservation_expired",
-}
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-@dataclass
-class WorkingSet:
-    """The rows one batch read, and what the batch changed in them."""
-
-    now: datetime
-    refund_grace: timedelta
-    accounts: set[str] = field(default_factory=set)
-    balances: dict[PairKey, Balance] = field(default_factory=dict)
-    lots: dict[str, Lot] = field(default_factory=dict)
-    reservations: dict[str, Reservation] = field(default_factory=dict)
-    make_id: Callable[[], str] = new_id
-    # What changed:
-    postings: list[Posting] = field(default_factory=list)
-    dirty_balances: set[PairKey] = field(default_factory=set)
-    dirty_lots: set[str] = field(default_factory=set)
-    dirty_reservations: set[str] = field(default_factory=set)
-    moved: list[tuple[str, str, int]] = field(default_factory=list)
-    _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
-
-    def add_lot(self, lot: Lot) -> None:
-        self.lots[lot.lot_id] = lot
-        self._pair_lots.setdefault((lot.account_id, lot.asset), {})[lot.lot_id] = lot
-
-    def spendable_lots(self, key: PairKey) -> list[Lot]:
-        lots = [lot for lot in self._pair_lots.get(key, {}).values() if lot.remaining > 0]
-        lots.sort(key=Lot.spend_order)
-        return lots
-
-    def balance(self, account_id: str, asset: str) -> Balance:
-        key = (account_id, asset)
-        bal = self.balances.get(key)
-        if bal is None:
-            bal = self.balances[key] = Balance(account_id, asset)
-        return bal
-
-    def touch_balance(self, bal: Balance) -> None:
-        self.dirty_balances.add((bal.account_id, bal.asset))
-
-    def post(
-        self,
-        tx: str,
-        account: str,
-        asset: str,
-        amount: int,
-        movement: Movement,
-        bucket: Bucket,
-        reservation_id: str = "",
-        lot_id: str = "",
-    ) -> None:
-        self.postings.append(
-            Posting(tx, account, asset, amount, movement, bucket, reservation_id, lot_id)
-        )
-        label = _MOVED_LABEL.get((movement, bucket))
-        if label is not None and amount > 0:
-            self.moved.append((asset, label, amount))
+__all__ = ["LotsNotLoaded", "PairKey", "WorkingSet", "apply", "catch_up", "new_id", "snapshot"]
 
 
 def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
@@ -132,83 +64,58 @@ def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
     raise errors.InvariantViolation(f"unknown command {type(cmd).__name__}")
 
 
-# ---------------------------------------------------------------- grants and lots
+# ---------------------------------------------------------------- time
 
 
-def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
-    """Errors: InvalidArgument (expiry not in the future; never recorded), AccountNotFound,
-    BalanceLimitExceeded."""
-    if cmd.expires_at is not None and cmd.expires_at <= ws.now:
-        raise errors.InvalidArgument([errors.FieldViolation("expires_at", "must be in the future")])
-    _require_account(ws, cmd.account_id, scope=cmd.scope)
-    bal = ws.balance(cmd.account_id, cmd.asset)
-    if max(bal.available + bal.reserved, bal.granted) + cmd.amount > limits.INT64_MAX:
-        raise errors.BalanceLimitExceeded(
-            f"granting {cmd.amount} would push the balance of {cmd.asset} past int64 (INT64_MAX)",
-            {"limit": str(limits.INT64_MAX), "requested": str(cmd.amount)},
-        )
-    lot = Lot(
-        ws.make_id(),
-        cmd.account_id,
-        cmd.asset,
-        cmd.amount,
-        cmd.amount,
-        cmd.priority,
-        cmd.source,
-        cmd.expires_at,
-        ws.now,
-    )
-    ws.add_lot(lot)
-    ws.dirty_lots.add(lot.lot_id)
-    tx = ws.make_id()
-    ws.post(tx, ISSUANCE, cmd.asset, -cmd.amount, Movement.GRANT, Bucket.SYSTEM, lot_id=lot.lot_id)
-    ws.post(
-        tx,
-        cmd.account_id,
-        cmd.asset,
-        cmd.amount,
-        Movement.GRANT,
-        Bucket.AVAILABLE,
-        lot_id=lot.lot_id,
-    )
-    bal.available += cmd.amount
-    bal.granted += cmd.amount
-    ws.touch_balance(bal)
-    return GrantResult(bal.copy(), dataclasses.replace(lot))
+def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
+    """The pair as it is at `ws.now`: the only way any rule or read sees a pair.
 
-
-def expire_lots(ws: WorkingSet, account_id: str, asset: str) -> None:
-    """Write off the remainder of every lot of the pair whose expiry has come."""
-    for lot in ws.spendable_lots((account_id, asset)):
+    In this order (the sweeper's too, since it runs the same function): the
+    unreserved remainder of every due lot is written off; then every overdue
+    hold ends EXPIRED, its remaining credits going back to their lots, except
+    the parts whose lot has expired, which are written off. Whether or not the
+    sweeper has run, every reader and every rule sees the same amounts; the
+    sweeper only makes them durable. Idempotent at one instant (nothing becomes
+    due twice at `ws.now`). docs/design.md, "Time".
+    """
+    key = (account_id, asset)
+    if ws.caught_up.get(key) == ws.now:
+        return
+    ws.caught_up[key] = ws.now
+    for lot in ws.spendable_lots(key):
         if lot.expired_at(ws.now):
-            _write_off_lot(ws, lot)
+            ws.transfer(
+                ws.make_id(),
+                asset,
+                lot.remaining,
+                available(account_id),
+                EXPIRED_SIDE,
+                Movement.LOT_EXPIRY,
+                lot_id=lot.lot_id,
+            )
+            lot.remaining = 0
+            ws.dirty_lots.add(lot.lot_id)
+    for res in ws.overdue_holds(key):
+        _give_back(ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY)
+        ws.end_hold(res, ReservationState.EXPIRED)
 
 
-def _write_off_lot(ws: WorkingSet, lot: Lot) -> None:
-    amount = lot.remaining
-    bal = ws.balance(lot.account_id, lot.asset)
-    tx = ws.make_id()
-    ws.post(
-        tx,
-        lot.account_id,
-        lot.asset,
-        -amount,
-        Movement.LOT_EXPIRY,
-        Bucket.AVAILABLE,
-        lot_id=lot.lot_id,
-    )
-    ws.post(tx, EXPIRED, lot.asset, amount, Movement.LOT_EXPIRY, Bucket.SYSTEM, lot_id=lot.lot_id)
-    lot.remaining = 0
-    ws.dirty_lots.add(lot.lot_id)
-    bal.available -= amount
-    bal.expired += amount
-    ws.touch_balance(bal)
+def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
+    """The sweeper's work: make durable what is due among the given pairs and reservations."""
+    for reservation_id in cmd.reservation_ids:
+        res = ws.reservations.get(reservation_id)
+        if res is not None:
+            catch_up(ws, res.account_id, res.asset)
+    for account_id, asset in cmd.lot_pairs:
+        catch_up(ws, account_id, asset)
 
 
 def _available(ws: WorkingSet, account_id: str, asset: str) -> int:
-    """Available after due lot expiries; checked against the lots it must equal."""
-    expire_lots(ws, account_id, asset)
+    """Available at `ws.now`; checked against the lots it must equal when all are loaded."""
+    catch_up(ws, account_id, asset)
     bal = ws.balance(account_id, asset)
+    if (account_id, asset) in ws.lot_horizon:
+        return bal.available
     from_lots = sum(lot.remaining for lot in ws.spendable_lots((account_id, asset)))
     if from_lots != bal.available:
         raise errors.InvariantViolation(
@@ -217,16 +124,93 @@ def _available(ws: WorkingSet, account_id: str, asset: str) -> int:
     return bal.available
 
 
+# ---------------------------------------------------------------- grants and lots
+
+
+def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
+    """Errors: InvalidArgument (expiry not in the future; never recorded), AccountNotFound,
+    LotLimitExceeded, BalanceLimitExceeded."""
+    if cmd.expires_at is not None and cmd.expires_at <= ws.now:
+        raise errors.InvalidArgument([errors.FieldViolation("expires_at", "must be in the future")])
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
+    key = (cmd.account_id, cmd.asset)
+    catch_up(ws, *key)
+    if key in ws.lot_horizon:
+        raise LotsNotLoaded({key})
+    live = len(ws.spendable_lots(key))
+    if live >= limits.LIVE_LOTS_PER_PAIR_MAX:
+        raise errors.LotLimitExceeded(
+            f"{cmd.account_id} has {live} live lots of {cmd.asset}, the most one account may hold"
+            f" per asset (LIVE_LOTS_PER_PAIR_MAX {limits.LIVE_LOTS_PER_PAIR_MAX}); spend, let expire"
+            " or consolidate them first",
+            {"limit": str(limits.LIVE_LOTS_PER_PAIR_MAX), "live_lots": str(live)},
+        )
+    bal = ws.balance(*key)
+    if bal.available + bal.reserved + cmd.amount > limits.INT64_MAX:
+        raise errors.BalanceLimitExceeded(
+            f"granting {cmd.amount} would push the balance of {cmd.asset} past int64 (INT64_MAX)",
+            {"limit": str(limits.INT64_MAX), "requested": str(cmd.amount)},
+        )
+    lot = Lot(
+        lot_id=ws.make_id(),
+        account_id=cmd.account_id,
+        asset=cmd.asset,
+        amount=cmd.amount,
+        remaining=cmd.amount,
+        priority=cmd.priority,
+        source=cmd.source,
+        expires_at=cmd.expires_at,
+        created_at=ws.now,
+    )
+    ws.add_lot(lot)
+    ws.dirty_lots.add(lot.lot_id)
+    ws.transfer(
+        ws.make_id(),
+        cmd.asset,
+        cmd.amount,
+        ISSUED,
+        available(cmd.account_id),
+        Movement.GRANT,
+        lot_id=lot.lot_id,
+    )
+    return GrantResult(bal.copy(), dataclasses.replace(lot))
+
+
+def _draw(ws: WorkingSet, account_id: str, asset: str, amount: int) -> list[tuple[Lot, int]]:
+    """Take `amount` from the pair's live lots in spend order: the one way credits
+    leave lots. Plans first, then takes, so LotsNotLoaded leaves nothing changed."""
+    key = (account_id, asset)
+    horizon = ws.lot_horizon.get(key)
+    plan: list[tuple[Lot, int]] = []
+    left = amount
+    for lot in ws.spendable_lots(key):
+        if horizon is not None and lot.spend_order() > horizon:
+            break  # lots not loaded may come before this one
+        take = min(lot.remaining, left)
+        plan.append((lot, take))
+        left -= take
+        if left == 0:
+            break
+    if left and horizon is not None:
+        raise LotsNotLoaded({key})
+    if left:
+        raise errors.InvariantViolation(f"lots of {account_id}/{asset} short by {left} after check")
+    for lot, take in plan:
+        lot.remaining -= take
+        ws.dirty_lots.add(lot.lot_id)
+    return plan
+
+
 # ---------------------------------------------------------------- holds
 
 
 def _insufficient(
-    account_id: str, asset: str, available: int, requested: int, leg_key: str = ""
+    account_id: str, asset: str, available_now: int, requested: int, leg_key: str = ""
 ) -> errors.InsufficientCredits:
     meta = {
         "account_id": account_id,
         "asset": asset,
-        "available": str(available),
+        "available": str(available_now),
         "requested": str(requested),
     }
     where = ""
@@ -234,86 +218,59 @@ def _insufficient(
         meta["leg_key"] = leg_key
         where = f" (leg {leg_key!r})"
     return errors.InsufficientCredits(
-        f"{account_id} has {available} {asset} available, {requested} requested{where}", meta
+        f"{account_id} has {available_now} {asset} available, {requested} requested{where}", meta
     )
 
 
-def _hold(
-    ws: WorkingSet,
-    tx: str,
-    account_id: str,
-    asset: str,
-    amount: int,
-    ttl_s: float | None,
-    metadata: dict[str, str],
-    group_id: str = "",
-    leg_key: str = "",
-) -> Reservation:
-    """Move `amount` from available to held, drawing lots in spending order. Caller checked."""
-    ttl = limits.TTL_DEFAULT_S if ttl_s is None else ttl_s
-    res = Reservation(
-        ws.make_id(),
-        account_id,
-        asset,
-        amount,
-        0,
-        0,
-        0,
-        ReservationState.OPEN,
-        ws.now,
-        ws.now + timedelta(seconds=ttl),
-        dict(metadata),
-        group_id,
-        leg_key,
+def _new_reservation(ws: WorkingSet, account_id: str, asset: str, amount: int) -> Reservation:
+    return Reservation(
+        reservation_id=ws.make_id(),
+        account_id=account_id,
+        asset=asset,
+        amount=amount,
+        settled=0,
+        released=0,
+        refunded=0,
+        state=ReservationState.OPEN,
+        created_at=ws.now,
+        expires_at=ws.now,
+        metadata={},
     )
-    left = amount
-    for lot in ws.spendable_lots((account_id, asset)):
-        take = min(lot.remaining, left)
-        lot.remaining -= take
-        ws.dirty_lots.add(lot.lot_id)
+
+
+def _hold(ws: WorkingSet, tx: str, res: Reservation) -> Reservation:
+    """Move the reservation's amount from available to held, lot by lot. Caller checked."""
+    for lot, take in _draw(ws, res.account_id, res.asset, res.amount):
         res.allocations.append(Allocation(lot.lot_id, take))
-        ws.post(
+        ws.transfer(
             tx,
-            account_id,
-            asset,
-            -take,
-            Movement.RESERVE,
-            Bucket.AVAILABLE,
-            res.reservation_id,
-            lot.lot_id,
-        )
-        ws.post(
-            tx,
-            account_id,
-            asset,
+            res.asset,
             take,
+            available(res.account_id),
+            held(res.account_id),
             Movement.RESERVE,
-            Bucket.HELD,
             res.reservation_id,
             lot.lot_id,
         )
-        left -= take
-        if left == 0:
-            break
-    if left:
-        raise errors.InvariantViolation(f"lots of {account_id}/{asset} short by {left} after check")
-    bal = ws.balance(account_id, asset)
-    bal.available -= amount
-    bal.reserved += amount
-    ws.touch_balance(bal)
-    ws.reservations[res.reservation_id] = res
+    ws.add_reservation(res)
     ws.dirty_reservations.add(res.reservation_id)
     return res
+
+
+def _ttl(ttl_s: float | None) -> timedelta:
+    return timedelta(seconds=limits.TTL_DEFAULT_S if ttl_s is None else ttl_s)
 
 
 def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
     """Errors: AccountNotFound, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
-    available = _available(ws, cmd.account_id, cmd.asset)
-    if available < cmd.amount:
-        raise _insufficient(cmd.account_id, cmd.asset, available, cmd.amount)
-    res = _hold(ws, ws.make_id(), cmd.account_id, cmd.asset, cmd.amount, cmd.ttl_s, cmd.metadata)
-    return _result(ws, res)
+    available_now = _available(ws, cmd.account_id, cmd.asset)
+    if available_now < cmd.amount:
+        raise _insufficient(cmd.account_id, cmd.asset, available_now, cmd.amount)
+    res = _new_reservation(ws, cmd.account_id, cmd.asset, cmd.amount)
+    res.expires_at = ws.now + _ttl(cmd.ttl_s)
+    res.metadata = dict(cmd.metadata)
+    return _result(ws, _hold(ws, ws.make_id(), res))
 
 
 def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
@@ -323,118 +280,74 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
         _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
         key = (leg.account_id, leg.asset)
         needed[key] = needed.get(key, 0) + leg.amount
-        available = _available(ws, leg.account_id, leg.asset)
-        if available < needed[key]:
+        available_now = _available(ws, leg.account_id, leg.asset)
+        if available_now < needed[key]:
             raise _insufficient(
                 leg.account_id,
                 leg.asset,
-                available - (needed[key] - leg.amount),
+                available_now - (needed[key] - leg.amount),
                 leg.amount,
                 leg.leg_key,
             )
     group_id = ws.make_id()
     tx = ws.make_id()
-    legs = [
-        _hold(
-            ws,
-            tx,
-            leg.account_id,
-            leg.asset,
-            leg.amount,
-            cmd.ttl_s,
-            cmd.metadata,
-            group_id,
-            leg.leg_key,
-        )
-        for leg in cmd.legs
-    ]
-    return GroupResult(group_id, [_snapshot(r) for r in legs])
+    legs = []
+    for index, leg in enumerate(cmd.legs):
+        res = _new_reservation(ws, leg.account_id, leg.asset, leg.amount)
+        res.expires_at = ws.now + _ttl(cmd.ttl_s)
+        res.metadata = dict(cmd.metadata)
+        res.group_id, res.leg_key, res.leg_index = group_id, leg.leg_key, index
+        legs.append(_hold(ws, tx, res))
+    return GroupResult(group_id, [snapshot(r) for r in legs])
 
 
 def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
     """Reserve and settle in one step. Errors: AccountNotFound, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
-    available = _available(ws, cmd.account_id, cmd.asset)
-    if available < cmd.amount:
-        raise _insufficient(cmd.account_id, cmd.asset, available, cmd.amount)
+    available_now = _available(ws, cmd.account_id, cmd.asset)
+    if available_now < cmd.amount:
+        raise _insufficient(cmd.account_id, cmd.asset, available_now, cmd.amount)
     tx = ws.make_id()
-    res = Reservation(
-        ws.make_id(),
-        cmd.account_id,
-        cmd.asset,
-        cmd.amount,
-        cmd.amount,
-        0,
-        0,
-        ReservationState.CLOSED,
-        ws.now,
-        ws.now,
-        dict(cmd.metadata),
-    )
-    left = cmd.amount
-    for lot in ws.spendable_lots((cmd.account_id, cmd.asset)):
-        take = min(lot.remaining, left)
-        lot.remaining -= take
-        ws.dirty_lots.add(lot.lot_id)
+    res = _new_reservation(ws, cmd.account_id, cmd.asset, cmd.amount)
+    res.metadata = dict(cmd.metadata)
+    for lot, take in _draw(ws, cmd.account_id, cmd.asset, cmd.amount):
         res.allocations.append(Allocation(lot.lot_id, take, settled=take))
         # Straight from available to consumed: the hold would be undone in the same step.
-        ws.post(
+        ws.transfer(
             tx,
-            cmd.account_id,
-            cmd.asset,
-            -take,
-            Movement.SETTLE,
-            Bucket.AVAILABLE,
-            res.reservation_id,
-            lot.lot_id,
-        )
-        ws.post(
-            tx,
-            CONSUMED,
             cmd.asset,
             take,
+            available(cmd.account_id),
+            CONSUMED_SIDE,
             Movement.SETTLE,
-            Bucket.SYSTEM,
             res.reservation_id,
             lot.lot_id,
         )
-        left -= take
-        if left == 0:
-            break
-    if left:
-        raise errors.InvariantViolation(
-            f"lots of {cmd.account_id}/{cmd.asset} short by {left} after check"
-        )
-    bal = ws.balance(cmd.account_id, cmd.asset)
-    bal.available -= cmd.amount
-    bal.settled += cmd.amount
-    ws.touch_balance(bal)
-    ws.reservations[res.reservation_id] = res
-    ws.dirty_reservations.add(res.reservation_id)
+    res.settled = cmd.amount
+    ws.add_reservation(res)
+    ws.end_hold(res, ReservationState.CLOSED)
     return _result(ws, res)
 
 
 # ---------------------------------------------------------------- settle, release, refund
 
 
-def _open_reservation(ws: WorkingSet, reservation_id: str, scope: Scope = None) -> Reservation:
-    """The reservation, expired first if overdue. Errors: ReservationNotFound, also
-    when its account is outside the caller's scope (checked before any change)."""
+def _reservation_now(ws: WorkingSet, reservation_id: str, scope: Scope = None) -> Reservation:
+    """The reservation as it is at `ws.now` (any state: its pair caught up first).
+    Errors: ReservationNotFound, also when its account is outside the caller's
+    scope (checked before any change)."""
     res = ws.reservations.get(reservation_id)
     if res is None or not in_scope(scope, res.account_id):
         raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
-    # Whatever touches a pair sees its due expiries first, so replies never show expired credits.
-    expire_lots(ws, res.account_id, res.asset)
-    if res.overdue(ws.now):
-        _release(ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY)
-        res.state = ReservationState.EXPIRED
+    catch_up(ws, res.account_id, res.asset)
     return res
 
 
 def _require_state_open(res: Reservation) -> None:
     if res.state is ReservationState.EXPIRED:
         raise errors.ReservationExpired(
-            f"reservation {res.reservation_id} expired at {res.expires_at.isoformat()}; its hold was released",
+            f"reservation {res.reservation_id} expired at {res.expires_at.isoformat()}; what it"
+            " still held went back to its lots, or was written off where the lot had expired",
             {"reservation_id": res.reservation_id, "expires_at": res.expires_at.isoformat()},
         )
     if res.state is ReservationState.CLOSED:
@@ -453,7 +366,7 @@ def _exceeds_remaining(res: Reservation, requested: int) -> errors.AmountExceeds
 
 def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
     """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
-    res = _open_reservation(ws, cmd.reservation_id, cmd.scope)
+    res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
     _require_state_open(res)
     if cmd.amount > res.remaining:
         raise _exceeds_remaining(res, cmd.amount)
@@ -464,37 +377,24 @@ def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
         if take == 0:
             continue
         alloc.settled += take
-        ws.post(
+        left -= take
+        ws.transfer(
             tx,
-            res.account_id,
-            res.asset,
-            -take,
-            Movement.SETTLE,
-            Bucket.HELD,
-            res.reservation_id,
-            alloc.lot_id,
-        )
-        ws.post(
-            tx,
-            CONSUMED,
             res.asset,
             take,
+            held(res.account_id),
+            CONSUMED_SIDE,
             Movement.SETTLE,
-            Bucket.SYSTEM,
             res.reservation_id,
             alloc.lot_id,
         )
-        left -= take
+    _moved_all(res, "settled", left)
     res.settled += cmd.amount
-    bal = ws.balance(res.account_id, res.asset)
-    bal.reserved -= cmd.amount
-    bal.settled += cmd.amount
-    ws.touch_balance(bal)
-    if cmd.final and res.remaining:
-        _release(ws, tx, res, res.remaining, Movement.RELEASE)
-    if res.remaining == 0:
-        res.state = ReservationState.CLOSED
     ws.dirty_reservations.add(res.reservation_id)
+    if cmd.final and res.remaining:
+        _give_back(ws, tx, res, res.remaining, Movement.RELEASE)
+    if res.remaining == 0:
+        ws.end_hold(res, ReservationState.CLOSED)
     return _result(ws, res)
 
 
@@ -508,99 +408,103 @@ def _lot_of(ws: WorkingSet, res: Reservation, alloc: Allocation) -> Lot:
     return lot
 
 
-def _release(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: Movement) -> None:
+def _moved_all(res: Reservation, what: str, left: int) -> None:
+    """Postcondition of every movement over allocations: they covered the amount."""
+    if left:
+        raise errors.InvariantViolation(
+            f"reservation {res.reservation_id}: allocations {what} short by {left}"
+        )
+
+
+def _give_back(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: Movement) -> None:
     """Give `amount` of the hold back to its lots; parts of expired lots are written off."""
-    bal = ws.balance(res.account_id, res.asset)
     left = amount
     for alloc in res.allocations:
         take = min(alloc.remaining, left)
         if take == 0:
             continue
-        alloc.released += take
         left -= take
         lot = _lot_of(ws, res, alloc)
         if lot.expired_at(ws.now):
             # Never brought back to life: the held part of an expired lot is written off.
-            ws.post(
+            ws.transfer(
                 tx,
-                res.account_id,
-                res.asset,
-                -take,
-                Movement.LOT_EXPIRY,
-                Bucket.HELD,
-                res.reservation_id,
-                lot.lot_id,
-            )
-            ws.post(
-                tx,
-                EXPIRED,
                 res.asset,
                 take,
+                held(res.account_id),
+                EXPIRED_SIDE,
                 Movement.LOT_EXPIRY,
-                Bucket.SYSTEM,
                 res.reservation_id,
                 lot.lot_id,
             )
-            bal.expired += take
+            alloc.expired += take
+            res.expired += take
         else:
-            ws.post(
+            ws.transfer(
                 tx,
-                res.account_id,
-                res.asset,
-                -take,
-                movement,
-                Bucket.HELD,
-                res.reservation_id,
-                lot.lot_id,
-            )
-            ws.post(
-                tx,
-                res.account_id,
                 res.asset,
                 take,
+                held(res.account_id),
+                available(res.account_id),
                 movement,
-                Bucket.AVAILABLE,
                 res.reservation_id,
                 lot.lot_id,
             )
+            alloc.released += take
+            res.released += take
             lot.remaining += take
             ws.dirty_lots.add(lot.lot_id)
-            bal.available += take
-    if left:
-        raise errors.InvariantViolation(
-            f"reservation {res.reservation_id} allocations short by {left}"
-        )
-    res.released += amount
-    bal.reserved -= amount
-    ws.touch_balance(bal)
+    _moved_all(res, "released", left)
     ws.dirty_reservations.add(res.reservation_id)
 
 
 def release(ws: WorkingSet, cmd: c.Release) -> ReservationResult:
     """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
-    res = _open_reservation(ws, cmd.reservation_id, cmd.scope)
+    res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
     _require_state_open(res)
     amount = cmd.amount or res.remaining
     if amount > res.remaining:
         raise _exceeds_remaining(res, amount)
-    _release(ws, ws.make_id(), res, amount, Movement.RELEASE)
+    _give_back(ws, ws.make_id(), res, amount, Movement.RELEASE)
     if res.remaining == 0:
-        res.state = ReservationState.CLOSED
+        ws.end_hold(res, ReservationState.CLOSED)
     return _result(ws, res)
 
 
+def _refund_lot(ws: WorkingSet, res: Reservation, alloc: Allocation, amount: int) -> Lot:
+    """Where refunded credits go: their lot, or if it expired, a new lot that
+    lives `refund_grace` with the old one's priority."""
+    lot = _lot_of(ws, res, alloc)
+    if lot.expired_at(ws.now):
+        lot = Lot(
+            lot_id=ws.make_id(),
+            account_id=res.account_id,
+            asset=res.asset,
+            amount=amount,
+            remaining=0,
+            priority=lot.priority,
+            source="refund",
+            expires_at=ws.now + ws.refund_grace,
+            created_at=ws.now,
+        )
+        ws.add_lot(lot)
+    lot.remaining += amount
+    ws.dirty_lots.add(lot.lot_id)
+    return lot
+
+
 def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
-    """Give settled credits back, to their lot or, if it expired, to a new lot
-    that lives `refund_grace`. Works on open, closed and expired reservations.
+    """Give settled credits back, never more than settled - refunded (also the
+    reservations table's CHECK and verify's `reservation_caps`: docs/design.md).
+    Works on open, closed and expired reservations.
     Errors: ReservationNotFound, AmountExceedsSettled."""
-    res = _open_reservation(ws, cmd.reservation_id, cmd.scope)
+    res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
     refundable = res.settled - res.refunded
     if cmd.amount > refundable:
         raise errors.AmountExceedsSettled(
             f"{cmd.amount} requested but only {refundable} of reservation {res.reservation_id} is refundable",
             {"refundable": str(refundable), "requested": str(cmd.amount)},
         )
-    bal = ws.balance(res.account_id, res.asset)
     tx = ws.make_id()
     left = cmd.amount
     for alloc in res.allocations:
@@ -609,62 +513,21 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
             continue
         alloc.refunded += take
         left -= take
-        lot = _lot_of(ws, res, alloc)
-        if lot.expired_at(ws.now):
-            lot = Lot(
-                ws.make_id(),
-                res.account_id,
-                res.asset,
-                take,
-                take,
-                lot.priority,
-                "refund",
-                ws.now + ws.refund_grace,
-                ws.now,
-            )
-            ws.add_lot(lot)
-        else:
-            lot.remaining += take
-        ws.dirty_lots.add(lot.lot_id)
-        ws.post(
+        lot = _refund_lot(ws, res, alloc, take)
+        ws.transfer(
             tx,
-            CONSUMED,
-            res.asset,
-            -take,
-            Movement.REFUND,
-            Bucket.SYSTEM,
-            res.reservation_id,
-            lot.lot_id,
-        )
-        ws.post(
-            tx,
-            res.account_id,
             res.asset,
             take,
+            CONSUMED_SIDE,
+            available(res.account_id),
             Movement.REFUND,
-            Bucket.AVAILABLE,
             res.reservation_id,
             lot.lot_id,
         )
-    if left:
-        raise errors.InvariantViolation(
-            f"reservation {res.reservation_id} settled allocations short by {left}"
-        )
+    _moved_all(res, "refunded", left)
     res.refunded += cmd.amount
-    bal.available += cmd.amount
-    bal.refunded += cmd.amount
-    ws.touch_balance(bal)
     ws.dirty_reservations.add(res.reservation_id)
     return _result(ws, res)
-
-
-def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
-    """The sweeper's work: expire what is overdue among the given ids (others are no-ops)."""
-    for reservation_id in cmd.reservation_ids:
-        if reservation_id in ws.reservations:
-            _open_reservation(ws, reservation_id)
-    for account_id, asset in cmd.lot_pairs:
-        expire_lots(ws, account_id, asset)
 
 
 # ---------------------------------------------------------------- helpers
@@ -683,10 +546,10 @@ def _require_account(
         )
 
 
-def _snapshot(res: Reservation) -> Reservation:
+def snapshot(res: Reservation) -> Reservation:
     """A copy for the reply: later commands of the batch may change the original."""
     return dataclasses.replace(res, metadata=dict(res.metadata), allocations=[])
 
 
 def _result(ws: WorkingSet, res: Reservation) -> ReservationResult:
-    return ReservationResult(_snapshot(res), ws.balance(res.account_id, res.asset).copy())
+    return ReservationResult(snapshot(res), ws.balance(res.account_id, res.asset).copy())

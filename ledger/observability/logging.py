@@ -29,21 +29,53 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def _escapes() -> dict[int, str]:
+    """Backslash, the C0 and C1 controls, DEL, the Unicode line and paragraph
+    separators and the bidi overrides, each as a visible escape."""
+    codes = [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]
+    codes += [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    table = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in codes}
+    table.update({ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+    return table
+
+
+_ESCAPES = _escapes()
+
+
+def escape(value: object) -> str:
+    """`value` as text that cannot break a log line: a caller's `\\n` in an account id
+    must not start a forged line (issue 13, item 9). Backslashes are doubled, so an
+    escape in the output always means the character was there."""
+    return str(value).translate(_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record, every field escaped; a traceback follows on lines
+    that start with "  | ", which no record's line does."""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
         rpc = getattr(record, "rpc", None)
         if isinstance(rpc, dict):
+            reason = escape(rpc.get("reason", ""))
             line = (
-                f"{ts} {rpc['method']:<20} {rpc['code']:<20} {rpc['duration_ms']:>8.2f} ms"
-                f" {rpc['account_id']}{' ' + rpc['reason'] if rpc['reason'] else ''}"
-                f"{' (replayed)' if rpc['replayed'] else ''}"
+                f"{ts} {escape(rpc.get('method', '')):<20} {escape(rpc.get('code', '')):<20}"
+                f" {_ms(rpc.get('duration_ms'))} ms {escape(rpc.get('account_id', ''))}"
+                f"{' ' + reason if reason else ''}{' (replayed)' if rpc.get('replayed') else ''}"
             )
         else:
-            line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+            line = (
+                f"{ts} {escape(record.levelname):<7} {escape(record.name)}:"
+                f" {escape(record.getMessage())}"
+            )
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info)
+            line += "".join(f"\n  | {escape(part)}" for part in trace.split("\n"))
         return line
+
+
+def _ms(value: object) -> str:
+    return f"{value:>8.2f}" if isinstance(value, (int, float)) else f"{escape(value):>8}"
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:

@@ -63,7 +63,8 @@ SERIALIZATION_RETRIES = Counter(
     "ledger_serialization_retries", "Transactions retried after a serialization conflict."
 )
 RETRIES_EXHAUSTED = Counter(
-    "ledger_retries_exhausted", "Batches that failed with CONTENTION after every retry."
+    "ledger_retries_exhausted",
+    "Batches (and single units: CreateAccount, reads) that failed with CONTENTION after every retry.",
 )
 TRANSACTION_SECONDS = Histogram(
     "ledger_transaction_seconds",

@@ -30,7 +30,8 @@ _HINTS: dict[str, str] = {
         "See: ledger reservation show {reservation_id}"
     ),
     "RESERVATION_EXPIRED": (
-        "Its hold went back to available when it expired; reserve again if the work goes on."
+        "When it expired, what it held went back to its lots (or was written off where the lot"
+        " had expired too); reserve again if the work goes on."
     ),
     "AMOUNT_EXCEEDS_REMAINING": (
         "Only {remaining} is still held ({requested} asked). "
@@ -41,6 +42,9 @@ _HINTS: dict[str, str] = {
         "See: ledger reservation show {reservation_id}"
     ),
     "BALANCE_LIMIT_EXCEEDED": "The balance would pass the ledger's limit; grant less.",
+    "LOT_LIMIT_EXCEEDED": (
+        "The account holds the most live lots of this asset it may; spend or let some expire first."
+    ),
     "CONTENTION": "The server was too busy to commit. Run the same command again with --key {key}.",
     "DATABASE_UNAVAILABLE": (
         "The server runs but cannot reach PostgreSQL: check the database, then retry with "

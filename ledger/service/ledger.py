@@ -14,14 +14,11 @@ account is only known once it is loaded). Out of scope reads as not found.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import json
 from datetime import timedelta
 
 from ledger.domain import commands as c
-from ledger.domain import errors, limits
+from ledger.domain import errors, limits, rules
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
@@ -30,41 +27,55 @@ from ledger.domain.model import (
     EntriesPage,
     GroupResult,
     Reservation,
-    ReservationState,
     Result,
 )
 from ledger.observability import metrics
+from ledger.service import pagetoken
 from ledger.service.clock import Clock
-from ledger.service.ports import CommandSink, StorageUnavailable, Store
+from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
 
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
     return errors.InvalidArgument([FieldViolation(field, description)])
 
 
-def _unavailable(exc: StorageUnavailable) -> errors.DatabaseUnavailable:
+# What the store raises when it gave up; _storage_failure says what the caller gets.
+_STORAGE_FAILURES = (StorageUnavailable, SerializationConflict)
+
+
+def _storage_failure(exc: Exception) -> errors.LedgerError:
+    """UNAVAILABLE; or ABORTED (CONTENTION) when every attempt the store made lost a
+    serialization race (it re-runs such a unit itself, bounded). Nothing was done either way."""
+    if isinstance(exc, SerializationConflict):
+        metrics.RETRIES_EXHAUSTED.inc()
+        return errors.Contention(
+            "serialization conflicts persisted over every attempt; nothing was done, retry",
+            {"attempts": str(exc.attempts)},
+        )
     return errors.DatabaseUnavailable(
         "the database is unavailable; retry shortly", {"cause": str(exc)}
     )
 
 
-def present(res: Reservation, clock: Clock) -> Reservation:
-    """An overdue open reservation reads as expired, its remaining released."""
-    if res.overdue(clock.now()):
-        return dataclasses.replace(
-            res, state=ReservationState.EXPIRED, released=res.released + res.remaining
-        )
-    return res
-
-
 class Ledger:
-    def __init__(self, store: Store, writer: CommandSink, clock: Clock) -> None:
-        # `writer`: the local Writer, or the Election that routes to the elected one.
+    def __init__(
+        self,
+        store: Store,
+        writer: CommandSink,  # the local Writer, or the Election routing to the elected one
+        clock: Clock,
+        refund_grace: timedelta = timedelta(days=7),
+    ) -> None:
         self._store = store
         self._writer = writer
         self._clock = clock
+        self._refund_grace = refund_grace
 
-    async def execute(self, cmd: c.MutatingCommand, access: Access = LOCAL) -> tuple[Result, bool]:
+    def _view(self) -> rules.WorkingSet:
+        """A working set for a read: filled by the store, seen through rules.catch_up,
+        never saved. Reads and rules see a pair at an instant the same way."""
+        return rules.WorkingSet(now=self._clock.now(), refund_grace=self._refund_grace)
+
+    async def execute(self, cmd: c.KeyedCommand, access: Access = LOCAL) -> tuple[Result, bool]:
         """Run a mutating command as `access.caller`. Returns (result, replayed).
 
         Errors: PermissionDenied; InvalidArgument; the business errors of the
@@ -84,7 +95,10 @@ class Ledger:
             # a late retry of an acknowledged Grant must replay, not be refused.
             now = self._clock.now()
             if cmd.expires_at > now + timedelta(seconds=limits.GRANT_EXPIRY_MAX_S):
-                raise _invalid("expires_at", "must be within 100 years (GRANT_EXPIRY_MAX_S)")
+                raise _invalid(
+                    "expires_at",
+                    f"must be within {limits.GRANT_EXPIRY_MAX_S // 86400} days (GRANT_EXPIRY_MAX_S)",
+                )
         try:
             result, replayed = await self._writer.submit(cmd)
         except errors.LedgerError as exc:
@@ -102,7 +116,7 @@ class Ledger:
     ) -> Account:
         """Errors: PermissionDenied (also for an id outside the caller's prefixes:
         that answer depends on the id alone, never on what exists), InvalidArgument,
-        AccountExists, DatabaseUnavailable."""
+        AccountExists, DatabaseUnavailable, Contention."""
         access.require("CreateAccount")
         v = c.Violations()
         v.account_id("account_id", account_id)
@@ -116,8 +130,8 @@ class Ledger:
             )
         try:
             account = await self._store.create_account(account_id, metadata, self._clock.now())
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if account is None:
             raise errors.AccountExists(
                 f"account {account_id} already exists", {"account_id": account_id}
@@ -132,11 +146,17 @@ class Ledger:
             raise _account_not_found(account_id)
         try:
             account = await self._store.get_account(account_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
-        if account is None:
-            raise _account_not_found(account_id)
-        return account
+            if account is None:
+                raise _account_not_found(account_id)
+            ws = self._view()
+            await self._store.snapshot(ws, account_id=account_id)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        balances = []
+        for _, asset in sorted(ws.balances):
+            rules.catch_up(ws, account_id, asset)
+            balances.append(ws.balance(account_id, asset).copy())
+        return dataclasses.replace(account, balances=balances)
 
     async def get_balance(
         self,
@@ -155,27 +175,26 @@ class Ledger:
             expiring_within_s is not None
             and not 0 <= expiring_within_s <= limits.EXPIRING_WITHIN_MAX_S
         ):
-            v.add("expiring_within", "must be between 0 and 3660 days (EXPIRING_WITHIN_MAX_S)")
+            v.add(
+                "expiring_within",
+                f"must be between 0 and {limits.EXPIRING_WITHIN_MAX_S // 86400} days"
+                " (EXPIRING_WITHIN_MAX_S)",
+            )
         v.raise_if_any()
         if not access.covers(account_id):
             raise _account_not_found(account_id)
+        pair = (account_id, asset)
+        ws = self._view()
         try:
-            found = await self._store.get_balance(account_id, asset)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
-        if found is None:
+            await self._store.snapshot(ws, pairs={pair}, whole_pairs={pair})
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if account_id not in ws.accounts:
             raise _account_not_found(account_id)
-        balance, lots = found
-        now = self._clock.now()
-        due = sum(lot.remaining for lot in lots if lot.expired_at(now))
-        if due:
-            # The sweeper has not written these off yet; they are not available any more.
-            balance = dataclasses.replace(
-                balance, available=balance.available - due, expired=balance.expired + due
-            )
-        live = sorted(
-            (lot for lot in lots if not lot.expired_at(now)), key=lambda lot: lot.spend_order()
-        )
+        rules.catch_up(ws, account_id, asset)
+        balance = ws.balance(account_id, asset).copy()
+        live = ws.spendable_lots(pair)
+        now = ws.now
         expiring = 0
         if expiring_within_s is not None:
             horizon = now + timedelta(seconds=expiring_within_s)
@@ -195,13 +214,16 @@ class Ledger:
         v = c.Violations()
         v.reservation_id("reservation_id", reservation_id)
         v.raise_if_any()
+        ws = self._view()
         try:
-            res = await self._store.get_reservation(reservation_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+            await self._store.snapshot(ws, reservation_ids={reservation_id})
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        res = ws.reservations.get(reservation_id)
         if res is None or not access.covers(res.account_id):
             raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
-        return present(res, self._clock)
+        rules.catch_up(ws, res.account_id, res.asset)
+        return rules.snapshot(res)
 
     async def get_group(self, group_id: str, access: Access = LOCAL) -> GroupResult:
         """Errors: PermissionDenied, InvalidArgument, ReservationGroupNotFound (also
@@ -209,14 +231,19 @@ class Ledger:
         access.require("GetReservationGroup")
         if not c.is_uuid(group_id):
             raise _invalid("group_id", "must be a group id returned by ReserveGroup (a UUID)")
+        ws = self._view()
         try:
-            legs = await self._store.get_group(group_id)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+            await self._store.snapshot(ws, group_id=group_id)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        legs = [r for r in ws.reservations.values() if r.group_id == group_id]
         if not legs or not all(access.covers(r.account_id) for r in legs):
             raise errors.ReservationGroupNotFound(f"reservation group {group_id} not found")
-        legs.sort(key=lambda r: (r.created_at, r.leg_key))
-        return GroupResult(group_id, [present(r, self._clock) for r in legs])
+        for r in legs:
+            rules.catch_up(ws, r.account_id, r.asset)
+        # As requested (leg_index); groups made before it was stored: by leg key.
+        legs.sort(key=lambda r: (r.leg_index, r.created_at, r.leg_key))
+        return GroupResult(group_id, [rules.snapshot(r) for r in legs])
 
     async def list_entries(
         self, account_id: str, asset: str, page_size: int, page_token: str, access: Access = LOCAL
@@ -240,8 +267,8 @@ class Ledger:
         size = page_size or limits.PAGE_SIZE_DEFAULT
         try:
             entries = await self._store.list_entries(account_id, asset, before, size + 1)
-        except StorageUnavailable as exc:
-            raise _unavailable(exc) from exc
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
         if entries is None:
             raise _account_not_found(account_id)
         token = ""
@@ -262,26 +289,15 @@ def _account_not_found(account_id: str) -> errors.AccountNotFound:
 
 
 def _encode_page_token(before_entry_id: int, account_id: str, asset: str) -> str:
-    raw = json.dumps({"b": before_entry_id, "a": account_id, "s": asset}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    return pagetoken.encode("ListEntries", (account_id, asset), (before_entry_id,))
 
 
 def _decode_page_token(token: str, account_id: str, asset: str) -> int | None:
-    """A page token is bound to the query it came from (AIP-158)."""
-    if not token:
+    """A page token is bound to the query it came from (AIP-158); see ledger.service.pagetoken."""
+    cursor = pagetoken.decode(token, "ListEntries", (account_id, asset), 1, "page_token")
+    if cursor is None:
         return None
-    bad = _invalid(
-        "page_token", "is not a token returned by ListEntries for this account_id and asset"
-    )
-    if len(token) > limits.PAGE_TOKEN_LEN_MAX:
-        raise bad
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError) as exc:
-        raise bad from exc
-    if not isinstance(data, dict) or data.get("a") != account_id or data.get("s") != asset:
-        raise bad
-    before = data.get("b")
-    if not isinstance(before, int) or isinstance(before, bool) or before <= 0:
-        raise bad
+    before = cursor[0]
+    if not isinstance(before, int) or before <= 0:
+        raise _invalid("page_token", "is not a next_page_token returned by ListEntries")
     return before

@@ -7,95 +7,17 @@ that may have changed since.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from ledger.domain import errors
+from ledger.domain import codec, errors
 from ledger.domain.model import (
-    Balance,
     GrantResult,
     GroupResult,
-    Lot,
-    Reservation,
     ReservationResult,
-    ReservationState,
     Result,
 )
 
 Outcome = Result | errors.LedgerError
-
-
-def _dt(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _parse_dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value is not None else None
-
-
-def _balance(b: Balance) -> dict[str, Any]:
-    return dict(b.__dict__)
-
-
-def _lot(lot: Lot) -> dict[str, Any]:
-    return {**lot.__dict__, "expires_at": _dt(lot.expires_at), "created_at": _dt(lot.created_at)}
-
-
-def _reservation(r: Reservation) -> dict[str, Any]:
-    return {
-        "reservation_id": r.reservation_id,
-        "account_id": r.account_id,
-        "asset": r.asset,
-        "amount": r.amount,
-        "settled": r.settled,
-        "released": r.released,
-        "refunded": r.refunded,
-        "state": r.state.value,
-        "created_at": _dt(r.created_at),
-        "expires_at": _dt(r.expires_at),
-        "metadata": r.metadata,
-        "group_id": r.group_id,
-        "leg_key": r.leg_key,
-    }
-
-
-def _load_reservation(d: dict[str, Any]) -> Reservation:
-    created = _parse_dt(d["created_at"])
-    expires = _parse_dt(d["expires_at"])
-    if created is None or expires is None:
-        raise errors.InvariantViolation("stored reservation without created_at/expires_at")
-    return Reservation(
-        d["reservation_id"],
-        d["account_id"],
-        d["asset"],
-        d["amount"],
-        d["settled"],
-        d["released"],
-        d["refunded"],
-        ReservationState(d["state"]),
-        created,
-        expires,
-        dict(d["metadata"]),
-        d["group_id"],
-        d["leg_key"],
-    )
-
-
-def _load_lot(d: dict[str, Any]) -> Lot:
-    created = _parse_dt(d["created_at"])
-    if created is None:
-        raise errors.InvariantViolation("stored lot without created_at")
-    return Lot(
-        d["lot_id"],
-        d["account_id"],
-        d["asset"],
-        d["amount"],
-        d["remaining"],
-        d["priority"],
-        d["source"],
-        _parse_dt(d["expires_at"]),
-        created,
-    )
 
 
 def encode(outcome: Outcome) -> dict[str, Any]:
@@ -108,19 +30,24 @@ def encode(outcome: Outcome) -> dict[str, Any]:
             }
         }
     if isinstance(outcome, GrantResult):
-        return {"grant": {"balance": _balance(outcome.balance), "lot": _lot(outcome.lot)}}
+        return {
+            "grant": {
+                "balance": codec.balance_to_dict(outcome.balance),
+                "lot": codec.lot_to_dict(outcome.lot),
+            }
+        }
     if isinstance(outcome, ReservationResult):
         return {
             "reservation": {
-                "reservation": _reservation(outcome.reservation),
-                "balance": _balance(outcome.balance),
+                "reservation": codec.reservation_to_dict(outcome.reservation),
+                "balance": codec.balance_to_dict(outcome.balance),
             }
         }
     if isinstance(outcome, GroupResult):
         return {
             "group": {
                 "group_id": outcome.group_id,
-                "reservations": [_reservation(r) for r in outcome.reservations],
+                "reservations": [codec.reservation_to_dict(r) for r in outcome.reservations],
             }
         }
     return {"none": {}}
@@ -135,11 +62,13 @@ def decode(stored: dict[str, Any]) -> Outcome:
         return cls(e["message"], e["metadata"])
     if "grant" in stored:
         g = stored["grant"]
-        return GrantResult(Balance(**g["balance"]), _load_lot(g["lot"]))
+        return GrantResult(codec.balance_from(g["balance"]), codec.lot_from(g["lot"]))
     if "reservation" in stored:
         r = stored["reservation"]
-        return ReservationResult(_load_reservation(r["reservation"]), Balance(**r["balance"]))
+        return ReservationResult(
+            codec.reservation_from(r["reservation"]), codec.balance_from(r["balance"])
+        )
     if "group" in stored:
         g = stored["group"]
-        return GroupResult(g["group_id"], [_load_reservation(r) for r in g["reservations"]])
+        return GroupResult(g["group_id"], [codec.reservation_from(r) for r in g["reservations"]])
     return None

@@ -9,12 +9,18 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ledger.domain import commands as c
-from ledger.domain.model import Account, Balance, Entry, Lot, Reservation, Result
+from ledger.domain.model import Account, Entry, Result
 from ledger.domain.rules import PairKey, WorkingSet
 
 
 class SerializationConflict(Exception):
-    """The transaction lost a serialization race; retrying it may succeed."""
+    """The transaction lost a serialization race; retrying it may succeed.
+
+    The Store re-runs its own units of work (everything but `batch()`) a bounded
+    number of times and raises this only when every attempt lost; `attempts`
+    says how many it made."""
+
+    attempts: int = 1
 
 
 class StorageUnavailable(Exception):
@@ -45,9 +51,12 @@ class BatchUnit(Protocol):
         reservation_ids: set[str],
         pairs: set[PairKey],
         account_ids: set[str],
+        whole_pairs: set[PairKey],
     ) -> dict[tuple[str, str], IdempotencyRecord]:
-        """Load the rows into `ws` (with the pairs and lots of the reservations);
-        return the idempotency records of `keys` that exist."""
+        """Load the rows into `ws`: what rules.catch_up needs for every pair (with
+        the pairs of the reservations), the lots the reservations name, every live
+        lot of `whole_pairs` and the first few in spend order of the others (setting
+        `ws.lot_horizon` where more exist); return the idempotency records of `keys`."""
         ...
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None: ...
@@ -72,13 +81,19 @@ class Store(Protocol):
 
     async def get_account(self, account_id: str) -> Account | None: ...
 
-    async def get_balance(
-        self, account_id: str, asset: str
-    ) -> tuple[Balance, list[Lot]] | None: ...
-
-    async def get_reservation(self, reservation_id: str) -> Reservation | None: ...
-
-    async def get_group(self, group_id: str) -> list[Reservation]: ...
+    async def snapshot(
+        self,
+        ws: WorkingSet,
+        *,
+        pairs: set[PairKey] | None = None,
+        account_id: str = "",
+        reservation_ids: set[str] | None = None,
+        group_id: str = "",
+        whole_pairs: set[PairKey] | None = None,
+    ) -> None:
+        """Read into `ws`, in one consistent snapshot, what rules.catch_up needs to
+        see these pairs at `ws.now` (as a batch's load does, read-only)."""
+        ...
 
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int

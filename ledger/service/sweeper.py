@@ -19,7 +19,7 @@ from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.observability import metrics
 from ledger.service.clock import Clock
-from ledger.service.ports import CommandSink, StorageUnavailable, Store
+from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
 
 log = logging.getLogger("ledger.sweeper")
 
@@ -31,6 +31,9 @@ class SweeperSettings:
     idempotency_retention: timedelta = timedelta(days=7)
     prune_every_s: float = 60.0
     prune_batch_max: int = 5000
+    # Sweeps of batch_max in a row before sleeping, at most (a backlog is worked
+    # off over several ticks, never in one unbounded loop).
+    catch_up_rounds_max: int = 20
 
 
 class Sweeper:
@@ -66,9 +69,7 @@ class Sweeper:
                 self._clock.now(), self._settings.batch_max
             )
             if reservation_ids or lot_pairs:
-                await self._writer.submit(
-                    c.ExpireDue("", "", tuple(reservation_ids), tuple(lot_pairs))
-                )
+                await self._writer.submit(c.ExpireDue(tuple(reservation_ids), tuple(lot_pairs)))
         return len(reservation_ids) + len(lot_pairs)
 
     async def _run(self) -> None:
@@ -76,8 +77,9 @@ class Sweeper:
         last_prune = loop.time()
         while True:
             try:
-                while await self.sweep_once() >= self._settings.batch_max:
-                    pass  # more is due: keep going before sleeping
+                for _ in range(self._settings.catch_up_rounds_max):
+                    if await self.sweep_once() < self._settings.batch_max:
+                        break  # nothing more is due: sleep
                 open_count, overdue_s = await self._store.reservation_stats(self._clock.now())
                 metrics.OPEN_RESERVATIONS.set(open_count)
                 metrics.OLDEST_OVERDUE_S.set(overdue_s)
@@ -93,7 +95,12 @@ class Sweeper:
                             pruned,
                             before.isoformat(),
                         )
-            except (StorageUnavailable, errors.DatabaseUnavailable, errors.Contention) as exc:
+            except (
+                StorageUnavailable,
+                SerializationConflict,
+                errors.DatabaseUnavailable,
+                errors.Contention,
+            ) as exc:
                 log.warning("sweep skipped: %s", exc)
             except Exception:
                 log.exception("sweep failed")

@@ -126,7 +126,7 @@ def decode_commands(data: bytes) -> list[commands.MutatingCommand]:
     except (ValueError, TypeError, KeyError) as exc:
         raise WireError(f"undecodable commands: {exc}") from exc
     for cmd in decoded:
-        if not isinstance(cmd, commands.Command):
+        if not isinstance(cmd, (commands.Command, commands.ExpireDue)):
             raise WireError(f"{type(cmd).__name__} is not a command")
     return decoded
 

@@ -51,6 +51,9 @@ class WriterSettings:
     # a database that stopped answering: give up (UNAVAILABLE) within callers' deadlines.
     attempt_timeout_s: float = 2.0
     refund_grace: timedelta = timedelta(days=7)
+    # Commands waiting for the writer, at most: past it a call is refused at once
+    # (RESOURCE_EXHAUSTED with a retry delay) instead of queueing without bound.
+    queue_max: int = 10_000
 
 
 @dataclass
@@ -66,9 +69,9 @@ def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
 
 
 def _replay(
-    first_method: str, first_hash: bytes, first: Outcome, cmd: c.MutatingCommand
+    first_method: str, first_hash: bytes, first: Outcome, cmd: c.KeyedCommand
 ) -> tuple[Outcome, bool]:
-    if first_method != cmd.method or first_hash != cmd.fingerprint():
+    if first_method != cmd.method or not cmd.matches(first_hash):
         return errors.IdempotencyKeyReused(
             f"idempotency key {cmd.idempotency_key!r} was first used for a different request"
             f" ({first_method}); use a new key for a new request",
@@ -120,7 +123,7 @@ class Writer:
                 await self._task
             self._task = None
         while not self._queue.empty():
-            _settle(self._queue.get_nowait(), (self._gone("the writer stopped"), False))
+            _resolve(self._queue.get_nowait(), (self._gone("the writer stopped"), False))
 
     def _gone(self, detail: str) -> errors.LedgerError:
         if self._database_lost:
@@ -133,7 +136,14 @@ class Writer:
 
     def enqueue(self, cmd: c.MutatingCommand) -> asyncio.Future[tuple[Outcome, bool]]:
         """Queue a validated command; the future gets (outcome, replayed), never an exception.
-        For callers that wait for many commands at once (no task per command)."""
+        For callers that wait for many commands at once (no task per command).
+        Errors: RateLimited when queue_max commands are waiting already."""
+        if self._queue.qsize() >= self._settings.queue_max:
+            raise errors.RateLimited(
+                f"the writer has {self._settings.queue_max} commands waiting (writer queue_max);"
+                " retry shortly with the same idempotency key",
+                retry_after_s=0.05,
+            )
         future: asyncio.Future[tuple[Outcome, bool]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(cmd, future))
         return future
@@ -159,7 +169,7 @@ class Writer:
                 except asyncio.CancelledError:
                     # Stopped mid-batch: its outcome is unknown, a retry finds out.
                     for p in batch:
-                        _settle(p, (self._gone("the writer stopped during the batch"), False))
+                        _resolve(p, (self._gone("the writer stopped during the batch"), False))
                     raise
 
     async def _execute(self, batch: list[_Pending]) -> None:
@@ -168,7 +178,7 @@ class Writer:
             results = await self._with_retries(batch)
         except errors.LedgerError as exc:
             for p in batch:
-                _settle(p, (exc, False))
+                _resolve(p, (exc, False))
             return
         except Exception:
             if len(batch) > 1:
@@ -177,21 +187,24 @@ class Writer:
                     await self._execute([p])
                 return
             log.exception("command %s failed", batch[0].cmd.method)
-            _settle(batch[0], (errors.LedgerError("internal error"), False))
+            _resolve(batch[0], (errors.LedgerError("internal error"), False))
             return
         for p, outcome in zip(batch, results, strict=True):
-            _settle(p, outcome)
+            _resolve(p, outcome)
 
     async def _with_retries(self, batch: list[_Pending]) -> list[tuple[Outcome, bool]]:
         s = self._settings
         unavailable = 0
         first_started = time.perf_counter()
-        for attempt in range(s.retry_attempts_max):
+        whole: set[PairKey] = set()
+        attempt = 0
+        while attempt < s.retry_attempts_max:
             started = time.perf_counter()
+            attempt += 1
             try:
                 try:
                     results, moved = await asyncio.wait_for(
-                        self._attempt(batch), s.attempt_timeout_s
+                        self._attempt(batch, whole), s.attempt_timeout_s
                     )
                 except TimeoutError as exc:
                     raise StorageUnavailable(f"batch took over {s.attempt_timeout_s} s") from exc
@@ -199,6 +212,14 @@ class Writer:
                 if self._on_fenced is not None:
                     self._on_fenced()
                 raise _writer_gone("this process is no longer the elected writer") from exc
+            except rules.LotsNotLoaded as more:
+                # A command needs lots past the first few the batch read: read those
+                # pairs whole and run again (bounded: each pair is added once).
+                if more.pairs <= whole:
+                    raise errors.InvariantViolation(f"lots still missing: {more}") from more
+                whole |= more.pairs
+                attempt -= 1
+                continue
             except SerializationConflict:
                 metrics.SERIALIZATION_RETRIES.inc()
                 backoff = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2**attempt)
@@ -229,7 +250,7 @@ class Writer:
         )
 
     async def _attempt(
-        self, batch: list[_Pending]
+        self, batch: list[_Pending], whole: set[PairKey]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
         results: list[tuple[Outcome, bool] | None] = [None] * len(batch)
@@ -237,7 +258,10 @@ class Writer:
             keys = sorted({k for p in batch if (k := _key(p.cmd)) is not None})
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
-            stored = await unit.load(ws, keys, *_footprint([p.cmd for p in batch]))
+            reservation_ids, pairs, accounts, grant_pairs = _footprint([p.cmd for p in batch])
+            stored = await unit.load(
+                ws, keys, reservation_ids, pairs, accounts, whole | grant_pairs
+            )
             to_run, same_key_as = self._dedupe(stored, batch, results)
             records: list[IdempotencyRecord] = []
             for i in to_run:
@@ -256,21 +280,24 @@ class Writer:
                         raise
                     outcome = exc
                 results[i] = (outcome, False)
-                key = _key(cmd)
-                if key is not None:
+                if not isinstance(cmd, c.ExpireDue):
                     records.append(
                         IdempotencyRecord(
-                            key[0], key[1], cmd.method, cmd.fingerprint(), outcomes.encode(outcome)
+                            cmd.caller,
+                            cmd.idempotency_key,
+                            cmd.method,
+                            cmd.fingerprint(),
+                            outcomes.encode(outcome),
                         )
                     )
             for i, j in same_key_as.items():
-                first = batch[j].cmd
+                first, this = batch[j].cmd, batch[i].cmd
                 first_outcome = results[j]
-                if first_outcome is None:
+                if first_outcome is None or isinstance(first, c.ExpireDue):
                     raise errors.InvariantViolation("duplicate key's first command has no outcome")
-                results[i] = _replay(
-                    first.method, first.fingerprint(), first_outcome[0], batch[i].cmd
-                )
+                if isinstance(this, c.ExpireDue):
+                    raise errors.InvariantViolation("an unkeyed command has no duplicate")
+                results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], this)
             await unit.save(ws, records)
         done = [r for r in results if r is not None]
         if len(done) != len(batch):
@@ -291,10 +318,10 @@ class Writer:
         first_in_batch: dict[tuple[str, str], int] = {}
         same_key_as: dict[int, int] = {}
         for i, p in enumerate(batch):
-            key = _key(p.cmd)
-            if key is None:
+            if isinstance(p.cmd, c.ExpireDue):
                 to_run.append(i)
                 continue
+            key = (p.cmd.caller, p.cmd.idempotency_key)
             record = records.get(key)
             if record is not None:
                 results[i] = _replay(
@@ -308,12 +335,18 @@ class Writer:
         return to_run, same_key_as
 
 
-def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], set[str]]:
-    """The reservations, (account, asset) pairs and accounts a set of commands reads."""
+def _footprint(
+    cmds: list[c.MutatingCommand],
+) -> tuple[set[str], set[PairKey], set[str], set[PairKey]]:
+    """The reservations, (account, asset) pairs and accounts a set of commands
+    reads, and the pairs whose live lots it reads whole (a Grant counts them)."""
     reservation_ids: set[str] = set()
     pairs: set[PairKey] = set()
     accounts: set[str] = set()
+    grant_pairs: set[PairKey] = set()
     for cmd in cmds:
+        if isinstance(cmd, c.Grant):
+            grant_pairs.add((cmd.account_id, cmd.asset))
         if isinstance(cmd, (c.Grant, c.Reserve, c.Charge)):
             pairs.add((cmd.account_id, cmd.asset))
             accounts.add(cmd.account_id)
@@ -326,9 +359,9 @@ def _footprint(cmds: list[c.MutatingCommand]) -> tuple[set[str], set[PairKey], s
         elif isinstance(cmd, c.ExpireDue):
             reservation_ids.update(cmd.reservation_ids)
             pairs.update(cmd.lot_pairs)
-    return reservation_ids, pairs, accounts
+    return reservation_ids, pairs | grant_pairs, accounts, grant_pairs
 
 
-def _settle(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
+def _resolve(p: _Pending, outcome: tuple[Outcome, bool]) -> None:
     if not p.future.done():
         p.future.set_result(outcome)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
@@ -18,18 +19,17 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
+from ledger.domain import codec, limits
 from ledger.domain.model import (
     Account,
-    Allocation,
-    Balance,
     Bucket,
     Entry,
     Lot,
     Movement,
     Reservation,
-    ReservationState,
 )
 from ledger.domain.rules import PairKey, WorkingSet
+from ledger.observability import metrics
 from ledger.service.ports import (
     IdempotencyRecord,
     SerializationConflict,
@@ -57,10 +57,26 @@ _UNAVAILABLE_STATES = {
     "53300",
 }
 
+# Also "nothing was done, try again", whatever the request (issue 13, item 5): a
+# lock wait gave up (55P03: a lock_timeout an operator set) is contention; the
+# server out of resources (class 53: disk full, out of memory, too many
+# connections), a statement cancelled (57014: pg_cancel_backend, a
+# statement_timeout) or failing I/O (class 58) makes the database unavailable.
+_RETRYABLE_TOO = {"55P03"}
+_UNAVAILABLE_CLASSES = ("53", "58")
+_UNAVAILABLE_TOO = {"57014"}
+
 _BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
 # ledger_writer_fence() (migration 0003) raises it when this session's writer term
 # is not the current one: the batch must not commit (docs/design.md, fencing).
 _FENCED = "LW001"
+
+# Units of work outside the writer's batches (CreateAccount, reads, the sweeper's
+# queries): how often one is re-run after losing a serialization race, as the
+# writer does for its batches (ledger.service.writer.WriterSettings).
+_UNIT_ATTEMPTS_MAX = 8
+_UNIT_BACKOFF_BASE_S = 0.005
+_UNIT_BACKOFF_MAX_S = 0.2
 
 # The writer's two statements are keyed lookups and inserts, nothing else: with
 # the planner held to index paths they have the same plan whatever the tables'
@@ -78,18 +94,34 @@ _BALANCE_COLS = "account_id, asset, available, reserved, granted, settled, refun
 _LOT_COLS = "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at"
 _RES_COLS = (
     "reservation_id, account_id, asset, amount, settled, released, refunded, state, created_at,"
-    " expires_at, metadata, group_id, leg_key, allocations"
+    " expires_at, metadata, group_id, leg_key, allocations, expired, leg_index"
 )
 
 # One statement reads everything a batch needs (one round trip instead of five).
 # Rows come back as (kind, jsonb): i = idempotency record, r = reservation,
-# a = account id, b = balance, l = lot.
+# a = account id, b = balance, l = lot, p = lot of a pair's spend-order prefix.
+# What rules.catch_up needs to see a pair at the batch's instant ($7) is always
+# whole: every due lot and every overdue open reservation of every pair, and the
+# lots their allocations name. Live lots are read whole only for the pairs in
+# $8/$9 (Grants count them); for the others only the first LOTS_LOADED_FIRST in
+# spend order ($10), so a command's cost does not grow with an account's history
+# (the writer reads the rest only when a command needs more: rules.LotsNotLoaded).
 _LOAD = f"""
-WITH res AS (
+WITH byid AS (
     SELECT {_RES_COLS} FROM reservations WHERE reservation_id = ANY($3::uuid[])
 ), pairs AS (
     SELECT * FROM unnest($4::text[], $5::text[]) AS p(account_id, asset)
-    UNION SELECT account_id, asset FROM res
+    UNION SELECT account_id, asset FROM byid
+), res AS (
+    SELECT * FROM byid
+    UNION
+    SELECT r.* FROM pairs CROSS JOIN LATERAL (
+        SELECT {_RES_COLS} FROM reservations
+        WHERE reservations.account_id = pairs.account_id AND reservations.asset = pairs.asset
+          AND state = 'open' AND expires_at <= $7
+    ) AS r
+), whole AS (
+    SELECT * FROM unnest($8::text[], $9::text[]) AS w(account_id, asset)
 )
 SELECT 'i' AS kind, jsonb_build_array(i.caller, i.key, i.method, encode(i.request_hash, 'hex'), i.outcome)
 FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
@@ -101,9 +133,17 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
     -- = ANY(ARRAY(...)) keeps this an index scan: an IN (subquery) over the
     -- allocations' jsonb was estimated at 100 rows and hash-joined a full scan.
     SELECT {_LOT_COLS} FROM lots WHERE lot_id = ANY(ARRAY(
-        SELECT (a->>0)::uuid FROM res, jsonb_array_elements(res.allocations) AS a))
+        SELECT (a->>'lot_id')::uuid FROM res, jsonb_array_elements(res.allocations) AS a))
     UNION
-    SELECT {_LOT_COLS} FROM lots JOIN pairs USING (account_id, asset) WHERE lots.remaining > 0
+    SELECT {_LOT_COLS} FROM lots JOIN pairs USING (account_id, asset)
+    WHERE lots.remaining > 0 AND lots.expires_at <= $7
+    UNION
+    SELECT {_LOT_COLS} FROM lots JOIN whole USING (account_id, asset) WHERE lots.remaining > 0
+) AS l
+UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
+    SELECT {_LOT_COLS} FROM lots
+    WHERE lots.account_id = pairs.account_id AND lots.asset = pairs.asset AND lots.remaining > 0
+    ORDER BY priority, expires_at, created_at, lot_id LIMIT $10
 ) AS l
 """
 
@@ -133,10 +173,10 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'r') AS t(
         reservation_id uuid, account_id text, asset text, amount int8, settled int8, released int8,
         refunded int8, state text, created_at timestamptz, expires_at timestamptz, metadata jsonb,
-        group_id uuid, leg_key text, allocations jsonb)
+        group_id uuid, leg_key text, allocations jsonb, expired int8, leg_index int4)
     ON CONFLICT (reservation_id) DO UPDATE SET
         settled = EXCLUDED.settled, released = EXCLUDED.released, refunded = EXCLUDED.refunded,
-        state = EXCLUDED.state, allocations = EXCLUDED.allocations
+        state = EXCLUDED.state, allocations = EXCLUDED.allocations, expired = EXCLUDED.expired
     RETURNING 1
 ), e AS (
     INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,
@@ -171,6 +211,10 @@ def _translate(exc: BaseException) -> BaseException:
             return SerializationConflict(state)
         if state in _UNAVAILABLE_STATES or state in _AMBIGUOUS or state.startswith("08"):
             return StorageUnavailable(f"database error {state}")
+        if state in _RETRYABLE_TOO:
+            return SerializationConflict(state)
+        if state in _UNAVAILABLE_TOO or state.startswith(_UNAVAILABLE_CLASSES):
+            return StorageUnavailable(f"database error {state}")
         return exc  # type: ignore[no-any-return]
     if isinstance(exc, asyncpg.InternalClientError):
         # The connection's protocol state broke (seen after pg_terminate_backend
@@ -200,89 +244,9 @@ async def _guard(op: Awaitable[T]) -> T:
         raise translated from exc
 
 
-def _balance(row: asyncpg.Record) -> Balance:
-    return Balance(
-        row["account_id"],
-        row["asset"],
-        row["available"],
-        row["reserved"],
-        row["granted"],
-        row["settled"],
-        row["refunded"],
-        row["expired"],
-    )
-
-
-def _lot(row: asyncpg.Record) -> Lot:
-    return Lot(
-        str(row["lot_id"]),
-        row["account_id"],
-        row["asset"],
-        row["amount"],
-        row["remaining"],
-        row["priority"],
-        row["source"],
-        row["expires_at"],
-        row["created_at"],
-    )
-
-
-def _reservation(row: asyncpg.Record) -> Reservation:
-    return Reservation(
-        reservation_id=str(row["reservation_id"]),
-        account_id=row["account_id"],
-        asset=row["asset"],
-        amount=row["amount"],
-        settled=row["settled"],
-        released=row["released"],
-        refunded=row["refunded"],
-        state=ReservationState(row["state"]),
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        metadata=dict(row["metadata"]),
-        group_id=str(row["group_id"]) if row["group_id"] is not None else "",
-        leg_key=row["leg_key"],
-        allocations=[Allocation(str(a[0]), a[1], a[2], a[3], a[4]) for a in row["allocations"]],
-    )
-
-
-def _parse_ts(value: str) -> datetime:
-    # PostgreSQL's JSON timestamps: "2026-11-22T04:19:02.123456+00:00".
-    return datetime.fromisoformat(value)
-
-
-def _lot_json(d: dict[str, Any]) -> Lot:
-    expires = d["expires_at"]
-    return Lot(
-        d["lot_id"],
-        d["account_id"],
-        d["asset"],
-        d["amount"],
-        d["remaining"],
-        d["priority"],
-        d["source"],
-        _parse_ts(expires) if expires is not None else None,
-        _parse_ts(d["created_at"]),
-    )
-
-
-def _reservation_json(d: dict[str, Any]) -> Reservation:
-    return Reservation(
-        reservation_id=d["reservation_id"],
-        account_id=d["account_id"],
-        asset=d["asset"],
-        amount=d["amount"],
-        settled=d["settled"],
-        released=d["released"],
-        refunded=d["refunded"],
-        state=ReservationState(d["state"]),
-        created_at=_parse_ts(d["created_at"]),
-        expires_at=_parse_ts(d["expires_at"]),
-        metadata=dict(d["metadata"]),
-        group_id=d["group_id"] or "",
-        leg_key=d["leg_key"],
-        allocations=[Allocation(str(a[0]), a[1], a[2], a[3], a[4]) for a in d["allocations"]],
-    )
+def _reservation_doc(r: Reservation) -> dict[str, Any]:
+    """A reservation for the save's jsonb (the group_id column is a uuid: none is NULL)."""
+    return {**codec.reservation_to_dict(r), "group_id": r.group_id or None}
 
 
 def _entry(row: asyncpg.Record) -> Entry:
@@ -313,11 +277,12 @@ class PgBatch:
         reservation_ids: set[str],
         pairs: set[PairKey],
         account_ids: set[str],
+        whole_pairs: set[PairKey],
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         """Every row the batch reads, in one round trip; returns the idempotency records found.
 
-        Pairs of the loaded reservations, and the lots their allocations name,
-        are included by the statement itself.
+        Pairs of the loaded reservations, their overdue holds and due lots, and the
+        lots their allocations name, are included by the statement itself.
         """
         rows = await _guard(
             self._conn.fetch(
@@ -328,18 +293,25 @@ class PgBatch:
                 [p[0] for p in pairs],
                 [p[1] for p in pairs],
                 list(account_ids),
+                ws.now,
+                [p[0] for p in whole_pairs],
+                [p[1] for p in whole_pairs],
+                limits.LOTS_LOADED_FIRST,
             )
         )
         records: dict[tuple[str, str], IdempotencyRecord] = {}
+        prefix: dict[PairKey, list[Lot]] = {}
         for kind, data in rows:
             if kind == "b":
-                bal = Balance(**data)
+                bal = codec.balance_from(data)
                 ws.balances[(bal.account_id, bal.asset)] = bal
+            elif kind == "p":
+                lot = codec.lot_from(data)
+                prefix.setdefault((lot.account_id, lot.asset), []).append(lot)
             elif kind == "l":
-                ws.add_lot(_lot_json(data))
+                ws.add_lot(codec.lot_from(data))
             elif kind == "r":
-                res = _reservation_json(data)
-                ws.reservations[res.reservation_id] = res
+                ws.add_reservation(codec.reservation_from(data))
             elif kind == "a":
                 ws.accounts.add(data)
             elif kind == "i":
@@ -347,12 +319,18 @@ class PgBatch:
                 records[(caller, key)] = IdempotencyRecord(
                     caller, key, method, bytes.fromhex(request_hash), outcome
                 )
+        for pair, lots in prefix.items():
+            for lot in lots:
+                if lot.lot_id not in ws.lots:
+                    ws.add_lot(lot)
+            if len(lots) >= limits.LOTS_LOADED_FIRST and pair not in whole_pairs:
+                ws.lot_horizon[pair] = max(lot.spend_order() for lot in lots)
         return records
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
         doc = {
-            "b": [ws.balances[k].__dict__ for k in sorted(ws.dirty_balances)],
-            "l": [ws.lots[i].__dict__ for i in sorted(ws.dirty_lots)],
+            "b": [codec.balance_to_dict(ws.balances[k]) for k in sorted(ws.dirty_balances)],
+            "l": [codec.lot_to_dict(ws.lots[i]) for i in sorted(ws.dirty_lots)],
             "r": [_reservation_doc(ws.reservations[i]) for i in sorted(ws.dirty_reservations)],
             "e": [
                 {
@@ -382,27 +360,6 @@ class PgBatch:
             return
         # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
         await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
-
-
-def _reservation_doc(r: Reservation) -> dict[str, object]:
-    return {
-        "reservation_id": r.reservation_id,
-        "account_id": r.account_id,
-        "asset": r.asset,
-        "amount": r.amount,
-        "settled": r.settled,
-        "released": r.released,
-        "refunded": r.refunded,
-        "state": r.state.value,
-        "created_at": r.created_at,
-        "expires_at": r.expires_at,
-        "metadata": r.metadata,
-        "group_id": r.group_id or None,
-        "leg_key": r.leg_key,
-        "allocations": [
-            [a.lot_id, a.held, a.settled, a.released, a.refunded] for a in r.allocations
-        ],
-    }
 
 
 class PostgresStore:
@@ -558,8 +515,23 @@ class PostgresStore:
                 await self._pool.release(conn)
 
     async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async with self._connection() as conn:
-            return await _guard(fn(conn))
+        """Run `fn` (one whole unit of work: a statement or a transaction) on a pooled
+        connection. A lost serialization race (two CreateAccounts of one id at
+        SERIALIZABLE, a deadlock) re-runs the whole unit, bounded and jittered;
+        SerializationConflict only when every attempt lost (issue 13, item 5)."""
+        for attempt in range(1, _UNIT_ATTEMPTS_MAX + 1):
+            try:
+                async with self._connection() as conn:
+                    return await _guard(fn(conn))
+            except SerializationConflict as exc:
+                if attempt == _UNIT_ATTEMPTS_MAX:
+                    exc.attempts = attempt
+                    raise
+            # Back off without holding a connection: others may need it meanwhile.
+            metrics.SERIALIZATION_RETRIES.inc()
+            backoff_s = min(_UNIT_BACKOFF_MAX_S, _UNIT_BACKOFF_BASE_S * 2**attempt)
+            await asyncio.sleep(backoff_s * random.random())
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def create_account(
         self, account_id: str, metadata: dict[str, str], now: datetime
@@ -580,66 +552,58 @@ class PostgresStore:
         return await self._read(run)
 
     async def get_account(self, account_id: str) -> Account | None:
-        async def run(conn: asyncpg.Connection) -> Account | None:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                row = await conn.fetchrow(
-                    "SELECT account_id, metadata, created_at FROM accounts WHERE account_id = $1",
-                    account_id,
-                )
-                if row is None:
-                    return None
-                bals = await conn.fetch(
-                    f"SELECT {_BALANCE_COLS} FROM balances WHERE account_id = $1 ORDER BY asset",
-                    account_id,
-                )
-            return Account(
-                row["account_id"],
-                dict(row["metadata"]),
-                row["created_at"],
-                [_balance(b) for b in bals],
-            )
-
-        return await self._read(run)
-
-    async def get_balance(self, account_id: str, asset: str) -> tuple[Balance, list[Lot]] | None:
-        async def run(conn: asyncpg.Connection) -> tuple[Balance, list[Lot]] | None:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM accounts WHERE account_id = $1", account_id
-                )
-                if exists is None:
-                    return None
-                row = await conn.fetchrow(
-                    f"SELECT {_BALANCE_COLS} FROM balances WHERE account_id = $1 AND asset = $2",
-                    account_id,
-                    asset,
-                )
-                lots = await conn.fetch(
-                    f"SELECT {_LOT_COLS} FROM lots WHERE account_id = $1 AND asset = $2 AND remaining > 0",
-                    account_id,
-                    asset,
-                )
-            bal = _balance(row) if row is not None else Balance(account_id, asset)
-            return bal, [_lot(r) for r in lots]
-
-        return await self._read(run)
-
-    async def get_reservation(self, reservation_id: str) -> Reservation | None:
+        """The account without its balances (snapshot() reads those as of an instant)."""
         row = await self._read(
             lambda conn: conn.fetchrow(
-                f"SELECT {_RES_COLS} FROM reservations WHERE reservation_id = $1::uuid",
-                reservation_id,
+                "SELECT account_id, metadata, created_at FROM accounts WHERE account_id = $1",
+                account_id,
             )
         )
-        return _reservation(row) if row is not None else None
+        if row is None:
+            return None
+        return Account(row["account_id"], dict(row["metadata"]), row["created_at"], [])
 
-    async def get_group(self, group_id: str) -> list[Reservation]:
-        rows = await self._read(
-            lambda conn: conn.fetch(
-                f"SELECT {_RES_COLS} FROM reservations WHERE group_id = $1::uuid", group_id
-            )
-        )
-        return [_reservation(r) for r in rows]
+    async def snapshot(
+        self,
+        ws: WorkingSet,
+        *,
+        pairs: set[PairKey] | None = None,
+        account_id: str = "",
+        reservation_ids: set[str] | None = None,
+        group_id: str = "",
+        whole_pairs: set[PairKey] | None = None,
+    ) -> None:
+        """Read into `ws`, in one consistent snapshot, what rules.catch_up needs to
+        see the pairs at `ws.now`: the batch's own load statement, read-only.
+        `account_id` adds the account and every pair it has; `group_id` adds the
+        group's reservations (and so their pairs)."""
+        pairs = set(pairs or ())
+        reservation_ids = set(reservation_ids or ())
+        whole = set(whole_pairs or ())
+
+        async def run(conn: asyncpg.Connection) -> None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if account_id:
+                    assets = await conn.fetch(
+                        "SELECT asset FROM balances WHERE account_id = $1", account_id
+                    )
+                    pairs.update((account_id, r["asset"]) for r in assets)
+                if group_id:
+                    legs = await conn.fetch(
+                        "SELECT reservation_id FROM reservations WHERE group_id = $1::uuid",
+                        group_id,
+                    )
+                    reservation_ids.update(str(r["reservation_id"]) for r in legs)
+                await PgBatch(conn).load(
+                    ws,
+                    [],
+                    reservation_ids,
+                    pairs,
+                    {account_id} if account_id else {p[0] for p in pairs},
+                    whole,
+                )
+
+        await self._read(run)
 
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int

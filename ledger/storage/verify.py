@@ -20,15 +20,16 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "balances_match_entries",
-        "each balance (available, reserved and lifetime totals) equals its entries",
+        "each balance (available, reserved and lifetime totals) equals its entries"
+        " (lifetime totals saturate at INT64_MAX: workingset.saturating)",
         """WITH e AS (
           SELECT account_id, asset,
             coalesce(sum(amount) FILTER (WHERE bucket = 'available'), 0) AS available,
             coalesce(sum(amount) FILTER (WHERE bucket = 'held'), 0) AS reserved,
-            coalesce(sum(amount) FILTER (WHERE movement = 'grant'), 0) AS granted,
-            coalesce(-sum(amount) FILTER (WHERE movement = 'settle'), 0) AS settled,
-            coalesce(sum(amount) FILTER (WHERE movement = 'refund'), 0) AS refunded,
-            coalesce(-sum(amount) FILTER (WHERE movement = 'lot_expiry'), 0) AS expired
+            least(coalesce(sum(amount) FILTER (WHERE movement = 'grant'), 0), 9223372036854775807) AS granted,
+            least(coalesce(-sum(amount) FILTER (WHERE movement = 'settle'), 0), 9223372036854775807) AS settled,
+            least(coalesce(sum(amount) FILTER (WHERE movement = 'refund'), 0), 9223372036854775807) AS refunded,
+            least(coalesce(-sum(amount) FILTER (WHERE movement = 'lot_expiry'), 0), 9223372036854775807) AS expired
           FROM entries WHERE bucket <> 'system' GROUP BY 1, 2)
         SELECT coalesce(b.account_id, e.account_id) AS account_id, coalesce(b.asset, e.asset) AS asset,
                b.available, e.available AS entries_available, b.reserved, e.reserved AS entries_reserved,
@@ -43,7 +44,7 @@ CHECKS: list[tuple[str, str, str]] = [
     (
         "reserved_matches_open_reservations",
         "reserved equals the remaining of open reservations",
-        """WITH r AS (SELECT account_id, asset, sum(amount - settled - released) AS held
+        """WITH r AS (SELECT account_id, asset, sum(amount - settled - released - expired) AS held
                    FROM reservations WHERE state = 'open' GROUP BY 1, 2)
         SELECT coalesce(b.account_id, r.account_id) AS account_id, coalesce(b.asset, r.asset) AS asset,
                b.reserved, r.held
@@ -57,31 +58,38 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "reservation_caps",
-        "settled + released <= amount and refunded <= settled; closed ones hold nothing",
-        """SELECT reservation_id, state, amount, settled, released, refunded FROM reservations
-        WHERE settled + released > amount OR refunded > settled OR settled < 0 OR released < 0
-           OR refunded < 0 OR (state <> 'open' AND settled + released <> amount)""",
+        "settled + released + expired <= amount and refunded <= settled; closed ones hold nothing"
+        " (the rule: rules.refund and rules._exceeds_remaining; the constraints: the CHECKs of"
+        " reservations in migrations 0001 and 0005; docs/design.md, 'Where a rule lives')",
+        """SELECT reservation_id, state, amount, settled, released, expired, refunded FROM reservations
+        WHERE settled + released + expired > amount OR refunded > settled OR settled < 0 OR released < 0
+           OR refunded < 0 OR expired < 0 OR (state <> 'open' AND settled + released + expired <> amount)""",
     ),
     (
         "reservation_allocations",
         "a reservation's per-lot allocations add up to its totals",
-        """SELECT r.reservation_id, r.amount, r.settled, r.released, r.refunded, a.held, a.settled AS a_settled,
-               a.released AS a_released, a.refunded AS a_refunded
+        """SELECT r.reservation_id, r.amount, r.settled, r.released, r.expired, r.refunded, a.drawn,
+               a.settled AS a_settled, a.released AS a_released, a.expired AS a_expired,
+               a.refunded AS a_refunded
         FROM reservations r CROSS JOIN LATERAL (
-          SELECT coalesce(sum((x->>1)::int8), 0) AS held, coalesce(sum((x->>2)::int8), 0) AS settled,
-                 coalesce(sum((x->>3)::int8), 0) AS released, coalesce(sum((x->>4)::int8), 0) AS refunded
+          SELECT coalesce(sum((x->>'drawn')::int8), 0) AS drawn,
+                 coalesce(sum((x->>'settled')::int8), 0) AS settled,
+                 coalesce(sum((x->>'released')::int8), 0) AS released,
+                 coalesce(sum((x->>'expired')::int8), 0) AS expired,
+                 coalesce(sum((x->>'refunded')::int8), 0) AS refunded
           FROM jsonb_array_elements(r.allocations) AS x) a
-        WHERE (a.held, a.settled, a.released, a.refunded) IS DISTINCT FROM
-              (r.amount, r.settled, r.released, r.refunded)""",
+        WHERE (a.drawn, a.settled, a.released, a.expired, a.refunded) IS DISTINCT FROM
+              (r.amount, r.settled, r.released, r.expired, r.refunded)""",
     ),
     (
         "reservation_holds_match_entries",
         "each reservation's held entries equal what it still holds",
         """WITH h AS (SELECT reservation_id, sum(amount) AS held FROM entries
                    WHERE bucket = 'held' GROUP BY 1)
-        SELECT r.reservation_id, r.state, r.amount - r.settled - r.released AS remaining, h.held
+        SELECT r.reservation_id, r.state, r.amount - r.settled - r.released - r.expired AS remaining, h.held
         FROM reservations r LEFT JOIN h USING (reservation_id)
-        WHERE coalesce(h.held, 0) <> CASE WHEN r.state = 'open' THEN r.amount - r.settled - r.released ELSE 0 END""",
+        WHERE coalesce(h.held, 0)
+              <> CASE WHEN r.state = 'open' THEN r.amount - r.settled - r.released - r.expired ELSE 0 END""",
     ),
     (
         "lot_bounds",
@@ -117,7 +125,9 @@ CHECKS: list[tuple[str, str, str]] = [
         "credits written off equal the expired movements to @expired",
         """SELECT asset, sum(amount) FILTER (WHERE account_id = '@expired') AS to_expired,
                (SELECT coalesce(sum(expired), 0) FROM balances b WHERE b.asset = e.asset) AS balances_expired
-        FROM entries e WHERE movement = 'lot_expiry' GROUP BY asset
+        FROM entries e WHERE movement = 'lot_expiry'
+          AND NOT EXISTS (SELECT 1 FROM balances s WHERE s.asset = e.asset AND s.expired = 9223372036854775807)
+        GROUP BY asset
         HAVING sum(amount) FILTER (WHERE account_id = '@expired')
                <> (SELECT coalesce(sum(expired), 0) FROM balances b WHERE b.asset = e.asset)""",
     ),

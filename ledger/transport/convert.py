@@ -170,6 +170,7 @@ def reservation(r: Reservation) -> pb.Reservation:
         amount=r.amount,
         settled=r.settled,
         released=r.released,
+        expired=r.expired,
         refunded=r.refunded,
         remaining=r.remaining,
         state=_STATE[r.state],

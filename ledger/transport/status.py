@@ -24,7 +24,6 @@ CODE_OF: dict[Kind, grpc.StatusCode] = {
     Kind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Kind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     Kind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Kind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     Kind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

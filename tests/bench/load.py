@@ -27,6 +27,9 @@ from creditledger.v1 import ledger_pb2_grpc as pb_grpc
 from tests.bench.workloads import (
     ASSET,
     EXPECTED_REJECTIONS,
+    HEAVY_ACCOUNT,
+    HEAVY_LOT_AMOUNT,
+    HEAVY_LOTS,
     HOT_ACCOUNT,
     LOOPS,
     Ops,
@@ -123,6 +126,32 @@ async def setup_accounts(
         while queue:
             account, amount = queue.pop()
             await _create_funded(stub, account, amount)
+
+    await asyncio.gather(*(drain(stubs[i % len(stubs)]) for i in range(SETUP_IN_FLIGHT)))
+    if with_hot:
+        await setup_heavy(stubs)
+
+
+async def setup_heavy(stubs: list[pb_grpc.LedgerServiceAsyncStub]) -> None:
+    """The heavy account: HEAVY_LOTS lots, each its own Grant (keys make it idempotent)."""
+    await _retrying(
+        stubs[0].CreateAccount,
+        pb.CreateAccountRequest(account_id=HEAVY_ACCOUNT),
+        tolerated="ALREADY_EXISTS/ACCOUNT_EXISTS",
+    )
+    todo = list(range(HEAVY_LOTS))
+
+    async def drain(stub: pb_grpc.LedgerServiceAsyncStub) -> None:
+        while todo:
+            i = todo.pop()
+            grant = pb.GrantRequest(
+                account_id=HEAVY_ACCOUNT,
+                asset=ASSET,
+                amount=HEAVY_LOT_AMOUNT,
+                priority=i % 97,
+                idempotency_key=f"bench-heavy-{i}",
+            )
+            await _retrying(stub.Grant, grant)
 
     await asyncio.gather(*(drain(stubs[i % len(stubs)]) for i in range(SETUP_IN_FLIGHT)))
 

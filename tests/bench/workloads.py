@@ -22,15 +22,21 @@ from google.rpc import error_details_pb2, status_pb2
 
 ASSET = "credits"
 HOT_ACCOUNT = "bench-hot"
+# One account with the most live lots an account may hold (LIVE_LOTS_PER_PAIR_MAX):
+# the many-lots workload spends from it beside the uniform accounts.
+HEAVY_ACCOUNT = "bench-heavy"
+HEAVY_LOTS = 1000
+HEAVY_LOT_AMOUNT = 10**6
 # Far above any balance the bench grants: the mixed workload's deliberate overdrafts.
 OVERDRAFT_AMOUNT = 10**14
-WORKLOADS = ("charge", "reserve-settle", "hot", "mixed")
+WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "many-lots")
 # Business rejections a workload asks for on purpose; every other error is unexpected.
 EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
     "charge": frozenset(),
     "reserve-settle": frozenset(),
     "hot": frozenset(),
     "mixed": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
+    "many-lots": frozenset(),
 }
 
 Resp = TypeVar("Resp")
@@ -75,9 +81,15 @@ class Recorder:
     unexpected_errors: dict[str, int] = field(default_factory=dict)
 
     async def call(
-        self, method: str, rpc: Callable[..., Awaitable[Resp]], request: Any
+        self,
+        method: str,
+        rpc: Callable[..., Awaitable[Resp]],
+        request: Any,
+        sample: bool = True,
     ) -> Resp | None:
-        """Run one RPC, time it, and return its response (None when it failed)."""
+        """Run one RPC, time it, and return its response (None when it failed).
+        `sample=False`: counted as an operation, its latency left out of the
+        percentiles (the many-lots workload reports the p99 of the others)."""
         started = time.monotonic()
         try:
             response: Resp | None = await rpc(request, timeout=self.timeout_s)
@@ -90,7 +102,8 @@ class Recorder:
             self.expected_rejections[key] = self.expected_rejections.get(key, 0) + 1
         finished = time.monotonic()
         if self.window_start <= finished < self.window_end:
-            self.latencies_ms.append((finished - started) * 1000.0)
+            if sample:
+                self.latencies_ms.append((finished - started) * 1000.0)
             self.by_method[method] = self.by_method.get(method, 0) + 1
         return response
 
@@ -259,9 +272,25 @@ async def run_mixed(ops: Ops) -> None:
             await ops.charge(account, OVERDRAFT_AMOUNT)
 
 
+async def run_many_lots(ops: Ops) -> None:
+    """Uniform 1-credit Charges, and one in eight on the heavy account, which holds
+    HEAVY_LOTS lots of HEAVY_LOT_AMOUNT credits each: its charges count as operations
+    but only the others' latencies are sampled, so the percentiles say what one
+    heavy account costs everybody else (compare with the charge workload)."""
+    slot = ops.slot
+    heavy = pb.ChargeRequest(account_id=HEAVY_ACCOUNT, asset=ASSET, amount=1)
+    while time.monotonic() < slot.stop_at:
+        if slot.rng.random() < 0.125:
+            heavy.idempotency_key = slot.key()
+            await slot.rec.call("Charge", slot.stub.Charge, heavy, sample=False)
+        else:
+            await ops.charge(slot.account())
+
+
 LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
     "charge": run_charge,
     "reserve-settle": run_reserve_settle,
     "hot": run_hot,
     "mixed": run_mixed,
+    "many-lots": run_many_lots,
 }

@@ -51,6 +51,9 @@ CONTRACT = {
     "BALANCE_LIMIT_EXCEEDED": (
         grpc.StatusCode.FAILED_PRECONDITION, e.BalanceLimitExceeded, e.FailedPrecondition,
     ),
+    "LOT_LIMIT_EXCEEDED": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.LotLimitExceeded, e.FailedPrecondition,
+    ),
     "CONTENTION": (grpc.StatusCode.ABORTED, e.Contention, e.Aborted),
     "DATABASE_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.DatabaseUnavailable, e.Unavailable),
     "WRITER_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.WriterUnavailable, e.Unavailable),

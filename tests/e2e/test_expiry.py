@@ -47,8 +47,11 @@ async def test_short_ttl_expires_and_balance_follows_within_5s(
     started = asyncio.get_running_loop().time()
 
     async def released() -> bool:
+        # Reads see the expiry at once; the sweeper writes its entries within seconds.
         bal = await stub.GetBalance(pb.GetBalanceRequest(account_id=acct, asset="crm_credits"))
-        return bal.balance.reserved == 0 and bal.balance.available == 8
+        entries = await stub.ListEntries(pb.ListEntriesRequest(account_id=acct))
+        swept = pb.Entry.MOVEMENT_RESERVATION_EXPIRY in [e.movement for e in entries.entries]
+        return swept and bal.balance.reserved == 0 and bal.balance.available == 8
 
     await wait_for(released, timeout_s=6.0)
     assert asyncio.get_running_loop().time() - started < 6.0

@@ -20,6 +20,7 @@ from tests.torture.server import LedgerServer, run_verify
 
 INT64_MAX = 2**63 - 1
 AMOUNT_MAX = 10**15
+LIVE_LOTS_PER_PAIR_MAX = 1000
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -115,13 +116,15 @@ def test_amount_over_10_15(stub: Any, method: str) -> None:
 
 
 @pytest.mark.slow
-async def test_grant_past_int64_is_refused_not_wrapped(
+async def test_grants_past_the_lot_cap_are_refused_and_nothing_wraps(
     ledger_process: LedgerServer, fresh_database_url: str
 ) -> None:
-    """Grants of 10^15 until the next would pass int64: refused, naming the limit; nothing wraps."""
+    """Grants of 10^15 to one account until LIVE_LOTS_PER_PAIR_MAX: the next is refused,
+    naming the limit. (1,000 x 10^15 < INT64_MAX: grants alone cannot wrap a balance any
+    more; tests/unit/test_rules.py shows BALANCE_LIMIT_EXCEEDED for available + reserved.)"""
     with sync_stub(ledger_process.target) as s:
         account = await asyncio.to_thread(funded_account, s, AMOUNT_MAX)
-    fits = INT64_MAX // AMOUNT_MAX  # 9223 grants of 10^15 fit; the 9224th would not
+    fits = LIVE_LOTS_PER_PAIR_MAX
     async with grpc.aio.insecure_channel(ledger_process.target, options=CHANNEL_OPTIONS) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         sem = asyncio.Semaphore(64)
@@ -139,12 +142,9 @@ async def test_grant_past_int64_is_refused_not_wrapped(
             account_id=account, asset=ASSET, amount=AMOUNT_MAX, idempotency_key=new_key()
         )
         refused = await call_aio(stub.Grant, last, 60)
-    assert refused.code in (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ), refused.describe()
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION, refused.describe()
     text = error_text(refused)
-    assert "int64" in text.lower() or str(INT64_MAX) in text, text
+    assert "LIVE_LOTS_PER_PAIR_MAX" in text and str(fits) in text, text
     with sync_stub(ledger_process.target) as s:
         after = await asyncio.to_thread(balance, s, account)
     assert after.available == after.granted == fits * AMOUNT_MAX

@@ -80,7 +80,10 @@ async def test_writer_plans_are_index_plans_made_once(empty_db: TestDatabase) ->
         await _fill(empty_db.url, 5000)
         async with store.batch() as unit:
             load = await _generic_plan(
-                unit._conn, "load", postgres._LOAD, "text[], text[], uuid[], text[], text[], text[]"
+                unit._conn,
+                "load",
+                postgres._LOAD,
+                "text[], text[], uuid[], text[], text[], text[], timestamptz, text[], text[], int4",
             )
             save = await _generic_plan(unit._conn, "save", postgres._SAVE, "jsonb, timestamptz")
             await unit._conn.execute("DEALLOCATE ALL")

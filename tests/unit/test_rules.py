@@ -85,7 +85,7 @@ def test_refund_into_expired_lot_makes_a_grace_lot() -> None:
     grant(ws, 10, expires_at=NOW + timedelta(minutes=5), priority=7)
     res = rules.charge(ws, c.Charge("caller", "k", "a", "crm", 4)).reservation
     ws.now = NOW + timedelta(minutes=10)
-    rules.expire_lots(ws, "a", "crm")
+    rules.catch_up(ws, "a", "crm")
     out = rules.refund(ws, c.Refund("caller", "k2", res.reservation_id, 3))
     fresh = [lot for lot in ws.lots.values() if lot.source == "refund"]
     assert len(fresh) == 1 and fresh[0].remaining == 3 and fresh[0].priority == 7
@@ -102,7 +102,7 @@ def test_every_posting_names_a_bucket_and_sums_to_zero() -> None:
     rules.release(ws, c.Release("caller", "k3", r.reservation_id, 5))
     rules.refund(ws, c.Refund("caller", "k4", r.reservation_id, 10))
     ws.now = NOW + timedelta(hours=1)
-    rules.expire_due(ws, c.ExpireDue("", "", (r.reservation_id,)))
+    rules.expire_due(ws, c.ExpireDue((r.reservation_id,)))
     assert ws.reservations[r.reservation_id].state is ReservationState.EXPIRED
     assert all(isinstance(p.bucket, Bucket) for p in ws.postings)
     assert_balanced(ws)

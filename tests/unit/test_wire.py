@@ -34,7 +34,7 @@ COMMANDS: list[c.MutatingCommand] = [
     c.Settle("bob", "k5", RID, 2, True),
     c.Release("bob", "k6", RID, 0),
     c.Refund("bob", "k7", RID, 1, "sorry"),
-    c.ExpireDue("", "", (RID,), (("acct-1", "sms"),)),
+    c.ExpireDue((RID,), (("acct-1", "sms"),)),
 ]  # fmt: skip
 
 
@@ -42,6 +42,8 @@ COMMANDS: list[c.MutatingCommand] = [
 def test_a_command_survives_the_hop(cmd: c.MutatingCommand) -> None:
     (back,) = wire.decode_commands(wire.encode_commands([cmd]))
     assert back == cmd and type(back) is type(cmd)
+    if isinstance(cmd, c.ExpireDue) or isinstance(back, c.ExpireDue):
+        return  # unkeyed: no fingerprint, caller or scope
     assert back.fingerprint() == cmd.fingerprint()
     assert (back.caller, back.idempotency_key, back.scope) == (
         cmd.caller,

@@ -212,6 +212,11 @@ class BalanceLimitExceeded(FailedPrecondition):
     """BALANCE_LIMIT_EXCEEDED: a grant would take the balance past the ledger's limit."""
 
 
+class LotLimitExceeded(FailedPrecondition):
+    """LOT_LIMIT_EXCEEDED: the account holds the most live lots of the asset one
+    account may (LIVE_LOTS_PER_PAIR_MAX); metadata says the limit."""
+
+
 class Contention(Aborted):
     """CONTENTION: the server's own retries of a serialization failure ran out."""
 
@@ -242,6 +247,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "AMOUNT_EXCEEDS_REMAINING": AmountExceedsRemaining,
     "AMOUNT_EXCEEDS_SETTLED": AmountExceedsSettled,
     "BALANCE_LIMIT_EXCEEDED": BalanceLimitExceeded,
+    "LOT_LIMIT_EXCEEDED": LotLimitExceeded,
     "CONTENTION": Contention,
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
     "WRITER_UNAVAILABLE": WriterUnavailable,

@@ -78,7 +78,8 @@ class Lot:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A hold of credits; `remaining` = amount - settled - released."""
+    """A hold of credits; `remaining` = amount - settled - released - expired
+    (`expired`: held credits written off because their lot expired)."""
 
     reservation_id: str
     account_id: str
@@ -94,6 +95,7 @@ class Reservation:
     metadata: Mapping[str, str]
     group_id: str
     leg_key: str
+    expired: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +244,7 @@ def reservation_from_pb(m: pb.Reservation) -> Reservation:
         metadata=MappingProxyType(dict(m.metadata)),
         group_id=m.group_id,
         leg_key=m.leg_key,
+        expired=m.expired,
     )
 
 

@@ -112,13 +112,21 @@ class Balance(_message.Message):
     reserved: _builtins.int
     """Credits held by open reservations."""
     granted: _builtins.int
-    """Lifetime total granted."""
+    """Lifetime total granted. Saturates at INT64_MAX (a
+    statistic; it never stops the account): ListEntries has the exact history.
+    """
     settled: _builtins.int
-    """Lifetime total settled (consumed), before refunds."""
+    """Lifetime total settled (consumed), before refunds. Saturates at INT64_MAX (a
+    statistic; it never stops the account): ListEntries has the exact history.
+    """
     refunded: _builtins.int
-    """Lifetime total refunded."""
+    """Lifetime total refunded. Saturates at INT64_MAX (a
+    statistic; it never stops the account): ListEntries has the exact history.
+    """
     expired: _builtins.int
-    """Lifetime total written off because their lot expired."""
+    """Lifetime total written off because their lot expired. Saturates at INT64_MAX (a
+    statistic; it never stops the account): ListEntries has the exact history.
+    """
     def __init__(
         self,
         *,
@@ -256,6 +264,7 @@ class Reservation(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     GROUP_ID_FIELD_NUMBER: _builtins.int
     LEG_KEY_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Server-made id of the reservation."""
     account_id: _builtins.str
@@ -267,17 +276,23 @@ class Reservation(_message.Message):
     settled: _builtins.int
     """Total settled (consumed) so far."""
     released: _builtins.int
-    """Total released back to available (including by expiry)."""
+    """Total released back to available (by Release, a final Settle or the
+    reservation's expiry). Held credits whose lot expired are in `expired`.
+    """
     refunded: _builtins.int
     """Total refunded after settling."""
     remaining: _builtins.int
-    """amount - settled - released: what is still held."""
+    """amount - settled - released - expired: what is still held."""
     state: Global___Reservation.State.ValueType
     """The reservation's state."""
     group_id: _builtins.str
     """The group this reservation is a leg of; empty when not in a group."""
     leg_key: _builtins.str
     """The caller's key of the leg within its group; empty when not in a group."""
+    expired: _builtins.int
+    """Held credits written off because their lot expired before they were
+    settled or released: they never return to available.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the reservation was created."""
@@ -307,10 +322,11 @@ class Reservation(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         group_id: _builtins.str = ...,
         leg_key: _builtins.str = ...,
+        expired: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "created_at", b"created_at", "expires_at", b"expires_at", "group_id", b"group_id", "leg_key", b"leg_key", "metadata", b"metadata", "refunded", b"refunded", "released", b"released", "remaining", b"remaining", "reservation_id", b"reservation_id", "settled", b"settled", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "created_at", b"created_at", "expired", b"expired", "expires_at", b"expires_at", "group_id", b"group_id", "leg_key", b"leg_key", "metadata", b"metadata", "refunded", b"refunded", "released", b"released", "remaining", b"remaining", "reservation_id", b"reservation_id", "settled", b"settled", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

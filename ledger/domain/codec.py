@@ -1,0 +1,89 @@
+"""One pair of functions per domain type, between the type and a plain dict.
+
+Storage (rows, jsonb) and stored outcomes (idempotency records) both use
+these, so a field is added in one place. Dicts keep datetimes as datetime
+objects (orjson writes them as ISO 8601); the readers accept either form, and
+fields added later read with their default (records written before them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from ledger.domain.model import Allocation, Balance, Lot, Reservation, ReservationState
+
+
+def _time(value: datetime | str) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def balance_to_dict(b: Balance) -> dict[str, Any]:
+    return dict(b.__dict__)
+
+
+def balance_from(d: Mapping[str, Any]) -> Balance:
+    return Balance(**dict(d))
+
+
+def lot_to_dict(lot: Lot) -> dict[str, Any]:
+    return dict(lot.__dict__)
+
+
+def lot_from(d: Mapping[str, Any]) -> Lot:
+    expires = d["expires_at"]
+    return Lot(
+        lot_id=str(d["lot_id"]),
+        account_id=d["account_id"],
+        asset=d["asset"],
+        amount=d["amount"],
+        remaining=d["remaining"],
+        priority=d["priority"],
+        source=d["source"],
+        expires_at=_time(expires) if expires is not None else None,
+        created_at=_time(d["created_at"]),
+    )
+
+
+def allocation_from(d: Mapping[str, Any]) -> Allocation:
+    return Allocation(
+        lot_id=str(d["lot_id"]),
+        drawn=d["drawn"],
+        settled=d["settled"],
+        released=d["released"],
+        refunded=d["refunded"],
+        expired=d.get("expired", 0),
+    )
+
+
+def reservation_to_dict(r: Reservation) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in r.__dict__.items() if k not in ("state", "metadata", "allocations")},
+        "state": r.state.value,
+        "metadata": dict(r.metadata),
+        "allocations": [dict(a.__dict__) for a in r.allocations],
+    }
+
+
+def reservation_from(d: Mapping[str, Any]) -> Reservation:
+    group_id = d["group_id"]
+    return Reservation(
+        reservation_id=str(d["reservation_id"]),
+        account_id=d["account_id"],
+        asset=d["asset"],
+        amount=d["amount"],
+        settled=d["settled"],
+        released=d["released"],
+        refunded=d["refunded"],
+        state=ReservationState(d["state"]),
+        created_at=_time(d["created_at"]),
+        expires_at=_time(d["expires_at"]),
+        metadata=dict(d["metadata"]),
+        group_id=str(group_id) if group_id else "",
+        leg_key=d["leg_key"],
+        allocations=[allocation_from(a) for a in d.get("allocations", ())],
+        # Written before version 5: write-offs were counted in `released`.
+        expired=d.get("expired", 0),
+        leg_index=d.get("leg_index", 0),
+    )

@@ -1,0 +1,193 @@
+"""The rows one batch (or one read) loaded, and the one way to move credits in them.
+
+A movement of credits is a `transfer` between two sides, each an (account,
+bucket): it writes the two postings that balance by construction and derives
+every balance field from them, exactly as `ledger verify` derives them from
+the entries (ledger/storage/verify.py, check `balances_match_entries`). The
+rules never add to a balance by hand.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from ledger.domain import limits
+from ledger.domain.model import (
+    CONSUMED,
+    EXPIRED,
+    ISSUANCE,
+    Balance,
+    Bucket,
+    Lot,
+    Movement,
+    Posting,
+    Reservation,
+    ReservationState,
+)
+
+PairKey = tuple[str, str]
+SpendOrder = tuple[int, int, float, datetime, str]
+
+
+class Side(NamedTuple):
+    """One side of a transfer: an account and the bucket the credits leave or enter."""
+
+    account_id: str
+    bucket: Bucket
+
+
+def available(account_id: str) -> Side:
+    return Side(account_id, Bucket.AVAILABLE)
+
+
+def held(account_id: str) -> Side:
+    return Side(account_id, Bucket.HELD)
+
+
+ISSUED = Side(ISSUANCE, Bucket.SYSTEM)
+CONSUMED_SIDE = Side(CONSUMED, Bucket.SYSTEM)
+EXPIRED_SIDE = Side(EXPIRED, Bucket.SYSTEM)
+
+# Which entering side counts a movement for the credits-moved metric, and its label.
+_MOVED_LABEL = {
+    (Movement.GRANT, Bucket.AVAILABLE): "granted",
+    (Movement.RESERVE, Bucket.HELD): "reserved",
+    (Movement.SETTLE, Bucket.SYSTEM): "settled",
+    (Movement.RELEASE, Bucket.AVAILABLE): "released",
+    (Movement.REFUND, Bucket.AVAILABLE): "refunded",
+    (Movement.LOT_EXPIRY, Bucket.SYSTEM): "expired",
+    (Movement.RESERVATION_EXPIRY, Bucket.AVAILABLE): "reservation_expired",
+}
+
+
+class LotsNotLoaded(Exception):
+    """A command needs live lots of these pairs beyond those the batch loaded:
+    the writer loads them whole and runs the batch again. Never reaches a caller."""
+
+    def __init__(self, pairs: set[PairKey]) -> None:
+        super().__init__(f"lots not loaded for {sorted(pairs)}")
+        self.pairs = pairs
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def saturating(total: int) -> int:
+    """Lifetime totals (granted, settled, refunded, expired) are statistics: they
+    stop at INT64_MAX instead of ever stopping an account (the journal has the
+    exact history; verify compares them the same way)."""
+    return min(total, limits.INT64_MAX)
+
+
+@dataclass
+class WorkingSet:
+    """The rows one batch read, and what the batch changed in them."""
+
+    now: datetime
+    refund_grace: timedelta
+    accounts: set[str] = field(default_factory=set)
+    balances: dict[PairKey, Balance] = field(default_factory=dict)
+    lots: dict[str, Lot] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    make_id: Callable[[], str] = new_id
+    # Pairs whose live lots were loaded only up to a point in spend order (the
+    # storage loads the first few): the spend order of the last one loaded.
+    lot_horizon: dict[PairKey, SpendOrder] = field(default_factory=dict)
+    # What changed (balances are derived from the postings, in transfer()):
+    postings: list[Posting] = field(default_factory=list)
+    dirty_balances: set[PairKey] = field(default_factory=set)
+    dirty_lots: set[str] = field(default_factory=set)
+    dirty_reservations: set[str] = field(default_factory=set)
+    moved: list[tuple[str, str, int]] = field(default_factory=list)
+    _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
+    _pair_holds: dict[PairKey, dict[str, Reservation]] = field(default_factory=dict)
+    caught_up: dict[PairKey, datetime] = field(default_factory=dict)
+
+    def add_lot(self, lot: Lot) -> None:
+        self.lots[lot.lot_id] = lot
+        self._pair_lots.setdefault((lot.account_id, lot.asset), {})[lot.lot_id] = lot
+
+    def add_reservation(self, res: Reservation) -> None:
+        self.reservations[res.reservation_id] = res
+        if res.state is ReservationState.OPEN:
+            key = (res.account_id, res.asset)
+            self._pair_holds.setdefault(key, {})[res.reservation_id] = res
+
+    def end_hold(self, res: Reservation, state: ReservationState) -> None:
+        res.state = state
+        self._pair_holds.get((res.account_id, res.asset), {}).pop(res.reservation_id, None)
+        self.dirty_reservations.add(res.reservation_id)
+
+    def spendable_lots(self, key: PairKey) -> list[Lot]:
+        lots = [lot for lot in self._pair_lots.get(key, {}).values() if lot.remaining > 0]
+        lots.sort(key=Lot.spend_order)
+        return lots
+
+    def overdue_holds(self, key: PairKey) -> list[Reservation]:
+        """Open reservations of the pair whose expiry has come, soonest first."""
+        due = [r for r in self._pair_holds.get(key, {}).values() if r.overdue(self.now)]
+        due.sort(key=lambda r: (r.expires_at, r.reservation_id))
+        return due
+
+    def balance(self, account_id: str, asset: str) -> Balance:
+        key = (account_id, asset)
+        bal = self.balances.get(key)
+        if bal is None:
+            bal = self.balances[key] = Balance(account_id, asset)
+        return bal
+
+    def transfer(
+        self,
+        tx: str,
+        asset: str,
+        amount: int,
+        source: Side,
+        destination: Side,
+        movement: Movement,
+        reservation_id: str = "",
+        lot_id: str = "",
+    ) -> None:
+        """Move `amount` (> 0) from `source` to `destination`: two postings that sum
+        to zero, and the customer balances they imply."""
+        if amount <= 0:
+            raise ValueError(f"a transfer moves a positive amount, not {amount}")
+        for side, signed in ((source, -amount), (destination, amount)):
+            self.postings.append(
+                Posting(
+                    tx,
+                    side.account_id,
+                    asset,
+                    signed,
+                    movement,
+                    side.bucket,
+                    reservation_id,
+                    lot_id,
+                )
+            )
+            if side.bucket is not Bucket.SYSTEM:
+                self._apply(side, asset, signed, movement)
+        label = _MOVED_LABEL.get((movement, destination.bucket))
+        if label is not None:
+            self.moved.append((asset, label, amount))
+
+    def _apply(self, side: Side, asset: str, signed: int, movement: Movement) -> None:
+        """A customer posting's effect on its balance: what verify computes from entries."""
+        bal = self.balance(side.account_id, asset)
+        if side.bucket is Bucket.AVAILABLE:
+            bal.available += signed
+        else:
+            bal.reserved += signed
+        if movement is Movement.GRANT:
+            bal.granted = saturating(bal.granted + signed)
+        elif movement is Movement.SETTLE:
+            bal.settled = saturating(bal.settled - signed)
+        elif movement is Movement.REFUND:
+            bal.refunded = saturating(bal.refunded + signed)
+        elif movement is Movement.LOT_EXPIRY:
+            bal.expired = saturating(bal.expired - signed)
+        self.dirty_balances.add((side.account_id, asset))
