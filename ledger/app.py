@@ -75,6 +75,8 @@ def _security(cfg: Config) -> Security:
 def _check_listen(cfg: Config) -> None:
     """Errors: StartupError naming the flag, the address and why nothing can listen there."""
     for flag, address in (("--listen", cfg.listen), ("--metrics-listen", cfg.metrics_listen)):
+        if flag == "--listen" and cfg.reuse_port:
+            continue  # a front of `serve --fronts`: its siblings hold it too (the supervisor checked)
         problem = bind_problem(address) if address else None
         if problem is not None:
             raise StartupError(f"{flag} {address}: {problem}")

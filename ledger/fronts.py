@@ -107,6 +107,16 @@ class Fronts:
         return [*serve_argv, *extra]
 
     def run(self) -> int:
+        from ledger.listen import bind_problem
+
+        for flag, address in (
+            ("--listen", self.cfg.listen),
+            ("--metrics-listen", self.cfg.metrics_listen),
+        ):
+            problem = bind_problem(address) if address else None
+            if problem is not None:
+                print(f"ledger serve: {flag} {address}: {problem}", file=sys.stderr)
+                return 2
         if not self.cfg.database_url:
             self._start_embedded()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -21,7 +21,7 @@ from creditledger.v1.ledger_pb2_grpc import LedgerServiceStub
 from tests.support import db as support_db
 from tests.support.process import REPO, ServerProcess
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 FRONTS = 3
 CHANNELS = 12  # separate connections, so the kernel spreads them over the fronts
@@ -32,6 +32,11 @@ async def database() -> AsyncIterator[support_db.TestDatabase]:
     db = await support_db.TestDatabase.create("ledger_fronts")
     yield db
     await db.drop()
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
 
 
 def _samples(text: str, name: str) -> dict[str, float]:
@@ -53,6 +58,17 @@ async def test_fronts_share_the_port_and_one_of_them_writes(
         log_path=tmp_path / "fronts.log",
     )
     await asyncio.to_thread(server.start, 60.0)
+    # SERVING on the port means one front is up; wait for all of them (each imports
+    # and starts on its own) before opening the connections the kernel will spread.
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:
+        serving = _samples(
+            await asyncio.to_thread(_scrape, server.metrics_url), "ledger_health_serving"
+        )
+        if sum(serving.values()) == FRONTS:
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"fronts serving: {serving}"
+        await asyncio.sleep(0.2)
     local = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own each
     channels = [grpc.aio.insecure_channel(server.target, options=local) for _ in range(CHANNELS)]
     try:
@@ -77,9 +93,7 @@ async def test_fronts_share_the_port_and_one_of_them_writes(
         reply = await stubs[-1].GetBalance(pb.GetBalanceRequest(account_id=account, asset="sms"))
         assert reply.balance.settled == charges
 
-        text = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-        )
+        text = await asyncio.to_thread(_scrape, server.metrics_url)
         leaders = _samples(text, "ledger_writer_leader")
         assert sorted(leaders) == [str(n) for n in range(FRONTS)], "every front on one scrape"
         assert sum(leaders.values()) == 1, "exactly one writer among the fronts"
