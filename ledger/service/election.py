@@ -150,7 +150,8 @@ class Election:
     # ---- the route ------------------------------------------------------------
 
     async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
-        """Errors: the command's own, and WriterUnavailable when no writer answers."""
+        """Errors: the command's own; WriterUnavailable when no writer answers, or
+        DatabaseUnavailable when none can be elected because the database is unreachable."""
         sink: CommandSink | None = self._local or self._remote
         if sink is None:
             with contextlib.suppress(TimeoutError):
