@@ -12,6 +12,7 @@ EXIT_UNREACHABLE = 3
 _UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 _HINTS: dict[str, str] = {
+    "INVALID_ARGUMENT": "Fix the request ({violations}); see --help.",
     "ACCOUNT_NOT_FOUND": "Check the id, or create it: ledger account create {account_id}",
     "ACCOUNT_EXISTS": "It is already there: ledger account show {account_id}",
     "RESERVATION_NOT_FOUND": (
@@ -57,6 +58,10 @@ _HINTS: dict[str, str] = {
     "UNAUTHENTICATED": "Pass a valid token with --token or LEDGER_TOKEN.",
     "PERMISSION_DENIED": "This token may not do that; use an operator token.",
     "RATE_LIMITED": "Too many requests; wait a moment and retry with --key {key}.",
+    "INTERNAL": (
+        "A bug in the server, logged there with its stack trace; "
+        "report it with the request id of this call."
+    ),
 }
 
 
@@ -78,14 +83,15 @@ class _Placeholders(dict[str, str]):
 
 def _hint(error: LedgerError, target: str, key: str | None, context: dict[str, str]) -> str:
     retry = f" Retry with --key {key} so it applies at most once." if key else ""
+    bad = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
     if error.reason in _HINTS:
         values = _Placeholders({**context, **error.metadata})
+        values["violations"] = bad or error.message
         if key:
             values["key"] = key
         return _HINTS[error.reason].format_map(values)
     if error.code == grpc.StatusCode.INVALID_ARGUMENT:
-        bad = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
-        return f"Fix the request ({bad or error.message}); see --help."
+        return _HINTS["INVALID_ARGUMENT"].format(violations=bad or error.message)
     if error.code == grpc.StatusCode.UNAVAILABLE:
         return (
             f"Cannot reach the ledger at {target}. Is `ledger serve` running there? "

@@ -120,11 +120,23 @@ async def crm_scenario(c: LedgerClient, sync: SyncLedgerClient) -> None:
         refunded = sync.refund(rid, part, reason="delivery failed")
     assert refunded.reservation.refunded == 1_000 and refunded.balance.available == 5_000
 
-    # An exception inside the block releases the whole hold.
+    # An exception inside the block settles what was used (delivered work is paid
+    # for) and releases the rest; on_error="release" gives the whole hold back.
     try:
         with sync.reservation(refunded_later, "crm_credits", 500) as sync_hold:
             sync_hold.use(100)
             raise RuntimeError("the send failed")
+    except RuntimeError:
+        pass
+    assert sync_hold.result is not None
+    assert (sync_hold.result.reservation.settled, sync_hold.result.reservation.released) == (
+        100,
+        400,
+    )
+    try:
+        with sync.reservation(refunded_later, "crm_credits", 500, on_error="release") as sync_hold:
+            sync_hold.use(100)
+            raise RuntimeError("all or nothing")
     except RuntimeError:
         pass
     assert sync_hold.result is not None and sync_hold.result.reservation.released == 500
@@ -139,10 +151,10 @@ async def crm_scenario(c: LedgerClient, sync: SyncLedgerClient) -> None:
 
     view = await c.get_account(refunded_later)
     balances = {b.asset: b.available for b in view.balances}
-    assert balances == {"crm_credits": 5_000, "sms_credits": 50}, balances
+    assert balances == {"crm_credits": 4_900, "sms_credits": 50}, balances
     entries = [e async for e in c.iter_entries(refunded_later, asset="crm_credits", page_size=7)]
-    assert sum(e.amount for e in entries if e.bucket is cl.Bucket.AVAILABLE) == 5_000
-    report("crm", left=[4_000, 5_000, 5_000, 2_000], entries=len(entries))
+    assert sum(e.amount for e in entries if e.bucket is cl.Bucket.AVAILABLE) == 4_900
+    report("crm", left=[4_000, 5_000, 4_900, 2_000], entries=len(entries))
 
 
 async def typed_exceptions(c: LedgerClient, target: str) -> list[str]:

@@ -24,6 +24,8 @@ class Failure:
 
     code: grpc.StatusCode
     stall_s: float = 0.0
+    #: Trailing metadata of the failure (a grpc-status-details-bin, an x-request-id).
+    trailing: tuple[tuple[str, str | bytes], ...] = ()
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Script:
     failures: list[Failure] = field(default_factory=list)
     replayed: bool = False
     calls: list[tuple[Any, dict[str, str]]] = field(default_factory=list)
+    #: loop.time() of each call's arrival, to check the pauses between attempts.
+    arrivals: list[float] = field(default_factory=list)
 
 
 def _reservation(request: Any, state: pb.Reservation.State.ValueType) -> pb.Reservation:
@@ -41,6 +45,7 @@ def _reservation(request: Any, state: pb.Reservation.State.ValueType) -> pb.Rese
         account_id=getattr(request, "account_id", "acct"),
         asset=getattr(request, "asset", "crm_credits") or "crm_credits",
         amount=getattr(request, "amount", 0),
+        remaining=getattr(request, "amount", 0) if state == pb.Reservation.STATE_OPEN else 0,
         state=state,
     )
 
@@ -103,11 +108,16 @@ class ScriptedServer:
             script = self.scripts[name]
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
             script.calls.append((request, metadata))
+            script.arrivals.append(asyncio.get_running_loop().time())
             if script.failures:
                 failure = script.failures.pop(0)
                 if failure.stall_s:
                     await asyncio.sleep(failure.stall_s)
-                await context.abort(failure.code, f"scripted {failure.code.name}")
+                await context.abort(
+                    failure.code,
+                    f"scripted {failure.code.name}",
+                    trailing_metadata=failure.trailing,
+                )
             if script.replayed:
                 context.set_trailing_metadata((("idempotent-replayed", "true"),))
             return respond(request)

@@ -62,6 +62,7 @@ CONTRACT = {
         grpc.StatusCode.PERMISSION_DENIED, e.PermissionDenied, e.PermissionDenied,
     ),
     "RATE_LIMITED": (grpc.StatusCode.RESOURCE_EXHAUSTED, e.RateLimited, e.ResourceExhausted),
+    "INTERNAL": (grpc.StatusCode.INTERNAL, e.Internal, e.Internal),
 }  # fmt: skip
 RETRYABLE_REASONS = {"CONTENTION", "DATABASE_UNAVAILABLE", "WRITER_UNAVAILABLE", "RATE_LIMITED"}
 
@@ -159,6 +160,6 @@ def test_without_details_the_code_decides(trailing: list[tuple[str, object]] | N
 
 
 def test_unknown_code_is_a_plain_ledger_error() -> None:
-    error = error_from_status(grpc.StatusCode.INTERNAL, "boom", None)
+    error = error_from_status(grpc.StatusCode.DATA_LOSS, "boom", None)
     assert type(error) is LedgerError and not error.retryable
-    assert str(error) == "INTERNAL: boom"
+    assert str(error) == "DATA_LOSS: boom"

@@ -85,7 +85,9 @@ async def test_attempts_are_bounded(scripted: ScriptedServer) -> None:
         with pytest.raises(Unavailable) as caught:
             await client.get_account("acct")
     assert len(scripted.scripts["GetAccount"].calls) == 4
-    assert caught.value.__notes__ == ["creditledger-client: gave up after 4 attempts"]
+    assert caught.value.__notes__ == [
+        f"creditledger-client: gave up after 4 attempts; request id {caught.value.request_id}"
+    ]
     assert isinstance(caught.value.__cause__, grpc.aio.AioRpcError)  # the raw error stays
 
 
@@ -147,22 +149,51 @@ async def test_reservation_helper_settles_what_was_used(scripted: ScriptedServer
     assert scripted.scripts["Release"].calls == []
 
 
-async def test_reservation_helper_releases_on_exception(scripted: ScriptedServer) -> None:
+async def test_reservation_helper_settles_what_was_used_on_exception(
+    scripted: ScriptedServer,
+) -> None:
     async with LedgerClient(scripted.target, retry=FAST) as client:
         with pytest.raises(RuntimeError, match="send failed"):
             async with client.reservation("acct", "crm_credits", 10) as hold:
                 hold.use(3)
                 raise RuntimeError("send failed")
-    ((release, _),) = scripted.scripts["Release"].calls
-    assert release.amount == 0  # all that remains
-    assert scripted.scripts["Settle"].calls == []
+    ((settle, _),) = scripted.scripts["Settle"].calls
+    assert (settle.amount, settle.final) == (3, True)  # delivered work is paid for
+    assert settle.idempotency_key == "hold:res-1:settle"  # derived from the reservation
+    assert scripted.scripts["Release"].calls == []
     assert hold.result is not None
 
 
-async def test_failed_release_is_noted_on_the_original_exception(scripted: ScriptedServer) -> None:
-    scripted.scripts["Release"].failures = [Failure(grpc.StatusCode.FAILED_PRECONDITION)]
+async def test_reservation_helper_releases_when_asked(scripted: ScriptedServer) -> None:
+    async with LedgerClient(scripted.target, retry=FAST) as client:
+        with pytest.raises(RuntimeError, match="send failed"):
+            async with client.reservation("acct", "crm_credits", 10, on_error="release") as hold:
+                hold.use(3)
+                raise RuntimeError("send failed")
+        with pytest.raises(RuntimeError, match="worthless"):
+            async with client.reservation("acct", "crm_credits", 10) as hold:
+                hold.use(3)
+                hold.on_error = "release"  # decided inside the block
+                raise RuntimeError("worthless")
+    releases = scripted.scripts["Release"].calls
+    assert [(r.amount, r.idempotency_key) for r, _ in releases] == [(0, "hold:res-1:release")] * 2
+    assert scripted.scripts["Settle"].calls == []
+
+
+async def test_reservation_helper_releases_when_nothing_was_used(scripted: ScriptedServer) -> None:
+    async with LedgerClient(scripted.target, retry=FAST) as client:
+        with pytest.raises(RuntimeError):
+            async with client.reservation("acct", "crm_credits", 10):
+                raise RuntimeError("failed before any work")
+    ((release, _),) = scripted.scripts["Release"].calls
+    assert release.amount == 0 and scripted.scripts["Settle"].calls == []
+
+
+async def test_failed_settle_is_noted_on_the_original_exception(scripted: ScriptedServer) -> None:
+    scripted.scripts["Settle"].failures = [Failure(grpc.StatusCode.FAILED_PRECONDITION)]
     async with LedgerClient(scripted.target, retry=FAST) as client:
         with pytest.raises(RuntimeError) as caught:
-            async with client.reservation("acct", "crm_credits", 10):
+            async with client.reservation("acct", "crm_credits", 10) as hold:
+                hold.use(1)
                 raise RuntimeError("send failed")
-    assert any("release of res-1 failed" in note for note in caught.value.__notes__)
+    assert any("settle of res-1 failed" in note for note in caught.value.__notes__)

@@ -85,7 +85,7 @@ async def test_fresh_venv_client_against_a_live_server(database_url: str, tmp_pa
 
     assert events["isolation"]["client_file"].startswith(str(tmp_path))
     assert events["email"] == {"event": "email", "charged": 30, "available": 0}
-    assert events["crm"]["left"] == [4_000, 5_000, 5_000, 2_000]
+    assert events["crm"]["left"] == [4_000, 5_000, 4_900, 2_000]
     assert set(events["exceptions"]["seen"]) == EXPECTED_EXCEPTIONS
     assert events["restart"]["replayed"] is True and events["restart"]["available"] == 93
     assert "done" in events

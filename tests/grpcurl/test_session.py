@@ -42,6 +42,9 @@ async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None
     for field, value in (("available", 1000), ("granted", 3000), ("settled", 3000)):
         assert f'"{field}": "{value}"' in balance, balance
     assert '"refunded": "1000"' in balance, balance  # once, though the refund ran twice
+    # -emit-defaults: zero fields are shown, not dropped as proto3 JSON would.
+    assert '"reserved": "0"' in balance, balance
+    assert '"remaining": "0"' in output_of("/Settle")
     refused = output_of("/Charge")
     assert "INSUFFICIENT_CREDITS" in refused and "FailedPrecondition" in refused, refused
     assert "as expected" in refused

@@ -298,7 +298,7 @@ class Checker:
             if isinstance(r, str):
                 self.violation("acked_reservation_missing", f"GetReservation {rid}: {r}", ops)
                 continue
-            where = f"{rid} ({r.account_id}/{r.asset} amount={r.amount} settled={r.settled} released={r.released} refunded={r.refunded} state={ledger_pb2.Reservation.State.Name(r.state)})"
+            where = f"{rid} ({r.account_id}/{r.asset} amount={r.amount} settled={r.settled} released={r.released} expired={r.expired} refunded={r.refunded} state={ledger_pb2.Reservation.State.Name(r.state)})"
             if r.settled != exp.settled[rid]:
                 self.violation(
                     "settled_mismatch",
@@ -311,16 +311,17 @@ class Checker:
                     f"{where}: acknowledged refunds sum to {exp.refunded[rid]}",
                     ops,
                 )
-            if r.released < exp.released_at_least[rid]:
+            # A release of credits whose lot had expired writes them off (`expired`).
+            if r.released + r.expired < exp.released_at_least[rid]:
                 self.violation(
                     "released_mismatch",
                     f"{where}: acknowledged releases sum to {exp.released_at_least[rid]}",
                     ops,
                 )
             if (
-                r.settled + r.released > r.amount
+                r.settled + r.released + r.expired > r.amount
                 or r.refunded > r.settled
-                or r.remaining != r.amount - r.settled - r.released
+                or r.remaining != r.amount - r.settled - r.released - r.expired
             ):
                 self.violation("reservation_caps", where, ops)
             if rid in exp.closed_by and r.state != ledger_pb2.Reservation.State.STATE_CLOSED:

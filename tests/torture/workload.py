@@ -302,18 +302,18 @@ class Workload:
 
     def check_reservation_snapshot(self, op: Op, r: Any) -> None:
         problems = []
-        if r.settled + r.released > r.amount:
-            problems.append("settled+released > amount")
+        if r.settled + r.released + r.expired > r.amount:
+            problems.append("settled+released+expired > amount")
         if r.refunded > r.settled:
             problems.append("refunded > settled")
-        if r.remaining != r.amount - r.settled - r.released:
-            problems.append("remaining != amount-settled-released")
-        if min(r.settled, r.released, r.refunded, r.remaining) < 0:
+        if r.remaining != r.amount - r.settled - r.released - r.expired:
+            problems.append("remaining != amount-settled-released-expired")
+        if min(r.settled, r.released, r.expired, r.refunded, r.remaining) < 0:
             problems.append("negative field")
         if problems:
             self.violation(
                 "reservation_caps",
-                f"{r.reservation_id} amount={r.amount} settled={r.settled} released={r.released} "
+                f"{r.reservation_id} amount={r.amount} settled={r.settled} released={r.released} expired={r.expired} "
                 f"refunded={r.refunded} remaining={r.remaining}: {', '.join(problems)}",
                 op,
             )

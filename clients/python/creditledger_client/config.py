@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 
-from creditledger_client.errors import LedgerError, metadata_pairs
+from creditledger_client.errors import REQUEST_ID_HEADER, LedgerError, metadata_pairs
 
 USER_AGENT = "creditledger-client-python/0.1.0"
 REPLAYED_TRAILER = "idempotent-replayed"
+
+#: gRPC metadata of one call, as (key, value) pairs; keys in lower case.
+CallMetadata = Sequence[tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +97,10 @@ DEFAULT_KEEPALIVE = Keepalive()
 class ClientConfig:
     """Everything a client needs to open its channel and run its calls.
 
-    `timeout_s` bounds one attempt, `total_timeout_s` the whole call with its retries.
+    `timeout_s` bounds one attempt (so a hung connection is given up and retried);
+    `total_timeout_s` is the deadline of a whole call, attempts and pauses
+    included, when the call does not pass its own `timeout_s` (which then is
+    that call's whole deadline).
     A `token` goes out as `authorization: Bearer <token>`: as channel call
     credentials under TLS, and as plain metadata on a plaintext channel (gRPC
     refuses call credentials there), which is only sensible on loopback.
@@ -159,20 +167,66 @@ class ClientConfig:
         return md
 
 
+def aio_channel(
+    config: ClientConfig, interceptors: Sequence[grpc.aio.UnaryUnaryClientInterceptor]
+) -> grpc.aio.Channel:
+    """The asyncio channel of a LedgerClient, with the caller's interceptors."""
+    creds = config.credentials()
+    options = config.options()
+    if creds is None:
+        return grpc.aio.insecure_channel(
+            config.target, options=options, interceptors=list(interceptors) or None
+        )
+    return grpc.aio.secure_channel(
+        config.target, creds, options=options, interceptors=list(interceptors) or None
+    )
+
+
+def sync_channel(
+    config: ClientConfig, interceptors: Sequence[grpc.UnaryUnaryClientInterceptor]
+) -> grpc.Channel:
+    """The blocking channel of a SyncLedgerClient, with the caller's interceptors."""
+    creds = config.credentials()
+    options = config.options()
+    channel = (
+        grpc.insecure_channel(config.target, options=options)
+        if creds is None
+        else grpc.secure_channel(config.target, creds, options=options)
+    )
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+
+
+def with_request_id(
+    base: CallMetadata, per_call: CallMetadata
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The metadata of one call and its request id.
+
+    The caller's `x-request-id` (in the per-call or the client's metadata) is
+    kept; otherwise a UUID4 is made, one per call, the same on every attempt,
+    so the server's log lines of all attempts share it.
+    """
+    metadata = tuple(base) + tuple(per_call)
+    sent = next((v for k, v in metadata if k.lower() == REQUEST_ID_HEADER), "")
+    if sent:
+        return metadata, sent
+    request_id = str(uuid.uuid4())
+    return (*metadata, (REQUEST_ID_HEADER, request_id)), request_id
+
+
 class Attempts:
     """The retry bookkeeping of one call: per-attempt timeouts and the pause before the next.
 
-    Shared by the asyncio and the blocking client so both follow one policy.
+    The call's deadline is its own `timeout_s` when given, else the client's
+    `total_timeout_s`; every attempt and every pause fits inside it. Shared by
+    the asyncio and the blocking client so both follow one policy.
     """
 
     def __init__(self, config: ClientConfig, timeout_s: float | None, rng: random.Random) -> None:
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self._config = config
-        self._per_attempt_s = timeout_s if timeout_s is not None else config.timeout_s
-        # A per-call timeout_s longer than the client's total stretches the total
-        # for that call; otherwise the total bounds every attempt and pause.
-        total_s = (
-            config.total_timeout_s if timeout_s is None else max(config.total_timeout_s, timeout_s)
-        )
+        self._per_attempt_s = config.timeout_s
+        total_s = config.total_timeout_s if timeout_s is None else timeout_s
         self._deadline = time.monotonic() + total_s
         self._rng = rng
         self.count = 0
@@ -187,15 +241,19 @@ class Attempts:
         if not error.retryable or self.count >= self._config.retry.max_attempts:
             return None
         pause = self._config.retry.backoff_s(self.count, self._rng)
+        # The server's RetryInfo is a floor: coming back sooner is refused again.
+        if error.retry_delay_s is not None:
+            pause = max(pause, error.retry_delay_s)
         # Leave the next attempt a useful slice of time, or it would only fail again.
         if time.monotonic() + pause + 0.01 >= self._deadline:
             return None
         return pause
 
     def give_up(self, error: LedgerError) -> LedgerError:
-        """Notes how many attempts were made on the error that ends the call."""
-        if self.count > 1:
-            error.add_note(f"creditledger-client: gave up after {self.count} attempts")
+        """Notes the request id, and how many attempts were made, on the error that ends
+        the call, so a logged traceback names the server's log lines."""
+        tried = f"gave up after {self.count} attempts; " if self.count > 1 else ""
+        error.add_note(f"creditledger-client: {tried}request id {error.request_id}")
         return error
 
 

@@ -22,6 +22,10 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 
 DOMAIN = "creditledger.v1"
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: The request id: sent by the client on every call, returned by the server in
+#: trailers and in ErrorInfo metadata, written on every server log line of the call.
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_METADATA = "request_id"
 
 #: Codes that mean "this attempt did not get an answer, or was told to come back":
 #: safe to retry a mutation with the same idempotency key, never with a new one.
@@ -59,6 +63,8 @@ class LedgerError(Exception):
         metadata: Mapping[str, str] | None = None,
         field_violations: Iterable[FieldViolation] = (),
         status: status_pb2.Status | None = None,
+        request_id: str = "",
+        retry_delay_s: float | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {reason + ': ' if reason else ''}{message}")
         self.code = code
@@ -67,6 +73,13 @@ class LedgerError(Exception):
         self.metadata: Mapping[str, str] = MappingProxyType(dict(metadata or {}))
         self.field_violations: tuple[FieldViolation, ...] = tuple(field_violations)
         self.status = status
+        #: The call's request id, to find its lines in the server's logs: the
+        #: server's (ErrorInfo metadata `request_id`, else the `x-request-id`
+        #: trailer), else the one this client sent. "" only for errors built by hand.
+        self.request_id = request_id
+        #: The server's google.rpc.RetryInfo delay (RATE_LIMITED sends one):
+        #: do not retry before it has passed. None when the server gave none.
+        self.retry_delay_s = retry_delay_s
 
     @property
     def retryable(self) -> bool:
@@ -120,6 +133,10 @@ class Unauthenticated(LedgerError):
 
 class PermissionDenied(LedgerError):
     """PERMISSION_DENIED: the token is valid but may not do this."""
+
+
+class Internal(LedgerError):
+    """INTERNAL: a bug in the server, logged there with its stack trace (find it by request_id)."""
 
 
 # One class per reason the server documents.
@@ -211,10 +228,30 @@ class AmountExceedsSettled(FailedPrecondition):
 class BalanceLimitExceeded(FailedPrecondition):
     """BALANCE_LIMIT_EXCEEDED: a grant would take the balance past the ledger's limit."""
 
+    @property
+    def limit(self) -> int:
+        """The largest balance the ledger keeps."""
+        return self._int("limit")
+
+    @property
+    def requested(self) -> int:
+        """What the grant asked for."""
+        return self._int("requested")
+
 
 class LotLimitExceeded(FailedPrecondition):
     """LOT_LIMIT_EXCEEDED: the account holds the most live lots of the asset one
     account may (LIVE_LOTS_PER_PAIR_MAX); metadata says the limit."""
+
+    @property
+    def limit(self) -> int:
+        """The most live lots one account may hold of one asset."""
+        return self._int("limit")
+
+    @property
+    def live_lots(self) -> int:
+        """The live lots the account holds of the asset."""
+        return self._int("live_lots")
 
 
 class Contention(Aborted):
@@ -231,7 +268,10 @@ class WriterUnavailable(Unavailable):
 
 
 class RateLimited(ResourceExhausted):
-    """RATE_LIMITED: too many requests from this caller."""
+    """RATE_LIMITED: too many requests from this caller; `retry_delay_s` says when to come back.
+
+    The client's own retries already wait at least that long.
+    """
 
 
 _BY_REASON: dict[str, type[LedgerError]] = {
@@ -254,6 +294,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited,
+    "INTERNAL": Internal,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[LedgerError]] = {
@@ -267,6 +308,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LedgerError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.INTERNAL: Internal,
 }
 
 #: Every reason this client turns into its own class.
@@ -279,6 +321,7 @@ class _Details:
     metadata: Mapping[str, str] | None = None
     violations: tuple[FieldViolation, ...] = ()
     status: status_pb2.Status | None = None
+    retry_delay_s: float | None = None
 
 
 def metadata_pairs(metadata: Iterable[Any] | None) -> list[tuple[str, Any]]:
@@ -297,20 +340,44 @@ def _parse_details(trailing: Iterable[Any] | None) -> _Details:
     except Exception:  # a proxy's garbage must not hide the gRPC code
         return _Details()
     reason, metadata, violations = "", dict[str, str](), list[FieldViolation]()
+    retry_delay_s: float | None = None
     for any_detail in status.details:
         info = error_details_pb2.ErrorInfo()
         bad = error_details_pb2.BadRequest()
+        retry = error_details_pb2.RetryInfo()
         if any_detail.Is(info.DESCRIPTOR) and any_detail.Unpack(info) and info.domain == DOMAIN:
             reason, metadata = info.reason, dict(info.metadata)
         elif any_detail.Is(bad.DESCRIPTOR) and any_detail.Unpack(bad):
             violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
-    return _Details(reason, metadata, tuple(violations), status)
+        elif any_detail.Is(retry.DESCRIPTOR) and any_detail.Unpack(retry):
+            delay = retry.retry_delay
+            retry_delay_s = max(0.0, delay.seconds + delay.nanos / 1e9)
+    return _Details(reason, metadata, tuple(violations), status, retry_delay_s)
+
+
+def _request_id(details: _Details, trailing: Iterable[Any] | None, sent: str) -> str:
+    """The server's request id (ErrorInfo metadata, then trailer), else the one sent."""
+    from_info = (details.metadata or {}).get(_REQUEST_ID_METADATA, "")
+    if from_info:
+        return from_info
+    for key, value in metadata_pairs(trailing):
+        if key == REQUEST_ID_HEADER and value:
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return sent
 
 
 def error_from_status(
-    code: grpc.StatusCode, message: str, trailing: Iterable[Any] | None
+    code: grpc.StatusCode,
+    message: str,
+    trailing: Iterable[Any] | None,
+    *,
+    sent_request_id: str = "",
 ) -> LedgerError:
-    """Builds the most specific LedgerError for a failed call's status and trailers."""
+    """Builds the most specific LedgerError for a failed call's status and trailers.
+
+    `sent_request_id` is the `x-request-id` the call went out with: the error's
+    request id when the server answered none (the call never reached it).
+    """
     details = _parse_details(trailing)
     cls = _BY_REASON.get(details.reason) or _BY_CODE.get(code, LedgerError)
     return cls(
@@ -322,13 +389,15 @@ def error_from_status(
         metadata=details.metadata,
         field_violations=details.violations,
         status=details.status,
+        request_id=_request_id(details, trailing, sent_request_id),
+        retry_delay_s=details.retry_delay_s,
     )
 
 
-def error_from_rpc_error(err: grpc.RpcError) -> LedgerError:
+def error_from_rpc_error(err: grpc.RpcError, *, sent_request_id: str = "") -> LedgerError:
     """Converts a grpc (sync or asyncio) RpcError; works for both call flavours."""
     code, details, trailing = _rpc_error_parts(err)
-    return error_from_status(code, details, trailing)
+    return error_from_status(code, details, trailing, sent_request_id=sent_request_id)
 
 
 def _rpc_error_parts(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, Iterable[Any] | None]:

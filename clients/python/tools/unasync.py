@@ -35,6 +35,7 @@ RULES: list[tuple[str, str]] = [
     (r"__aexit__", "__exit__"),
     (r"grpc\.aio\.", "grpc."),
     (r"asyncio\.sleep\(", "time.sleep("),
+    (r"\baio_channel\b", "sync_channel"),
     (r"AsyncReservation", "SyncReservation"),
     (r"\bLedgerClient\b", "SyncLedgerClient"),
     (r"Asyncio client", "Blocking client"),

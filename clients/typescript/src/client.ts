@@ -7,7 +7,9 @@
 // - retries only on UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED and
 //   RESOURCE_EXHAUSTED, with jittered exponential backoff, bounded by
 //   attempts and by an overall deadline (see retry.ts);
-// - a default deadline per attempt;
+// - a deadline per call (attempts and pauses share it) and a cap per attempt;
+// - an x-request-id on every call, kept across its retries, on every error;
+// - the server's RetryInfo delay honoured;
 // - failures as typed errors built from google.rpc.ErrorInfo (errors.ts);
 // - `replayed` on results, from the `idempotent-replayed` trailer.
 import { randomUUID } from "node:crypto";
@@ -17,13 +19,14 @@ import { type DescMessage, type MessageInitShape, create } from "@bufbuild/proto
 import { type CallOptions, type Client, type Interceptor, type Transport, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 
-import { AccountExists, REPLAYED_METADATA_KEY, toLedgerError } from "./errors.js";
+import { AccountExists, REPLAYED_METADATA_KEY, REQUEST_ID_HEADER, toLedgerError } from "./errors.js";
 import {
   type ChargeRequestSchema,
   type ChargeResponse,
   type CreateAccountRequestSchema,
   type CreateAccountResponse,
   CreateAccountResponseSchema,
+  type Entry,
   type GetAccountRequestSchema,
   type GetAccountResponse,
   type GetBalanceRequestSchema,
@@ -49,9 +52,10 @@ import {
   type SettleRequestSchema,
   type SettleResponse,
 } from "./gen/creditledger/v1/ledger_pb.js";
+import { type Hold, type HoldOptions, withReservation } from "./hold.js";
 import { DEFAULT_RETRY_POLICY, RetriesEnded, type RetryPolicy, withRetries } from "./retry.js";
 
-/** Per-attempt deadline when neither the client nor the call sets one. */
+/** Per-attempt cap when the client sets none: a hung connection is given up and retried. */
 export const DEFAULT_TIMEOUT_MS = 5_000;
 
 /**
@@ -76,13 +80,17 @@ export interface LedgerClientOptions {
   readonly token?: string | (() => string | Promise<string>);
   /** Extra request metadata sent with every call. */
   readonly headers?: Readonly<Record<string, string>>;
-  /** Deadline of one attempt, unless the call sets its own. */
+  /**
+   * The most one attempt may take (a hung connection is then retried). The
+   * deadline of a whole call is `retry.overallTimeoutMs`, or the call's own
+   * `timeoutMs`.
+   */
   readonly timeoutMs?: number;
   /** Retry bounds; fields left out keep DEFAULT_RETRY_POLICY's. */
   readonly retry?: Partial<RetryPolicy>;
   /** HTTP/2 PING interval. */
   readonly keepaliveMs?: number;
-  /** Connect interceptors (logging, tracing) run on every attempt. */
+  /** Connect interceptors (logging, tracing) run on every attempt of every call. */
   readonly interceptors?: readonly Interceptor[];
   /** Use this transport instead of building one (target, tls and keepalive are then ignored). */
   readonly transport?: Transport;
@@ -90,11 +98,17 @@ export interface LedgerClientOptions {
 
 /** Per-call settings. */
 export interface CallSettings {
-  /** Deadline of each attempt of this call. */
+  /**
+   * Deadline of the whole call: every attempt and every pause between them
+   * fits in it (without it, the client's retry.overallTimeoutMs).
+   */
   readonly timeoutMs?: number;
   /** Cancels the call, including its waits between retries. */
   readonly signal?: AbortSignal;
-  /** Extra request metadata for this call. */
+  /**
+   * Extra request metadata for this call. An `x-request-id` here is sent as
+   * the call's request id; without one the client makes a UUID per call.
+   */
   readonly headers?: Readonly<Record<string, string>>;
   /** Retry bounds of this call; fields left out keep the client's. */
   readonly retry?: Partial<RetryPolicy>;
@@ -151,6 +165,19 @@ type Keyed = { idempotencyKey: string };
 
 function amountOf(input: MutationInput): Int64Amount {
   return input.amount === undefined ? {} : { amount: toInt64(input.amount) };
+}
+
+/** The caller's x-request-id, whatever its case, from the last headers that set one. */
+function requestIdOf(...sources: (Readonly<Record<string, string>> | undefined)[]): string | undefined {
+  let found: string | undefined;
+  for (const source of sources) {
+    for (const [name, value] of Object.entries(source ?? {})) {
+      if (name.toLowerCase() === REQUEST_ID_HEADER && value !== "") {
+        found = value;
+      }
+    }
+  }
+  return found;
 }
 
 function baseUrlOf(target: string, tls: boolean): string {
@@ -288,7 +315,7 @@ export class LedgerClient {
     return this.read((options) => this.stub.getReservation(input, options), settings);
   }
 
-  /** Reads a group's legs. Throws a LedgerError with code NOT_FOUND when there is no such group. */
+  /** Reads a group's legs. Throws ReservationGroupNotFound. */
   getReservationGroup(input: GetReservationGroupInput, settings?: CallSettings): Promise<GetReservationGroupResponse> {
     return this.read((options) => this.stub.getReservationGroup(input, options), settings);
   }
@@ -301,6 +328,33 @@ export class LedgerClient {
   /** Reads one page of an account's journal, newest first. Throws AccountNotFound, InvalidArgument. */
   listEntries(input: ListEntriesInput, settings?: CallSettings): Promise<ListEntriesResponse> {
     return this.read((options) => this.stub.listEntries(input, options), settings);
+  }
+
+  /**
+   * Holds `input.amount` for `work`, then settles what `hold.use()` recorded,
+   * final, and returns what `work` returned. If `work` throws, the same settle
+   * is made (delivered work is paid for) unless `options.onError` or
+   * `hold.onError` is "release", then the work's error is rethrown. The
+   * settle and release keys derive from the reservation, so rerunning with
+   * the same `input.idempotencyKey` replays them; when that reservation is
+   * already closed, `hold.finished` is true, `hold.use()` throws and nothing
+   * more is settled. Throws as reserve, settle and release do.
+   */
+  withReservation<T>(input: ReserveInput, work: (hold: Hold) => Promise<T>, options?: HoldOptions): Promise<T> {
+    return withReservation(this, input, work, options);
+  }
+
+  /**
+   * Every entry of an account's journal, newest first, page after page.
+   * `settings.timeoutMs` is the deadline of each page's call. Throws as listEntries.
+   */
+  async *iterEntries(input: Omit<ListEntriesInput, "pageToken">, settings?: CallSettings): AsyncGenerator<Entry> {
+    let pageToken = "";
+    do {
+      const page = await this.listEntries({ ...input, pageToken }, settings);
+      yield* page.entries;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
   }
 
   private async read<Response>(
@@ -330,8 +384,17 @@ export class LedgerClient {
     settings: CallSettings | undefined,
     idempotencyKey: string | undefined,
   ): Promise<{ response: Response; replayed: boolean }> {
-    const policy = { ...this.retryPolicy, ...settings?.retry };
-    const timeoutMs = settings?.timeoutMs ?? this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const callTimeoutMs = settings?.timeoutMs;
+    if (callTimeoutMs !== undefined && !(callTimeoutMs > 0)) {
+      throw new RangeError(`timeoutMs must be > 0, got ${String(callTimeoutMs)}`);
+    }
+    const policy = {
+      ...this.retryPolicy,
+      ...settings?.retry,
+      ...(callTimeoutMs === undefined ? {} : { overallTimeoutMs: callTimeoutMs }),
+    };
+    const attemptTimeoutMs = this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const requestId = requestIdOf(this.options.headers, settings?.headers) ?? randomUUID();
     try {
       return await withRetries(
         async (attemptTimeoutMs) => {
@@ -341,7 +404,7 @@ export class LedgerClient {
           };
           const response = await invoke({
             timeoutMs: attemptTimeoutMs,
-            headers: await this.headers(settings),
+            headers: await this.headers(settings, requestId),
             onHeader: markReplayed,
             onTrailer: markReplayed,
             ...(settings?.signal === undefined ? {} : { signal: settings.signal }),
@@ -349,19 +412,22 @@ export class LedgerClient {
           return { response, replayed };
         },
         policy,
-        timeoutMs,
+        attemptTimeoutMs,
         settings?.signal,
       );
     } catch (error) {
       if (error instanceof RetriesEnded) {
-        throw toLedgerError(error.cause, { attempts: error.attempts, idempotencyKey });
+        throw toLedgerError(error.cause, { attempts: error.attempts, idempotencyKey, requestId });
       }
       throw error;
     }
   }
 
-  private async headers(settings: CallSettings | undefined): Promise<Record<string, string>> {
+  private async headers(settings: CallSettings | undefined, requestId: string): Promise<Record<string, string>> {
     const headers: Record<string, string> = { ...this.options.headers, ...settings?.headers };
+    if (requestIdOf(headers) === undefined) {
+      headers[REQUEST_ID_HEADER] = requestId;
+    }
     const token = this.options.token;
     if (token !== undefined) {
       headers["authorization"] = `Bearer ${typeof token === "function" ? await token() : token}`;

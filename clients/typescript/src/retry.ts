@@ -5,6 +5,8 @@
 // a call whose first attempt did commit is replayed, never applied twice.
 import { Code, ConnectError } from "@connectrpc/connect";
 
+import { retryDelayMsOf } from "./errors.js";
+
 /** Bounds of the client's retries of one call. */
 export interface RetryPolicy {
   /** Attempts in all, the first included; 1 turns retries off. */
@@ -87,7 +89,9 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
  * Runs `attempt` until it succeeds, fails with a code that is not retryable,
  * or the policy's attempts or overall deadline are spent. Each attempt gets
  * `attemptTimeoutMs` or what is left of the overall deadline, whichever is
- * shorter. Throws RetriesEnded wrapping the last failure.
+ * shorter; a retry that the backoff or the server's RetryInfo delay would
+ * start past the deadline is not made. Throws RetriesEnded wrapping the last
+ * failure.
  */
 export async function withRetries<T>(
   attempt: (timeoutMs: number) => Promise<T>,
@@ -102,7 +106,8 @@ export async function withRetries<T>(
       return await attempt(Math.max(1, Math.min(attemptTimeoutMs, remainingMs)));
     } catch (error) {
       const failure = ConnectError.from(error);
-      const waitMs = backoffMs(policy, attempts - 1);
+      // The server's RetryInfo (RATE_LIMITED sends one) is a floor: sooner is refused again.
+      const waitMs = Math.max(backoffMs(policy, attempts - 1), retryDelayMsOf(failure) ?? 0);
       const retry =
         RETRYABLE_CODES.has(failure.code) &&
         attempts < policy.maxAttempts &&

@@ -29,6 +29,108 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """Not sent; the zero value."""
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 1
+    """INVALID_ARGUMENT: a field is malformed or past a limit; BadRequest names the fields."""
+    ERROR_REASON_ACCOUNT_NOT_FOUND: _ErrorReason.ValueType  # 2
+    """NOT_FOUND: no such account."""
+    ERROR_REASON_RESERVATION_NOT_FOUND: _ErrorReason.ValueType  # 3
+    """NOT_FOUND: no such reservation."""
+    ERROR_REASON_RESERVATION_GROUP_NOT_FOUND: _ErrorReason.ValueType  # 4
+    """NOT_FOUND: no such reservation group."""
+    ERROR_REASON_ACCOUNT_EXISTS: _ErrorReason.ValueType  # 5
+    """ALREADY_EXISTS: CreateAccount of an id that is taken."""
+    ERROR_REASON_INSUFFICIENT_CREDITS: _ErrorReason.ValueType  # 6
+    """FAILED_PRECONDITION: available is smaller than requested; nothing changed."""
+    ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 7
+    """FAILED_PRECONDITION: the idempotency key was first used for a different request."""
+    ERROR_REASON_RESERVATION_CLOSED: _ErrorReason.ValueType  # 8
+    """FAILED_PRECONDITION: Settle or Release of a reservation already closed."""
+    ERROR_REASON_RESERVATION_EXPIRED: _ErrorReason.ValueType  # 9
+    """FAILED_PRECONDITION: Settle or Release after the reservation expired."""
+    ERROR_REASON_AMOUNT_EXCEEDS_REMAINING: _ErrorReason.ValueType  # 10
+    """FAILED_PRECONDITION: Settle or Release of more than is still held."""
+    ERROR_REASON_AMOUNT_EXCEEDS_SETTLED: _ErrorReason.ValueType  # 11
+    """FAILED_PRECONDITION: Refund of more than was settled and not yet refunded."""
+    ERROR_REASON_BALANCE_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 12
+    """FAILED_PRECONDITION: a Grant would take a balance past the ledger's limit."""
+    ERROR_REASON_CONTENTION: _ErrorReason.ValueType  # 13
+    """ABORTED: the server's serialization retries ran out; nothing recorded."""
+    ERROR_REASON_DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 14
+    """UNAVAILABLE: the server cannot reach its database; nothing recorded."""
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 15
+    """UNAUTHENTICATED: missing or unknown credentials."""
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 16
+    """PERMISSION_DENIED: the caller may not do this."""
+    ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 17
+    """RESOURCE_EXHAUSTED: the caller's rate limit; google.rpc.RetryInfo says when to retry."""
+    ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 18
+    """INTERNAL: a bug in the server; it is logged with its stack trace."""
+    ERROR_REASON_LOT_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 19
+    """FAILED_PRECONDITION: a Grant to an account and asset that already hold the most live lots."""
+    ERROR_REASON_WRITER_UNAVAILABLE: _ErrorReason.ValueType  # 20
+    """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
+    the ledger sends with a failed call. The wire carries the reason as a string
+    without the ERROR_REASON_ prefix (e.g. "INSUFFICIENT_CREDITS"); this enum is
+    the one list the server, both clients, the operator hints and the README are
+    tested against (tests/unit/test_error_reasons.py). New reasons are appended;
+    none is ever renamed or removed.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""Not sent; the zero value."""
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 1
+"""INVALID_ARGUMENT: a field is malformed or past a limit; BadRequest names the fields."""
+ERROR_REASON_ACCOUNT_NOT_FOUND: ErrorReason.ValueType  # 2
+"""NOT_FOUND: no such account."""
+ERROR_REASON_RESERVATION_NOT_FOUND: ErrorReason.ValueType  # 3
+"""NOT_FOUND: no such reservation."""
+ERROR_REASON_RESERVATION_GROUP_NOT_FOUND: ErrorReason.ValueType  # 4
+"""NOT_FOUND: no such reservation group."""
+ERROR_REASON_ACCOUNT_EXISTS: ErrorReason.ValueType  # 5
+"""ALREADY_EXISTS: CreateAccount of an id that is taken."""
+ERROR_REASON_INSUFFICIENT_CREDITS: ErrorReason.ValueType  # 6
+"""FAILED_PRECONDITION: available is smaller than requested; nothing changed."""
+ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 7
+"""FAILED_PRECONDITION: the idempotency key was first used for a different request."""
+ERROR_REASON_RESERVATION_CLOSED: ErrorReason.ValueType  # 8
+"""FAILED_PRECONDITION: Settle or Release of a reservation already closed."""
+ERROR_REASON_RESERVATION_EXPIRED: ErrorReason.ValueType  # 9
+"""FAILED_PRECONDITION: Settle or Release after the reservation expired."""
+ERROR_REASON_AMOUNT_EXCEEDS_REMAINING: ErrorReason.ValueType  # 10
+"""FAILED_PRECONDITION: Settle or Release of more than is still held."""
+ERROR_REASON_AMOUNT_EXCEEDS_SETTLED: ErrorReason.ValueType  # 11
+"""FAILED_PRECONDITION: Refund of more than was settled and not yet refunded."""
+ERROR_REASON_BALANCE_LIMIT_EXCEEDED: ErrorReason.ValueType  # 12
+"""FAILED_PRECONDITION: a Grant would take a balance past the ledger's limit."""
+ERROR_REASON_CONTENTION: ErrorReason.ValueType  # 13
+"""ABORTED: the server's serialization retries ran out; nothing recorded."""
+ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 14
+"""UNAVAILABLE: the server cannot reach its database; nothing recorded."""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 15
+"""UNAUTHENTICATED: missing or unknown credentials."""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 16
+"""PERMISSION_DENIED: the caller may not do this."""
+ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 17
+"""RESOURCE_EXHAUSTED: the caller's rate limit; google.rpc.RetryInfo says when to retry."""
+ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 18
+"""INTERNAL: a bug in the server; it is logged with its stack trace."""
+ERROR_REASON_LOT_LIMIT_EXCEEDED: ErrorReason.ValueType  # 19
+"""FAILED_PRECONDITION: a Grant to an account and asset that already hold the most live lots."""
+ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 20
+"""UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     """Account is a customer (or a pool) that holds balances of several assets."""
