@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := clients/python
 PROTO := protos/creditledger/v1/ledger.proto
 
-.PHONY: run test install proto proto-check lint typecheck unit bench torture clean
+.PHONY: run test install proto proto-check lint typecheck unit bench torture failover clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ bench: $(STAMP)
 ## The consistency checker with the fault injector (TORTURE_SECONDS, default 120).
 torture: $(STAMP)
 	$(PY) -m tests.torture --seconds $${TORTURE_SECONDS:-120} $(TORTURE_ARGS)
+
+## The ledger on a real HA PostgreSQL (Patroni + etcd, three nodes) through five faults:
+## see docs/operations.md. FAILOVER_ARGS=--scenarios kill,hang for a subset.
+failover: $(STAMP)
+	./deploy/install-test-tools.sh
+	$(PY) -m tests.failover $(FAILOVER_ARGS)
 
 clean:
 	rm -rf $(VENV) .ledger-data .mypy_cache .ruff_cache .pytest_cache

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools that some tests use (Prometheus and promtool, from
-# Debian's `prometheus` package). Each is optional: the tests that need a
+# Debian's `prometheus` package; Patroni and etcd for the failover test and
+# `make failover`, from `patroni` and `etcd-server`). Each is optional: the tests that need a
 # missing tool skip and say so. Idempotent and quiet when everything is there;
 # never fails `make test` by itself.
 set -u
@@ -10,6 +11,15 @@ need=()
 # tests need promtool.
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
   need+=(prometheus)
+fi
+# The HA cluster of tests/failover: Patroni 3.0 with an etcd 3.4 DCS (python3-etcd
+# is Patroni's etcd client). Debian's policy-rc.d keeps etcd's own service from
+# starting on the default ports.
+if ! command -v patroni >/dev/null 2>&1; then
+  need+=(patroni python3-etcd)
+fi
+if ! command -v etcd >/dev/null 2>&1; then
+  need+=(etcd-server)
 fi
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

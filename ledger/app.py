@@ -30,6 +30,7 @@ from ledger.storage.pool import (
     PoolSettings,
     create_pool,
     migrate,
+    read_endpoint_problem,
     wait_for_database,
 )
 from ledger.storage.postgres import PostgresStore
@@ -97,6 +98,7 @@ class App:
         self._stopping = asyncio.Event()
         self._metrics_server: Any = None
         self.security: Security | None = None
+        self.read_pool: Any = None
 
     async def start(self) -> None:
         """Errors: StartupError (before anything is started) for an unusable configuration."""
@@ -113,7 +115,8 @@ class App:
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
         self.pool = await create_pool(self.database_url, PoolSettings(max_size=cfg.pool_size_max))
-        self.store = PostgresStore(self.pool)
+        self.read_pool = await self._read_pool()
+        self.store = PostgresStore(self.pool, read_pool=self.read_pool)
         self.election = self._election(cfg)
         self.ledger = Ledger(
             self.store, self.election, self.clock, timedelta(seconds=cfg.refund_grace_s)
@@ -194,6 +197,23 @@ class App:
         election.address = cfg.advertise or f"{host}:{self.internal_port}"
         return election
 
+    async def _read_pool(self) -> Any:
+        """The read endpoint's pool, when one is given and reads there are safe; else None."""
+        url = self.config.read_database_url
+        if not url:
+            return None
+        problem = await read_endpoint_problem(self.database_url)
+        if problem:
+            log.warning(
+                "read endpoint not used, reads stay on the primary: %s (a standby could"
+                " miss acknowledged writes; docs/operations.md)",
+                problem,
+            )
+            return None
+        pool = await create_pool(url, PoolSettings(min_size=1, max_size=self.config.pool_size_max))
+        log.info("reads (GetBalance, GetAccount, ListEntries, ...) go to the read endpoint")
+        return pool
+
     def _log_security(self, security: Security, tls: bool) -> None:
         cfg = self.config
         transport = "plaintext"
@@ -231,7 +251,9 @@ class App:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            # While the database is marked unreachable every call fails fast until a
+            # check passes: check more often then, so a new primary is used at once.
+            await asyncio.sleep(1.0 if self.store.reachable else 0.25)
             try:
                 await self._check_health()
             except Exception:
@@ -255,6 +277,8 @@ class App:
         await self.internal_server.stop(1.0)
         await self.store.close()
         await self.pool.close()
+        if self.read_pool is not None:
+            await self.read_pool.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._embedded is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 class Config:
     listen: str = "127.0.0.1:50051"
     database_url: str = ""
+    read_database_url: str = ""
     data_dir: Path = Path(".ledger-data")
     metrics_listen: str = "127.0.0.1:9464"
     log_level: str = "info"
@@ -96,6 +97,13 @@ def add_database_flags(p: argparse.ArgumentParser) -> None:
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
     d = Config()
     add_database_flags(p)
+    p.add_argument(
+        "--read-database-url",
+        default=_env("LEDGER_READ_DATABASE_URL", ""),
+        help="PostgreSQL URL of synchronous standbys for GetBalance, GetAccount, ListEntries and"
+        " the other reads (env LEDGER_READ_DATABASE_URL); used only when the primary has"
+        " synchronous_commit = remote_apply, else reads stay on the primary (docs/operations.md)",
+    )
     p.add_argument(
         "--listen",
         default=_env("LEDGER_LISTEN", d.listen),
@@ -227,6 +235,7 @@ def from_args(args: argparse.Namespace) -> Config:
     return Config(
         listen=args.listen,
         database_url=args.database_url,
+        read_database_url=args.read_database_url,
         data_dir=Path(args.data_dir),
         metrics_listen=args.metrics_listen,
         log_level=args.log_level,

@@ -134,7 +134,8 @@ class Contention(LedgerError):
 
 
 class DatabaseUnavailable(LedgerError):
-    """The database could not be reached; nothing was recorded."""
+    """The database could not be reached; the outcome is unknown (a commit cut off by a
+    failover can have happened): the caller retries with the same key."""
 
     kind = Kind.UNAVAILABLE
     reason = "DATABASE_UNAVAILABLE"

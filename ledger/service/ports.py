@@ -24,7 +24,13 @@ class SerializationConflict(Exception):
 
 
 class StorageUnavailable(Exception):
-    """The database could not be reached or the connection broke; nothing was committed."""
+    """The database could not be reached or the connection broke.
+
+    The outcome of a write is then unknown: a COMMIT cut off mid-way (a failover
+    while it waited for the synchronous standby, the command timeout) can have
+    committed. Callers get UNAVAILABLE and retry with the same idempotency key,
+    which replays the first outcome if there was one.
+    """
 
 
 class WriterFenced(Exception):

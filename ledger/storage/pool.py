@@ -12,9 +12,11 @@ from typing import Any
 
 import asyncpg
 
+from ledger.storage import hosts
 from ledger.storage.postgres import json_codec_init
 
 log = logging.getLogger("ledger.storage")
+logging.getLogger("asyncpg.pool").addFilter(hosts.TracebackFreeFilter())
 
 _MIGRATION_LOCK_KEY = 0x43524C44  # "CRLD": one advisory lock for every migrating process
 
@@ -23,6 +25,8 @@ _MIGRATION_LOCK_KEY = 0x43524C44  # "CRLD": one advisory lock for every migratin
 class PoolSettings:
     min_size: int = 2
     max_size: int = 10
+    # Per host: a multi-host URL's hosts are dialled at once (ledger.storage.hosts),
+    # each under this timeout, so one hung host cannot eat the others' time.
     connect_timeout_s: float = 2.0
     # A silent database (a partition) must not outlive callers' deadlines:
     # each statement gives up after this, and the call answers UNAVAILABLE.
@@ -43,6 +47,8 @@ async def create_pool(url: str, settings: PoolSettings = PoolSettings()) -> asyn
         server_settings={"plan_cache_mode": "force_custom_plan"},
         # Idle connections are recycled so that a restarted database is noticed.
         max_inactive_connection_lifetime=60.0,
+        # A multi-host URL: race the hosts, keep the one of the wanted role.
+        connect=hosts.connector_for(url),
     )
     return pool
 
@@ -54,17 +60,44 @@ async def wait_for_database(url: str, timeout_s: float) -> None:
     delay = 0.1
     while True:
         try:
-            conn = await asyncpg.connect(url, timeout=2.0)
+            conn = await hosts.connect(url, 2.0)
             await conn.close()
             return
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             if loop.time() + delay > deadline:
                 raise ConnectionError(
-                    f"database not reachable after {timeout_s:.0f} s: {type(exc).__name__}"
+                    f"database not reachable after {timeout_s:.0f} s: {_why(exc)}"
                 ) from exc
-            log.warning("database not reachable yet (%s); retrying", type(exc).__name__)
+            log.warning("database not reachable yet (%s); retrying", _why(exc))
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
+
+
+async def read_endpoint_problem(url: str) -> str:
+    """Why reads must not go to standbys ('' when they may).
+
+    A read on a standby sees every acknowledged write only when each commit waited
+    for the synchronous standbys to apply it: synchronous_commit = remote_apply with
+    synchronous_standby_names set, as the ledger's own sessions on the primary see them.
+    """
+    conn = await hosts.connect(url, 10.0)
+    try:
+        commit, standbys = await conn.fetchrow(
+            "SELECT current_setting('synchronous_commit'),"
+            " current_setting('synchronous_standby_names')"
+        )
+    finally:
+        await conn.close()
+    if commit != "remote_apply":
+        return f"synchronous_commit is {commit!r} on the primary, not 'remote_apply'"
+    if not standbys:
+        return "synchronous_standby_names is empty on the primary: no commit waits for a standby"
+    return ""
+
+
+def _why(exc: BaseException) -> str:
+    # NoHostAvailable's message names each host's reason; others: the type is enough.
+    return str(exc) if isinstance(exc, hosts.NoHostAvailable) else type(exc).__name__
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -81,7 +114,7 @@ async def migrate(url: str) -> list[str]:
 
     Returns the names of the migrations this call applied.
     """
-    conn = await asyncpg.connect(url, timeout=10.0)
+    conn = await hosts.connect(url, 10.0)
     applied: list[str] = []
     try:
         # A transaction-scoped lock: released by COMMIT/ROLLBACK on the same

@@ -55,6 +55,9 @@ _UNAVAILABLE_STATES = {
     "08001",
     "08004",
     "53300",
+    # read_only_sql_transaction: this connection's node turned standby (a failover
+    # demoted it). The connection is dropped; the next one finds the new primary.
+    "25006",
 }
 
 # Also "nothing was done, try again", whatever the request (issue 13, item 5): a
@@ -77,6 +80,13 @@ _FENCED = "LW001"
 _UNIT_ATTEMPTS_MAX = 8
 _UNIT_BACKOFF_BASE_S = 0.005
 _UNIT_BACKOFF_MAX_S = 0.2
+
+# The read endpoint's fence (PostgresStore._standby_read): the primary's flush
+# position, then "has this standby replayed that far?" (NULL, so false, on a
+# node that is not in recovery), asked again after each pause before giving up.
+_FLUSH_LSN = "SELECT pg_current_wal_flush_lsn()::text"
+_REPLAYED_PAST = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)"
+_FENCE_PAUSES_S = (0.002, 0.005, 0.01, 0.02, 0.0)
 
 # The writer's two statements are keyed lookups and inserts, nothing else: with
 # the planner held to index paths they have the same plan whatever the tables'
@@ -365,8 +375,15 @@ class PgBatch:
 class PostgresStore:
     """The Store of ledger.service.ports, on an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        acquire_timeout_s: float = 2.0,
+        read_pool: asyncpg.Pool | None = None,
+    ) -> None:
         self._pool = pool
+        # Synchronous standbys for the reads that may go there (see _standby_read).
+        self._read_pool = read_pool
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
@@ -405,14 +422,17 @@ class PostgresStore:
             self._waiting -= 1
         try:
             yield conn
-        except (StorageUnavailable, asyncio.CancelledError):
+        except (StorageUnavailable, asyncio.CancelledError) as exc:
             # Timed out, cancelled or broken mid-query: its state is unknown, never reuse it.
             with suppress(Exception):
                 conn.terminate()
+            await self._expire_if_silent(exc)
             raise
         finally:
             with suppress(Exception):
-                await self._pool.release(conn)
+                # Bounded: the reset on release must not hang on a node that stopped
+                # answering (asyncpg terminates the connection when it times out).
+                await self._pool.release(conn, timeout=self._acquire_timeout_s)
 
     async def _writer_connection(self) -> asyncpg.Connection:
         """The writer's own connection, held across batches: no pool round trips
@@ -495,8 +515,16 @@ class PostgresStore:
             await self._abandon(conn, exc)
             raise
 
+    async def _expire_if_silent(self, exc: BaseException) -> None:
+        """A statement that got no answer: the node hangs or is cut off, and so are the
+        pool's other connections to it. Replace them all (asyncpg reconnects each on its
+        next acquire, racing the hosts again) rather than let each cost one more timeout."""
+        if isinstance(exc, StorageUnavailable) and isinstance(exc.__cause__, TimeoutError):
+            await self._pool.expire_connections()
+
     async def _abandon(self, conn: asyncpg.Connection, exc: BaseException) -> None:
         """After a failed batch: roll back on a sound connection, else drop it."""
+        await self._expire_if_silent(exc)
         if isinstance(exc, Exception) and not isinstance(exc, StorageUnavailable):
             try:
                 if not conn.is_closed() and conn.is_in_transaction():
@@ -533,6 +561,55 @@ class PostgresStore:
             await asyncio.sleep(backoff_s * random.random())
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
+    async def _standby_read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """A read on the read endpoint when there is one and it has caught up; else on the primary.
+
+        The fence: the primary's WAL flush position, taken first, covers every
+        commit acknowledged before this read began (a commit is flushed before it
+        is acknowledged). The standby serves the read only once it has replayed
+        that far, so a standby that fell out of the synchronous set (a node
+        rejoining after a failover, a lagging one) never answers with old data;
+        a node that is not in recovery is never used either (it may be an old
+        primary cut off from the cluster). With synchronous_commit = remote_apply
+        (checked at start) the synchronous standbys are there already, or within
+        the few milliseconds of commits in flight.
+
+        The read falls back to the primary only when `fn` has not run: a
+        failure inside it is UNAVAILABLE (reads are safe to retry), so that
+        `fn` never fills its results from two snapshots.
+
+        Errors: StorageUnavailable.
+        """
+        if self._read_pool is None:
+            return await self._read(fn)
+        fence = await self._read(lambda conn: conn.fetchval(_FLUSH_LSN))
+        try:
+            conn = await self._read_pool.acquire(timeout=self._acquire_timeout_s)
+        except Exception:
+            return await self._read(fn)
+        started = False
+        try:
+            if await self._caught_up(conn, fence):
+                started = True
+                return await _guard(fn(conn))
+        except StorageUnavailable:
+            with suppress(Exception):
+                conn.terminate()
+            if started:
+                raise
+        finally:
+            with suppress(Exception):
+                await self._read_pool.release(conn, timeout=self._acquire_timeout_s)
+        return await self._read(fn)
+
+    @staticmethod
+    async def _caught_up(conn: asyncpg.Connection, fence: str) -> bool:
+        for pause_s in _FENCE_PAUSES_S:
+            if await _guard(conn.fetchval(_REPLAYED_PAST, fence)):
+                return True
+            await asyncio.sleep(pause_s)
+        return False
+
     async def create_account(
         self, account_id: str, metadata: dict[str, str], now: datetime
     ) -> Account | None:
@@ -553,7 +630,7 @@ class PostgresStore:
 
     async def get_account(self, account_id: str) -> Account | None:
         """The account without its balances (snapshot() reads those as of an instant)."""
-        row = await self._read(
+        row = await self._standby_read(
             lambda conn: conn.fetchrow(
                 "SELECT account_id, metadata, created_at FROM accounts WHERE account_id = $1",
                 account_id,
@@ -603,7 +680,7 @@ class PostgresStore:
                     whole,
                 )
 
-        await self._read(run)
+        await self._standby_read(run)
 
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int
@@ -627,7 +704,7 @@ class PostgresStore:
                 )
             return [_entry(r) for r in rows]
 
-        return await self._read(run)
+        return await self._standby_read(run)
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]:
         async def run(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str]]]:

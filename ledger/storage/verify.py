@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import asyncpg
+from ledger.storage import hosts
 
 # (name, what it means, query returning offending rows; none means it holds)
 CHECKS: list[tuple[str, str, str]] = [
@@ -161,7 +161,7 @@ class Report:
 
 
 async def verify(url: str, sample_max: int = 10) -> Report:
-    conn = await asyncpg.connect(url, timeout=10.0)
+    conn = await hosts.connect(url, 10.0)
     report = Report()
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):

@@ -259,7 +259,11 @@ class Contention(Aborted):
 
 
 class DatabaseUnavailable(Unavailable):
-    """DATABASE_UNAVAILABLE: the server runs but cannot reach PostgreSQL."""
+    """DATABASE_UNAVAILABLE: the server runs but cannot reach PostgreSQL.
+
+    The command may or may not have happened (a commit cut off by a database
+    failover can have committed): retry it with the same idempotency key.
+    """
 
 
 class WriterUnavailable(Unavailable):
