@@ -16,6 +16,7 @@ import asyncpg
 
 from ledger.service.election import LeaseView
 from ledger.service.ports import StorageUnavailable
+from ledger.storage import hosts
 from ledger.storage.postgres import _guard
 
 # Takes the lease when it expired, was released, or its holder's lease session
@@ -58,7 +59,8 @@ class PgLease:
             return conn
         self._conn = None
         try:
-            conn = await asyncpg.connect(self._url, timeout=self._timeout_s)
+            # As the pool connects: a multi-host URL finds the primary (ledger.storage.hosts).
+            conn = await hosts.connect(self._url, self._timeout_s)
         except Exception as exc:
             raise StorageUnavailable(f"no lease session: {type(exc).__name__}") from exc
         self._conn = conn
