@@ -45,6 +45,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"ledger serve: {problem}", file=sys.stderr)
         return 2
     ledger_logging.configure(cfg.log_level, cfg.log_format)
+    if cfg.fronts > 1:
+        from ledger.fronts import Fronts
+
+        argv: list[str] = args.argv
+        return Fronts(cfg, argv[argv.index("serve") + 1 :]).run()
 
     async def main() -> int:
         try:
@@ -297,5 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # `serve --fronts` passes it on
     result: int = args.func(args)
     return result

@@ -126,3 +126,20 @@ def record_moved(moved: list[tuple[str, str, int]]) -> None:
 
 def set_build_info(version: str) -> None:
     BUILD_INFO.info({"version": version})
+
+
+# ---- one writer per database (ledger.service.election)
+WRITER_LEADER = Gauge(
+    "ledger_writer_leader", "1 while this process holds the writer lease, else 0."
+)
+WRITER_TERM = Gauge("ledger_writer_term", "The writer term this process last held.")
+FORWARDED = Counter(
+    "ledger_forwarded_commands_total",
+    "Commands this process forwarded to the elected writer, by outcome (ok, error, unavailable).",
+    ["outcome"],
+)
+FORWARD_CALLS = Histogram(
+    "ledger_forward_call_commands",
+    "Commands per internal call to the writer (forwarding coalesces them).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

@@ -35,8 +35,7 @@ from ledger.domain.model import (
 from ledger.observability import metrics
 from ledger.service import batching, groups, pagetoken, scope
 from ledger.service.clock import Clock
-from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
-from ledger.service.writer import Writer
+from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
 
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
@@ -65,7 +64,7 @@ class Ledger:
     def __init__(
         self,
         store: Store,
-        writer: Writer,
+        writer: CommandSink,  # the local Writer, or the Election routing to the elected one
         clock: Clock,
         refund_grace: timedelta = timedelta(days=7),
     ) -> None:
@@ -85,7 +84,7 @@ class Ledger:
         Errors: PermissionDenied; InvalidArgument; the business errors of the
         command (see ledger.domain.rules), with AccountNotFound or
         ReservationNotFound also for what lies outside the caller's scope;
-        IdempotencyKeyReused; DatabaseUnavailable; Contention.
+        IdempotencyKeyReused; DatabaseUnavailable; WriterUnavailable; Contention.
         """
         cmd = self._admit(cmd, access)
         try:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ledger.domain.model import Account, Entry
+from ledger.domain import commands as c
+from ledger.domain.model import Account, Entry, Result
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -30,6 +31,11 @@ class StorageUnavailable(Exception):
     committed. Callers get UNAVAILABLE and retry with the same idempotency key,
     which replays the first outcome if there was one.
     """
+
+
+class WriterFenced(Exception):
+    """The batch's writer term is no longer the current one: another process is
+    the writer now, and nothing of the batch was committed."""
 
 
 @dataclass(frozen=True)
@@ -118,3 +124,12 @@ class Store(Protocol):
     ) -> int: ...
 
     async def ping(self) -> None: ...
+
+
+class CommandSink(Protocol):
+    """Where validated commands go: the local Writer, or the route to the elected one
+    (ledger.service.election)."""
+
+    async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
+        """Returns (result, replayed); raises the command's LedgerError."""
+        ...

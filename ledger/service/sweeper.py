@@ -1,9 +1,10 @@
 """Background work: expire overdue reservations and lots, keep gauges fresh,
 keep the idempotency key store ready ahead and drop its expired partitions.
 
-Safe with several server processes on one database: each sweeper only
-submits ExpireDue commands to its own writer, which re-reads the rows inside
-a SERIALIZABLE transaction; whoever comes second finds nothing to do.
+It runs only in the process that holds the writer lease
+(ledger.service.election) and submits ExpireDue commands to that writer,
+which re-reads the rows inside a SERIALIZABLE transaction: a sweep that
+races with a command on the same reservation finds it already done.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.observability import metrics
 from ledger.service.clock import Clock
-from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
+from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
 from ledger.service.retention import IdempotencyRetention
-from ledger.service.writer import Writer
 
 log = logging.getLogger("ledger.sweeper")
 
@@ -41,7 +41,7 @@ class Sweeper:
     def __init__(
         self,
         store: Store,
-        writer: Writer,
+        writer: CommandSink,
         clock: Clock,
         settings: SweeperSettings = SweeperSettings(),
     ) -> None:
@@ -52,6 +52,8 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        if self._task is not None:
+            return  # already running
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-sweeper")
 
     async def stop(self) -> None:

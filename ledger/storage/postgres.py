@@ -34,6 +34,7 @@ from ledger.service.ports import (
     IdempotencyRecord,
     SerializationConflict,
     StorageUnavailable,
+    WriterFenced,
 )
 from ledger.storage import idempotency as idem
 
@@ -70,6 +71,9 @@ _UNAVAILABLE_CLASSES = ("53", "58")
 _UNAVAILABLE_TOO = {"57014"}
 
 _BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+# ledger_writer_fence() (migration 0003) raises it when this session's writer term
+# is not the current one: the batch must not commit (docs/design.md, fencing).
+_FENCED = "LW001"
 
 # Units of work outside the writer's batches (CreateAccount, reads, the sweeper's
 # queries): how often one is re-run after losing a serialization race, as the
@@ -237,6 +241,8 @@ def _translate(exc: BaseException) -> BaseException:
         state = getattr(exc, "sqlstate", "") or ""
         if state in _RETRYABLE:
             return SerializationConflict(state)
+        if state == _FENCED:
+            return WriterFenced(str(exc))
         if state == "23505" and "idempotency" in str(getattr(exc, "constraint_name", "") or ""):
             # A concurrent transaction (another replica) recorded the same key first:
             # the retry will find its record and replay it.
@@ -437,6 +443,16 @@ class PostgresStore:
         # Set by ping(): while the last health check failed, calls fail at once with
         # UNAVAILABLE instead of each waiting out a connect timeout.
         self.reachable = True
+        # The elected writer's term (set_writer_term): when set, every batch's COMMIT
+        # is preceded, in the same round trip, by the fence check of that term.
+        self._writer_term: int | None = None
+        self._commit = "COMMIT"
+
+    async def set_writer_term(self, term: int) -> None:
+        """Fence every later batch with `term`; a new writer connection carries it."""
+        self._writer_term = term
+        self._commit = "SELECT ledger_writer_fence(); COMMIT"
+        await self._drop_writer_connection()
 
     def pool_stats(self) -> tuple[int, int, int]:
         """(connections, in use, tasks waiting for one)."""
@@ -487,6 +503,13 @@ class PostgresStore:
             raise StorageUnavailable(f"no database connection: {type(exc).__name__}") from exc
         try:
             await _guard(conn.execute(_WRITER_PLANS))
+            if self._writer_term is not None:
+                await _guard(
+                    conn.execute(
+                        "SELECT set_config('ledger.writer_term', $1, false)",
+                        str(self._writer_term),
+                    )
+                )
         except BaseException:
             with suppress(Exception):
                 conn.terminate()
@@ -532,10 +555,10 @@ class PostgresStore:
                 await _guard(conn.execute(_BEGIN))
             yield PgBatch(conn, self._cover_idempotency)
             if more_waiting is not None and more_waiting():
-                await _guard(conn.execute(f"COMMIT; {_BEGIN}"))
+                await _guard(conn.execute(f"{self._commit}; {_BEGIN}"))
                 self._begun = conn
                 return
-            status = await _guard(conn.execute("COMMIT"))
+            status = await _guard(conn.execute(self._commit))
             if status != "COMMIT":  # PostgreSQL answers ROLLBACK when the transaction had failed
                 raise SerializationConflict(f"COMMIT answered {status}")
         except BaseException as exc:

@@ -57,6 +57,7 @@ from creditledger_client.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    WriterUnavailable,
 )
 from creditledger_client.hold import Hold
 from creditledger_client.models import (
@@ -142,5 +143,6 @@ __all__ = [
     "TlsConfig",
     "Unauthenticated",
     "Unavailable",
+    "WriterUnavailable",
     "new_idempotency_key",
 ]

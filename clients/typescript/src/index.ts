@@ -57,6 +57,7 @@ export {
   ResourceExhausted,
   Unauthenticated,
   Unavailable,
+  WriterUnavailable,
   codeName,
   errorClassOf,
   retryDelayMsOf,
