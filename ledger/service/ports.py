@@ -113,6 +113,10 @@ class Store(Protocol):
         expired by `now` (when `drop`). Returns (created, dropped) units of storage."""
         ...
 
+    def idempotency_ready_until(self) -> datetime | None:
+        """How far ahead the key store was ready at the last maintain_idempotency."""
+        ...
+
     async def archive_reservations(
         self, expired_before: datetime, now: datetime, limit: int
     ) -> int: ...

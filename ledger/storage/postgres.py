@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
-from ledger.domain import codec, limits
+from ledger.domain import codec, errors, limits
 from ledger.domain.model import (
     Account,
     Bucket,
@@ -403,6 +403,10 @@ class PgBatch:
         await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
 
 
+def _record_ts(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
+
+
 def _record_expiry(r: IdempotencyRecord) -> datetime:
     if r.expires_at is None:
         raise ValueError(f"idempotency record {r.key!r} has no expires_at")
@@ -428,6 +432,9 @@ class PostgresStore:
         # [from, until): partitions exist for every expires_at in it (as of the last
         # maintenance; `from` is the `now` it dropped up to).
         self._idem_covered: tuple[datetime, datetime] | None = None
+        # Whether this role may create and drop the partitions (it owns the table);
+        # the least-privilege serving role may not (check_partition_rights).
+        self._may_maintain = True
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
@@ -776,6 +783,10 @@ class PostgresStore:
 
         Returns (created, dropped); (0, 0) when another process is doing it.
         """
+        if not self._may_maintain:
+            # `ledger maintain` (the owner) makes them: only see how far they reach.
+            await self.refresh_idempotency_coverage(now)
+            return 0, 0
         async with self._connection() as conn:
             result = await _guard(idem.maintain(conn, now, until, self._idem_partition, drop))
         if result.covered_until is not None:
@@ -791,6 +802,17 @@ class PostgresStore:
         if covered is not None and covered[0] <= expires_at < covered[1]:
             return
         margin = 2 * self._idem_partition
+        if not self._may_maintain:
+            # No DDL as the serving role: perhaps `ledger maintain` ran since the last look.
+            until = await self.refresh_idempotency_coverage(now)
+            if expires_at + margin <= until:
+                return
+            raise errors.DatabaseUnavailable(
+                "the idempotency key store has no partition for this key's expiry yet:"
+                " run `ledger maintain` as the database owner role (hourly); retry with"
+                " the same idempotency key",
+                {"missing_until": _record_ts(expires_at + margin)},
+            )
         async with self._connection() as conn:
             result = await _guard(
                 idem.maintain(conn, now, expires_at + margin, self._idem_partition, drop=False)
@@ -798,6 +820,27 @@ class PostgresStore:
         if result.skipped or result.covered_until is None:
             raise SerializationConflict("idempotency partitions are being maintained")
         self._idem_covered = (now, result.covered_until)
+
+    async def check_partition_rights(self) -> bool:
+        """Whether this role may create and drop the idempotency partitions (it owns
+        the table, or may act as its owner); checked once at start. When it may
+        not, maintain_idempotency only reads how far the partitions reach and a
+        batch whose key has no partition answers DatabaseUnavailable."""
+        async with self._connection() as conn:
+            self._may_maintain = await _guard(idem.may_maintain(conn))
+        return self._may_maintain
+
+    async def refresh_idempotency_coverage(self, now: datetime) -> datetime:
+        """How far (from `now`, without a gap) the idempotency partitions reach;
+        read from the catalog, no DDL."""
+        async with self._connection() as conn:
+            until = await _guard(idem.covered_until(conn, now))
+        self._idem_covered = (now, until)
+        return until
+
+    def idempotency_ready_until(self) -> datetime | None:
+        """The end of the partitions as last seen (None before the first look)."""
+        return None if self._idem_covered is None else self._idem_covered[1]
 
     async def archive_reservations(
         self, expired_before: datetime, now: datetime, limit: int
