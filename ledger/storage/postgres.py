@@ -400,7 +400,21 @@ class PgBatch:
         if records and self._cover_idempotency is not None:
             await self._cover_idempotency(ws.now, max(_record_expiry(r) for r in records))
         # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
-        await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+        try:
+            await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+        except asyncpg.CheckViolationError as exc:
+            if "no partition of relation" not in str(exc):
+                raise
+            # A partition gone or never made behind the coverage this process saw
+            # (dropped by hand, say): the same answer as a missing one, not INTERNAL.
+            raise errors.DatabaseUnavailable(_NO_PARTITION, {}) from exc
+
+
+_NO_PARTITION = (
+    "the idempotency key store has no partition for this key's expiry yet:"
+    " run `ledger maintain` as the database owner role (hourly); retry with"
+    " the same idempotency key"
+)
 
 
 def _record_ts(t: datetime) -> str:
@@ -808,10 +822,7 @@ class PostgresStore:
             if expires_at + margin <= until:
                 return
             raise errors.DatabaseUnavailable(
-                "the idempotency key store has no partition for this key's expiry yet:"
-                " run `ledger maintain` as the database owner role (hourly); retry with"
-                " the same idempotency key",
-                {"missing_until": _record_ts(expires_at + margin)},
+                _NO_PARTITION, {"missing_until": _record_ts(expires_at + margin)}
             )
         async with self._connection() as conn:
             result = await _guard(

@@ -268,6 +268,37 @@ async def test_a_key_without_a_partition_answers_unavailable_naming_ledger_maint
         await app.stop()
 
 
+async def test_a_partition_dropped_by_hand_answers_unavailable_not_internal(roles: Roles) -> None:
+    """Behind the coverage the server saw (a partition dropped by hand): the insert
+    finds no partition; the answer is the same UNAVAILABLE, never INTERNAL."""
+    app = App(_serving_config(roles))
+    await app.start()
+    conn = await asyncpg.connect(roles.db.url)
+    try:
+        week = datetime.now(UTC) + timedelta(days=7)
+        (victim,) = [
+            p
+            for p in await idem.partitions(conn)
+            if p.lower is not None and p.lower <= week < p.upper
+        ]
+        await conn.execute(f"ALTER TABLE idempotency DETACH PARTITION {victim.name}")
+        await conn.execute(f"DROP TABLE {victim.name}")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            s = ledger_pb2_grpc.LedgerServiceStub(ch)
+            acct = f"roles-drop-{uuid.uuid4().hex[:8]}"
+            await s.CreateAccount(pb.CreateAccountRequest(account_id=acct))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await s.Grant(
+                    pb.GrantRequest(account_id=acct, asset=ASSET, amount=5, idempotency_key=_k())
+                )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+        assert "`ledger maintain`" in (info.value.details() or ""), info.value.details()
+    finally:
+        await conn.close()
+        await app.stop()
+        assert _maintain(roles.db.url).returncode == 0  # the owner makes it again
+
+
 async def test_serve_as_the_serving_role_refuses_without_partitions() -> None:
     db = await TestDatabase.create(prefix="ledger_nopart")
     role = f"ledger_serving_{uuid.uuid4().hex[:8]}"
