@@ -93,7 +93,8 @@ class Sweeper:
         if ready is None:
             return None
         ahead_s = (ready - (now + self._settings.retention.horizon())).total_seconds()
-        metrics.IDEMPOTENCY_PARTITIONS_AHEAD_S.set(ahead_s)
+        by = "server" if self._store.maintains_idempotency() else "external"
+        metrics.IDEMPOTENCY_PARTITIONS_AHEAD_S.labels(by).set(ahead_s)
         return ahead_s
 
     async def _run(self) -> None:

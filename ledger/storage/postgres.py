@@ -849,6 +849,9 @@ class PostgresStore:
         self._idem_covered = (now, until)
         return until
 
+    def maintains_idempotency(self) -> bool:
+        return self._may_maintain
+
     def idempotency_ready_until(self) -> datetime | None:
         """The end of the partitions as last seen (None before the first look)."""
         return None if self._idem_covered is None else self._idem_covered[1]
