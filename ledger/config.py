@@ -22,7 +22,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "json"
     pool_size_max: int = 10
-    batch_max: int = 256
+    batch_max: int = 1024  # a full SubmitBatch (1,000) and its neighbours in one transaction
     sweep_interval_s: float = 1.0
     idempotency_retention_days: float = 7.0
     idempotency_refused_retention_days: float = 1.0

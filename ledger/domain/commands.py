@@ -148,16 +148,28 @@ class Command:
         )
 
     def _fields(self) -> dict[str, object]:
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("caller", "idempotency_key", "scope")
-        }
+        return {name: getattr(self, name) for name in _fingerprinted(type(self))}
 
 
 def _digest(method: str, fields: dict[str, object]) -> bytes:
     canonical = json.dumps([method, fields], sort_keys=True, default=_json_default)
     return hashlib.sha256(canonical.encode()).digest()
+
+
+_FINGERPRINTED: dict[type, tuple[str, ...]] = {}
+
+
+def _fingerprinted(cls: type) -> tuple[str, ...]:
+    """The fields a command's fingerprint covers, worked out once per class
+    (dataclasses.fields() per call was most of a fingerprint's time)."""
+    names = _FINGERPRINTED.get(cls)
+    if names is None:
+        names = _FINGERPRINTED[cls] = tuple(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in ("caller", "idempotency_key", "scope")
+        )
+    return names
 
 
 def _json_default(value: object) -> object:
@@ -329,6 +341,39 @@ class ExpireDue:
         return None
 
 
+BatchCommand = Grant | Reserve | Charge | Settle | Release | Refund
+"""The commands SubmitBatch takes (ReserveGroup is a batch of its own)."""
+
+
+@dataclass(frozen=True)
+class Batch(Command):
+    """SubmitBatch: up to BATCH_COMMANDS_MAX commands, run in order, each with its
+    own idempotency key and its own outcome. The batch itself has no key (its
+    `idempotency_key` is empty): replays are per command. `atomic`: one
+    transaction, all or nothing; a failed atomic batch records nothing.
+
+    One command object, so that whatever carries a command to the writer
+    carries a batch unchanged."""
+
+    commands: tuple[BatchCommand, ...] = ()
+    atomic: bool = False
+
+    method = "SubmitBatch"
+
+    def validate(self) -> None:
+        """Only the batch's own limits: each command is validated on its own."""
+        if not 1 <= len(self.commands) <= limits.BATCH_COMMANDS_MAX:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "commands",
+                        f"must have 1 to {limits.BATCH_COMMANDS_MAX} commands (BATCH_COMMANDS_MAX)",
+                    )
+                ]
+            )
+
+
 # What callers send: keyed by (caller, idempotency_key), recorded, replayed.
 KeyedCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund
-MutatingCommand = KeyedCommand | ExpireDue
+# A Batch is unkeyed itself: its commands are keyed, each on its own.
+MutatingCommand = KeyedCommand | ExpireDue | Batch

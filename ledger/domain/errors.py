@@ -57,11 +57,18 @@ class InvalidArgument(LedgerError):
     kind = Kind.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
+    # Violations reported, at most: every one travels three times (message, ErrorInfo,
+    # BadRequest) in the trailers, and gRPC clients refuse trailers past 8 KiB.
+    REPORTED_MAX = 8
+
     def __init__(self, violations: list[FieldViolation]) -> None:
-        self.violations = list(violations)
+        self.violations = list(violations)[: self.REPORTED_MAX]
+        more = len(violations) - len(self.violations)
         text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        if more:
+            text += f"; and {more} more (the first {self.REPORTED_MAX} are listed)"
         super().__init__(
-            f"invalid request: {text}", {"fields": ",".join(v.field for v in violations)}
+            f"invalid request: {text}", {"fields": ",".join(v.field for v in self.violations)}
         )
 
 

@@ -33,3 +33,5 @@ LIVE_LOTS_PER_PAIR_MAX = 1000
 # The batch loads this many live lots of a spent pair, in spend order; more only if needed.
 LOTS_LOADED_FIRST = 32
 MESSAGE_BYTES_MAX = 64 * 1024
+BATCH_COMMANDS_MAX = 1000  # commands per SubmitBatch request
+BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: MESSAGE_BYTES_MAX)

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ledger.domain.errors import LedgerError
+
 
 class ReservationState(enum.Enum):
     OPEN = "open"
@@ -196,4 +198,12 @@ class EntriesPage:
     next_page_token: str
 
 
-Result = GrantResult | ReservationResult | GroupResult | None
+@dataclass(frozen=True)
+class BatchResult:
+    """SubmitBatch's answer: per command, in the request's order, its result or
+    its error, and whether that outcome is a replay of the key's first."""
+
+    outcomes: tuple[tuple[GrantResult | ReservationResult | LedgerError, bool], ...]
+
+
+Result = GrantResult | ReservationResult | GroupResult | BatchResult | None

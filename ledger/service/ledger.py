@@ -24,14 +24,16 @@ from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
     Account,
     BalanceView,
+    BatchResult,
     EntriesPage,
+    GrantResult,
     GroupResult,
     Reservation,
     ReservationResult,
     Result,
 )
 from ledger.observability import metrics
-from ledger.service import groups, pagetoken, scope
+from ledger.service import batching, groups, pagetoken, scope
 from ledger.service.clock import Clock
 from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
 from ledger.service.writer import Writer
@@ -85,6 +87,27 @@ class Ledger:
         ReservationNotFound also for what lies outside the caller's scope;
         IdempotencyKeyReused; DatabaseUnavailable; Contention.
         """
+        cmd = self._admit(cmd, access)
+        try:
+            result, replayed = await self._writer.submit(cmd)
+            if replayed:
+                scope.check_replay(cmd, result, access)  # the scope as it is now
+        except errors.LedgerError as exc:
+            if exc.replayed:
+                scope.check_replayed_error(cmd, exc, access)
+            if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
+                metrics.REJECTIONS.labels(cmd.method, exc.reason).inc()
+            if exc.replayed:
+                metrics.REPLAYS.labels(cmd.method).inc()
+            raise
+        if replayed:
+            metrics.REPLAYS.labels(cmd.method).inc()
+        return await self._show_group_metadata(result), replayed
+
+    def _admit(self, cmd: c.KeyedCommand, access: Access) -> c.KeyedCommand:
+        """The command as it will run (scoped to the caller), once permitted and valid.
+
+        Errors: PermissionDenied, InvalidArgument."""
         if access is not LOCAL:
             access.require(cmd.method)
             if cmd.caller != access.caller:
@@ -101,21 +124,75 @@ class Ledger:
                     "expires_at",
                     f"must be within {limits.GRANT_EXPIRY_MAX_S // 86400} days (GRANT_EXPIRY_MAX_S)",
                 )
-        try:
-            result, replayed = await self._writer.submit(cmd)
-            if replayed:
-                scope.check_replay(cmd, result, access)  # the scope as it is now
-        except errors.LedgerError as exc:
-            if exc.replayed:
-                scope.check_replayed_error(cmd, exc, access)
-            if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
+        return cmd
+
+    async def execute_batch(self, batch: c.Batch, access: Access = LOCAL) -> BatchResult:
+        """Run SubmitBatch's commands as `access.caller`: each command is permitted,
+        validated, replayed and answered exactly as its single call would be.
+
+        Errors of the whole call: InvalidArgument (the batch's own limits);
+        DatabaseUnavailable; Contention; for an atomic batch also the first
+        failing command's own error, named by batching.atomic_failure (ErrorInfo
+        metadata batch_index). A non-atomic batch answers each command's error
+        in that command's outcome instead.
+        """
+        if access is not LOCAL and batch.caller != access.caller:
+            raise errors.InvariantViolation("a batch must carry its caller's id")
+        batch.validate()
+        admitted: list[c.BatchCommand | errors.LedgerError] = []
+        for i, cmd in enumerate(batch.commands):
+            try:
+                ready = self._admit(cmd, access)
+            except errors.LedgerError as exc:
                 metrics.REJECTIONS.labels(cmd.method, exc.reason).inc()
-            if exc.replayed:
-                metrics.REPLAYS.labels(cmd.method).inc()
-            raise
-        if replayed:
-            metrics.REPLAYS.labels(cmd.method).inc()
-        return await self._show_group_metadata(result), replayed
+                if batch.atomic:
+                    raise batching.atomic_failure(i, cmd, exc) from exc
+                admitted.append(exc)
+                continue
+            if not isinstance(ready, c.BatchCommand):
+                raise errors.InvariantViolation("admitting a command changed its type")
+            admitted.append(ready)
+        runnable = tuple(a for a in admitted if not isinstance(a, errors.LedgerError))
+        ran: tuple[tuple[GrantResult | ReservationResult | errors.LedgerError, bool], ...] = ()
+        if runnable:
+            try:
+                result, _ = await self._writer.submit(dataclasses.replace(batch, commands=runnable))
+            except errors.LedgerError as exc:
+                if exc.kind is not errors.Kind.UNAVAILABLE and exc.kind is not errors.Kind.ABORTED:
+                    metrics.REJECTIONS.labels(batch.method, exc.reason).inc()
+                raise
+            if not isinstance(result, BatchResult) or len(result.outcomes) != len(runnable):
+                raise errors.InvariantViolation("the writer answered a batch with another shape")
+            ran = result.outcomes
+        merged = _merge(admitted, ran, batch.commands)
+        shown = [
+            (await self._as_single_call(cmd, outcome, replayed, access), replayed)
+            for cmd, (outcome, replayed) in zip(batch.commands, merged, strict=True)
+        ]
+        return BatchResult(tuple(shown))
+
+    async def _as_single_call(
+        self,
+        cmd: c.BatchCommand,
+        outcome: GrantResult | ReservationResult | errors.LedgerError,
+        replayed: bool,
+        access: Access,
+    ) -> GrantResult | ReservationResult | errors.LedgerError:
+        """What the command's single call answers: a replay seen through the scope
+        as it is now, group legs with their group's metadata."""
+        try:
+            if isinstance(outcome, errors.LedgerError):
+                if outcome.replayed:
+                    scope.check_replayed_error(cmd, outcome, access)
+                return outcome
+            if replayed:
+                scope.check_replay(cmd, outcome, access)
+            shown = await self._show_group_metadata(outcome)
+        except errors.LedgerError as exc:
+            return exc
+        if not isinstance(shown, GrantResult | ReservationResult):
+            raise errors.InvariantViolation("a batch command's result changed its type")
+        return shown
 
     async def _show_group_metadata(self, result: Result) -> Result:
         """Group legs show their group's metadata, stored once (ledger.service.groups)."""
@@ -310,6 +387,29 @@ class Ledger:
             entries = entries[:size]
             token = _encode_page_token(entries[-1].entry_id, account_id, asset)
         return EntriesPage(entries, token)
+
+
+def _merge(
+    admitted: list[c.BatchCommand | errors.LedgerError],
+    ran: tuple[tuple[GrantResult | ReservationResult | errors.LedgerError, bool], ...],
+    cmds: tuple[c.BatchCommand, ...],
+) -> tuple[tuple[GrantResult | ReservationResult | errors.LedgerError, bool], ...]:
+    """Every command's outcome in request order: refusals where admission
+    refused, the writer's outcomes (in order) for the others; counted as the
+    single calls count theirs."""
+    outcomes = iter(ran)
+    merged: list[tuple[GrantResult | ReservationResult | errors.LedgerError, bool]] = []
+    for cmd, a in zip(cmds, admitted, strict=True):
+        if isinstance(a, errors.LedgerError):
+            merged.append((a, False))
+            continue
+        outcome, replayed = next(outcomes)
+        if replayed:
+            metrics.REPLAYS.labels(cmd.method).inc()
+        if isinstance(outcome, errors.LedgerError):
+            metrics.REJECTIONS.labels(cmd.method, outcome.reason).inc()
+        merged.append((outcome, replayed))
+    return tuple(merged)
 
 
 def _check_account_id(account_id: str) -> None:

@@ -22,13 +22,14 @@ from datetime import timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, rules
-from ledger.domain.model import Result
+from ledger.domain.model import BatchResult, GrantResult, ReservationResult, Result
 from ledger.domain.rules import PairKey
 from ledger.observability import metrics
-from ledger.service import outcomes
+from ledger.service import batching, outcomes
 from ledger.service.clock import Clock
 from ledger.service.outcomes import Outcome
 from ledger.service.ports import (
+    BatchUnit,
     IdempotencyRecord,
     SerializationConflict,
     StorageUnavailable,
@@ -41,7 +42,10 @@ log = logging.getLogger("ledger.writer")
 
 @dataclass(frozen=True)
 class WriterSettings:
-    batch_max: int = 256
+    # Commands per transaction. Large enough that a full SubmitBatch request
+    # (BATCH_COMMANDS_MAX) and the single calls waiting beside it share one
+    # transaction: one BEGIN/load/save/COMMIT for all of them.
+    batch_max: int = 1024
     retry_attempts_max: int = 8
     retry_backoff_base_s: float = 0.005
     retry_backoff_max_s: float = 0.2
@@ -49,10 +53,16 @@ class WriterSettings:
     # A batch normally takes milliseconds; one that takes this long is talking to
     # a database that stopped answering: give up (UNAVAILABLE) within callers' deadlines.
     attempt_timeout_s: float = 2.0
+    # ... plus this much per command: a transaction of 1,000 commands (a full
+    # SubmitBatch) does a thousand commands' work, in Python and in PostgreSQL,
+    # and on a loaded machine that alone took over 2 s (bench, batch-charge at
+    # 64 in flight, load average 15-22 on 2 cores).
+    attempt_timeout_per_command_s: float = 0.002
     refund_grace: timedelta = timedelta(days=7)
     retention: IdempotencyRetention = field(default_factory=IdempotencyRetention)
     # Commands waiting for the writer, at most: past it a call is refused at once
     # (RESOURCE_EXHAUSTED with a retry delay) instead of queueing without bound.
+    # A SubmitBatch counts its commands.
     queue_max: int = 10_000
 
 
@@ -63,7 +73,7 @@ class _Pending:
 
 
 def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
-    if isinstance(cmd, c.ExpireDue):
+    if isinstance(cmd, (c.ExpireDue, c.Batch)):
         return None
     return (cmd.caller, cmd.idempotency_key)
 
@@ -94,6 +104,11 @@ class Writer:
         self._settings = settings
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # An item taken from the queue that did not fit the transaction being
+        # collected (an atomic batch, which runs alone, or a batch that would
+        # pass batch_max): it starts the next one.
+        self._held: _Pending | None = None
+        self._waiting = 0  # commands queued (a batch counts its commands), for queue_max
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
@@ -106,16 +121,25 @@ class Writer:
             self._task = None
 
     async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
-        """Run a validated command. Returns (result, replayed); raises its LedgerError."""
-        if self._queue.qsize() >= self._settings.queue_max:
+        """Run a validated command. Returns (result, replayed); raises its LedgerError.
+
+        A Batch returns (BatchResult, False): each command's own outcome. It is
+        one item of the queue, never split: its commands share a transaction
+        with each other and with the commands waiting beside it (up to
+        `batch_max` commands). An atomic batch runs as one transaction of its
+        own and raises the failing command's error (batching.atomic_failure)
+        when one fails.
+        """
+        pending = _Pending(cmd, asyncio.get_running_loop().create_future())
+        if self._waiting + _size(pending) > self._settings.queue_max:
             raise errors.RateLimited(
-                f"the writer has {self._settings.queue_max} commands waiting (writer queue_max);"
-                " retry shortly with the same idempotency key",
+                f"the writer has {self._waiting} commands waiting (writer queue_max"
+                f" {self._settings.queue_max}); retry shortly with the same idempotency keys",
                 retry_after_s=0.05,
             )
-        future: asyncio.Future[tuple[Outcome, bool]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(cmd, future))
-        outcome, replayed = await future
+        self._waiting += _size(pending)
+        self._queue.put_nowait(pending)
+        outcome, replayed = await pending.future
         if isinstance(outcome, errors.LedgerError):
             outcome.replayed = replayed
             raise outcome
@@ -123,16 +147,25 @@ class Writer:
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self._settings.batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            first, self._held = self._held or await self._queue.get(), None
+            batch, size = [first], _size(first)
+            self._waiting -= size
+            while (
+                not _atomic(first) and size < self._settings.batch_max and not self._queue.empty()
+            ):
+                p = self._queue.get_nowait()
+                if _atomic(p) or size + _size(p) > self._settings.batch_max:
+                    self._held = p  # the next transaction's first
+                    break
+                batch.append(p)
+                size += _size(p)
+                self._waiting -= _size(p)
             batch = [p for p in batch if not p.future.done()]  # callers that gave up
             if batch:
                 await self._execute(batch)
 
     async def _execute(self, batch: list[_Pending]) -> None:
-        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_SIZE.observe(sum(_size(p) for p in batch))
         try:
             results = await self._with_retries(batch)
         except errors.LedgerError as exc:
@@ -155,6 +188,9 @@ class Writer:
         s = self._settings
         unavailable = 0
         first_started = time.perf_counter()
+        timeout_s = s.attempt_timeout_s + s.attempt_timeout_per_command_s * sum(
+            _size(p) for p in batch
+        )
         whole: set[PairKey] = set()
         attempt = 0
         while attempt < s.retry_attempts_max:
@@ -162,11 +198,9 @@ class Writer:
             attempt += 1
             try:
                 try:
-                    results, moved = await asyncio.wait_for(
-                        self._attempt(batch, whole), s.attempt_timeout_s
-                    )
+                    results, moved = await asyncio.wait_for(self._attempt(batch, whole), timeout_s)
                 except TimeoutError as exc:
-                    raise StorageUnavailable(f"batch took over {s.attempt_timeout_s} s") from exc
+                    raise StorageUnavailable(f"batch took over {timeout_s:.1f} s") from exc
             except rules.LotsNotLoaded as more:
                 # A command needs lots past the first few the batch read: read those
                 # pairs whole and run again (bounded: each pair is added once).
@@ -184,7 +218,7 @@ class Writer:
                 # Running the batch again is safe even if the broken connection had
                 # committed it: the retry then finds its idempotency records and replays.
                 unavailable += 1
-                quick = time.perf_counter() - first_started < s.attempt_timeout_s / 2
+                quick = time.perf_counter() - first_started < timeout_s / 2
                 if unavailable <= s.unavailable_retries_max and self._store.reachable and quick:
                     await asyncio.sleep(0.05 + 0.1 * random.random())
                     continue
@@ -207,82 +241,127 @@ class Writer:
     async def _attempt(
         self, batch: list[_Pending], whole: set[PairKey]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
+        if len(batch) == 1 and _atomic(batch[0]) and isinstance(atomic := batch[0].cmd, c.Batch):
+            return await self._attempt_atomic(atomic, whole)
+        cmds = _flat(batch)
         ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
-        results: list[tuple[Outcome, bool] | None] = [None] * len(batch)
         async with self._store.batch(self._more_waiting) as unit:
-            keys = sorted({k for p in batch if (k := _key(p.cmd)) is not None})
+            keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
-            reservation_ids, pairs, accounts, grant_pairs = _footprint([p.cmd for p in batch])
-            stored = await unit.load(
-                ws, keys, reservation_ids, pairs, accounts, whole | grant_pairs
-            )
-            to_run, same_key_as = self._dedupe(stored, batch, results)
-            records: list[IdempotencyRecord] = []
-            for i in to_run:
-                cmd = batch[i].cmd
-                outcome: Outcome
-                try:
-                    outcome = rules.apply(ws, cmd)
-                except errors.InvalidArgument as exc:
-                    # Bad input that only the rules can see (it depends on the
-                    # time): this command's answer, recorded nowhere, so a
-                    # corrected retry with the same key can still run.
-                    results[i] = (exc, False)
-                    continue
-                except errors.LedgerError as exc:
-                    if exc.reason not in errors.RECORDABLE:
-                        raise
-                    outcome = exc
-                results[i] = (outcome, False)
-                if not isinstance(cmd, c.ExpireDue):
-                    refused = isinstance(outcome, errors.LedgerError)
-                    records.append(
-                        IdempotencyRecord(
-                            cmd.caller,
-                            cmd.idempotency_key,
-                            cmd.method,
-                            cmd.fingerprint(),
-                            outcomes.encode(outcome),
-                            self._settings.retention.expires_at(ws.now, refused),
-                        )
-                    )
-            for i, j in same_key_as.items():
-                first, this = batch[j].cmd, batch[i].cmd
-                first_outcome = results[j]
-                if first_outcome is None or isinstance(first, c.ExpireDue):
-                    raise errors.InvariantViolation("duplicate key's first command has no outcome")
-                if isinstance(this, c.ExpireDue):
-                    raise errors.InvariantViolation("an unkeyed command has no duplicate")
-                results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], this)
+            stored = await self._load(unit, ws, keys, cmds, whole)
+            done, records = self._apply_all(ws, stored, cmds)
             await unit.save(ws, records)
+        return _regroup(batch, done), ws.moved
+
+    async def _attempt_atomic(
+        self, batch: c.Batch, whole: set[PairKey]
+    ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
+        """All of the batch or none of it: on the first command that fails,
+        nothing is saved (the transaction commits its reads only), so the
+        failure is recorded nowhere and a corrected retry with the same keys runs."""
+        cmds: list[c.MutatingCommand] = list(batch.commands)
+        ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
+        failure: errors.LedgerError | None = None
+        async with self._store.batch(self._more_waiting) as unit:
+            keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
+            stored = await self._load(unit, ws, keys, cmds, whole)
+            done, records = self._apply_all(ws, stored, cmds)
+            for i, (outcome, _) in enumerate(done):
+                if isinstance(outcome, errors.LedgerError):
+                    failure = batching.atomic_failure(i, batch.commands[i], outcome)
+                    break
+            else:
+                await unit.save(ws, records)
+        if failure is not None:
+            return [(failure, False)], []
+        return [(_batch_result(done), False)], ws.moved
+
+    @staticmethod
+    async def _load(
+        unit: BatchUnit,
+        ws: rules.WorkingSet,
+        keys: list[tuple[str, str]],
+        cmds: list[c.MutatingCommand],
+        whole: set[PairKey],
+    ) -> dict[tuple[str, str], IdempotencyRecord]:
+        reservation_ids, pairs, accounts, grant_pairs = _footprint(cmds)
+        return await unit.load(ws, keys, reservation_ids, pairs, accounts, whole | grant_pairs)
+
+    def _apply_all(
+        self,
+        ws: rules.WorkingSet,
+        stored: dict[tuple[str, str], IdempotencyRecord],
+        cmds: list[c.MutatingCommand],
+    ) -> tuple[list[tuple[Outcome, bool]], list[IdempotencyRecord]]:
+        """Each command's outcome, in order, and the idempotency records to write."""
+        results: list[tuple[Outcome, bool] | None] = [None] * len(cmds)
+        to_run, same_key_as = self._dedupe(stored, cmds, results)
+        records: list[IdempotencyRecord] = []
+        for i in to_run:
+            cmd = cmds[i]
+            outcome: Outcome
+            try:
+                outcome = rules.apply(ws, cmd)
+            except errors.InvalidArgument as exc:
+                # Bad input that only the rules can see (it depends on the
+                # time): this command's answer, recorded nowhere, so a
+                # corrected retry with the same key can still run.
+                results[i] = (exc, False)
+                continue
+            except errors.LedgerError as exc:
+                if exc.reason not in errors.RECORDABLE:
+                    raise
+                outcome = exc
+            results[i] = (outcome, False)
+            if isinstance(cmd, c.ExpireDue | c.Batch):
+                continue
+            refused = isinstance(outcome, errors.LedgerError)
+            records.append(
+                IdempotencyRecord(
+                    cmd.caller,
+                    cmd.idempotency_key,
+                    cmd.method,
+                    cmd.fingerprint(),
+                    outcomes.encode(outcome),
+                    self._settings.retention.expires_at(ws.now, refused),
+                )
+            )
+        for i, j in same_key_as.items():
+            first, this = cmds[j], cmds[i]
+            first_outcome = results[j]
+            if first_outcome is None or isinstance(first, c.ExpireDue | c.Batch):
+                raise errors.InvariantViolation("duplicate key's first command has no outcome")
+            if isinstance(this, c.ExpireDue | c.Batch):
+                raise errors.InvariantViolation("an unkeyed command has no duplicate")
+            results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], this)
         done = [r for r in results if r is not None]
-        if len(done) != len(batch):
+        if len(done) != len(cmds):
             raise errors.InvariantViolation("batch finished with commands lacking an outcome")
-        return done, ws.moved
+        return done, records
 
     def _more_waiting(self) -> bool:
-        return not self._queue.empty()
+        return self._held is not None or not self._queue.empty()
 
     def _dedupe(
         self,
         records: dict[tuple[str, str], IdempotencyRecord],
-        batch: list[_Pending],
+        cmds: list[c.MutatingCommand],
         results: list[tuple[Outcome, bool] | None],
     ) -> tuple[list[int], dict[int, int]]:
         """Replays from stored records; duplicates within the batch follow their first."""
         to_run: list[int] = []
         first_in_batch: dict[tuple[str, str], int] = {}
         same_key_as: dict[int, int] = {}
-        for i, p in enumerate(batch):
-            if isinstance(p.cmd, c.ExpireDue):
+        for i, cmd in enumerate(cmds):
+            if isinstance(cmd, c.ExpireDue | c.Batch):
                 to_run.append(i)
                 continue
-            key = (p.cmd.caller, p.cmd.idempotency_key)
+            key = (cmd.caller, cmd.idempotency_key)
             record = records.get(key)
             if record is not None:
                 results[i] = _replay(
-                    record.method, record.request_hash, outcomes.decode(record.outcome), p.cmd
+                    record.method, record.request_hash, outcomes.decode(record.outcome), cmd
                 )
             elif key in first_in_batch:
                 same_key_as[i] = first_in_batch[key]
@@ -317,6 +396,52 @@ def _footprint(
             reservation_ids.update(cmd.reservation_ids)
             pairs.update(cmd.lot_pairs)
     return reservation_ids, pairs | grant_pairs, accounts, grant_pairs
+
+
+def _atomic(p: _Pending) -> bool:
+    return isinstance(p.cmd, c.Batch) and p.cmd.atomic
+
+
+def _size(p: _Pending) -> int:
+    """Commands an item of the queue brings to a transaction."""
+    return len(p.cmd.commands) if isinstance(p.cmd, c.Batch) else 1
+
+
+def _flat(batch: list[_Pending]) -> list[c.MutatingCommand]:
+    """The commands of a transaction, in order, batches unpacked."""
+    cmds: list[c.MutatingCommand] = []
+    for p in batch:
+        if isinstance(p.cmd, c.Batch):
+            cmds.extend(p.cmd.commands)
+        else:
+            cmds.append(p.cmd)
+    return cmds
+
+
+def _regroup(batch: list[_Pending], done: list[tuple[Outcome, bool]]) -> list[tuple[Outcome, bool]]:
+    """One outcome per queue item from one per command: a batch's as a BatchResult."""
+    out: list[tuple[Outcome, bool]] = []
+    i = 0
+    for p in batch:
+        n = _size(p)
+        out.append(
+            (_batch_result(done[i : i + n]), False) if isinstance(p.cmd, c.Batch) else done[i]
+        )
+        i += n
+    if i != len(done):
+        raise errors.InvariantViolation("a transaction answered another number of commands")
+    return out
+
+
+def _batch_result(done: list[tuple[Outcome, bool]]) -> BatchResult:
+    answers: list[tuple[GrantResult | ReservationResult | errors.LedgerError, bool]] = []
+    for outcome, replayed in done:
+        if isinstance(outcome, errors.LedgerError):
+            outcome.replayed = replayed
+        elif not isinstance(outcome, (GrantResult, ReservationResult)):
+            raise errors.InvariantViolation(f"a batch command returned {outcome!r}")
+        answers.append((outcome, replayed))
+    return BatchResult(tuple(answers))
 
 
 def _resolve(p: _Pending, outcome: tuple[Outcome, bool]) -> None:

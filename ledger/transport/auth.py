@@ -459,10 +459,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def request_weight(request: Any) -> int:
-    """A request's rate-limit weight: its legs and its size (ratelimit.weight)."""
+    """A request's rate-limit weight: its legs (a SubmitBatch: its commands, so
+    that batching is no way around a caller's rate) and its size (ratelimit.weight)."""
     size = getattr(request, "ByteSize", None)
-    legs = getattr(request, "legs", ())
-    return weight(len(legs), size() if size is not None else 0)
+    units = len(getattr(request, "legs", ())) + len(getattr(request, "commands", ()))
+    return weight(units, size() if size is not None else 0)
 
 
 def _not_accepted() -> errors.Unauthenticated:

@@ -114,6 +114,50 @@ def reserve_group(req: pb.ReserveGroupRequest, caller: str) -> c.ReserveGroup:
     )
 
 
+def batch(req: pb.SubmitBatchRequest, caller: str) -> c.Batch:
+    """Errors: InvalidArgument naming the first command that is not one of the
+    six (an empty `command`) or cannot be decoded (a timestamp out of range);
+    each command's own fields are validated later, each on its own."""
+    if len(req.commands) > limits.BATCH_COMMANDS_MAX:
+        raise _invalid(
+            "commands",
+            f"must have 1 to {limits.BATCH_COMMANDS_MAX} commands (BATCH_COMMANDS_MAX)",
+        )
+    return c.Batch(
+        caller,
+        "",
+        tuple(_batch_command(i, m, caller) for i, m in enumerate(req.commands)),
+        atomic=req.atomic,
+    )
+
+
+def _batch_command(index: int, msg: pb.BatchCommand, caller: str) -> c.BatchCommand:
+    which = msg.WhichOneof("command")
+    try:
+        if which == "charge":
+            return charge(msg.charge, caller)
+        if which == "reserve":
+            return reserve(msg.reserve, caller)
+        if which == "settle":
+            return settle(msg.settle, caller)
+        if which == "release":
+            return release(msg.release, caller)
+        if which == "refund":
+            return refund(msg.refund, caller)
+        if which == "grant":
+            return grant(msg.grant, caller)
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            [
+                FieldViolation(f"commands[{index}].{which}.{v.field}", v.description)
+                for v in exc.violations
+            ]
+        ) from exc
+    raise _invalid(
+        f"commands[{index}]", "must set one of charge, reserve, settle, release, refund, grant"
+    )
+
+
 def charge(req: pb.ChargeRequest, caller: str) -> c.Charge:
     return c.Charge(
         caller, req.idempotency_key, req.account_id, req.asset, req.amount, dict(req.metadata)

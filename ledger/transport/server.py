@@ -54,7 +54,13 @@ class ServerSettings:
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     """The grpc core options that bound connections and keepalive (docs/security.md)."""
     return [
-        ("grpc.max_receive_message_length", settings.message_bytes_max),
+        # Each method holds its own limit (MESSAGE_BYTES_MAX, SubmitBatch's
+        # BATCH_BYTES_MAX) when decoding, answering INVALID_ARGUMENT that names
+        # it; gRPC's own limit, twice the largest, only stops what is far over.
+        (
+            "grpc.max_receive_message_length",
+            2 * max(settings.message_bytes_max, limits.BATCH_BYTES_MAX),
+        ),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
         ("grpc.max_concurrent_streams", settings.concurrent_streams_max),
         ("grpc.so_reuseport", 0),
@@ -76,9 +82,29 @@ class _Undecodable:
     def __init__(self, error: str) -> None:
         self.error = error
 
+    def describe(self, cls: type[Any]) -> str:
+        return f"not a valid {cls.__name__} ({self.error})"
 
-def _tolerant(cls: type[Any]) -> Callable[[bytes], Any]:
+
+class _TooLarge(_Undecodable):
+    """A request over its method's size limit (the transport's own limit is the
+    largest of them, SubmitBatch's)."""
+
+    def __init__(self, size: int, bytes_max: int, limit_name: str) -> None:
+        super().__init__(f"{size} bytes")
+        self.bytes_max = bytes_max
+        self.limit_name = limit_name
+
+    def describe(self, cls: type[Any]) -> str:
+        return f"must be at most {self.bytes_max} bytes ({self.limit_name}); it has {self.error}"
+
+
+def _tolerant(
+    cls: type[Any], bytes_max: int = limits.MESSAGE_BYTES_MAX, limit_name: str = "MESSAGE_BYTES_MAX"
+) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
+        if len(data) > bytes_max:
+            return _TooLarge(len(data), bytes_max, limit_name)
         try:
             return cls.FromString(data)
         except Exception as exc:  # a malformed message is bad input, never INTERNAL
@@ -91,7 +117,12 @@ Impl = Callable[[Any, Any], Awaitable[tuple[Any, bool]]]
 
 
 def _handler(
-    name: str, impl: Impl, req_cls: type[Any], resp_cls: type[Any], deadline_s: float
+    name: str,
+    impl: Impl,
+    req_cls: type[Any],
+    resp_cls: type[Any],
+    deadline_s: float,
+    message_bytes_max: int = limits.MESSAGE_BYTES_MAX,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     started = metrics.GRPC_STARTED.labels("unary", SERVICE, name)
     latency = metrics.GRPC_HANDLING_SECONDS.labels("unary", SERVICE, name)
@@ -108,9 +139,7 @@ def _handler(
         replayed = False
         try:
             if isinstance(request, _Undecodable):
-                raise errors.InvalidArgument(
-                    [FieldViolation("request", f"not a valid {req_cls.__name__} ({request.error})")]
-                )
+                raise errors.InvalidArgument([FieldViolation("request", request.describe(req_cls))])
             if context.time_remaining() is None:
                 # No deadline from the caller: the server's own (DEADLINE_EXCEEDED).
                 try:
@@ -164,16 +193,22 @@ def _handler(
 
     return grpc.unary_unary_rpc_method_handler(
         handle,
-        request_deserializer=_tolerant(req_cls),
+        request_deserializer=(
+            _tolerant(req_cls, limits.BATCH_BYTES_MAX, "BATCH_BYTES_MAX")
+            if name == "SubmitBatch"
+            else _tolerant(req_cls, message_bytes_max)
+        ),
         response_serializer=resp_cls.SerializeToString,
     )
 
 
 def ledger_handler(
-    servicer: LedgerServicer, unary_deadline_s: float = ServerSettings.unary_deadline_s
+    servicer: LedgerServicer,
+    unary_deadline_s: float = ServerSettings.unary_deadline_s,
+    message_bytes_max: int = limits.MESSAGE_BYTES_MAX,
 ) -> grpc.GenericRpcHandler:
     handlers = {
-        name: _handler(name, impl, req, resp, unary_deadline_s)
+        name: _handler(name, impl, req, resp, unary_deadline_s, message_bytes_max)
         for name, (impl, req, resp) in servicer.methods().items()
     }
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
@@ -191,7 +226,9 @@ def build_server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.concurrent_rpcs_max,
     )
-    server.add_generic_rpc_handlers((ledger_handler(servicer, settings.unary_deadline_s),))
+    server.add_generic_rpc_handlers(
+        (ledger_handler(servicer, settings.unary_deadline_s, settings.message_bytes_max),)
+    )
     health_servicer = health.aio.HealthServicer()
     HealthDoor(settings.door).add_health(health_servicer, server)
     reflection.enable_server_reflection(

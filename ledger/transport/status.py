@@ -39,6 +39,16 @@ def to_status(
     error: errors.LedgerError,
 ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
     """(code, message, trailing metadata) for an error; the metadata holds the details."""
+    status = status_message(error)
+    trailing: list[tuple[str, str | bytes]] = [(STATUS_DETAILS_KEY, status.SerializeToString())]
+    if error.replayed:
+        trailing.append((REPLAYED_KEY, "true"))
+    return CODE_OF[error.kind], error.message, tuple(trailing)
+
+
+def status_message(error: errors.LedgerError) -> status_pb2.Status:
+    """The google.rpc.Status of an error: what a call's status carries, and what
+    a SubmitBatch outcome carries for one command."""
     code = CODE_OF[error.kind]
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
     details = [_pack(info)]
@@ -56,8 +66,4 @@ def to_status(
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(max(1, int(error.retry_after_s * 1000)))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
-    trailing: list[tuple[str, str | bytes]] = [(STATUS_DETAILS_KEY, status.SerializeToString())]
-    if error.replayed:
-        trailing.append((REPLAYED_KEY, "true"))
-    return code, error.message, tuple(trailing)
+    return status_pb2.Status(code=code.value[0], message=error.message, details=details)

@@ -249,6 +249,10 @@ def _start_server(
     return Target(address=server.listen, metrics=server.metrics, pid=server.pid)
 
 
+def _loads(value: Any) -> str:
+    return "/".join(f"{v:.2f}" for v in value) if value else "n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; 1 when any RPC failed unexpectedly or verify failed."""
     settings = parse_args(argv)
@@ -265,6 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     say(report.table(run.points))
     say(f"json: {json_path}")
     say(f"chart: {png_path}")
+    for budget in report.cpu_budget(run.points, os.cpu_count() or 1):
+        say(budget)
+    facts = run.facts
+    say(
+        f"machine: {os.cpu_count()} cores, loadavg start {_loads(facts.get('loadavg_start'))}"
+        f" end {_loads(facts.get('loadavg_end'))}; cpu pressure end {facts.get('cpu_pressure_end')}"
+        "; busy% = the whole machine's CPU in percent of one core, per point"
+    )
     failed = any(p.unexpected_total for p in run.points) or run.verify_exit not in (None, 0)
     say(line)
     return 1 if failed else 0

@@ -70,6 +70,14 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     async def ListEntries(self, request: Any, context: Any) -> pb.ListEntriesResponse:
         return pb.ListEntriesResponse()
 
+    async def SubmitBatch(self, request: Any, context: Any) -> pb.SubmitBatchResponse:
+        return pb.SubmitBatchResponse(
+            outcomes=[
+                pb.BatchOutcome(charge=pb.ChargeResponse(reservation=_reservation()))
+                for _ in request.commands
+            ]
+        )
+
 
 class _Metrics(BaseHTTPRequestHandler):
     def do_GET(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,17 +44,23 @@ class CpuReading:
     generator: float
     postgres: float
     machine_busy: float
+    # PostgreSQL's per process: its backends come and go (the writer's connection
+    # is replaced after a timeout), and a process gone by the second reading would
+    # take its whole past CPU out of the delta (negative pg% were seen).
+    postgres_each: dict[int, float]
 
     @staticmethod
     def take(server: list[int], generator: list[int], postgres: list[int]) -> CpuReading:
         """Read /proc now."""
         busy, _ = machine_busy_seconds()
+        each = {pid: cpu_seconds([pid]) for pid in postgres}
         return CpuReading(
             at=time.monotonic(),
             server=cpu_seconds(server),
             generator=cpu_seconds(generator),
-            postgres=cpu_seconds(postgres),
+            postgres=sum(each.values()),
             machine_busy=busy,
+            postgres_each=each,
         )
 
     def share_since(self, start: CpuReading) -> dict[str, float | None]:
@@ -61,10 +68,18 @@ class CpuReading:
         wall = self.at - start.at
         if wall <= 0:
             return {}
-        return {
+        shares = {
             name: round(100.0 * (getattr(self, name) - getattr(start, name)) / wall, 1)
-            for name in ("server", "generator", "postgres", "machine_busy")
+            for name in ("server", "generator", "machine_busy")
         }
+        # Only processes that lived through the window (and were alive at its start).
+        pg = sum(
+            max(0.0, now - start.postgres_each[pid])
+            for pid, now in self.postgres_each.items()
+            if now and start.postgres_each.get(pid)
+        )
+        shares["postgres"] = round(100.0 * pg / wall, 1)
+        return shares
 
 
 def _merge(reports: list[WorkerReport]) -> WorkerReport:
@@ -158,7 +173,8 @@ class PointRunner:
             reports = self.workers.collect(busy, self.s.timeout_s + self.s.duration_s + 60)
         after = scrape(self.target.metrics)
         merged = _merge(reports)
-        ops = len(merged.latencies_ms)
+        # Operations, not RPCs: a SubmitBatch counts its commands (see workloads).
+        ops = sum(merged.by_method.values())
         server = _server_view(before, after)
         server["rss_peak_mb"] = round(rss.peak_bytes / 2**20, 1) if self.target.pid else None
         ops_per_s = ops / self.s.duration_s
@@ -173,7 +189,8 @@ class PointRunner:
             expected_rejections=merged.expected_rejections,
             unexpected_errors=merged.unexpected_errors,
             server=server,
-            cpu=last.share_since(first),
+            # The machine is shared: its 1-minute load beside every point's busy share.
+            cpu={**last.share_since(first), "loadavg_1m": round(os.getloadavg()[0], 2)},
             pgbench_tps=pgbench_tps,
             ratio_to_pgbench=round(ops_per_s / pgbench_tps, 3) if pgbench_tps else None,
         )

@@ -39,19 +39,73 @@ def _ratio(point: PointResult | None) -> float | None:
     return None if point is None else point.ratio_to_pgbench
 
 
+def peak(points: Sequence[PointResult], workload: str) -> PointResult | None:
+    """The point of `workload` with the highest rate over the sweep."""
+    mine = [p for p in points if p.workload == workload]
+    return max(mine, key=lambda p: p.ops_per_s) if mine else None
+
+
+def pgbench_peak(points: Sequence[PointResult]) -> float | None:
+    """pgbench tpcb-like's best tps over the sweep's concurrencies."""
+    measured = [p.pgbench_tps for p in points if p.pgbench_tps]
+    return max(measured) if measured else None
+
+
+def _over(point: PointResult | None, base: float | None) -> float | None:
+    return None if point is None or not base else point.ops_per_s / base
+
+
 def last_line(points: Sequence[PointResult], rss_peak_mb: float | None) -> str:
-    """`bench: charge <ops/s> (<ratio>x pgbench), reserve-settle ..., rss <MB> MB`."""
+    """`bench: charge <ops/s> (<ratio>x pgbench), reserve-settle ..., rss <MB> MB,
+    peak <ops/s> (<ratio>x pgbench peak), batch <charges/s> (<ratio>x)`.
+
+    charge, reserve-settle and hot at 64 in flight (against pgbench at 64);
+    peak: single-call Charge's best over the sweep against pgbench's best over
+    the same concurrencies; batch: batch-charge's best (charges/s, 100 per
+    request) against pgbench's best."""
     charge = pick(points, "charge", THROUGHPUT_AT)
     settle = pick(points, "reserve-settle", THROUGHPUT_AT)
     hot = pick(points, "hot", THROUGHPUT_AT)
     tail = pick(points, "charge", P99_AT)
+    best, batch, pg_best = (
+        peak(points, "charge"),
+        peak(points, "batch-charge"),
+        pgbench_peak(points),
+    )
     return (
         f"bench: charge {_num(_rate(charge), 0)} ({_num(_ratio(charge), 2)}x pgbench),"
         f" reserve-settle {_num(_rate(settle), 0)} ({_num(_ratio(settle), 2)}x),"
         f" hot {_num(_rate(hot), 0)},"
         f" charge p99 {_num(None if tail is None else tail.latency_ms['p99'], 1)} ms,"
-        f" rss {_num(rss_peak_mb, 0)} MB"
+        f" rss {_num(rss_peak_mb, 0)} MB,"
+        f" peak {_num(_rate(best), 0)} ({_num(_over(best, pg_best), 2)}x pgbench peak),"
+        f" batch {_num(_rate(batch), 0)} ({_num(_over(batch, pg_best), 2)}x)"
     )
+
+
+def cpu_budget(points: Sequence[PointResult], cores: int) -> list[str]:
+    """Per workload at its best point: CPU microseconds per operation of the server,
+    PostgreSQL and the load generator, and the rate all `cores` would give at that
+    cost. On a shared machine the rate is what others leave us; the cost per
+    operation is what we spend, and says how far the bars are from the hardware."""
+    lines = []
+    for workload in dict.fromkeys(p.workload for p in points):
+        best = peak(points, workload)
+        if best is None or not best.ops_per_s:
+            continue
+        cost = {
+            k: 10_000.0 * v / best.ops_per_s
+            for k in ("server", "postgres", "generator")
+            if (v := best.cpu.get(k)) is not None
+        }
+        total = sum(cost.values())
+        ceiling = f"{cores * 1e6 / total:.0f}/s" if total else "n/a"
+        lines.append(
+            f"cpu per op: {workload} at {best.concurrency} in flight: "
+            + ", ".join(f"{k} {v:.0f} us" for k, v in cost.items())
+            + f"; all {cores} cores at this cost: {ceiling}"
+        )
+    return lines
 
 
 def _errors(counts: dict[str, int]) -> str:
@@ -63,7 +117,7 @@ def table(points: Sequence[PointResult]) -> str:
     header = (
         f"{'workload':<15}{'inflight':>8}{'ops/s':>9}{'xpgb':>6}{'p50':>7}{'p95':>7}"
         f"{'p99':>7}{'p99.9':>8}{'retry':>7}{'batch':>6}{'srv%':>6}{'pg%':>5}{'gen%':>6}"
-        f"{'rssMB':>6}  errors(unexpected; expected)"
+        f"{'busy%':>6}{'rssMB':>6}  errors(unexpected; expected)"
     )
     rows = [header, "-" * len(header)]
     for p in points:
@@ -74,7 +128,8 @@ def table(points: Sequence[PointResult]) -> str:
             f"{_num(lat['p99'], 1):>7}{_num(lat['p99.9'], 1):>8}"
             f"{_num(srv.get('serialization_retries'), 0):>7}{_num(srv.get('mean_batch'), 1):>6}"
             f"{_num(cpu.get('server'), 0):>6}{_num(cpu.get('postgres'), 0):>5}"
-            f"{_num(cpu.get('generator'), 0):>6}{_num(srv.get('rss_peak_mb'), 0):>6}"
+            f"{_num(cpu.get('generator'), 0):>6}{_num(cpu.get('machine_busy'), 0):>6}"
+            f"{_num(srv.get('rss_peak_mb'), 0):>6}"
             f"  {_errors(p.unexpected_errors)}; {_errors(p.expected_rejections)}"
         )
     return "\n".join(rows)

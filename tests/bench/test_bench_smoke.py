@@ -15,8 +15,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LAST_LINE = re.compile(
     r"bench: charge \d+ \(\d+\.\d\dx pgbench\), reserve-settle \d+ \(\d+\.\d\dx\),"
-    r" hot \d+, charge p99 \d+\.\d ms, rss \d+ MB"
+    r" hot \d+, charge p99 \d+\.\d ms, rss \d+ MB,"
+    r" peak \d+ \(\d+\.\d\dx pgbench peak\), batch \d+ \(\d+\.\d\dx\)"
 )
+WORKLOADS = ("charge", "reserve-settle", "hot", "batch-charge")
 SMOKE_TIMEOUT_S = 90
 
 
@@ -27,7 +29,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         pytest.skip("the server (`python -m ledger serve`) is not there yet")
     args = [
         sys.executable, "-m", "tests.bench",
-        "--workloads", "charge,reserve-settle,hot",
+        "--workloads", ",".join(WORKLOADS),
         "--concurrency", "1,8",
         "--duration-s", "1", "--warmup-s", "0.5",
         "--accounts", "200", "--pgbench-scale", "1",
@@ -51,10 +53,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert document["verify_exit"] == 0
     points = document["points"]
     assert {(p["workload"], p["concurrency"]) for p in points} == {
-        (w, c) for w in ("charge", "reserve-settle", "hot") for c in (1, 8)
+        (w, c) for w in WORKLOADS for c in (1, 8)
     }
     for point in points:
         assert point["unexpected_errors"] == {}, point
         assert point["ops"] > 0, point
+    for point in (p for p in points if p["workload"] == "batch-charge"):
+        # Operations are charges: 100 per SubmitBatch, and none of them failed.
+        assert point["by_method"] == {"SubmitBatch.Charge": point["ops"]}, point
+        assert point["ops"] % 100 == 0, point
     assert set(document["pgbench"]) == {"1", "8"}
     assert list(tmp_path.glob("bench-*.png"))

@@ -3,7 +3,8 @@
 Each loop owns its request objects and mutates two or three fields per call
 (no per-call message construction beyond that, no JSON), draws accounts from
 its own seeded RNG and makes idempotency keys unique with a per-slot prefix
-and a counter. Every RPC counts as one operation.
+and a counter. Every RPC counts as one operation, but a SubmitBatch counts as
+many operations as it has commands (batch-charge: 100 Charges per request).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ HEAVY_LOTS = 1000
 HEAVY_LOT_AMOUNT = 10**6
 # Far above any balance the bench grants: the mixed workload's deliberate overdrafts.
 OVERDRAFT_AMOUNT = 10**14
-WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "many-lots")
+WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "many-lots", "batch-charge")
+BATCH_SIZE = 100  # commands per SubmitBatch of the batch-charge workload
+REFUSED_BATCH_PAUSE_S = 0.05
 # Business rejections a workload asks for on purpose; every other error is unexpected.
 EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
     "charge": frozenset(),
@@ -39,6 +42,10 @@ EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
     "mixed": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
     "mixed-paced": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
     "many-lots": frozenset(),
+    # The writer's queue holds 10,000 commands (queue_max); 256 batches of 100 in
+    # flight pass it, and the server sheds the rest with RATE_LIMITED and a retry
+    # delay, as designed: the slot waits that long and sends again.
+    "batch-charge": frozenset({"RESOURCE_EXHAUSTED/RATE_LIMITED"}),
 }
 
 Resp = TypeVar("Resp")
@@ -88,10 +95,12 @@ class Recorder:
         rpc: Callable[..., Awaitable[Resp]],
         request: Any,
         sample: bool = True,
+        weight: int = 1,
     ) -> Resp | None:
         """Run one RPC, time it, and return its response (None when it failed).
         `sample=False`: counted as an operation, its latency left out of the
-        percentiles (the many-lots workload reports the p99 of the others)."""
+        percentiles (the many-lots workload reports the p99 of the others).
+        `weight`: the operations it counts as (a batch's commands)."""
         started = time.monotonic()
         try:
             response: Resp | None = await rpc(request, timeout=self.timeout_s)
@@ -102,12 +111,21 @@ class Recorder:
                 self.unexpected_errors[key] = self.unexpected_errors.get(key, 0) + 1
                 return None
             self.expected_rejections[key] = self.expected_rejections.get(key, 0) + 1
+            if weight > 1:
+                return None  # a refused batch applied none of its commands: no operations
         finished = time.monotonic()
         if self.window_start <= finished < self.window_end:
             if sample:
                 self.latencies_ms.append((finished - started) * 1000.0)
-            self.by_method[method] = self.by_method.get(method, 0) + 1
+            self.by_method[method] = self.by_method.get(method, 0) + weight
         return response
+
+    def command_failed(self, key: str) -> None:
+        """A command of a batch failed (`CODE/REASON`); the RPC itself succeeded."""
+        if key in self.expected:
+            self.expected_rejections[key] = self.expected_rejections.get(key, 0) + 1
+        else:
+            self.unexpected_errors[key] = self.unexpected_errors.get(key, 0) + 1
 
 
 @dataclass
@@ -152,6 +170,27 @@ class Ops:
                   pb.ReserveGroupLeg(asset=ASSET, amount=1, leg_key="emails")])  # fmt: skip
         # Reservations of recent charges, for the mixed workload's refunds.
         self.refundable: deque[str] = deque(maxlen=64)
+        self.batch_req = pb.SubmitBatchRequest(
+            commands=[
+                pb.BatchCommand(charge=pb.ChargeRequest(asset=ASSET, amount=1))
+                for _ in range(BATCH_SIZE)
+            ]
+        )
+
+    async def batch_charge(self) -> None:
+        """One SubmitBatch of BATCH_SIZE Charges of 1 credit on uniform accounts."""
+        slot, req = self.slot, self.batch_req
+        for command in req.commands:
+            command.charge.account_id, command.charge.idempotency_key = slot.account(), slot.key()
+        resp = await slot.rec.call(
+            "SubmitBatch.Charge", slot.stub.SubmitBatch, req, weight=BATCH_SIZE
+        )
+        if resp is None:
+            await asyncio.sleep(REFUSED_BATCH_PAUSE_S)  # the RetryInfo delay of RATE_LIMITED
+            return
+        for outcome in resp.outcomes:
+            if outcome.HasField("error"):
+                slot.rec.command_failed(_outcome_key(outcome.error))
 
     async def charge(self, account: str, amount: int = 1) -> None:
         """One Charge."""
@@ -314,6 +353,26 @@ async def run_many_lots(ops: Ops) -> None:
             await ops.charge(slot.account())
 
 
+async def run_batch_charge(ops: Ops) -> None:
+    """SubmitBatch of 100 Charges of 1 credit each (an event-rate caller's flushes)."""
+    slot = ops.slot
+    while time.monotonic() < slot.stop_at:
+        await ops.batch_charge()
+
+
+def _outcome_key(status: status_pb2.Status) -> str:
+    """`CODE/REASON` of a batch command's google.rpc.Status."""
+    reason = "-"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason or "-"
+    return f"{_CODE_NAMES.get(status.code, str(status.code))}/{reason}"
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
 LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
     "charge": run_charge,
     "reserve-settle": run_reserve_settle,
@@ -321,4 +380,5 @@ LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
     "mixed": run_mixed,
     "mixed-paced": run_mixed_paced,
     "many-lots": run_many_lots,
+    "batch-charge": run_batch_charge,
 }

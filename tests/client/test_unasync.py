@@ -26,6 +26,6 @@ def test_both_clients_offer_the_same_methods() -> None:
     rpcs = {
         "create_account", "get_account", "grant", "reserve", "reserve_group", "settle",
         "release", "refund", "charge", "get_reservation", "get_reservation_group",
-        "get_balance", "list_entries",
+        "get_balance", "list_entries", "submit_batch", "batcher",
     }  # fmt: skip
     assert rpcs <= public(LedgerClient)

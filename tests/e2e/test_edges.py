@@ -317,3 +317,20 @@ def test_a_reserve_without_ttl_and_with_the_default_ttl_are_one_request(
     )
     assert again.reservation.reservation_id == first.reservation.reservation_id
     assert ("idempotent-replayed", "true") in tuple(call.trailing_metadata())
+
+
+def test_a_request_wrong_in_every_field_gets_a_bounded_invalid_argument(
+    server: ServerThread,
+) -> None:
+    """32 bad metadata entries once made trailers of ~8.5 KB: past gRPC's 8 KiB, the
+    caller saw RESOURCE_EXHAUSTED instead of the INVALID_ARGUMENT it could fix."""
+    acct = account(server)
+    bad = {f"{'k' * 60}{i:04d}\t": "v" * 600 for i in range(32)}
+    with pytest.raises(grpc.RpcError) as err:
+        server.stub.Grant(
+            pb.GrantRequest(
+                account_id=acct, asset=ASSET, amount=1, idempotency_key=key(), metadata=bad
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "more" in (err.value.details() or "")

@@ -48,3 +48,6 @@ async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None
     refused = output_of("/Charge")
     assert "INSUFFICIENT_CREDITS" in refused and "FailedPrecondition" in refused, refused
     assert "as expected" in refused
+    batch = output_of("/SubmitBatch")
+    assert batch.count('"charge"') == 2 and "INSUFFICIENT_CREDITS" in batch, batch
+    assert '"settled": "1"' in batch and '"code": 9' in batch, batch

@@ -228,6 +228,10 @@ def base_request(method: str, w: World) -> Message:
         return pb.ListEntriesRequest(account_id=w.account, page_size=2, page_token=w.token)
     if method == "GetAccount":
         return pb.GetAccountRequest(account_id=w.account)
+    if method == "SubmitBatch":
+        batch = pb.SubmitBatchRequest()
+        batch.commands.add().charge.MergeFromString(base_request("Charge", w).SerializeToString())
+        return batch
     # An RPC this file does not know yet: its empty request, every field still attacked.
     cls: type[Message] = getattr(pb, SERVICE.methods_by_name[method].input_type.name)
     return cls()

@@ -70,6 +70,7 @@ CALLERS: dict[str, tuple[list[str], list[str], str]] = {
     "reader": (["read"], ["tenant-a:", "tenant-b:"], ""),
     "spender": (["read", "spend"], ["tenant-a:"], ""),
     "limited": (["read"], ["tenant-a:"], "rate_per_s = 5\nburst = 3\n"),
+    "batcher": (["read", "spend"], ["tenant-a:"], "rate_per_s = 5\nburst = 3\n"),
 }
 
 

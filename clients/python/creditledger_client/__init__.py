@@ -15,6 +15,7 @@ messages and stubs are in `creditledger.v1` for anything this layer lacks.
 
 from creditledger_client._requests import new_idempotency_key
 from creditledger_client.aio import AsyncReservation, LedgerClient
+from creditledger_client.batch import Batcher, BatchOutcome, SyncBatcher
 from creditledger_client.config import (
     DEFAULT_KEEPALIVE,
     NO_RETRY,
@@ -97,6 +98,8 @@ __all__ = [
     "Balance",
     "BalanceLimitExceeded",
     "BalanceView",
+    "BatchOutcome",
+    "Batcher",
     "Bucket",
     "ClientConfig",
     "Contention",
@@ -133,6 +136,7 @@ __all__ = [
     "ReserveGroupResult",
     "ResourceExhausted",
     "RetryPolicy",
+    "SyncBatcher",
     "SyncLedgerClient",
     "SyncReservation",
     "TlsConfig",

@@ -15,6 +15,13 @@ from creditledger.v1 import ledger_pb2 as pb
 from creditledger.v1 import ledger_pb2_grpc
 
 from creditledger_client import _requests as rq
+from creditledger_client.batch import (
+    Batcher,
+    BatchOutcome,
+    Command,
+    batch_request,
+    outcomes_from_pb,
+)
 from creditledger_client.config import (
     DEFAULT_KEEPALIVE,
     Attempts,
@@ -415,6 +422,31 @@ class LedgerClient:
             token = page.next_page_token
             if not token:
                 return
+
+    # --- batches --------------------------------------------------------------------
+
+    async def submit_batch(
+        self, commands: Iterable[Command], *, atomic: bool = False, timeout_s: float | None = None
+    ) -> list[BatchOutcome]:
+        """Runs up to 1,000 commands (built with creditledger_client.batch.charge,
+        .reserve, .settle, .release, .refund, .grant) in one call, in order; each
+        outcome holds the command's result or the error its single call would
+        raise, and its own `replayed`. With `atomic`, all or nothing: one failing
+        command raises its error for the whole call (`metadata["batch_index"]`
+        names it) and nothing is recorded, so a corrected retry with the same
+        keys runs. Raises InvalidArgument (the batch's limits), and what any
+        call raises (Unavailable after the retries, ...)."""
+        request = batch_request(commands, atomic)
+        resp, _ = await self._call(self._stub.SubmitBatch, request, timeout_s)
+        return outcomes_from_pb(resp)
+
+    def batcher(
+        self, *, max_commands: int = 100, max_delay_ms: float = 5.0, timeout_s: float | None = None
+    ) -> Batcher:
+        """Gathers commands of many callers into SubmitBatch calls of up to
+        `max_commands`, sent at latest `max_delay_ms` after the first waiting
+        one; each caller gets its own command's outcome (see batch.Batcher)."""
+        return Batcher(self, max_commands, max_delay_ms, timeout_s)
 
     # --- helpers --------------------------------------------------------------------
 

@@ -14,6 +14,13 @@ from creditledger.v1 import ledger_pb2 as pb
 from creditledger.v1 import ledger_pb2_grpc
 
 from creditledger_client import _requests as rq
+from creditledger_client.batch import (
+    BatchOutcome,
+    Command,
+    SyncBatcher,
+    batch_request,
+    outcomes_from_pb,
+)
 from creditledger_client.config import (
     DEFAULT_KEEPALIVE,
     Attempts,
@@ -406,6 +413,31 @@ class SyncLedgerClient:
             token = page.next_page_token
             if not token:
                 return
+
+    # --- batches --------------------------------------------------------------------
+
+    def submit_batch(
+        self, commands: Iterable[Command], *, atomic: bool = False, timeout_s: float | None = None
+    ) -> list[BatchOutcome]:
+        """Runs up to 1,000 commands (built with creditledger_client.batch.charge,
+        .reserve, .settle, .release, .refund, .grant) in one call, in order; each
+        outcome holds the command's result or the error its single call would
+        raise, and its own `replayed`. With `atomic`, all or nothing: one failing
+        command raises its error for the whole call (`metadata["batch_index"]`
+        names it) and nothing is recorded, so a corrected retry with the same
+        keys runs. Raises InvalidArgument (the batch's limits), and what any
+        call raises (Unavailable after the retries, ...)."""
+        request = batch_request(commands, atomic)
+        resp, _ = self._call(self._stub.SubmitBatch, request, timeout_s)
+        return outcomes_from_pb(resp)
+
+    def batcher(
+        self, *, max_commands: int = 100, max_delay_ms: float = 5.0, timeout_s: float | None = None
+    ) -> SyncBatcher:
+        """Gathers commands of many callers into SubmitBatch calls of up to
+        `max_commands`, sent at latest `max_delay_ms` after the first waiting
+        one; each caller gets its own command's outcome (see batch.SyncBatcher)."""
+        return SyncBatcher(self, max_commands, max_delay_ms, timeout_s)
 
     # --- helpers --------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ RULES: list[tuple[str, str]] = [
     (r"asyncio\.sleep\(", "time.sleep("),
     (r"\baio_channel\b", "sync_channel"),
     (r"AsyncReservation", "SyncReservation"),
+    (r"\bBatcher\b", "SyncBatcher"),
     (r"\bLedgerClient\b", "SyncLedgerClient"),
     (r"Asyncio client", "Blocking client"),
     (r"calls in flight are cancelled", "calls in flight fail"),

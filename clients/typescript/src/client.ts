@@ -19,6 +19,7 @@ import { type DescMessage, type MessageInitShape, create } from "@bufbuild/proto
 import { type CallOptions, type Client, type Interceptor, type Transport, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 
+import { type BatchCommandInput, type BatchOutcome, Batcher, type BatcherOptions, batchCommands, batchOutcomes } from "./batch.js";
 import { AccountExists, REPLAYED_METADATA_KEY, REQUEST_ID_HEADER, toLedgerError } from "./errors.js";
 import {
   type ChargeRequestSchema,
@@ -51,6 +52,7 @@ import {
   type ReserveResponse,
   type SettleRequestSchema,
   type SettleResponse,
+  SubmitBatchRequestSchema,
 } from "./gen/creditledger/v1/ledger_pb.js";
 import { type Hold, type HoldOptions, withReservation } from "./hold.js";
 import { DEFAULT_RETRY_POLICY, RetriesEnded, type RetryPolicy, withRetries } from "./retry.js";
@@ -328,6 +330,30 @@ export class LedgerClient {
   /** Reads one page of an account's journal, newest first. Throws AccountNotFound, InvalidArgument. */
   listEntries(input: ListEntriesInput, settings?: CallSettings): Promise<ListEntriesResponse> {
     return this.read((options) => this.stub.listEntries(input, options), settings);
+  }
+
+  /**
+   * Runs up to 1,000 commands (Charge, Reserve, Settle, Release, Refund,
+   * Grant) in one call, in order. Each outcome holds the command's response
+   * or the LedgerError its single call would throw, and its own `replayed`.
+   * With `atomic`, all or nothing: one failing command throws its error for
+   * the whole call (`metadata.batch_index` names it) and nothing is
+   * recorded, so a corrected retry with the same keys runs. Throws
+   * InvalidArgument for the batch's own limits, and what any call throws.
+   */
+  async submitBatch(
+    commands: readonly BatchCommandInput[],
+    settings?: CallSettings & { readonly atomic?: boolean },
+  ): Promise<BatchOutcome[]> {
+    const { commands: wire, keys } = batchCommands(commands, toInt64);
+    const request = create(SubmitBatchRequestSchema, { commands: wire, atomic: settings?.atomic ?? false });
+    const { response } = await this.run((options) => this.stub.submitBatch(request, options), settings, undefined);
+    return batchOutcomes(response.outcomes, keys);
+  }
+
+  /** A Batcher: gathers callers' commands into SubmitBatch calls by size or delay. */
+  batcher(options?: BatcherOptions): Batcher {
+    return new Batcher(this, options);
   }
 
   /**

@@ -62,6 +62,14 @@ export {
   retryDelayMsOf,
   toLedgerError,
 } from "./errors.js";
+export {
+  BATCH_COMMANDS_MAX,
+  type BatchCommandInput,
+  type BatchOutcome,
+  type BatchResult,
+  Batcher,
+  type BatcherOptions,
+} from "./batch.js";
 export { Hold, type HoldOnError, type HoldOptions, holdReleaseKey, holdSettleKey } from "./hold.js";
 export { DEFAULT_RETRY_POLICY, RETRYABLE_CODES, type RetryPolicy, backoffMs } from "./retry.js";
 // The generated messages and the service descriptor, for callers that need them.

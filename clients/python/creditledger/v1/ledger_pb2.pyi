@@ -18,6 +18,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1535,3 +1536,183 @@ class ListEntriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEntriesResponse: _TypeAlias = ListEntriesResponse  # noqa: Y015
+
+@_typing.final
+class BatchCommand(_message.Message):
+    """One command of a batch: the request message of its single-call RPC."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_FIELD_NUMBER: _builtins.int
+    RESERVE_FIELD_NUMBER: _builtins.int
+    SETTLE_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    REFUND_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def charge(self) -> Global___ChargeRequest:
+        """A Charge, as the Charge RPC takes it."""
+
+    @_builtins.property
+    def reserve(self) -> Global___ReserveRequest:
+        """A Reserve, as the Reserve RPC takes it."""
+
+    @_builtins.property
+    def settle(self) -> Global___SettleRequest:
+        """A Settle, as the Settle RPC takes it."""
+
+    @_builtins.property
+    def release(self) -> Global___ReleaseRequest:
+        """A Release, as the Release RPC takes it."""
+
+    @_builtins.property
+    def refund(self) -> Global___RefundRequest:
+        """A Refund, as the Refund RPC takes it."""
+
+    @_builtins.property
+    def grant(self) -> Global___GrantRequest:
+        """A Grant, as the Grant RPC takes it."""
+
+    def __init__(
+        self,
+        *,
+        charge: Global___ChargeRequest | None = ...,
+        reserve: Global___ReserveRequest | None = ...,
+        settle: Global___SettleRequest | None = ...,
+        release: Global___ReleaseRequest | None = ...,
+        refund: Global___RefundRequest | None = ...,
+        grant: Global___GrantRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "command", b"command", "grant", b"grant", "refund", b"refund", "release", b"release", "reserve", b"reserve", "settle", b"settle"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "command", b"command", "grant", b"grant", "refund", b"refund", "release", b"release", "reserve", b"reserve", "settle", b"settle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["charge", "reserve", "settle", "release", "refund", "grant"]  # noqa: Y015
+    _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
+
+Global___BatchCommand: _TypeAlias = BatchCommand  # noqa: Y015
+
+@_typing.final
+class SubmitBatchRequest(_message.Message):
+    """Request of SubmitBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    ATOMIC_FIELD_NUMBER: _builtins.int
+    atomic: _builtins.bool
+    """All or nothing: one transaction; if any command fails, none is applied
+    or recorded and the call fails naming the command (batch_index).
+    """
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchCommand]:
+        """1 to 1,000 commands (BATCH_COMMANDS_MAX), run in this order."""
+
+    def __init__(
+        self,
+        *,
+        commands: _abc.Iterable[Global___BatchCommand] | None = ...,
+        atomic: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atomic", b"atomic", "commands", b"commands"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitBatchRequest: _TypeAlias = SubmitBatchRequest  # noqa: Y015
+
+@_typing.final
+class BatchOutcome(_message.Message):
+    """The outcome of one command of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_FIELD_NUMBER: _builtins.int
+    RESERVE_FIELD_NUMBER: _builtins.int
+    SETTLE_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    REFUND_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when this outcome is a replay of the key's first outcome (the single
+    call's `idempotent-replayed: true` trailer).
+    """
+    @_builtins.property
+    def charge(self) -> Global___ChargeResponse:
+        """The Charge's response."""
+
+    @_builtins.property
+    def reserve(self) -> Global___ReserveResponse:
+        """The Reserve's response."""
+
+    @_builtins.property
+    def settle(self) -> Global___SettleResponse:
+        """The Settle's response."""
+
+    @_builtins.property
+    def release(self) -> Global___ReleaseResponse:
+        """The Release's response."""
+
+    @_builtins.property
+    def refund(self) -> Global___RefundResponse:
+        """The Refund's response."""
+
+    @_builtins.property
+    def grant(self) -> Global___GrantResponse:
+        """The Grant's response."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The command's error: its gRPC code, message and details (a
+        google.rpc.ErrorInfo with the reason, as the single call's status has).
+        """
+
+    def __init__(
+        self,
+        *,
+        charge: Global___ChargeResponse | None = ...,
+        reserve: Global___ReserveResponse | None = ...,
+        settle: Global___SettleResponse | None = ...,
+        release: Global___ReleaseResponse | None = ...,
+        refund: Global___RefundResponse | None = ...,
+        grant: Global___GrantResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "error", b"error", "grant", b"grant", "outcome", b"outcome", "refund", b"refund", "release", b"release", "reserve", b"reserve", "settle", b"settle"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "error", b"error", "grant", b"grant", "outcome", b"outcome", "refund", b"refund", "release", b"release", "replayed", b"replayed", "reserve", b"reserve", "settle", b"settle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["charge", "reserve", "settle", "release", "refund", "grant", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___BatchOutcome: _TypeAlias = BatchOutcome  # noqa: Y015
+
+@_typing.final
+class SubmitBatchResponse(_message.Message):
+    """Response of SubmitBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchOutcome]:
+        """One outcome per command, in the order of the request's commands."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___BatchOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015

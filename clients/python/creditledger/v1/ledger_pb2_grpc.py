@@ -100,6 +100,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/creditledger.v1.LedgerService/SubmitBatch',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -200,6 +205,20 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """SubmitBatch runs up to 1,000 commands (Charge, Reserve, Settle, Release,
+        Refund, Grant), each with its own idempotency key, in order, and answers
+        each command's own outcome in the same order. Each command behaves as its
+        single call would: replays, key reuse, permissions and account scope are
+        per command. With atomic set, the batch is one transaction: one failing
+        command fails the call (its own status, ErrorInfo metadata batch_index)
+        and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
+        BATCH_BYTES_MAX bytes per request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +286,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ListEntries,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +645,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/ListEntries',
             creditledger_dot_v1_dot_ledger__pb2.ListEntriesRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/SubmitBatch',
+            creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

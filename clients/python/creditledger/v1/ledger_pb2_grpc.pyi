@@ -72,6 +72,16 @@ class LedgerServiceStub:
     """GetBalance returns one balance; an asset never granted reads as zeros."""
     ListEntries: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListEntriesRequest, _ledger_pb2.ListEntriesResponse]
     """ListEntries returns an account's journal, newest first, paginated."""
+    SubmitBatch: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SubmitBatchRequest, _ledger_pb2.SubmitBatchResponse]
+    """SubmitBatch runs up to 1,000 commands (Charge, Reserve, Settle, Release,
+    Refund, Grant), each with its own idempotency key, in order, and answers
+    each command's own outcome in the same order. Each command behaves as its
+    single call would: replays, key reuse, permissions and account scope are
+    per command. With atomic set, the batch is one transaction: one failing
+    command fails the call (its own status, ErrorInfo metadata batch_index)
+    and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
+    BATCH_BYTES_MAX bytes per request.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -109,6 +119,16 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """GetBalance returns one balance; an asset never granted reads as zeros."""
     ListEntries: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListEntriesRequest, _ledger_pb2.ListEntriesResponse]  # type: ignore[assignment]
     """ListEntries returns an account's journal, newest first, paginated."""
+    SubmitBatch: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SubmitBatchRequest, _ledger_pb2.SubmitBatchResponse]  # type: ignore[assignment]
+    """SubmitBatch runs up to 1,000 commands (Charge, Reserve, Settle, Release,
+    Refund, Grant), each with its own idempotency key, in order, and answers
+    each command's own outcome in the same order. Each command behaves as its
+    single call would: replays, key reuse, permissions and account scope are
+    per command. With atomic set, the batch is one transaction: one failing
+    command fails the call (its own status, ErrorInfo metadata batch_index)
+    and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
+    BATCH_BYTES_MAX bytes per request.
+    """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     """LedgerService holds, spends and gives back credits."""
@@ -221,5 +241,21 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListEntriesResponse, _abc.Awaitable[_ledger_pb2.ListEntriesResponse]]:
         """ListEntries returns an account's journal, newest first, paginated."""
+
+    @_abc_1.abstractmethod
+    def SubmitBatch(
+        self,
+        request: _ledger_pb2.SubmitBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.SubmitBatchResponse, _abc.Awaitable[_ledger_pb2.SubmitBatchResponse]]:
+        """SubmitBatch runs up to 1,000 commands (Charge, Reserve, Settle, Release,
+        Refund, Grant), each with its own idempotency key, in order, and answers
+        each command's own outcome in the same order. Each command behaves as its
+        single call would: replays, key reuse, permissions and account scope are
+        per command. With atomic set, the batch is one transaction: one failing
+        command fails the call (its own status, ErrorInfo metadata batch_index)
+        and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
+        BATCH_BYTES_MAX bytes per request.
+        """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

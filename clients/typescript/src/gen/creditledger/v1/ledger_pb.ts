@@ -15,13 +15,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Status } from "../../google/rpc/status_pb.js";
+import { file_google_rpc_status } from "../../google/rpc/status_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file creditledger/v1/ledger.proto.
  */
 export const file_creditledger_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilgEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMiugEKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwQKC1Jlc2VydmF0aW9uEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSDQoFYXNzZXQYAyABKAkSDgoGYW1vdW50GAQgASgDEg8KB3NldHRsZWQYBSABKAMSEAoIcmVsZWFzZWQYBiABKAMSEAoIcmVmdW5kZWQYByABKAMSEQoJcmVtYWluaW5nGAggASgDEjEKBXN0YXRlGAkgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAwgAygLMiouY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLk1ldGFkYXRhRW50cnkSEAoIZ3JvdXBfaWQYDSABKAkSDwoHbGVnX2tleRgOIAEoCRIPCgdleHBpcmVkGA8gASgDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEg4KClNUQVRFX09QRU4QARIQCgxTVEFURV9DTE9TRUQQAhIRCg1TVEFURV9FWFBJUkVEEAMiWAoQUmVzZXJ2YXRpb25Hcm91cBIQCghncm91cF9pZBgBIAEoCRIyCgxyZXNlcnZhdGlvbnMYAiADKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24ixQQKBUVudHJ5EhAKCGVudHJ5X2lkGAEgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAIgASgJEhIKCmFjY291bnRfaWQYAyABKAkSDQoFYXNzZXQYBCABKAkSDgoGYW1vdW50GAUgASgDEjEKCG1vdmVtZW50GAYgASgOMh8uY3JlZGl0bGVkZ2VyLnYxLkVudHJ5Lk1vdmVtZW50Ei0KBmJ1Y2tldBgHIAEoDjIdLmNyZWRpdGxlZGdlci52MS5FbnRyeS5CdWNrZXQSFgoOcmVzZXJ2YXRpb25faWQYCCABKAkSDgoGbG90X2lkGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsgBCghNb3ZlbWVudBIYChRNT1ZFTUVOVF9VTlNQRUNJRklFRBAAEhIKDk1PVkVNRU5UX0dSQU5UEAESFAoQTU9WRU1FTlRfUkVTRVJWRRACEhMKD01PVkVNRU5UX1NFVFRMRRADEhQKEE1PVkVNRU5UX1JFTEVBU0UQBBITCg9NT1ZFTUVOVF9SRUZVTkQQBRIfChtNT1ZFTUVOVF9SRVNFUlZBVElPTl9FWFBJUlkQBhIXChNNT1ZFTUVOVF9MT1RfRVhQSVJZEAciWgoGQnVja2V0EhYKEkJVQ0tFVF9VTlNQRUNJRklFRBAAEhQKEEJVQ0tFVF9BVkFJTEFCTEUQARIPCgtCVUNLRVRfSEVMRBACEhEKDUJVQ0tFVF9TWVNURU0QAyKiAQoUQ3JlYXRlQWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRJFCghtZXRhZGF0YRgCIAMoCzIzLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJCChVDcmVhdGVBY2NvdW50UmVzcG9uc2USKQoHYWNjb3VudBgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5BY2NvdW50IicKEUdldEFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkiPwoSR2V0QWNjb3VudFJlc3BvbnNlEikKB2FjY291bnQYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQWNjb3VudCKuAgoMR3JhbnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRI9CghtZXRhZGF0YRgFIAMoCzIrLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCghwcmlvcml0eRgHIAEoBUgAiAEBEg4KBnNvdXJjZRgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX3ByaW9yaXR5Il0KDUdyYW50UmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEiEKA2xvdBgCIAEoCzIULmNyZWRpdGxlZGdlci52MS5Mb3Qi9gEKDlJlc2VydmVSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRImCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SPwoIbWV0YWRhdGEYBiADKAsyLS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEibwoPUmVzZXJ2ZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJVCg9SZXNlcnZlR3JvdXBMZWcSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSDwoHbGVnX2tleRgEIAEoCSL9AQoTUmVzZXJ2ZUdyb3VwUmVxdWVzdBIuCgRsZWdzGAEgAygLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cExlZxIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkQKCG1ldGFkYXRhGAQgAygLMjIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSAoUUmVzZXJ2ZUdyb3VwUmVzcG9uc2USMAoFZ3JvdXAYASABKAsyIS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb25Hcm91cCJfCg1TZXR0bGVSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxINCgVmaW5hbBgDIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkibgoOU2V0dGxlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIlEKDlJlbGVhc2VSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkibwoPUmVsZWFzZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJgCg1SZWZ1bmRSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGcmVhc29uGAQgASgJIm4KDlJlZnVuZFJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSLMAQoNQ2hhcmdlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPgoIbWV0YWRhdGEYBSADKAsyLC5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJuCg5DaGFyZ2VSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiLwoVR2V0UmVzZXJ2YXRpb25SZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJIksKFkdldFJlc2VydmF0aW9uUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24iLgoaR2V0UmVzZXJ2YXRpb25Hcm91cFJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkiTwobR2V0UmVzZXJ2YXRpb25Hcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXAigAEKEUdldEJhbGFuY2VSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSMgoPZXhwaXJpbmdfd2l0aGluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGluY2x1ZGVfbG90cxgEIAEoCCJ8ChJHZXRCYWxhbmNlUmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEhcKD2V4cGlyaW5nX2Ftb3VudBgCIAEoAxIiCgRsb3RzGAMgAygLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdCJeChJMaXN0RW50cmllc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJXChNMaXN0RW50cmllc1Jlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5jcmVkaXRsZWRnZXIudjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKo4GCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9SRUFTT05fSU5WQUxJRF9BUkdVTUVOVBABEiIKHkVSUk9SX1JFQVNPTl9BQ0NPVU5UX05PVF9GT1VORBACEiYKIkVSUk9SX1JFQVNPTl9SRVNFUlZBVElPTl9OT1RfRk9VTkQQAxIsCihFUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fR1JPVVBfTk9UX0ZPVU5EEAQSHwobRVJST1JfUkVBU09OX0FDQ09VTlRfRVhJU1RTEAUSJQohRVJST1JfUkVBU09OX0lOU1VGRklDSUVOVF9DUkVESVRTEAYSJwojRVJST1JfUkVBU09OX0lERU1QT1RFTkNZX0tFWV9SRVVTRUQQBxIjCh9FUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fQ0xPU0VEEAgSJAogRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0VYUElSRUQQCRIpCiVFUlJPUl9SRUFTT05fQU1PVU5UX0VYQ0VFRFNfUkVNQUlOSU5HEAoSJwojRVJST1JfUkVBU09OX0FNT1VOVF9FWENFRURTX1NFVFRMRUQQCxInCiNFUlJPUl9SRUFTT05fQkFMQU5DRV9MSU1JVF9FWENFRURFRBAMEhsKF0VSUk9SX1JFQVNPTl9DT05URU5USU9OEA0SJQohRVJST1JfUkVBU09OX0RBVEFCQVNFX1VOQVZBSUxBQkxFEA4SIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAPEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBAQEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQERIZChVFUlJPUl9SRUFTT05fSU5URVJOQUwQEhIjCh9FUlJPUl9SRUFTT05fTE9UX0xJTUlUX0VYQ0VFREVEEBMSIgoeRVJST1JfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEBQyhwkKDUxlZGdlclNlcnZpY2USXgoNQ3JlYXRlQWNjb3VudBIlLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdBomLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVzcG9uc2USWgoKR2V0QWNjb3VudBIiLmNyZWRpdGxlZGdlci52MS5HZXRBY2NvdW50UmVxdWVzdBojLmNyZWRpdGxlZGdlci52MS5HZXRBY2NvdW50UmVzcG9uc2UiA5ACARJGCgVHcmFudBIdLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3QaHi5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXNwb25zZRJMCgdSZXNlcnZlEh8uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0GiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXNwb25zZRJbCgxSZXNlcnZlR3JvdXASJC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwUmVxdWVzdBolLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXNwb25zZRJJCgZTZXR0bGUSHi5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXNwb25zZRJMCgdSZWxlYXNlEh8uY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXF1ZXN0GiAuY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXNwb25zZRJJCgZSZWZ1bmQSHi5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXNwb25zZRJJCgZDaGFyZ2USHi5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXNwb25zZRJmCg5HZXRSZXNlcnZhdGlvbhImLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvblJlcXVlc3QaJy5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25SZXNwb25zZSIDkAIBEnUKE0dldFJlc2VydmF0aW9uR3JvdXASKy5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25Hcm91cFJlcXVlc3QaLC5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25Hcm91cFJlc3BvbnNlIgOQAgESWgoKR2V0QmFsYW5jZRIiLmNyZWRpdGxlZGdlci52MS5HZXRCYWxhbmNlUmVxdWVzdBojLmNyZWRpdGxlZGdlci52MS5HZXRCYWxhbmNlUmVzcG9uc2UiA5ACARJdCgtMaXN0RW50cmllcxIjLmNyZWRpdGxlZGdlci52MS5MaXN0RW50cmllc1JlcXVlc3QaJC5jcmVkaXRsZWRnZXIudjEuTGlzdEVudHJpZXNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilgEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMiugEKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwQKC1Jlc2VydmF0aW9uEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSDQoFYXNzZXQYAyABKAkSDgoGYW1vdW50GAQgASgDEg8KB3NldHRsZWQYBSABKAMSEAoIcmVsZWFzZWQYBiABKAMSEAoIcmVmdW5kZWQYByABKAMSEQoJcmVtYWluaW5nGAggASgDEjEKBXN0YXRlGAkgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAwgAygLMiouY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLk1ldGFkYXRhRW50cnkSEAoIZ3JvdXBfaWQYDSABKAkSDwoHbGVnX2tleRgOIAEoCRIPCgdleHBpcmVkGA8gASgDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEg4KClNUQVRFX09QRU4QARIQCgxTVEFURV9DTE9TRUQQAhIRCg1TVEFURV9FWFBJUkVEEAMiWAoQUmVzZXJ2YXRpb25Hcm91cBIQCghncm91cF9pZBgBIAEoCRIyCgxyZXNlcnZhdGlvbnMYAiADKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24ixQQKBUVudHJ5EhAKCGVudHJ5X2lkGAEgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAIgASgJEhIKCmFjY291bnRfaWQYAyABKAkSDQoFYXNzZXQYBCABKAkSDgoGYW1vdW50GAUgASgDEjEKCG1vdmVtZW50GAYgASgOMh8uY3JlZGl0bGVkZ2VyLnYxLkVudHJ5Lk1vdmVtZW50Ei0KBmJ1Y2tldBgHIAEoDjIdLmNyZWRpdGxlZGdlci52MS5FbnRyeS5CdWNrZXQSFgoOcmVzZXJ2YXRpb25faWQYCCABKAkSDgoGbG90X2lkGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsgBCghNb3ZlbWVudBIYChRNT1ZFTUVOVF9VTlNQRUNJRklFRBAAEhIKDk1PVkVNRU5UX0dSQU5UEAESFAoQTU9WRU1FTlRfUkVTRVJWRRACEhMKD01PVkVNRU5UX1NFVFRMRRADEhQKEE1PVkVNRU5UX1JFTEVBU0UQBBITCg9NT1ZFTUVOVF9SRUZVTkQQBRIfChtNT1ZFTUVOVF9SRVNFUlZBVElPTl9FWFBJUlkQBhIXChNNT1ZFTUVOVF9MT1RfRVhQSVJZEAciWgoGQnVja2V0EhYKEkJVQ0tFVF9VTlNQRUNJRklFRBAAEhQKEEJVQ0tFVF9BVkFJTEFCTEUQARIPCgtCVUNLRVRfSEVMRBACEhEKDUJVQ0tFVF9TWVNURU0QAyKiAQoUQ3JlYXRlQWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRJFCghtZXRhZGF0YRgCIAMoCzIzLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJCChVDcmVhdGVBY2NvdW50UmVzcG9uc2USKQoHYWNjb3VudBgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5BY2NvdW50IicKEUdldEFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkiPwoSR2V0QWNjb3VudFJlc3BvbnNlEikKB2FjY291bnQYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQWNjb3VudCKuAgoMR3JhbnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRI9CghtZXRhZGF0YRgFIAMoCzIrLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCghwcmlvcml0eRgHIAEoBUgAiAEBEg4KBnNvdXJjZRgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX3ByaW9yaXR5Il0KDUdyYW50UmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEiEKA2xvdBgCIAEoCzIULmNyZWRpdGxlZGdlci52MS5Mb3Qi9gEKDlJlc2VydmVSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRImCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SPwoIbWV0YWRhdGEYBiADKAsyLS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEibwoPUmVzZXJ2ZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJVCg9SZXNlcnZlR3JvdXBMZWcSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSDwoHbGVnX2tleRgEIAEoCSL9AQoTUmVzZXJ2ZUdyb3VwUmVxdWVzdBIuCgRsZWdzGAEgAygLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cExlZxIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkQKCG1ldGFkYXRhGAQgAygLMjIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSAoUUmVzZXJ2ZUdyb3VwUmVzcG9uc2USMAoFZ3JvdXAYASABKAsyIS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb25Hcm91cCJfCg1TZXR0bGVSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxINCgVmaW5hbBgDIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkibgoOU2V0dGxlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIlEKDlJlbGVhc2VSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkibwoPUmVsZWFzZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJgCg1SZWZ1bmRSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGcmVhc29uGAQgASgJIm4KDlJlZnVuZFJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSLMAQoNQ2hhcmdlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPgoIbWV0YWRhdGEYBSADKAsyLC5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJuCg5DaGFyZ2VSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiLwoVR2V0UmVzZXJ2YXRpb25SZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJIksKFkdldFJlc2VydmF0aW9uUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24iLgoaR2V0UmVzZXJ2YXRpb25Hcm91cFJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkiTwobR2V0UmVzZXJ2YXRpb25Hcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXAigAEKEUdldEJhbGFuY2VSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSMgoPZXhwaXJpbmdfd2l0aGluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGluY2x1ZGVfbG90cxgEIAEoCCJ8ChJHZXRCYWxhbmNlUmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEhcKD2V4cGlyaW5nX2Ftb3VudBgCIAEoAxIiCgRsb3RzGAMgAygLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdCJeChJMaXN0RW50cmllc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJXChNMaXN0RW50cmllc1Jlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5jcmVkaXRsZWRnZXIudjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIscCCgxCYXRjaENvbW1hbmQSMAoGY2hhcmdlGAEgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3RIABIyCgdyZXNlcnZlGAIgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0SAASMAoGc2V0dGxlGAMgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3RIABIyCgdyZWxlYXNlGAQgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXF1ZXN0SAASMAoGcmVmdW5kGAUgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3RIABIuCgVncmFudBgGIAEoCzIdLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3RIAEIJCgdjb21tYW5kIlUKElN1Ym1pdEJhdGNoUmVxdWVzdBIvCghjb21tYW5kcxgBIAMoCzIdLmNyZWRpdGxlZGdlci52MS5CYXRjaENvbW1hbmQSDgoGYXRvbWljGAIgASgIIoQDCgxCYXRjaE91dGNvbWUSMQoGY2hhcmdlGAEgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlc3BvbnNlSAASMwoHcmVzZXJ2ZRgCIAEoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2VIABIxCgZzZXR0bGUYAyABKAsyHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2VIABIzCgdyZWxlYXNlGAQgASgLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXNwb25zZUgAEjEKBnJlZnVuZBgFIAEoCzIfLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXNwb25zZUgAEi8KBWdyYW50GAYgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2VIABIjCgVlcnJvchgHIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASEAoIcmVwbGF5ZWQYCCABKAhCCQoHb3V0Y29tZSJGChNTdWJtaXRCYXRjaFJlc3BvbnNlEi8KCG91dGNvbWVzGAEgAygLMh0uY3JlZGl0bGVkZ2VyLnYxLkJhdGNoT3V0Y29tZSqOBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodRVJST1JfUkVBU09OX0lOVkFMSURfQVJHVU1FTlQQARIiCh5FUlJPUl9SRUFTT05fQUNDT1VOVF9OT1RfRk9VTkQQAhImCiJFUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fTk9UX0ZPVU5EEAMSLAooRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0dST1VQX05PVF9GT1VORBAEEh8KG0VSUk9SX1JFQVNPTl9BQ0NPVU5UX0VYSVNUUxAFEiUKIUVSUk9SX1JFQVNPTl9JTlNVRkZJQ0lFTlRfQ1JFRElUUxAGEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAcSIwofRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0NMT1NFRBAIEiQKIEVSUk9SX1JFQVNPTl9SRVNFUlZBVElPTl9FWFBJUkVEEAkSKQolRVJST1JfUkVBU09OX0FNT1VOVF9FWENFRURTX1JFTUFJTklORxAKEicKI0VSUk9SX1JFQVNPTl9BTU9VTlRfRVhDRUVEU19TRVRUTEVEEAsSJwojRVJST1JfUkVBU09OX0JBTEFOQ0VfTElNSVRfRVhDRUVERUQQDBIbChdFUlJPUl9SRUFTT05fQ09OVEVOVElPThANEiUKIUVSUk9SX1JFQVNPTl9EQVRBQkFTRV9VTkFWQUlMQUJMRRAOEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQDxIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQEBIdChlFUlJPUl9SRUFTT05fUkFURV9MSU1JVEVEEBESGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEBISIwofRVJST1JfUkVBU09OX0xPVF9MSU1JVF9FWENFRURFRBATEiIKHkVSUk9SX1JFQVNPTl9ERUFETElORV9FWENFRURFRBAUMuEJCg1MZWRnZXJTZXJ2aWNlEl4KDUNyZWF0ZUFjY291bnQSJS5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QaJi5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlc3BvbnNlEloKCkdldEFjY291bnQSIi5jcmVkaXRsZWRnZXIudjEuR2V0QWNjb3VudFJlcXVlc3QaIy5jcmVkaXRsZWRnZXIudjEuR2V0QWNjb3VudFJlc3BvbnNlIgOQAgESRgoFR3JhbnQSHS5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0Gh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2USTAoHUmVzZXJ2ZRIfLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVxdWVzdBogLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2USWwoMUmVzZXJ2ZUdyb3VwEiQuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlcXVlc3QaJS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwUmVzcG9uc2USSQoGU2V0dGxlEh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2USTAoHUmVsZWFzZRIfLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVxdWVzdBogLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVzcG9uc2USSQoGUmVmdW5kEh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVzcG9uc2USSQoGQ2hhcmdlEh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVzcG9uc2USZgoOR2V0UmVzZXJ2YXRpb24SJi5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25SZXF1ZXN0GicuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uUmVzcG9uc2UiA5ACARJ1ChNHZXRSZXNlcnZhdGlvbkdyb3VwEisuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uR3JvdXBSZXF1ZXN0GiwuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uR3JvdXBSZXNwb25zZSIDkAIBEloKCkdldEJhbGFuY2USIi5jcmVkaXRsZWRnZXIudjEuR2V0QmFsYW5jZVJlcXVlc3QaIy5jcmVkaXRsZWRnZXIudjEuR2V0QmFsYW5jZVJlc3BvbnNlIgOQAgESXQoLTGlzdEVudHJpZXMSIy5jcmVkaXRsZWRnZXIudjEuTGlzdEVudHJpZXNSZXF1ZXN0GiQuY3JlZGl0bGVkZ2VyLnYxLkxpc3RFbnRyaWVzUmVzcG9uc2UiA5ACARJYCgtTdWJtaXRCYXRjaBIjLmNyZWRpdGxlZGdlci52MS5TdWJtaXRCYXRjaFJlcXVlc3QaJC5jcmVkaXRsZWRnZXIudjEuU3VibWl0QmF0Y2hSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * Account is a customer (or a pool) that holds balances of several assets.
@@ -1476,6 +1478,211 @@ export const ListEntriesResponseSchema: GenMessage<ListEntriesResponse> = /*@__P
   messageDesc(file_creditledger_v1_ledger, 32);
 
 /**
+ * One command of a batch: the request message of its single-call RPC.
+ *
+ * @generated from message creditledger.v1.BatchCommand
+ */
+export type BatchCommand = Message<"creditledger.v1.BatchCommand"> & {
+  /**
+   * The command; exactly one must be set.
+   *
+   * @generated from oneof creditledger.v1.BatchCommand.command
+   */
+  command: {
+    /**
+     * A Charge, as the Charge RPC takes it.
+     *
+     * @generated from field: creditledger.v1.ChargeRequest charge = 1;
+     */
+    value: ChargeRequest;
+    case: "charge";
+  } | {
+    /**
+     * A Reserve, as the Reserve RPC takes it.
+     *
+     * @generated from field: creditledger.v1.ReserveRequest reserve = 2;
+     */
+    value: ReserveRequest;
+    case: "reserve";
+  } | {
+    /**
+     * A Settle, as the Settle RPC takes it.
+     *
+     * @generated from field: creditledger.v1.SettleRequest settle = 3;
+     */
+    value: SettleRequest;
+    case: "settle";
+  } | {
+    /**
+     * A Release, as the Release RPC takes it.
+     *
+     * @generated from field: creditledger.v1.ReleaseRequest release = 4;
+     */
+    value: ReleaseRequest;
+    case: "release";
+  } | {
+    /**
+     * A Refund, as the Refund RPC takes it.
+     *
+     * @generated from field: creditledger.v1.RefundRequest refund = 5;
+     */
+    value: RefundRequest;
+    case: "refund";
+  } | {
+    /**
+     * A Grant, as the Grant RPC takes it.
+     *
+     * @generated from field: creditledger.v1.GrantRequest grant = 6;
+     */
+    value: GrantRequest;
+    case: "grant";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message creditledger.v1.BatchCommand.
+ * Use `create(BatchCommandSchema)` to create a new message.
+ */
+export const BatchCommandSchema: GenMessage<BatchCommand> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 33);
+
+/**
+ * Request of SubmitBatch.
+ *
+ * @generated from message creditledger.v1.SubmitBatchRequest
+ */
+export type SubmitBatchRequest = Message<"creditledger.v1.SubmitBatchRequest"> & {
+  /**
+   * 1 to 1,000 commands (BATCH_COMMANDS_MAX), run in this order.
+   *
+   * @generated from field: repeated creditledger.v1.BatchCommand commands = 1;
+   */
+  commands: BatchCommand[];
+
+  /**
+   * All or nothing: one transaction; if any command fails, none is applied
+   * or recorded and the call fails naming the command (batch_index).
+   *
+   * @generated from field: bool atomic = 2;
+   */
+  atomic: boolean;
+};
+
+/**
+ * Describes the message creditledger.v1.SubmitBatchRequest.
+ * Use `create(SubmitBatchRequestSchema)` to create a new message.
+ */
+export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 34);
+
+/**
+ * The outcome of one command of a batch.
+ *
+ * @generated from message creditledger.v1.BatchOutcome
+ */
+export type BatchOutcome = Message<"creditledger.v1.BatchOutcome"> & {
+  /**
+   * What the command's single call would have answered.
+   *
+   * @generated from oneof creditledger.v1.BatchOutcome.outcome
+   */
+  outcome: {
+    /**
+     * The Charge's response.
+     *
+     * @generated from field: creditledger.v1.ChargeResponse charge = 1;
+     */
+    value: ChargeResponse;
+    case: "charge";
+  } | {
+    /**
+     * The Reserve's response.
+     *
+     * @generated from field: creditledger.v1.ReserveResponse reserve = 2;
+     */
+    value: ReserveResponse;
+    case: "reserve";
+  } | {
+    /**
+     * The Settle's response.
+     *
+     * @generated from field: creditledger.v1.SettleResponse settle = 3;
+     */
+    value: SettleResponse;
+    case: "settle";
+  } | {
+    /**
+     * The Release's response.
+     *
+     * @generated from field: creditledger.v1.ReleaseResponse release = 4;
+     */
+    value: ReleaseResponse;
+    case: "release";
+  } | {
+    /**
+     * The Refund's response.
+     *
+     * @generated from field: creditledger.v1.RefundResponse refund = 5;
+     */
+    value: RefundResponse;
+    case: "refund";
+  } | {
+    /**
+     * The Grant's response.
+     *
+     * @generated from field: creditledger.v1.GrantResponse grant = 6;
+     */
+    value: GrantResponse;
+    case: "grant";
+  } | {
+    /**
+     * The command's error: its gRPC code, message and details (a
+     * google.rpc.ErrorInfo with the reason, as the single call's status has).
+     *
+     * @generated from field: google.rpc.Status error = 7;
+     */
+    value: Status;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * True when this outcome is a replay of the key's first outcome (the single
+   * call's `idempotent-replayed: true` trailer).
+   *
+   * @generated from field: bool replayed = 8;
+   */
+  replayed: boolean;
+};
+
+/**
+ * Describes the message creditledger.v1.BatchOutcome.
+ * Use `create(BatchOutcomeSchema)` to create a new message.
+ */
+export const BatchOutcomeSchema: GenMessage<BatchOutcome> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 35);
+
+/**
+ * Response of SubmitBatch.
+ *
+ * @generated from message creditledger.v1.SubmitBatchResponse
+ */
+export type SubmitBatchResponse = Message<"creditledger.v1.SubmitBatchResponse"> & {
+  /**
+   * One outcome per command, in the order of the request's commands.
+   *
+   * @generated from field: repeated creditledger.v1.BatchOutcome outcomes = 1;
+   */
+  outcomes: BatchOutcome[];
+};
+
+/**
+ * Describes the message creditledger.v1.SubmitBatchResponse.
+ * Use `create(SubmitBatchResponseSchema)` to create a new message.
+ */
+export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 36);
+
+/**
  * The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
  * the ledger sends with a failed call. The wire carries the reason as a string
  * without the ERROR_REASON_ prefix (e.g. "INSUFFICIENT_CREDITS"); this enum is
@@ -1779,6 +1986,23 @@ export const LedgerService: GenService<{
     methodKind: "unary";
     input: typeof ListEntriesRequestSchema;
     output: typeof ListEntriesResponseSchema;
+  },
+  /**
+   * SubmitBatch runs up to 1,000 commands (Charge, Reserve, Settle, Release,
+   * Refund, Grant), each with its own idempotency key, in order, and answers
+   * each command's own outcome in the same order. Each command behaves as its
+   * single call would: replays, key reuse, permissions and account scope are
+   * per command. With atomic set, the batch is one transaction: one failing
+   * command fails the call (its own status, ErrorInfo metadata batch_index)
+   * and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
+   * BATCH_BYTES_MAX bytes per request.
+   *
+   * @generated from rpc creditledger.v1.LedgerService.SubmitBatch
+   */
+  submitBatch: {
+    methodKind: "unary";
+    input: typeof SubmitBatchRequestSchema;
+    output: typeof SubmitBatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_creditledger_v1_ledger, 0);
