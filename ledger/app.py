@@ -63,6 +63,11 @@ class Hooks:
     server_credentials: grpc.ServerCredentials | None = None
 
 
+# `serve` as a role that may not maintain the partitions warns at start when they
+# stay ready for less than this (the alert IdempotencyPartitionsRunningOut's threshold).
+_PARTITIONS_AHEAD_WARN_S = 24 * 3600.0
+
+
 class StartupError(Exception):
     """The configuration cannot serve; the message says why (the CLI exits 2)."""
 
@@ -188,7 +193,7 @@ class App:
             )
             await self._health_server.start()
         # Partitions for the keys of the first calls, before there are calls.
-        await self.sweeper.maintain_once()
+        await self._check_partitions(retention.horizon())
         await self.internal_server.start()
         await self.election.start()
         await self.server.start()
@@ -240,6 +245,40 @@ class App:
         host, _ = split_host_port(cfg.internal_listen)
         election.address = cfg.advertise or f"{host}:{self.internal_port}"
         return election
+
+    async def _check_partitions(self, horizon: timedelta) -> None:
+        """Run the first partition maintenance, or, as a role that may not (the
+        least-privilege serving role), check that `ledger maintain` keeps them.
+
+        Errors: StartupError when no partition is ready for the keys of the first calls."""
+        may = await self.store.check_partition_rights()
+        await self.sweeper.maintain_once()
+        if may:
+            return
+        log.info(
+            "idempotency partitions: this role may not create or drop them (it does not own"
+            " the table); that is `ledger maintain`'s job, run as the owner role (hourly)"
+        )
+        ahead_s = self.sweeper.partitions_ahead_s(self.clock.now())
+        if ahead_s is None or ahead_s < 0:
+            await self.server.stop(None)
+            if self._health_server is not None:
+                await self._health_server.stop(0)
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+            await self._close_storage()
+            raise StartupError(
+                "not serving: no idempotency partition is ready for keys written now"
+                f" (retention + 2 partitions = {horizon}): run `ledger maintain` as the"
+                " database owner role"
+            )
+        if ahead_s < _PARTITIONS_AHEAD_WARN_S:
+            log.warning(
+                "IDEMPOTENCY PARTITIONS RUN OUT IN %.1f h: writes will answer UNAVAILABLE"
+                " then; run `ledger maintain` as the database owner role (hourly)",
+                ahead_s / 3600,
+            )
 
     async def _read_pool(self) -> Any:
         """The read endpoint's pool, when one is given and reads there are safe; else None."""

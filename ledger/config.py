@@ -188,29 +188,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="a batch transaction taking longer is abandoned (UNAVAILABLE, nothing recorded)",
     )
     p.add_argument("--sweep-interval-s", type=float, default=d.sweep_interval_s)
-    p.add_argument(
-        "--idempotency-retention-days",
-        type=float,
-        default=float(_env("LEDGER_IDEMPOTENCY_RETENTION_DAYS", str(d.idempotency_retention_days))),
-        help="how long a key of an applied request replays its outcome (docs/operations.md)",
-    )
-    p.add_argument(
-        "--idempotency-refused-retention-days",
-        type=float,
-        default=float(
-            _env(
-                "LEDGER_IDEMPOTENCY_REFUSED_RETENTION_DAYS",
-                str(d.idempotency_refused_retention_days),
-            )
-        ),
-        help="how long a key of a request refused by a rule replays its refusal",
-    )
-    p.add_argument(
-        "--idempotency-partition-s",
-        type=float,
-        default=float(_env("LEDGER_IDEMPOTENCY_PARTITION_S", str(d.idempotency_partition_s))),
-        help="width of the idempotency table's time partitions (keys are dropped a partition at a time)",
-    )
+    add_idempotency_flags(p)
     p.add_argument(
         "--refund-grace-s",
         type=float,
@@ -361,3 +339,40 @@ def _fronts(value: str) -> int:
 
 def _path(value: str) -> Path | None:
     return Path(value) if value else None
+
+
+def add_idempotency_flags(p: argparse.ArgumentParser) -> None:
+    """The idempotency retention and partition grid: `serve`, and `maintain` /
+    `migrate`, which make the partitions for it (same env variables)."""
+    d = Config()
+    p.add_argument(
+        "--idempotency-retention-days",
+        type=float,
+        default=float(_env("LEDGER_IDEMPOTENCY_RETENTION_DAYS", str(d.idempotency_retention_days))),
+        help="how long a key of an applied request replays its outcome (docs/operations.md)",
+    )
+    p.add_argument(
+        "--idempotency-refused-retention-days",
+        type=float,
+        default=float(
+            _env(
+                "LEDGER_IDEMPOTENCY_REFUSED_RETENTION_DAYS",
+                str(d.idempotency_refused_retention_days),
+            )
+        ),
+        help="how long a key of a request refused by a rule replays its refusal",
+    )
+    p.add_argument(
+        "--idempotency-partition-s",
+        type=float,
+        default=float(_env("LEDGER_IDEMPOTENCY_PARTITION_S", str(d.idempotency_partition_s))),
+        help="width of the idempotency table's time partitions (keys are dropped a partition at a time)",
+    )
+
+
+def idempotency_retention_from_args(args: argparse.Namespace) -> IdempotencyRetention:
+    return Config(
+        idempotency_retention_days=args.idempotency_retention_days,
+        idempotency_refused_retention_days=args.idempotency_refused_retention_days,
+        idempotency_partition_s=args.idempotency_partition_s,
+    ).idempotency_retention()

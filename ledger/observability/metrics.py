@@ -89,6 +89,15 @@ OLDEST_OVERDUE_S = Gauge(
     "ledger_oldest_overdue_reservation_seconds",
     "Age past expiry of the oldest open reservation the sweeper has not expired yet.",
 )
+IDEMPOTENCY_PARTITIONS_AHEAD_S = Gauge(
+    "ledger_idempotency_partitions_ahead_seconds",
+    "How long the idempotency partitions stay ready: seconds until keys written then"
+    " (expiring after the longest retention plus two partitions) would find no partition"
+    " and writes answer UNAVAILABLE. maintained_by: `external` (a server that may not"
+    " run the DDL: the owner's `ledger maintain` keeps it ~48 h) or `server` (it makes them"
+    " itself every few seconds, one or two partitions ahead).",
+    ["maintained_by"],
+)
 HEALTH_SERVING = Gauge("ledger_health_serving", "1 when the server reports SERVING, else 0.")
 BUILD_INFO = Info("ledger_build", "Build information.")
 

@@ -119,6 +119,15 @@ class Store(Protocol):
         expired by `now` (when `drop`). Returns (created, dropped) units of storage."""
         ...
 
+    def maintains_idempotency(self) -> bool:
+        """Whether this process makes the key store's storage itself (else the owner's
+        `ledger maintain` does)."""
+        ...
+
+    def idempotency_ready_until(self) -> datetime | None:
+        """How far ahead the key store was ready at the last maintain_idempotency."""
+        ...
+
     async def archive_reservations(
         self, expired_before: datetime, now: datetime, limit: int
     ) -> int: ...

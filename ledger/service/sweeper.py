@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from ledger.domain import commands as c
 from ledger.domain import errors
@@ -84,7 +85,19 @@ class Sweeper:
             log.info(
                 "idempotency partitions: %d created, %d expired ones dropped", created, dropped
             )
+        self.partitions_ahead_s(now)
         return created, dropped
+
+    def partitions_ahead_s(self, now: datetime) -> float | None:
+        """How long the partitions stay ready for new keys (the gauge
+        ledger_idempotency_partitions_ahead_seconds); None before the first look."""
+        ready = self._store.idempotency_ready_until()
+        if ready is None:
+            return None
+        ahead_s = (ready - (now + self._settings.retention.horizon())).total_seconds()
+        by = "server" if self._store.maintains_idempotency() else "external"
+        metrics.IDEMPOTENCY_PARTITIONS_AHEAD_S.labels(by).set(ahead_s)
+        return ahead_s
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

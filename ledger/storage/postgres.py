@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
-from ledger.domain import codec, limits
+from ledger.domain import codec, errors, limits
 from ledger.domain.model import (
     Account,
     Bucket,
@@ -406,7 +406,25 @@ class PgBatch:
         if records and self._cover_idempotency is not None:
             await self._cover_idempotency(ws.now, max(_record_expiry(r) for r in records))
         # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
-        await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+        try:
+            await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+        except asyncpg.CheckViolationError as exc:
+            if "no partition of relation" not in str(exc):
+                raise
+            # A partition gone or never made behind the coverage this process saw
+            # (dropped by hand, say): the same answer as a missing one, not INTERNAL.
+            raise errors.DatabaseUnavailable(_NO_PARTITION, {}) from exc
+
+
+_NO_PARTITION = (
+    "the idempotency key store has no partition for this key's expiry yet:"
+    " run `ledger maintain` as the database owner role (hourly); retry with"
+    " the same idempotency key"
+)
+
+
+def _record_ts(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
 
 
 def _record_expiry(r: IdempotencyRecord) -> datetime:
@@ -434,6 +452,9 @@ class PostgresStore:
         # [from, until): partitions exist for every expires_at in it (as of the last
         # maintenance; `from` is the `now` it dropped up to).
         self._idem_covered: tuple[datetime, datetime] | None = None
+        # Whether this role may create and drop the partitions (it owns the table);
+        # the least-privilege serving role may not (check_partition_rights).
+        self._may_maintain = True
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
@@ -799,6 +820,10 @@ class PostgresStore:
 
         Returns (created, dropped); (0, 0) when another process is doing it.
         """
+        if not self._may_maintain:
+            # `ledger maintain` (the owner) makes them: only see how far they reach.
+            await self.refresh_idempotency_coverage(now)
+            return 0, 0
         async with self._connection() as conn:
             result = await _guard(idem.maintain(conn, now, until, self._idem_partition, drop))
         if result.covered_until is not None:
@@ -814,6 +839,14 @@ class PostgresStore:
         if covered is not None and covered[0] <= expires_at < covered[1]:
             return
         margin = 2 * self._idem_partition
+        if not self._may_maintain:
+            # No DDL as the serving role: perhaps `ledger maintain` ran since the last look.
+            until = await self.refresh_idempotency_coverage(now)
+            if expires_at + margin <= until:
+                return
+            raise errors.DatabaseUnavailable(
+                _NO_PARTITION, {"missing_until": _record_ts(expires_at + margin)}
+            )
         async with self._connection() as conn:
             result = await _guard(
                 idem.maintain(conn, now, expires_at + margin, self._idem_partition, drop=False)
@@ -821,6 +854,30 @@ class PostgresStore:
         if result.skipped or result.covered_until is None:
             raise SerializationConflict("idempotency partitions are being maintained")
         self._idem_covered = (now, result.covered_until)
+
+    async def check_partition_rights(self) -> bool:
+        """Whether this role may create and drop the idempotency partitions (it owns
+        the table, or may act as its owner); checked once at start. When it may
+        not, maintain_idempotency only reads how far the partitions reach and a
+        batch whose key has no partition answers DatabaseUnavailable."""
+        async with self._connection() as conn:
+            self._may_maintain = await _guard(idem.may_maintain(conn))
+        return self._may_maintain
+
+    async def refresh_idempotency_coverage(self, now: datetime) -> datetime:
+        """How far (from `now`, without a gap) the idempotency partitions reach;
+        read from the catalog, no DDL."""
+        async with self._connection() as conn:
+            until = await _guard(idem.covered_until(conn, now))
+        self._idem_covered = (now, until)
+        return until
+
+    def maintains_idempotency(self) -> bool:
+        return self._may_maintain
+
+    def idempotency_ready_until(self) -> datetime | None:
+        """The end of the partitions as last seen (None before the first look)."""
+        return None if self._idem_covered is None else self._idem_covered[1]
 
     async def archive_reservations(
         self, expired_before: datetime, now: datetime, limit: int
