@@ -38,6 +38,8 @@ SERVING_RIGHTS: dict[str, tuple[str, ...]] = {
     "idempotency": ("SELECT", "INSERT"),
     "reservations_archive": ("SELECT",),
     "schema_migrations": ("SELECT",),
+    # The election renews and takes the lease (UPDATE); the fence locks it FOR KEY SHARE.
+    "writer_lease": ("SELECT", "UPDATE"),
 }
 #: A table a later migration adds without an entry above gets these, and a
 #: warning: add it to SERVING_RIGHTS with only what the code uses.
