@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,9 +21,12 @@ from ledger.listen import bind_problem, describe, split_host_port
 from ledger.observability import metrics, tracing
 from ledger.security.callers import CallerFileError
 from ledger.service.clock import Clock, SystemClock
+from ledger.service.election import Election, ElectionSettings, WriterRole
 from ledger.service.ledger import Ledger
+from ledger.service.retention import IdempotencyRetention
 from ledger.service.sweeper import Sweeper, SweeperSettings
-from ledger.service.writer import Writer, WriterSettings
+from ledger.service.writer import WriterSettings
+from ledger.storage.lease import PgLease
 from ledger.storage.pool import (
     EmbeddedPostgres,
     PoolSettings,
@@ -36,6 +40,7 @@ from ledger.storage.postgres import PostgresStore
 from ledger.transport.auth import Security, TlsFiles, build_security
 from ledger.transport.calls import CallContextInterceptor
 from ledger.transport.door import DoorLimits
+from ledger.transport.internal import ForwardingClient, WriterService, build_internal_server
 from ledger.transport.server import (
     ServerSettings,
     build_health_server,
@@ -61,6 +66,11 @@ class Hooks:
     # Tracing with this provider (tests: an in-memory exporter) instead of the
     # configured one (--otlp-endpoint); App shuts it down on stop.
     tracer_provider: TracerProvider | None = None
+
+
+# `serve` as a role that may not maintain the partitions warns at start when they
+# stay ready for less than this (the alert IdempotencyPartitionsRunningOut's threshold).
+_PARTITIONS_AHEAD_WARN_S = 24 * 3600.0
 
 
 class StartupError(Exception):
@@ -92,12 +102,15 @@ def server_settings(cfg: Config) -> ServerSettings:
         concurrent_rpcs_max=cfg.concurrent_rpcs_max,
         unary_deadline_s=cfg.unary_deadline_s,
         door=_door(cfg),
+        reuse_port=cfg.reuse_port,
     )
 
 
 def _check_listen(cfg: Config) -> None:
     """Errors: StartupError naming the flag, the address and why nothing can listen there."""
     for flag, address in (("--listen", cfg.listen), ("--metrics-listen", cfg.metrics_listen)):
+        if flag == "--listen" and cfg.reuse_port:
+            continue  # a front of `serve --fronts`: its siblings hold it too (the supervisor checked)
         problem = bind_problem(address) if address else None
         if problem is not None:
             raise StartupError(f"{flag} {address}: {problem}")
@@ -150,27 +163,9 @@ class App:
         self.store = PostgresStore(
             self.pool, idempotency_partition=retention.partition, read_pool=self.read_pool
         )
-        self.writer = Writer(
-            self.store,
-            self.clock,
-            WriterSettings(
-                batch_max=cfg.batch_max,
-                refund_grace=timedelta(seconds=cfg.refund_grace_s),
-                retention=retention,
-            ),
-        )
+        self.election = self._election(cfg, retention)
         self.ledger = Ledger(
-            self.store, self.writer, self.clock, timedelta(seconds=cfg.refund_grace_s)
-        )
-        self.sweeper = Sweeper(
-            self.store,
-            self.writer,
-            self.clock,
-            SweeperSettings(
-                interval_s=cfg.sweep_interval_s,
-                retention=retention,
-                maintain_every_s=min(10.0, retention.partition.total_seconds() / 2),
-            ),
+            self.store, self.election, self.clock, timedelta(seconds=cfg.refund_grace_s)
         )
         self._tracer_provider = self.hooks.tracer_provider
         if self._tracer_provider is None and cfg.otlp_endpoint:
@@ -215,9 +210,9 @@ class App:
             )
             await self._health_server.start()
         # Partitions for the keys of the first calls, before there are calls.
-        await self.sweeper.maintain_once()
-        self.writer.start()
-        self.sweeper.start()
+        await self._check_partitions(retention.horizon())
+        await self.internal_server.start()
+        await self.election.start()
         await self.server.start()
         await self._check_health()
         self._tasks.append(
@@ -229,6 +224,78 @@ class App:
             self.metrics_port or "off",
         )
         self._log_security(security, credentials is not None)
+
+    def _election(self, cfg: Config, retention: IdempotencyRetention) -> Election:
+        """The writer role, the lease, and the internal server the others forward to."""
+        role = WriterRole(
+            self.store,
+            self.clock,
+            WriterSettings(
+                batch_max=cfg.batch_max,
+                attempt_timeout_s=cfg.batch_timeout_s,
+                refund_grace=timedelta(seconds=cfg.refund_grace_s),
+                retention=retention,
+            ),
+        )
+        self.sweeper = role.sweeper = Sweeper(
+            self.store,
+            role,
+            self.clock,
+            SweeperSettings(
+                interval_s=cfg.sweep_interval_s,
+                retention=retention,
+                maintain_every_s=min(10.0, retention.partition.total_seconds() / 2),
+            ),
+        )
+        secret = cfg.writer_secret
+        election = Election(
+            PgLease(self.database_url),
+            role,
+            holder=uuid.uuid4().hex,
+            address="",
+            connect=lambda address: ForwardingClient(address, secret),
+            settings=ElectionSettings(lease_s=cfg.writer_lease_s),
+        )
+        self.internal_server, self.internal_port = build_internal_server(
+            WriterService(election, secret), cfg.internal_listen
+        )
+        host, _ = split_host_port(cfg.internal_listen)
+        election.address = cfg.advertise or f"{host}:{self.internal_port}"
+        return election
+
+    async def _check_partitions(self, horizon: timedelta) -> None:
+        """Run the first partition maintenance, or, as a role that may not (the
+        least-privilege serving role), check that `ledger maintain` keeps them.
+
+        Errors: StartupError when no partition is ready for the keys of the first calls."""
+        may = await self.store.check_partition_rights()
+        await self.sweeper.maintain_once()
+        if may:
+            return
+        log.info(
+            "idempotency partitions: this role may not create or drop them (it does not own"
+            " the table); that is `ledger maintain`'s job, run as the owner role (hourly)"
+        )
+        ahead_s = self.sweeper.partitions_ahead_s(self.clock.now())
+        if ahead_s is None or ahead_s < 0:
+            await self.server.stop(None)
+            if self._health_server is not None:
+                await self._health_server.stop(0)
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+            await self._close_storage()
+            raise StartupError(
+                "not serving: no idempotency partition is ready for keys written now"
+                f" (retention + 2 partitions = {horizon}): run `ledger maintain` as the"
+                " database owner role"
+            )
+        if ahead_s < _PARTITIONS_AHEAD_WARN_S:
+            log.warning(
+                "IDEMPOTENCY PARTITIONS RUN OUT IN %.1f h: writes will answer UNAVAILABLE"
+                " then; run `ledger maintain` as the database owner role (hourly)",
+                ahead_s / 3600,
+            )
 
     async def _read_pool(self) -> Any:
         """The read endpoint's pool, when one is given and reads there are safe; else None."""
@@ -312,8 +379,9 @@ class App:
         await self.server.stop(self.config.drain_s)
         if self._health_server is not None:
             await self._health_server.stop(0)
-        await self.sweeper.stop()
-        await self.writer.stop()
+        # Then hand the lease over at once (the others forwarded to us while we drained).
+        await self.election.stop()
+        await self.internal_server.stop(1.0)
         await self.store.close()
         await self.pool.close()
         if self.read_pool is not None:

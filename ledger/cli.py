@@ -45,6 +45,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"ledger serve: {problem}", file=sys.stderr)
         return 2
     ledger_logging.configure(cfg.log_level, cfg.log_format)
+    if cfg.fronts > 1:
+        from ledger.fronts import Fronts
+
+        argv: list[str] = args.argv
+        return Fronts(cfg, argv[argv.index("serve") + 1 :]).run()
 
     async def main() -> int:
         try:
@@ -72,6 +77,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             applied = await migrate(url)
             if args.serving_role:
                 await set_up_serving_role(url, args.serving_role, password)
+            # Partitions ready at once: a serving role cannot make them (`ledger maintain`).
+            maintained = await _maintain_round(url, args)
         except RoleError as exc:
             print(f"ledger migrate: {exc}", file=sys.stderr)
             return 2
@@ -81,6 +88,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print("migrations applied: " + (", ".join(applied) if applied else "none (up to date)"))
         if args.serving_role:
             print(f"serving role {args.serving_role}: created if missing, rights granted")
+        print(maintained)
         return 0
 
     return _run(main())
@@ -93,6 +101,67 @@ def _database_error(command: str, exc: BaseException) -> int:
         f"ledger {command}: cannot read the database: {type(exc).__name__}: {exc}", file=sys.stderr
     )
     return EXIT_UNREACHABLE
+
+
+async def _maintain_round(url: str, args: argparse.Namespace) -> str:
+    """One round of idempotency partition maintenance as this (owner) role: ready
+    for every key written in the next --ahead-hours; the summary line."""
+    from datetime import UTC, datetime, timedelta
+
+    from ledger.storage.pool import maintain_partitions
+
+    retention = config.idempotency_retention_from_args(args)
+    now = datetime.now(UTC)
+    horizon = now + retention.horizon()
+    result = await maintain_partitions(
+        url, horizon + timedelta(hours=args.ahead_hours), retention.partition, now
+    )
+    if result.skipped:
+        return "ledger maintain: skipped (another process holds the maintenance lock)"
+    ready = result.covered_until or now
+    return (
+        f"ledger maintain: {result.created} idempotency partitions created,"
+        f" {result.dropped} expired ones dropped; ready until"
+        f" {ready.isoformat(timespec='seconds')}"
+        f" ({(ready - horizon).total_seconds() / 3600:.1f} h ahead of the longest retention)"
+    )
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    """`ledger maintain`: idempotency partitions, as the owner role (a CronJob, hourly)."""
+    from ledger.storage.pool import wait_for_database
+
+    ledger_logging.configure("info", "text")
+    problems = config.idempotency_retention_from_args(args).problems()
+    if args.ahead_hours <= 0:
+        problems.append("--ahead-hours must be positive")
+    if problems:
+        for problem in problems:
+            print(f"ledger maintain: {problem}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        url, embedded = await _resolve_url(args)
+        try:
+            await wait_for_database(url, 30.0)
+            print(await _maintain_round(url, args))
+        finally:
+            if embedded is not None:
+                embedded.stop()
+        return 0
+
+    return _run(main())
+
+
+def _add_maintenance_flags(p: argparse.ArgumentParser) -> None:
+    config.add_idempotency_flags(p)
+    p.add_argument(
+        "--ahead-hours",
+        type=float,
+        default=48.0,
+        help="make partitions for every key written in the next this many hours (default 48;"
+        " run hourly, so a missed run or two change nothing)",
+    )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -413,7 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
         " rights it uses (env LEDGER_SERVING_ROLE; its password from env"
         " LEDGER_SERVING_ROLE_PASSWORD); run as the owner role",
     )
+    _add_maintenance_flags(mig)
     mig.set_defaults(func=cmd_migrate)
+    maint = sub.add_parser(
+        "maintain",
+        help="create the idempotency partitions ahead and drop expired ones, as the owner role"
+        " (hourly: a CronJob)",
+    )
+    config.add_database_flags(maint)
+    _add_maintenance_flags(maint)
+    maint.set_defaults(func=cmd_maintain)
     ver = sub.add_parser("verify", help="check every ledger invariant; exit 1 on any violation")
     config.add_database_flags(ver)
     ver.add_argument(
@@ -449,5 +527,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # `serve --fronts` passes it on
     result: int = args.func(args)
     return result

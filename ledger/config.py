@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +23,7 @@ class Config:
     log_format: str = "json"
     pool_size_max: int = 10
     batch_max: int = 1024  # a full SubmitBatch (1,000) and its neighbours in one transaction
+    batch_timeout_s: float = 2.0
     sweep_interval_s: float = 1.0
     idempotency_retention_days: float = 7.0
     idempotency_refused_retention_days: float = 1.0
@@ -49,6 +50,14 @@ class Config:
     migrate_at_start: bool = True
     # A plaintext grpc.health.v1-only port for probes that cannot speak TLS.
     health_listen: str = ""
+    # One writer per database (docs/design.md): the internal WriterService.
+    internal_listen: str = "127.0.0.1:0"
+    advertise: str = ""  # HOST:PORT the other replicas reach internal_listen at
+    writer_secret: str = field(default="", repr=False)
+    writer_lease_s: float = 3.0
+    # `serve --fronts N` (ledger/fronts.py): N processes share --listen.
+    fronts: int = 1
+    reuse_port: bool = False
 
     def problems(self) -> list[str]:
         """Why this configuration must not serve (empty when it may)."""
@@ -78,6 +87,15 @@ class Config:
                 " front authenticates every call, --allow-anonymous-full-access"
             )
         out += self.idempotency_retention().problems()
+        if not self.writer_secret and not is_loopback(self.internal_listen):
+            out.append(
+                f"refusing to serve the internal writer service on {self.internal_listen}"
+                " without a shared secret: give --writer-secret-file or LEDGER_WRITER_SECRET"
+            )
+        if self.fronts < 1:
+            out.append("--fronts must be at least 1 (or auto)")
+        if self.writer_lease_s < 1.0:
+            out.append("--writer-lease-s must be at least 1 s")
         return out
 
     def idempotency_retention(self) -> IdempotencyRetention:
@@ -167,30 +185,14 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-max", type=int, default=d.batch_max, help="commands per writer transaction"
     )
+    p.add_argument(
+        "--batch-timeout-s",
+        type=float,
+        default=d.batch_timeout_s,
+        help="a batch transaction taking longer is abandoned (UNAVAILABLE, nothing recorded)",
+    )
     p.add_argument("--sweep-interval-s", type=float, default=d.sweep_interval_s)
-    p.add_argument(
-        "--idempotency-retention-days",
-        type=float,
-        default=float(_env("LEDGER_IDEMPOTENCY_RETENTION_DAYS", str(d.idempotency_retention_days))),
-        help="how long a key of an applied request replays its outcome (docs/operations.md)",
-    )
-    p.add_argument(
-        "--idempotency-refused-retention-days",
-        type=float,
-        default=float(
-            _env(
-                "LEDGER_IDEMPOTENCY_REFUSED_RETENTION_DAYS",
-                str(d.idempotency_refused_retention_days),
-            )
-        ),
-        help="how long a key of a request refused by a rule replays its refusal",
-    )
-    p.add_argument(
-        "--idempotency-partition-s",
-        type=float,
-        default=float(_env("LEDGER_IDEMPOTENCY_PARTITION_S", str(d.idempotency_partition_s))),
-        help="width of the idempotency table's time partitions (keys are dropped a partition at a time)",
-    )
+    add_idempotency_flags(p)
     p.add_argument(
         "--refund-grace-s",
         type=float,
@@ -264,6 +266,50 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="serve a non-loopback address WITHOUT a caller file: anyone who reaches the"
         " port has every right on every account (env LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS=1)",
     )
+    add_writer_flags(p)
+
+
+def add_writer_flags(p: argparse.ArgumentParser) -> None:
+    d = Config()
+    w = p.add_argument_group("one writer per database (docs/design.md)")
+    w.add_argument(
+        "--internal-listen",
+        default=_env("LEDGER_INTERNAL_LISTEN", d.internal_listen),
+        help="HOST:PORT of the internal writer service other replicas forward commands to"
+        " (env LEDGER_INTERNAL_LISTEN; port 0 = any free port)",
+    )
+    w.add_argument(
+        "--advertise",
+        default=_env("LEDGER_ADVERTISE", d.advertise),
+        help="HOST:PORT the other replicas reach --internal-listen at, published in the"
+        " writer lease (env LEDGER_ADVERTISE; default: the internal address as bound)",
+    )
+    w.add_argument(
+        "--writer-secret-file",
+        default=_env("LEDGER_WRITER_SECRET_FILE", ""),
+        metavar="FILE",
+        help="shared secret of the replicas' internal calls (or env LEDGER_WRITER_SECRET);"
+        " required unless --internal-listen is a loopback address",
+    )
+    w.add_argument(
+        "--writer-lease-s",
+        type=float,
+        default=float(_env("LEDGER_WRITER_LEASE_S", str(d.writer_lease_s))),
+        help="life of the writer lease; renewed every third of it (env LEDGER_WRITER_LEASE_S)",
+    )
+    w.add_argument(
+        "--fronts",
+        default=_env("LEDGER_FRONTS", "1"),
+        help="processes serving --listen together (SO_REUSEPORT), each reaching the elected"
+        " writer as a replica does; 'auto' = one per core (env LEDGER_FRONTS)",
+    )
+    w.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+
+
+def _writer_secret(args: argparse.Namespace) -> str:
+    if args.writer_secret_file:
+        return Path(args.writer_secret_file).read_text().strip()
+    return os.environ.get("LEDGER_WRITER_SECRET", "").strip()
 
 
 def from_args(args: argparse.Namespace) -> Config:
@@ -277,6 +323,7 @@ def from_args(args: argparse.Namespace) -> Config:
         log_format=args.log_format,
         pool_size_max=args.pool_size_max,
         batch_max=args.batch_max,
+        batch_timeout_s=args.batch_timeout_s,
         sweep_interval_s=args.sweep_interval_s,
         idempotency_retention_days=args.idempotency_retention_days,
         idempotency_refused_retention_days=args.idempotency_refused_retention_days,
@@ -294,8 +341,60 @@ def from_args(args: argparse.Namespace) -> Config:
         metrics_asset_labels=args.metrics_asset_labels,
         migrate_at_start=args.migrate_at_start or not args.database_url,
         health_listen=args.health_listen,
+        internal_listen=args.internal_listen,
+        advertise=args.advertise,
+        writer_secret=_writer_secret(args),
+        writer_lease_s=args.writer_lease_s,
+        fronts=_fronts(args.fronts),
+        reuse_port=args.reuse_port,
     )
+
+
+def _fronts(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        return int(value)
+    except ValueError:
+        return 0  # refused by problems()
 
 
 def _path(value: str) -> Path | None:
     return Path(value) if value else None
+
+
+def add_idempotency_flags(p: argparse.ArgumentParser) -> None:
+    """The idempotency retention and partition grid: `serve`, and `maintain` /
+    `migrate`, which make the partitions for it (same env variables)."""
+    d = Config()
+    p.add_argument(
+        "--idempotency-retention-days",
+        type=float,
+        default=float(_env("LEDGER_IDEMPOTENCY_RETENTION_DAYS", str(d.idempotency_retention_days))),
+        help="how long a key of an applied request replays its outcome (docs/operations.md)",
+    )
+    p.add_argument(
+        "--idempotency-refused-retention-days",
+        type=float,
+        default=float(
+            _env(
+                "LEDGER_IDEMPOTENCY_REFUSED_RETENTION_DAYS",
+                str(d.idempotency_refused_retention_days),
+            )
+        ),
+        help="how long a key of a request refused by a rule replays its refusal",
+    )
+    p.add_argument(
+        "--idempotency-partition-s",
+        type=float,
+        default=float(_env("LEDGER_IDEMPOTENCY_PARTITION_S", str(d.idempotency_partition_s))),
+        help="width of the idempotency table's time partitions (keys are dropped a partition at a time)",
+    )
+
+
+def idempotency_retention_from_args(args: argparse.Namespace) -> IdempotencyRetention:
+    return Config(
+        idempotency_retention_days=args.idempotency_retention_days,
+        idempotency_refused_retention_days=args.idempotency_refused_retention_days,
+        idempotency_partition_s=args.idempotency_partition_s,
+    ).idempotency_retention()

@@ -149,6 +149,15 @@ class DatabaseUnavailable(LedgerError):
     reason = "DATABASE_UNAVAILABLE"
 
 
+class WriterUnavailable(LedgerError):
+    """The command could not reach the elected writer, or the writer changed
+    while it ran. A retry with the same idempotency key is safe: it replays the
+    outcome if the command was recorded, and runs it otherwise."""
+
+    kind = Kind.UNAVAILABLE
+    reason = "WRITER_UNAVAILABLE"
+
+
 class Unauthenticated(LedgerError):
     kind = Kind.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"

@@ -101,6 +101,15 @@ OLDEST_OVERDUE_S = Gauge(
     "ledger_oldest_overdue_reservation_seconds",
     "Age past expiry of the oldest open reservation the sweeper has not expired yet.",
 )
+IDEMPOTENCY_PARTITIONS_AHEAD_S = Gauge(
+    "ledger_idempotency_partitions_ahead_seconds",
+    "How long the idempotency partitions stay ready: seconds until keys written then"
+    " (expiring after the longest retention plus two partitions) would find no partition"
+    " and writes answer UNAVAILABLE. maintained_by: `external` (a server that may not"
+    " run the DDL: the owner's `ledger maintain` keeps it ~48 h) or `server` (it makes them"
+    " itself every few seconds, one or two partitions ahead).",
+    ["maintained_by"],
+)
 HEALTH_SERVING = Gauge("ledger_health_serving", "1 when the server reports SERVING, else 0.")
 BUILD_INFO = Info("ledger_build", "Build information.")
 
@@ -166,3 +175,20 @@ def record_moved(moved: list[tuple[str, str, int]]) -> None:
 
 def set_build_info(version: str) -> None:
     BUILD_INFO.info({"version": version})
+
+
+# ---- one writer per database (ledger.service.election)
+WRITER_LEADER = Gauge(
+    "ledger_writer_leader", "1 while this process holds the writer lease, else 0."
+)
+WRITER_TERM = Gauge("ledger_writer_term", "The writer term this process last held.")
+FORWARDED = Counter(
+    "ledger_forwarded_commands_total",
+    "Commands this process forwarded to the elected writer, by outcome (ok, error, unavailable).",
+    ["outcome"],
+)
+FORWARD_CALLS = Histogram(
+    "ledger_forward_call_commands",
+    "Commands per internal call to the writer (forwarding coalesces them).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

@@ -51,6 +51,10 @@ _HINTS: dict[str, str] = {
         "The server runs but cannot reach PostgreSQL: check the database, then retry with "
         "--key {key}."
     ),
+    "WRITER_UNAVAILABLE": (
+        "The server could not reach the elected writer (it may be changing): retry with "
+        "--key {key}; the retry replays the first outcome if it was recorded."
+    ),
     "UNAUTHENTICATED": "Pass a valid token with --token or LEDGER_TOKEN.",
     "PERMISSION_DENIED": "This token may not do that; use an operator token.",
     "RATE_LIMITED": "Too many requests; wait a moment and retry with --key {key}.",

@@ -36,8 +36,7 @@ from ledger.observability import metrics
 from ledger.service import batching, groups, pagetoken, scope
 from ledger.service.clock import Clock
 from ledger.service.listing import ReservationQuery, ReservationsPage
-from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
-from ledger.service.writer import Writer
+from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
 
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
@@ -66,7 +65,7 @@ class Ledger:
     def __init__(
         self,
         store: Store,
-        writer: Writer,
+        writer: CommandSink,  # the local Writer, or the Election routing to the elected one
         clock: Clock,
         refund_grace: timedelta = timedelta(days=7),
     ) -> None:
@@ -86,7 +85,7 @@ class Ledger:
         Errors: PermissionDenied; InvalidArgument; the business errors of the
         command (see ledger.domain.rules), with AccountNotFound or
         ReservationNotFound also for what lies outside the caller's scope;
-        IdempotencyKeyReused; DatabaseUnavailable; Contention.
+        IdempotencyKeyReused; DatabaseUnavailable; WriterUnavailable; Contention.
         """
         cmd = self._admit(cmd, access)
         try:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ledger.domain.model import Account, Entry, Reservation, ReservationState
+from ledger.domain import commands as c
+from ledger.domain.model import Account, Entry, Reservation, ReservationState, Result
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -30,6 +31,11 @@ class StorageUnavailable(Exception):
     committed. Callers get UNAVAILABLE and retry with the same idempotency key,
     which replays the first outcome if there was one.
     """
+
+
+class WriterFenced(Exception):
+    """The batch's writer term is no longer the current one: another process is
+    the writer now, and nothing of the batch was committed."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +132,26 @@ class Store(Protocol):
         expired by `now` (when `drop`). Returns (created, dropped) units of storage."""
         ...
 
+    def maintains_idempotency(self) -> bool:
+        """Whether this process makes the key store's storage itself (else the owner's
+        `ledger maintain` does)."""
+        ...
+
+    def idempotency_ready_until(self) -> datetime | None:
+        """How far ahead the key store was ready at the last maintain_idempotency."""
+        ...
+
     async def archive_reservations(
         self, expired_before: datetime, now: datetime, limit: int
     ) -> int: ...
 
     async def ping(self) -> None: ...
+
+
+class CommandSink(Protocol):
+    """Where validated commands go: the local Writer, or the route to the elected one
+    (ledger.service.election)."""
+
+    async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
+        """Returns (result, replayed); raises the command's LedgerError."""
+        ...

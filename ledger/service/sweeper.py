@@ -1,9 +1,10 @@
 """Background work: expire overdue reservations and lots, keep gauges fresh,
 keep the idempotency key store ready ahead and drop its expired partitions.
 
-Safe with several server processes on one database: each sweeper only
-submits ExpireDue commands to its own writer, which re-reads the rows inside
-a SERIALIZABLE transaction; whoever comes second finds nothing to do.
+It runs only in the process that holds the writer lease
+(ledger.service.election) and submits ExpireDue commands to that writer,
+which re-reads the rows inside a SERIALIZABLE transaction: a sweep that
+races with a command on the same reservation finds it already done.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.observability import metrics
 from ledger.service.clock import Clock
-from ledger.service.ports import SerializationConflict, StorageUnavailable, Store
+from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
 from ledger.service.retention import IdempotencyRetention
-from ledger.service.writer import Writer
 
 log = logging.getLogger("ledger.sweeper")
 
@@ -41,7 +42,7 @@ class Sweeper:
     def __init__(
         self,
         store: Store,
-        writer: Writer,
+        writer: CommandSink,
         clock: Clock,
         settings: SweeperSettings = SweeperSettings(),
     ) -> None:
@@ -52,6 +53,8 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        if self._task is not None:
+            return  # already running
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-sweeper")
 
     async def stop(self) -> None:
@@ -82,7 +85,19 @@ class Sweeper:
             log.info(
                 "idempotency partitions: %d created, %d expired ones dropped", created, dropped
             )
+        self.partitions_ahead_s(now)
         return created, dropped
+
+    def partitions_ahead_s(self, now: datetime) -> float | None:
+        """How long the partitions stay ready for new keys (the gauge
+        ledger_idempotency_partitions_ahead_seconds); None before the first look."""
+        ready = self._store.idempotency_ready_until()
+        if ready is None:
+            return None
+        ahead_s = (ready - (now + self._settings.retention.horizon())).total_seconds()
+        by = "server" if self._store.maintains_idempotency() else "external"
+        metrics.IDEMPOTENCY_PARTITIONS_AHEAD_S.labels(by).set(ahead_s)
+        return ahead_s
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -34,6 +35,7 @@ from ledger.service.ports import (
     SerializationConflict,
     StorageUnavailable,
     Store,
+    WriterFenced,
 )
 from ledger.service.retention import IdempotencyRetention
 
@@ -95,9 +97,21 @@ def _replay(
     return first, True
 
 
+def _writer_gone(detail: str) -> errors.WriterUnavailable:
+    return errors.WriterUnavailable(
+        f"{detail}; retry with the same idempotency key (a retry replays the first"
+        " outcome if it was recorded)",
+        {"cause": detail},
+    )
+
+
 class Writer:
     def __init__(
-        self, store: Store, clock: Clock, settings: WriterSettings = WriterSettings()
+        self,
+        store: Store,
+        clock: Clock,
+        settings: WriterSettings = WriterSettings(),
+        on_fenced: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -109,16 +123,53 @@ class Writer:
         # pass batch_max): it starts the next one.
         self._held: _Pending | None = None
         self._waiting = 0  # commands queued (a batch counts its commands), for queue_max
+        # Called when a batch found that this process is no longer the elected writer.
+        self._on_fenced = on_fenced
+        self._database_lost = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
 
-    async def stop(self) -> None:
+    async def stop(self, database_lost: bool = False) -> None:
+        """Stop batching; commands not answered yet answer WRITER_UNAVAILABLE, or
+        DATABASE_UNAVAILABLE when the writer stops because the database is unreachable."""
+        self._database_lost = database_lost
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._held is not None:
+            _resolve(self._held, (self._gone("the writer stopped"), False))
+            self._held = None
+        while not self._queue.empty():
+            _resolve(self._queue.get_nowait(), (self._gone("the writer stopped"), False))
+        self._waiting = 0
+
+    def _gone(self, detail: str) -> errors.LedgerError:
+        if self._database_lost:
+            return errors.DatabaseUnavailable(
+                "the database is unavailable; retry with the same idempotency key"
+                " (a retry replays the first outcome if it was recorded)",
+                {"cause": detail},
+            )
+        return _writer_gone(detail)
+
+    def enqueue(self, cmd: c.MutatingCommand) -> asyncio.Future[tuple[Outcome, bool]]:
+        """Queue a validated command; the future gets (outcome, replayed), never an exception.
+        For callers that wait for many commands at once (no task per command).
+        Errors: RateLimited when queue_max commands are waiting already (a batch
+        counts its commands)."""
+        pending = _Pending(cmd, asyncio.get_running_loop().create_future())
+        if self._waiting + _size(pending) > self._settings.queue_max:
+            raise errors.RateLimited(
+                f"the writer has {self._waiting} commands waiting (writer queue_max"
+                f" {self._settings.queue_max}); retry shortly with the same idempotency keys",
+                retry_after_s=0.05,
+            )
+        self._waiting += _size(pending)
+        self._queue.put_nowait(pending)
+        return pending.future
 
     async def submit(self, cmd: c.MutatingCommand) -> tuple[Result, bool]:
         """Run a validated command. Returns (result, replayed); raises its LedgerError.
@@ -130,16 +181,7 @@ class Writer:
         own and raises the failing command's error (batching.atomic_failure)
         when one fails.
         """
-        pending = _Pending(cmd, asyncio.get_running_loop().create_future())
-        if self._waiting + _size(pending) > self._settings.queue_max:
-            raise errors.RateLimited(
-                f"the writer has {self._waiting} commands waiting (writer queue_max"
-                f" {self._settings.queue_max}); retry shortly with the same idempotency keys",
-                retry_after_s=0.05,
-            )
-        self._waiting += _size(pending)
-        self._queue.put_nowait(pending)
-        outcome, replayed = await pending.future
+        outcome, replayed = await self.enqueue(cmd)
         if isinstance(outcome, errors.LedgerError):
             outcome.replayed = replayed
             raise outcome
@@ -162,7 +204,13 @@ class Writer:
                 self._waiting -= _size(p)
             batch = [p for p in batch if not p.future.done()]  # callers that gave up
             if batch:
-                await self._execute(batch)
+                try:
+                    await self._execute(batch)
+                except asyncio.CancelledError:
+                    # Stopped mid-batch: its outcome is unknown, a retry finds out.
+                    for p in batch:
+                        _resolve(p, (self._gone("the writer stopped during the batch"), False))
+                    raise
 
     async def _execute(self, batch: list[_Pending]) -> None:
         metrics.BATCH_SIZE.observe(sum(_size(p) for p in batch))
@@ -201,6 +249,10 @@ class Writer:
                     results, moved = await asyncio.wait_for(self._attempt(batch, whole), timeout_s)
                 except TimeoutError as exc:
                     raise StorageUnavailable(f"batch took over {timeout_s:.1f} s") from exc
+            except WriterFenced as exc:
+                if self._on_fenced is not None:
+                    self._on_fenced()
+                raise _writer_gone("this process is no longer the elected writer") from exc
             except rules.LotsNotLoaded as more:
                 # A command needs lots past the first few the batch read: read those
                 # pairs whole and run again (bounded: each pair is added once).

@@ -174,3 +174,30 @@ async def maintain(
     finally:
         await conn.execute("RESET lock_timeout")
         await conn.execute("SELECT pg_advisory_unlock($1)", _MAINTENANCE_LOCK_KEY)
+
+
+# Whether the current role may run the DDL above: it owns `idempotency` (or
+# inherits its owner's rights); a superuser may too. The least-privilege
+# serving role may not: `ledger maintain`, run as the owner, does it instead.
+_MAY_MAINTAIN = (
+    "SELECT pg_has_role(current_user, c.relowner, 'USAGE')"
+    " FROM pg_class c WHERE c.oid = 'idempotency'::regclass"
+)
+
+
+async def may_maintain(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval(_MAY_MAINTAIN))
+
+
+async def covered_until(conn: asyncpg.Connection, now: datetime) -> datetime:
+    """The end of the gapless partition coverage from `now` (read-only: the
+    catalog only); `now` itself when no partition holds it."""
+    existing = sorted((p for p in await partitions(conn) if not p.pending), key=lambda p: p.upper)
+    t = now
+    for p in existing:
+        if p.upper <= t:
+            continue
+        if p.lower is not None and p.lower > t:
+            break  # a gap
+        t = p.upper
+    return t

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from ledger.storage import hosts
+from ledger.storage import hosts, idempotency
 from ledger.storage.postgres import json_codec_init
 
 log = logging.getLogger("ledger.storage")
@@ -164,6 +164,19 @@ async def set_up_serving_role(url: str, role: str, password: str | None) -> None
     conn = await asyncpg.connect(url, timeout=10.0)
     try:
         await roles.grant_serving_role(conn, role, password)
+    finally:
+        await conn.close()
+
+
+async def maintain_partitions(
+    url: str, until: datetime, width: timedelta, now: datetime | None = None
+) -> idempotency.MaintenanceResult:
+    """`ledger maintain`: one round of idempotency partition maintenance (create
+    them up to `until`, detach and drop the expired ones) under its advisory
+    lock. Run as the owner role: the serving role may not run this DDL."""
+    conn = await hosts.connect(url, 10.0)
+    try:
+        return await idempotency.maintain(conn, now or datetime.now(UTC), until, width)
     finally:
         await conn.close()
 

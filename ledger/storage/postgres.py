@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
-from ledger.domain import codec, limits
+from ledger.domain import codec, errors, limits
 from ledger.domain.model import (
     Account,
     Bucket,
@@ -35,6 +35,7 @@ from ledger.service.ports import (
     IdempotencyRecord,
     SerializationConflict,
     StorageUnavailable,
+    WriterFenced,
 )
 from ledger.storage import idempotency as idem
 
@@ -71,6 +72,9 @@ _UNAVAILABLE_CLASSES = ("53", "58")
 _UNAVAILABLE_TOO = {"57014"}
 
 _BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+# ledger_writer_fence() (migration 0003) raises it when this session's writer term
+# is not the current one: the batch must not commit (docs/design.md, fencing).
+_FENCED = "LW001"
 
 # Units of work outside the writer's batches (CreateAccount, reads, the sweeper's
 # queries): how often one is re-run after losing a serialization race, as the
@@ -238,6 +242,8 @@ def _translate(exc: BaseException) -> BaseException:
         state = getattr(exc, "sqlstate", "") or ""
         if state in _RETRYABLE:
             return SerializationConflict(state)
+        if state == _FENCED:
+            return WriterFenced(str(exc))
         if state == "23505" and "idempotency" in str(getattr(exc, "constraint_name", "") or ""):
             # A concurrent transaction (another replica) recorded the same key first:
             # the retry will find its record and replay it.
@@ -431,7 +437,25 @@ class PgBatch:
         if records and self._cover_idempotency is not None:
             await self._cover_idempotency(ws.now, max(_record_expiry(r) for r in records))
         # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
-        await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+        try:
+            await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+        except asyncpg.CheckViolationError as exc:
+            if "no partition of relation" not in str(exc):
+                raise
+            # A partition gone or never made behind the coverage this process saw
+            # (dropped by hand, say): the same answer as a missing one, not INTERNAL.
+            raise errors.DatabaseUnavailable(_NO_PARTITION, {}) from exc
+
+
+_NO_PARTITION = (
+    "the idempotency key store has no partition for this key's expiry yet:"
+    " run `ledger maintain` as the database owner role (hourly); retry with"
+    " the same idempotency key"
+)
+
+
+def _record_ts(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
 
 
 def _record_expiry(r: IdempotencyRecord) -> datetime:
@@ -459,6 +483,9 @@ class PostgresStore:
         # [from, until): partitions exist for every expires_at in it (as of the last
         # maintenance; `from` is the `now` it dropped up to).
         self._idem_covered: tuple[datetime, datetime] | None = None
+        # Whether this role may create and drop the partitions (it owns the table);
+        # the least-privilege serving role may not (check_partition_rights).
+        self._may_maintain = True
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
@@ -468,6 +495,16 @@ class PostgresStore:
         # Set by ping(): while the last health check failed, calls fail at once with
         # UNAVAILABLE instead of each waiting out a connect timeout.
         self.reachable = True
+        # The elected writer's term (set_writer_term): when set, every batch's COMMIT
+        # is preceded, in the same round trip, by the fence check of that term.
+        self._writer_term: int | None = None
+        self._commit = "COMMIT"
+
+    async def set_writer_term(self, term: int) -> None:
+        """Fence every later batch with `term`; a new writer connection carries it."""
+        self._writer_term = term
+        self._commit = "SELECT ledger_writer_fence(); COMMIT"
+        await self._drop_writer_connection()
 
     def pool_stats(self) -> tuple[int, int, int]:
         """(connections, in use, tasks waiting for one)."""
@@ -518,6 +555,13 @@ class PostgresStore:
             raise StorageUnavailable(f"no database connection: {type(exc).__name__}") from exc
         try:
             await _guard(conn.execute(_WRITER_PLANS))
+            if self._writer_term is not None:
+                await _guard(
+                    conn.execute(
+                        "SELECT set_config('ledger.writer_term', $1, false)",
+                        str(self._writer_term),
+                    )
+                )
         except BaseException:
             with suppress(Exception):
                 conn.terminate()
@@ -563,10 +607,10 @@ class PostgresStore:
                 await _guard(conn.execute(_BEGIN))
             yield PgBatch(conn, self._cover_idempotency)
             if more_waiting is not None and more_waiting():
-                await _guard(conn.execute(f"COMMIT; {_BEGIN}"))
+                await _guard(conn.execute(f"{self._commit}; {_BEGIN}"))
                 self._begun = conn
                 return
-            status = await _guard(conn.execute("COMMIT"))
+            status = await _guard(conn.execute(self._commit))
             if status != "COMMIT":  # PostgreSQL answers ROLLBACK when the transaction had failed
                 raise SerializationConflict(f"COMMIT answered {status}")
         except BaseException as exc:
@@ -834,6 +878,10 @@ class PostgresStore:
 
         Returns (created, dropped); (0, 0) when another process is doing it.
         """
+        if not self._may_maintain:
+            # `ledger maintain` (the owner) makes them: only see how far they reach.
+            await self.refresh_idempotency_coverage(now)
+            return 0, 0
         async with self._connection() as conn:
             result = await _guard(idem.maintain(conn, now, until, self._idem_partition, drop))
         if result.covered_until is not None:
@@ -849,6 +897,14 @@ class PostgresStore:
         if covered is not None and covered[0] <= expires_at < covered[1]:
             return
         margin = 2 * self._idem_partition
+        if not self._may_maintain:
+            # No DDL as the serving role: perhaps `ledger maintain` ran since the last look.
+            until = await self.refresh_idempotency_coverage(now)
+            if expires_at + margin <= until:
+                return
+            raise errors.DatabaseUnavailable(
+                _NO_PARTITION, {"missing_until": _record_ts(expires_at + margin)}
+            )
         async with self._connection() as conn:
             result = await _guard(
                 idem.maintain(conn, now, expires_at + margin, self._idem_partition, drop=False)
@@ -856,6 +912,30 @@ class PostgresStore:
         if result.skipped or result.covered_until is None:
             raise SerializationConflict("idempotency partitions are being maintained")
         self._idem_covered = (now, result.covered_until)
+
+    async def check_partition_rights(self) -> bool:
+        """Whether this role may create and drop the idempotency partitions (it owns
+        the table, or may act as its owner); checked once at start. When it may
+        not, maintain_idempotency only reads how far the partitions reach and a
+        batch whose key has no partition answers DatabaseUnavailable."""
+        async with self._connection() as conn:
+            self._may_maintain = await _guard(idem.may_maintain(conn))
+        return self._may_maintain
+
+    async def refresh_idempotency_coverage(self, now: datetime) -> datetime:
+        """How far (from `now`, without a gap) the idempotency partitions reach;
+        read from the catalog, no DDL."""
+        async with self._connection() as conn:
+            until = await _guard(idem.covered_until(conn, now))
+        self._idem_covered = (now, until)
+        return until
+
+    def maintains_idempotency(self) -> bool:
+        return self._may_maintain
+
+    def idempotency_ready_until(self) -> datetime | None:
+        """The end of the partitions as last seen (None before the first look)."""
+        return None if self._idem_covered is None else self._idem_covered[1]
 
     async def archive_reservations(
         self, expired_before: datetime, now: datetime, limit: int

@@ -23,16 +23,23 @@ import asyncpg
 log = logging.getLogger("ledger.storage")
 
 #: Table -> the privileges the serving code uses on it (docs/security.md).
-#: INSERT ... ON CONFLICT DO UPDATE needs INSERT and UPDATE; the sweeper
-#: deletes idempotency records past their retention.
+#: INSERT ... ON CONFLICT DO UPDATE needs INSERT and UPDATE. `idempotency` is
+#: partitioned (migration 0002) and always used through the parent, where the
+#: rights are checked: its partitions (made later by `ledger maintain`, as the
+#: owner) get no grant at all, and expired keys leave by DROP of a partition
+#: (the owner's job), never by DELETE. The archive is written by `ledger
+#: archive reservations` (an owner command); `serve` only reads it.
 SERVING_RIGHTS: dict[str, tuple[str, ...]] = {
     "accounts": ("SELECT", "INSERT"),
     "balances": ("SELECT", "INSERT", "UPDATE"),
     "lots": ("SELECT", "INSERT", "UPDATE"),
     "reservations": ("SELECT", "INSERT", "UPDATE"),
     "entries": ("SELECT", "INSERT"),
-    "idempotency": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "idempotency": ("SELECT", "INSERT"),
+    "reservations_archive": ("SELECT",),
     "schema_migrations": ("SELECT",),
+    # The election renews and takes the lease (UPDATE); the fence locks it FOR KEY SHARE.
+    "writer_lease": ("SELECT", "UPDATE"),
 }
 #: A table a later migration adds without an entry above gets these, and a
 #: warning: add it to SERVING_RIGHTS with only what the code uses.
@@ -96,7 +103,11 @@ async def grant_serving_role(conn: asyncpg.Connection, role: str, password: str 
         tables = [
             t
             for (t,) in await conn.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY 1", schema
+                # Not the partitions: they are reached through their parent only.
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+                " ORDER BY 1",
+                schema,
             )
         ]
         for table in tables:

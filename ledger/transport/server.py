@@ -52,6 +52,8 @@ class ServerSettings:
     ping_interval_min_s: float = 10.0
     ping_strikes_max: int = 2
     door: DoorLimits = field(default_factory=DoorLimits)
+    # Front processes of one `serve --fronts N` share the port (SO_REUSEPORT).
+    reuse_port: bool = False
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -66,7 +68,7 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
         ("grpc.max_concurrent_streams", settings.concurrent_streams_max),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.max_connection_idle_ms", int(settings.connection_idle_s * 1000)),
         ("grpc.max_connection_age_ms", int(settings.connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", int(settings.connection_age_grace_s * 1000)),

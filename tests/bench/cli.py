@@ -48,6 +48,7 @@ class Settings:
     verify: bool
     noop_server: bool
     analyze: bool
+    replicas: int = 1
 
 
 def _csv(kind: type, text: str) -> tuple[Any, ...]:
@@ -91,6 +92,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         action="store_true",
         help="calibrate: run against tests/bench/noop_server.py instead of the ledger",
     )
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="`ledger serve` processes on the one database (one writer, the others forward"
+        " to it); the load spreads evenly over them",
+    )
     ns = ap.parse_args(argv)
     workloads = _csv(str, ns.workloads)
     unknown = set(workloads) - set(WORKLOADS)
@@ -118,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         verify=ns.verify,
         noop_server=ns.noop_server,
         analyze=not ns.no_analyze,
+        replicas=ns.replicas,
     )
 
 
@@ -242,11 +251,20 @@ def _start_server(
     if db_url is None:
         raise RuntimeError("no database for the server")
     module = "tests.bench.noop_server" if s.noop_server else "ledger"
-    server = ServerUnderTest(db_url, logs / "server.log", s.server_args, module)
-    run.server_command = [a if a != db_url else "URL" for a in server.command]
-    stack.enter_context(server)
-    say(f"server: pid {server.pid} on {server.listen}, metrics {server.metrics}")
-    return Target(address=server.listen, metrics=server.metrics, pid=server.pid)
+    servers = []
+    for n in range(max(1, s.replicas)):
+        log = logs / ("server.log" if n == 0 else f"server-{n}.log")
+        server = ServerUnderTest(db_url, log, s.server_args, module)
+        run.server_command = [a if a != db_url else "URL" for a in server.command]
+        stack.enter_context(server)
+        say(f"server: pid {server.pid} on {server.listen}, metrics {server.metrics}")
+        servers.append(server)
+    return Target(
+        address=",".join(x.listen for x in servers),
+        metrics=",".join(x.metrics for x in servers),
+        pid=servers[0].pid,
+        other_pids=tuple(x.pid for x in servers[1:]),
+    )
 
 
 def _loads(value: Any) -> str:

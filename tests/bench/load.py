@@ -73,11 +73,15 @@ class WorkerReport:
 
 
 def open_stubs(target: str, channels: int) -> list[pb_grpc.LedgerServiceAsyncStub]:
-    """`channels` separate HTTP/2 connections (a local subchannel pool each)."""
+    """`channels` separate HTTP/2 connections (a local subchannel pool each) to each
+    address of `target` (a comma list: the replicas), interleaved, so that the
+    in-flight slots spread evenly over the replicas."""
     options = [("grpc.use_local_subchannel_pool", 1)]
+    addresses = [a for a in target.split(",") if a]
     return [
-        pb_grpc.LedgerServiceStub(grpc.aio.insecure_channel(target, options=options))
+        pb_grpc.LedgerServiceStub(grpc.aio.insecure_channel(address, options=options))
         for _ in range(channels)
+        for address in addresses
     ]
 
 

@@ -30,9 +30,10 @@ START_DELAY_S = 0.3
 class Target:
     """The server the load goes to, and what we can observe of it."""
 
-    address: str
-    metrics: str | None
+    address: str  # a comma list when several replicas serve
+    metrics: str | None  # likewise
     pid: int | None
+    other_pids: tuple[int, ...] = ()  # the other replicas' (CPU is the sum of all)
 
 
 @dataclass
@@ -160,6 +161,8 @@ class PointRunner:
         """Drive one point and measure it."""
         self.count += 1
         server_pids = process_tree(self.target.pid) if self.target.pid else []
+        for pid in self.target.other_pids:
+            server_pids += process_tree(pid)
         pg_pids = self._pg_pids()
         before = scrape(self.target.metrics)
         start_at = time.monotonic() + START_DELAY_S

@@ -106,9 +106,20 @@ class ServerUnderTest:
 
 
 def scrape(metrics_host_port: str | None) -> dict[str, float] | None:
-    """Every sample of a Prometheus text page as {'name{labels}': value}; None if unreachable."""
+    """Every sample of a Prometheus text page as {'name{labels}': value}; None if unreachable.
+
+    A comma list of endpoints (the replicas) is summed sample by sample."""
     if not metrics_host_port:
         return None
+    if "," in metrics_host_port:
+        pages = [scrape(one) for one in metrics_host_port.split(",") if one]
+        if any(page is None for page in pages):
+            return None
+        summed: dict[str, float] = {}
+        for page in pages:
+            for name, value in (page or {}).items():
+                summed[name] = summed.get(name, 0.0) + value
+        return summed
     try:
         with urllib.request.urlopen(f"http://{metrics_host_port}/metrics", timeout=5) as resp:
             text = resp.read().decode()

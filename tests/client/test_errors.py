@@ -56,6 +56,7 @@ CONTRACT = {
     ),
     "CONTENTION": (grpc.StatusCode.ABORTED, e.Contention, e.Aborted),
     "DATABASE_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.DatabaseUnavailable, e.Unavailable),
+    "WRITER_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.WriterUnavailable, e.Unavailable),
     "UNAUTHENTICATED": (grpc.StatusCode.UNAUTHENTICATED, e.Unauthenticated, e.Unauthenticated),
     "PERMISSION_DENIED": (
         grpc.StatusCode.PERMISSION_DENIED, e.PermissionDenied, e.PermissionDenied,
@@ -67,7 +68,13 @@ CONTRACT = {
     ),
 }  # fmt: skip
 # DEADLINE_EXCEEDED: the server's own deadline; retried with the same key like the code's.
-RETRYABLE_REASONS = {"CONTENTION", "DATABASE_UNAVAILABLE", "RATE_LIMITED", "DEADLINE_EXCEEDED"}
+RETRYABLE_REASONS = {
+    "CONTENTION",
+    "DATABASE_UNAVAILABLE",
+    "WRITER_UNAVAILABLE",
+    "RATE_LIMITED",
+    "DEADLINE_EXCEEDED",
+}
 
 
 def trailers(

@@ -99,10 +99,10 @@ def _depends_on(service: str) -> dict[str, str]:
     return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
 
 
-def test_the_stack_has_the_eight_services() -> None:
+def test_the_stack_has_the_nine_services() -> None:
     assert set(SERVICES) == {
-        "postgres", "certs", "migrate", "ledger", "verify", "pushgateway", "prometheus",
-        "grafana",
+        "postgres", "certs", "migrate", "maintain", "ledger", "verify", "pushgateway",
+        "prometheus", "grafana",
     }  # fmt: skip
 
 
@@ -288,8 +288,20 @@ def test_docker_compose_accepts_the_file() -> None:
 
 
 def test_ledger_containers_are_hardened_like_the_kubernetes_pods() -> None:
-    for name in ("migrate", "ledger", "verify"):
+    for name in ("migrate", "maintain", "ledger", "verify"):
         service = SERVICES[name]
         assert service.get("read_only") is True, f"{name}: read-only root filesystem"
         assert service.get("cap_drop") == ["ALL"], f"{name}: no capabilities"
         assert "no-new-privileges:true" in service.get("security_opt", [])
+
+
+def test_maintain_runs_ledger_maintain_hourly_as_the_owner() -> None:
+    """Partition maintenance is DDL: the owner's credentials, never the server's."""
+    maintain = SERVICES["maintain"]
+    assert _env("maintain")["LEDGER_DATABASE_URL"] == _env("migrate")["LEDGER_DATABASE_URL"]
+    assert _env("maintain")["LEDGER_DATABASE_URL"] != _env("ledger")["LEDGER_DATABASE_URL"]
+    assert _argv(maintain["entrypoint"]) == ["/bin/sh", "-c"]
+    (script,) = _argv(maintain["command"])
+    assert "ledger maintain" in script and "sleep 3600" in script and "while" in script
+    assert _depends_on("maintain") == {"migrate": "service_completed_successfully"}
+    assert maintain.get("restart") == "unless-stopped"

@@ -202,7 +202,7 @@ def test_migration_job_runs_migrate_as_the_owner_and_the_server_as_the_serving_r
 
 
 def test_verify_cronjob_proves_the_ledger_hourly_and_pushes_the_result() -> None:
-    cron = _one("CronJob")
+    cron = _one("CronJob", "creditledger-verify")
     spec = cron["spec"]
     assert spec["schedule"].split()[1:] == ["*", "*", "*", "*"], "hourly: stale after a day"
     assert spec["concurrencyPolicy"] == "Forbid"
@@ -220,6 +220,33 @@ def test_verify_cronjob_proves_the_ledger_hourly_and_pushes_the_result() -> None
     )
     assert env["LEDGER_VERIFY_PUSHGATEWAY"]["value"].startswith("http")
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_maintain_cronjob_runs_ledger_maintain_hourly_as_the_owner() -> None:
+    """Partition maintenance is DDL: the owner's Secret (as the migration Job), never the
+    server's; hourly, one at a time, hardened like the Job."""
+    cron = _one("CronJob", "creditledger-maintain")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    minute, hour, *rest = cron["spec"]["schedule"].split()
+    assert minute.isdigit() and hour == "*" and rest == ["*", "*", "*"], "hourly"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in {"Never", "OnFailure"}
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["args"][0] == "maintain"
+    assert container["image"] == _server()["image"]
+    assert container["envFrom"] == _server()["envFrom"], "the server's retention settings"
+    job = _one("Job")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    owner = {e["name"]: e for e in job["env"]}["LEDGER_DATABASE_URL"]
+    assert env["LEDGER_DATABASE_URL"] == owner
+    serving = {e["name"]: e for e in _server()["env"]}["LEDGER_DATABASE_URL"]
+    assert env["LEDGER_DATABASE_URL"] != serving
+    assert set(env) == {"LEDGER_DATABASE_URL"}, "no serving-role password here"
+    hardening = container["securityContext"]
+    assert hardening["readOnlyRootFilesystem"] is True
+    assert hardening["allowPrivilegeEscalation"] is False
+    assert hardening["capabilities"]["drop"] == ["ALL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.db import TestDatabase
 from tests.support.process import ServerProcess
+
+T = TypeVar("T")
 
 SCRAPE_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 30.0
@@ -34,6 +40,12 @@ class LiveLedger:
             return text
 
 
+def _in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from sync code, even under a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 @contextmanager
 def live_ledger(
     database_url: str, workdir: Path, env: dict[str, str] | None = None
@@ -42,13 +54,17 @@ def live_ledger(
 
     Its log goes to workdir/ledger.log.
     """
-    server = ServerProcess(database_url, log_path=workdir / "ledger.log", env=env)
+    # A database of its own: on the session's, the session server is the elected writer
+    # and the movements (ledger_credits_moved_total) would be counted in its registry.
+    db = _in_thread(TestDatabase.create("ledger_live"))
+    server = ServerProcess(db.url, log_path=workdir / "ledger.log", env=env)
     try:
         server.start(wait_s=START_TIMEOUT_S)
         yield LiveLedger(server.target, f"127.0.0.1:{server.metrics_port}", workdir / "ledger.log")
     finally:
         # stop() drains with SIGTERM and falls back to SIGKILL: never leaves it running.
         server.stop()
+        _in_thread(db.drop())
 
 
 def series(text: str) -> set[SeriesKey]:

@@ -11,11 +11,13 @@ a server that logs in as NAME.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -24,9 +26,12 @@ import pytest
 from creditledger.v1 import ledger_pb2 as pb
 from creditledger.v1 import ledger_pb2_grpc
 from google.protobuf import duration_pb2
+from prometheus_client import REGISTRY
 
 from ledger.app import App, StartupError
 from ledger.config import Config
+from ledger.service.clock import OffsetClock
+from ledger.storage import idempotency as idem
 from tests.support.db import TestDatabase
 from tests.support.process import REPO
 
@@ -74,6 +79,9 @@ async def roles() -> AsyncIterator[Roles]:
         out = _migrate(db.url, "--serving-role", role, password=password)
         assert out.returncode == 0, out.stderr
         assert password not in out.stdout + out.stderr
+        # Every table, partitions included, has its rights decided (no catch-all grant).
+        assert "SERVING_RIGHTS" not in out.stderr, out.stderr
+        assert "ledger maintain: " in out.stdout, out.stdout  # partitions made at once
         yield Roles(db, role, password)
     finally:
         await db.drop()
@@ -140,27 +148,23 @@ async def test_the_serving_role_owns_nothing_and_has_no_role_attributes(roles: R
         await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN CONFLICT after merging the retention branch (issue 21): `serve` now creates"
-    " and attaches idempotency partitions itself (ledger/storage/idempotency.py), which is"
-    " DDL the least-privilege serving role may not run (permission denied for schema"
-    " public). Partition maintenance must run as the owner (migrate Job / an operator"
-    " command) or in a schema the serving role owns; see the security report. Strict: this"
-    " fails as soon as it passes, so the mark goes with the fix.",
-)
-async def test_every_rpc_works_as_the_serving_role(roles: Roles) -> None:
-    app = App(
-        Config(
-            listen="127.0.0.1:0",
-            database_url=roles.serving_url,
-            metrics_listen="",
-            pool_size_max=3,
-            sweep_interval_s=0.2,
-            drain_s=1.0,
-            migrate_at_start=False,
-        )
+def _serving_config(roles: Roles) -> Config:
+    return Config(
+        listen="127.0.0.1:0",
+        database_url=roles.serving_url,
+        metrics_listen="",
+        pool_size_max=3,
+        sweep_interval_s=0.2,
+        drain_s=1.0,
+        migrate_at_start=False,
     )
+
+
+async def test_every_rpc_works_as_the_serving_role(
+    roles: Roles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    app = App(_serving_config(roles))
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
@@ -220,8 +224,158 @@ async def test_every_rpc_works_as_the_serving_role(roles: Roles) -> None:
                 )
             )
             await _eventually_expired(roles.db.url, short.reservation.reservation_id)
+            # Partition maintenance is `ledger maintain`'s (the owner's): the server only
+            # looks how far they reach, says so once, and never tries the DDL.
+            await app.sweeper.maintain_once()
+            ahead_s = REGISTRY.get_sample_value(
+                "ledger_idempotency_partitions_ahead_seconds", {"maintained_by": "external"}
+            )
+            assert ahead_s is not None and ahead_s > 24 * 3600, ahead_s
     finally:
         await app.stop()
+    text = caplog.text
+    assert text.count("`ledger maintain`") == 1, text
+    assert "permission denied" not in text and "must be owner" not in text, text
+    assert not [
+        r for r in caplog.records if r.name == "ledger.sweeper" and r.levelno >= logging.WARNING
+    ], text
+
+
+async def test_a_key_without_a_partition_answers_unavailable_naming_ledger_maintain(
+    roles: Roles,
+) -> None:
+    """The serving role cannot make a missing partition: the write answers
+    UNAVAILABLE (retry with the same key) and names the command that makes it."""
+    clock = OffsetClock()
+    app = App(_serving_config(roles), clock=clock)
+    await app.start()
+    try:
+        # Four days later with no `ledger maintain` run since: a key written now
+        # expires (7 days on) past the last partition, made at most 48 h + 1
+        # partition ahead of the 8-day horizon.
+        clock.advance(timedelta(days=4))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            s = ledger_pb2_grpc.LedgerServiceStub(ch)
+            acct = f"roles-gap-{uuid.uuid4().hex[:8]}"
+            await s.CreateAccount(pb.CreateAccountRequest(account_id=acct))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await s.Grant(
+                    pb.GrantRequest(account_id=acct, asset=ASSET, amount=5, idempotency_key=_k())
+                )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+        assert "`ledger maintain`" in (info.value.details() or ""), info.value.details()
+        ahead_s = REGISTRY.get_sample_value(
+            "ledger_idempotency_partitions_ahead_seconds", {"maintained_by": "external"}
+        )
+        assert ahead_s is not None and ahead_s < 0, ahead_s
+    finally:
+        await app.stop()
+
+
+async def test_a_partition_dropped_by_hand_answers_unavailable_not_internal(roles: Roles) -> None:
+    """Behind the coverage the server saw (a partition dropped by hand): the insert
+    finds no partition; the answer is the same UNAVAILABLE, never INTERNAL."""
+    app = App(_serving_config(roles))
+    await app.start()
+    conn = await asyncpg.connect(roles.db.url)
+    try:
+        week = datetime.now(UTC) + timedelta(days=7)
+        (victim,) = [
+            p
+            for p in await idem.partitions(conn)
+            if p.lower is not None and p.lower <= week < p.upper
+        ]
+        await conn.execute(f"ALTER TABLE idempotency DETACH PARTITION {victim.name}")
+        await conn.execute(f"DROP TABLE {victim.name}")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            s = ledger_pb2_grpc.LedgerServiceStub(ch)
+            acct = f"roles-drop-{uuid.uuid4().hex[:8]}"
+            await s.CreateAccount(pb.CreateAccountRequest(account_id=acct))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await s.Grant(
+                    pb.GrantRequest(account_id=acct, asset=ASSET, amount=5, idempotency_key=_k())
+                )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+        assert "`ledger maintain`" in (info.value.details() or ""), info.value.details()
+    finally:
+        await conn.close()
+        await app.stop()
+        assert _maintain(roles.db.url).returncode == 0  # the owner makes it again
+
+
+async def test_serve_as_the_serving_role_refuses_without_partitions() -> None:
+    db = await TestDatabase.create(prefix="ledger_nopart")
+    role = f"ledger_serving_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    try:
+        assert _migrate(db.url, "--serving-role", role, password=password).returncode == 0
+        conn = await asyncpg.connect(db.url)
+        try:
+            for p in await idem.partitions(conn):
+                await conn.execute(f"ALTER TABLE idempotency DETACH PARTITION {p.name}")
+                await conn.execute(f"DROP TABLE {p.name}")
+        finally:
+            await conn.close()
+        cfg = _serving_config(Roles(db, role, password))
+        with pytest.raises(StartupError, match="run `ledger maintain` as the database owner"):
+            await App(cfg).start()
+    finally:
+        await db.drop()
+        conn = await asyncpg.connect(db.admin_url)
+        try:
+            await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+        finally:
+            await conn.close()
+
+
+def _maintain(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", "maintain", "--database-url", url, *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+async def test_ledger_maintain_as_the_owner_makes_partitions_ahead_and_drops_expired() -> None:
+    db = await TestDatabase.create(prefix="ledger_maint")
+    width = timedelta(hours=12)
+    try:
+        assert _migrate(db.url).returncode == 0
+        conn = await asyncpg.connect(db.url)
+        try:
+            now = datetime.now(UTC)
+            # Expired partitions (as if maintenance had stopped days ago) ...
+            await idem.ensure(conn, now - timedelta(days=3), now - timedelta(days=2), width)
+            expired = {p.name for p in await idem.partitions(conn) if p.upper <= now}
+            assert len(expired) >= 2
+            # ... and the far end missing.
+            last = (await idem.partitions(conn))[-1]
+            await conn.execute(f"ALTER TABLE idempotency DETACH PARTITION {last.name}")
+            await conn.execute(f"DROP TABLE {last.name}")
+            short = await idem.covered_until(conn, now)
+            out = _maintain(db.url, "--ahead-hours", "72")
+            assert out.returncode == 0, out.stderr
+            lines = out.stdout.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("ledger maintain: "), out.stdout
+            names = {p.name for p in await idem.partitions(conn)}
+            assert not names & expired, names & expired
+            ready = await idem.covered_until(conn, datetime.now(UTC))
+            # The longest retention (7 days) + 2 partitions + 72 h, from now.
+            assert ready >= now + timedelta(days=7) + 2 * width + timedelta(hours=72), ready
+            assert ready > short
+            # Idempotent: a second round changes nothing.
+            again = _maintain(db.url, "--ahead-hours", "72")
+            assert again.returncode == 0, again.stderr
+            assert "0 idempotency partitions created, 0 expired ones dropped" in again.stdout
+            assert {p.name for p in await idem.partitions(conn)} == names
+        finally:
+            await conn.close()
+    finally:
+        await db.drop()
 
 
 async def _eventually_expired(owner_url: str, reservation_id: str) -> None:

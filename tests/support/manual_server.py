@@ -15,6 +15,7 @@ from creditledger.v1 import ledger_pb2_grpc
 
 from ledger.app import App
 from ledger.config import Config
+from tests.support.db import TestDatabase
 
 T = TypeVar("T")
 
@@ -37,11 +38,16 @@ class ServerThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.clock = ManualClock()
-        self.database_url = database_url
+        # A database of its own: with one elected writer per database (docs/design.md),
+        # an App sharing the session's database would forward its commands to the
+        # session server's writer, which runs them at ITS clock, not this one's.
+        # (`database_url`, the session's, is only the caller's hint: see above.)
+        self._db = self.run(TestDatabase.create("ledger_manual"))
+        self.database_url = self._db.url
         self.app = App(
             Config(
                 listen="127.0.0.1:0",
-                database_url=database_url,
+                database_url=self.database_url,
                 metrics_listen="",
                 sweep_interval_s=86400.0,  # the test sweeps when it wants: sweep()
                 refund_grace_s=refund_grace_s,
@@ -65,5 +71,6 @@ class ServerThread:
     def close(self) -> None:
         self.channel.close()
         self.run(self.app.stop())
+        self.run(self._db.drop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

@@ -29,7 +29,10 @@ def parse_args(argv: list[str]) -> RunConfig:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--accounts", type=int, default=200)
     parser.add_argument(
-        "--servers", type=int, default=2, help="server processes on the one database"
+        "--servers",
+        type=int,
+        default=3,
+        help="server processes on the one database (one elected writer, the others forward)",
     )
     parser.add_argument("--results-dir", type=Path, default=Path("torture-results"))
     parser.add_argument(

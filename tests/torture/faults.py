@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from tests.torture.history import Fault
-from tests.torture.pg import PgCluster
+from tests.torture.pg import PgCluster, with_database
 from tests.torture.server import LedgerServer
 from tests.torture.workload import Workload
 
@@ -29,6 +29,9 @@ WEIGHTS = {
     "pg_restart_fast": 1.5,
     "pg_restart_immediate": 1.5,
     "expiry_race": 2.0,
+    # The elected writer (issue 22): killed, or paused past its lease and fenced.
+    "writer_kill": 2.0,
+    "writer_sigstop": 1.5,
 }
 PG_KINDS = ("pg_restart_fast", "pg_restart_immediate")
 
@@ -90,6 +93,40 @@ class FaultInjector:
         finally:
             server.resume()
         return f"{server.name} stopped for {pause_s:.1f}s"
+
+    async def _writer(self) -> LedgerServer | None:
+        """The server the lease row names, or None (no election, or none elected)."""
+        conn = await asyncpg.connect(with_database(self.admin_url, self.database), timeout=5)
+        try:
+            address = await conn.fetchval("SELECT address FROM writer_lease WHERE id = 1")
+        except asyncpg.UndefinedTableError:
+            return None
+        finally:
+            await conn.close()
+        found = [s for s in self.servers if s.internal and s.internal == address and s.alive()]
+        return found[0] if found else None
+
+    async def writer_kill(self) -> str:
+        writer = await self._writer()
+        if writer is None:
+            return "skipped: no elected writer found"
+        down_s = self.rng.uniform(0.2, 2.5)
+        writer.kill()
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(writer.start)
+        return f"writer {writer.name} killed, restarted after {down_s:.1f}s"
+
+    async def writer_sigstop(self) -> str:
+        writer = await self._writer()
+        if writer is None:
+            return "skipped: no elected writer found"
+        pause_s = 2.0 + self.rng.uniform(1.0, 4.0)  # past its 2 s lease: another takes over
+        writer.pause()
+        try:
+            await asyncio.sleep(pause_s)
+        finally:
+            writer.resume()
+        return f"writer {writer.name} stopped for {pause_s:.1f}s"
 
     async def pg_terminate_backend(self) -> str:
         """Cut the ledger's sessions, first those inside a transaction or a query."""

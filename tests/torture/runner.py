@@ -18,6 +18,8 @@ from tests.torture.pg import PgCluster, create_database, drop_database
 from tests.torture.server import LedgerServer
 from tests.torture.workload import Workload, WorkloadConfig
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @dataclass
 class RunConfig:
@@ -81,6 +83,7 @@ async def run(cfg: RunConfig) -> RunReport:
             workdir / f"server-{i}.log",
             name=f"server-{chr(65 + i)}",
             cwd=cfg.server_source,
+            elects=((cfg.server_source or REPO) / "ledger" / "storage" / "lease.py").exists(),
         )
         for i in range(cfg.servers)
     ]

@@ -61,6 +61,7 @@ class LedgerServer:
         metrics_port: int | None = None,
         extra_args: list[str] | None = None,
         cwd: Path | None = None,
+        elects: bool = True,
     ) -> None:
         # `python -m ledger` imports the package from its working directory first:
         # a snapshot of a commit there tests that commit, whatever the work tree holds.
@@ -71,6 +72,11 @@ class LedgerServer:
         self.port = port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.extra_args = extra_args or []
+        # A ledger with the writer election (issue 22): a known internal address,
+        # so that the injector can find the writer in the lease row.
+        self.internal = f"127.0.0.1:{free_port()}" if elects else ""
+        if elects:
+            self.extra_args += ["--internal-listen", self.internal, "--writer-lease-s", "2"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
         self.starts = 0

@@ -57,6 +57,7 @@ from creditledger_client.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    WriterUnavailable,
 )
 from creditledger_client.hold import Hold
 from creditledger_client.models import (
@@ -144,5 +145,6 @@ __all__ = [
     "TlsConfig",
     "Unauthenticated",
     "Unavailable",
+    "WriterUnavailable",
     "new_idempotency_key",
 ]

@@ -266,6 +266,11 @@ class DatabaseUnavailable(Unavailable):
     """
 
 
+class WriterUnavailable(Unavailable):
+    """WRITER_UNAVAILABLE: the server could not reach the elected writer, or the writer
+    changed while the command ran; a retry with the same key replays or runs it."""
+
+
 class RateLimited(ResourceExhausted):
     """RATE_LIMITED: too many requests from this caller; `retry_delay_s` says when to come back.
 
@@ -289,6 +294,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "LOT_LIMIT_EXCEEDED": LotLimitExceeded,
     "CONTENTION": Contention,
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
+    "WRITER_UNAVAILABLE": WriterUnavailable,
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited,

@@ -313,6 +313,10 @@ export class Contention extends Aborted {
 export class DatabaseUnavailable extends Unavailable {
   override readonly name: string = "DatabaseUnavailable";
 }
+/** WRITER_UNAVAILABLE (UNAVAILABLE): the elected writer could not be reached or changed; the client retries it itself. */
+export class WriterUnavailable extends Unavailable {
+  override readonly name: string = "WriterUnavailable";
+}
 /** RATE_LIMITED (RESOURCE_EXHAUSTED): too many requests; `retryDelayMs` says when to come back. */
 export class RateLimited extends ResourceExhausted {
   override readonly name: string = "RateLimited";
@@ -341,6 +345,7 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["LOT_LIMIT_EXCEEDED", LotLimitExceeded],
   ["CONTENTION", Contention],
   ["DATABASE_UNAVAILABLE", DatabaseUnavailable],
+  ["WRITER_UNAVAILABLE", WriterUnavailable],
   ["UNAUTHENTICATED", Unauthenticated],
   ["PERMISSION_DENIED", PermissionDenied],
   ["RATE_LIMITED", RateLimited],

@@ -58,6 +58,7 @@ export {
   ResourceExhausted,
   Unauthenticated,
   Unavailable,
+  WriterUnavailable,
   codeName,
   errorClassOf,
   retryDelayMsOf,

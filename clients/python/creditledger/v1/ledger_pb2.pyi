@@ -80,6 +80,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Retry with the same key: the command may or may not have been applied.
     DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a deadline).
     """
+    ERROR_REASON_WRITER_UNAVAILABLE: _ErrorReason.ValueType  # 21
+    """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -134,6 +136,8 @@ ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason.ValueType  # 20
 """Retry with the same key: the command may or may not have been applied.
 DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a deadline).
 """
+ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
+"""UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
