@@ -274,14 +274,18 @@ def test_the_server_defaults_to_mutual_tls_with_a_caller_file() -> None:
     assert certificate["spec"]["secretName"] == secret
 
 
-def test_network_policy_admits_callers_to_grpc_and_prometheus_to_metrics_only() -> None:
+def test_network_policy_admits_callers_to_grpc_prometheus_to_metrics_replicas_to_internal() -> None:
     policy = _one("NetworkPolicy")
     labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert _selects(policy["spec"]["podSelector"]["matchLabels"], labels)
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = policy["spec"]["ingress"]
     by_port = {rule["ports"][0]["port"]: rule for rule in rules}
-    assert set(by_port) == {"grpc", "metrics"}, "nothing else is admitted"
+    assert set(by_port) == {"grpc", "metrics", "internal"}, "nothing else is admitted"
+    # The internal writer port: the ledger's own server pods only (they forward to the writer).
+    (replicas,) = by_port["internal"]["from"]
+    assert "namespaceSelector" not in replicas
+    assert _selects(replicas["podSelector"]["matchLabels"], labels)
     for rule in rules:
         assert len(rule["ports"]) == 1 and rule.get("from"), rule  # no rule admits everyone
     grpc_from = by_port["grpc"]["from"]
