@@ -31,10 +31,12 @@ def charge(account: str, amount: int, k: str | None = None) -> pb.BatchCommand:
 
 
 def reason_of(error: status_pb2.Status) -> tuple[str, dict[str, str]]:
+    """The reason and metadata of a command's error, less the call's request id (each
+    call has its own: a replay answers the first outcome under the new call's id)."""
     for detail in error.details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason, dict(info.metadata)
+            return info.reason, {k: v for k, v in info.metadata.items() if k != "request_id"}
     raise AssertionError(f"no ErrorInfo in {error}")
 
 
