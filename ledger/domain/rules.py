@@ -11,7 +11,7 @@ due whatever the command then decides.
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits
@@ -70,18 +70,25 @@ def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
 def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
     """The pair as it is at `ws.now`: the only way any rule or read sees a pair.
 
-    In this order (the sweeper's too, since it runs the same function): the
-    unreserved remainder of every due lot is written off; then every overdue
-    hold ends EXPIRED, its remaining credits going back to their lots, except
-    the parts whose lot has expired, which are written off. Whether or not the
-    sweeper has run, every reader and every rule sees the same amounts; the
-    sweeper only makes them durable. Idempotent at one instant (nothing becomes
-    due twice at `ws.now`). docs/design.md, "Time".
+    Every deadline that has come is applied as it was at its own instant, so the
+    answer does not depend on whether anything ran in between (the sweeper runs
+    this same function): first every overdue hold ends EXPIRED, oldest deadline
+    first, each part going back to its lot if that lot was still live at the
+    hold's expiry, else written off (the reservation's `expired`); then the
+    unreserved remainder of every due lot is written off, including what a hold
+    gave back to it before the lot's own expiry. Every reader and every rule
+    sees the same amounts; the sweeper only makes them durable. Idempotent at
+    one instant. docs/design.md, "Time".
     """
     key = (account_id, asset)
     if ws.caught_up.get(key) == ws.now:
         return
     ws.caught_up[key] = ws.now
+    for res in ws.overdue_holds(key):
+        _give_back(
+            ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY, res.expires_at
+        )
+        ws.end_hold(res, ReservationState.EXPIRED)
     for lot in ws.spendable_lots(key):
         if lot.expired_at(ws.now):
             ws.transfer(
@@ -95,9 +102,6 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
             )
             lot.remaining = 0
             ws.dirty_lots.add(lot.lot_id)
-    for res in ws.overdue_holds(key):
-        _give_back(ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY)
-        ws.end_hold(res, ReservationState.EXPIRED)
 
 
 def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
@@ -419,8 +423,17 @@ def _moved_all(res: Reservation, what: str, left: int) -> None:
         )
 
 
-def _give_back(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement: Movement) -> None:
-    """Give `amount` of the hold back to its lots; parts of expired lots are written off."""
+def _give_back(
+    ws: WorkingSet,
+    tx: str,
+    res: Reservation,
+    amount: int,
+    movement: Movement,
+    at: datetime | None = None,
+) -> None:
+    """Give `amount` of the hold back to its lots, as at the instant `at` (default
+    now); parts of lots that had expired by then are written off."""
+    at = ws.now if at is None else at
     left = amount
     for alloc in res.allocations:
         take = min(alloc.remaining, left)
@@ -428,7 +441,7 @@ def _give_back(ws: WorkingSet, tx: str, res: Reservation, amount: int, movement:
             continue
         left -= take
         lot = _lot_of(ws, res, alloc)
-        if lot.expired_at(ws.now):
+        if lot.expired_at(at):
             # Never brought back to life: the held part of an expired lot is written off.
             ws.transfer(
                 tx,

@@ -334,3 +334,21 @@ def test_a_request_wrong_in_every_field_gets_a_bounded_invalid_argument(
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert "more" in (err.value.details() or "")
+
+
+def test_a_hold_that_ended_before_its_lot_expired_gave_its_credits_back_first(
+    server: ServerThread,
+) -> None:
+    """Found by the state machine: with both deadlines passed and nothing swept in
+    between, the hold's part must read as released (the lot was live at the hold's
+    expiry) and then expired with the lot, not as written off from the hold."""
+    acct = account(server, grant=5, expires_at=at(server, 2))
+    rid = reserve(server, acct, 5, ttl_s=1)
+    server.advance(timedelta(seconds=3))  # past the hold's expiry, then the lot's
+    got = server.stub.GetReservation(pb.GetReservationRequest(reservation_id=rid)).reservation
+    assert (got.state, got.released, got.expired) == (pb.Reservation.STATE_EXPIRED, 5, 0)
+    bal = balance(server, acct)
+    assert (bal.available, bal.reserved, bal.expired) == (0, 0, 5)
+    server.sweep()
+    after = server.stub.GetReservation(pb.GetReservationRequest(reservation_id=rid)).reservation
+    assert (after.released, after.expired) == (5, 0)

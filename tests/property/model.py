@@ -90,19 +90,24 @@ class Model:
     # ------------------------------------------------------------ time
 
     def advance_to(self, now: datetime) -> None:
-        """Apply what is due at `now`: due lots written off, then overdue holds
-        released (or written off where their lot is expired)."""
+        """Apply what is due at `now`, each deadline as at its own instant: overdue
+        holds (oldest first) go back to their lots, or are written off where the
+        lot had expired by the hold's expiry; then due lots are written off."""
+        due = sorted(
+            (r for r in self.res.values() if r.state == "open" and r.expires_at <= now),
+            key=lambda r: r.expires_at,
+        )
+        for r in due:
+            self._give_back(r, r.remaining, r.expires_at)
+            r.state = "expired"
         for account, lots in self.lots.items():
             for lot in lots:
                 if lot.remaining and lot.expired(now):
                     self.stats[account].expired += lot.remaining
                     lot.remaining = 0
-        for r in self.res.values():
-            if r.state == "open" and r.expires_at <= now:
-                self._give_back(r, r.remaining, now)
-                r.state = "expired"
 
     def _give_back(self, r: MRes, amount: int, now: datetime) -> None:
+        """Back to the lots, as at `now`; parts of lots expired by then are written off."""
         left = amount
         for a in r.allocs:
             take = min(a.remaining, left)
