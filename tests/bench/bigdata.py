@@ -187,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accounts", type=int, default=10_000)
     p.add_argument("--port", type=int, default=25497)
     p.add_argument("--out-dir", default="bench-results")
+    p.add_argument(
+        "--wait-for",
+        default="",
+        help="after the fill, wait until this file exists before benching (to bench on a"
+        " quiet machine after a long fill beside other work)",
+    )
     args = p.parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         facts = asyncio.run(fill(big, args.entries, args.keys, args.reservations, args.chunk))
         facts["fill_s"] = time.monotonic() - started
         say("bigdata: " + json.dumps(facts))
+        if args.wait_for:
+            say(f"bigdata: filled; waiting for {args.wait_for} to exist before benching")
+            while not Path(args.wait_for).exists():
+                time.sleep(5)
         results = {
             name: bench(url, out, name, args) for name, url in (("fresh", fresh), ("big", big))
         }
