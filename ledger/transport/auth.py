@@ -374,7 +374,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def refuse(_requests: Any, context: Any) -> None:
             await self._refuse(context, rpc, access, exc, clock())
 
-        return grpc.stream_unary_rpc_method_handler(refuse)
+        return door.mark_refusal(grpc.stream_unary_rpc_method_handler(refuse))
 
     async def _refuse(
         self,
