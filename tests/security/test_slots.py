@@ -74,7 +74,7 @@ def _hold(
     md: tuple[tuple[str, str], ...] = (),
     method: str = GET_BALANCE,
 ) -> list[Any]:
-    call = channel.stream_unary(method)
+    call: Any = channel.stream_unary(method)
     return [call(_Never(), metadata=md, timeout=20) for _ in range(n)]
 
 
@@ -234,7 +234,8 @@ async def test_the_forwarder_gives_the_server_another_peer_address(small: App) -
     fwd = await Forwarder(f"127.0.0.1:{port}", "127.0.0.2").start()
     try:
         async with _channel(fwd.target) as ch:
-            await ch.unary_unary("/t.T/P")(b"", timeout=5)
+            ping: Any = ch.unary_unary("/t.T/P")
+            await ping(b"", timeout=5)
     finally:
         await fwd.stop()
         await server.stop(None)
