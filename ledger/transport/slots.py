@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 
 from ledger.domain import errors
+from ledger.observability import metrics
 from ledger.observability.context import REQUEST_ID
 from ledger.transport import auth, door
 from ledger.transport.calls import request_id_of
@@ -136,7 +137,7 @@ class SlotInterceptor(grpc.aio.ServerInterceptor):
         hit = per_method.get(id(handler))
         if hit is not None and hit[0] is handler:
             return hit[1]
-        wrapped = self._wrap(handler)
+        wrapped = self._wrap(handler, details.method)
         if len(per_method) >= _HANDLERS_PER_METHOD_MAX:
             per_method.clear()
         per_method[id(handler)] = (handler, wrapped)
@@ -153,17 +154,22 @@ class SlotInterceptor(grpc.aio.ServerInterceptor):
                 return connection, "cert:" + ",".join(sorted(identities)), False
         return connection, "addr:" + peer_host(connection), True
 
-    async def _enter(self, context: Any) -> Held:
-        held = self._peer(context)
-        refused = self.slots.enter(*held)
-        if refused is not None:
-            REQUEST_ID.set(request_id_of(context.invocation_metadata()))
-            await door.abort(context, refused)
-        return held
-
-    def _wrap(self, handler: Handler) -> Handler:
-        enter, leave, wait_s = self._enter, self.slots.leave, self._limits.body_wait_s
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        leave, wait_s = self.slots.leave, self._limits.body_wait_s
         deserialize, serialize = handler.request_deserializer, handler.response_serializer
+        rpc = auth.rpc_labels(handler, method)
+
+        async def enter(context: Any) -> Held:
+            held = self._peer(context)
+            refused = self.slots.enter(*held)
+            if refused is not None:
+                # Counted like every answer (and by limit), not logged one by one:
+                # a flood of refusals must not turn into a flood of log lines.
+                metrics.GRPC_STARTED.labels(*rpc).inc()
+                metrics.GRPC_HANDLED.labels(*rpc, "ResourceExhausted").inc()
+                REQUEST_ID.set(request_id_of(context.invocation_metadata()))
+                await door.abort(context, refused)
+            return held
 
         async def body(context: Any) -> Any:
             try:
