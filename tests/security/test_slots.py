@@ -23,7 +23,10 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
 from ledger.app import App
-from tests.security.conftest import _config, bearer, refusal
+from ledger.transport.door import DoorLimits
+from ledger.transport.slots import Slots
+from tests.security.certs import Pair
+from tests.security.conftest import Pki, _config, bearer, refusal
 from tests.security.forward import Forwarder
 
 pytestmark = pytest.mark.timeout(60)
@@ -240,3 +243,70 @@ async def test_the_forwarder_gives_the_server_another_peer_address(small: App) -
         await fwd.stop()
         await server.stop(None)
     assert seen and seen[0].startswith("ipv4:127.0.0.2:"), seen
+
+
+@pytest.fixture(scope="module")
+async def small_mtls(database_url: str, callers_path: Path, pki: Pki) -> AsyncIterator[App]:
+    app = App(
+        _config(
+            database_url,
+            callers_file=callers_path,
+            tls_cert=pki.server.cert_path,
+            tls_key=pki.server.key_path,
+            tls_client_ca=pki.ca.cert_path,
+            calls_per_connection_max=PER_CONNECTION,
+            calls_per_peer_max=PER_PEER,
+            anonymous_calls_max=ANONYMOUS,
+            body_wait_s=BODY_WAIT_S,
+        )
+    )
+    await app.start()
+    yield app
+    await app.stop()
+
+
+def _mtls(app: App, pki: Pki, client: Pair) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(pki.ca.cert_pem, client.key_pem, client.cert_pem)
+    return grpc.aio.secure_channel(
+        f"localhost:{app.port}", creds, options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+
+
+async def test_under_mutual_tls_a_certificate_is_a_peer(small_mtls: App, pki: Pki) -> None:
+    """Calls without a token are the peer their client certificate names: another
+    certificate from the same address is another peer, and is served."""
+    async with (
+        _mtls(small_mtls, pki, pki.billing) as first,
+        _mtls(small_mtls, pki, pki.billing) as second,
+        _mtls(small_mtls, pki, pki.cn_only) as other,
+    ):
+        held = _hold(first, PER_CONNECTION) + _hold(second, PER_PEER - PER_CONNECTION)
+        await asyncio.sleep(SETTLE_S)
+        (over,) = _hold(second, 1)
+        await _assert_refused(over, "CALLS_PER_PEER_MAX", PER_PEER)
+        stub = ledger_pb2_grpc.LedgerServiceStub(other)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetBalance(
+                pb.GetBalanceRequest(account_id="tenant-a:none", asset="x"), timeout=5
+            )
+        # Served: the caller "cn-only" may read every prefix; the account does not exist.
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value
+        assert not any(call.done() for call in held)
+        await _release(held)
+
+
+def test_slots_forget_peers_whose_calls_ended() -> None:
+    """Memory: the maps hold only peers and connections with calls in flight."""
+    slots = Slots(DoorLimits(calls_per_connection_max=2, calls_per_peer_max=3))
+    held = [
+        (f"ipv4:10.0.{i}.1:{5000 + j}", f"addr:10.0.{i}.1", True)
+        for i in range(50)
+        for j in range(2)
+    ]
+    for h in held:
+        assert slots.enter(*h) is None
+    assert slots.in_flight() == 100 and slots.anonymous == 100
+    for h in held:
+        slots.leave(*h)
+    assert slots.in_flight() == 0 and slots.anonymous == 0
+    assert not slots._by_peer and not slots._by_connection
