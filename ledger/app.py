@@ -92,7 +92,13 @@ def _security(cfg: Config) -> Security:
 
 
 def _door(cfg: Config) -> DoorLimits:
-    return DoorLimits(watch_streams_per_peer_max=cfg.watch_streams_per_peer_max)
+    return DoorLimits(
+        body_wait_s=cfg.body_wait_s,
+        calls_per_connection_max=cfg.calls_per_connection_max,
+        calls_per_peer_max=cfg.calls_per_peer_max,
+        anonymous_calls_max=cfg.anonymous_calls_max,
+        watch_streams_per_peer_max=cfg.watch_streams_per_peer_max,
+    )
 
 
 def server_settings(cfg: Config) -> ServerSettings:
@@ -102,6 +108,7 @@ def server_settings(cfg: Config) -> ServerSettings:
         concurrent_rpcs_max=cfg.concurrent_rpcs_max,
         unary_deadline_s=cfg.unary_deadline_s,
         door=_door(cfg),
+        client_certificates=cfg.tls_client_ca is not None,
         reuse_port=cfg.reuse_port,
     )
 

@@ -44,6 +44,13 @@ class Config:
     concurrent_rpcs_max: int = 4096
     unary_deadline_s: float = 30.0
     watch_streams_per_peer_max: int = 8
+    # Calls in flight (ledger.transport.slots): per connection, per peer (a
+    # caller, a client certificate, else an address), of address-only peers
+    # together; and how long a call may take to send its body after its headers.
+    calls_per_connection_max: int = 256
+    calls_per_peer_max: int = 512
+    anonymous_calls_max: int = 512
+    body_wait_s: float = 10.0
     metrics_asset_labels: bool = False
     # Migrate at start (in-process embedders and tests); `ledger serve` with a
     # database URL turns it off and checks the schema version instead.
@@ -92,6 +99,15 @@ class Config:
                 f"refusing to serve the internal writer service on {self.internal_listen}"
                 " without a shared secret: give --writer-secret-file or LEDGER_WRITER_SECRET"
             )
+        for name in ("calls_per_connection_max", "calls_per_peer_max", "anonymous_calls_max"):
+            value = getattr(self, name)
+            if not 1 <= value <= self.concurrent_rpcs_max:
+                out.append(
+                    f"--{name.replace('_', '-')} must be between 1 and the server's"
+                    f" concurrent-RPC cap ({self.concurrent_rpcs_max}); it is {value}"
+                )
+        if self.body_wait_s <= 0:
+            out.append("--body-wait-s must be more than 0")
         if self.fronts < 1:
             out.append("--fronts must be at least 1 (or auto)")
         if self.writer_lease_s < 1.0:
@@ -266,6 +282,39 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="serve a non-loopback address WITHOUT a caller file: anyone who reaches the"
         " port has every right on every account (env LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS=1)",
     )
+    lim = p.add_argument_group(
+        "calls in flight (docs/security.md); past a limit: RESOURCE_EXHAUSTED"
+        " TOO_MANY_CONCURRENT_CALLS at once"
+    )
+    for flag, env, default, meaning in (
+        ("--concurrent-rpcs-max", "LEDGER_CONCURRENT_RPCS_MAX", d.concurrent_rpcs_max,
+         "calls and streams the whole server holds"),
+        ("--calls-per-connection-max", "LEDGER_CALLS_PER_CONNECTION_MAX",
+         d.calls_per_connection_max, "calls and streams in flight on one connection"),
+        ("--calls-per-peer-max", "LEDGER_CALLS_PER_PEER_MAX", d.calls_per_peer_max,
+         "calls and streams in flight of one peer: the caller its token or client"
+         " certificate names, else its address"),
+        ("--anonymous-calls-max", "LEDGER_ANONYMOUS_CALLS_MAX", d.anonymous_calls_max,
+         "calls and streams in flight of every peer known only by its address, together"),
+        ("--watch-streams-per-peer-max", "LEDGER_WATCH_STREAMS_PER_PEER_MAX",
+         d.watch_streams_per_peer_max, "grpc.health.v1 Watch streams of one address"),
+    ):  # fmt: skip
+        lim.add_argument(
+            flag, type=int, default=int(_env(env, str(default))), help=f"{meaning} (env {env})"
+        )
+    lim.add_argument(
+        "--body-wait-s",
+        type=float,
+        default=float(_env("LEDGER_BODY_WAIT_S", str(d.body_wait_s))),
+        help="seconds a call may take to send its request after its headers, valid"
+        " token or not; then DEADLINE_EXCEEDED (env LEDGER_BODY_WAIT_S)",
+    )
+    lim.add_argument(
+        "--unary-deadline-s",
+        type=float,
+        default=float(_env("LEDGER_UNARY_DEADLINE_S", str(d.unary_deadline_s))),
+        help="the deadline of a call that carries none (env LEDGER_UNARY_DEADLINE_S)",
+    )
     add_writer_flags(p)
 
 
@@ -338,6 +387,13 @@ def from_args(args: argparse.Namespace) -> Config:
         otlp_endpoint=args.otlp_endpoint,
         trace_sample_ratio=args.trace_sample_ratio,
         allow_anonymous_full_access=args.allow_anonymous_full_access,
+        concurrent_rpcs_max=args.concurrent_rpcs_max,
+        calls_per_connection_max=args.calls_per_connection_max,
+        calls_per_peer_max=args.calls_per_peer_max,
+        anonymous_calls_max=args.anonymous_calls_max,
+        watch_streams_per_peer_max=args.watch_streams_per_peer_max,
+        body_wait_s=args.body_wait_s,
+        unary_deadline_s=args.unary_deadline_s,
         metrics_asset_labels=args.metrics_asset_labels,
         migrate_at_start=args.migrate_at_start or not args.database_url,
         health_listen=args.health_listen,

@@ -172,9 +172,21 @@ class RateLimited(LedgerError):
     kind = Kind.RESOURCE_EXHAUSTED
     reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message, {"retry_after_ms": str(int(retry_after_s * 1000))})
+    def __init__(
+        self, message: str, retry_after_s: float, metadata: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(
+            message, {**(metadata or {}), "retry_after_ms": str(int(retry_after_s * 1000))}
+        )
         self.retry_after_s = retry_after_s
+
+
+class TooManyConcurrentCalls(RateLimited):
+    """A concurrency limit of the door (calls in flight per connection, per peer,
+    of anonymous peers, Health/Watch streams): refused at once, before any work,
+    with RetryInfo; metadata `limit` names the limit, `limit_value` its value."""
+
+    reason = "TOO_MANY_CONCURRENT_CALLS"
 
 
 class DeadlineExceeded(LedgerError):

@@ -110,6 +110,14 @@ IDEMPOTENCY_PARTITIONS_AHEAD_S = Gauge(
     " itself every few seconds, one or two partitions ahead).",
     ["maintained_by"],
 )
+# The limit label is one of the door's limits, lower case (ledger.transport.slots):
+# calls_per_connection_max, calls_per_peer_max, anonymous_calls_max,
+# watch_streams_per_peer_max, watch_streams_max.
+CALL_LIMIT_REFUSALS = Counter(
+    "ledger_call_limit_refusals",
+    "Calls refused at once because a concurrency limit was reached, by limit.",
+    ["limit"],
+)
 HEALTH_SERVING = Gauge("ledger_health_serving", "1 when the server reports SERVING, else 0.")
 BUILD_INFO = Info("ledger_build", "Build information.")
 

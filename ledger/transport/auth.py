@@ -276,7 +276,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         cached = self._methods.get(method)
         if cached is None or cached[0] is not handler:
             weighed = self._weighed(handler)
-            rpc = _rpc(handler, method)
+            rpc = rpc_labels(handler, method)
             by_certificate = (
                 self._by_certificate(weighed, method)
                 if self._client_certificates
@@ -374,7 +374,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def refuse(_requests: Any, context: Any) -> None:
             await self._refuse(context, rpc, access, exc, clock())
 
-        return grpc.stream_unary_rpc_method_handler(refuse)
+        return door.mark_refusal(grpc.stream_unary_rpc_method_handler(refuse))
 
     async def _refuse(
         self,
@@ -431,7 +431,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         """The handler for calls without a token: the certificate is checked on the
         headers, then the body is read (unary requests) within body_wait_s."""
         admit, refuse, clock = self._admit, self._refuse, self._clock
-        rpc = _rpc(handler, method)
+        rpc = rpc_labels(handler, method)
 
         async def entry(context: Any) -> None:
             t0 = clock()
@@ -495,7 +495,7 @@ def _over_rate(caller: Caller, wait_s: float) -> errors.RateLimited:
     )
 
 
-def _rpc(handler: Handler, method: str) -> tuple[str, str, str]:
+def rpc_labels(handler: Handler, method: str) -> tuple[str, str, str]:
     """(gRPC type, service, method name) for the metrics of a refused call."""
     service, _, name = method.lstrip("/").rpartition("/")
     if not handler.request_streaming:

@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from ledger.domain import errors
+from ledger.observability import metrics
 from ledger.transport import status
 
 # Generic only in the type stubs, so a string for the interpreter.
@@ -42,8 +43,16 @@ class DoorLimits:
     """Limits on what a call may hold before and besides its work (docs/security.md)."""
 
     #: Seconds a call may take to send its request message once its headers
-    #: arrived (a call that has passed the door with a certificate identity).
+    #: arrived, whoever it is from (a valid token included).
     body_wait_s: float = 10.0
+    #: Calls and streams in flight on one connection (ledger.transport.slots).
+    calls_per_connection_max: int = 256
+    #: Calls and streams in flight of one peer: an authenticated caller, else
+    #: a verified client certificate, else a source address.
+    calls_per_peer_max: int = 512
+    #: Calls and streams in flight of every peer known only by its address
+    #: (health probes; every call when there is no caller file), together.
+    anonymous_calls_max: int = 512
     #: The same for grpc.health.v1 calls, which need no credentials.
     health_body_wait_s: float = 5.0
     #: Health/Watch streams one peer address may hold open at once.
@@ -135,7 +144,21 @@ def refusal(exc: errors.LedgerError, on_refuse: Callable[[Any], None] | None = N
             on_refuse(context)
         await abort(context, exc)
 
-    return grpc.stream_unary_rpc_method_handler(refuse)
+    return mark_refusal(grpc.stream_unary_rpc_method_handler(refuse))
+
+
+_REFUSAL_MARK = "ledger_door_refusal"
+
+
+def mark_refusal(handler: Handler) -> Handler:
+    """Marks a handler that ends its call at once without reading it, so that
+    ledger.transport.slots does not take a slot for it."""
+    setattr(handler.stream_unary, _REFUSAL_MARK, True)
+    return handler
+
+
+def is_refusal(handler: Handler) -> bool:
+    return bool(getattr(handler.stream_unary, _REFUSAL_MARK, False))
 
 
 class WatchCounter:
@@ -151,16 +174,16 @@ class WatchCounter:
         held = self._by_peer.get(peer, 0)
         cap = self._limits
         if held >= cap.watch_streams_per_peer_max:
-            return errors.RateLimited(
-                f"{held} Health/Watch streams are open from this address, the most allowed"
-                f" (WATCH_STREAMS_PER_PEER_MAX = {cap.watch_streams_per_peer_max})",
-                1.0,
+            return too_many(
+                "WATCH_STREAMS_PER_PEER_MAX",
+                cap.watch_streams_per_peer_max,
+                f"{held} Health/Watch streams are open from this address",
             )
         if self.total >= cap.watch_streams_max:
-            return errors.RateLimited(
-                f"the server holds {self.total} Health/Watch streams, the most allowed"
-                f" (WATCH_STREAMS_MAX = {cap.watch_streams_max})",
-                1.0,
+            return too_many(
+                "WATCH_STREAMS_MAX",
+                cap.watch_streams_max,
+                f"the server holds {self.total} Health/Watch streams",
             )
         self._by_peer[peer] = held + 1
         self.total += 1
@@ -227,6 +250,20 @@ class HealthDoor:
         return grpc.stream_stream_rpc_method_handler(
             watch, handler.request_deserializer, handler.response_serializer
         )
+
+
+#: How long a refused client is told to wait (RetryInfo): slots free as calls end.
+SLOT_RETRY_S = 1.0
+
+
+def too_many(limit: str, value: int, what: str) -> errors.TooManyConcurrentCalls:
+    """The refusal of a call past a concurrency limit, naming it (and counted by it)."""
+    metrics.CALL_LIMIT_REFUSALS.labels(limit.lower()).inc()
+    return errors.TooManyConcurrentCalls(
+        f"{what}, the most allowed ({limit} = {value}); retry when some have ended",
+        SLOT_RETRY_S,
+        {"limit": limit, "limit_value": str(value)},
+    )
 
 
 async def _nothing(_context: Any) -> None:

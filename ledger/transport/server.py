@@ -22,6 +22,7 @@ from ledger.observability.context import REQUEST_ID, RESERVATION_ID, TRACE_ID
 from ledger.transport import auth, status
 from ledger.transport.door import DoorLimits, HealthDoor
 from ledger.transport.servicer import LedgerServicer
+from ledger.transport.slots import SlotInterceptor
 
 log = logging.getLogger("ledger.rpc")
 
@@ -52,6 +53,9 @@ class ServerSettings:
     ping_interval_min_s: float = 10.0
     ping_strikes_max: int = 2
     door: DoorLimits = field(default_factory=DoorLimits)
+    #: Mutual TLS: calls may carry a client certificate, a peer's identity
+    #: when they carry no token (ledger.transport.slots).
+    client_certificates: bool = False
     # Front processes of one `serve --fronts N` share the port (SO_REUSEPORT).
     reuse_port: bool = False
 
@@ -237,10 +241,12 @@ def build_server(
     settings: ServerSettings,
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
 ) -> tuple[grpc.aio.Server, Any]:
-    """The server (not started) and its health servicer. grpc.health.v1 is
-    registered behind ledger.transport.door.HealthDoor (anonymous callers' limits)."""
+    """The server (not started) and its health servicer. Every call takes a slot
+    first (ledger.transport.slots, outermost); grpc.health.v1 is registered
+    behind ledger.transport.door.HealthDoor (anonymous callers' limits)."""
+    slots = SlotInterceptor(settings.door, settings.client_certificates)
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=(slots, *interceptors),
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.concurrent_rpcs_max,
     )
@@ -265,7 +271,11 @@ def build_health_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A plaintext server with grpc.health.v1 only (no LedgerService, no reflection),
     for probes that cannot speak TLS (Kubernetes' native gRPC probes), and its port."""
-    server = grpc.aio.server(options=server_options(settings), maximum_concurrent_rpcs=256)
+    server = grpc.aio.server(
+        interceptors=(SlotInterceptor(settings.door),),
+        options=server_options(settings),
+        maximum_concurrent_rpcs=256,
+    )
     HealthDoor(settings.door).add_health(health_servicer, server)
     return server, server.add_insecure_port(listen)
 

@@ -62,6 +62,9 @@ CONTRACT = {
         grpc.StatusCode.PERMISSION_DENIED, e.PermissionDenied, e.PermissionDenied,
     ),
     "RATE_LIMITED": (grpc.StatusCode.RESOURCE_EXHAUSTED, e.RateLimited, e.ResourceExhausted),
+    "TOO_MANY_CONCURRENT_CALLS": (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, e.TooManyConcurrentCalls, e.ResourceExhausted,
+    ),
     "INTERNAL": (grpc.StatusCode.INTERNAL, e.Internal, e.Internal),
     "DEADLINE_EXCEEDED": (
         grpc.StatusCode.DEADLINE_EXCEEDED, e.DeadlineExceeded, e.DeadlineExceeded,
@@ -73,6 +76,7 @@ RETRYABLE_REASONS = {
     "DATABASE_UNAVAILABLE",
     "WRITER_UNAVAILABLE",
     "RATE_LIMITED",
+    "TOO_MANY_CONCURRENT_CALLS",
     "DEADLINE_EXCEEDED",
 }
 

@@ -1,10 +1,13 @@
-"""Issue 15, item 1: no anonymous client can starve the legitimate callers.
+"""Issue 15, item 1: no client can starve the legitimate callers.
 
 Each attack runs in a process of its own (tests/security/attacker.py, at the
 lowest CPU priority: a real attacker has machines of its own) against
 an in-process server whose concurrent-RPC cap is small (256), so that the
 attack as the issue describes it would fill the cap many times over if calls
-without credentials were held until their body came. While it runs, a
+were held until their body came. Three forms: body-less calls without a
+token, the same with a VALID token (another caller's), and long-lived
+Health/Watch streams; each from one address, and from eight (127.0.0.2 to
+127.0.0.9, through tests/security/forward.py). While it runs, a
 legitimate caller keeps calling GetBalance: every call must succeed, and its
 p99 must stay within 5x the p99 of the same calls measured unloaded in the
 same test (the one latency comparison the issue asks for). Both phases run on
@@ -19,6 +22,7 @@ import asyncio
 import gc
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -41,6 +45,11 @@ pytestmark = pytest.mark.timeout(180)
 
 CONCURRENT_RPCS_MAX = 256
 WATCH_PER_PEER_MAX = 8
+# A quarter of the cap for one peer, and a quarter for all address-only peers.
+CALLS_PER_PEER_MAX = 64
+ANONYMOUS_CALLS_MAX = 64
+BODY_WAIT_S = 3.0
+SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 CALLS = 300
 P99_FLOOR_S = 0.020
 ATTACK_S = 12.0
@@ -54,6 +63,10 @@ async def guarded(database_url: str, callers_path: Path) -> AsyncIterator[App]:
             callers_file=callers_path,
             concurrent_rpcs_max=CONCURRENT_RPCS_MAX,
             watch_streams_per_peer_max=WATCH_PER_PEER_MAX,
+            calls_per_connection_max=CONCURRENT_RPCS_MAX,
+            calls_per_peer_max=CALLS_PER_PEER_MAX,
+            anonymous_calls_max=ANONYMOUS_CALLS_MAX,
+            body_wait_s=BODY_WAIT_S,
         )
     )
     await app.start()
@@ -88,7 +101,12 @@ async def _legit_calls(
 
 
 async def _under_attack(
-    app: App, tokens: dict[str, str], mode: str, connections: int, calls: int
+    app: App,
+    tokens: dict[str, str],
+    mode: str,
+    connections: int,
+    calls: int,
+    sources: list[str],
 ) -> tuple[float, float, dict[str, int]]:
     target = f"127.0.0.1:{app.port}"
     md = bearer(tokens["admin"])
@@ -110,8 +128,11 @@ async def _under_attack(
             str(connections),
             str(calls),
             str(ATTACK_S),
+            ",".join(sources),
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
+            # The token mode's valid token: another caller's than the one measured.
+            env={**os.environ, "ATTACK_TOKEN": tokens["tenant-b"]},
         )
         try:
             assert proc.stdout is not None
@@ -127,7 +148,9 @@ async def _under_attack(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-    return quiet, loaded, json.loads(summary)
+    ends = json.loads(summary)
+    print(f"{mode} from {len(sources) or 1} address(es): the attack's calls ended {ends}")
+    return quiet, loaded, ends
 
 
 def _assert_p99(quiet: float, loaded: float) -> None:
@@ -136,11 +159,15 @@ def _assert_p99(quiet: float, loaded: float) -> None:
     assert loaded <= bar, f"p99 {loaded * 1000:.1f} ms under attack > 5x {quiet * 1000:.1f} ms"
 
 
+FROM = {"one address": [], "eight addresses": SOURCES}
+
+
+@pytest.mark.parametrize("origin", FROM)
 async def test_calls_without_a_body_or_token_cannot_starve_a_caller(
-    guarded: App, tokens: dict[str, str]
+    guarded: App, tokens: dict[str, str], origin: str
 ) -> None:
     # 8 connections x 200 held calls: 1,600, six times the server's cap of 256.
-    quiet, loaded, ends = await _under_attack(guarded, tokens, "nobody", 8, 200)
+    quiet, loaded, ends = await _under_attack(guarded, tokens, "nobody", 8, 200, FROM[origin])
     _assert_p99(quiet, loaded)
     assert ends.get("OK", 0) == 0, ends
     refused = ends.get("UNAUTHENTICATED", 0) + ends.get("RESOURCE_EXHAUSTED", 0)
@@ -153,11 +180,30 @@ async def test_calls_without_a_body_or_token_cannot_starve_a_caller(
     }, ends
 
 
-async def test_many_health_watch_streams_cannot_starve_a_caller(
-    guarded: App, tokens: dict[str, str]
+@pytest.mark.parametrize("origin", FROM)
+async def test_calls_with_a_valid_token_but_no_body_cannot_starve_a_caller(
+    guarded: App, tokens: dict[str, str], origin: str
 ) -> None:
-    # 4 connections x 100 Watch streams from one address: 400, past the cap of 256.
-    quiet, loaded, ends = await _under_attack(guarded, tokens, "watch", 4, 100)
+    """Another caller's valid token: its peer is that caller, wherever it calls
+    from; it holds at most CALLS_PER_PEER_MAX calls, each for BODY_WAIT_S."""
+    quiet, loaded, ends = await _under_attack(guarded, tokens, "token", 8, 200, FROM[origin])
     _assert_p99(quiet, loaded)
-    assert ends.get("OPEN", 0) <= WATCH_PER_PEER_MAX, ends
-    assert ends.get("RESOURCE_EXHAUSTED", 0) >= 400 - WATCH_PER_PEER_MAX, ends
+    assert ends.get("OK", 0) == 0, ends
+    assert set(ends) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED"}, ends
+    # The first wave: all but the peer's allowance refused at once.
+    assert ends.get("RESOURCE_EXHAUSTED", 0) >= 1600 - CALLS_PER_PEER_MAX, ends
+    # Those held were ended by the body wait (and the attack's own end), not served.
+    assert ends.get("DEADLINE_EXCEEDED", 0) >= CALLS_PER_PEER_MAX, ends
+
+
+@pytest.mark.parametrize("origin", FROM)
+async def test_many_health_watch_streams_cannot_starve_a_caller(
+    guarded: App, tokens: dict[str, str], origin: str
+) -> None:
+    # 8 connections x 50 Watch streams: 400, past the cap of 256.
+    quiet, loaded, ends = await _under_attack(guarded, tokens, "watch", 8, 50, FROM[origin])
+    _assert_p99(quiet, loaded)
+    # One address: its 8 Watch streams; eight: the address-only pool of 64.
+    most = WATCH_PER_PEER_MAX if not FROM[origin] else ANONYMOUS_CALLS_MAX
+    assert ends.get("OPEN", 0) <= most, ends
+    assert ends.get("RESOURCE_EXHAUSTED", 0) >= 400 - most, ends

@@ -278,6 +278,13 @@ class RateLimited(ResourceExhausted):
     """
 
 
+class TooManyConcurrentCalls(RateLimited):
+    """TOO_MANY_CONCURRENT_CALLS: too many calls in flight on this connection, from this
+    caller, or from callers known only by their address (`metadata["limit"]` names the
+    limit). Nothing was done; the client's own retries wait at least `retry_delay_s`.
+    """
+
+
 _BY_REASON: dict[str, type[LedgerError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "ACCOUNT_NOT_FOUND": AccountNotFound,
@@ -298,6 +305,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited,
+    "TOO_MANY_CONCURRENT_CALLS": TooManyConcurrentCalls,
     "INTERNAL": Internal,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
 }

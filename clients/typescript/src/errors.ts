@@ -322,6 +322,15 @@ export class RateLimited extends ResourceExhausted {
   override readonly name: string = "RateLimited";
 }
 
+/**
+ * TOO_MANY_CONCURRENT_CALLS (RESOURCE_EXHAUSTED): too many calls in flight on the connection,
+ * from this caller, or from callers known only by their address (`metadata.limit` names the
+ * limit); nothing was done. `retryDelayMs` says when to come back.
+ */
+export class TooManyConcurrentCalls extends RateLimited {
+  override readonly name: string = "TooManyConcurrentCalls";
+}
+
 type LedgerErrorClass = new (cause: ConnectError, context: ErrorContext) => LedgerError;
 
 /**
@@ -349,6 +358,7 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["UNAUTHENTICATED", Unauthenticated],
   ["PERMISSION_DENIED", PermissionDenied],
   ["RATE_LIMITED", RateLimited],
+  ["TOO_MANY_CONCURRENT_CALLS", TooManyConcurrentCalls],
   ["INTERNAL", Internal],
   ["DEADLINE_EXCEEDED", DeadlineExceeded],
 ]);

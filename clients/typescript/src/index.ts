@@ -56,6 +56,7 @@ export {
   ReservationGroupNotFound,
   ReservationNotFound,
   ResourceExhausted,
+  TooManyConcurrentCalls,
   Unauthenticated,
   Unavailable,
   WriterUnavailable,

@@ -82,6 +82,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_WRITER_UNAVAILABLE: _ErrorReason.ValueType  # 21
     """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+    ERROR_REASON_TOO_MANY_CONCURRENT_CALLS: _ErrorReason.ValueType  # 38
+    """Too many calls in flight on the connection, from the peer, or from callers
+    known only by their address; ErrorInfo `limit` names the limit; nothing was done.
+    RESOURCE_EXHAUSTED: refused on the call's headers; RetryInfo says when to retry.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -138,6 +143,11 @@ DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a
 """
 ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
 """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+ERROR_REASON_TOO_MANY_CONCURRENT_CALLS: ErrorReason.ValueType  # 38
+"""Too many calls in flight on the connection, from the peer, or from callers
+known only by their address; ErrorInfo `limit` names the limit; nothing was done.
+RESOURCE_EXHAUSTED: refused on the call's headers; RetryInfo says when to retry.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
