@@ -101,6 +101,54 @@ class Violations:
                 f"must be between {limits.TTL_MIN_S} s and {limits.TTL_MAX_S} s (TTL_MAX_S, 30 days)",
             )
 
+    def preconditions(
+        self,
+        items: tuple[Precondition, ...],
+        pairs: set[tuple[str, str]] | None,
+        named: bool,
+    ) -> None:
+        """`pairs`: the pairs the command touches (None: known only when it runs, then
+        the pair must be left empty); `named`: each must name its pair (a group's)."""
+        if len(items) > limits.PRECONDITIONS_MAX:
+            self.add(
+                "preconditions",
+                f"at most {limits.PRECONDITIONS_MAX} preconditions (PRECONDITIONS_MAX)",
+            )
+            return
+        seen: set[tuple[str, str]] = set()
+        for i, p in enumerate(items):
+            name = f"preconditions[{i}]"
+            pair = (p.account_id, p.asset)
+            if pairs is None:
+                if p.account_id or p.asset:
+                    self.add(
+                        f"{name}.account_id",
+                        "must be empty: the condition is on the reservation's own pair",
+                    )
+            elif (p.account_id or p.asset or named) and pair not in pairs:
+                self.add(
+                    f"{name}.account_id",
+                    "account_id and asset must name a pair the command touches"
+                    + ("" if named else " (or both be empty)"),
+                )
+            if pair in seen:
+                self.add(name, "at most one precondition per pair")
+            seen.add(pair)
+            if p.version is None and p.available is None and p.held is None:
+                self.add(name, "must set version, available or held")
+            if p.version is not None and not 0 <= p.version <= limits.INT64_MAX:
+                self.add(f"{name}.version", f"must be between 0 and {limits.INT64_MAX} (INT64_MAX)")
+            for what, cmp in (("available", p.available), ("held", p.held)):
+                if cmp is None:
+                    continue
+                if cmp.op not in COMPARISONS:
+                    self.add(f"{name}.{what}.operator", "must be GT, GE, EQ, LE or LT")
+                if not -limits.INT64_MAX <= cmp.value <= limits.INT64_MAX:
+                    self.add(
+                        f"{name}.{what}.value",
+                        f"must be between -{limits.INT64_MAX} and {limits.INT64_MAX} (INT64_MAX)",
+                    )
+
     def reservation_id(self, name: str, value: str) -> None:
         if not is_uuid(value):
             self.add(name, "must be a reservation id returned by Reserve or Charge (a UUID)")
@@ -109,6 +157,43 @@ class Violations:
 def is_uuid(value: str) -> bool:
     """True when value is a canonical lower-case UUID (the shape of server-made ids)."""
     return _UUID.fullmatch(value) is not None
+
+
+COMPARISONS = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "=": lambda a, b: a == b,
+    "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b,
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`<the pair's value> op value`, op one of COMPARISONS."""
+
+    op: str
+    value: int
+
+    def holds(self, actual: int) -> bool:
+        return bool(COMPARISONS[self.op](actual, self.value))
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value}"
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """What a mutation expects of one pair it touches, as the pair is when the
+    command runs (after rules.catch_up, after earlier commands of its batch).
+    Empty account_id and asset: the pair the command touches (a Settle's,
+    Release's or Refund's is its reservation's)."""
+
+    account_id: str = ""
+    asset: str = ""
+    version: int | None = None
+    available: Comparison | None = None
+    held: Comparison | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +233,18 @@ class Command:
         )
 
     def _fields(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in _fingerprinted(type(self))}
+        fields = {name: getattr(self, name) for name in _fingerprinted(type(self))}
+        # Fields added after keys were first stored count only when set: a retry
+        # across the upgrade must still match the hash its key was stored with.
+        for name, default in _LATER_FIELDS.items():
+            if name in fields and fields[name] == default:
+                del fields[name]
+        return fields
+
+
+# Request fields added after the first release, with the value that leaves them out
+# of the fingerprint (a request that does not use them hashes as it always did).
+_LATER_FIELDS: dict[str, object] = {"preconditions": ()}
 
 
 def _digest(method: str, fields: dict[str, object]) -> bytes:
@@ -189,6 +285,7 @@ class Grant(Command):
     expires_at: datetime | None = None
     priority: int = limits.PRIORITY_DEFAULT
     source: str = ""
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Grant"
 
@@ -202,6 +299,7 @@ class Grant(Command):
                 f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX} (PRIORITY_MAX)",
             )
         v.text("source", self.source, limits.SOURCE_LEN_MAX, "SOURCE_LEN_MAX")
+        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
         v.raise_if_any()
 
 
@@ -212,6 +310,7 @@ class Reserve(Command):
     amount: int
     ttl_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Reserve"
 
@@ -220,6 +319,7 @@ class Reserve(Command):
         v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.ttl("ttl", self.ttl_s)
         v.metadata("metadata", self.metadata)
+        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
         v.raise_if_any()
 
 
@@ -229,6 +329,7 @@ class Charge(Command):
     asset: str
     amount: int
     metadata: dict[str, str] = field(default_factory=dict)
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Charge"
 
@@ -236,6 +337,7 @@ class Charge(Command):
         v = Violations()
         v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.metadata("metadata", self.metadata)
+        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
         v.raise_if_any()
 
 
@@ -252,6 +354,7 @@ class ReserveGroup(Command):
     legs: tuple[Leg, ...]
     ttl_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "ReserveGroup"
 
@@ -273,6 +376,9 @@ class ReserveGroup(Command):
         v.idempotency_key(self.idempotency_key)
         v.ttl("ttl", self.ttl_s)
         v.metadata("metadata", self.metadata)
+        v.preconditions(
+            self.preconditions, {(leg.account_id, leg.asset) for leg in self.legs}, named=True
+        )
         v.raise_if_any()
 
 
@@ -281,6 +387,7 @@ class Settle(Command):
     reservation_id: str
     amount: int
     final: bool = False
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Settle"
 
@@ -292,6 +399,7 @@ class Settle(Command):
         else:
             v.amount("amount", self.amount, allow_zero=True)
         v.idempotency_key(self.idempotency_key)
+        v.preconditions(self.preconditions, None, named=False)
         v.raise_if_any()
 
 
@@ -299,6 +407,7 @@ class Settle(Command):
 class Release(Command):
     reservation_id: str
     amount: int = 0  # 0 = all that remains
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Release"
 
@@ -307,6 +416,7 @@ class Release(Command):
         v.reservation_id("reservation_id", self.reservation_id)
         v.amount("amount", self.amount, allow_zero=True)
         v.idempotency_key(self.idempotency_key)
+        v.preconditions(self.preconditions, None, named=False)
         v.raise_if_any()
 
 
@@ -315,6 +425,7 @@ class Refund(Command):
     reservation_id: str
     amount: int
     reason: str = ""
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Refund"
 
@@ -324,6 +435,7 @@ class Refund(Command):
         v.amount("amount", self.amount)
         v.idempotency_key(self.idempotency_key)
         v.text("reason", self.reason, limits.REASON_LEN_MAX, "REASON_LEN_MAX")
+        v.preconditions(self.preconditions, None, named=False)
         v.raise_if_any()
 
 

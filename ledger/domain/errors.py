@@ -134,6 +134,15 @@ class LotLimitExceeded(LedgerError):
     reason = "LOT_LIMIT_EXCEEDED"
 
 
+class PreconditionFailed(LedgerError):
+    """A condition the request carried (the pair's version, a predicate on its
+    available or held) did not hold; nothing changed. The metadata has the pair's
+    current version and balances."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "PRECONDITION_FAILED"
+
+
 class Contention(LedgerError):
     """Serialization retries ran out; nothing was recorded, retry with the same key."""
 
@@ -204,5 +213,6 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         AmountExceedsSettled,
         BalanceLimitExceeded,
         LotLimitExceeded,
+        PreconditionFailed,
     )
 }

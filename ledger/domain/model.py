@@ -54,6 +54,9 @@ class Balance:
     settled: int = 0
     refunded: int = 0
     expired: int = 0
+    # One more for every change of the pair: each command that changes it, and
+    # each deadline rules.catch_up applies to it (docs/design.md, "Versions").
+    version: int = 0
 
     def copy(self) -> Balance:
         return Balance(**self.__dict__)
@@ -183,6 +186,8 @@ class ReservationResult:
 class GroupResult:
     group_id: str
     reservations: list[Reservation]
+    # Each pair the group held on, after the holds (with its version), by pair.
+    balances: tuple[Balance, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,34 @@ __all__ = ["LotsNotLoaded", "PairKey", "WorkingSet", "apply", "catch_up", "new_i
 
 
 def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
-    """Apply one validated command. Raises a recordable LedgerError on a business failure."""
+    """Apply one validated command. Raises a recordable LedgerError on a business failure.
+
+    The command is one change: each pair it moved gets one more version."""
+    ws.end_change()
+    result = _apply(ws, cmd)
+    ws.end_change()
+    return _with_versions(ws, result)
+
+
+def _with_versions(ws: WorkingSet, result: Result) -> Result:
+    """The result's balances as the command left them, with the version its change gave."""
+    if isinstance(result, GrantResult):
+        return GrantResult(
+            ws.balance(result.balance.account_id, result.balance.asset).copy(), result.lot
+        )
+    if isinstance(result, ReservationResult):
+        return ReservationResult(
+            result.reservation, ws.balance(result.balance.account_id, result.balance.asset).copy()
+        )
+    if isinstance(result, GroupResult):
+        return dataclasses.replace(
+            result,
+            balances=tuple(ws.balance(b.account_id, b.asset).copy() for b in result.balances),
+        )
+    return result
+
+
+def _apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
     if isinstance(cmd, c.Grant):
         return grant(ws, cmd)
     if isinstance(cmd, c.Reserve):
@@ -89,6 +116,7 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
             ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY, res.expires_at
         )
         ws.end_hold(res, ReservationState.EXPIRED)
+        ws.end_change()  # each deadline its own version, whoever applies it
     for lot in ws.spendable_lots(key):
         if lot.expired_at(ws.now):
             ws.transfer(
@@ -102,6 +130,39 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
             )
             lot.remaining = 0
             ws.dirty_lots.add(lot.lot_id)
+            ws.end_change()
+
+
+def check_preconditions(
+    ws: WorkingSet, preconditions: tuple[c.Precondition, ...], own: PairKey | None = None
+) -> None:
+    """Every condition the request carried, on its pair as it is now (caught up).
+    An empty pair is `own`, the pair the command touches. Errors: PreconditionFailed."""
+    for p in preconditions:
+        key = (p.account_id, p.asset) if p.account_id or own is None else own
+        catch_up(ws, *key)
+        bal = ws.balance(*key)
+        failed = ""
+        if p.version is not None and bal.version != p.version:
+            failed, expected, actual = "version", str(p.version), bal.version
+        elif p.available is not None and not p.available.holds(bal.available):
+            failed, expected, actual = "available", str(p.available), bal.available
+        elif p.held is not None and not p.held.holds(bal.reserved):
+            failed, expected, actual = "held", str(p.held), bal.reserved
+        if failed:
+            raise errors.PreconditionFailed(
+                f"precondition failed on {key[0]}/{key[1]}: {failed} is {actual}, expected"
+                f" {expected}; nothing changed",
+                {
+                    "account_id": key[0],
+                    "asset": key[1],
+                    "failed": failed,
+                    "expected": expected,
+                    "version": str(bal.version),
+                    "available": str(bal.available),
+                    "held": str(bal.reserved),
+                },
+            )
 
 
 def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
@@ -139,6 +200,7 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     key = (cmd.account_id, cmd.asset)
     catch_up(ws, *key)
+    check_preconditions(ws, cmd.preconditions, key)
     if key in ws.lot_horizon:
         raise LotsNotLoaded({key})
     live = len(ws.spendable_lots(key))
@@ -268,6 +330,7 @@ def _ttl(ttl_s: float | None) -> timedelta:
 def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
     """Errors: AccountNotFound, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset))
     available_now = _available(ws, cmd.account_id, cmd.asset)
     if available_now < cmd.amount:
         raise _insufficient(cmd.account_id, cmd.asset, available_now, cmd.amount)
@@ -279,6 +342,10 @@ def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
 
 def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
     """All legs or none. Errors: AccountNotFound, InsufficientCredits (naming the leg)."""
+    if cmd.preconditions:
+        for leg in cmd.legs:
+            _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
+        check_preconditions(ws, cmd.preconditions)
     needed: dict[PairKey, int] = {}
     for leg in cmd.legs:
         _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
@@ -305,12 +372,14 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
         res.metadata = dict(cmd.metadata) if index == 0 else {}
         res.group_id, res.leg_key, res.leg_index = group_id, leg.leg_key, index
         legs.append(_hold(ws, tx, res))
-    return GroupResult(group_id, [snapshot(r) for r in legs])
+    balances = tuple(ws.balance(*key).copy() for key in sorted(needed))
+    return GroupResult(group_id, [snapshot(r) for r in legs], balances)
 
 
 def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
     """Reserve and settle in one step. Errors: AccountNotFound, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset))
     available_now = _available(ws, cmd.account_id, cmd.asset)
     if available_now < cmd.amount:
         raise _insufficient(cmd.account_id, cmd.asset, available_now, cmd.amount)
@@ -374,6 +443,7 @@ def _exceeds_remaining(res: Reservation, requested: int) -> errors.AmountExceeds
 def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
     """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
     res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (res.account_id, res.asset))
     _require_state_open(res)
     if cmd.amount > res.remaining:
         raise _exceeds_remaining(res, cmd.amount)
@@ -477,6 +547,7 @@ def _give_back(
 def release(ws: WorkingSet, cmd: c.Release) -> ReservationResult:
     """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
     res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (res.account_id, res.asset))
     _require_state_open(res)
     amount = cmd.amount or res.remaining
     if amount > res.remaining:
@@ -515,6 +586,7 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
     Works on open, closed and expired reservations.
     Errors: ReservationNotFound, AmountExceedsSettled."""
     res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (res.account_id, res.asset))
     refundable = res.settled - res.refunded
     if cmd.amount > refundable:
         raise errors.AmountExceedsSettled(

@@ -107,6 +107,16 @@ class WorkingSet:
     _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
     _pair_holds: dict[PairKey, dict[str, Reservation]] = field(default_factory=dict)
     caught_up: dict[PairKey, datetime] = field(default_factory=dict)
+    # Pairs changed since the last end_change(): one change, one version.
+    changing: set[PairKey] = field(default_factory=set)
+
+    def end_change(self) -> None:
+        """Close one change: each pair it moved gets the next version. Called after
+        each command and after each deadline catch_up applies, so the version counts
+        changes, not postings, and is the same whoever applied a deadline first."""
+        for key in self.changing:
+            self.balances[key].version += 1
+        self.changing.clear()
 
     def add_lot(self, lot: Lot) -> None:
         self.lots[lot.lot_id] = lot
@@ -191,3 +201,4 @@ class WorkingSet:
         elif movement is Movement.LOT_EXPIRY:
             bal.expired = saturating(bal.expired - signed)
         self.dirty_balances.add((side.account_id, asset))
+        self.changing.add((side.account_id, asset))

@@ -48,6 +48,7 @@ def encode(outcome: Outcome) -> dict[str, Any]:
             "group": {
                 "group_id": outcome.group_id,
                 "reservations": [codec.reservation_to_dict(r) for r in outcome.reservations],
+                "balances": [codec.balance_to_dict(b) for b in outcome.balances],
             }
         }
     return {"none": {}}
@@ -70,5 +71,10 @@ def decode(stored: dict[str, Any]) -> Outcome:
         )
     if "group" in stored:
         g = stored["group"]
-        return GroupResult(g["group_id"], [codec.reservation_from(r) for r in g["reservations"]])
+        return GroupResult(
+            g["group_id"],
+            [codec.reservation_from(r) for r in g["reservations"]],
+            # Recorded before versions (migration 0011): no balances.
+            tuple(codec.balance_from(b) for b in g.get("balances", ())),
+        )
     return None

@@ -102,7 +102,9 @@ _WRITER_PLANS = (
     " SET enable_hashjoin = off; SET enable_mergejoin = off"
 )
 
-_BALANCE_COLS = "account_id, asset, available, reserved, granted, settled, refunded, expired"
+_BALANCE_COLS = (
+    "account_id, asset, available, reserved, granted, settled, refunded, expired, version"
+)
 _LOT_COLS = "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at"
 _RES_COLS = (
     "reservation_id, account_id, asset, amount, settled, released, refunded, state, created_at,"
@@ -168,10 +170,11 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     INSERT INTO balances ({_BALANCE_COLS})
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'b') AS t(
         account_id text, asset text, available int8, reserved int8, granted int8, settled int8,
-        refunded int8, expired int8)
+        refunded int8, expired int8, version int8)
     ON CONFLICT (account_id, asset) DO UPDATE SET
         available = EXCLUDED.available, reserved = EXCLUDED.reserved, granted = EXCLUDED.granted,
-        settled = EXCLUDED.settled, refunded = EXCLUDED.refunded, expired = EXCLUDED.expired
+        settled = EXCLUDED.settled, refunded = EXCLUDED.refunded, expired = EXCLUDED.expired,
+        version = EXCLUDED.version
     RETURNING 1
 ), l AS (
     INSERT INTO lots ({_LOT_COLS})

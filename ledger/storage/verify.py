@@ -49,6 +49,16 @@ CHECKS: list[tuple[str, str, str]] = [
                coalesce(e.settled, 0), coalesce(e.refunded, 0), coalesce(e.expired, 0))""",
     ),
     (
+        "versions_count_changes",
+        "each pair's version equals the ledger transactions that moved it (each change of a"
+        " pair, a command or a deadline, is one transaction: docs/design.md, 'Versions')",
+        """WITH e AS (SELECT account_id, asset, count(DISTINCT transaction_id) AS changes
+                   FROM entries WHERE bucket <> 'system' GROUP BY 1, 2)
+        SELECT b.account_id, b.asset, b.version, coalesce(e.changes, 0) AS changes
+        FROM balances b LEFT JOIN e USING (account_id, asset)
+        WHERE b.version <> coalesce(e.changes, 0)""",
+    ),
+    (
         "reserved_matches_open_reservations",
         "reserved equals the remaining of open reservations",
         """WITH r AS (SELECT account_id, asset, sum(amount - settled - released - expired) AS held
@@ -189,6 +199,7 @@ _SCOPE_OF = {
     "transactions_balance": "transaction_id",
     "assets_balance": "asset",
     "balances_match_entries": "account_id",
+    "versions_count_changes": "account_id",
     "reserved_matches_open_reservations": "account_id",
     "available_not_negative": "account_id",
     "reservation_caps": "reservation_id",

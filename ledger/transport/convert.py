@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from creditledger.v1 import ledger_pb2 as pb
@@ -74,6 +75,39 @@ def _ts(value: datetime) -> timestamp_pb2.Timestamp:
 
 # ---- requests -> commands
 
+_OPERATOR = {
+    pb.Comparison.OPERATOR_GT: ">",
+    pb.Comparison.OPERATOR_GE: ">=",
+    pb.Comparison.OPERATOR_EQ: "=",
+    pb.Comparison.OPERATOR_LE: "<=",
+    pb.Comparison.OPERATOR_LT: "<",
+}
+
+
+def _comparison(msg: pb.Comparison, present: bool) -> c.Comparison | None:
+    if not present:
+        return None
+    # An unknown or unspecified operator stays as text the command's validation names.
+    return c.Comparison(_OPERATOR.get(msg.operator, f"operator {int(msg.operator)}"), msg.value)
+
+
+def preconditions(items: Sequence[pb.Precondition]) -> tuple[c.Precondition, ...]:
+    """Errors: InvalidArgument (preconditions) past PRECONDITIONS_MAX, before decoding them."""
+    if len(items) > limits.PRECONDITIONS_MAX:
+        raise _invalid(
+            "preconditions", f"at most {limits.PRECONDITIONS_MAX} preconditions (PRECONDITIONS_MAX)"
+        )
+    return tuple(
+        c.Precondition(
+            p.account_id,
+            p.asset,
+            p.version if p.HasField("version") else None,
+            _comparison(p.available, p.HasField("available")),
+            _comparison(p.held, p.HasField("held")),
+        )
+        for p in items
+    )
+
 
 def grant(req: pb.GrantRequest, caller: str) -> c.Grant:
     return c.Grant(
@@ -86,6 +120,7 @@ def grant(req: pb.GrantRequest, caller: str) -> c.Grant:
         timestamp(req.expires_at, req.HasField("expires_at"), "expires_at"),
         req.priority if req.HasField("priority") else limits.PRIORITY_DEFAULT,
         req.source,
+        preconditions(req.preconditions),
     )
 
 
@@ -98,6 +133,7 @@ def reserve(req: pb.ReserveRequest, caller: str) -> c.Reserve:
         req.amount,
         duration_s(req.ttl, req.HasField("ttl")),
         dict(req.metadata),
+        preconditions(req.preconditions),
     )
 
 
@@ -111,6 +147,7 @@ def reserve_group(req: pb.ReserveGroupRequest, caller: str) -> c.ReserveGroup:
         legs,
         duration_s(req.ttl, req.HasField("ttl")),
         dict(req.metadata),
+        preconditions(req.preconditions),
     )
 
 
@@ -160,20 +197,46 @@ def _batch_command(index: int, msg: pb.BatchCommand, caller: str) -> c.BatchComm
 
 def charge(req: pb.ChargeRequest, caller: str) -> c.Charge:
     return c.Charge(
-        caller, req.idempotency_key, req.account_id, req.asset, req.amount, dict(req.metadata)
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        req.amount,
+        dict(req.metadata),
+        preconditions(req.preconditions),
     )
 
 
 def settle(req: pb.SettleRequest, caller: str) -> c.Settle:
-    return c.Settle(caller, req.idempotency_key, req.reservation_id, req.amount, req.final)
+    return c.Settle(
+        caller,
+        req.idempotency_key,
+        req.reservation_id,
+        req.amount,
+        req.final,
+        preconditions(req.preconditions),
+    )
 
 
 def release(req: pb.ReleaseRequest, caller: str) -> c.Release:
-    return c.Release(caller, req.idempotency_key, req.reservation_id, req.amount)
+    return c.Release(
+        caller,
+        req.idempotency_key,
+        req.reservation_id,
+        req.amount,
+        preconditions(req.preconditions),
+    )
 
 
 def refund(req: pb.RefundRequest, caller: str) -> c.Refund:
-    return c.Refund(caller, req.idempotency_key, req.reservation_id, req.amount, req.reason)
+    return c.Refund(
+        caller,
+        req.idempotency_key,
+        req.reservation_id,
+        req.amount,
+        req.reason,
+        preconditions(req.preconditions),
+    )
 
 
 # ---- domain -> messages
@@ -189,6 +252,7 @@ def balance(b: Balance) -> pb.Balance:
         settled=b.settled,
         refunded=b.refunded,
         expired=b.expired,
+        version=b.version,
     )
 
 

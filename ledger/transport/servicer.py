@@ -117,7 +117,9 @@ class LedgerServicer:
             group_id=result.group_id,
             reservations=[convert.reservation(r) for r in result.reservations],
         )
-        return pb.ReserveGroupResponse(group=group), replayed
+        return pb.ReserveGroupResponse(
+            group=group, balances=[convert.balance(b) for b in result.balances]
+        ), replayed
 
     async def settle(self, req: pb.SettleRequest, ctx: Any) -> Reply:
         access = self._authorize(ctx)

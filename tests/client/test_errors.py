@@ -54,6 +54,9 @@ CONTRACT = {
     "LOT_LIMIT_EXCEEDED": (
         grpc.StatusCode.FAILED_PRECONDITION, e.LotLimitExceeded, e.FailedPrecondition,
     ),
+    "PRECONDITION_FAILED": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.PreconditionFailed, e.FailedPrecondition,
+    ),
     "CONTENTION": (grpc.StatusCode.ABORTED, e.Contention, e.Aborted),
     "DATABASE_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.DatabaseUnavailable, e.Unavailable),
     "WRITER_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.WriterUnavailable, e.Unavailable),

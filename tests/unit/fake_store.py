@@ -143,6 +143,7 @@ class FakeStore:
         out: list[str] = []
         per_tx: dict[tuple[str, str], int] = {}
         derived: dict[PairKey, Balance] = {}
+        changes: dict[PairKey, set[str]] = {}
         for p, at in t.entries:
             per_tx[(p.transaction_id, p.asset)] = (
                 per_tx.get((p.transaction_id, p.asset), 0) + p.amount
@@ -150,6 +151,9 @@ class FakeStore:
             if p.bucket is Bucket.SYSTEM:
                 continue
             b = derived.setdefault((p.account_id, p.asset), Balance(p.account_id, p.asset))
+            changes.setdefault((p.account_id, p.asset), set()).add(p.transaction_id)
+            # One version per change, and each change is one ledger transaction.
+            b.version = len(changes[(p.account_id, p.asset)])
             if p.bucket is Bucket.AVAILABLE:
                 b.available += p.amount
             else:

@@ -254,6 +254,27 @@ class LotLimitExceeded(FailedPrecondition):
         return self._int("live_lots")
 
 
+class PreconditionFailed(FailedPrecondition):
+    """PRECONDITION_FAILED: a precondition the request carried (the pair's version,
+    a predicate on available or held) did not hold; nothing changed. Metadata has
+    the pair's current state: read it, decide, retry with a new key."""
+
+    @property
+    def version(self) -> int:
+        """The pair's current version."""
+        return self._int("version")
+
+    @property
+    def available(self) -> int:
+        """The pair's current available."""
+        return self._int("available")
+
+    @property
+    def held(self) -> int:
+        """The pair's current held credits."""
+        return self._int("held")
+
+
 class Contention(Aborted):
     """CONTENTION: the server's own retries of a serialization failure ran out."""
 
@@ -292,6 +313,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "AMOUNT_EXCEEDS_SETTLED": AmountExceedsSettled,
     "BALANCE_LIMIT_EXCEEDED": BalanceLimitExceeded,
     "LOT_LIMIT_EXCEEDED": LotLimitExceeded,
+    "PRECONDITION_FAILED": PreconditionFailed,
     "CONTENTION": Contention,
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
     "WRITER_UNAVAILABLE": WriterUnavailable,

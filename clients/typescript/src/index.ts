@@ -48,6 +48,7 @@ export {
   LotLimitExceeded,
   NotFound,
   PermissionDenied,
+  PreconditionFailed,
   REPLAYED_METADATA_KEY,
   REQUEST_ID_HEADER,
   RateLimited,

@@ -82,6 +82,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_WRITER_UNAVAILABLE: _ErrorReason.ValueType  # 21
     """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+    ERROR_REASON_PRECONDITION_FAILED: _ErrorReason.ValueType  # 26
+    """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -138,6 +140,8 @@ DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a
 """
 ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
 """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+ERROR_REASON_PRECONDITION_FAILED: ErrorReason.ValueType  # 26
+"""FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -214,6 +218,7 @@ class Balance(_message.Message):
     SETTLED_FIELD_NUMBER: _builtins.int
     REFUNDED_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account this balance belongs to."""
     asset: _builtins.str
@@ -238,6 +243,11 @@ class Balance(_message.Message):
     """Lifetime total written off because their lot expired. Saturates at INT64_MAX (a
     statistic; it never stops the account): ListEntries has the exact history.
     """
+    version: _builtins.int
+    """The pair's version: one more for every change of it (each mutation that
+    moves it, each hold or lot expiry applied to it, whether a write or only
+    this read applied it). A Precondition may name it.
+    """
     def __init__(
         self,
         *,
@@ -249,14 +259,128 @@ class Balance(_message.Message):
         settled: _builtins.int = ...,
         refunded: _builtins.int = ...,
         expired: _builtins.int = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "expired", b"expired", "granted", b"granted", "refunded", b"refunded", "reserved", b"reserved", "settled", b"settled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "expired", b"expired", "granted", b"granted", "refunded", b"refunded", "reserved", b"reserved", "settled", b"settled", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Balance: _TypeAlias = Balance  # noqa: Y015
+
+@_typing.final
+class Comparison(_message.Message):
+    """Comparison is a predicate `<the pair's value> operator value`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Operator:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OperatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Comparison._Operator.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        OPERATOR_UNSPECIFIED: Comparison._Operator.ValueType  # 0
+        """Not allowed when the comparison is set."""
+        OPERATOR_GT: Comparison._Operator.ValueType  # 1
+        """Greater than."""
+        OPERATOR_GE: Comparison._Operator.ValueType  # 2
+        """Greater than or equal."""
+        OPERATOR_EQ: Comparison._Operator.ValueType  # 3
+        """Equal."""
+        OPERATOR_LE: Comparison._Operator.ValueType  # 4
+        """Less than or equal."""
+        OPERATOR_LT: Comparison._Operator.ValueType  # 5
+        """Less than."""
+
+    class Operator(_Operator, metaclass=_OperatorEnumTypeWrapper):
+        """How the pair's value is compared with `value`."""
+
+    OPERATOR_UNSPECIFIED: Comparison.Operator.ValueType  # 0
+    """Not allowed when the comparison is set."""
+    OPERATOR_GT: Comparison.Operator.ValueType  # 1
+    """Greater than."""
+    OPERATOR_GE: Comparison.Operator.ValueType  # 2
+    """Greater than or equal."""
+    OPERATOR_EQ: Comparison.Operator.ValueType  # 3
+    """Equal."""
+    OPERATOR_LE: Comparison.Operator.ValueType  # 4
+    """Less than or equal."""
+    OPERATOR_LT: Comparison.Operator.ValueType  # 5
+    """Less than."""
+
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    operator: Global___Comparison.Operator.ValueType
+    """The comparison."""
+    value: _builtins.int
+    """The value compared with; -(2^63-1) to 2^63-1."""
+    def __init__(
+        self,
+        *,
+        operator: Global___Comparison.Operator.ValueType = ...,
+        value: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operator", b"operator", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
+
+@_typing.final
+class Precondition(_message.Message):
+    """Precondition is what a mutation expects of a pair it touches, as the pair
+    is when the mutation runs; when it does not hold the mutation fails
+    FAILED_PRECONDITION (PRECONDITION_FAILED), changes nothing, and that
+    outcome is the key's first (replayed). At least one of version, available
+    and held must be set; at most one precondition per pair.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account of the pair; empty (with asset) means the pair the mutation
+    touches. A ReserveGroup's must name one of its legs' pairs; a Settle's,
+    Release's or Refund's must be empty (the reservation's pair).
+    """
+    asset: _builtins.str
+    """The asset of the pair; empty with account_id."""
+    version: _builtins.int
+    """The version the pair must have (Balance.version), 0 to 2^63-1."""
+    @_builtins.property
+    def available(self) -> Global___Comparison:
+        """A predicate on the pair's available."""
+
+    @_builtins.property
+    def held(self) -> Global___Comparison:
+        """A predicate on the pair's held credits (Balance.reserved)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        version: _builtins.int | None = ...,
+        available: Global___Comparison | None = ...,
+        held: Global___Comparison | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "available", b"available", "held", b"held", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "account_id", b"account_id", "asset", b"asset", "available", b"available", "held", b"held", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__version: _TypeAlias = _typing.Literal["version"]  # noqa: Y015
+    _WhichOneofArgType__version: _TypeAlias = _typing.Literal["_version", b"_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__version) -> _WhichOneofReturnType__version | None: ...
+
+Global___Precondition: _TypeAlias = Precondition  # noqa: Y015
 
 @_typing.final
 class Lot(_message.Message):
@@ -753,6 +877,7 @@ class GrantRequest(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to credit; it must exist."""
     asset: _builtins.str
@@ -773,6 +898,10 @@ class GrantRequest(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot expires; unset means never. Must be in the future."""
 
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -784,10 +913,11 @@ class GrantRequest(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         priority: _builtins.int | None = ...,
         source: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "expires_at", b"expires_at", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "priority", b"priority", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions", "priority", b"priority", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -857,6 +987,7 @@ class ReserveRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to hold credits on."""
     asset: _builtins.str
@@ -873,6 +1004,10 @@ class ReserveRequest(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels stored on the reservation."""
 
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -882,10 +1017,11 @@ class ReserveRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         ttl: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -985,6 +1121,7 @@ class ReserveGroupRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
     @_builtins.property
@@ -999,6 +1136,10 @@ class ReserveGroupRequest(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels stored on every leg."""
 
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -1006,10 +1147,11 @@ class ReserveGroupRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         ttl: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "legs", b"legs", "metadata", b"metadata", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "legs", b"legs", "metadata", b"metadata", "preconditions", b"preconditions", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1022,18 +1164,26 @@ class ReserveGroupResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GROUP_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def group(self) -> Global___ReservationGroup:
         """The group and its legs."""
+
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
+        """The balance of each pair held on, after the holds, ordered by account and
+        asset (empty in replays of groups made before versions existed).
+        """
 
     def __init__(
         self,
         *,
         group: Global___ReservationGroup | None = ...,
+        balances: _abc.Iterable[Global___Balance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "group", b"group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1049,6 +1199,7 @@ class SettleRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation to settle."""
     amount: _builtins.int
@@ -1057,6 +1208,10 @@ class SettleRequest(_message.Message):
     """Also release what remains and close the reservation."""
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -1064,10 +1219,11 @@ class SettleRequest(_message.Message):
         amount: _builtins.int = ...,
         final: _builtins.bool = ...,
         idempotency_key: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "final", b"final", "idempotency_key", b"idempotency_key", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "final", b"final", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1112,22 +1268,28 @@ class ReleaseRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation to release."""
     amount: _builtins.int
     """Credits to give back; 0 means all that remains."""
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
         reservation_id: _builtins.str = ...,
         amount: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1173,6 +1335,7 @@ class RefundRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation whose settled credits are given back."""
     amount: _builtins.int
@@ -1181,6 +1344,10 @@ class RefundRequest(_message.Message):
     """1-128 printable ASCII chars; the first outcome of a key is final."""
     reason: _builtins.str
     """Why, for the audit trail; at most 256 chars."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -1188,10 +1355,11 @@ class RefundRequest(_message.Message):
         amount: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         reason: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "reason", b"reason", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions", "reason", b"reason", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1258,6 +1426,7 @@ class ChargeRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to charge."""
     asset: _builtins.str
@@ -1270,6 +1439,10 @@ class ChargeRequest(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels stored on the reservation."""
 
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -1278,10 +1451,11 @@ class ChargeRequest(_message.Message):
         amount: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

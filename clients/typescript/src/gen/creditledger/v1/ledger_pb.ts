@@ -23,7 +23,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file creditledger/v1/ledger.proto.
  */
 export const file_creditledger_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilgEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMiugEKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwQKC1Jlc2VydmF0aW9uEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSDQoFYXNzZXQYAyABKAkSDgoGYW1vdW50GAQgASgDEg8KB3NldHRsZWQYBSABKAMSEAoIcmVsZWFzZWQYBiABKAMSEAoIcmVmdW5kZWQYByABKAMSEQoJcmVtYWluaW5nGAggASgDEjEKBXN0YXRlGAkgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAwgAygLMiouY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLk1ldGFkYXRhRW50cnkSEAoIZ3JvdXBfaWQYDSABKAkSDwoHbGVnX2tleRgOIAEoCRIPCgdleHBpcmVkGA8gASgDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEg4KClNUQVRFX09QRU4QARIQCgxTVEFURV9DTE9TRUQQAhIRCg1TVEFURV9FWFBJUkVEEAMiWAoQUmVzZXJ2YXRpb25Hcm91cBIQCghncm91cF9pZBgBIAEoCRIyCgxyZXNlcnZhdGlvbnMYAiADKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24ixQQKBUVudHJ5EhAKCGVudHJ5X2lkGAEgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAIgASgJEhIKCmFjY291bnRfaWQYAyABKAkSDQoFYXNzZXQYBCABKAkSDgoGYW1vdW50GAUgASgDEjEKCG1vdmVtZW50GAYgASgOMh8uY3JlZGl0bGVkZ2VyLnYxLkVudHJ5Lk1vdmVtZW50Ei0KBmJ1Y2tldBgHIAEoDjIdLmNyZWRpdGxlZGdlci52MS5FbnRyeS5CdWNrZXQSFgoOcmVzZXJ2YXRpb25faWQYCCABKAkSDgoGbG90X2lkGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsgBCghNb3ZlbWVudBIYChRNT1ZFTUVOVF9VTlNQRUNJRklFRBAAEhIKDk1PVkVNRU5UX0dSQU5UEAESFAoQTU9WRU1FTlRfUkVTRVJWRRACEhMKD01PVkVNRU5UX1NFVFRMRRADEhQKEE1PVkVNRU5UX1JFTEVBU0UQBBITCg9NT1ZFTUVOVF9SRUZVTkQQBRIfChtNT1ZFTUVOVF9SRVNFUlZBVElPTl9FWFBJUlkQBhIXChNNT1ZFTUVOVF9MT1RfRVhQSVJZEAciWgoGQnVja2V0EhYKEkJVQ0tFVF9VTlNQRUNJRklFRBAAEhQKEEJVQ0tFVF9BVkFJTEFCTEUQARIPCgtCVUNLRVRfSEVMRBACEhEKDUJVQ0tFVF9TWVNURU0QAyKiAQoUQ3JlYXRlQWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRJFCghtZXRhZGF0YRgCIAMoCzIzLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJCChVDcmVhdGVBY2NvdW50UmVzcG9uc2USKQoHYWNjb3VudBgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5BY2NvdW50IicKEUdldEFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkiPwoSR2V0QWNjb3VudFJlc3BvbnNlEikKB2FjY291bnQYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQWNjb3VudCKuAgoMR3JhbnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRI9CghtZXRhZGF0YRgFIAMoCzIrLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCghwcmlvcml0eRgHIAEoBUgAiAEBEg4KBnNvdXJjZRgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX3ByaW9yaXR5Il0KDUdyYW50UmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEiEKA2xvdBgCIAEoCzIULmNyZWRpdGxlZGdlci52MS5Mb3Qi9gEKDlJlc2VydmVSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRImCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SPwoIbWV0YWRhdGEYBiADKAsyLS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEibwoPUmVzZXJ2ZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJVCg9SZXNlcnZlR3JvdXBMZWcSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSDwoHbGVnX2tleRgEIAEoCSL9AQoTUmVzZXJ2ZUdyb3VwUmVxdWVzdBIuCgRsZWdzGAEgAygLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cExlZxIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkQKCG1ldGFkYXRhGAQgAygLMjIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSAoUUmVzZXJ2ZUdyb3VwUmVzcG9uc2USMAoFZ3JvdXAYASABKAsyIS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb25Hcm91cCJfCg1TZXR0bGVSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxINCgVmaW5hbBgDIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkibgoOU2V0dGxlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIlEKDlJlbGVhc2VSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkibwoPUmVsZWFzZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJgCg1SZWZ1bmRSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGcmVhc29uGAQgASgJIm4KDlJlZnVuZFJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSLMAQoNQ2hhcmdlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPgoIbWV0YWRhdGEYBSADKAsyLC5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJuCg5DaGFyZ2VSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiLwoVR2V0UmVzZXJ2YXRpb25SZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJIksKFkdldFJlc2VydmF0aW9uUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24iLgoaR2V0UmVzZXJ2YXRpb25Hcm91cFJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkiTwobR2V0UmVzZXJ2YXRpb25Hcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXAigAEKEUdldEJhbGFuY2VSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSMgoPZXhwaXJpbmdfd2l0aGluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGluY2x1ZGVfbG90cxgEIAEoCCJ8ChJHZXRCYWxhbmNlUmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEhcKD2V4cGlyaW5nX2Ftb3VudBgCIAEoAxIiCgRsb3RzGAMgAygLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdCJeChJMaXN0RW50cmllc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJXChNMaXN0RW50cmllc1Jlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5jcmVkaXRsZWRnZXIudjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIscCCgxCYXRjaENvbW1hbmQSMAoGY2hhcmdlGAEgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3RIABIyCgdyZXNlcnZlGAIgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0SAASMAoGc2V0dGxlGAMgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3RIABIyCgdyZWxlYXNlGAQgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXF1ZXN0SAASMAoGcmVmdW5kGAUgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3RIABIuCgVncmFudBgGIAEoCzIdLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3RIAEIJCgdjb21tYW5kIlUKElN1Ym1pdEJhdGNoUmVxdWVzdBIvCghjb21tYW5kcxgBIAMoCzIdLmNyZWRpdGxlZGdlci52MS5CYXRjaENvbW1hbmQSDgoGYXRvbWljGAIgASgIIoQDCgxCYXRjaE91dGNvbWUSMQoGY2hhcmdlGAEgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlc3BvbnNlSAASMwoHcmVzZXJ2ZRgCIAEoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2VIABIxCgZzZXR0bGUYAyABKAsyHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2VIABIzCgdyZWxlYXNlGAQgASgLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXNwb25zZUgAEjEKBnJlZnVuZBgFIAEoCzIfLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXNwb25zZUgAEi8KBWdyYW50GAYgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2VIABIjCgVlcnJvchgHIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASEAoIcmVwbGF5ZWQYCCABKAhCCQoHb3V0Y29tZSJGChNTdWJtaXRCYXRjaFJlc3BvbnNlEi8KCG91dGNvbWVzGAEgAygLMh0uY3JlZGl0bGVkZ2VyLnYxLkJhdGNoT3V0Y29tZSKWAQoXTGlzdFJlc2VydmF0aW9uc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIxCgVzdGF0ZRgDIAEoDjIiLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbi5TdGF0ZRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJnChhMaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2USMgoMcmVzZXJ2YXRpb25zGAEgAygLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqzBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodRVJST1JfUkVBU09OX0lOVkFMSURfQVJHVU1FTlQQARIiCh5FUlJPUl9SRUFTT05fQUNDT1VOVF9OT1RfRk9VTkQQAhImCiJFUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fTk9UX0ZPVU5EEAMSLAooRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0dST1VQX05PVF9GT1VORBAEEh8KG0VSUk9SX1JFQVNPTl9BQ0NPVU5UX0VYSVNUUxAFEiUKIUVSUk9SX1JFQVNPTl9JTlNVRkZJQ0lFTlRfQ1JFRElUUxAGEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAcSIwofRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0NMT1NFRBAIEiQKIEVSUk9SX1JFQVNPTl9SRVNFUlZBVElPTl9FWFBJUkVEEAkSKQolRVJST1JfUkVBU09OX0FNT1VOVF9FWENFRURTX1JFTUFJTklORxAKEicKI0VSUk9SX1JFQVNPTl9BTU9VTlRfRVhDRUVEU19TRVRUTEVEEAsSJwojRVJST1JfUkVBU09OX0JBTEFOQ0VfTElNSVRfRVhDRUVERUQQDBIbChdFUlJPUl9SRUFTT05fQ09OVEVOVElPThANEiUKIUVSUk9SX1JFQVNPTl9EQVRBQkFTRV9VTkFWQUlMQUJMRRAOEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQDxIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQEBIdChlFUlJPUl9SRUFTT05fUkFURV9MSU1JVEVEEBESGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEBISIwofRVJST1JfUkVBU09OX0xPVF9MSU1JVF9FWENFRURFRBATEiIKHkVSUk9SX1JFQVNPTl9ERUFETElORV9FWENFRURFRBAUEiMKH0VSUk9SX1JFQVNPTl9XUklURVJfVU5BVkFJTEFCTEUQFTLPCgoNTGVkZ2VyU2VydmljZRJeCg1DcmVhdGVBY2NvdW50EiUuY3JlZGl0bGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXF1ZXN0GiYuY3JlZGl0bGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXNwb25zZRJaCgpHZXRBY2NvdW50EiIuY3JlZGl0bGVkZ2VyLnYxLkdldEFjY291bnRSZXF1ZXN0GiMuY3JlZGl0bGVkZ2VyLnYxLkdldEFjY291bnRSZXNwb25zZSIDkAIBEkYKBUdyYW50Eh0uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVxdWVzdBoeLmNyZWRpdGxlZGdlci52MS5HcmFudFJlc3BvbnNlEkwKB1Jlc2VydmUSHy5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3QaIC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlc3BvbnNlElsKDFJlc2VydmVHcm91cBIkLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXF1ZXN0GiUuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlc3BvbnNlEkkKBlNldHRsZRIeLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlc3BvbnNlEkwKB1JlbGVhc2USHy5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlcXVlc3QaIC5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlc3BvbnNlEkkKBlJlZnVuZBIeLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlc3BvbnNlEkkKBkNoYXJnZRIeLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlc3BvbnNlEmYKDkdldFJlc2VydmF0aW9uEiYuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uUmVxdWVzdBonLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvblJlc3BvbnNlIgOQAgESdQoTR2V0UmVzZXJ2YXRpb25Hcm91cBIrLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvbkdyb3VwUmVxdWVzdBosLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvbkdyb3VwUmVzcG9uc2UiA5ACARJaCgpHZXRCYWxhbmNlEiIuY3JlZGl0bGVkZ2VyLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiMuY3JlZGl0bGVkZ2VyLnYxLkdldEJhbGFuY2VSZXNwb25zZSIDkAIBEl0KC0xpc3RFbnRyaWVzEiMuY3JlZGl0bGVkZ2VyLnYxLkxpc3RFbnRyaWVzUmVxdWVzdBokLmNyZWRpdGxlZGdlci52MS5MaXN0RW50cmllc1Jlc3BvbnNlIgOQAgESbAoQTGlzdFJlc2VydmF0aW9ucxIoLmNyZWRpdGxlZGdlci52MS5MaXN0UmVzZXJ2YXRpb25zUmVxdWVzdBopLmNyZWRpdGxlZGdlci52MS5MaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2UiA5ACARJYCgtTdWJtaXRCYXRjaBIjLmNyZWRpdGxlZGdlci52MS5TdWJtaXRCYXRjaFJlcXVlc3QaJC5jcmVkaXRsZWRnZXIudjEuU3VibWl0QmF0Y2hSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEipwEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMSDwoHdmVyc2lvbhgoIAEoAyLOAQoKQ29tcGFyaXNvbhI2CghvcGVyYXRvchgBIAEoDjIkLmNyZWRpdGxlZGdlci52MS5Db21wYXJpc29uLk9wZXJhdG9yEg0KBXZhbHVlGAIgASgDInkKCE9wZXJhdG9yEhgKFE9QRVJBVE9SX1VOU1BFQ0lGSUVEEAASDwoLT1BFUkFUT1JfR1QQARIPCgtPUEVSQVRPUl9HRRACEg8KC09QRVJBVE9SX0VREAMSDwoLT1BFUkFUT1JfTEUQBBIPCgtPUEVSQVRPUl9MVBAFIq4BCgxQcmVjb25kaXRpb24SEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIUCgd2ZXJzaW9uGAMgASgDSACIAQESLgoJYXZhaWxhYmxlGAQgASgLMhsuY3JlZGl0bGVkZ2VyLnYxLkNvbXBhcmlzb24SKQoEaGVsZBgFIAEoCzIbLmNyZWRpdGxlZGdlci52MS5Db21wYXJpc29uQgoKCF92ZXJzaW9uIroBCgNMb3QSDgoGbG90X2lkGAEgASgJEg4KBnNvdXJjZRgCIAEoCRIQCghwcmlvcml0eRgDIAEoBRIOCgZhbW91bnQYBCABKAMSEQoJcmVtYWluaW5nGAUgASgDEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqsECgtSZXNlcnZhdGlvbhIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRISCgphY2NvdW50X2lkGAIgASgJEg0KBWFzc2V0GAMgASgJEg4KBmFtb3VudBgEIAEoAxIPCgdzZXR0bGVkGAUgASgDEhAKCHJlbGVhc2VkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEhEKCXJlbWFpbmluZxgIIAEoAxIxCgVzdGF0ZRgJIAEoDjIiLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbi5TdGF0ZRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI8CghtZXRhZGF0YRgMIAMoCzIqLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbi5NZXRhZGF0YUVudHJ5EhAKCGdyb3VwX2lkGA0gASgJEg8KB2xlZ19rZXkYDiABKAkSDwoHZXhwaXJlZBgPIAEoAxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIOCgpTVEFURV9PUEVOEAESEAoMU1RBVEVfQ0xPU0VEEAISEQoNU1RBVEVfRVhQSVJFRBADIlgKEFJlc2VydmF0aW9uR3JvdXASEAoIZ3JvdXBfaWQYASABKAkSMgoMcmVzZXJ2YXRpb25zGAIgAygLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uIsUECgVFbnRyeRIQCghlbnRyeV9pZBgBIAEoCRIWCg50cmFuc2FjdGlvbl9pZBgCIAEoCRISCgphY2NvdW50X2lkGAMgASgJEg0KBWFzc2V0GAQgASgJEg4KBmFtb3VudBgFIAEoAxIxCghtb3ZlbWVudBgGIAEoDjIfLmNyZWRpdGxlZGdlci52MS5FbnRyeS5Nb3ZlbWVudBItCgZidWNrZXQYByABKA4yHS5jcmVkaXRsZWRnZXIudjEuRW50cnkuQnVja2V0EhYKDnJlc2VydmF0aW9uX2lkGAggASgJEg4KBmxvdF9pZBgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLIAQoITW92ZW1lbnQSGAoUTU9WRU1FTlRfVU5TUEVDSUZJRUQQABISCg5NT1ZFTUVOVF9HUkFOVBABEhQKEE1PVkVNRU5UX1JFU0VSVkUQAhITCg9NT1ZFTUVOVF9TRVRUTEUQAxIUChBNT1ZFTUVOVF9SRUxFQVNFEAQSEwoPTU9WRU1FTlRfUkVGVU5EEAUSHwobTU9WRU1FTlRfUkVTRVJWQVRJT05fRVhQSVJZEAYSFwoTTU9WRU1FTlRfTE9UX0VYUElSWRAHIloKBkJ1Y2tldBIWChJCVUNLRVRfVU5TUEVDSUZJRUQQABIUChBCVUNLRVRfQVZBSUxBQkxFEAESDwoLQlVDS0VUX0hFTEQQAhIRCg1CVUNLRVRfU1lTVEVNEAMiogEKFENyZWF0ZUFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSRQoIbWV0YWRhdGEYAiADKAsyMy5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQgoVQ3JlYXRlQWNjb3VudFJlc3BvbnNlEikKB2FjY291bnQYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQWNjb3VudCInChFHZXRBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJIj8KEkdldEFjY291bnRSZXNwb25zZRIpCgdhY2NvdW50GAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkFjY291bnQi5AIKDEdyYW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPQoIbWV0YWRhdGEYBSADKAsyKy5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIcHJpb3JpdHkYByABKAVIAIgBARIOCgZzb3VyY2UYCCABKAkSNAoNcHJlY29uZGl0aW9ucxgoIAMoCzIdLmNyZWRpdGxlZGdlci52MS5QcmVjb25kaXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9wcmlvcml0eSJdCg1HcmFudFJlc3BvbnNlEikKB2JhbGFuY2UYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRIhCgNsb3QYAiABKAsyFC5jcmVkaXRsZWRnZXIudjEuTG90IqwCCg5SZXNlcnZlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEj8KCG1ldGFkYXRhGAYgAygLMi0uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSNAoNcHJlY29uZGl0aW9ucxgoIAMoCzIdLmNyZWRpdGxlZGdlci52MS5QcmVjb25kaXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm8KD1Jlc2VydmVSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiVQoPUmVzZXJ2ZUdyb3VwTGVnEhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEg8KB2xlZ19rZXkYBCABKAkiswIKE1Jlc2VydmVHcm91cFJlcXVlc3QSLgoEbGVncxgBIAMoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBMZWcSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJECghtZXRhZGF0YRgEIAMoCzIyLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSNAoNcHJlY29uZGl0aW9ucxgoIAMoCzIdLmNyZWRpdGxlZGdlci52MS5QcmVjb25kaXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInQKFFJlc2VydmVHcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXASKgoIYmFsYW5jZXMYKCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSKVAQoNU2V0dGxlUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSDQoFZmluYWwYAyABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEjQKDXByZWNvbmRpdGlvbnMYKCADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uIm4KDlNldHRsZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSKHAQoOUmVsZWFzZVJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkSDgoGYW1vdW50GAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRI0Cg1wcmVjb25kaXRpb25zGCggAygLMh0uY3JlZGl0bGVkZ2VyLnYxLlByZWNvbmRpdGlvbiJvCg9SZWxlYXNlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIpYBCg1SZWZ1bmRSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGcmVhc29uGAQgASgJEjQKDXByZWNvbmRpdGlvbnMYKCADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uIm4KDlJlZnVuZFJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSKCAgoNQ2hhcmdlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPgoIbWV0YWRhdGEYBSADKAsyLC5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdC5NZXRhZGF0YUVudHJ5EjQKDXByZWNvbmRpdGlvbnMYKCADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJuCg5DaGFyZ2VSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiLwoVR2V0UmVzZXJ2YXRpb25SZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJIksKFkdldFJlc2VydmF0aW9uUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24iLgoaR2V0UmVzZXJ2YXRpb25Hcm91cFJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkiTwobR2V0UmVzZXJ2YXRpb25Hcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXAigAEKEUdldEJhbGFuY2VSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSMgoPZXhwaXJpbmdfd2l0aGluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGluY2x1ZGVfbG90cxgEIAEoCCJ8ChJHZXRCYWxhbmNlUmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEhcKD2V4cGlyaW5nX2Ftb3VudBgCIAEoAxIiCgRsb3RzGAMgAygLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdCJeChJMaXN0RW50cmllc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJXChNMaXN0RW50cmllc1Jlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5jcmVkaXRsZWRnZXIudjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIscCCgxCYXRjaENvbW1hbmQSMAoGY2hhcmdlGAEgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3RIABIyCgdyZXNlcnZlGAIgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0SAASMAoGc2V0dGxlGAMgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3RIABIyCgdyZWxlYXNlGAQgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXF1ZXN0SAASMAoGcmVmdW5kGAUgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3RIABIuCgVncmFudBgGIAEoCzIdLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3RIAEIJCgdjb21tYW5kIlUKElN1Ym1pdEJhdGNoUmVxdWVzdBIvCghjb21tYW5kcxgBIAMoCzIdLmNyZWRpdGxlZGdlci52MS5CYXRjaENvbW1hbmQSDgoGYXRvbWljGAIgASgIIoQDCgxCYXRjaE91dGNvbWUSMQoGY2hhcmdlGAEgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlc3BvbnNlSAASMwoHcmVzZXJ2ZRgCIAEoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2VIABIxCgZzZXR0bGUYAyABKAsyHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2VIABIzCgdyZWxlYXNlGAQgASgLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXNwb25zZUgAEjEKBnJlZnVuZBgFIAEoCzIfLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXNwb25zZUgAEi8KBWdyYW50GAYgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2VIABIjCgVlcnJvchgHIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASEAoIcmVwbGF5ZWQYCCABKAhCCQoHb3V0Y29tZSJGChNTdWJtaXRCYXRjaFJlc3BvbnNlEi8KCG91dGNvbWVzGAEgAygLMh0uY3JlZGl0bGVkZ2VyLnYxLkJhdGNoT3V0Y29tZSKWAQoXTGlzdFJlc2VydmF0aW9uc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIxCgVzdGF0ZRgDIAEoDjIiLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbi5TdGF0ZRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJnChhMaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2USMgoMcmVzZXJ2YXRpb25zGAEgAygLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSrZBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodRVJST1JfUkVBU09OX0lOVkFMSURfQVJHVU1FTlQQARIiCh5FUlJPUl9SRUFTT05fQUNDT1VOVF9OT1RfRk9VTkQQAhImCiJFUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fTk9UX0ZPVU5EEAMSLAooRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0dST1VQX05PVF9GT1VORBAEEh8KG0VSUk9SX1JFQVNPTl9BQ0NPVU5UX0VYSVNUUxAFEiUKIUVSUk9SX1JFQVNPTl9JTlNVRkZJQ0lFTlRfQ1JFRElUUxAGEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAcSIwofRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0NMT1NFRBAIEiQKIEVSUk9SX1JFQVNPTl9SRVNFUlZBVElPTl9FWFBJUkVEEAkSKQolRVJST1JfUkVBU09OX0FNT1VOVF9FWENFRURTX1JFTUFJTklORxAKEicKI0VSUk9SX1JFQVNPTl9BTU9VTlRfRVhDRUVEU19TRVRUTEVEEAsSJwojRVJST1JfUkVBU09OX0JBTEFOQ0VfTElNSVRfRVhDRUVERUQQDBIbChdFUlJPUl9SRUFTT05fQ09OVEVOVElPThANEiUKIUVSUk9SX1JFQVNPTl9EQVRBQkFTRV9VTkFWQUlMQUJMRRAOEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQDxIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQEBIdChlFUlJPUl9SRUFTT05fUkFURV9MSU1JVEVEEBESGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEBISIwofRVJST1JfUkVBU09OX0xPVF9MSU1JVF9FWENFRURFRBATEiIKHkVSUk9SX1JFQVNPTl9ERUFETElORV9FWENFRURFRBAUEiMKH0VSUk9SX1JFQVNPTl9XUklURVJfVU5BVkFJTEFCTEUQFRIkCiBFUlJPUl9SRUFTT05fUFJFQ09ORElUSU9OX0ZBSUxFRBAaMs8KCg1MZWRnZXJTZXJ2aWNlEl4KDUNyZWF0ZUFjY291bnQSJS5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QaJi5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlc3BvbnNlEloKCkdldEFjY291bnQSIi5jcmVkaXRsZWRnZXIudjEuR2V0QWNjb3VudFJlcXVlc3QaIy5jcmVkaXRsZWRnZXIudjEuR2V0QWNjb3VudFJlc3BvbnNlIgOQAgESRgoFR3JhbnQSHS5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0Gh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2USTAoHUmVzZXJ2ZRIfLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVxdWVzdBogLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2USWwoMUmVzZXJ2ZUdyb3VwEiQuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlcXVlc3QaJS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwUmVzcG9uc2USSQoGU2V0dGxlEh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2USTAoHUmVsZWFzZRIfLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVxdWVzdBogLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVzcG9uc2USSQoGUmVmdW5kEh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVzcG9uc2USSQoGQ2hhcmdlEh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVzcG9uc2USZgoOR2V0UmVzZXJ2YXRpb24SJi5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25SZXF1ZXN0GicuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uUmVzcG9uc2UiA5ACARJ1ChNHZXRSZXNlcnZhdGlvbkdyb3VwEisuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uR3JvdXBSZXF1ZXN0GiwuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uR3JvdXBSZXNwb25zZSIDkAIBEloKCkdldEJhbGFuY2USIi5jcmVkaXRsZWRnZXIudjEuR2V0QmFsYW5jZVJlcXVlc3QaIy5jcmVkaXRsZWRnZXIudjEuR2V0QmFsYW5jZVJlc3BvbnNlIgOQAgESXQoLTGlzdEVudHJpZXMSIy5jcmVkaXRsZWRnZXIudjEuTGlzdEVudHJpZXNSZXF1ZXN0GiQuY3JlZGl0bGVkZ2VyLnYxLkxpc3RFbnRyaWVzUmVzcG9uc2UiA5ACARJsChBMaXN0UmVzZXJ2YXRpb25zEiguY3JlZGl0bGVkZ2VyLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0GikuY3JlZGl0bGVkZ2VyLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXNwb25zZSIDkAIBElgKC1N1Ym1pdEJhdGNoEiMuY3JlZGl0bGVkZ2VyLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdBokLmNyZWRpdGxlZGdlci52MS5TdWJtaXRCYXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * Account is a customer (or a pool) that holds balances of several assets.
@@ -132,6 +132,15 @@ export type Balance = Message<"creditledger.v1.Balance"> & {
    * @generated from field: int64 expired = 8;
    */
   expired: bigint;
+
+  /**
+   * The pair's version: one more for every change of it (each mutation that
+   * moves it, each hold or lot expiry applied to it, whether a write or only
+   * this read applied it). A Precondition may name it.
+   *
+   * @generated from field: int64 version = 40;
+   */
+  version: bigint;
 };
 
 /**
@@ -140,6 +149,144 @@ export type Balance = Message<"creditledger.v1.Balance"> & {
  */
 export const BalanceSchema: GenMessage<Balance> = /*@__PURE__*/
   messageDesc(file_creditledger_v1_ledger, 1);
+
+/**
+ * Comparison is a predicate `<the pair's value> operator value`.
+ *
+ * @generated from message creditledger.v1.Comparison
+ */
+export type Comparison = Message<"creditledger.v1.Comparison"> & {
+  /**
+   * The comparison.
+   *
+   * @generated from field: creditledger.v1.Comparison.Operator operator = 1;
+   */
+  operator: Comparison_Operator;
+
+  /**
+   * The value compared with; -(2^63-1) to 2^63-1.
+   *
+   * @generated from field: int64 value = 2;
+   */
+  value: bigint;
+};
+
+/**
+ * Describes the message creditledger.v1.Comparison.
+ * Use `create(ComparisonSchema)` to create a new message.
+ */
+export const ComparisonSchema: GenMessage<Comparison> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 2);
+
+/**
+ * How the pair's value is compared with `value`.
+ *
+ * @generated from enum creditledger.v1.Comparison.Operator
+ */
+export enum Comparison_Operator {
+  /**
+   * Not allowed when the comparison is set.
+   *
+   * @generated from enum value: OPERATOR_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Greater than.
+   *
+   * @generated from enum value: OPERATOR_GT = 1;
+   */
+  GT = 1,
+
+  /**
+   * Greater than or equal.
+   *
+   * @generated from enum value: OPERATOR_GE = 2;
+   */
+  GE = 2,
+
+  /**
+   * Equal.
+   *
+   * @generated from enum value: OPERATOR_EQ = 3;
+   */
+  EQ = 3,
+
+  /**
+   * Less than or equal.
+   *
+   * @generated from enum value: OPERATOR_LE = 4;
+   */
+  LE = 4,
+
+  /**
+   * Less than.
+   *
+   * @generated from enum value: OPERATOR_LT = 5;
+   */
+  LT = 5,
+}
+
+/**
+ * Describes the enum creditledger.v1.Comparison.Operator.
+ */
+export const Comparison_OperatorSchema: GenEnum<Comparison_Operator> = /*@__PURE__*/
+  enumDesc(file_creditledger_v1_ledger, 2, 0);
+
+/**
+ * Precondition is what a mutation expects of a pair it touches, as the pair
+ * is when the mutation runs; when it does not hold the mutation fails
+ * FAILED_PRECONDITION (PRECONDITION_FAILED), changes nothing, and that
+ * outcome is the key's first (replayed). At least one of version, available
+ * and held must be set; at most one precondition per pair.
+ *
+ * @generated from message creditledger.v1.Precondition
+ */
+export type Precondition = Message<"creditledger.v1.Precondition"> & {
+  /**
+   * The account of the pair; empty (with asset) means the pair the mutation
+   * touches. A ReserveGroup's must name one of its legs' pairs; a Settle's,
+   * Release's or Refund's must be empty (the reservation's pair).
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * The asset of the pair; empty with account_id.
+   *
+   * @generated from field: string asset = 2;
+   */
+  asset: string;
+
+  /**
+   * The version the pair must have (Balance.version), 0 to 2^63-1.
+   *
+   * @generated from field: optional int64 version = 3;
+   */
+  version?: bigint | undefined;
+
+  /**
+   * A predicate on the pair's available.
+   *
+   * @generated from field: creditledger.v1.Comparison available = 4;
+   */
+  available?: Comparison | undefined;
+
+  /**
+   * A predicate on the pair's held credits (Balance.reserved).
+   *
+   * @generated from field: creditledger.v1.Comparison held = 5;
+   */
+  held?: Comparison | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.Precondition.
+ * Use `create(PreconditionSchema)` to create a new message.
+ */
+export const PreconditionSchema: GenMessage<Precondition> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 3);
 
 /**
  * Lot is the remainder of one grant, spent in a fixed order.
@@ -202,7 +349,7 @@ export type Lot = Message<"creditledger.v1.Lot"> & {
  * Use `create(LotSchema)` to create a new message.
  */
 export const LotSchema: GenMessage<Lot> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 2);
+  messageDesc(file_creditledger_v1_ledger, 4);
 
 /**
  * Reservation is a hold of credits, settled, released or expired later.
@@ -323,7 +470,7 @@ export type Reservation = Message<"creditledger.v1.Reservation"> & {
  * Use `create(ReservationSchema)` to create a new message.
  */
 export const ReservationSchema: GenMessage<Reservation> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 3);
+  messageDesc(file_creditledger_v1_ledger, 5);
 
 /**
  * State of a reservation.
@@ -364,7 +511,7 @@ export enum Reservation_State {
  * Describes the enum creditledger.v1.Reservation.State.
  */
 export const Reservation_StateSchema: GenEnum<Reservation_State> = /*@__PURE__*/
-  enumDesc(file_creditledger_v1_ledger, 3, 0);
+  enumDesc(file_creditledger_v1_ledger, 5, 0);
 
 /**
  * ReservationGroup is a set of reservations made all or nothing.
@@ -392,7 +539,7 @@ export type ReservationGroup = Message<"creditledger.v1.ReservationGroup"> & {
  * Use `create(ReservationGroupSchema)` to create a new message.
  */
 export const ReservationGroupSchema: GenMessage<ReservationGroup> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 4);
+  messageDesc(file_creditledger_v1_ledger, 6);
 
 /**
  * Entry is one immutable line of the journal.
@@ -476,7 +623,7 @@ export type Entry = Message<"creditledger.v1.Entry"> & {
  * Use `create(EntrySchema)` to create a new message.
  */
 export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 5);
+  messageDesc(file_creditledger_v1_ledger, 7);
 
 /**
  * The kind of movement an entry belongs to.
@@ -545,7 +692,7 @@ export enum Entry_Movement {
  * Describes the enum creditledger.v1.Entry.Movement.
  */
 export const Entry_MovementSchema: GenEnum<Entry_Movement> = /*@__PURE__*/
-  enumDesc(file_creditledger_v1_ledger, 5, 0);
+  enumDesc(file_creditledger_v1_ledger, 7, 0);
 
 /**
  * Which part of the account an entry moves.
@@ -586,7 +733,7 @@ export enum Entry_Bucket {
  * Describes the enum creditledger.v1.Entry.Bucket.
  */
 export const Entry_BucketSchema: GenEnum<Entry_Bucket> = /*@__PURE__*/
-  enumDesc(file_creditledger_v1_ledger, 5, 1);
+  enumDesc(file_creditledger_v1_ledger, 7, 1);
 
 /**
  * Request of CreateAccount.
@@ -614,7 +761,7 @@ export type CreateAccountRequest = Message<"creditledger.v1.CreateAccountRequest
  * Use `create(CreateAccountRequestSchema)` to create a new message.
  */
 export const CreateAccountRequestSchema: GenMessage<CreateAccountRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 6);
+  messageDesc(file_creditledger_v1_ledger, 8);
 
 /**
  * Response of CreateAccount.
@@ -635,7 +782,7 @@ export type CreateAccountResponse = Message<"creditledger.v1.CreateAccountRespon
  * Use `create(CreateAccountResponseSchema)` to create a new message.
  */
 export const CreateAccountResponseSchema: GenMessage<CreateAccountResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 7);
+  messageDesc(file_creditledger_v1_ledger, 9);
 
 /**
  * Request of GetAccount.
@@ -656,7 +803,7 @@ export type GetAccountRequest = Message<"creditledger.v1.GetAccountRequest"> & {
  * Use `create(GetAccountRequestSchema)` to create a new message.
  */
 export const GetAccountRequestSchema: GenMessage<GetAccountRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 8);
+  messageDesc(file_creditledger_v1_ledger, 10);
 
 /**
  * Response of GetAccount.
@@ -677,7 +824,7 @@ export type GetAccountResponse = Message<"creditledger.v1.GetAccountResponse"> &
  * Use `create(GetAccountResponseSchema)` to create a new message.
  */
 export const GetAccountResponseSchema: GenMessage<GetAccountResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 9);
+  messageDesc(file_creditledger_v1_ledger, 11);
 
 /**
  * Request of Grant.
@@ -740,6 +887,13 @@ export type GrantRequest = Message<"creditledger.v1.GrantRequest"> & {
    * @generated from field: string source = 8;
    */
   source: string;
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -747,7 +901,7 @@ export type GrantRequest = Message<"creditledger.v1.GrantRequest"> & {
  * Use `create(GrantRequestSchema)` to create a new message.
  */
 export const GrantRequestSchema: GenMessage<GrantRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 10);
+  messageDesc(file_creditledger_v1_ledger, 12);
 
 /**
  * Response of Grant.
@@ -775,7 +929,7 @@ export type GrantResponse = Message<"creditledger.v1.GrantResponse"> & {
  * Use `create(GrantResponseSchema)` to create a new message.
  */
 export const GrantResponseSchema: GenMessage<GrantResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 11);
+  messageDesc(file_creditledger_v1_ledger, 13);
 
 /**
  * Request of Reserve.
@@ -824,6 +978,13 @@ export type ReserveRequest = Message<"creditledger.v1.ReserveRequest"> & {
    * @generated from field: map<string, string> metadata = 6;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -831,7 +992,7 @@ export type ReserveRequest = Message<"creditledger.v1.ReserveRequest"> & {
  * Use `create(ReserveRequestSchema)` to create a new message.
  */
 export const ReserveRequestSchema: GenMessage<ReserveRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 12);
+  messageDesc(file_creditledger_v1_ledger, 14);
 
 /**
  * Response of Reserve.
@@ -859,7 +1020,7 @@ export type ReserveResponse = Message<"creditledger.v1.ReserveResponse"> & {
  * Use `create(ReserveResponseSchema)` to create a new message.
  */
 export const ReserveResponseSchema: GenMessage<ReserveResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 13);
+  messageDesc(file_creditledger_v1_ledger, 15);
 
 /**
  * One leg of a ReserveGroup.
@@ -901,7 +1062,7 @@ export type ReserveGroupLeg = Message<"creditledger.v1.ReserveGroupLeg"> & {
  * Use `create(ReserveGroupLegSchema)` to create a new message.
  */
 export const ReserveGroupLegSchema: GenMessage<ReserveGroupLeg> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 14);
+  messageDesc(file_creditledger_v1_ledger, 16);
 
 /**
  * Request of ReserveGroup.
@@ -936,6 +1097,13 @@ export type ReserveGroupRequest = Message<"creditledger.v1.ReserveGroupRequest">
    * @generated from field: map<string, string> metadata = 4;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -943,7 +1111,7 @@ export type ReserveGroupRequest = Message<"creditledger.v1.ReserveGroupRequest">
  * Use `create(ReserveGroupRequestSchema)` to create a new message.
  */
 export const ReserveGroupRequestSchema: GenMessage<ReserveGroupRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 15);
+  messageDesc(file_creditledger_v1_ledger, 17);
 
 /**
  * Response of ReserveGroup.
@@ -957,6 +1125,14 @@ export type ReserveGroupResponse = Message<"creditledger.v1.ReserveGroupResponse
    * @generated from field: creditledger.v1.ReservationGroup group = 1;
    */
   group?: ReservationGroup | undefined;
+
+  /**
+   * The balance of each pair held on, after the holds, ordered by account and
+   * asset (empty in replays of groups made before versions existed).
+   *
+   * @generated from field: repeated creditledger.v1.Balance balances = 40;
+   */
+  balances: Balance[];
 };
 
 /**
@@ -964,7 +1140,7 @@ export type ReserveGroupResponse = Message<"creditledger.v1.ReserveGroupResponse
  * Use `create(ReserveGroupResponseSchema)` to create a new message.
  */
 export const ReserveGroupResponseSchema: GenMessage<ReserveGroupResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 16);
+  messageDesc(file_creditledger_v1_ledger, 18);
 
 /**
  * Request of Settle.
@@ -999,6 +1175,13 @@ export type SettleRequest = Message<"creditledger.v1.SettleRequest"> & {
    * @generated from field: string idempotency_key = 4;
    */
   idempotencyKey: string;
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -1006,7 +1189,7 @@ export type SettleRequest = Message<"creditledger.v1.SettleRequest"> & {
  * Use `create(SettleRequestSchema)` to create a new message.
  */
 export const SettleRequestSchema: GenMessage<SettleRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 17);
+  messageDesc(file_creditledger_v1_ledger, 19);
 
 /**
  * Response of Settle.
@@ -1034,7 +1217,7 @@ export type SettleResponse = Message<"creditledger.v1.SettleResponse"> & {
  * Use `create(SettleResponseSchema)` to create a new message.
  */
 export const SettleResponseSchema: GenMessage<SettleResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 18);
+  messageDesc(file_creditledger_v1_ledger, 20);
 
 /**
  * Request of Release.
@@ -1062,6 +1245,13 @@ export type ReleaseRequest = Message<"creditledger.v1.ReleaseRequest"> & {
    * @generated from field: string idempotency_key = 3;
    */
   idempotencyKey: string;
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -1069,7 +1259,7 @@ export type ReleaseRequest = Message<"creditledger.v1.ReleaseRequest"> & {
  * Use `create(ReleaseRequestSchema)` to create a new message.
  */
 export const ReleaseRequestSchema: GenMessage<ReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 19);
+  messageDesc(file_creditledger_v1_ledger, 21);
 
 /**
  * Response of Release.
@@ -1097,7 +1287,7 @@ export type ReleaseResponse = Message<"creditledger.v1.ReleaseResponse"> & {
  * Use `create(ReleaseResponseSchema)` to create a new message.
  */
 export const ReleaseResponseSchema: GenMessage<ReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 20);
+  messageDesc(file_creditledger_v1_ledger, 22);
 
 /**
  * Request of Refund.
@@ -1132,6 +1322,13 @@ export type RefundRequest = Message<"creditledger.v1.RefundRequest"> & {
    * @generated from field: string reason = 4;
    */
   reason: string;
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -1139,7 +1336,7 @@ export type RefundRequest = Message<"creditledger.v1.RefundRequest"> & {
  * Use `create(RefundRequestSchema)` to create a new message.
  */
 export const RefundRequestSchema: GenMessage<RefundRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 21);
+  messageDesc(file_creditledger_v1_ledger, 23);
 
 /**
  * Response of Refund.
@@ -1167,7 +1364,7 @@ export type RefundResponse = Message<"creditledger.v1.RefundResponse"> & {
  * Use `create(RefundResponseSchema)` to create a new message.
  */
 export const RefundResponseSchema: GenMessage<RefundResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 22);
+  messageDesc(file_creditledger_v1_ledger, 24);
 
 /**
  * Request of Charge.
@@ -1209,6 +1406,13 @@ export type ChargeRequest = Message<"creditledger.v1.ChargeRequest"> & {
    * @generated from field: map<string, string> metadata = 5;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -1216,7 +1420,7 @@ export type ChargeRequest = Message<"creditledger.v1.ChargeRequest"> & {
  * Use `create(ChargeRequestSchema)` to create a new message.
  */
 export const ChargeRequestSchema: GenMessage<ChargeRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 23);
+  messageDesc(file_creditledger_v1_ledger, 25);
 
 /**
  * Response of Charge.
@@ -1244,7 +1448,7 @@ export type ChargeResponse = Message<"creditledger.v1.ChargeResponse"> & {
  * Use `create(ChargeResponseSchema)` to create a new message.
  */
 export const ChargeResponseSchema: GenMessage<ChargeResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 24);
+  messageDesc(file_creditledger_v1_ledger, 26);
 
 /**
  * Request of GetReservation.
@@ -1265,7 +1469,7 @@ export type GetReservationRequest = Message<"creditledger.v1.GetReservationReque
  * Use `create(GetReservationRequestSchema)` to create a new message.
  */
 export const GetReservationRequestSchema: GenMessage<GetReservationRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 25);
+  messageDesc(file_creditledger_v1_ledger, 27);
 
 /**
  * Response of GetReservation.
@@ -1286,7 +1490,7 @@ export type GetReservationResponse = Message<"creditledger.v1.GetReservationResp
  * Use `create(GetReservationResponseSchema)` to create a new message.
  */
 export const GetReservationResponseSchema: GenMessage<GetReservationResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 26);
+  messageDesc(file_creditledger_v1_ledger, 28);
 
 /**
  * Request of GetReservationGroup.
@@ -1307,7 +1511,7 @@ export type GetReservationGroupRequest = Message<"creditledger.v1.GetReservation
  * Use `create(GetReservationGroupRequestSchema)` to create a new message.
  */
 export const GetReservationGroupRequestSchema: GenMessage<GetReservationGroupRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 27);
+  messageDesc(file_creditledger_v1_ledger, 29);
 
 /**
  * Response of GetReservationGroup.
@@ -1328,7 +1532,7 @@ export type GetReservationGroupResponse = Message<"creditledger.v1.GetReservatio
  * Use `create(GetReservationGroupResponseSchema)` to create a new message.
  */
 export const GetReservationGroupResponseSchema: GenMessage<GetReservationGroupResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 28);
+  messageDesc(file_creditledger_v1_ledger, 30);
 
 /**
  * Request of GetBalance.
@@ -1370,7 +1574,7 @@ export type GetBalanceRequest = Message<"creditledger.v1.GetBalanceRequest"> & {
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 29);
+  messageDesc(file_creditledger_v1_ledger, 31);
 
 /**
  * Response of GetBalance.
@@ -1405,7 +1609,7 @@ export type GetBalanceResponse = Message<"creditledger.v1.GetBalanceResponse"> &
  * Use `create(GetBalanceResponseSchema)` to create a new message.
  */
 export const GetBalanceResponseSchema: GenMessage<GetBalanceResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 30);
+  messageDesc(file_creditledger_v1_ledger, 32);
 
 /**
  * Request of ListEntries.
@@ -1447,7 +1651,7 @@ export type ListEntriesRequest = Message<"creditledger.v1.ListEntriesRequest"> &
  * Use `create(ListEntriesRequestSchema)` to create a new message.
  */
 export const ListEntriesRequestSchema: GenMessage<ListEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 31);
+  messageDesc(file_creditledger_v1_ledger, 33);
 
 /**
  * Response of ListEntries.
@@ -1475,7 +1679,7 @@ export type ListEntriesResponse = Message<"creditledger.v1.ListEntriesResponse">
  * Use `create(ListEntriesResponseSchema)` to create a new message.
  */
 export const ListEntriesResponseSchema: GenMessage<ListEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 32);
+  messageDesc(file_creditledger_v1_ledger, 34);
 
 /**
  * One command of a batch: the request message of its single-call RPC.
@@ -1544,7 +1748,7 @@ export type BatchCommand = Message<"creditledger.v1.BatchCommand"> & {
  * Use `create(BatchCommandSchema)` to create a new message.
  */
 export const BatchCommandSchema: GenMessage<BatchCommand> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 33);
+  messageDesc(file_creditledger_v1_ledger, 35);
 
 /**
  * Request of SubmitBatch.
@@ -1573,7 +1777,7 @@ export type SubmitBatchRequest = Message<"creditledger.v1.SubmitBatchRequest"> &
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 34);
+  messageDesc(file_creditledger_v1_ledger, 36);
 
 /**
  * The outcome of one command of a batch.
@@ -1659,7 +1863,7 @@ export type BatchOutcome = Message<"creditledger.v1.BatchOutcome"> & {
  * Use `create(BatchOutcomeSchema)` to create a new message.
  */
 export const BatchOutcomeSchema: GenMessage<BatchOutcome> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 35);
+  messageDesc(file_creditledger_v1_ledger, 37);
 
 /**
  * Response of SubmitBatch.
@@ -1680,7 +1884,7 @@ export type SubmitBatchResponse = Message<"creditledger.v1.SubmitBatchResponse">
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 36);
+  messageDesc(file_creditledger_v1_ledger, 38);
 
 /**
  * Request of ListReservations.
@@ -1732,7 +1936,7 @@ export type ListReservationsRequest = Message<"creditledger.v1.ListReservationsR
  * Use `create(ListReservationsRequestSchema)` to create a new message.
  */
 export const ListReservationsRequestSchema: GenMessage<ListReservationsRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 37);
+  messageDesc(file_creditledger_v1_ledger, 39);
 
 /**
  * Response of ListReservations.
@@ -1760,7 +1964,7 @@ export type ListReservationsResponse = Message<"creditledger.v1.ListReservations
  * Use `create(ListReservationsResponseSchema)` to create a new message.
  */
 export const ListReservationsResponseSchema: GenMessage<ListReservationsResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 38);
+  messageDesc(file_creditledger_v1_ledger, 40);
 
 /**
  * The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -1927,6 +2131,13 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_WRITER_UNAVAILABLE = 21;
    */
   WRITER_UNAVAILABLE = 21,
+
+  /**
+   * FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed.
+   *
+   * @generated from enum value: ERROR_REASON_PRECONDITION_FAILED = 26;
+   */
+  PRECONDITION_FAILED = 26,
 }
 
 /**
