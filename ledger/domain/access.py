@@ -46,6 +46,7 @@ NEEDED: dict[str, Permission] = {
     "Charge": Permission.SPEND,
     "Refund": Permission.REFUND,
     "Grant": Permission.GRANT,
+    "SetSpendingLimits": Permission.ADMIN,
 }
 
 #: The prefix that stands for every account in a caller file.

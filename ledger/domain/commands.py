@@ -149,6 +149,10 @@ class Violations:
                         f"must be between -{limits.INT64_MAX} and {limits.INT64_MAX} (INT64_MAX)",
                     )
 
+    def overage(self, value: str) -> None:
+        if value not in OVERAGE_MODES:
+            self.add("overage", "must be REJECT (the default), CAP or DEBT")
+
     def reservation_id(self, name: str, value: str) -> None:
         if not is_uuid(value):
             self.add(name, "must be a reservation id returned by Reserve or Charge (a UUID)")
@@ -158,6 +162,8 @@ def is_uuid(value: str) -> bool:
     """True when value is a canonical lower-case UUID (the shape of server-made ids)."""
     return _UUID.fullmatch(value) is not None
 
+
+OVERAGE_MODES = ("reject", "cap", "debt")  # model.Overage's values
 
 COMPARISONS = {
     ">": lambda a, b: a > b,
@@ -244,7 +250,7 @@ class Command:
 
 # Request fields added after the first release, with the value that leaves them out
 # of the fingerprint (a request that does not use them hashes as it always did).
-_LATER_FIELDS: dict[str, object] = {"preconditions": ()}
+_LATER_FIELDS: dict[str, object] = {"preconditions": (), "overage": "reject"}
 
 
 def _digest(method: str, fields: dict[str, object]) -> bytes:
@@ -311,6 +317,7 @@ class Reserve(Command):
     ttl_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     preconditions: tuple[Precondition, ...] = ()
+    overage: str = "reject"  # model.Overage
 
     method = "Reserve"
 
@@ -320,6 +327,7 @@ class Reserve(Command):
         v.ttl("ttl", self.ttl_s)
         v.metadata("metadata", self.metadata)
         v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
+        v.overage(self.overage)
         v.raise_if_any()
 
 
@@ -330,6 +338,7 @@ class Charge(Command):
     amount: int
     metadata: dict[str, str] = field(default_factory=dict)
     preconditions: tuple[Precondition, ...] = ()
+    overage: str = "reject"  # model.Overage
 
     method = "Charge"
 
@@ -338,6 +347,7 @@ class Charge(Command):
         v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.metadata("metadata", self.metadata)
         v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
+        v.overage(self.overage)
         v.raise_if_any()
 
 
@@ -440,6 +450,28 @@ class Refund(Command):
 
 
 @dataclass(frozen=True)
+class SetSpendingLimits(Command):
+    """Admin: the pair's floor (<= 0; how far below zero DEBT-mode spends may go)."""
+
+    account_id: str
+    asset: str
+    floor: int
+    preconditions: tuple[Precondition, ...] = ()
+
+    method = "SetSpendingLimits"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.account_id("account_id", self.account_id)
+        v.asset("asset", self.asset)
+        if not limits.FLOOR_MIN <= self.floor <= 0:
+            v.add("floor", f"must be between {limits.FLOOR_MIN} (FLOOR_MIN, -AMOUNT_MAX) and 0")
+        v.idempotency_key(self.idempotency_key)
+        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
 class ExpireDue:
     """Internal (sweeper): make durable what is due among these reservations and
     (account, asset) pairs. No caller and no key: never recorded, never replayed."""
@@ -486,6 +518,8 @@ class Batch(Command):
 
 
 # What callers send: keyed by (caller, idempotency_key), recorded, replayed.
-KeyedCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund
+KeyedCommand = (
+    Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund | SetSpendingLimits
+)
 # A Batch is unkeyed itself: its commands are keyed, each on its own.
 MutatingCommand = KeyedCommand | ExpireDue | Batch

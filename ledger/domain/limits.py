@@ -38,3 +38,5 @@ BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: M
 # Preconditions one mutation may carry (one per pair it touches; a group touches at most
 # GROUP_LEGS_MAX pairs).
 PRECONDITIONS_MAX = GROUP_LEGS_MAX
+# The lowest floor SetSpendingLimits takes (credit extended to one pair, at most).
+FLOOR_MIN = -AMOUNT_MAX

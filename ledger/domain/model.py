@@ -28,6 +28,10 @@ class Movement(enum.Enum):
     REFUND = "refund"
     RESERVATION_EXPIRY = "reservation_expiry"
     LOT_EXPIRY = "lot_expiry"
+    # Credits lent to an account by a DEBT-mode spend (@overdraft -> available, a lot of
+    # its own), and paid back from a later grant (available -> @overdraft).
+    DEBT = "debt"
+    DEBT_REPAYMENT = "debt_repayment"
 
 
 class Bucket(enum.Enum):
@@ -40,6 +44,15 @@ class Bucket(enum.Enum):
 ISSUANCE = "@issuance"
 CONSUMED = "@consumed"
 EXPIRED = "@expired"
+OVERDRAFT = "@overdraft"
+
+
+class Overage(enum.Enum):
+    """What a Reserve or Charge does when the amount is more than the pair can spend."""
+
+    REJECT = "reject"  # all or nothing (INSUFFICIENT_CREDITS)
+    CAP = "cap"  # take what can be spent, up to the amount (0 is an answer)
+    DEBT = "debt"  # spend below zero, down to the pair's floor
 
 
 @dataclass
@@ -57,9 +70,23 @@ class Balance:
     # One more for every change of the pair: each command that changes it, and
     # each deadline rules.catch_up applies to it (docs/design.md, "Versions").
     version: int = 0
+    # Spending limits (SetSpendingLimits): how far below zero the pair may go in
+    # DEBT mode (<= 0), and what it owes (credits spent that no grant backed).
+    floor: int = 0
+    debt: int = 0
 
     def copy(self) -> Balance:
         return Balance(**self.__dict__)
+
+    @property
+    def spendable(self) -> int:
+        """What a REJECT- or CAP-mode spend may take: what lots hold, less the debt."""
+        return self.available - self.debt
+
+    @property
+    def spendable_in_debt(self) -> int:
+        """What a DEBT-mode spend may take: down to the floor (held credits count)."""
+        return self.available - self.debt - self.floor
 
 
 @dataclass
@@ -183,6 +210,13 @@ class ReservationResult:
 
 
 @dataclass(frozen=True)
+class LimitsResult:
+    """SetSpendingLimits' answer: the pair with its limits and version."""
+
+    balance: Balance
+
+
+@dataclass(frozen=True)
 class GroupResult:
     group_id: str
     reservations: list[Reservation]
@@ -211,4 +245,4 @@ class BatchResult:
     outcomes: tuple[tuple[GrantResult | ReservationResult | LedgerError, bool], ...]
 
 
-Result = GrantResult | ReservationResult | GroupResult | BatchResult | None
+Result = GrantResult | ReservationResult | GroupResult | BatchResult | LimitsResult | None

@@ -20,8 +20,10 @@ from ledger.domain.model import (
     Allocation,
     GrantResult,
     GroupResult,
+    LimitsResult,
     Lot,
     Movement,
+    Overage,
     Reservation,
     ReservationResult,
     ReservationState,
@@ -31,6 +33,7 @@ from ledger.domain.workingset import (
     CONSUMED_SIDE,
     EXPIRED_SIDE,
     ISSUED,
+    OVERDRAFT_SIDE,
     LotsNotLoaded,
     PairKey,
     WorkingSet,
@@ -62,6 +65,8 @@ def _with_versions(ws: WorkingSet, result: Result) -> Result:
         return ReservationResult(
             result.reservation, ws.balance(result.balance.account_id, result.balance.asset).copy()
         )
+    if isinstance(result, LimitsResult):
+        return LimitsResult(ws.balance(result.balance.account_id, result.balance.asset).copy())
     if isinstance(result, GroupResult):
         return dataclasses.replace(
             result,
@@ -85,6 +90,8 @@ def _apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
         return release(ws, cmd)
     if isinstance(cmd, c.Refund):
         return refund(ws, cmd)
+    if isinstance(cmd, c.SetSpendingLimits):
+        return set_spending_limits(ws, cmd)
     if isinstance(cmd, c.ExpireDue):
         expire_due(ws, cmd)
         return None
@@ -230,8 +237,9 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
     )
     ws.add_lot(lot)
     ws.dirty_lots.add(lot.lot_id)
+    tx = ws.make_id()
     ws.transfer(
-        ws.make_id(),
+        tx,
         cmd.asset,
         cmd.amount,
         ISSUED,
@@ -239,7 +247,27 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
         Movement.GRANT,
         lot_id=lot.lot_id,
     )
+    _repay(ws, tx, lot)
     return GrantResult(bal.copy(), dataclasses.replace(lot))
+
+
+def _repay(ws: WorkingSet, tx: str, lot: Lot) -> None:
+    """A grant to a pair in debt pays the debt back first, out of the new lot, as
+    entries of their own movement (DEBT_REPAYMENT) that the statement shows."""
+    bal = ws.balance(lot.account_id, lot.asset)
+    paid = min(lot.remaining, bal.debt)
+    if paid <= 0:
+        return
+    ws.transfer(
+        tx,
+        lot.asset,
+        paid,
+        available(lot.account_id),
+        OVERDRAFT_SIDE,
+        Movement.DEBT_REPAYMENT,
+        lot_id=lot.lot_id,
+    )
+    lot.remaining -= paid
 
 
 def _draw(ws: WorkingSet, account_id: str, asset: str, amount: int) -> list[tuple[Lot, int]]:
@@ -327,17 +355,92 @@ def _ttl(ttl_s: float | None) -> timedelta:
     return timedelta(seconds=limits.TTL_DEFAULT_S if ttl_s is None else ttl_s)
 
 
+# ---------------------------------------------------------------- overage modes
+
+
+def _to_take(ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str) -> int:
+    """How much a Reserve or Charge takes, by its overage mode (docs/design.md,
+    "Spending limits"): REJECT all or nothing down to zero; CAP what can be spent
+    down to zero, up to the amount (0 is an answer); DEBT all or nothing down to
+    the pair's floor, lending what the lots lack (_borrow).
+    Errors: InsufficientCredits (REJECT, DEBT)."""
+    _available(ws, account_id, asset)
+    bal = ws.balance(account_id, asset)
+    mode = Overage(overage)
+    room = bal.spendable_in_debt if mode is Overage.DEBT else bal.spendable
+    if mode is Overage.CAP:
+        return max(0, min(amount, room))
+    if room < amount:
+        raise _insufficient(account_id, asset, room, amount)
+    return amount
+
+
+def _borrow(ws: WorkingSet, tx: str, account_id: str, asset: str, amount: int) -> None:
+    """Before a spend of `amount`: lend the pair what its lots lack, as a lot of its
+    own (source "overdraft", spent last) funded by @overdraft (movement DEBT), so
+    that holds, settles, releases and refunds treat it as any lot."""
+    bal = ws.balance(account_id, asset)
+    lent = amount - bal.available
+    if lent <= 0:
+        return
+    key = (account_id, asset)
+    if key in ws.lot_horizon:
+        raise LotsNotLoaded({key})  # every lot is spent first: have them all
+    lot = Lot(
+        lot_id=ws.make_id(),
+        account_id=account_id,
+        asset=asset,
+        amount=lent,
+        remaining=lent,
+        priority=limits.PRIORITY_MAX,
+        source="overdraft",
+        expires_at=None,
+        created_at=ws.now,
+    )
+    ws.add_lot(lot)
+    ws.dirty_lots.add(lot.lot_id)
+    ws.transfer(
+        tx, asset, lent, OVERDRAFT_SIDE, available(account_id), Movement.DEBT, lot_id=lot.lot_id
+    )
+
+
+def _nothing_taken(ws: WorkingSet, account_id: str, asset: str) -> ReservationResult:
+    """CAP with nothing spendable: an answer (0 taken), recorded and replayed, no
+    reservation stored (its id is empty) and nothing changed."""
+    res = _new_reservation(ws, account_id, asset, 0)
+    res.state = ReservationState.CLOSED
+    res.reservation_id = ""
+    return ReservationResult(snapshot(res), ws.balance(account_id, asset).copy())
+
+
+def set_spending_limits(ws: WorkingSet, cmd: c.SetSpendingLimits) -> LimitsResult:
+    """Errors: AccountNotFound, PreconditionFailed. The same floor again changes nothing."""
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
+    key = (cmd.account_id, cmd.asset)
+    catch_up(ws, *key)
+    check_preconditions(ws, cmd.preconditions, key)
+    bal = ws.balance(*key)
+    if bal.floor != cmd.floor:
+        bal.floor = cmd.floor
+        ws.limit_changes.append((cmd.account_id, cmd.asset, cmd.floor, ws.make_id()))
+        ws.dirty_balances.add(key)
+        ws.changing.add(key)
+    return LimitsResult(bal.copy())
+
+
 def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
-    """Errors: AccountNotFound, InsufficientCredits."""
+    """Errors: AccountNotFound, PreconditionFailed, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset))
-    available_now = _available(ws, cmd.account_id, cmd.asset)
-    if available_now < cmd.amount:
-        raise _insufficient(cmd.account_id, cmd.asset, available_now, cmd.amount)
-    res = _new_reservation(ws, cmd.account_id, cmd.asset, cmd.amount)
+    amount = _to_take(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
+    if amount == 0:
+        return _nothing_taken(ws, cmd.account_id, cmd.asset)
+    tx = ws.make_id()
+    _borrow(ws, tx, cmd.account_id, cmd.asset, amount)
+    res = _new_reservation(ws, cmd.account_id, cmd.asset, amount)
     res.expires_at = ws.now + _ttl(cmd.ttl_s)
     res.metadata = dict(cmd.metadata)
-    return _result(ws, _hold(ws, ws.make_id(), res))
+    return _result(ws, _hold(ws, tx, res))
 
 
 def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
@@ -351,7 +454,8 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
         _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
         key = (leg.account_id, leg.asset)
         needed[key] = needed.get(key, 0) + leg.amount
-        available_now = _available(ws, leg.account_id, leg.asset)
+        # Down to zero (a group has no overage mode): what lots hold, less any debt.
+        available_now = _available(ws, leg.account_id, leg.asset) - ws.balance(*key).debt
         if available_now < needed[key]:
             raise _insufficient(
                 leg.account_id,
@@ -377,16 +481,18 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
 
 
 def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
-    """Reserve and settle in one step. Errors: AccountNotFound, InsufficientCredits."""
+    """Reserve and settle in one step. Errors: AccountNotFound, PreconditionFailed,
+    InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset))
-    available_now = _available(ws, cmd.account_id, cmd.asset)
-    if available_now < cmd.amount:
-        raise _insufficient(cmd.account_id, cmd.asset, available_now, cmd.amount)
+    amount = _to_take(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
+    if amount == 0:
+        return _nothing_taken(ws, cmd.account_id, cmd.asset)
     tx = ws.make_id()
-    res = _new_reservation(ws, cmd.account_id, cmd.asset, cmd.amount)
+    _borrow(ws, tx, cmd.account_id, cmd.asset, amount)
+    res = _new_reservation(ws, cmd.account_id, cmd.asset, amount)
     res.metadata = dict(cmd.metadata)
-    for lot, take in _draw(ws, cmd.account_id, cmd.asset, cmd.amount):
+    for lot, take in _draw(ws, cmd.account_id, cmd.asset, amount):
         res.allocations.append(Allocation(lot.lot_id, take, settled=take))
         # Straight from available to consumed: the hold would be undone in the same step.
         ws.transfer(
@@ -399,7 +505,7 @@ def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
             res.reservation_id,
             lot.lot_id,
         )
-    res.settled = cmd.amount
+    res.settled = amount
     ws.add_reservation(res)
     ws.end_hold(res, ReservationState.CLOSED)
     return _result(ws, res)

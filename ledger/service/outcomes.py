@@ -13,6 +13,7 @@ from ledger.domain import codec, errors
 from ledger.domain.model import (
     GrantResult,
     GroupResult,
+    LimitsResult,
     ReservationResult,
     Result,
 )
@@ -51,6 +52,8 @@ def encode(outcome: Outcome) -> dict[str, Any]:
                 "balances": [codec.balance_to_dict(b) for b in outcome.balances],
             }
         }
+    if isinstance(outcome, LimitsResult):
+        return {"limits": {"balance": codec.balance_to_dict(outcome.balance)}}
     return {"none": {}}
 
 
@@ -77,4 +80,6 @@ def decode(stored: dict[str, Any]) -> Outcome:
             # Recorded before versions (migration 0011): no balances.
             tuple(codec.balance_from(b) for b in g.get("balances", ())),
         )
+    if "limits" in stored:
+        return LimitsResult(codec.balance_from(stored["limits"]["balance"]))
     return None

@@ -103,7 +103,8 @@ _WRITER_PLANS = (
 )
 
 _BALANCE_COLS = (
-    "account_id, asset, available, reserved, granted, settled, refunded, expired, version"
+    "account_id, asset, available, reserved, granted, settled, refunded, expired, version,"
+    " floor, debt"
 )
 _LOT_COLS = "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at"
 _RES_COLS = (
@@ -170,11 +171,11 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     INSERT INTO balances ({_BALANCE_COLS})
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'b') AS t(
         account_id text, asset text, available int8, reserved int8, granted int8, settled int8,
-        refunded int8, expired int8, version int8)
+        refunded int8, expired int8, version int8, floor int8, debt int8)
     ON CONFLICT (account_id, asset) DO UPDATE SET
         available = EXCLUDED.available, reserved = EXCLUDED.reserved, granted = EXCLUDED.granted,
         settled = EXCLUDED.settled, refunded = EXCLUDED.refunded, expired = EXCLUDED.expired,
-        version = EXCLUDED.version
+        version = EXCLUDED.version, floor = EXCLUDED.floor, debt = EXCLUDED.debt
     RETURNING 1
 ), l AS (
     INSERT INTO lots ({_LOT_COLS})
@@ -200,6 +201,11 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
         transaction_id uuid, account_id text, asset text, amount int8, movement text, bucket text,
         reservation_id uuid, lot_id uuid)
     RETURNING 1
+), s AS (
+    INSERT INTO spending_limits (transaction_id, account_id, asset, floor, created_at)
+    SELECT t.*, $2::timestamptz FROM d, jsonb_to_recordset(d.doc->'s') AS t(
+        transaction_id uuid, account_id text, asset text, floor int8)
+    RETURNING 1
 ), i AS (
     INSERT INTO idempotency (caller, key, method, request_hash, outcome, created_at, expires_at)
     SELECT t.caller, t.key, t.method, decode(t.request_hash, 'hex'), t.outcome, $2::timestamptz,
@@ -209,7 +215,7 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FROM r)
-     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i)
+     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i) + (SELECT count(*) FROM s)
 """
 
 
@@ -422,6 +428,10 @@ class PgBatch:
                     "lot_id": p.lot_id or None,
                 }
                 for p in ws.postings
+            ],
+            "s": [
+                {"transaction_id": tx, "account_id": a, "asset": asset, "floor": floor}
+                for a, asset, floor, tx in ws.limit_changes
             ],
             "i": [
                 {

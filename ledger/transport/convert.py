@@ -35,7 +35,22 @@ _MOVEMENT = {
     Movement.REFUND: pb.Entry.MOVEMENT_REFUND,
     Movement.RESERVATION_EXPIRY: pb.Entry.MOVEMENT_RESERVATION_EXPIRY,
     Movement.LOT_EXPIRY: pb.Entry.MOVEMENT_LOT_EXPIRY,
+    Movement.DEBT: pb.Entry.MOVEMENT_DEBT,
+    Movement.DEBT_REPAYMENT: pb.Entry.MOVEMENT_DEBT_REPAYMENT,
 }
+_OVERAGE: dict[int, str] = {
+    pb.OVERAGE_MODE_UNSPECIFIED: "reject",
+    pb.OVERAGE_MODE_REJECT: "reject",
+    pb.OVERAGE_MODE_CAP: "cap",
+    pb.OVERAGE_MODE_DEBT: "debt",
+}
+
+
+def overage(value: int) -> str:
+    """An unknown number stays as text the command's validation names (field overage)."""
+    return _OVERAGE.get(int(value), f"mode {int(value)}")
+
+
 _BUCKET = {
     Bucket.AVAILABLE: pb.Entry.BUCKET_AVAILABLE,
     Bucket.HELD: pb.Entry.BUCKET_HELD,
@@ -134,6 +149,7 @@ def reserve(req: pb.ReserveRequest, caller: str) -> c.Reserve:
         duration_s(req.ttl, req.HasField("ttl")),
         dict(req.metadata),
         preconditions(req.preconditions),
+        overage(req.overage),
     )
 
 
@@ -204,6 +220,18 @@ def charge(req: pb.ChargeRequest, caller: str) -> c.Charge:
         req.amount,
         dict(req.metadata),
         preconditions(req.preconditions),
+        overage(req.overage),
+    )
+
+
+def set_spending_limits(req: pb.SetSpendingLimitsRequest, caller: str) -> c.SetSpendingLimits:
+    return c.SetSpendingLimits(
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        req.floor,
+        preconditions(req.preconditions),
     )
 
 
@@ -253,6 +281,9 @@ def balance(b: Balance) -> pb.Balance:
         refunded=b.refunded,
         expired=b.expired,
         version=b.version,
+        floor=b.floor,
+        debt=b.debt,
+        spendable=b.spendable_in_debt,
     )
 
 

@@ -81,6 +81,9 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
             ]
         )
 
+    async def SetSpendingLimits(self, request: Any, context: Any) -> pb.SetSpendingLimitsResponse:
+        return pb.SetSpendingLimitsResponse()
+
 
 class _Metrics(BaseHTTPRequestHandler):
     def do_GET(self) -> None:

@@ -30,6 +30,44 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _OverageMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverageModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverageMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERAGE_MODE_UNSPECIFIED: _OverageMode.ValueType  # 0
+    """The default: OVERAGE_MODE_REJECT."""
+    OVERAGE_MODE_REJECT: _OverageMode.ValueType  # 1
+    """All or nothing down to zero: INSUFFICIENT_CREDITS and nothing changed."""
+    OVERAGE_MODE_CAP: _OverageMode.ValueType  # 2
+    """Take what can be spent down to zero, up to the amount; the reply's `taken`
+    says how much (0 is an answer, not an error, replayed like any outcome).
+    """
+    OVERAGE_MODE_DEBT: _OverageMode.ValueType  # 3
+    """All or nothing down to the pair's floor (SetSpendingLimits): what the lots
+    lack is lent (Entry MOVEMENT_DEBT) and owed (Balance.debt) until a grant
+    pays it back; past the floor, INSUFFICIENT_CREDITS.
+    """
+
+class OverageMode(_OverageMode, metaclass=_OverageModeEnumTypeWrapper):
+    """What a Reserve or Charge does when the amount is more than the pair can spend."""
+
+OVERAGE_MODE_UNSPECIFIED: OverageMode.ValueType  # 0
+"""The default: OVERAGE_MODE_REJECT."""
+OVERAGE_MODE_REJECT: OverageMode.ValueType  # 1
+"""All or nothing down to zero: INSUFFICIENT_CREDITS and nothing changed."""
+OVERAGE_MODE_CAP: OverageMode.ValueType  # 2
+"""Take what can be spent down to zero, up to the amount; the reply's `taken`
+says how much (0 is an answer, not an error, replayed like any outcome).
+"""
+OVERAGE_MODE_DEBT: OverageMode.ValueType  # 3
+"""All or nothing down to the pair's floor (SetSpendingLimits): what the lots
+lack is lent (Entry MOVEMENT_DEBT) and owed (Balance.debt) until a grant
+pays it back; past the floor, INSUFFICIENT_CREDITS.
+"""
+Global___OverageMode: _TypeAlias = OverageMode  # noqa: Y015
+
 class _ErrorReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -219,6 +257,9 @@ class Balance(_message.Message):
     REFUNDED_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    FLOOR_FIELD_NUMBER: _builtins.int
+    DEBT_FIELD_NUMBER: _builtins.int
+    SPENDABLE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account this balance belongs to."""
     asset: _builtins.str
@@ -248,6 +289,18 @@ class Balance(_message.Message):
     moves it, each hold or lot expiry applied to it, whether a write or only
     this read applied it). A Precondition may name it.
     """
+    floor: _builtins.int
+    """How far below zero a DEBT-mode spend may take the pair (<= 0; 0 means not
+    at all); set by SetSpendingLimits.
+    """
+    debt: _builtins.int
+    """Credits spent that no grant backed (lent by DEBT-mode spends); the next
+    grants pay it back first.
+    """
+    spendable: _builtins.int
+    """What a DEBT-mode spend may take now: available - debt - floor (held
+    credits always count). A REJECT or CAP spend may take available - debt.
+    """
     def __init__(
         self,
         *,
@@ -260,10 +313,13 @@ class Balance(_message.Message):
         refunded: _builtins.int = ...,
         expired: _builtins.int = ...,
         version: _builtins.int = ...,
+        floor: _builtins.int = ...,
+        debt: _builtins.int = ...,
+        spendable: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "expired", b"expired", "granted", b"granted", "refunded", b"refunded", "reserved", b"reserved", "settled", b"settled", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "debt", b"debt", "expired", b"expired", "floor", b"floor", "granted", b"granted", "refunded", b"refunded", "reserved", b"reserved", "settled", b"settled", "spendable", b"spendable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -623,6 +679,10 @@ class Entry(_message.Message):
         """Held credits given back because the reservation expired."""
         MOVEMENT_LOT_EXPIRY: Entry._Movement.ValueType  # 7
         """Credits written off because their lot expired."""
+        MOVEMENT_DEBT: Entry._Movement.ValueType  # 8
+        """Credits lent by @overdraft to a DEBT-mode spend (a lot of source "overdraft")."""
+        MOVEMENT_DEBT_REPAYMENT: Entry._Movement.ValueType  # 9
+        """A grant paying back the account's debt to @overdraft, first."""
 
     class Movement(_Movement, metaclass=_MovementEnumTypeWrapper):
         """The kind of movement an entry belongs to."""
@@ -643,6 +703,10 @@ class Entry(_message.Message):
     """Held credits given back because the reservation expired."""
     MOVEMENT_LOT_EXPIRY: Entry.Movement.ValueType  # 7
     """Credits written off because their lot expired."""
+    MOVEMENT_DEBT: Entry.Movement.ValueType  # 8
+    """Credits lent by @overdraft to a DEBT-mode spend (a lot of source "overdraft")."""
+    MOVEMENT_DEBT_REPAYMENT: Entry.Movement.ValueType  # 9
+    """A grant paying back the account's debt to @overdraft, first."""
 
     class _Bucket:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -988,6 +1052,7 @@ class ReserveRequest(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to hold credits on."""
     asset: _builtins.str
@@ -996,6 +1061,8 @@ class ReserveRequest(_message.Message):
     """Credits to hold, 1 to 10^15."""
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    overage: Global___OverageMode.ValueType
+    """What to do when amount is more than can be spent; unset means REJECT."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """How long the hold lasts; unset means 15 minutes; 1 s to 30 days."""
@@ -1018,10 +1085,11 @@ class ReserveRequest(_message.Message):
         ttl: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+        overage: Global___OverageMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "overage", b"overage", "preconditions", b"preconditions", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1035,6 +1103,11 @@ class ReserveResponse(_message.Message):
 
     RESERVATION_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    TAKEN_FIELD_NUMBER: _builtins.int
+    taken: _builtins.int
+    """How much was taken: the amount, or with OVERAGE_MODE_CAP possibly less
+    (0: nothing was, and the reservation is empty, with no id).
+    """
     @_builtins.property
     def reservation(self) -> Global___Reservation:
         """The reservation made."""
@@ -1048,10 +1121,11 @@ class ReserveResponse(_message.Message):
         *,
         reservation: Global___Reservation | None = ...,
         balance: Global___Balance | None = ...,
+        taken: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation", "taken", b"taken"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1427,6 +1501,7 @@ class ChargeRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to charge."""
     asset: _builtins.str
@@ -1435,6 +1510,8 @@ class ChargeRequest(_message.Message):
     """Credits to consume, 1 to 10^15."""
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    overage: Global___OverageMode.ValueType
+    """What to do when amount is more than can be spent; unset means REJECT."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels stored on the reservation."""
@@ -1452,10 +1529,11 @@ class ChargeRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+        overage: Global___OverageMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "overage", b"overage", "preconditions", b"preconditions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1469,6 +1547,11 @@ class ChargeResponse(_message.Message):
 
     RESERVATION_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    TAKEN_FIELD_NUMBER: _builtins.int
+    taken: _builtins.int
+    """How much was taken: the amount, or with OVERAGE_MODE_CAP possibly less
+    (0: nothing was, and the reservation is empty, with no id).
+    """
     @_builtins.property
     def reservation(self) -> Global___Reservation:
         """The settled and closed reservation that records the charge."""
@@ -1482,10 +1565,11 @@ class ChargeResponse(_message.Message):
         *,
         reservation: Global___Reservation | None = ...,
         balance: Global___Balance | None = ...,
+        taken: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation", "taken", b"taken"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1894,6 +1978,70 @@ class SubmitBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015
+
+@_typing.final
+class SetSpendingLimitsRequest(_message.Message):
+    """Request of SetSpendingLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    FLOOR_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account; it must exist."""
+    asset: _builtins.str
+    """The asset."""
+    floor: _builtins.int
+    """The floor: -10^15 (FLOOR_MIN) to 0. 0 (the default) allows no debt."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pair (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        floor: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "floor", b"floor", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendingLimitsRequest: _TypeAlias = SetSpendingLimitsRequest  # noqa: Y015
+
+@_typing.final
+class SetSpendingLimitsResponse(_message.Message):
+    """Response of SetSpendingLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The pair with its floor and version."""
+
+    def __init__(
+        self,
+        *,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendingLimitsResponse: _TypeAlias = SetSpendingLimitsResponse  # noqa: Y015
 
 @_typing.final
 class ListReservationsRequest(_message.Message):

@@ -86,6 +86,11 @@ class LedgerServiceStub:
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
     """
+    SetSpendingLimits: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SetSpendingLimitsRequest, _ledger_pb2.SetSpendingLimitsResponse]
+    """SetSpendingLimits sets an account x asset's floor: how far below zero a
+    Reserve or Charge with overage OVERAGE_MODE_DEBT may take it. Admin only;
+    idempotent by key; one more version of the pair when the floor changes.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -136,6 +141,11 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     command fails the call (its own status, ErrorInfo metadata batch_index)
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
+    """
+    SetSpendingLimits: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SetSpendingLimitsRequest, _ledger_pb2.SetSpendingLimitsResponse]  # type: ignore[assignment]
+    """SetSpendingLimits sets an account x asset's floor: how far below zero a
+    Reserve or Charge with overage OVERAGE_MODE_DEBT may take it. Admin only;
+    idempotent by key; one more version of the pair when the floor changes.
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -274,6 +284,17 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         command fails the call (its own status, ErrorInfo metadata batch_index)
         and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
         BATCH_BYTES_MAX bytes per request.
+        """
+
+    @_abc_1.abstractmethod
+    def SetSpendingLimits(
+        self,
+        request: _ledger_pb2.SetSpendingLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.SetSpendingLimitsResponse, _abc.Awaitable[_ledger_pb2.SetSpendingLimitsResponse]]:
+        """SetSpendingLimits sets an account x asset's floor: how far below zero a
+        Reserve or Charge with overage OVERAGE_MODE_DEBT may take it. Admin only;
+        idempotent by key; one more version of the pair when the floor changes.
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
