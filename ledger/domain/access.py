@@ -47,6 +47,7 @@ NEEDED: dict[str, Permission] = {
     "Refund": Permission.REFUND,
     "Grant": Permission.GRANT,
     "SetSpendingLimits": Permission.ADMIN,
+    "SetMemberCap": Permission.ADMIN,
 }
 
 #: The prefix that stands for every account in a caller file.

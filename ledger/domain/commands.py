@@ -471,6 +471,35 @@ class SetSpendingLimits(Command):
         v.raise_if_any()
 
 
+CAP_WINDOWS = ("day", "month", "lifetime")  # model.CapWindow's values
+
+
+@dataclass(frozen=True)
+class SetMemberCap(Command):
+    """Admin: cap what the account may spend of the asset per window (whoever's
+    lots fund it), checked against settled-in-window + held; None removes it."""
+
+    account_id: str
+    asset: str
+    window: str
+    cap: int | None
+    preconditions: tuple[Precondition, ...] = ()
+
+    method = "SetMemberCap"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.account_id("account_id", self.account_id)
+        v.asset("asset", self.asset)
+        if self.window not in CAP_WINDOWS:
+            v.add("window", "must be CAP_WINDOW_DAY, CAP_WINDOW_MONTH or CAP_WINDOW_LIFETIME")
+        if self.cap is not None:
+            v.amount("cap", self.cap, allow_zero=True)
+        v.idempotency_key(self.idempotency_key)
+        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
+        v.raise_if_any()
+
+
 @dataclass(frozen=True)
 class ExpireDue:
     """Internal (sweeper): make durable what is due among these reservations and
@@ -519,7 +548,15 @@ class Batch(Command):
 
 # What callers send: keyed by (caller, idempotency_key), recorded, replayed.
 KeyedCommand = (
-    Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund | SetSpendingLimits
+    Grant
+    | Reserve
+    | Charge
+    | ReserveGroup
+    | Settle
+    | Release
+    | Refund
+    | SetSpendingLimits
+    | SetMemberCap
 )
 # A Batch is unkeyed itself: its commands are keyed, each on its own.
 MutatingCommand = KeyedCommand | ExpireDue | Batch

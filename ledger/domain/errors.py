@@ -143,6 +143,21 @@ class PreconditionFailed(LedgerError):
     reason = "PRECONDITION_FAILED"
 
 
+class PoolDepthExceeded(LedgerError):
+    """CreateAccount under a parent that already has POOL_DEPTH_MAX ancestors."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "POOL_DEPTH_EXCEEDED"
+
+
+class CapExceeded(LedgerError):
+    """A spend would take a member past one of its caps; nothing changed. The
+    metadata names the cap (window, cap) and what is left of it (remaining)."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "CAP_EXCEEDED"
+
+
 class Contention(LedgerError):
     """Serialization retries ran out; nothing was recorded, retry with the same key."""
 
@@ -214,5 +229,6 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         BalanceLimitExceeded,
         LotLimitExceeded,
         PreconditionFailed,
+        CapExceeded,
     )
 }

@@ -40,3 +40,5 @@ BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: M
 PRECONDITIONS_MAX = GROUP_LEGS_MAX
 # The lowest floor SetSpendingLimits takes (credit extended to one pair, at most).
 FLOOR_MIN = -AMOUNT_MAX
+# Levels of ancestors above an account (a member's pool, the pool's pool, ...).
+POOL_DEPTH_MAX = 3

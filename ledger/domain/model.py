@@ -74,6 +74,16 @@ class Balance:
     # DEBT mode (<= 0), and what it owes (credits spent that no grant backed).
     floor: int = 0
     debt: int = 0
+    # Member caps (None: none) and their counters (docs/design.md, "Shared pools").
+    cap_day: int | None = None
+    cap_month: int | None = None
+    cap_lifetime: int | None = None
+    cap_held: int = 0  # held now by this account's spends, wherever their credits are
+    spent_day: int = 0  # settled by this account's spends on day_start (UTC)
+    day_start: str | None = None  # ISO date
+    spent_month: int = 0
+    month_start: str | None = None  # ISO date of the month's first day
+    spent_total: int = 0
 
     def copy(self) -> Balance:
         return Balance(**self.__dict__)
@@ -149,6 +159,13 @@ class Reservation:
     expired: int = 0
     # The leg's place in its ReserveGroup request (0 outside a group).
     leg_index: int = 0
+    # The account that spent, when an ancestor's lots fund the hold (account_id is
+    # then the ancestor's); empty for an account's own spends.
+    member_id: str = ""
+
+    @property
+    def spender(self) -> str:
+        return self.member_id or self.account_id
 
     @property
     def remaining(self) -> int:
@@ -192,6 +209,24 @@ class Account:
     metadata: dict[str, str]
     created_at: datetime
     balances: list[Balance]
+    parent_id: str = ""
+
+
+class CapWindow(enum.Enum):
+    DAY = "day"
+    MONTH = "month"
+    LIFETIME = "lifetime"
+
+
+@dataclass(frozen=True)
+class CapView:
+    """One cap of a member as a read shows it."""
+
+    window: CapWindow
+    cap: int
+    used: int  # settled in the window + held now
+    remaining: int
+    resets_at: datetime | None  # None: lifetime
 
 
 # ---- results of commands (what a reply carries, and what a replay returns) ----
@@ -229,6 +264,11 @@ class BalanceView:
     balance: Balance
     expiring_amount: int
     lots: list[Lot]
+    # Shared pools: the pair spends draw from, what the account may spend now
+    # (the lesser of that pair's and its caps' room), and its caps.
+    funded_by: str = ""
+    may_spend: int = 0
+    caps: tuple[CapView, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,16 @@ due whatever the command then decides.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits
 from ledger.domain.access import Scope, in_scope
 from ledger.domain.model import (
     Allocation,
+    Balance,
+    CapView,
+    CapWindow,
     GrantResult,
     GroupResult,
     LimitsResult,
@@ -92,6 +95,8 @@ def _apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
         return refund(ws, cmd)
     if isinstance(cmd, c.SetSpendingLimits):
         return set_spending_limits(ws, cmd)
+    if isinstance(cmd, c.SetMemberCap):
+        return set_member_cap(ws, cmd)
     if isinstance(cmd, c.ExpireDue):
         expire_due(ws, cmd)
         return None
@@ -348,6 +353,7 @@ def _hold(ws: WorkingSet, tx: str, res: Reservation) -> Reservation:
         )
     ws.add_reservation(res)
     ws.dirty_reservations.add(res.reservation_id)
+    _count(ws, res, held_by=res.amount)
     return res
 
 
@@ -355,10 +361,155 @@ def _ttl(ttl_s: float | None) -> timedelta:
     return timedelta(seconds=limits.TTL_DEFAULT_S if ttl_s is None else ttl_s)
 
 
+# ---------------------------------------------------------------- shared pools and member caps
+
+
+def funder(ws: WorkingSet, account_id: str, asset: str) -> str:
+    """The account whose lots a spend of `account_id` draws: its own when it has
+    lots of the asset (or may go below zero), else the nearest ancestor that has
+    (docs/design.md, "Shared pools"); its own when none has. Every pair on the
+    way is caught up first."""
+    for acct in (account_id, *ws.ancestors.get(account_id, ())):
+        catch_up(ws, acct, asset)
+        bal = ws.balance(acct, asset)
+        if bal.available > 0 or bal.floor < 0:
+            return acct
+    return account_id
+
+
+def _windows(now: datetime) -> tuple[str, str]:
+    """The UTC day and calendar month `now` is in, as their first days (ISO)."""
+    day = now.astimezone(UTC).date()
+    return day.isoformat(), day.replace(day=1).isoformat()
+
+
+def _roll(bal: Balance, now: datetime) -> None:
+    """A cap window's counter restarts at its boundary: computed, never swept."""
+    day, month = _windows(now)
+    if bal.day_start != day:
+        bal.spent_day, bal.day_start = 0, day
+    if bal.month_start != month:
+        bal.spent_month, bal.month_start = 0, month
+
+
+def _next_boundary(window: CapWindow, now: datetime) -> datetime | None:
+    day = now.astimezone(UTC).date()
+    if window is CapWindow.DAY:
+        nxt = day + timedelta(days=1)
+    elif window is CapWindow.MONTH:
+        nxt = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    else:
+        return None
+    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=UTC)
+
+
+def cap_views(ws: WorkingSet, account_id: str, asset: str) -> tuple[CapView, ...]:
+    """The pair's caps at `ws.now`: each checked against what its account's spends
+    settled in the window plus what they hold now (on whatever pair)."""
+    for acct in ws.ancestors.get(account_id, ()):
+        catch_up(ws, acct, asset)  # a pool's expired holds give the member's back
+    catch_up(ws, account_id, asset)
+    bal = ws.balance(account_id, asset)
+    _roll(bal, ws.now)
+    out = []
+    for window, cap, spent in (
+        (CapWindow.DAY, bal.cap_day, bal.spent_day),
+        (CapWindow.MONTH, bal.cap_month, bal.spent_month),
+        (CapWindow.LIFETIME, bal.cap_lifetime, bal.spent_total),
+    ):
+        if cap is not None:
+            used = spent + bal.cap_held
+            out.append(
+                CapView(window, cap, used, max(0, cap - used), _next_boundary(window, ws.now))
+            )
+    return tuple(out)
+
+
+def _cap_room(ws: WorkingSet, account_id: str, asset: str) -> tuple[int | None, CapView | None]:
+    """What the caps leave (None: no cap) and the tightest one."""
+    views = cap_views(ws, account_id, asset)
+    if not views:
+        return None, None
+    tightest = min(views, key=lambda v: v.remaining)
+    return tightest.remaining, tightest
+
+
+def _cap_exceeded(
+    account_id: str, asset: str, view: CapView, requested: int, leg_key: str = ""
+) -> errors.CapExceeded:
+    meta = {
+        "account_id": account_id,
+        "asset": asset,
+        "window": view.window.value,
+        "cap": str(view.cap),
+        "used": str(view.used),
+        "remaining": str(view.remaining),
+        "requested": str(requested),
+    }
+    if leg_key:
+        meta["leg_key"] = leg_key
+    return errors.CapExceeded(
+        f"{account_id} may spend {view.remaining} more {asset} this {view.window.value} (cap"
+        f" {view.cap}, used {view.used}), {requested} requested; nothing changed",
+        meta,
+    )
+
+
+def _count(ws: WorkingSet, res: Reservation, held_by: int = 0, spent: int = 0) -> None:
+    """The spender's cap counters follow its holds and settles (whoever's lots)."""
+    key = (res.spender, res.asset)
+    bal = ws.balances.get(key)
+    if bal is None:
+        raise errors.InvariantViolation(f"cap counters of {key} not loaded")
+    if spent:
+        _roll(bal, ws.now)
+        bal.spent_day += spent
+        bal.spent_month += spent
+        bal.spent_total = min(bal.spent_total + spent, limits.INT64_MAX)
+    bal.cap_held += held_by
+    ws.dirty_balances.add(key)
+
+
+def set_member_cap(ws: WorkingSet, cmd: c.SetMemberCap) -> LimitsResult:
+    """Errors: AccountNotFound, PreconditionFailed. The same cap again changes nothing."""
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
+    key = (cmd.account_id, cmd.asset)
+    catch_up(ws, *key)
+    check_preconditions(ws, cmd.preconditions, key)
+    bal = ws.balance(*key)
+    name = f"cap_{cmd.window}"
+    if getattr(bal, name) != cmd.cap:
+        setattr(bal, name, cmd.cap)
+        ws.limit_changes.append((cmd.account_id, cmd.asset, name, cmd.cap, ws.make_id()))
+        ws.dirty_balances.add(key)
+        ws.changing.add(key)
+    return LimitsResult(bal.copy())
+
+
+def _spend_plan(
+    ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str
+) -> tuple[str, int]:
+    """(the account whose lots fund the spend, how much it takes): the caps first,
+    then the funding pair's room by the overage mode. Errors: CapExceeded,
+    InsufficientCredits."""
+    room, tightest = _cap_room(ws, account_id, asset)
+    source = funder(ws, account_id, asset)
+    if room is not None and tightest is not None:
+        if overage == Overage.CAP.value:
+            amount = min(amount, room)
+        elif room < amount:
+            raise _cap_exceeded(account_id, asset, tightest, amount)
+    if amount == 0:
+        return source, 0
+    return source, _to_take(ws, source, asset, amount, overage, account_id)
+
+
 # ---------------------------------------------------------------- overage modes
 
 
-def _to_take(ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str) -> int:
+def _to_take(
+    ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str, spender: str = ""
+) -> int:
     """How much a Reserve or Charge takes, by its overage mode (docs/design.md,
     "Spending limits"): REJECT all or nothing down to zero; CAP what can be spent
     down to zero, up to the amount (0 is an answer); DEBT all or nothing down to
@@ -371,7 +522,10 @@ def _to_take(ws: WorkingSet, account_id: str, asset: str, amount: int, overage: 
     if mode is Overage.CAP:
         return max(0, min(amount, room))
     if room < amount:
-        raise _insufficient(account_id, asset, room, amount)
+        exc = _insufficient(spender or account_id, asset, room, amount)
+        if spender and spender != account_id:
+            exc.metadata["funded_by"] = account_id
+        raise exc
     return amount
 
 
@@ -404,12 +558,13 @@ def _borrow(ws: WorkingSet, tx: str, account_id: str, asset: str, amount: int) -
     )
 
 
-def _nothing_taken(ws: WorkingSet, account_id: str, asset: str) -> ReservationResult:
+def _nothing_taken(ws: WorkingSet, account_id: str, asset: str, member: str) -> ReservationResult:
     """CAP with nothing spendable: an answer (0 taken), recorded and replayed, no
     reservation stored (its id is empty) and nothing changed."""
     res = _new_reservation(ws, account_id, asset, 0)
     res.state = ReservationState.CLOSED
     res.reservation_id = ""
+    res.member_id = member if member != account_id else ""
     return ReservationResult(snapshot(res), ws.balance(account_id, asset).copy())
 
 
@@ -422,7 +577,7 @@ def set_spending_limits(ws: WorkingSet, cmd: c.SetSpendingLimits) -> LimitsResul
     bal = ws.balance(*key)
     if bal.floor != cmd.floor:
         bal.floor = cmd.floor
-        ws.limit_changes.append((cmd.account_id, cmd.asset, cmd.floor, ws.make_id()))
+        ws.limit_changes.append((cmd.account_id, cmd.asset, "floor", cmd.floor, ws.make_id()))
         ws.dirty_balances.add(key)
         ws.changing.add(key)
     return LimitsResult(bal.copy())
@@ -432,43 +587,61 @@ def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
     """Errors: AccountNotFound, PreconditionFailed, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset))
-    amount = _to_take(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
+    source, amount = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
     if amount == 0:
-        return _nothing_taken(ws, cmd.account_id, cmd.asset)
+        return _nothing_taken(ws, source, cmd.asset, cmd.account_id)
     tx = ws.make_id()
-    _borrow(ws, tx, cmd.account_id, cmd.asset, amount)
-    res = _new_reservation(ws, cmd.account_id, cmd.asset, amount)
+    _borrow(ws, tx, source, cmd.asset, amount)
+    res = _new_reservation(ws, source, cmd.asset, amount)
+    res.member_id = cmd.account_id if source != cmd.account_id else ""
     res.expires_at = ws.now + _ttl(cmd.ttl_s)
     res.metadata = dict(cmd.metadata)
     return _result(ws, _hold(ws, tx, res))
 
 
 def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
-    """All legs or none. Errors: AccountNotFound, InsufficientCredits (naming the leg)."""
+    """All legs or none, across members of one pool and across pools: each leg's
+    caps, then its funding pair's room with every earlier leg on it counted.
+    Errors: AccountNotFound, PreconditionFailed, CapExceeded, InsufficientCredits
+    (naming the leg)."""
     if cmd.preconditions:
         for leg in cmd.legs:
             _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
         check_preconditions(ws, cmd.preconditions)
     needed: dict[PairKey, int] = {}
+    capped: dict[PairKey, int] = {}
+    sources: list[str] = []
     for leg in cmd.legs:
         _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
-        key = (leg.account_id, leg.asset)
+        member = (leg.account_id, leg.asset)
+        capped[member] = capped.get(member, 0) + leg.amount
+        room, tightest = _cap_room(ws, *member)
+        if room is not None and tightest is not None and room < capped[member]:
+            shown = dataclasses.replace(tightest, remaining=room - (capped[member] - leg.amount))
+            raise _cap_exceeded(leg.account_id, leg.asset, shown, leg.amount, leg.leg_key)
+        source = funder(ws, leg.account_id, leg.asset)
+        sources.append(source)
+        key = (source, leg.asset)
         needed[key] = needed.get(key, 0) + leg.amount
         # Down to zero (a group has no overage mode): what lots hold, less any debt.
-        available_now = _available(ws, leg.account_id, leg.asset) - ws.balance(*key).debt
+        available_now = _available(ws, source, leg.asset) - ws.balance(*key).debt
         if available_now < needed[key]:
-            raise _insufficient(
+            exc = _insufficient(
                 leg.account_id,
                 leg.asset,
                 available_now - (needed[key] - leg.amount),
                 leg.amount,
                 leg.leg_key,
             )
+            if source != leg.account_id:
+                exc.metadata["funded_by"] = source
+            raise exc
     group_id = ws.make_id()
     tx = ws.make_id()
     legs = []
-    for index, leg in enumerate(cmd.legs):
-        res = _new_reservation(ws, leg.account_id, leg.asset, leg.amount)
+    for index, (leg, source) in enumerate(zip(cmd.legs, sources, strict=True)):
+        res = _new_reservation(ws, source, leg.asset, leg.amount)
+        res.member_id = leg.account_id if source != leg.account_id else ""
         res.expires_at = ws.now + _ttl(cmd.ttl_s)
         # The group's metadata is stored once, on its first leg (issue 15: copied
         # onto 100 legs it multiplied what a caller could store); replies show
@@ -485,21 +658,22 @@ def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
     InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset))
-    amount = _to_take(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
+    source, amount = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
     if amount == 0:
-        return _nothing_taken(ws, cmd.account_id, cmd.asset)
+        return _nothing_taken(ws, source, cmd.asset, cmd.account_id)
     tx = ws.make_id()
-    _borrow(ws, tx, cmd.account_id, cmd.asset, amount)
-    res = _new_reservation(ws, cmd.account_id, cmd.asset, amount)
+    _borrow(ws, tx, source, cmd.asset, amount)
+    res = _new_reservation(ws, source, cmd.asset, amount)
+    res.member_id = cmd.account_id if source != cmd.account_id else ""
     res.metadata = dict(cmd.metadata)
-    for lot, take in _draw(ws, cmd.account_id, cmd.asset, amount):
+    for lot, take in _draw(ws, source, cmd.asset, amount):
         res.allocations.append(Allocation(lot.lot_id, take, settled=take))
         # Straight from available to consumed: the hold would be undone in the same step.
         ws.transfer(
             tx,
             cmd.asset,
             take,
-            available(cmd.account_id),
+            available(source),
             CONSUMED_SIDE,
             Movement.SETTLE,
             res.reservation_id,
@@ -508,6 +682,7 @@ def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
     res.settled = amount
     ws.add_reservation(res)
     ws.end_hold(res, ReservationState.CLOSED)
+    _count(ws, res, spent=amount)
     return _result(ws, res)
 
 
@@ -519,7 +694,7 @@ def _reservation_now(ws: WorkingSet, reservation_id: str, scope: Scope = None) -
     Errors: ReservationNotFound, also when its account is outside the caller's
     scope (checked before any change)."""
     res = ws.reservations.get(reservation_id)
-    if res is None or not in_scope(scope, res.account_id):
+    if res is None or not in_scope(scope, res.spender):
         raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
     catch_up(ws, res.account_id, res.asset)
     return res
@@ -573,6 +748,7 @@ def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
         )
     _moved_all(res, "settled", left)
     res.settled += cmd.amount
+    _count(ws, res, held_by=-cmd.amount, spent=cmd.amount)
     ws.dirty_reservations.add(res.reservation_id)
     if cmd.final and res.remaining:
         _give_back(ws, tx, res, res.remaining, Movement.RELEASE)
@@ -648,6 +824,7 @@ def _give_back(
             ws.dirty_lots.add(lot.lot_id)
     _moved_all(res, "released", left)
     ws.dirty_reservations.add(res.reservation_id)
+    _count(ws, res, held_by=-amount)
 
 
 def release(ws: WorkingSet, cmd: c.Release) -> ReservationResult:

@@ -109,8 +109,11 @@ class WorkingSet:
     _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
     _pair_holds: dict[PairKey, dict[str, Reservation]] = field(default_factory=dict)
     caught_up: dict[PairKey, datetime] = field(default_factory=dict)
-    # Floors set by this batch (SetSpendingLimits): (account, asset, floor, transaction).
-    limit_changes: list[tuple[str, str, int, str]] = field(default_factory=list)
+    # Limits set by this batch: (account, asset, kind, value, transaction); kind is
+    # "floor" or "cap_<window>", a None value removes a cap.
+    limit_changes: list[tuple[str, str, str, int | None, str]] = field(default_factory=list)
+    # Each loaded account's ancestors, nearest first (shared pools).
+    ancestors: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Pairs changed since the last end_change(): one change, one version.
     changing: set[PairKey] = field(default_factory=set)
 

@@ -68,13 +68,71 @@ CHECKS: list[tuple[str, str, str]] = [
         )
         SELECT r.account_id, r.asset, r.transaction_id, r.position, coalesce(f.floor, 0) AS floor
         FROM run r LEFT JOIN LATERAL (
-          SELECT min(s.floor) AS floor FROM spending_limits s
-          WHERE s.account_id = r.account_id AND s.asset = r.asset AND s.created_at <= r.at
+          SELECT min(s.value) AS floor FROM spending_limits s
+          WHERE s.account_id = r.account_id AND s.asset = r.asset AND s.kind = 'floor'
+            AND s.created_at <= r.at
             AND s.created_at >= coalesce((SELECT max(p.created_at) FROM spending_limits p
-                 WHERE p.account_id = r.account_id AND p.asset = r.asset AND p.created_at < r.at),
-                 '-infinity')
+                 WHERE p.account_id = r.account_id AND p.asset = r.asset AND p.kind = 'floor'
+                   AND p.created_at < r.at), '-infinity')
         ) f ON true
         WHERE r.spend AND r.position < coalesce(f.floor, 0)""",
+    ),
+    (
+        "cap_held_matches_open_holds",
+        "each account's cap_held equals what its spends' open reservations hold, on its own"
+        " pair or a pool's (member_id)",
+        """WITH h AS (SELECT coalesce(member_id, account_id) AS account_id, asset,
+                          sum(amount - settled - released - expired) AS held
+                   FROM reservations WHERE state = 'open' GROUP BY 1, 2)
+        SELECT coalesce(b.account_id, h.account_id) AS account_id, coalesce(b.asset, h.asset) AS asset,
+               b.cap_held, h.held
+        FROM balances b FULL JOIN h ON b.account_id = h.account_id AND b.asset = h.asset
+        WHERE coalesce(b.cap_held, 0) <> coalesce(h.held, 0)""",
+    ),
+    (
+        "never_past_cap",
+        "no spend (reserve, charge) took an account past a cap in force, replayed from the"
+        " journal: per spender, held now (held entries of its reservations) plus settled"
+        " (@consumed settle entries) in the UTC day, calendar month or ever",
+        f"""WITH r AS (
+          SELECT reservation_id, coalesce(member_id, account_id) AS spender FROM {_ALL_RESERVATIONS} x
+        ), ev AS (
+          SELECT r.spender, e.asset, e.transaction_id, min(e.entry_id) AS first_id,
+                 min(e.created_at) AS at,
+                 coalesce(sum(e.amount) FILTER (WHERE e.bucket = 'held'), 0) AS d_held,
+                 coalesce(sum(e.amount) FILTER (WHERE e.account_id = '@consumed'
+                                                  AND e.movement = 'settle'), 0) AS d_spent,
+                 bool_or((e.bucket = 'held' AND e.amount > 0 AND e.movement = 'reserve')
+                         OR (e.bucket = 'available' AND e.amount < 0 AND e.movement = 'settle')) AS spend
+          FROM entries e JOIN r USING (reservation_id)
+          GROUP BY 1, 2, 3
+        ), run AS (
+          SELECT spender, asset, transaction_id, at, spend,
+                 sum(d_held) OVER (PARTITION BY spender, asset ORDER BY first_id) AS held,
+                 sum(d_spent) OVER (PARTITION BY spender, asset ORDER BY first_id) AS spent_total,
+                 sum(d_spent) OVER (PARTITION BY spender, asset, (at AT TIME ZONE 'UTC')::date
+                                    ORDER BY first_id) AS spent_day,
+                 sum(d_spent) OVER (PARTITION BY spender, asset,
+                                    date_trunc('month', at AT TIME ZONE 'UTC') ORDER BY first_id) AS spent_month
+          FROM ev
+        ), checks AS (
+          SELECT run.*, k.kind,
+                 run.held + CASE k.kind WHEN 'cap_day' THEN run.spent_day
+                                        WHEN 'cap_month' THEN run.spent_month
+                                        ELSE run.spent_total END AS used
+          FROM run CROSS JOIN (VALUES ('cap_day'), ('cap_month'), ('cap_lifetime')) AS k(kind)
+          WHERE run.spend
+        )
+        SELECT c.spender AS account_id, c.asset, c.transaction_id, c.kind, c.used, f.cap
+        FROM checks c JOIN LATERAL (
+          SELECT min(s.value) AS cap FROM spending_limits s
+          WHERE s.account_id = c.spender AND s.asset = c.asset AND s.kind = c.kind
+            AND s.created_at <= c.at
+            AND s.created_at >= coalesce((SELECT max(p.created_at) FROM spending_limits p
+                 WHERE p.account_id = c.spender AND p.asset = c.asset AND p.kind = c.kind
+                   AND p.created_at < c.at), '-infinity')
+        ) f ON true
+        WHERE f.cap IS NOT NULL AND c.used > f.cap""",
     ),
     (
         "versions_count_changes",
@@ -233,6 +291,8 @@ _SCOPE_OF = {
     "balances_match_entries": "account_id",
     "versions_count_changes": "account_id",
     "never_below_floor": "account_id",
+    "cap_held_matches_open_holds": "account_id",
+    "never_past_cap": "account_id",
     "reserved_matches_open_reservations": "account_id",
     "available_not_negative": "account_id",
     "reservation_caps": "reservation_id",

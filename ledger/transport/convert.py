@@ -15,6 +15,8 @@ from ledger.domain.model import (
     Account,
     Balance,
     Bucket,
+    CapView,
+    CapWindow,
     Entry,
     Lot,
     Movement,
@@ -235,6 +237,38 @@ def set_spending_limits(req: pb.SetSpendingLimitsRequest, caller: str) -> c.SetS
     )
 
 
+_WINDOW: dict[int, str] = {
+    pb.CAP_WINDOW_DAY: "day",
+    pb.CAP_WINDOW_MONTH: "month",
+    pb.CAP_WINDOW_LIFETIME: "lifetime",
+}
+_WINDOW_PB = {CapWindow(v): k for k, v in _WINDOW.items()}
+
+
+def set_member_cap(req: pb.SetMemberCapRequest, caller: str) -> c.SetMemberCap:
+    return c.SetMemberCap(
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        _WINDOW.get(int(req.window), f"window {int(req.window)}"),
+        req.cap if req.HasField("cap") else None,
+        preconditions(req.preconditions),
+    )
+
+
+def cap_view(v: CapView) -> pb.CapView:
+    out = pb.CapView(
+        window=_WINDOW_PB[v.window],  # type: ignore[arg-type]
+        cap=v.cap,
+        used=v.used,
+        remaining=v.remaining,
+    )
+    if v.resets_at is not None:
+        out.resets_at.CopyFrom(_ts(v.resets_at))
+    return out
+
+
 def settle(req: pb.SettleRequest, caller: str) -> c.Settle:
     return c.Settle(
         caller,
@@ -271,6 +305,17 @@ def refund(req: pb.RefundRequest, caller: str) -> c.Refund:
 
 
 def balance(b: Balance) -> pb.Balance:
+    out = _balance(b)
+    if b.cap_day is not None:
+        out.cap_day = b.cap_day
+    if b.cap_month is not None:
+        out.cap_month = b.cap_month
+    if b.cap_lifetime is not None:
+        out.cap_lifetime = b.cap_lifetime
+    return out
+
+
+def _balance(b: Balance) -> pb.Balance:
     return pb.Balance(
         account_id=b.account_id,
         asset=b.asset,
@@ -318,6 +363,7 @@ def reservation(r: Reservation) -> pb.Reservation:
         metadata=r.metadata,
         group_id=r.group_id,
         leg_key=r.leg_key,
+        member_id=r.member_id,
     )
 
 
@@ -342,6 +388,7 @@ def account(a: Account) -> pb.Account:
         metadata=a.metadata,
         created_at=_ts(a.created_at),
         balances=[balance(b) for b in a.balances],
+        parent_id=a.parent_id,
     )
 
 

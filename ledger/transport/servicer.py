@@ -88,11 +88,12 @@ class LedgerServicer:
                 pb.SetSpendingLimitsRequest,
                 pb.SetSpendingLimitsResponse,
             ),
+            "SetMemberCap": (self.set_member_cap, pb.SetMemberCapRequest, pb.SetMemberCapResponse),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
         account = await self._ledger.create_account(
-            req.account_id, dict(req.metadata), self._authorize(ctx)
+            req.account_id, dict(req.metadata), self._authorize(ctx), req.parent_id
         )
         return pb.CreateAccountResponse(account=convert.account(account)), False
 
@@ -158,6 +159,15 @@ class LedgerServicer:
             raise InvariantViolation("SetSpendingLimits returned no LimitsResult")
         return pb.SetSpendingLimitsResponse(balance=convert.balance(result.balance)), replayed
 
+    async def set_member_cap(self, req: pb.SetMemberCapRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(
+            convert.set_member_cap(req, access.caller), access
+        )
+        if not isinstance(result, LimitsResult):
+            raise InvariantViolation("SetMemberCap returned no LimitsResult")
+        return pb.SetMemberCapResponse(balance=convert.balance(result.balance)), replayed
+
     async def get_reservation(self, req: pb.GetReservationRequest, ctx: Any) -> Reply:
         res = await self._ledger.get_reservation(req.reservation_id, self._authorize(ctx))
         return pb.GetReservationResponse(reservation=convert.reservation(res)), False
@@ -183,6 +193,9 @@ class LedgerServicer:
             balance=convert.balance(view.balance),
             expiring_amount=view.expiring_amount,
             lots=[convert.lot(lt) for lt in view.lots],
+            funded_by=view.funded_by,
+            may_spend=view.may_spend,
+            caps=[convert.cap_view(cap) for cap in view.caps],
         ), False
 
     async def list_entries(self, req: pb.ListEntriesRequest, ctx: Any) -> Reply:

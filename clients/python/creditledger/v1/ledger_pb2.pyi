@@ -30,6 +30,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _CapWindow:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CapWindowEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CapWindow.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAP_WINDOW_UNSPECIFIED: _CapWindow.ValueType  # 0
+    """Not allowed."""
+    CAP_WINDOW_DAY: _CapWindow.ValueType  # 1
+    """The UTC day: resets at 00:00 UTC."""
+    CAP_WINDOW_MONTH: _CapWindow.ValueType  # 2
+    """The calendar month (UTC): resets on the 1st at 00:00 UTC."""
+    CAP_WINDOW_LIFETIME: _CapWindow.ValueType  # 3
+    """Ever: never resets."""
+
+class CapWindow(_CapWindow, metaclass=_CapWindowEnumTypeWrapper):
+    """The window of a member cap."""
+
+CAP_WINDOW_UNSPECIFIED: CapWindow.ValueType  # 0
+"""Not allowed."""
+CAP_WINDOW_DAY: CapWindow.ValueType  # 1
+"""The UTC day: resets at 00:00 UTC."""
+CAP_WINDOW_MONTH: CapWindow.ValueType  # 2
+"""The calendar month (UTC): resets on the 1st at 00:00 UTC."""
+CAP_WINDOW_LIFETIME: CapWindow.ValueType  # 3
+"""Ever: never resets."""
+Global___CapWindow: _TypeAlias = CapWindow  # noqa: Y015
+
 class _OverageMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -122,6 +150,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
     ERROR_REASON_PRECONDITION_FAILED: _ErrorReason.ValueType  # 26
     """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
+    ERROR_REASON_POOL_DEPTH_EXCEEDED: _ErrorReason.ValueType  # 27
+    """FAILED_PRECONDITION: CreateAccount under a parent that already has the most ancestors."""
+    ERROR_REASON_CAP_EXCEEDED: _ErrorReason.ValueType  # 28
+    """FAILED_PRECONDITION: a spend would take a member past a cap; nothing changed."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -180,7 +212,51 @@ ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
 """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
 ERROR_REASON_PRECONDITION_FAILED: ErrorReason.ValueType  # 26
 """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
+ERROR_REASON_POOL_DEPTH_EXCEEDED: ErrorReason.ValueType  # 27
+"""FAILED_PRECONDITION: CreateAccount under a parent that already has the most ancestors."""
+ERROR_REASON_CAP_EXCEEDED: ErrorReason.ValueType  # 28
+"""FAILED_PRECONDITION: a spend would take a member past a cap; nothing changed."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
+@_typing.final
+class CapView(_message.Message):
+    """One member cap as a read shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RESETS_AT_FIELD_NUMBER: _builtins.int
+    window: Global___CapWindow.ValueType
+    """The window."""
+    cap: _builtins.int
+    """The cap."""
+    used: _builtins.int
+    """Settled in the window plus held now."""
+    remaining: _builtins.int
+    """cap - used, at least 0."""
+    @_builtins.property
+    def resets_at(self) -> _timestamp_pb2.Timestamp:
+        """When the window restarts; unset for a lifetime cap."""
+
+    def __init__(
+        self,
+        *,
+        window: Global___CapWindow.ValueType = ...,
+        cap: _builtins.int = ...,
+        used: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        resets_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resets_at", b"resets_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap", "remaining", b"remaining", "resets_at", b"resets_at", "used", b"used", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapView: _TypeAlias = CapView  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
@@ -212,8 +288,11 @@ class Account(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     BALANCES_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The caller-chosen id: 1-128 chars of [A-Za-z0-9._:@-]."""
+    parent_id: _builtins.str
+    """The pool this account is a member of (set at creation); empty for none."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels; at most 32 entries, keys <= 64 and values <= 512 bytes."""
@@ -233,10 +312,11 @@ class Account(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         balances: _abc.Iterable[Global___Balance] | None = ...,
+        parent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balances", b"balances", "created_at", b"created_at", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balances", b"balances", "created_at", b"created_at", "metadata", b"metadata", "parent_id", b"parent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,6 +340,9 @@ class Balance(_message.Message):
     FLOOR_FIELD_NUMBER: _builtins.int
     DEBT_FIELD_NUMBER: _builtins.int
     SPENDABLE_FIELD_NUMBER: _builtins.int
+    CAP_DAY_FIELD_NUMBER: _builtins.int
+    CAP_MONTH_FIELD_NUMBER: _builtins.int
+    CAP_LIFETIME_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account this balance belongs to."""
     asset: _builtins.str
@@ -301,6 +384,12 @@ class Balance(_message.Message):
     """What a DEBT-mode spend may take now: available - debt - floor (held
     credits always count). A REJECT or CAP spend may take available - debt.
     """
+    cap_day: _builtins.int
+    """The account's cap on the asset per UTC day (SetMemberCap); unset: none."""
+    cap_month: _builtins.int
+    """The account's cap per calendar month (UTC); unset: none."""
+    cap_lifetime: _builtins.int
+    """The account's lifetime cap; unset: none."""
     def __init__(
         self,
         *,
@@ -316,12 +405,26 @@ class Balance(_message.Message):
         floor: _builtins.int = ...,
         debt: _builtins.int = ...,
         spendable: _builtins.int = ...,
+        cap_day: _builtins.int | None = ...,
+        cap_month: _builtins.int | None = ...,
+        cap_lifetime: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_day", b"_cap_day", "_cap_lifetime", b"_cap_lifetime", "_cap_month", b"_cap_month", "cap_day", b"cap_day", "cap_lifetime", b"cap_lifetime", "cap_month", b"cap_month"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "debt", b"debt", "expired", b"expired", "floor", b"floor", "granted", b"granted", "refunded", b"refunded", "reserved", b"reserved", "settled", b"settled", "spendable", b"spendable", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_day", b"_cap_day", "_cap_lifetime", b"_cap_lifetime", "_cap_month", b"_cap_month", "account_id", b"account_id", "asset", b"asset", "available", b"available", "cap_day", b"cap_day", "cap_lifetime", b"cap_lifetime", "cap_month", b"cap_month", "debt", b"debt", "expired", b"expired", "floor", b"floor", "granted", b"granted", "refunded", b"refunded", "reserved", b"reserved", "settled", b"settled", "spendable", b"spendable", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cap_day: _TypeAlias = _typing.Literal["cap_day"]  # noqa: Y015
+    _WhichOneofArgType__cap_day: _TypeAlias = _typing.Literal["_cap_day", b"_cap_day"]  # noqa: Y015
+    _WhichOneofReturnType__cap_lifetime: _TypeAlias = _typing.Literal["cap_lifetime"]  # noqa: Y015
+    _WhichOneofArgType__cap_lifetime: _TypeAlias = _typing.Literal["_cap_lifetime", b"_cap_lifetime"]  # noqa: Y015
+    _WhichOneofReturnType__cap_month: _TypeAlias = _typing.Literal["cap_month"]  # noqa: Y015
+    _WhichOneofArgType__cap_month: _TypeAlias = _typing.Literal["_cap_month", b"_cap_month"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_day) -> _WhichOneofReturnType__cap_day | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_lifetime) -> _WhichOneofReturnType__cap_lifetime | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_month) -> _WhichOneofReturnType__cap_month | None: ...
 
 Global___Balance: _TypeAlias = Balance  # noqa: Y015
 
@@ -556,6 +659,7 @@ class Reservation(_message.Message):
     GROUP_ID_FIELD_NUMBER: _builtins.int
     LEG_KEY_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Server-made id of the reservation."""
     account_id: _builtins.str
@@ -583,6 +687,10 @@ class Reservation(_message.Message):
     expired: _builtins.int
     """Held credits written off because their lot expired before they were
     settled or released: they never return to available.
+    """
+    member_id: _builtins.str
+    """The member that spent, when a pool's lots fund the hold: account_id is then
+    the pool's (where the credits are held). Empty for an account's own spends.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -614,10 +722,11 @@ class Reservation(_message.Message):
         group_id: _builtins.str = ...,
         leg_key: _builtins.str = ...,
         expired: _builtins.int = ...,
+        member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "created_at", b"created_at", "expired", b"expired", "expires_at", b"expires_at", "group_id", b"group_id", "leg_key", b"leg_key", "metadata", b"metadata", "refunded", b"refunded", "released", b"released", "remaining", b"remaining", "reservation_id", b"reservation_id", "settled", b"settled", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "created_at", b"created_at", "expired", b"expired", "expires_at", b"expires_at", "group_id", b"group_id", "leg_key", b"leg_key", "member_id", b"member_id", "metadata", b"metadata", "refunded", b"refunded", "released", b"released", "remaining", b"remaining", "reservation_id", b"reservation_id", "settled", b"settled", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -817,8 +926,13 @@ class CreateAccountRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """1-128 chars of [A-Za-z0-9._:@-], chosen by the caller."""
+    parent_id: _builtins.str
+    """The pool the account is a member of: an existing account with at most 2
+    ancestors of its own (POOL_DEPTH_MAX 3 levels). Never changes afterwards.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels; at most 32 entries, keys <= 64 and values <= 512 bytes."""
@@ -828,10 +942,11 @@ class CreateAccountRequest(_message.Message):
         *,
         account_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        parent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "metadata", b"metadata", "parent_id", b"parent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1712,8 +1827,19 @@ class GetBalanceResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
     LOTS_FIELD_NUMBER: _builtins.int
+    FUNDED_BY_FIELD_NUMBER: _builtins.int
+    MAY_SPEND_FIELD_NUMBER: _builtins.int
+    CAPS_FIELD_NUMBER: _builtins.int
     expiring_amount: _builtins.int
     """How much of available expires within the requested expiring_within."""
+    funded_by: _builtins.str
+    """The account whose lots this account's spends draw now: its own, or the
+    nearest ancestor (pool) that has lots of the asset.
+    """
+    may_spend: _builtins.int
+    """What a REJECT-mode spend may take now: the lesser of funded_by's available
+    less debt and what this account's caps leave.
+    """
     @_builtins.property
     def balance(self) -> Global___Balance:
         """The balance; zeros for an asset never granted."""
@@ -1722,16 +1848,23 @@ class GetBalanceResponse(_message.Message):
     def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lot]:
         """The lots, in spending order, when include_lots was set (at most 1000)."""
 
+    @_builtins.property
+    def caps(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapView]:
+        """This account's caps on the asset, with what they leave."""
+
     def __init__(
         self,
         *,
         balance: Global___Balance | None = ...,
         expiring_amount: _builtins.int = ...,
         lots: _abc.Iterable[Global___Lot] | None = ...,
+        funded_by: _builtins.str = ...,
+        may_spend: _builtins.int = ...,
+        caps: _abc.Iterable[Global___CapView] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "caps", b"caps", "expiring_amount", b"expiring_amount", "funded_by", b"funded_by", "lots", b"lots", "may_spend", b"may_spend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2042,6 +2175,76 @@ class SetSpendingLimitsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetSpendingLimitsResponse: _TypeAlias = SetSpendingLimitsResponse  # noqa: Y015
+
+@_typing.final
+class SetMemberCapRequest(_message.Message):
+    """Request of SetMemberCap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account (a pool member, or any account); it must exist."""
+    asset: _builtins.str
+    """The asset."""
+    window: Global___CapWindow.ValueType
+    """The window."""
+    cap: _builtins.int
+    """The cap, 0 to 10^15; unset removes the window's cap."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pair (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        window: Global___CapWindow.ValueType = ...,
+        cap: _builtins.int | None = ...,
+        idempotency_key: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap", b"_cap", "cap", b"cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap", b"_cap", "account_id", b"account_id", "asset", b"asset", "cap", b"cap", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cap: _TypeAlias = _typing.Literal["cap"]  # noqa: Y015
+    _WhichOneofArgType__cap: _TypeAlias = _typing.Literal["_cap", b"_cap"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap) -> _WhichOneofReturnType__cap | None: ...
+
+Global___SetMemberCapRequest: _TypeAlias = SetMemberCapRequest  # noqa: Y015
+
+@_typing.final
+class SetMemberCapResponse(_message.Message):
+    """Response of SetMemberCap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The pair with its caps' settings and version."""
+
+    def __init__(
+        self,
+        *,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemberCapResponse: _TypeAlias = SetMemberCapResponse  # noqa: Y015
 
 @_typing.final
 class ListReservationsRequest(_message.Message):

@@ -115,6 +115,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsResponse.FromString,
                 _registered_method=True)
+        self.SetMemberCap = channel.unary_unary(
+                '/creditledger.v1.LedgerService/SetMemberCap',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -246,6 +251,16 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMemberCap(self, request, context):
+        """SetMemberCap caps what an account may spend of an asset per window (a UTC
+        day, a calendar month, a lifetime), whoever's lots fund it, checked against
+        what it settled in the window plus what it holds now. Admin only;
+        idempotent by key; one more version of the pair when the cap changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -328,6 +343,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.SetSpendingLimits,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsResponse.SerializeToString,
+            ),
+            'SetMemberCap': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberCap,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -763,6 +783,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/SetSpendingLimits',
             creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberCap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/SetMemberCap',
+            creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.FromString,
             options,
             channel_credentials,
             insecure,
