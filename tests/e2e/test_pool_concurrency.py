@@ -14,6 +14,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -25,6 +26,9 @@ from ledger.config import Config
 from ledger.storage.verify import verify
 from tests.support import db as support_db
 from tests.support.rpc import error_info
+
+if TYPE_CHECKING:
+    from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,7 +46,7 @@ def key() -> str:
 
 
 @pytest.fixture
-async def replicas() -> AsyncIterator[tuple[list[LedgerServiceStub], str]]:
+async def replicas() -> AsyncIterator[tuple[list[LedgerServiceAsyncStub], str]]:
     db = await support_db.TestDatabase.create("ledger_pools")
     apps = [
         App(
@@ -62,7 +66,8 @@ async def replicas() -> AsyncIterator[tuple[list[LedgerServiceStub], str]]:
         for app in apps:
             await app.start()
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") for app in apps]
-        yield [LedgerServiceStub(ch) for ch in channels], db.url
+        stubs: list[Any] = [LedgerServiceStub(ch) for ch in channels]
+        yield stubs, db.url
     finally:
         for ch in channels:
             await ch.close()
@@ -83,7 +88,7 @@ async def _retrying(call: object) -> object:
     raise AssertionError("no writer elected")
 
 
-async def _spender(stub: LedgerServiceStub, member: str, rng: random.Random) -> dict[str, int]:
+async def _spender(stub: LedgerServiceAsyncStub, member: str, rng: random.Random) -> dict[str, int]:
     seen = {"ok": 0, "INSUFFICIENT_CREDITS": 0, "CAP_EXCEEDED": 0}
     for _ in range(ROUNDS):
         amount = rng.randint(1, 30)
@@ -119,7 +124,7 @@ async def _spender(stub: LedgerServiceStub, member: str, rng: random.Random) -> 
 
 
 async def test_64_spenders_on_one_capped_pool_through_two_replicas(
-    replicas: tuple[list[LedgerServiceStub], str],
+    replicas: tuple[list[LedgerServiceAsyncStub], str],
 ) -> None:
     stubs, url = replicas
     first = stubs[0]
