@@ -466,7 +466,9 @@ def _count(ws: WorkingSet, res: Reservation, held_by: int = 0, spent: int = 0) -
         bal.spent_day += spent
         bal.spent_month += spent
         bal.spent_total = min(bal.spent_total + spent, limits.INT64_MAX)
-    bal.cap_held += held_by
+    # Never below 0 (the column's CHECK): a hold an old writer made during a rollout
+    # was never counted (docs/operations.md, migrations 0011-0012; verify reports it).
+    bal.cap_held = max(0, bal.cap_held + held_by)
     ws.dirty_balances.add(key)
 
 
