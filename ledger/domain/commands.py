@@ -106,9 +106,12 @@ class Violations:
         items: tuple[Precondition, ...],
         pairs: set[tuple[str, str]] | None,
         named: bool,
+        pooled_asset: str = "",
     ) -> None:
         """`pairs`: the pairs the command touches (None: known only when it runs, then
-        the pair must be left empty); `named`: each must name its pair (a group's)."""
+        the pair must be left empty); `named`: each must name its pair (a group's);
+        `pooled_asset`: a spend's pair may also be one of its account's pools' for
+        that asset (which pools the rules know: rules.check_preconditions)."""
         if len(items) > limits.PRECONDITIONS_MAX:
             self.add(
                 "preconditions",
@@ -125,6 +128,8 @@ class Violations:
                         f"{name}.account_id",
                         "must be empty: the condition is on the reservation's own pair",
                     )
+            elif pooled_asset and p.account_id and p.asset == pooled_asset:
+                self.account_id(f"{name}.account_id", p.account_id)
             elif (p.account_id or p.asset or named) and pair not in pairs:
                 self.add(
                     f"{name}.account_id",
@@ -326,7 +331,12 @@ class Reserve(Command):
         v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.ttl("ttl", self.ttl_s)
         v.metadata("metadata", self.metadata)
-        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
+        v.preconditions(
+            self.preconditions,
+            {(self.account_id, self.asset)},
+            named=False,
+            pooled_asset=self.asset,
+        )
         v.overage(self.overage)
         v.raise_if_any()
 
@@ -346,7 +356,12 @@ class Charge(Command):
         v = Violations()
         v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.metadata("metadata", self.metadata)
-        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
+        v.preconditions(
+            self.preconditions,
+            {(self.account_id, self.asset)},
+            named=False,
+            pooled_asset=self.asset,
+        )
         v.overage(self.overage)
         v.raise_if_any()
 

@@ -146,10 +146,28 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
 
 
 def check_preconditions(
-    ws: WorkingSet, preconditions: tuple[c.Precondition, ...], own: PairKey | None = None
+    ws: WorkingSet,
+    preconditions: tuple[c.Precondition, ...],
+    own: PairKey | None = None,
+    pooled: bool = False,
 ) -> None:
     """Every condition the request carried, on its pair as it is now (caught up).
-    An empty pair is `own`, the pair the command touches. Errors: PreconditionFailed."""
+    An empty pair is `own`, the pair the command touches; `pooled` (a spend): a
+    named pair may also be one of own's pools (ancestors), whose lots it may draw.
+    Errors: InvalidArgument (a pair that is neither; never recorded),
+    PreconditionFailed."""
+    if pooled and own is not None:
+        allowed = {(acct, own[1]) for acct in (own[0], *ws.ancestors.get(own[0], ()))}
+        for i, p in enumerate(preconditions):
+            if p.account_id and (p.account_id, p.asset) not in allowed:
+                raise errors.InvalidArgument(
+                    [
+                        errors.FieldViolation(
+                            f"preconditions[{i}].account_id",
+                            "must name the account, one of its pools (ancestors), or be empty",
+                        )
+                    ]
+                )
     for p in preconditions:
         key = (p.account_id, p.asset) if p.account_id or own is None else own
         catch_up(ws, *key)
@@ -588,7 +606,7 @@ def set_spending_limits(ws: WorkingSet, cmd: c.SetSpendingLimits) -> LimitsResul
 def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
     """Errors: AccountNotFound, PreconditionFailed, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
-    check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset))
+    check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset), pooled=True)
     source, amount = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
     if amount == 0:
         return _nothing_taken(ws, source, cmd.asset, cmd.account_id)
@@ -659,7 +677,7 @@ def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
     """Reserve and settle in one step. Errors: AccountNotFound, PreconditionFailed,
     InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
-    check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset))
+    check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset), pooled=True)
     source, amount = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
     if amount == 0:
         return _nothing_taken(ws, source, cmd.asset, cmd.account_id)

@@ -240,3 +240,29 @@ def test_a_members_expired_hold_gives_back_to_the_pool_and_the_cap_at_once(
     assert charge(server, dan, 40).taken == 40
     server.sweep()
     assert_verified(server)
+
+
+def test_a_member_may_condition_its_spend_on_its_pools_version(server: ServerThread) -> None:
+    pool = create(server, grant=100)
+    erin = create(server, parent=pool)
+    seen = view(server, pool).balance.version
+
+    def guarded(account_id: str, version: int, k: str = "") -> pb.ChargeRequest:
+        return pb.ChargeRequest(
+            account_id=erin, asset=ASSET, amount=5, idempotency_key=k or key(),
+            preconditions=[pb.Precondition(account_id=account_id, asset=ASSET, version=version)],
+        )  # fmt: skip
+
+    assert server.stub.Charge(guarded(pool, seen)).balance.version == seen + 1
+    info = error_info(refused(lambda: server.stub.Charge(guarded(pool, seen))))
+    assert (info.reason, info.metadata["account_id"]) == ("PRECONDITION_FAILED", pool)
+    # A pair the spend cannot touch: bad input, recorded nowhere (the key still runs).
+    k = key()
+    err = refused(lambda: server.stub.Charge(guarded(create(server), 0, k)))
+    assert field_violations(err) == ["preconditions[0].account_id"]
+    assert (
+        server.stub.Charge(
+            pb.ChargeRequest(account_id=erin, asset=ASSET, amount=5, idempotency_key=k)
+        ).taken
+        == 5
+    )
