@@ -46,6 +46,8 @@ NEEDED: dict[str, Permission] = {
     "Charge": Permission.SPEND,
     "Refund": Permission.REFUND,
     "Grant": Permission.GRANT,
+    "SetSpendingLimits": Permission.ADMIN,
+    "SetMemberCap": Permission.ADMIN,
 }
 
 #: The prefix that stands for every account in a caller file.

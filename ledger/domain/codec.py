@@ -27,6 +27,10 @@ def balance_from(d: Mapping[str, Any]) -> Balance:
     return Balance(**dict(d))
 
 
+def ancestors_from(value: Any) -> tuple[str, ...]:
+    return tuple(value or ())
+
+
 def lot_to_dict(lot: Lot) -> dict[str, Any]:
     return dict(lot.__dict__)
 
@@ -86,4 +90,5 @@ def reservation_from(d: Mapping[str, Any]) -> Reservation:
         # Written before version 5: write-offs were counted in `released`.
         expired=d.get("expired", 0),
         leg_index=d.get("leg_index", 0),
+        member_id=d.get("member_id") or "",
     )

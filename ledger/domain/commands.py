@@ -101,6 +101,63 @@ class Violations:
                 f"must be between {limits.TTL_MIN_S} s and {limits.TTL_MAX_S} s (TTL_MAX_S, 30 days)",
             )
 
+    def preconditions(
+        self,
+        items: tuple[Precondition, ...],
+        pairs: set[tuple[str, str]] | None,
+        named: bool,
+        pooled_asset: str = "",
+    ) -> None:
+        """`pairs`: the pairs the command touches (None: known only when it runs, then
+        the pair must be left empty); `named`: each must name its pair (a group's);
+        `pooled_asset`: a spend's pair may also be one of its account's pools' for
+        that asset (which pools the rules know: rules.check_preconditions)."""
+        if len(items) > limits.PRECONDITIONS_MAX:
+            self.add(
+                "preconditions",
+                f"at most {limits.PRECONDITIONS_MAX} preconditions (PRECONDITIONS_MAX)",
+            )
+            return
+        seen: set[tuple[str, str]] = set()
+        for i, p in enumerate(items):
+            name = f"preconditions[{i}]"
+            pair = (p.account_id, p.asset)
+            if pairs is None:
+                if p.account_id or p.asset:
+                    self.add(
+                        f"{name}.account_id",
+                        "must be empty: the condition is on the reservation's own pair",
+                    )
+            elif pooled_asset and p.account_id and p.asset == pooled_asset:
+                self.account_id(f"{name}.account_id", p.account_id)
+            elif (p.account_id or p.asset or named) and pair not in pairs:
+                self.add(
+                    f"{name}.account_id",
+                    "account_id and asset must name a pair the command touches"
+                    + ("" if named else " (or both be empty)"),
+                )
+            if pair in seen:
+                self.add(name, "at most one precondition per pair")
+            seen.add(pair)
+            if p.version is None and p.available is None and p.held is None:
+                self.add(name, "must set version, available or held")
+            if p.version is not None and not 0 <= p.version <= limits.INT64_MAX:
+                self.add(f"{name}.version", f"must be between 0 and {limits.INT64_MAX} (INT64_MAX)")
+            for what, cmp in (("available", p.available), ("held", p.held)):
+                if cmp is None:
+                    continue
+                if cmp.op not in COMPARISONS:
+                    self.add(f"{name}.{what}.operator", "must be GT, GE, EQ, LE or LT")
+                if not -limits.INT64_MAX <= cmp.value <= limits.INT64_MAX:
+                    self.add(
+                        f"{name}.{what}.value",
+                        f"must be between -{limits.INT64_MAX} and {limits.INT64_MAX} (INT64_MAX)",
+                    )
+
+    def overage(self, value: str) -> None:
+        if value not in OVERAGE_MODES:
+            self.add("overage", "must be REJECT (the default), CAP or DEBT")
+
     def reservation_id(self, name: str, value: str) -> None:
         if not is_uuid(value):
             self.add(name, "must be a reservation id returned by Reserve or Charge (a UUID)")
@@ -109,6 +166,45 @@ class Violations:
 def is_uuid(value: str) -> bool:
     """True when value is a canonical lower-case UUID (the shape of server-made ids)."""
     return _UUID.fullmatch(value) is not None
+
+
+OVERAGE_MODES = ("reject", "cap", "debt")  # model.Overage's values
+
+COMPARISONS = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "=": lambda a, b: a == b,
+    "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b,
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`<the pair's value> op value`, op one of COMPARISONS."""
+
+    op: str
+    value: int
+
+    def holds(self, actual: int) -> bool:
+        return bool(COMPARISONS[self.op](actual, self.value))
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value}"
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """What a mutation expects of one pair it touches, as the pair is when the
+    command runs (after rules.catch_up, after earlier commands of its batch).
+    Empty account_id and asset: the pair the command touches (a Settle's,
+    Release's or Refund's is its reservation's)."""
+
+    account_id: str = ""
+    asset: str = ""
+    version: int | None = None
+    available: Comparison | None = None
+    held: Comparison | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +244,18 @@ class Command:
         )
 
     def _fields(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in _fingerprinted(type(self))}
+        fields = {name: getattr(self, name) for name in _fingerprinted(type(self))}
+        # Fields added after keys were first stored count only when set: a retry
+        # across the upgrade must still match the hash its key was stored with.
+        for name, default in _LATER_FIELDS.items():
+            if name in fields and fields[name] == default:
+                del fields[name]
+        return fields
+
+
+# Request fields added after the first release, with the value that leaves them out
+# of the fingerprint (a request that does not use them hashes as it always did).
+_LATER_FIELDS: dict[str, object] = {"preconditions": (), "overage": "reject"}
 
 
 def _digest(method: str, fields: dict[str, object]) -> bytes:
@@ -189,6 +296,7 @@ class Grant(Command):
     expires_at: datetime | None = None
     priority: int = limits.PRIORITY_DEFAULT
     source: str = ""
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Grant"
 
@@ -202,6 +310,7 @@ class Grant(Command):
                 f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX} (PRIORITY_MAX)",
             )
         v.text("source", self.source, limits.SOURCE_LEN_MAX, "SOURCE_LEN_MAX")
+        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
         v.raise_if_any()
 
 
@@ -212,6 +321,8 @@ class Reserve(Command):
     amount: int
     ttl_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    preconditions: tuple[Precondition, ...] = ()
+    overage: str = "reject"  # model.Overage
 
     method = "Reserve"
 
@@ -220,6 +331,13 @@ class Reserve(Command):
         v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.ttl("ttl", self.ttl_s)
         v.metadata("metadata", self.metadata)
+        v.preconditions(
+            self.preconditions,
+            {(self.account_id, self.asset)},
+            named=False,
+            pooled_asset=self.asset,
+        )
+        v.overage(self.overage)
         v.raise_if_any()
 
 
@@ -229,6 +347,8 @@ class Charge(Command):
     asset: str
     amount: int
     metadata: dict[str, str] = field(default_factory=dict)
+    preconditions: tuple[Precondition, ...] = ()
+    overage: str = "reject"  # model.Overage
 
     method = "Charge"
 
@@ -236,6 +356,13 @@ class Charge(Command):
         v = Violations()
         v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
         v.metadata("metadata", self.metadata)
+        v.preconditions(
+            self.preconditions,
+            {(self.account_id, self.asset)},
+            named=False,
+            pooled_asset=self.asset,
+        )
+        v.overage(self.overage)
         v.raise_if_any()
 
 
@@ -252,6 +379,7 @@ class ReserveGroup(Command):
     legs: tuple[Leg, ...]
     ttl_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "ReserveGroup"
 
@@ -273,6 +401,9 @@ class ReserveGroup(Command):
         v.idempotency_key(self.idempotency_key)
         v.ttl("ttl", self.ttl_s)
         v.metadata("metadata", self.metadata)
+        v.preconditions(
+            self.preconditions, {(leg.account_id, leg.asset) for leg in self.legs}, named=True
+        )
         v.raise_if_any()
 
 
@@ -281,6 +412,7 @@ class Settle(Command):
     reservation_id: str
     amount: int
     final: bool = False
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Settle"
 
@@ -292,6 +424,7 @@ class Settle(Command):
         else:
             v.amount("amount", self.amount, allow_zero=True)
         v.idempotency_key(self.idempotency_key)
+        v.preconditions(self.preconditions, None, named=False)
         v.raise_if_any()
 
 
@@ -299,6 +432,7 @@ class Settle(Command):
 class Release(Command):
     reservation_id: str
     amount: int = 0  # 0 = all that remains
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Release"
 
@@ -307,6 +441,7 @@ class Release(Command):
         v.reservation_id("reservation_id", self.reservation_id)
         v.amount("amount", self.amount, allow_zero=True)
         v.idempotency_key(self.idempotency_key)
+        v.preconditions(self.preconditions, None, named=False)
         v.raise_if_any()
 
 
@@ -315,6 +450,7 @@ class Refund(Command):
     reservation_id: str
     amount: int
     reason: str = ""
+    preconditions: tuple[Precondition, ...] = ()
 
     method = "Refund"
 
@@ -324,6 +460,58 @@ class Refund(Command):
         v.amount("amount", self.amount)
         v.idempotency_key(self.idempotency_key)
         v.text("reason", self.reason, limits.REASON_LEN_MAX, "REASON_LEN_MAX")
+        v.preconditions(self.preconditions, None, named=False)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class SetSpendingLimits(Command):
+    """Admin: the pair's floor (<= 0; how far below zero DEBT-mode spends may go)."""
+
+    account_id: str
+    asset: str
+    floor: int
+    preconditions: tuple[Precondition, ...] = ()
+
+    method = "SetSpendingLimits"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.account_id("account_id", self.account_id)
+        v.asset("asset", self.asset)
+        if not limits.FLOOR_MIN <= self.floor <= 0:
+            v.add("floor", f"must be between {limits.FLOOR_MIN} (FLOOR_MIN, -AMOUNT_MAX) and 0")
+        v.idempotency_key(self.idempotency_key)
+        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
+        v.raise_if_any()
+
+
+CAP_WINDOWS = ("day", "month", "lifetime")  # model.CapWindow's values
+
+
+@dataclass(frozen=True)
+class SetMemberCap(Command):
+    """Admin: cap what the account may spend of the asset per window (whoever's
+    lots fund it), checked against settled-in-window + held; None removes it."""
+
+    account_id: str
+    asset: str
+    window: str
+    cap: int | None
+    preconditions: tuple[Precondition, ...] = ()
+
+    method = "SetMemberCap"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.account_id("account_id", self.account_id)
+        v.asset("asset", self.asset)
+        if self.window not in CAP_WINDOWS:
+            v.add("window", "must be CAP_WINDOW_DAY, CAP_WINDOW_MONTH or CAP_WINDOW_LIFETIME")
+        if self.cap is not None:
+            v.amount("cap", self.cap, allow_zero=True)
+        v.idempotency_key(self.idempotency_key)
+        v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
         v.raise_if_any()
 
 
@@ -374,6 +562,16 @@ class Batch(Command):
 
 
 # What callers send: keyed by (caller, idempotency_key), recorded, replayed.
-KeyedCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund
+KeyedCommand = (
+    Grant
+    | Reserve
+    | Charge
+    | ReserveGroup
+    | Settle
+    | Release
+    | Refund
+    | SetSpendingLimits
+    | SetMemberCap
+)
 # A Batch is unkeyed itself: its commands are keyed, each on its own.
 MutatingCommand = KeyedCommand | ExpireDue | Batch

@@ -134,6 +134,30 @@ class LotLimitExceeded(LedgerError):
     reason = "LOT_LIMIT_EXCEEDED"
 
 
+class PreconditionFailed(LedgerError):
+    """A condition the request carried (the pair's version, a predicate on its
+    available or held) did not hold; nothing changed. The metadata has the pair's
+    current version and balances."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "PRECONDITION_FAILED"
+
+
+class PoolDepthExceeded(LedgerError):
+    """CreateAccount under a parent that already has POOL_DEPTH_MAX ancestors."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "POOL_DEPTH_EXCEEDED"
+
+
+class CapExceeded(LedgerError):
+    """A spend would take a member past one of its caps; nothing changed. The
+    metadata names the cap (window, cap) and what is left of it (remaining)."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "CAP_EXCEEDED"
+
+
 class Contention(LedgerError):
     """Serialization retries ran out; nothing was recorded, retry with the same key."""
 
@@ -216,5 +240,7 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         AmountExceedsSettled,
         BalanceLimitExceeded,
         LotLimitExceeded,
+        PreconditionFailed,
+        CapExceeded,
     )
 }

@@ -35,3 +35,10 @@ LOTS_LOADED_FIRST = 32
 MESSAGE_BYTES_MAX = 64 * 1024
 BATCH_COMMANDS_MAX = 1000  # commands per SubmitBatch request
 BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: MESSAGE_BYTES_MAX)
+# Preconditions one mutation may carry (one per pair it touches; a group touches at most
+# GROUP_LEGS_MAX pairs).
+PRECONDITIONS_MAX = GROUP_LEGS_MAX
+# The lowest floor SetSpendingLimits takes (credit extended to one pair, at most).
+FLOOR_MIN = -AMOUNT_MAX
+# Levels of ancestors above an account (a member's pool, the pool's pool, ...).
+POOL_DEPTH_MAX = 3

@@ -28,6 +28,10 @@ class Movement(enum.Enum):
     REFUND = "refund"
     RESERVATION_EXPIRY = "reservation_expiry"
     LOT_EXPIRY = "lot_expiry"
+    # Credits lent to an account by a DEBT-mode spend (@overdraft -> available, a lot of
+    # its own), and paid back from a later grant (available -> @overdraft).
+    DEBT = "debt"
+    DEBT_REPAYMENT = "debt_repayment"
 
 
 class Bucket(enum.Enum):
@@ -40,6 +44,15 @@ class Bucket(enum.Enum):
 ISSUANCE = "@issuance"
 CONSUMED = "@consumed"
 EXPIRED = "@expired"
+OVERDRAFT = "@overdraft"
+
+
+class Overage(enum.Enum):
+    """What a Reserve or Charge does when the amount is more than the pair can spend."""
+
+    REJECT = "reject"  # all or nothing (INSUFFICIENT_CREDITS)
+    CAP = "cap"  # take what can be spent, up to the amount (0 is an answer)
+    DEBT = "debt"  # spend below zero, down to the pair's floor
 
 
 @dataclass
@@ -54,9 +67,36 @@ class Balance:
     settled: int = 0
     refunded: int = 0
     expired: int = 0
+    # One more for every change of the pair: each command that changes it, and
+    # each deadline rules.catch_up applies to it (docs/design.md, "Versions").
+    version: int = 0
+    # Spending limits (SetSpendingLimits): how far below zero the pair may go in
+    # DEBT mode (<= 0), and what it owes (credits spent that no grant backed).
+    floor: int = 0
+    debt: int = 0
+    # Member caps (None: none) and their counters (docs/design.md, "Shared pools").
+    cap_day: int | None = None
+    cap_month: int | None = None
+    cap_lifetime: int | None = None
+    cap_held: int = 0  # held now by this account's spends, wherever their credits are
+    spent_day: int = 0  # settled by this account's spends on day_start (UTC)
+    day_start: str | None = None  # ISO date
+    spent_month: int = 0
+    month_start: str | None = None  # ISO date of the month's first day
+    spent_total: int = 0
 
     def copy(self) -> Balance:
         return Balance(**self.__dict__)
+
+    @property
+    def spendable(self) -> int:
+        """What a REJECT- or CAP-mode spend may take: what lots hold, less the debt."""
+        return self.available - self.debt
+
+    @property
+    def spendable_in_debt(self) -> int:
+        """What a DEBT-mode spend may take: down to the floor (held credits count)."""
+        return self.available - self.debt - self.floor
 
 
 @dataclass
@@ -119,6 +159,13 @@ class Reservation:
     expired: int = 0
     # The leg's place in its ReserveGroup request (0 outside a group).
     leg_index: int = 0
+    # The account that spent, when an ancestor's lots fund the hold (account_id is
+    # then the ancestor's); empty for an account's own spends.
+    member_id: str = ""
+
+    @property
+    def spender(self) -> str:
+        return self.member_id or self.account_id
 
     @property
     def remaining(self) -> int:
@@ -162,6 +209,24 @@ class Account:
     metadata: dict[str, str]
     created_at: datetime
     balances: list[Balance]
+    parent_id: str = ""
+
+
+class CapWindow(enum.Enum):
+    DAY = "day"
+    MONTH = "month"
+    LIFETIME = "lifetime"
+
+
+@dataclass(frozen=True)
+class CapView:
+    """One cap of a member as a read shows it."""
+
+    window: CapWindow
+    cap: int
+    used: int  # settled in the window + held now
+    remaining: int
+    resets_at: datetime | None  # None: lifetime
 
 
 # ---- results of commands (what a reply carries, and what a replay returns) ----
@@ -180,9 +245,18 @@ class ReservationResult:
 
 
 @dataclass(frozen=True)
+class LimitsResult:
+    """SetSpendingLimits' answer: the pair with its limits and version."""
+
+    balance: Balance
+
+
+@dataclass(frozen=True)
 class GroupResult:
     group_id: str
     reservations: list[Reservation]
+    # Each pair the group held on, after the holds (with its version), by pair.
+    balances: tuple[Balance, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,6 +264,11 @@ class BalanceView:
     balance: Balance
     expiring_amount: int
     lots: list[Lot]
+    # Shared pools: the pair spends draw from, what the account may spend now
+    # (the lesser of that pair's and its caps' room), and its caps.
+    funded_by: str = ""
+    may_spend: int = 0
+    caps: tuple[CapView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,4 +285,4 @@ class BatchResult:
     outcomes: tuple[tuple[GrantResult | ReservationResult | LedgerError, bool], ...]
 
 
-Result = GrantResult | ReservationResult | GroupResult | BatchResult | None
+Result = GrantResult | ReservationResult | GroupResult | BatchResult | LimitsResult | None

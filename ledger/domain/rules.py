@@ -11,17 +11,22 @@ due whatever the command then decides.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits
 from ledger.domain.access import Scope, in_scope
 from ledger.domain.model import (
     Allocation,
+    Balance,
+    CapView,
+    CapWindow,
     GrantResult,
     GroupResult,
+    LimitsResult,
     Lot,
     Movement,
+    Overage,
     Reservation,
     ReservationResult,
     ReservationState,
@@ -31,6 +36,7 @@ from ledger.domain.workingset import (
     CONSUMED_SIDE,
     EXPIRED_SIDE,
     ISSUED,
+    OVERDRAFT_SIDE,
     LotsNotLoaded,
     PairKey,
     WorkingSet,
@@ -43,7 +49,36 @@ __all__ = ["LotsNotLoaded", "PairKey", "WorkingSet", "apply", "catch_up", "new_i
 
 
 def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
-    """Apply one validated command. Raises a recordable LedgerError on a business failure."""
+    """Apply one validated command. Raises a recordable LedgerError on a business failure.
+
+    The command is one change: each pair it moved gets one more version."""
+    ws.end_change()
+    result = _apply(ws, cmd)
+    ws.end_change()
+    return _with_versions(ws, result)
+
+
+def _with_versions(ws: WorkingSet, result: Result) -> Result:
+    """The result's balances as the command left them, with the version its change gave."""
+    if isinstance(result, GrantResult):
+        return GrantResult(
+            ws.balance(result.balance.account_id, result.balance.asset).copy(), result.lot
+        )
+    if isinstance(result, ReservationResult):
+        return ReservationResult(
+            result.reservation, ws.balance(result.balance.account_id, result.balance.asset).copy()
+        )
+    if isinstance(result, LimitsResult):
+        return LimitsResult(ws.balance(result.balance.account_id, result.balance.asset).copy())
+    if isinstance(result, GroupResult):
+        return dataclasses.replace(
+            result,
+            balances=tuple(ws.balance(b.account_id, b.asset).copy() for b in result.balances),
+        )
+    return result
+
+
+def _apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
     if isinstance(cmd, c.Grant):
         return grant(ws, cmd)
     if isinstance(cmd, c.Reserve):
@@ -58,6 +93,10 @@ def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
         return release(ws, cmd)
     if isinstance(cmd, c.Refund):
         return refund(ws, cmd)
+    if isinstance(cmd, c.SetSpendingLimits):
+        return set_spending_limits(ws, cmd)
+    if isinstance(cmd, c.SetMemberCap):
+        return set_member_cap(ws, cmd)
     if isinstance(cmd, c.ExpireDue):
         expire_due(ws, cmd)
         return None
@@ -89,6 +128,7 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
             ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY, res.expires_at
         )
         ws.end_hold(res, ReservationState.EXPIRED)
+        ws.end_change()  # each deadline its own version, whoever applies it
     for lot in ws.spendable_lots(key):
         if lot.expired_at(ws.now):
             ws.transfer(
@@ -102,6 +142,57 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
             )
             lot.remaining = 0
             ws.dirty_lots.add(lot.lot_id)
+            ws.end_change()
+
+
+def check_preconditions(
+    ws: WorkingSet,
+    preconditions: tuple[c.Precondition, ...],
+    own: PairKey | None = None,
+    pooled: bool = False,
+) -> None:
+    """Every condition the request carried, on its pair as it is now (caught up).
+    An empty pair is `own`, the pair the command touches; `pooled` (a spend): a
+    named pair may also be one of own's pools (ancestors), whose lots it may draw.
+    Errors: InvalidArgument (a pair that is neither; never recorded),
+    PreconditionFailed."""
+    if pooled and own is not None:
+        allowed = {(acct, own[1]) for acct in (own[0], *ws.ancestors.get(own[0], ()))}
+        for i, p in enumerate(preconditions):
+            if p.account_id and (p.account_id, p.asset) not in allowed:
+                raise errors.InvalidArgument(
+                    [
+                        errors.FieldViolation(
+                            f"preconditions[{i}].account_id",
+                            "must name the account, one of its pools (ancestors), or be empty",
+                        )
+                    ]
+                )
+    for p in preconditions:
+        key = (p.account_id, p.asset) if p.account_id or own is None else own
+        catch_up(ws, *key)
+        bal = ws.balance(*key)
+        failed = ""
+        if p.version is not None and bal.version != p.version:
+            failed, expected, actual = "version", str(p.version), bal.version
+        elif p.available is not None and not p.available.holds(bal.available):
+            failed, expected, actual = "available", str(p.available), bal.available
+        elif p.held is not None and not p.held.holds(bal.reserved):
+            failed, expected, actual = "held", str(p.held), bal.reserved
+        if failed:
+            raise errors.PreconditionFailed(
+                f"precondition failed on {key[0]}/{key[1]}: {failed} is {actual}, expected"
+                f" {expected}; nothing changed",
+                {
+                    "account_id": key[0],
+                    "asset": key[1],
+                    "failed": failed,
+                    "expected": expected,
+                    "version": str(bal.version),
+                    "available": str(bal.available),
+                    "held": str(bal.reserved),
+                },
+            )
 
 
 def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
@@ -139,6 +230,7 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     key = (cmd.account_id, cmd.asset)
     catch_up(ws, *key)
+    check_preconditions(ws, cmd.preconditions, key)
     if key in ws.lot_horizon:
         raise LotsNotLoaded({key})
     live = len(ws.spendable_lots(key))
@@ -168,8 +260,9 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
     )
     ws.add_lot(lot)
     ws.dirty_lots.add(lot.lot_id)
+    tx = ws.make_id()
     ws.transfer(
-        ws.make_id(),
+        tx,
         cmd.asset,
         cmd.amount,
         ISSUED,
@@ -177,7 +270,27 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
         Movement.GRANT,
         lot_id=lot.lot_id,
     )
+    _repay(ws, tx, lot)
     return GrantResult(bal.copy(), dataclasses.replace(lot))
+
+
+def _repay(ws: WorkingSet, tx: str, lot: Lot) -> None:
+    """A grant to a pair in debt pays the debt back first, out of the new lot, as
+    entries of their own movement (DEBT_REPAYMENT) that the statement shows."""
+    bal = ws.balance(lot.account_id, lot.asset)
+    paid = min(lot.remaining, bal.debt)
+    if paid <= 0:
+        return
+    ws.transfer(
+        tx,
+        lot.asset,
+        paid,
+        available(lot.account_id),
+        OVERDRAFT_SIDE,
+        Movement.DEBT_REPAYMENT,
+        lot_id=lot.lot_id,
+    )
+    lot.remaining -= paid
 
 
 def _draw(ws: WorkingSet, account_id: str, asset: str, amount: int) -> list[tuple[Lot, int]]:
@@ -258,6 +371,7 @@ def _hold(ws: WorkingSet, tx: str, res: Reservation) -> Reservation:
         )
     ws.add_reservation(res)
     ws.dirty_reservations.add(res.reservation_id)
+    _count(ws, res, held_by=res.amount)
     return res
 
 
@@ -265,39 +379,289 @@ def _ttl(ttl_s: float | None) -> timedelta:
     return timedelta(seconds=limits.TTL_DEFAULT_S if ttl_s is None else ttl_s)
 
 
-def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
-    """Errors: AccountNotFound, InsufficientCredits."""
+# ---------------------------------------------------------------- shared pools and member caps
+
+
+def funder(ws: WorkingSet, account_id: str, asset: str) -> str:
+    """The account whose lots a spend of `account_id` draws: its own when it has
+    lots of the asset (or may go below zero), else the nearest ancestor that has
+    (docs/design.md, "Shared pools"); its own when none has. Every pair on the
+    way is caught up first."""
+    for acct in (account_id, *ws.ancestors.get(account_id, ())):
+        catch_up(ws, acct, asset)
+        bal = ws.balance(acct, asset)
+        if bal.available > 0 or bal.floor < 0:
+            return acct
+    return account_id
+
+
+def _windows(now: datetime) -> tuple[str, str]:
+    """The UTC day and calendar month `now` is in, as their first days (ISO)."""
+    day = now.astimezone(UTC).date()
+    return day.isoformat(), day.replace(day=1).isoformat()
+
+
+def _roll(bal: Balance, now: datetime) -> None:
+    """A cap window's counter restarts at its boundary: computed, never swept."""
+    day, month = _windows(now)
+    if bal.day_start != day:
+        bal.spent_day, bal.day_start = 0, day
+    if bal.month_start != month:
+        bal.spent_month, bal.month_start = 0, month
+
+
+def _next_boundary(window: CapWindow, now: datetime) -> datetime | None:
+    day = now.astimezone(UTC).date()
+    if window is CapWindow.DAY:
+        nxt = day + timedelta(days=1)
+    elif window is CapWindow.MONTH:
+        nxt = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    else:
+        return None
+    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=UTC)
+
+
+def cap_views(ws: WorkingSet, account_id: str, asset: str) -> tuple[CapView, ...]:
+    """The pair's caps at `ws.now`: each checked against what its account's spends
+    settled in the window plus what they hold now (on whatever pair)."""
+    for acct in ws.ancestors.get(account_id, ()):
+        catch_up(ws, acct, asset)  # a pool's expired holds give the member's back
+    catch_up(ws, account_id, asset)
+    bal = ws.balance(account_id, asset)
+    _roll(bal, ws.now)
+    out = []
+    for window, cap, spent in (
+        (CapWindow.DAY, bal.cap_day, bal.spent_day),
+        (CapWindow.MONTH, bal.cap_month, bal.spent_month),
+        (CapWindow.LIFETIME, bal.cap_lifetime, bal.spent_total),
+    ):
+        if cap is not None:
+            used = spent + bal.cap_held
+            out.append(
+                CapView(window, cap, used, max(0, cap - used), _next_boundary(window, ws.now))
+            )
+    return tuple(out)
+
+
+def _cap_room(ws: WorkingSet, account_id: str, asset: str) -> tuple[int | None, CapView | None]:
+    """What the caps leave (None: no cap) and the tightest one."""
+    views = cap_views(ws, account_id, asset)
+    if not views:
+        return None, None
+    tightest = min(views, key=lambda v: v.remaining)
+    return tightest.remaining, tightest
+
+
+def _cap_exceeded(
+    account_id: str, asset: str, view: CapView, requested: int, leg_key: str = ""
+) -> errors.CapExceeded:
+    meta = {
+        "account_id": account_id,
+        "asset": asset,
+        "window": view.window.value,
+        "cap": str(view.cap),
+        "used": str(view.used),
+        "remaining": str(view.remaining),
+        "requested": str(requested),
+    }
+    if leg_key:
+        meta["leg_key"] = leg_key
+    return errors.CapExceeded(
+        f"{account_id} may spend {view.remaining} more {asset} this {view.window.value} (cap"
+        f" {view.cap}, used {view.used}), {requested} requested; nothing changed",
+        meta,
+    )
+
+
+def _count(ws: WorkingSet, res: Reservation, held_by: int = 0, spent: int = 0) -> None:
+    """The spender's cap counters follow its holds and settles (whoever's lots)."""
+    key = (res.spender, res.asset)
+    bal = ws.balances.get(key)
+    if bal is None:
+        raise errors.InvariantViolation(f"cap counters of {key} not loaded")
+    if spent:
+        _roll(bal, ws.now)
+        bal.spent_day += spent
+        bal.spent_month += spent
+        bal.spent_total = min(bal.spent_total + spent, limits.INT64_MAX)
+    # Never below 0 (the column's CHECK): a hold an old writer made during a rollout
+    # was never counted (docs/operations.md, migrations 0011-0012; verify reports it).
+    bal.cap_held = max(0, bal.cap_held + held_by)
+    ws.dirty_balances.add(key)
+
+
+def set_member_cap(ws: WorkingSet, cmd: c.SetMemberCap) -> LimitsResult:
+    """Errors: AccountNotFound, PreconditionFailed. The same cap again changes nothing."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
-    available_now = _available(ws, cmd.account_id, cmd.asset)
-    if available_now < cmd.amount:
-        raise _insufficient(cmd.account_id, cmd.asset, available_now, cmd.amount)
-    res = _new_reservation(ws, cmd.account_id, cmd.asset, cmd.amount)
+    key = (cmd.account_id, cmd.asset)
+    catch_up(ws, *key)
+    check_preconditions(ws, cmd.preconditions, key)
+    bal = ws.balance(*key)
+    name = f"cap_{cmd.window}"
+    if getattr(bal, name) != cmd.cap:
+        setattr(bal, name, cmd.cap)
+        ws.limit_changes.append((cmd.account_id, cmd.asset, name, cmd.cap, ws.make_id()))
+        ws.dirty_balances.add(key)
+        ws.changing.add(key)
+    return LimitsResult(bal.copy())
+
+
+def _spend_plan(
+    ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str
+) -> tuple[str, int]:
+    """(the account whose lots fund the spend, how much it takes): the caps first,
+    then the funding pair's room by the overage mode. Errors: CapExceeded,
+    InsufficientCredits."""
+    room, tightest = _cap_room(ws, account_id, asset)
+    source = funder(ws, account_id, asset)
+    if room is not None and tightest is not None:
+        if overage == Overage.CAP.value:
+            amount = min(amount, room)
+        elif room < amount:
+            raise _cap_exceeded(account_id, asset, tightest, amount)
+    if amount == 0:
+        return source, 0
+    return source, _to_take(ws, source, asset, amount, overage, account_id)
+
+
+# ---------------------------------------------------------------- overage modes
+
+
+def _to_take(
+    ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str, spender: str = ""
+) -> int:
+    """How much a Reserve or Charge takes, by its overage mode (docs/design.md,
+    "Spending limits"): REJECT all or nothing down to zero; CAP what can be spent
+    down to zero, up to the amount (0 is an answer); DEBT all or nothing down to
+    the pair's floor, lending what the lots lack (_borrow).
+    Errors: InsufficientCredits (REJECT, DEBT)."""
+    _available(ws, account_id, asset)
+    bal = ws.balance(account_id, asset)
+    mode = Overage(overage)
+    room = bal.spendable_in_debt if mode is Overage.DEBT else bal.spendable
+    if mode is Overage.CAP:
+        return max(0, min(amount, room))
+    if room < amount:
+        exc = _insufficient(spender or account_id, asset, room, amount)
+        if spender and spender != account_id:
+            exc.metadata["funded_by"] = account_id
+        raise exc
+    return amount
+
+
+def _borrow(ws: WorkingSet, tx: str, account_id: str, asset: str, amount: int) -> None:
+    """Before a spend of `amount`: lend the pair what its lots lack, as a lot of its
+    own (source "overdraft", spent last) funded by @overdraft (movement DEBT), so
+    that holds, settles, releases and refunds treat it as any lot."""
+    bal = ws.balance(account_id, asset)
+    lent = amount - bal.available
+    if lent <= 0:
+        return
+    key = (account_id, asset)
+    if key in ws.lot_horizon:
+        raise LotsNotLoaded({key})  # every lot is spent first: have them all
+    lot = Lot(
+        lot_id=ws.make_id(),
+        account_id=account_id,
+        asset=asset,
+        amount=lent,
+        remaining=lent,
+        priority=limits.PRIORITY_MAX,
+        source="overdraft",
+        expires_at=None,
+        created_at=ws.now,
+    )
+    ws.add_lot(lot)
+    ws.dirty_lots.add(lot.lot_id)
+    ws.transfer(
+        tx, asset, lent, OVERDRAFT_SIDE, available(account_id), Movement.DEBT, lot_id=lot.lot_id
+    )
+
+
+def _nothing_taken(ws: WorkingSet, account_id: str, asset: str, member: str) -> ReservationResult:
+    """CAP with nothing spendable: an answer (0 taken), recorded and replayed, no
+    reservation stored (its id is empty) and nothing changed."""
+    res = _new_reservation(ws, account_id, asset, 0)
+    res.state = ReservationState.CLOSED
+    res.reservation_id = ""
+    res.member_id = member if member != account_id else ""
+    return ReservationResult(snapshot(res), ws.balance(account_id, asset).copy())
+
+
+def set_spending_limits(ws: WorkingSet, cmd: c.SetSpendingLimits) -> LimitsResult:
+    """Errors: AccountNotFound, PreconditionFailed. The same floor again changes nothing."""
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
+    key = (cmd.account_id, cmd.asset)
+    catch_up(ws, *key)
+    check_preconditions(ws, cmd.preconditions, key)
+    bal = ws.balance(*key)
+    if bal.floor != cmd.floor:
+        bal.floor = cmd.floor
+        ws.limit_changes.append((cmd.account_id, cmd.asset, "floor", cmd.floor, ws.make_id()))
+        ws.dirty_balances.add(key)
+        ws.changing.add(key)
+    return LimitsResult(bal.copy())
+
+
+def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
+    """Errors: AccountNotFound, PreconditionFailed, InsufficientCredits."""
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset), pooled=True)
+    source, amount = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
+    if amount == 0:
+        return _nothing_taken(ws, source, cmd.asset, cmd.account_id)
+    tx = ws.make_id()
+    _borrow(ws, tx, source, cmd.asset, amount)
+    res = _new_reservation(ws, source, cmd.asset, amount)
+    res.member_id = cmd.account_id if source != cmd.account_id else ""
     res.expires_at = ws.now + _ttl(cmd.ttl_s)
     res.metadata = dict(cmd.metadata)
-    return _result(ws, _hold(ws, ws.make_id(), res))
+    return _result(ws, _hold(ws, tx, res))
 
 
 def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
-    """All legs or none. Errors: AccountNotFound, InsufficientCredits (naming the leg)."""
+    """All legs or none, across members of one pool and across pools: each leg's
+    caps, then its funding pair's room with every earlier leg on it counted.
+    Errors: AccountNotFound, PreconditionFailed, CapExceeded, InsufficientCredits
+    (naming the leg)."""
+    if cmd.preconditions:
+        for leg in cmd.legs:
+            _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
+        check_preconditions(ws, cmd.preconditions)
     needed: dict[PairKey, int] = {}
+    capped: dict[PairKey, int] = {}
+    sources: list[str] = []
     for leg in cmd.legs:
         _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
-        key = (leg.account_id, leg.asset)
+        member = (leg.account_id, leg.asset)
+        capped[member] = capped.get(member, 0) + leg.amount
+        room, tightest = _cap_room(ws, *member)
+        if room is not None and tightest is not None and room < capped[member]:
+            shown = dataclasses.replace(tightest, remaining=room - (capped[member] - leg.amount))
+            raise _cap_exceeded(leg.account_id, leg.asset, shown, leg.amount, leg.leg_key)
+        source = funder(ws, leg.account_id, leg.asset)
+        sources.append(source)
+        key = (source, leg.asset)
         needed[key] = needed.get(key, 0) + leg.amount
-        available_now = _available(ws, leg.account_id, leg.asset)
+        # Down to zero (a group has no overage mode): what lots hold, less any debt.
+        available_now = _available(ws, source, leg.asset) - ws.balance(*key).debt
         if available_now < needed[key]:
-            raise _insufficient(
+            exc = _insufficient(
                 leg.account_id,
                 leg.asset,
                 available_now - (needed[key] - leg.amount),
                 leg.amount,
                 leg.leg_key,
             )
+            if source != leg.account_id:
+                exc.metadata["funded_by"] = source
+            raise exc
     group_id = ws.make_id()
     tx = ws.make_id()
     legs = []
-    for index, leg in enumerate(cmd.legs):
-        res = _new_reservation(ws, leg.account_id, leg.asset, leg.amount)
+    for index, (leg, source) in enumerate(zip(cmd.legs, sources, strict=True)):
+        res = _new_reservation(ws, source, leg.asset, leg.amount)
+        res.member_id = leg.account_id if source != leg.account_id else ""
         res.expires_at = ws.now + _ttl(cmd.ttl_s)
         # The group's metadata is stored once, on its first leg (issue 15: copied
         # onto 100 legs it multiplied what a caller could store); replies show
@@ -305,34 +669,40 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
         res.metadata = dict(cmd.metadata) if index == 0 else {}
         res.group_id, res.leg_key, res.leg_index = group_id, leg.leg_key, index
         legs.append(_hold(ws, tx, res))
-    return GroupResult(group_id, [snapshot(r) for r in legs])
+    balances = tuple(ws.balance(*key).copy() for key in sorted(needed))
+    return GroupResult(group_id, [snapshot(r) for r in legs], balances)
 
 
 def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
-    """Reserve and settle in one step. Errors: AccountNotFound, InsufficientCredits."""
+    """Reserve and settle in one step. Errors: AccountNotFound, PreconditionFailed,
+    InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
-    available_now = _available(ws, cmd.account_id, cmd.asset)
-    if available_now < cmd.amount:
-        raise _insufficient(cmd.account_id, cmd.asset, available_now, cmd.amount)
+    check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset), pooled=True)
+    source, amount = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
+    if amount == 0:
+        return _nothing_taken(ws, source, cmd.asset, cmd.account_id)
     tx = ws.make_id()
-    res = _new_reservation(ws, cmd.account_id, cmd.asset, cmd.amount)
+    _borrow(ws, tx, source, cmd.asset, amount)
+    res = _new_reservation(ws, source, cmd.asset, amount)
+    res.member_id = cmd.account_id if source != cmd.account_id else ""
     res.metadata = dict(cmd.metadata)
-    for lot, take in _draw(ws, cmd.account_id, cmd.asset, cmd.amount):
+    for lot, take in _draw(ws, source, cmd.asset, amount):
         res.allocations.append(Allocation(lot.lot_id, take, settled=take))
         # Straight from available to consumed: the hold would be undone in the same step.
         ws.transfer(
             tx,
             cmd.asset,
             take,
-            available(cmd.account_id),
+            available(source),
             CONSUMED_SIDE,
             Movement.SETTLE,
             res.reservation_id,
             lot.lot_id,
         )
-    res.settled = cmd.amount
+    res.settled = amount
     ws.add_reservation(res)
     ws.end_hold(res, ReservationState.CLOSED)
+    _count(ws, res, spent=amount)
     return _result(ws, res)
 
 
@@ -344,7 +714,7 @@ def _reservation_now(ws: WorkingSet, reservation_id: str, scope: Scope = None) -
     Errors: ReservationNotFound, also when its account is outside the caller's
     scope (checked before any change)."""
     res = ws.reservations.get(reservation_id)
-    if res is None or not in_scope(scope, res.account_id):
+    if res is None or not in_scope(scope, res.spender):
         raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
     catch_up(ws, res.account_id, res.asset)
     return res
@@ -374,6 +744,7 @@ def _exceeds_remaining(res: Reservation, requested: int) -> errors.AmountExceeds
 def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
     """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
     res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (res.account_id, res.asset))
     _require_state_open(res)
     if cmd.amount > res.remaining:
         raise _exceeds_remaining(res, cmd.amount)
@@ -397,6 +768,7 @@ def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
         )
     _moved_all(res, "settled", left)
     res.settled += cmd.amount
+    _count(ws, res, held_by=-cmd.amount, spent=cmd.amount)
     ws.dirty_reservations.add(res.reservation_id)
     if cmd.final and res.remaining:
         _give_back(ws, tx, res, res.remaining, Movement.RELEASE)
@@ -472,11 +844,13 @@ def _give_back(
             ws.dirty_lots.add(lot.lot_id)
     _moved_all(res, "released", left)
     ws.dirty_reservations.add(res.reservation_id)
+    _count(ws, res, held_by=-amount)
 
 
 def release(ws: WorkingSet, cmd: c.Release) -> ReservationResult:
     """Errors: ReservationNotFound, ReservationExpired, ReservationClosed, AmountExceedsRemaining."""
     res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (res.account_id, res.asset))
     _require_state_open(res)
     amount = cmd.amount or res.remaining
     if amount > res.remaining:
@@ -515,6 +889,7 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
     Works on open, closed and expired reservations.
     Errors: ReservationNotFound, AmountExceedsSettled."""
     res = _reservation_now(ws, cmd.reservation_id, cmd.scope)
+    check_preconditions(ws, cmd.preconditions, (res.account_id, res.asset))
     refundable = res.settled - res.refunded
     if cmd.amount > refundable:
         raise errors.AmountExceedsSettled(

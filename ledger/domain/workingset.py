@@ -20,6 +20,7 @@ from ledger.domain.model import (
     CONSUMED,
     EXPIRED,
     ISSUANCE,
+    OVERDRAFT,
     Balance,
     Bucket,
     Lot,
@@ -51,6 +52,7 @@ def held(account_id: str) -> Side:
 ISSUED = Side(ISSUANCE, Bucket.SYSTEM)
 CONSUMED_SIDE = Side(CONSUMED, Bucket.SYSTEM)
 EXPIRED_SIDE = Side(EXPIRED, Bucket.SYSTEM)
+OVERDRAFT_SIDE = Side(OVERDRAFT, Bucket.SYSTEM)
 
 # Which entering side counts a movement for the credits-moved metric, and its label.
 _MOVED_LABEL = {
@@ -107,6 +109,21 @@ class WorkingSet:
     _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
     _pair_holds: dict[PairKey, dict[str, Reservation]] = field(default_factory=dict)
     caught_up: dict[PairKey, datetime] = field(default_factory=dict)
+    # Limits set by this batch: (account, asset, kind, value, transaction); kind is
+    # "floor" or "cap_<window>", a None value removes a cap.
+    limit_changes: list[tuple[str, str, str, int | None, str]] = field(default_factory=list)
+    # Each loaded account's ancestors, nearest first (shared pools).
+    ancestors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Pairs changed since the last end_change(): one change, one version.
+    changing: set[PairKey] = field(default_factory=set)
+
+    def end_change(self) -> None:
+        """Close one change: each pair it moved gets the next version. Called after
+        each command and after each deadline catch_up applies, so the version counts
+        changes, not postings, and is the same whoever applied a deadline first."""
+        for key in self.changing:
+            self.balances[key].version += 1
+        self.changing.clear()
 
     def add_lot(self, lot: Lot) -> None:
         self.lots[lot.lot_id] = lot
@@ -190,4 +207,7 @@ class WorkingSet:
             bal.refunded = saturating(bal.refunded + signed)
         elif movement is Movement.LOT_EXPIRY:
             bal.expired = saturating(bal.expired - signed)
+        elif movement is Movement.DEBT or movement is Movement.DEBT_REPAYMENT:
+            bal.debt += signed  # lent into available (+), paid back out of it (-)
         self.dirty_balances.add((side.account_id, asset))
+        self.changing.add((side.account_id, asset))

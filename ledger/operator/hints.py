@@ -46,6 +46,17 @@ _HINTS: dict[str, str] = {
     "LOT_LIMIT_EXCEEDED": (
         "The account holds the most live lots of this asset it may; spend or let some expire first."
     ),
+    "PRECONDITION_FAILED": (
+        "The pair changed since it was read (now version {version}, available {available},"
+        " held {held}): read it again and decide with a new key."
+    ),
+    "POOL_DEPTH_EXCEEDED": (
+        "The parent is already {limit} levels deep; attach the account to a pool nearer the top."
+    ),
+    "CAP_EXCEEDED": (
+        "The member's {window} cap ({cap}) leaves {remaining}; wait for the window to reset"
+        " or ask an operator to raise it (ledger SetMemberCap)."
+    ),
     "CONTENTION": "The server was too busy to commit. Run the same command again with --key {key}.",
     "DATABASE_UNAVAILABLE": (
         "The server runs but cannot reach PostgreSQL: check the database, then retry with "

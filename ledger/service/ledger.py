@@ -220,16 +220,30 @@ class Ledger:
         )
 
     async def create_account(
-        self, account_id: str, metadata: dict[str, str], access: Access = LOCAL
+        self,
+        account_id: str,
+        metadata: dict[str, str],
+        access: Access = LOCAL,
+        parent_id: str = "",
     ) -> Account:
         """Errors: PermissionDenied (also for an id outside the caller's prefixes:
         that answer depends on the id alone, never on what exists), InvalidArgument,
-        AccountExists, DatabaseUnavailable, Contention."""
+        AccountExists, AccountNotFound (the parent, also outside the caller's
+        scope), PoolDepthExceeded, DatabaseUnavailable, Contention."""
         access.require("CreateAccount")
         v = c.Violations()
         v.account_id("account_id", account_id)
         v.metadata("metadata", metadata)
+        if parent_id:
+            v.account_id("parent_id", parent_id)
+            if parent_id == account_id:
+                v.add("parent_id", "must not be the account itself")
         v.raise_if_any()
+        if parent_id and not access.covers(parent_id):
+            raise errors.AccountNotFound(
+                f"parent account {parent_id} not found",
+                {"account_id": parent_id, "field": "parent_id"},
+            )
         if not access.covers(account_id):
             raise errors.PermissionDenied(
                 f"caller {access.caller} may only create accounts whose id starts with one of"
@@ -237,7 +251,9 @@ class Ledger:
                 {"method": "CreateAccount"},
             )
         try:
-            account = await self._store.create_account(account_id, metadata, self._clock.now())
+            account = await self._store.create_account(
+                account_id, metadata, self._clock.now(), parent_id
+            )
         except _STORAGE_FAILURES as exc:
             raise _storage_failure(exc) from exc
         if account is None:
@@ -299,8 +315,12 @@ class Ledger:
             raise _storage_failure(exc) from exc
         if account_id not in ws.accounts:
             raise _account_not_found(account_id)
-        rules.catch_up(ws, account_id, asset)
+        caps = rules.cap_views(ws, account_id, asset)  # catches the pair (and its pools) up
+        source = rules.funder(ws, account_id, asset)
         balance = ws.balance(account_id, asset).copy()
+        may_spend = max(0, ws.balance(source, asset).spendable)
+        if caps:
+            may_spend = min(may_spend, *(cap.remaining for cap in caps))
         live = ws.spendable_lots(pair)
         now = ws.now
         expiring = 0
@@ -312,7 +332,12 @@ class Ledger:
                 if lot.expires_at is not None and lot.expires_at <= horizon
             )
         return BalanceView(
-            balance, expiring, live[: limits.LOTS_LISTED_MAX] if include_lots else []
+            balance,
+            expiring,
+            live[: limits.LOTS_LISTED_MAX] if include_lots else [],
+            funded_by=source,
+            may_spend=may_spend,
+            caps=caps,
         )
 
     async def get_reservation(self, reservation_id: str, access: Access = LOCAL) -> Reservation:
@@ -328,7 +353,7 @@ class Ledger:
         except _STORAGE_FAILURES as exc:
             raise _storage_failure(exc) from exc
         res = ws.reservations.get(reservation_id)
-        if res is None or not access.covers(res.account_id):
+        if res is None or not access.covers(res.spender):
             raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
         rules.catch_up(ws, res.account_id, res.asset)
         out = rules.snapshot(res)
@@ -348,7 +373,7 @@ class Ledger:
         except _STORAGE_FAILURES as exc:
             raise _storage_failure(exc) from exc
         legs = [r for r in ws.reservations.values() if r.group_id == group_id]
-        if not legs or not all(access.covers(r.account_id) for r in legs):
+        if not legs or not all(access.covers(r.spender) for r in legs):
             raise errors.ReservationGroupNotFound(f"reservation group {group_id} not found")
         for r in legs:
             rules.catch_up(ws, r.account_id, r.asset)

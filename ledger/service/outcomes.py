@@ -13,6 +13,7 @@ from ledger.domain import codec, errors
 from ledger.domain.model import (
     GrantResult,
     GroupResult,
+    LimitsResult,
     ReservationResult,
     Result,
 )
@@ -48,8 +49,11 @@ def encode(outcome: Outcome) -> dict[str, Any]:
             "group": {
                 "group_id": outcome.group_id,
                 "reservations": [codec.reservation_to_dict(r) for r in outcome.reservations],
+                "balances": [codec.balance_to_dict(b) for b in outcome.balances],
             }
         }
+    if isinstance(outcome, LimitsResult):
+        return {"limits": {"balance": codec.balance_to_dict(outcome.balance)}}
     return {"none": {}}
 
 
@@ -70,5 +74,12 @@ def decode(stored: dict[str, Any]) -> Outcome:
         )
     if "group" in stored:
         g = stored["group"]
-        return GroupResult(g["group_id"], [codec.reservation_from(r) for r in g["reservations"]])
+        return GroupResult(
+            g["group_id"],
+            [codec.reservation_from(r) for r in g["reservations"]],
+            # Recorded before versions (migration 0011): no balances.
+            tuple(codec.balance_from(b) for b in g.get("balances", ())),
+        )
+    if "limits" in stored:
+        return LimitsResult(codec.balance_from(stored["limits"]["balance"]))
     return None

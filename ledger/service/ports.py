@@ -85,8 +85,11 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def create_account(
-        self, account_id: str, metadata: dict[str, str], now: datetime
-    ) -> Account | None: ...
+        self, account_id: str, metadata: dict[str, str], now: datetime, parent_id: str = ""
+    ) -> Account | None:
+        """None when the id is taken. Errors: AccountNotFound (the parent),
+        PoolDepthExceeded."""
+        ...
 
     async def get_account(self, account_id: str) -> Account | None: ...
 

@@ -30,9 +30,9 @@ def accounts_of(cmd: c.MutatingCommand, result: Result | None) -> list[str]:
     if isinstance(result, GrantResult):
         out.append(result.balance.account_id)
     elif isinstance(result, ReservationResult):
-        out.append(result.reservation.account_id)
+        out.append(result.reservation.spender)
     elif isinstance(result, GroupResult):
-        out += [r.account_id for r in result.reservations]
+        out += [r.spender for r in result.reservations]
     account_id = getattr(cmd, "account_id", None)
     if isinstance(account_id, str):
         out.append(account_id)

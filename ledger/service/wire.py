@@ -31,7 +31,7 @@ import orjson
 
 from ledger.domain import commands, errors, model
 from ledger.domain.errors import FieldViolation, LedgerError
-from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
+from ledger.domain.model import GrantResult, GroupResult, LimitsResult, ReservationResult, Result
 from ledger.service import outcomes as recorded
 
 
@@ -161,7 +161,7 @@ def _raise_error(d: dict[str, Any]) -> LedgerError:
     return exc
 
 
-_RECORDED = (GrantResult, ReservationResult, GroupResult)
+_RECORDED = (GrantResult, ReservationResult, GroupResult, LimitsResult)
 
 
 def _outcome(item: dict[str, Any]) -> Outcome:

@@ -435,7 +435,7 @@ def _footprint(
     for cmd in cmds:
         if isinstance(cmd, c.Grant):
             grant_pairs.add((cmd.account_id, cmd.asset))
-        if isinstance(cmd, (c.Grant, c.Reserve, c.Charge)):
+        if isinstance(cmd, (c.Grant, c.Reserve, c.Charge, c.SetSpendingLimits, c.SetMemberCap)):
             pairs.add((cmd.account_id, cmd.asset))
             accounts.add(cmd.account_id)
         elif isinstance(cmd, c.ReserveGroup):

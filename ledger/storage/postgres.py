@@ -102,11 +102,15 @@ _WRITER_PLANS = (
     " SET enable_hashjoin = off; SET enable_mergejoin = off"
 )
 
-_BALANCE_COLS = "account_id, asset, available, reserved, granted, settled, refunded, expired"
+_BALANCE_COLS = (
+    "account_id, asset, available, reserved, granted, settled, refunded, expired, version,"
+    " floor, debt, cap_day, cap_month, cap_lifetime, cap_held, spent_day, day_start,"
+    " spent_month, month_start, spent_total"
+)
 _LOT_COLS = "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at"
 _RES_COLS = (
     "reservation_id, account_id, asset, amount, settled, released, refunded, state, created_at,"
-    " expires_at, metadata, group_id, leg_key, allocations, expired, leg_index"
+    " expires_at, metadata, group_id, leg_key, allocations, expired, leg_index, member_id"
 )
 
 # One statement reads everything a batch needs (one round trip instead of five).
@@ -121,9 +125,17 @@ _RES_COLS = (
 _LOAD = f"""
 WITH byid AS (
     SELECT {_RES_COLS} FROM reservations WHERE reservation_id = ANY($3::uuid[])
-), pairs AS (
+), pairs0 AS (
     SELECT * FROM unnest($4::text[], $5::text[]) AS p(account_id, asset)
     UNION SELECT account_id, asset FROM byid
+    UNION SELECT member_id, asset FROM byid WHERE member_id IS NOT NULL
+), pairs AS (
+    -- Shared pools: the ancestors' pairs of every pair, which its spends may draw
+    -- from (accounts.ancestors, at most POOL_DEPTH_MAX; empty for most accounts).
+    SELECT * FROM pairs0
+    UNION SELECT anc.account_id, p.asset FROM pairs0 p
+    JOIN accounts a ON a.account_id = p.account_id
+    CROSS JOIN LATERAL unnest(a.ancestors) AS anc(account_id)
 ), res AS (
     SELECT * FROM byid
     UNION
@@ -134,13 +146,17 @@ WITH byid AS (
     ) AS r
 ), whole AS (
     SELECT * FROM unnest($8::text[], $9::text[]) AS w(account_id, asset)
+), counted AS (
+    -- Pairs whose caps' counters a hold's end changes: the members of loaded holds.
+    SELECT * FROM pairs UNION SELECT member_id, asset FROM res WHERE member_id IS NOT NULL
 )
 SELECT 'i' AS kind, jsonb_build_array(i.caller, i.key, i.method, encode(i.request_hash, 'hex'), i.outcome)
 FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
   ON i.caller = k.caller AND i.key = k.key AND i.expires_at > $7::timestamptz
 UNION ALL SELECT 'r', to_jsonb(res) FROM res
-UNION ALL SELECT 'a', to_jsonb(accounts.account_id) FROM accounts WHERE account_id = ANY($6::text[])
-UNION ALL SELECT 'b', to_jsonb(b) FROM (SELECT {_BALANCE_COLS} FROM balances JOIN pairs USING (account_id, asset)) AS b
+UNION ALL SELECT 'a', jsonb_build_array(accounts.account_id, accounts.ancestors) FROM accounts
+WHERE account_id = ANY($6::text[])
+UNION ALL SELECT 'b', to_jsonb(b) FROM (SELECT {_BALANCE_COLS} FROM balances JOIN counted USING (account_id, asset)) AS b
 UNION ALL SELECT 'l', to_jsonb(l) FROM (
     -- = ANY(ARRAY(...)) keeps this an index scan: an IN (subquery) over the
     -- allocations' jsonb was estimated at 100 rows and hash-joined a full scan.
@@ -168,10 +184,18 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     INSERT INTO balances ({_BALANCE_COLS})
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'b') AS t(
         account_id text, asset text, available int8, reserved int8, granted int8, settled int8,
-        refunded int8, expired int8)
+        refunded int8, expired int8, version int8, floor int8, debt int8, cap_day int8,
+        cap_month int8, cap_lifetime int8, cap_held int8, spent_day int8, day_start date,
+        spent_month int8, month_start date, spent_total int8)
     ON CONFLICT (account_id, asset) DO UPDATE SET
         available = EXCLUDED.available, reserved = EXCLUDED.reserved, granted = EXCLUDED.granted,
-        settled = EXCLUDED.settled, refunded = EXCLUDED.refunded, expired = EXCLUDED.expired
+        settled = EXCLUDED.settled, refunded = EXCLUDED.refunded, expired = EXCLUDED.expired,
+        version = EXCLUDED.version, floor = EXCLUDED.floor, debt = EXCLUDED.debt,
+        cap_day = EXCLUDED.cap_day, cap_month = EXCLUDED.cap_month,
+        cap_lifetime = EXCLUDED.cap_lifetime, cap_held = EXCLUDED.cap_held,
+        spent_day = EXCLUDED.spent_day, day_start = EXCLUDED.day_start,
+        spent_month = EXCLUDED.spent_month, month_start = EXCLUDED.month_start,
+        spent_total = EXCLUDED.spent_total
     RETURNING 1
 ), l AS (
     INSERT INTO lots ({_LOT_COLS})
@@ -185,7 +209,8 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'r') AS t(
         reservation_id uuid, account_id text, asset text, amount int8, settled int8, released int8,
         refunded int8, state text, created_at timestamptz, expires_at timestamptz, metadata jsonb,
-        group_id uuid, leg_key text, allocations jsonb, expired int8, leg_index int4)
+        group_id uuid, leg_key text, allocations jsonb, expired int8, leg_index int4,
+        member_id text)
     ON CONFLICT (reservation_id) DO UPDATE SET
         settled = EXCLUDED.settled, released = EXCLUDED.released, refunded = EXCLUDED.refunded,
         state = EXCLUDED.state, allocations = EXCLUDED.allocations, expired = EXCLUDED.expired
@@ -197,6 +222,11 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
         transaction_id uuid, account_id text, asset text, amount int8, movement text, bucket text,
         reservation_id uuid, lot_id uuid)
     RETURNING 1
+), s AS (
+    INSERT INTO spending_limits (transaction_id, account_id, asset, kind, value, created_at)
+    SELECT t.*, $2::timestamptz FROM d, jsonb_to_recordset(d.doc->'s') AS t(
+        transaction_id uuid, account_id text, asset text, kind text, value int8)
+    RETURNING 1
 ), i AS (
     INSERT INTO idempotency (caller, key, method, request_hash, outcome, created_at, expires_at)
     SELECT t.caller, t.key, t.method, decode(t.request_hash, 'hex'), t.outcome, $2::timestamptz,
@@ -206,7 +236,7 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FROM r)
-     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i)
+     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i) + (SELECT count(*) FROM s)
 """
 
 
@@ -315,7 +345,11 @@ _LIST_RESERVATIONS: dict[ReservationState | None, tuple[str, bool]] = {
 
 def _reservation_doc(r: Reservation) -> dict[str, Any]:
     """A reservation for the save's jsonb (the group_id column is a uuid: none is NULL)."""
-    return {**codec.reservation_to_dict(r), "group_id": r.group_id or None}
+    return {
+        **codec.reservation_to_dict(r),
+        "group_id": r.group_id or None,
+        "member_id": r.member_id or None,
+    }
 
 
 def _entry(row: asyncpg.Record) -> Entry:
@@ -388,7 +422,9 @@ class PgBatch:
             elif kind == "r":
                 ws.add_reservation(codec.reservation_from(data))
             elif kind == "a":
-                ws.accounts.add(data)
+                account_id, ancestors = data
+                ws.accounts.add(account_id)
+                ws.ancestors[account_id] = codec.ancestors_from(ancestors)
             elif kind == "i":
                 caller, key, method, request_hash, outcome = data
                 records[(caller, key)] = IdempotencyRecord(
@@ -419,6 +455,16 @@ class PgBatch:
                     "lot_id": p.lot_id or None,
                 }
                 for p in ws.postings
+            ],
+            "s": [
+                {
+                    "transaction_id": tx,
+                    "account_id": a,
+                    "asset": asset,
+                    "kind": kind,
+                    "value": value,
+                }
+                for a, asset, kind, value, tx in ws.limit_changes
             ],
             "i": [
                 {
@@ -713,20 +759,45 @@ class PostgresStore:
         return False
 
     async def create_account(
-        self, account_id: str, metadata: dict[str, str], now: datetime
+        self, account_id: str, metadata: dict[str, str], now: datetime, parent_id: str = ""
     ) -> Account | None:
+        """None when the id is taken. Errors: AccountNotFound (the parent),
+        PoolDepthExceeded (the parent has POOL_DEPTH_MAX ancestors already)."""
+
         async def run(conn: asyncpg.Connection) -> Account | None:
             async with conn.transaction(isolation="serializable"):
+                ancestors: list[str] = []
+                if parent_id:
+                    up = await conn.fetchval(
+                        "SELECT ancestors FROM accounts WHERE account_id = $1", parent_id
+                    )
+                    if up is None:
+                        raise errors.AccountNotFound(
+                            f"parent account {parent_id} not found",
+                            {"account_id": parent_id, "field": "parent_id"},
+                        )
+                    if len(up) >= limits.POOL_DEPTH_MAX:
+                        raise errors.PoolDepthExceeded(
+                            f"{parent_id} already has {len(up)} ancestors; a pool is at most"
+                            f" {limits.POOL_DEPTH_MAX} levels above a member (POOL_DEPTH_MAX)",
+                            {"parent_id": parent_id, "limit": str(limits.POOL_DEPTH_MAX)},
+                        )
+                    ancestors = [parent_id, *up]
                 row = await conn.fetchrow(
-                    "INSERT INTO accounts (account_id, metadata, created_at) VALUES ($1, $2::jsonb, $3)"
+                    "INSERT INTO accounts (account_id, metadata, created_at, parent_id, ancestors)"
+                    " VALUES ($1, $2::jsonb, $3, $4, $5::text[])"
                     " ON CONFLICT (account_id) DO NOTHING RETURNING account_id, metadata, created_at",
                     account_id,
                     json.dumps(metadata),
                     now,
+                    parent_id or None,
+                    ancestors,
                 )
             if row is None:
                 return None
-            return Account(row["account_id"], dict(row["metadata"]), row["created_at"], [])
+            return Account(
+                row["account_id"], dict(row["metadata"]), row["created_at"], [], parent_id
+            )
 
         return await self._read(run)
 
@@ -734,13 +805,16 @@ class PostgresStore:
         """The account without its balances (snapshot() reads those as of an instant)."""
         row = await self._standby_read(
             lambda conn: conn.fetchrow(
-                "SELECT account_id, metadata, created_at FROM accounts WHERE account_id = $1",
+                "SELECT account_id, metadata, created_at, parent_id FROM accounts"
+                " WHERE account_id = $1",
                 account_id,
             )
         )
         if row is None:
             return None
-        return Account(row["account_id"], dict(row["metadata"]), row["created_at"], [])
+        return Account(
+            row["account_id"], dict(row["metadata"]), row["created_at"], [], row["parent_id"] or ""
+        )
 
     async def snapshot(
         self,

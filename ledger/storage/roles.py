@@ -37,6 +37,8 @@ SERVING_RIGHTS: dict[str, tuple[str, ...]] = {
     "entries": ("SELECT", "INSERT"),
     "idempotency": ("SELECT", "INSERT"),
     "reservations_archive": ("SELECT",),
+    # SetSpendingLimits appends a row per floor set; nothing updates or deletes one.
+    "spending_limits": ("SELECT", "INSERT"),
     "schema_migrations": ("SELECT",),
     # The election renews and takes the lease (UPDATE); the fence locks it FOR KEY SHARE.
     "writer_lease": ("SELECT", "UPDATE"),

@@ -27,7 +27,7 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "balances_match_entries",
-        "each balance (available, reserved and lifetime totals) equals its entries"
+        "each balance (available, reserved, debt and lifetime totals) equals its entries"
         " (lifetime totals saturate at INT64_MAX: workingset.saturating)",
         """WITH e AS (
           SELECT account_id, asset,
@@ -36,17 +36,117 @@ CHECKS: list[tuple[str, str, str]] = [
             least(coalesce(sum(amount) FILTER (WHERE movement = 'grant'), 0), 9223372036854775807) AS granted,
             least(coalesce(-sum(amount) FILTER (WHERE movement = 'settle'), 0), 9223372036854775807) AS settled,
             least(coalesce(sum(amount) FILTER (WHERE movement = 'refund'), 0), 9223372036854775807) AS refunded,
-            least(coalesce(-sum(amount) FILTER (WHERE movement = 'lot_expiry'), 0), 9223372036854775807) AS expired
+            least(coalesce(-sum(amount) FILTER (WHERE movement = 'lot_expiry'), 0), 9223372036854775807) AS expired,
+            coalesce(sum(amount) FILTER (WHERE movement IN ('debt', 'debt_repayment')), 0) AS debt
           FROM entries WHERE bucket <> 'system' GROUP BY 1, 2)
         SELECT coalesce(b.account_id, e.account_id) AS account_id, coalesce(b.asset, e.asset) AS asset,
                b.available, e.available AS entries_available, b.reserved, e.reserved AS entries_reserved,
                b.granted, e.granted AS entries_granted, b.settled, e.settled AS entries_settled,
-               b.refunded, e.refunded AS entries_refunded, b.expired, e.expired AS entries_expired
+               b.refunded, e.refunded AS entries_refunded, b.expired, e.expired AS entries_expired,
+               b.debt, e.debt AS entries_debt
         FROM balances b FULL JOIN e ON b.account_id = e.account_id AND b.asset = e.asset
         WHERE (coalesce(b.available, 0), coalesce(b.reserved, 0), coalesce(b.granted, 0),
-               coalesce(b.settled, 0), coalesce(b.refunded, 0), coalesce(b.expired, 0))
+               coalesce(b.settled, 0), coalesce(b.refunded, 0), coalesce(b.expired, 0), coalesce(b.debt, 0))
            IS DISTINCT FROM (coalesce(e.available, 0), coalesce(e.reserved, 0), coalesce(e.granted, 0),
-               coalesce(e.settled, 0), coalesce(e.refunded, 0), coalesce(e.expired, 0))""",
+               coalesce(e.settled, 0), coalesce(e.refunded, 0), coalesce(e.expired, 0), coalesce(e.debt, 0))""",
+    ),
+    (
+        "never_below_floor",
+        "no spend (reserve, charge) left its pair's position (available - debt) below the"
+        " floor in force, replayed from the journal: entries in order and every floor set"
+        " (spending_limits; a floor set at the spend's own instant counts if lower)",
+        """WITH t AS (
+          SELECT account_id, asset, transaction_id, min(entry_id) AS first_id, min(created_at) AS at,
+                 coalesce(sum(amount) FILTER (WHERE bucket = 'available'), 0)
+                 - coalesce(sum(amount) FILTER (WHERE movement IN ('debt', 'debt_repayment')), 0) AS delta,
+                 bool_or(bucket = 'available' AND amount < 0 AND movement IN ('reserve', 'settle')) AS spend
+          FROM entries WHERE bucket <> 'system' GROUP BY 1, 2, 3
+        ), run AS (
+          SELECT account_id, asset, transaction_id, at, spend,
+                 sum(delta) OVER (PARTITION BY account_id, asset ORDER BY first_id) AS position
+          FROM t
+        )
+        SELECT r.account_id, r.asset, r.transaction_id, r.position, coalesce(f.floor, 0) AS floor
+        FROM run r LEFT JOIN LATERAL (
+          SELECT min(s.value) AS floor FROM spending_limits s
+          WHERE s.account_id = r.account_id AND s.asset = r.asset AND s.kind = 'floor'
+            AND s.created_at <= r.at
+            AND s.created_at >= coalesce((SELECT max(p.created_at) FROM spending_limits p
+                 WHERE p.account_id = r.account_id AND p.asset = r.asset AND p.kind = 'floor'
+                   AND p.created_at < r.at), '-infinity')
+        ) f ON true
+        WHERE r.spend AND r.position < coalesce(f.floor, 0)""",
+    ),
+    (
+        "cap_held_matches_open_holds",
+        "each account's cap_held equals what its spends' open reservations hold, on its own"
+        " pair or a pool's (member_id)",
+        """WITH h AS (SELECT coalesce(member_id, account_id) AS account_id, asset,
+                          sum(amount - settled - released - expired) AS held
+                   FROM reservations WHERE state = 'open' GROUP BY 1, 2)
+        SELECT coalesce(b.account_id, h.account_id) AS account_id, coalesce(b.asset, h.asset) AS asset,
+               b.cap_held, h.held
+        FROM balances b FULL JOIN h ON b.account_id = h.account_id AND b.asset = h.asset
+        WHERE coalesce(b.cap_held, 0) <> coalesce(h.held, 0)""",
+    ),
+    (
+        "never_past_cap",
+        "no spend (reserve, charge) took an account past a cap in force, replayed from the"
+        " journal: per spender, held now (held entries of its reservations) plus settled"
+        " (@consumed settle entries) in the UTC day, calendar month or ever",
+        f"""WITH r AS (
+          SELECT reservation_id, coalesce(member_id, account_id) AS spender FROM {_ALL_RESERVATIONS} x
+        ), ev AS (
+          SELECT r.spender, e.asset, e.transaction_id, min(e.entry_id) AS first_id,
+                 min(e.created_at) AS at,
+                 coalesce(sum(e.amount) FILTER (WHERE e.bucket = 'held'), 0) AS d_held,
+                 coalesce(sum(e.amount) FILTER (WHERE e.account_id = '@consumed'
+                                                  AND e.movement = 'settle'), 0) AS d_spent,
+                 bool_or((e.bucket = 'held' AND e.amount > 0 AND e.movement = 'reserve')
+                         OR (e.bucket = 'available' AND e.amount < 0 AND e.movement = 'settle')) AS spend
+          FROM entries e JOIN r USING (reservation_id)
+          GROUP BY 1, 2, 3
+        ), run AS (
+          SELECT spender, asset, transaction_id, at, spend,
+                 sum(d_held) OVER (PARTITION BY spender, asset ORDER BY first_id) AS held,
+                 sum(d_spent) OVER (PARTITION BY spender, asset ORDER BY first_id) AS spent_total,
+                 sum(d_spent) OVER (PARTITION BY spender, asset, (at AT TIME ZONE 'UTC')::date
+                                    ORDER BY first_id) AS spent_day,
+                 sum(d_spent) OVER (PARTITION BY spender, asset,
+                                    date_trunc('month', at AT TIME ZONE 'UTC') ORDER BY first_id) AS spent_month
+          FROM ev
+        ), checks AS (
+          SELECT run.*, k.kind,
+                 run.held + CASE k.kind WHEN 'cap_day' THEN run.spent_day
+                                        WHEN 'cap_month' THEN run.spent_month
+                                        ELSE run.spent_total END AS used
+          FROM run CROSS JOIN (VALUES ('cap_day'), ('cap_month'), ('cap_lifetime')) AS k(kind)
+          WHERE run.spend
+        )
+        SELECT c.spender AS account_id, c.asset, c.transaction_id, c.kind, c.used, f.cap
+        FROM checks c JOIN LATERAL (
+          SELECT min(s.value) AS cap FROM spending_limits s
+          WHERE s.account_id = c.spender AND s.asset = c.asset AND s.kind = c.kind
+            AND s.created_at <= c.at
+            AND s.created_at >= coalesce((SELECT max(p.created_at) FROM spending_limits p
+                 WHERE p.account_id = c.spender AND p.asset = c.asset AND p.kind = c.kind
+                   AND p.created_at < c.at), '-infinity')
+        ) f ON true
+        WHERE f.cap IS NOT NULL AND c.used > f.cap""",
+    ),
+    (
+        "versions_count_changes",
+        "each pair's version equals the ledger transactions that moved it plus the floors set"
+        " on it (each change of a pair, a command or a deadline, is one transaction:"
+        " docs/design.md, 'Versions')",
+        """WITH e AS (SELECT account_id, asset, count(DISTINCT transaction_id) AS changes
+                   FROM entries WHERE bucket <> 'system' GROUP BY 1, 2
+                   UNION ALL
+                   SELECT account_id, asset, count(*) FROM spending_limits GROUP BY 1, 2),
+             c AS (SELECT account_id, asset, sum(changes) AS changes FROM e GROUP BY 1, 2)
+        SELECT b.account_id, b.asset, b.version, coalesce(c.changes, 0) AS changes
+        FROM balances b LEFT JOIN c USING (account_id, asset)
+        WHERE b.version <> coalesce(c.changes, 0)""",
     ),
     (
         "reserved_matches_open_reservations",
@@ -189,6 +289,10 @@ _SCOPE_OF = {
     "transactions_balance": "transaction_id",
     "assets_balance": "asset",
     "balances_match_entries": "account_id",
+    "versions_count_changes": "account_id",
+    "never_below_floor": "account_id",
+    "cap_held_matches_open_holds": "account_id",
+    "never_past_cap": "account_id",
     "reserved_matches_open_reservations": "account_id",
     "available_not_negative": "account_id",
     "reservation_caps": "reservation_id",
@@ -235,6 +339,7 @@ async def verify(url: str, sample_max: int = 10, account_id: str | None = None) 
                 "reservations_archive",
                 "entries",
                 "idempotency",
+                "spending_limits",
             ):
                 report.counts[table] = await conn.fetchval(f"SELECT count(*) FROM {table}")
             for name, _, sql in CHECKS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from creditledger.v1 import ledger_pb2 as pb
@@ -14,6 +15,8 @@ from ledger.domain.model import (
     Account,
     Balance,
     Bucket,
+    CapView,
+    CapWindow,
     Entry,
     Lot,
     Movement,
@@ -34,7 +37,22 @@ _MOVEMENT = {
     Movement.REFUND: pb.Entry.MOVEMENT_REFUND,
     Movement.RESERVATION_EXPIRY: pb.Entry.MOVEMENT_RESERVATION_EXPIRY,
     Movement.LOT_EXPIRY: pb.Entry.MOVEMENT_LOT_EXPIRY,
+    Movement.DEBT: pb.Entry.MOVEMENT_DEBT,
+    Movement.DEBT_REPAYMENT: pb.Entry.MOVEMENT_DEBT_REPAYMENT,
 }
+_OVERAGE: dict[int, str] = {
+    pb.OVERAGE_MODE_UNSPECIFIED: "reject",
+    pb.OVERAGE_MODE_REJECT: "reject",
+    pb.OVERAGE_MODE_CAP: "cap",
+    pb.OVERAGE_MODE_DEBT: "debt",
+}
+
+
+def overage(value: int) -> str:
+    """An unknown number stays as text the command's validation names (field overage)."""
+    return _OVERAGE.get(int(value), f"mode {int(value)}")
+
+
 _BUCKET = {
     Bucket.AVAILABLE: pb.Entry.BUCKET_AVAILABLE,
     Bucket.HELD: pb.Entry.BUCKET_HELD,
@@ -74,6 +92,39 @@ def _ts(value: datetime) -> timestamp_pb2.Timestamp:
 
 # ---- requests -> commands
 
+_OPERATOR = {
+    pb.Comparison.OPERATOR_GT: ">",
+    pb.Comparison.OPERATOR_GE: ">=",
+    pb.Comparison.OPERATOR_EQ: "=",
+    pb.Comparison.OPERATOR_LE: "<=",
+    pb.Comparison.OPERATOR_LT: "<",
+}
+
+
+def _comparison(msg: pb.Comparison, present: bool) -> c.Comparison | None:
+    if not present:
+        return None
+    # An unknown or unspecified operator stays as text the command's validation names.
+    return c.Comparison(_OPERATOR.get(msg.operator, f"operator {int(msg.operator)}"), msg.value)
+
+
+def preconditions(items: Sequence[pb.Precondition]) -> tuple[c.Precondition, ...]:
+    """Errors: InvalidArgument (preconditions) past PRECONDITIONS_MAX, before decoding them."""
+    if len(items) > limits.PRECONDITIONS_MAX:
+        raise _invalid(
+            "preconditions", f"at most {limits.PRECONDITIONS_MAX} preconditions (PRECONDITIONS_MAX)"
+        )
+    return tuple(
+        c.Precondition(
+            p.account_id,
+            p.asset,
+            p.version if p.HasField("version") else None,
+            _comparison(p.available, p.HasField("available")),
+            _comparison(p.held, p.HasField("held")),
+        )
+        for p in items
+    )
+
 
 def grant(req: pb.GrantRequest, caller: str) -> c.Grant:
     return c.Grant(
@@ -86,6 +137,7 @@ def grant(req: pb.GrantRequest, caller: str) -> c.Grant:
         timestamp(req.expires_at, req.HasField("expires_at"), "expires_at"),
         req.priority if req.HasField("priority") else limits.PRIORITY_DEFAULT,
         req.source,
+        preconditions(req.preconditions),
     )
 
 
@@ -98,6 +150,8 @@ def reserve(req: pb.ReserveRequest, caller: str) -> c.Reserve:
         req.amount,
         duration_s(req.ttl, req.HasField("ttl")),
         dict(req.metadata),
+        preconditions(req.preconditions),
+        overage(req.overage),
     )
 
 
@@ -111,6 +165,7 @@ def reserve_group(req: pb.ReserveGroupRequest, caller: str) -> c.ReserveGroup:
         legs,
         duration_s(req.ttl, req.HasField("ttl")),
         dict(req.metadata),
+        preconditions(req.preconditions),
     )
 
 
@@ -160,26 +215,107 @@ def _batch_command(index: int, msg: pb.BatchCommand, caller: str) -> c.BatchComm
 
 def charge(req: pb.ChargeRequest, caller: str) -> c.Charge:
     return c.Charge(
-        caller, req.idempotency_key, req.account_id, req.asset, req.amount, dict(req.metadata)
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        req.amount,
+        dict(req.metadata),
+        preconditions(req.preconditions),
+        overage(req.overage),
     )
 
 
+def set_spending_limits(req: pb.SetSpendingLimitsRequest, caller: str) -> c.SetSpendingLimits:
+    return c.SetSpendingLimits(
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        req.floor,
+        preconditions(req.preconditions),
+    )
+
+
+_WINDOW: dict[int, str] = {
+    pb.CAP_WINDOW_DAY: "day",
+    pb.CAP_WINDOW_MONTH: "month",
+    pb.CAP_WINDOW_LIFETIME: "lifetime",
+}
+_WINDOW_PB = {CapWindow(v): k for k, v in _WINDOW.items()}
+
+
+def set_member_cap(req: pb.SetMemberCapRequest, caller: str) -> c.SetMemberCap:
+    return c.SetMemberCap(
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        _WINDOW.get(int(req.window), f"window {int(req.window)}"),
+        req.cap if req.HasField("cap") else None,
+        preconditions(req.preconditions),
+    )
+
+
+def cap_view(v: CapView) -> pb.CapView:
+    out = pb.CapView(
+        window=_WINDOW_PB[v.window],  # type: ignore[arg-type]
+        cap=v.cap,
+        used=v.used,
+        remaining=v.remaining,
+    )
+    if v.resets_at is not None:
+        out.resets_at.CopyFrom(_ts(v.resets_at))
+    return out
+
+
 def settle(req: pb.SettleRequest, caller: str) -> c.Settle:
-    return c.Settle(caller, req.idempotency_key, req.reservation_id, req.amount, req.final)
+    return c.Settle(
+        caller,
+        req.idempotency_key,
+        req.reservation_id,
+        req.amount,
+        req.final,
+        preconditions(req.preconditions),
+    )
 
 
 def release(req: pb.ReleaseRequest, caller: str) -> c.Release:
-    return c.Release(caller, req.idempotency_key, req.reservation_id, req.amount)
+    return c.Release(
+        caller,
+        req.idempotency_key,
+        req.reservation_id,
+        req.amount,
+        preconditions(req.preconditions),
+    )
 
 
 def refund(req: pb.RefundRequest, caller: str) -> c.Refund:
-    return c.Refund(caller, req.idempotency_key, req.reservation_id, req.amount, req.reason)
+    return c.Refund(
+        caller,
+        req.idempotency_key,
+        req.reservation_id,
+        req.amount,
+        req.reason,
+        preconditions(req.preconditions),
+    )
 
 
 # ---- domain -> messages
 
 
 def balance(b: Balance) -> pb.Balance:
+    out = _balance(b)
+    if b.cap_day is not None:
+        out.cap_day = b.cap_day
+    if b.cap_month is not None:
+        out.cap_month = b.cap_month
+    if b.cap_lifetime is not None:
+        out.cap_lifetime = b.cap_lifetime
+    return out
+
+
+def _balance(b: Balance) -> pb.Balance:
     return pb.Balance(
         account_id=b.account_id,
         asset=b.asset,
@@ -189,6 +325,10 @@ def balance(b: Balance) -> pb.Balance:
         settled=b.settled,
         refunded=b.refunded,
         expired=b.expired,
+        version=b.version,
+        floor=b.floor,
+        debt=b.debt,
+        spendable=b.spendable_in_debt,
     )
 
 
@@ -223,6 +363,7 @@ def reservation(r: Reservation) -> pb.Reservation:
         metadata=r.metadata,
         group_id=r.group_id,
         leg_key=r.leg_key,
+        member_id=r.member_id,
     )
 
 
@@ -247,6 +388,7 @@ def account(a: Account) -> pb.Account:
         metadata=a.metadata,
         created_at=_ts(a.created_at),
         balances=[balance(b) for b in a.balances],
+        parent_id=a.parent_id,
     )
 
 

@@ -15,7 +15,7 @@ from creditledger.v1 import ledger_pb2 as pb
 from ledger.domain import commands as c
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation, LedgerError
-from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
+from ledger.domain.model import GrantResult, GroupResult, LimitsResult, ReservationResult, Result
 from ledger.service.ledger import Ledger
 from ledger.service.listing import ReservationQuery
 from ledger.transport import convert, status
@@ -34,9 +34,12 @@ def local_access(context: grpc.aio.ServicerContext[Any, Any]) -> Access:
 def _reservation_reply(result: Result, response: type[Any]) -> Any:
     if not isinstance(result, ReservationResult):
         raise InvariantViolation(f"expected a reservation result, got {type(result).__name__}")
-    return response(
+    reply = response(
         reservation=convert.reservation(result.reservation), balance=convert.balance(result.balance)
     )
+    if response in _TAKES:
+        reply.taken = result.reservation.amount  # what was taken (CAP: possibly less, or 0)
+    return reply
 
 
 class LedgerServicer:
@@ -80,11 +83,17 @@ class LedgerServicer:
                 pb.ListReservationsResponse,
             ),
             "SubmitBatch": (self.submit_batch, pb.SubmitBatchRequest, pb.SubmitBatchResponse),
+            "SetSpendingLimits": (
+                self.set_spending_limits,
+                pb.SetSpendingLimitsRequest,
+                pb.SetSpendingLimitsResponse,
+            ),
+            "SetMemberCap": (self.set_member_cap, pb.SetMemberCapRequest, pb.SetMemberCapResponse),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
         account = await self._ledger.create_account(
-            req.account_id, dict(req.metadata), self._authorize(ctx)
+            req.account_id, dict(req.metadata), self._authorize(ctx), req.parent_id
         )
         return pb.CreateAccountResponse(account=convert.account(account)), False
 
@@ -117,7 +126,9 @@ class LedgerServicer:
             group_id=result.group_id,
             reservations=[convert.reservation(r) for r in result.reservations],
         )
-        return pb.ReserveGroupResponse(group=group), replayed
+        return pb.ReserveGroupResponse(
+            group=group, balances=[convert.balance(b) for b in result.balances]
+        ), replayed
 
     async def settle(self, req: pb.SettleRequest, ctx: Any) -> Reply:
         access = self._authorize(ctx)
@@ -138,6 +149,24 @@ class LedgerServicer:
         access = self._authorize(ctx)
         result, replayed = await self._ledger.execute(convert.charge(req, access.caller), access)
         return _reservation_reply(result, pb.ChargeResponse), replayed
+
+    async def set_spending_limits(self, req: pb.SetSpendingLimitsRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(
+            convert.set_spending_limits(req, access.caller), access
+        )
+        if not isinstance(result, LimitsResult):
+            raise InvariantViolation("SetSpendingLimits returned no LimitsResult")
+        return pb.SetSpendingLimitsResponse(balance=convert.balance(result.balance)), replayed
+
+    async def set_member_cap(self, req: pb.SetMemberCapRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(
+            convert.set_member_cap(req, access.caller), access
+        )
+        if not isinstance(result, LimitsResult):
+            raise InvariantViolation("SetMemberCap returned no LimitsResult")
+        return pb.SetMemberCapResponse(balance=convert.balance(result.balance)), replayed
 
     async def get_reservation(self, req: pb.GetReservationRequest, ctx: Any) -> Reply:
         res = await self._ledger.get_reservation(req.reservation_id, self._authorize(ctx))
@@ -164,6 +193,9 @@ class LedgerServicer:
             balance=convert.balance(view.balance),
             expiring_amount=view.expiring_amount,
             lots=[convert.lot(lt) for lt in view.lots],
+            funded_by=view.funded_by,
+            may_spend=view.may_spend,
+            caps=[convert.cap_view(cap) for cap in view.caps],
         ), False
 
     async def list_entries(self, req: pb.ListEntriesRequest, ctx: Any) -> Reply:
@@ -215,6 +247,8 @@ def _batch_response(
             )
     return response
 
+
+_TAKES = (pb.ReserveResponse, pb.ChargeResponse)
 
 _RESPONSE_OF: dict[str, type[Any]] = {
     "Charge": pb.ChargeResponse,

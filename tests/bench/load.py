@@ -32,11 +32,15 @@ from tests.bench.workloads import (
     HEAVY_LOTS,
     HOT_ACCOUNT,
     LOOPS,
+    POOL_ACCOUNT,
+    POOL_MEMBER_CAP,
+    POOL_MEMBERS,
     Ops,
     Recorder,
     Slot,
     account_id,
     error_key,
+    pool_member,
 )
 
 UNIFORM_GRANT = 1_000_000
@@ -131,6 +135,32 @@ async def setup_accounts(
     await asyncio.gather(*(drain(stubs[i % len(stubs)]) for i in range(SETUP_IN_FLIGHT)))
     if with_hot:
         await setup_heavy(stubs)
+        await setup_pool(stubs)
+
+
+async def setup_pool(stubs: list[pb_grpc.LedgerServiceAsyncStub]) -> None:
+    """The pool, funded like the hot account, and its members, each capped."""
+    await _create_funded(stubs[0], POOL_ACCOUNT, HOT_GRANT)
+    todo = list(range(POOL_MEMBERS))
+
+    async def drain(stub: pb_grpc.LedgerServiceAsyncStub) -> None:
+        while todo:
+            member = pool_member(todo.pop())
+            await _retrying(
+                stub.CreateAccount,
+                pb.CreateAccountRequest(account_id=member, parent_id=POOL_ACCOUNT),
+                tolerated="ALREADY_EXISTS/ACCOUNT_EXISTS",
+            )
+            cap = pb.SetMemberCapRequest(
+                account_id=member,
+                asset=ASSET,
+                window=pb.CAP_WINDOW_LIFETIME,
+                cap=POOL_MEMBER_CAP,
+                idempotency_key=f"bench-cap-{member}",
+            )
+            await _retrying(stub.SetMemberCap, cap)
+
+    await asyncio.gather(*(drain(stubs[i % len(stubs)]) for i in range(SETUP_IN_FLIGHT)))
 
 
 async def setup_heavy(stubs: list[pb_grpc.LedgerServiceAsyncStub]) -> None:

@@ -81,6 +81,12 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
             ]
         )
 
+    async def SetSpendingLimits(self, request: Any, context: Any) -> pb.SetSpendingLimitsResponse:
+        return pb.SetSpendingLimitsResponse()
+
+    async def SetMemberCap(self, request: Any, context: Any) -> pb.SetMemberCapResponse:
+        return pb.SetMemberCapResponse()
+
 
 class _Metrics(BaseHTTPRequestHandler):
     def do_GET(self) -> None:

@@ -18,7 +18,7 @@ LAST_LINE = re.compile(
     r" hot \d+, charge p99 \d+\.\d ms, rss \d+ MB,"
     r" peak \d+ \(\d+\.\d\dx pgbench peak\), batch \d+ \(\d+\.\d\dx\)"
 )
-WORKLOADS = ("charge", "reserve-settle", "hot", "batch-charge")
+WORKLOADS = ("charge", "reserve-settle", "hot", "batch-charge", "pool")
 SMOKE_TIMEOUT_S = 90
 
 

@@ -31,7 +31,12 @@ HEAVY_LOTS = 1000
 HEAVY_LOT_AMOUNT = 10**6
 # Far above any balance the bench grants: the mixed workload's deliberate overdrafts.
 OVERDRAFT_AMOUNT = 10**14
-WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "many-lots", "batch-charge")
+# A shared pool (issue 18): POOL_MEMBERS members without lots of their own, each with
+# a lifetime cap (checked at every spend, never reached), spend from one pool.
+POOL_ACCOUNT = "bench-pool"
+POOL_MEMBERS = 1000
+POOL_MEMBER_CAP = 10**12
+WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "many-lots", "batch-charge", "pool")
 BATCH_SIZE = 100  # commands per SubmitBatch of the batch-charge workload
 REFUSED_BATCH_PAUSE_S = 0.05
 # Business rejections a workload asks for on purpose; every other error is unexpected.
@@ -46,6 +51,7 @@ EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
     # flight pass it, and the server sheds the rest with RATE_LIMITED and a retry
     # delay, as designed: the slot waits that long and sends again.
     "batch-charge": frozenset({"RESOURCE_EXHAUSTED/RATE_LIMITED"}),
+    "pool": frozenset(),
 }
 
 Resp = TypeVar("Resp")
@@ -54,6 +60,11 @@ Resp = TypeVar("Resp")
 def account_id(index: int) -> str:
     """The id of uniform account number `index`."""
     return f"bench-{index:06d}"
+
+
+def pool_member(index: int) -> str:
+    """The id of pool member number `index`."""
+    return f"{POOL_ACCOUNT}:m{index:04d}"
 
 
 def error_key(error: grpc.aio.AioRpcError) -> str:
@@ -353,6 +364,15 @@ async def run_many_lots(ops: Ops) -> None:
             await ops.charge(slot.account())
 
 
+async def run_pool(ops: Ops) -> None:
+    """1 credit per Charge by a uniformly drawn member of one pool of POOL_MEMBERS:
+    every spend draws the pool's lots (a hot pair by design) and checks the
+    member's cap (its own row); compare with `charge` and `hot`."""
+    slot = ops.slot
+    while time.monotonic() < slot.stop_at:
+        await ops.charge(pool_member(slot.rng.randrange(POOL_MEMBERS)))
+
+
 async def run_batch_charge(ops: Ops) -> None:
     """SubmitBatch of 100 Charges of 1 credit each (an event-rate caller's flushes)."""
     slot = ops.slot
@@ -381,4 +401,5 @@ LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
     "mixed-paced": run_mixed_paced,
     "many-lots": run_many_lots,
     "batch-charge": run_batch_charge,
+    "pool": run_pool,
 }

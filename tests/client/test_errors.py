@@ -54,6 +54,13 @@ CONTRACT = {
     "LOT_LIMIT_EXCEEDED": (
         grpc.StatusCode.FAILED_PRECONDITION, e.LotLimitExceeded, e.FailedPrecondition,
     ),
+    "PRECONDITION_FAILED": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.PreconditionFailed, e.FailedPrecondition,
+    ),
+    "POOL_DEPTH_EXCEEDED": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.PoolDepthExceeded, e.FailedPrecondition,
+    ),
+    "CAP_EXCEEDED": (grpc.StatusCode.FAILED_PRECONDITION, e.CapExceeded, e.FailedPrecondition),
     "CONTENTION": (grpc.StatusCode.ABORTED, e.Contention, e.Aborted),
     "DATABASE_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.DatabaseUnavailable, e.Unavailable),
     "WRITER_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.WriterUnavailable, e.Unavailable),

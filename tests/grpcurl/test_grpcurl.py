@@ -56,7 +56,8 @@ async def test_grant_reserve_settle_refund_balance_round_trip_in_json(
     )
     # int64 travels as a JSON string, both ways.
     assert grant["balance"] == {
-        "account_id": account, "asset": "crm_credits", "available": "30", "granted": "30"
+        "account_id": account, "asset": "crm_credits", "available": "30", "granted": "30",
+        "version": "1", "spendable": "30",
     }, grant  # fmt: skip
     reserve = await call(
         "Reserve", account_id=account, asset="crm_credits", amount="10", idempotency_key=f"{key}-r"

@@ -51,6 +51,13 @@ async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None
     refused = output_of("/Charge")
     assert "INSUFFICIENT_CREDITS" in refused and "FailedPrecondition" in refused, refused
     assert "as expected" in refused
+    # The pool with a capped member.
+    assert '"funded_by": "tenant-42:acme"' in output_of('"tenant-42:acme:bob", "asset": "sms"}')
+    pooled = output_of('"tenant-42:acme:bob", "asset": "sms"}')
+    assert '"may_spend": "20"' in pooled and '"used": "80"' in pooled, pooled
+    capped = output_of("readme-bob-2")
+    assert "CAP_EXCEEDED" in capped and "as expected" in capped, capped
+    assert '"member_id": "tenant-42:acme:bob"' in output_of("readme-bob-1")
     batch = output_of("/SubmitBatch")
     assert batch.count('"charge"') == 2 and "INSUFFICIENT_CREDITS" in batch, batch
     assert '"settled": "1"' in batch and '"code": 9' in batch, batch

@@ -237,6 +237,15 @@ def base_request(method: str, w: World) -> Message:
         return pb.ListReservationsRequest(
             account_id=w.account, page_size=1, page_token=w.reservations_token
         )
+    if method == "SetSpendingLimits":
+        return pb.SetSpendingLimitsRequest(
+            account_id=w.other, asset=ASSET, floor=-1, idempotency_key=new_key()
+        )
+    if method == "SetMemberCap":
+        return pb.SetMemberCapRequest(
+            account_id=w.other, asset=ASSET, window=pb.CAP_WINDOW_DAY, cap=10**9,
+            idempotency_key=new_key(),
+        )  # fmt: skip
     if method == "SubmitBatch":
         batch = pb.SubmitBatchRequest()
         batch.commands.add().charge.MergeFromString(base_request("Charge", w).SerializeToString())

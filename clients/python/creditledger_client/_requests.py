@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from creditledger.v1 import ledger_pb2 as pb
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from creditledger_client.models import GroupLeg
+from creditledger_client.models import GroupLeg, Overage
 
 
 def new_idempotency_key() -> str:
@@ -80,6 +80,7 @@ def reserve(
     idempotency_key: str | None,
     ttl: timedelta | None,
     metadata: Mapping[str, str] | None,
+    overage: Overage = Overage.REJECT,
 ) -> pb.ReserveRequest:
     return pb.ReserveRequest(
         account_id=account_id,
@@ -88,6 +89,7 @@ def reserve(
         idempotency_key=_key(idempotency_key),
         ttl=_duration(ttl),
         metadata=dict(metadata or {}),
+        overage=overage.value,  # type: ignore[arg-type]
     )
 
 
@@ -146,6 +148,7 @@ def charge(
     *,
     idempotency_key: str | None,
     metadata: Mapping[str, str] | None,
+    overage: Overage = Overage.REJECT,
 ) -> pb.ChargeRequest:
     return pb.ChargeRequest(
         account_id=account_id,
@@ -153,6 +156,7 @@ def charge(
         amount=amount,
         idempotency_key=_key(idempotency_key),
         metadata=dict(metadata or {}),
+        overage=overage.value,  # type: ignore[arg-type]
     )
 
 

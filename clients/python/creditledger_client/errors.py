@@ -254,6 +254,52 @@ class LotLimitExceeded(FailedPrecondition):
         return self._int("live_lots")
 
 
+class PreconditionFailed(FailedPrecondition):
+    """PRECONDITION_FAILED: a precondition the request carried (the pair's version,
+    a predicate on available or held) did not hold; nothing changed. Metadata has
+    the pair's current state: read it, decide, retry with a new key."""
+
+    @property
+    def version(self) -> int:
+        """The pair's current version."""
+        return self._int("version")
+
+    @property
+    def available(self) -> int:
+        """The pair's current available."""
+        return self._int("available")
+
+    @property
+    def held(self) -> int:
+        """The pair's current held credits."""
+        return self._int("held")
+
+
+class PoolDepthExceeded(FailedPrecondition):
+    """POOL_DEPTH_EXCEEDED: CreateAccount under a parent that already has the most
+    ancestors a pool may (POOL_DEPTH_MAX)."""
+
+
+class CapExceeded(FailedPrecondition):
+    """CAP_EXCEEDED: the spend would take the member past a cap; nothing changed.
+    Metadata names the cap (window, cap) and what is left of it."""
+
+    @property
+    def window(self) -> str:
+        """day, month or lifetime."""
+        return self.metadata.get("window", "")
+
+    @property
+    def cap(self) -> int:
+        """The cap."""
+        return self._int("cap")
+
+    @property
+    def remaining(self) -> int:
+        """What the cap still leaves."""
+        return self._int("remaining")
+
+
 class Contention(Aborted):
     """CONTENTION: the server's own retries of a serialization failure ran out."""
 
@@ -299,6 +345,9 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "AMOUNT_EXCEEDS_SETTLED": AmountExceedsSettled,
     "BALANCE_LIMIT_EXCEEDED": BalanceLimitExceeded,
     "LOT_LIMIT_EXCEEDED": LotLimitExceeded,
+    "PRECONDITION_FAILED": PreconditionFailed,
+    "POOL_DEPTH_EXCEEDED": PoolDepthExceeded,
+    "CAP_EXCEEDED": CapExceeded,
     "CONTENTION": Contention,
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
     "WRITER_UNAVAILABLE": WriterUnavailable,

@@ -38,6 +38,16 @@ class Movement(enum.Enum):
     REFUND = 5
     RESERVATION_EXPIRY = 6
     LOT_EXPIRY = 7
+    DEBT = 8
+    DEBT_REPAYMENT = 9
+
+
+class Overage(enum.Enum):
+    """What a Reserve or Charge does past what can be spent (OverageMode on the wire)."""
+
+    REJECT = 1  # all or nothing, never below zero (the default)
+    CAP = 2  # take what there is, up to the amount; `taken` says how much (0 too)
+    DEBT = 3  # all or nothing, down to the pair's floor
 
 
 class Bucket(enum.Enum):
@@ -61,6 +71,14 @@ class Balance:
     settled: int
     refunded: int
     expired: int
+    #: One more for every change of the pair; a Precondition may name it.
+    version: int = 0
+    #: How far below zero a DEBT-mode spend may go (<= 0).
+    floor: int = 0
+    #: Credits spent that no grant backed yet.
+    debt: int = 0
+    #: What a DEBT-mode spend may take: available - debt - floor.
+    spendable: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +237,10 @@ def balance_from_pb(m: pb.Balance) -> Balance:
         settled=m.settled,
         refunded=m.refunded,
         expired=m.expired,
+        version=m.version,
+        floor=m.floor,
+        debt=m.debt,
+        spendable=m.spendable,
     )
 
 

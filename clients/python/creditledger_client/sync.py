@@ -42,6 +42,7 @@ from creditledger_client.models import (
     EntryPage,
     GrantResult,
     GroupLeg,
+    Overage,
     Reservation,
     ReservationGroup,
     ReservationPage,
@@ -230,13 +231,22 @@ class SyncLedgerClient:
         idempotency_key: str | None = None,
         ttl: timedelta | None = None,
         metadata: Mapping[str, str] | None = None,
+        overage: Overage = Overage.REJECT,
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReservationResult:
-        """Holds `amount`, all or nothing. Raises InsufficientCredits, AccountNotFound,
+        """Holds `amount`, all or nothing (REJECT); CAP holds what there is, up to it
+        (the reservation's amount says how much); DEBT may go below zero down to the
+        floor. Raises InsufficientCredits, CapExceeded, AccountNotFound,
         IdempotencyKeyReused, InvalidArgument."""
         request = rq.reserve(
-            account_id, asset, amount, idempotency_key=idempotency_key, ttl=ttl, metadata=metadata
+            account_id,
+            asset,
+            amount,
+            idempotency_key=idempotency_key,
+            ttl=ttl,
+            metadata=metadata,
+            overage=overage,
         )
         resp, replayed = self._call(self._stub.Reserve, request, timeout_s, call_metadata)
         return reservation_result(resp, replayed)
@@ -316,13 +326,20 @@ class SyncLedgerClient:
         *,
         idempotency_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        overage: Overage = Overage.REJECT,
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReservationResult:
-        """Reserve and final Settle in one step. Raises InsufficientCredits,
-        AccountNotFound, IdempotencyKeyReused, InvalidArgument."""
+        """Reserve and final Settle in one step (overage as reserve()). Raises
+        InsufficientCredits, CapExceeded, AccountNotFound, IdempotencyKeyReused,
+        InvalidArgument."""
         request = rq.charge(
-            account_id, asset, amount, idempotency_key=idempotency_key, metadata=metadata
+            account_id,
+            asset,
+            amount,
+            idempotency_key=idempotency_key,
+            metadata=metadata,
+            overage=overage,
         )
         resp, replayed = self._call(self._stub.Charge, request, timeout_s, call_metadata)
         return reservation_result(resp, replayed)

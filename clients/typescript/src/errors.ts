@@ -305,6 +305,41 @@ export class LotLimitExceeded extends FailedPrecondition {
     this.liveLots = this.int64("live_lots");
   }
 }
+/** PRECONDITION_FAILED: a precondition of the request did not hold; nothing changed. */
+export class PreconditionFailed extends FailedPrecondition {
+  override readonly name: string = "PreconditionFailed";
+  /** The pair's current version. */
+  readonly version: bigint;
+  /** The pair's current available. */
+  readonly available: bigint;
+  /** The pair's current held credits. */
+  readonly held: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.version = this.int64("version");
+    this.available = this.int64("available");
+    this.held = this.int64("held");
+  }
+}
+/** POOL_DEPTH_EXCEEDED: CreateAccount under a parent that already has the most ancestors. */
+export class PoolDepthExceeded extends FailedPrecondition {
+  override readonly name: string = "PoolDepthExceeded";
+}
+/** CAP_EXCEEDED: a spend would take the member past a cap; nothing changed. */
+export class CapExceeded extends FailedPrecondition {
+  override readonly name: string = "CapExceeded";
+  /** The cap. */
+  readonly cap: bigint;
+  /** What the cap still leaves. */
+  readonly remaining: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.cap = this.int64("cap");
+    this.remaining = this.int64("remaining");
+  }
+}
 /** CONTENTION (ABORTED): the server ran out of serialization retries; the client retries it itself. */
 export class Contention extends Aborted {
   override readonly name: string = "Contention";
@@ -352,6 +387,9 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["AMOUNT_EXCEEDS_SETTLED", AmountExceedsSettled],
   ["BALANCE_LIMIT_EXCEEDED", BalanceLimitExceeded],
   ["LOT_LIMIT_EXCEEDED", LotLimitExceeded],
+  ["PRECONDITION_FAILED", PreconditionFailed],
+  ["POOL_DEPTH_EXCEEDED", PoolDepthExceeded],
+  ["CAP_EXCEEDED", CapExceeded],
   ["CONTENTION", Contention],
   ["DATABASE_UNAVAILABLE", DatabaseUnavailable],
   ["WRITER_UNAVAILABLE", WriterUnavailable],

@@ -30,6 +30,72 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _CapWindow:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CapWindowEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CapWindow.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAP_WINDOW_UNSPECIFIED: _CapWindow.ValueType  # 0
+    """Not allowed."""
+    CAP_WINDOW_DAY: _CapWindow.ValueType  # 1
+    """The UTC day: resets at 00:00 UTC."""
+    CAP_WINDOW_MONTH: _CapWindow.ValueType  # 2
+    """The calendar month (UTC): resets on the 1st at 00:00 UTC."""
+    CAP_WINDOW_LIFETIME: _CapWindow.ValueType  # 3
+    """Ever: never resets."""
+
+class CapWindow(_CapWindow, metaclass=_CapWindowEnumTypeWrapper):
+    """The window of a member cap."""
+
+CAP_WINDOW_UNSPECIFIED: CapWindow.ValueType  # 0
+"""Not allowed."""
+CAP_WINDOW_DAY: CapWindow.ValueType  # 1
+"""The UTC day: resets at 00:00 UTC."""
+CAP_WINDOW_MONTH: CapWindow.ValueType  # 2
+"""The calendar month (UTC): resets on the 1st at 00:00 UTC."""
+CAP_WINDOW_LIFETIME: CapWindow.ValueType  # 3
+"""Ever: never resets."""
+Global___CapWindow: _TypeAlias = CapWindow  # noqa: Y015
+
+class _OverageMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverageModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverageMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERAGE_MODE_UNSPECIFIED: _OverageMode.ValueType  # 0
+    """The default: OVERAGE_MODE_REJECT."""
+    OVERAGE_MODE_REJECT: _OverageMode.ValueType  # 1
+    """All or nothing down to zero: INSUFFICIENT_CREDITS and nothing changed."""
+    OVERAGE_MODE_CAP: _OverageMode.ValueType  # 2
+    """Take what can be spent down to zero, up to the amount; the reply's `taken`
+    says how much (0 is an answer, not an error, replayed like any outcome).
+    """
+    OVERAGE_MODE_DEBT: _OverageMode.ValueType  # 3
+    """All or nothing down to the pair's floor (SetSpendingLimits): what the lots
+    lack is lent (Entry MOVEMENT_DEBT) and owed (Balance.debt) until a grant
+    pays it back; past the floor, INSUFFICIENT_CREDITS.
+    """
+
+class OverageMode(_OverageMode, metaclass=_OverageModeEnumTypeWrapper):
+    """What a Reserve or Charge does when the amount is more than the pair can spend."""
+
+OVERAGE_MODE_UNSPECIFIED: OverageMode.ValueType  # 0
+"""The default: OVERAGE_MODE_REJECT."""
+OVERAGE_MODE_REJECT: OverageMode.ValueType  # 1
+"""All or nothing down to zero: INSUFFICIENT_CREDITS and nothing changed."""
+OVERAGE_MODE_CAP: OverageMode.ValueType  # 2
+"""Take what can be spent down to zero, up to the amount; the reply's `taken`
+says how much (0 is an answer, not an error, replayed like any outcome).
+"""
+OVERAGE_MODE_DEBT: OverageMode.ValueType  # 3
+"""All or nothing down to the pair's floor (SetSpendingLimits): what the lots
+lack is lent (Entry MOVEMENT_DEBT) and owed (Balance.debt) until a grant
+pays it back; past the floor, INSUFFICIENT_CREDITS.
+"""
+Global___OverageMode: _TypeAlias = OverageMode  # noqa: Y015
+
 class _ErrorReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -82,6 +148,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_WRITER_UNAVAILABLE: _ErrorReason.ValueType  # 21
     """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+    ERROR_REASON_PRECONDITION_FAILED: _ErrorReason.ValueType  # 26
+    """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
+    ERROR_REASON_POOL_DEPTH_EXCEEDED: _ErrorReason.ValueType  # 27
+    """FAILED_PRECONDITION: CreateAccount under a parent that already has the most ancestors."""
+    ERROR_REASON_CAP_EXCEEDED: _ErrorReason.ValueType  # 28
+    """FAILED_PRECONDITION: a spend would take a member past a cap; nothing changed."""
     ERROR_REASON_TOO_MANY_CONCURRENT_CALLS: _ErrorReason.ValueType  # 38
     """Too many calls in flight on the connection, from the peer, or from callers
     known only by their address; ErrorInfo `limit` names the limit; nothing was done.
@@ -143,12 +215,58 @@ DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a
 """
 ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
 """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+ERROR_REASON_PRECONDITION_FAILED: ErrorReason.ValueType  # 26
+"""FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
+ERROR_REASON_POOL_DEPTH_EXCEEDED: ErrorReason.ValueType  # 27
+"""FAILED_PRECONDITION: CreateAccount under a parent that already has the most ancestors."""
+ERROR_REASON_CAP_EXCEEDED: ErrorReason.ValueType  # 28
+"""FAILED_PRECONDITION: a spend would take a member past a cap; nothing changed."""
 ERROR_REASON_TOO_MANY_CONCURRENT_CALLS: ErrorReason.ValueType  # 38
 """Too many calls in flight on the connection, from the peer, or from callers
 known only by their address; ErrorInfo `limit` names the limit; nothing was done.
 RESOURCE_EXHAUSTED: refused on the call's headers; RetryInfo says when to retry.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
+@_typing.final
+class CapView(_message.Message):
+    """One member cap as a read shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RESETS_AT_FIELD_NUMBER: _builtins.int
+    window: Global___CapWindow.ValueType
+    """The window."""
+    cap: _builtins.int
+    """The cap."""
+    used: _builtins.int
+    """Settled in the window plus held now."""
+    remaining: _builtins.int
+    """cap - used, at least 0."""
+    @_builtins.property
+    def resets_at(self) -> _timestamp_pb2.Timestamp:
+        """When the window restarts; unset for a lifetime cap."""
+
+    def __init__(
+        self,
+        *,
+        window: Global___CapWindow.ValueType = ...,
+        cap: _builtins.int = ...,
+        used: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        resets_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resets_at", b"resets_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap", b"cap", "remaining", b"remaining", "resets_at", b"resets_at", "used", b"used", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapView: _TypeAlias = CapView  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
@@ -180,8 +298,11 @@ class Account(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     BALANCES_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The caller-chosen id: 1-128 chars of [A-Za-z0-9._:@-]."""
+    parent_id: _builtins.str
+    """The pool this account is a member of (set at creation); empty for none."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels; at most 32 entries, keys <= 64 and values <= 512 bytes."""
@@ -201,10 +322,11 @@ class Account(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         balances: _abc.Iterable[Global___Balance] | None = ...,
+        parent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balances", b"balances", "created_at", b"created_at", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balances", b"balances", "created_at", b"created_at", "metadata", b"metadata", "parent_id", b"parent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -224,6 +346,13 @@ class Balance(_message.Message):
     SETTLED_FIELD_NUMBER: _builtins.int
     REFUNDED_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FLOOR_FIELD_NUMBER: _builtins.int
+    DEBT_FIELD_NUMBER: _builtins.int
+    SPENDABLE_FIELD_NUMBER: _builtins.int
+    CAP_DAY_FIELD_NUMBER: _builtins.int
+    CAP_MONTH_FIELD_NUMBER: _builtins.int
+    CAP_LIFETIME_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account this balance belongs to."""
     asset: _builtins.str
@@ -248,6 +377,29 @@ class Balance(_message.Message):
     """Lifetime total written off because their lot expired. Saturates at INT64_MAX (a
     statistic; it never stops the account): ListEntries has the exact history.
     """
+    version: _builtins.int
+    """The pair's version: one more for every change of it (each mutation that
+    moves it, each hold or lot expiry applied to it, whether a write or only
+    this read applied it). A Precondition may name it.
+    """
+    floor: _builtins.int
+    """How far below zero a DEBT-mode spend may take the pair (<= 0; 0 means not
+    at all); set by SetSpendingLimits.
+    """
+    debt: _builtins.int
+    """Credits spent that no grant backed (lent by DEBT-mode spends); the next
+    grants pay it back first.
+    """
+    spendable: _builtins.int
+    """What a DEBT-mode spend may take now: available - debt - floor (held
+    credits always count). A REJECT or CAP spend may take available - debt.
+    """
+    cap_day: _builtins.int
+    """The account's cap on the asset per UTC day (SetMemberCap); unset: none."""
+    cap_month: _builtins.int
+    """The account's cap per calendar month (UTC); unset: none."""
+    cap_lifetime: _builtins.int
+    """The account's lifetime cap; unset: none."""
     def __init__(
         self,
         *,
@@ -259,14 +411,145 @@ class Balance(_message.Message):
         settled: _builtins.int = ...,
         refunded: _builtins.int = ...,
         expired: _builtins.int = ...,
+        version: _builtins.int = ...,
+        floor: _builtins.int = ...,
+        debt: _builtins.int = ...,
+        spendable: _builtins.int = ...,
+        cap_day: _builtins.int | None = ...,
+        cap_month: _builtins.int | None = ...,
+        cap_lifetime: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_day", b"_cap_day", "_cap_lifetime", b"_cap_lifetime", "_cap_month", b"_cap_month", "cap_day", b"cap_day", "cap_lifetime", b"cap_lifetime", "cap_month", b"cap_month"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_day", b"_cap_day", "_cap_lifetime", b"_cap_lifetime", "_cap_month", b"_cap_month", "account_id", b"account_id", "asset", b"asset", "available", b"available", "cap_day", b"cap_day", "cap_lifetime", b"cap_lifetime", "cap_month", b"cap_month", "debt", b"debt", "expired", b"expired", "floor", b"floor", "granted", b"granted", "refunded", b"refunded", "reserved", b"reserved", "settled", b"settled", "spendable", b"spendable", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cap_day: _TypeAlias = _typing.Literal["cap_day"]  # noqa: Y015
+    _WhichOneofArgType__cap_day: _TypeAlias = _typing.Literal["_cap_day", b"_cap_day"]  # noqa: Y015
+    _WhichOneofReturnType__cap_lifetime: _TypeAlias = _typing.Literal["cap_lifetime"]  # noqa: Y015
+    _WhichOneofArgType__cap_lifetime: _TypeAlias = _typing.Literal["_cap_lifetime", b"_cap_lifetime"]  # noqa: Y015
+    _WhichOneofReturnType__cap_month: _TypeAlias = _typing.Literal["cap_month"]  # noqa: Y015
+    _WhichOneofArgType__cap_month: _TypeAlias = _typing.Literal["_cap_month", b"_cap_month"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_day) -> _WhichOneofReturnType__cap_day | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_lifetime) -> _WhichOneofReturnType__cap_lifetime | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_month) -> _WhichOneofReturnType__cap_month | None: ...
+
+Global___Balance: _TypeAlias = Balance  # noqa: Y015
+
+@_typing.final
+class Comparison(_message.Message):
+    """Comparison is a predicate `<the pair's value> operator value`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Operator:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OperatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Comparison._Operator.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        OPERATOR_UNSPECIFIED: Comparison._Operator.ValueType  # 0
+        """Not allowed when the comparison is set."""
+        OPERATOR_GT: Comparison._Operator.ValueType  # 1
+        """Greater than."""
+        OPERATOR_GE: Comparison._Operator.ValueType  # 2
+        """Greater than or equal."""
+        OPERATOR_EQ: Comparison._Operator.ValueType  # 3
+        """Equal."""
+        OPERATOR_LE: Comparison._Operator.ValueType  # 4
+        """Less than or equal."""
+        OPERATOR_LT: Comparison._Operator.ValueType  # 5
+        """Less than."""
+
+    class Operator(_Operator, metaclass=_OperatorEnumTypeWrapper):
+        """How the pair's value is compared with `value`."""
+
+    OPERATOR_UNSPECIFIED: Comparison.Operator.ValueType  # 0
+    """Not allowed when the comparison is set."""
+    OPERATOR_GT: Comparison.Operator.ValueType  # 1
+    """Greater than."""
+    OPERATOR_GE: Comparison.Operator.ValueType  # 2
+    """Greater than or equal."""
+    OPERATOR_EQ: Comparison.Operator.ValueType  # 3
+    """Equal."""
+    OPERATOR_LE: Comparison.Operator.ValueType  # 4
+    """Less than or equal."""
+    OPERATOR_LT: Comparison.Operator.ValueType  # 5
+    """Less than."""
+
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    operator: Global___Comparison.Operator.ValueType
+    """The comparison."""
+    value: _builtins.int
+    """The value compared with; -(2^63-1) to 2^63-1."""
+    def __init__(
+        self,
+        *,
+        operator: Global___Comparison.Operator.ValueType = ...,
+        value: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "expired", b"expired", "granted", b"granted", "refunded", b"refunded", "reserved", b"reserved", "settled", b"settled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operator", b"operator", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Balance: _TypeAlias = Balance  # noqa: Y015
+Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
+
+@_typing.final
+class Precondition(_message.Message):
+    """Precondition is what a mutation expects of a pair it touches, as the pair
+    is when the mutation runs; when it does not hold the mutation fails
+    FAILED_PRECONDITION (PRECONDITION_FAILED), changes nothing, and that
+    outcome is the key's first (replayed). At least one of version, available
+    and held must be set; at most one precondition per pair.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account of the pair; empty (with asset) means the pair the mutation
+    touches. A ReserveGroup's must name one of its legs' pairs; a Settle's,
+    Release's or Refund's must be empty (the reservation's pair).
+    """
+    asset: _builtins.str
+    """The asset of the pair; empty with account_id."""
+    version: _builtins.int
+    """The version the pair must have (Balance.version), 0 to 2^63-1."""
+    @_builtins.property
+    def available(self) -> Global___Comparison:
+        """A predicate on the pair's available."""
+
+    @_builtins.property
+    def held(self) -> Global___Comparison:
+        """A predicate on the pair's held credits (Balance.reserved)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        version: _builtins.int | None = ...,
+        available: Global___Comparison | None = ...,
+        held: Global___Comparison | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "available", b"available", "held", b"held", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_version", b"_version", "account_id", b"account_id", "asset", b"asset", "available", b"available", "held", b"held", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__version: _TypeAlias = _typing.Literal["version"]  # noqa: Y015
+    _WhichOneofArgType__version: _TypeAlias = _typing.Literal["_version", b"_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__version) -> _WhichOneofReturnType__version | None: ...
+
+Global___Precondition: _TypeAlias = Precondition  # noqa: Y015
 
 @_typing.final
 class Lot(_message.Message):
@@ -386,6 +669,7 @@ class Reservation(_message.Message):
     GROUP_ID_FIELD_NUMBER: _builtins.int
     LEG_KEY_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Server-made id of the reservation."""
     account_id: _builtins.str
@@ -413,6 +697,10 @@ class Reservation(_message.Message):
     expired: _builtins.int
     """Held credits written off because their lot expired before they were
     settled or released: they never return to available.
+    """
+    member_id: _builtins.str
+    """The member that spent, when a pool's lots fund the hold: account_id is then
+    the pool's (where the credits are held). Empty for an account's own spends.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -444,10 +732,11 @@ class Reservation(_message.Message):
         group_id: _builtins.str = ...,
         leg_key: _builtins.str = ...,
         expired: _builtins.int = ...,
+        member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "created_at", b"created_at", "expired", b"expired", "expires_at", b"expires_at", "group_id", b"group_id", "leg_key", b"leg_key", "metadata", b"metadata", "refunded", b"refunded", "released", b"released", "remaining", b"remaining", "reservation_id", b"reservation_id", "settled", b"settled", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "created_at", b"created_at", "expired", b"expired", "expires_at", b"expires_at", "group_id", b"group_id", "leg_key", b"leg_key", "member_id", b"member_id", "metadata", b"metadata", "refunded", b"refunded", "released", b"released", "remaining", b"remaining", "reservation_id", b"reservation_id", "settled", b"settled", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -509,6 +798,10 @@ class Entry(_message.Message):
         """Held credits given back because the reservation expired."""
         MOVEMENT_LOT_EXPIRY: Entry._Movement.ValueType  # 7
         """Credits written off because their lot expired."""
+        MOVEMENT_DEBT: Entry._Movement.ValueType  # 8
+        """Credits lent by @overdraft to a DEBT-mode spend (a lot of source "overdraft")."""
+        MOVEMENT_DEBT_REPAYMENT: Entry._Movement.ValueType  # 9
+        """A grant paying back the account's debt to @overdraft, first."""
 
     class Movement(_Movement, metaclass=_MovementEnumTypeWrapper):
         """The kind of movement an entry belongs to."""
@@ -529,6 +822,10 @@ class Entry(_message.Message):
     """Held credits given back because the reservation expired."""
     MOVEMENT_LOT_EXPIRY: Entry.Movement.ValueType  # 7
     """Credits written off because their lot expired."""
+    MOVEMENT_DEBT: Entry.Movement.ValueType  # 8
+    """Credits lent by @overdraft to a DEBT-mode spend (a lot of source "overdraft")."""
+    MOVEMENT_DEBT_REPAYMENT: Entry.Movement.ValueType  # 9
+    """A grant paying back the account's debt to @overdraft, first."""
 
     class _Bucket:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -639,8 +936,13 @@ class CreateAccountRequest(_message.Message):
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """1-128 chars of [A-Za-z0-9._:@-], chosen by the caller."""
+    parent_id: _builtins.str
+    """The pool the account is a member of: an existing account with at most 2
+    ancestors of its own (POOL_DEPTH_MAX 3 levels). Never changes afterwards.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels; at most 32 entries, keys <= 64 and values <= 512 bytes."""
@@ -650,10 +952,11 @@ class CreateAccountRequest(_message.Message):
         *,
         account_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        parent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "metadata", b"metadata", "parent_id", b"parent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -763,6 +1066,7 @@ class GrantRequest(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to credit; it must exist."""
     asset: _builtins.str
@@ -783,6 +1087,10 @@ class GrantRequest(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot expires; unset means never. Must be in the future."""
 
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -794,10 +1102,11 @@ class GrantRequest(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         priority: _builtins.int | None = ...,
         source: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "expires_at", b"expires_at", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "priority", b"priority", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions", "priority", b"priority", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -867,6 +1176,8 @@ class ReserveRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to hold credits on."""
     asset: _builtins.str
@@ -875,6 +1186,8 @@ class ReserveRequest(_message.Message):
     """Credits to hold, 1 to 10^15."""
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    overage: Global___OverageMode.ValueType
+    """What to do when amount is more than can be spent; unset means REJECT."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """How long the hold lasts; unset means 15 minutes; 1 s to 30 days."""
@@ -882,6 +1195,10 @@ class ReserveRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels stored on the reservation."""
+
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
 
     def __init__(
         self,
@@ -892,10 +1209,12 @@ class ReserveRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         ttl: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+        overage: Global___OverageMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "overage", b"overage", "preconditions", b"preconditions", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -909,6 +1228,11 @@ class ReserveResponse(_message.Message):
 
     RESERVATION_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    TAKEN_FIELD_NUMBER: _builtins.int
+    taken: _builtins.int
+    """How much was taken: the amount, or with OVERAGE_MODE_CAP possibly less
+    (0: nothing was, and the reservation is empty, with no id).
+    """
     @_builtins.property
     def reservation(self) -> Global___Reservation:
         """The reservation made."""
@@ -922,10 +1246,11 @@ class ReserveResponse(_message.Message):
         *,
         reservation: Global___Reservation | None = ...,
         balance: Global___Balance | None = ...,
+        taken: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation", "taken", b"taken"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -995,6 +1320,7 @@ class ReserveGroupRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
     @_builtins.property
@@ -1009,6 +1335,10 @@ class ReserveGroupRequest(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels stored on every leg."""
 
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -1016,10 +1346,11 @@ class ReserveGroupRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         ttl: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "legs", b"legs", "metadata", b"metadata", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "legs", b"legs", "metadata", b"metadata", "preconditions", b"preconditions", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1032,18 +1363,26 @@ class ReserveGroupResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GROUP_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def group(self) -> Global___ReservationGroup:
         """The group and its legs."""
+
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
+        """The balance of each pair held on, after the holds, ordered by account and
+        asset (empty in replays of groups made before versions existed).
+        """
 
     def __init__(
         self,
         *,
         group: Global___ReservationGroup | None = ...,
+        balances: _abc.Iterable[Global___Balance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "group", b"group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1059,6 +1398,7 @@ class SettleRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation to settle."""
     amount: _builtins.int
@@ -1067,6 +1407,10 @@ class SettleRequest(_message.Message):
     """Also release what remains and close the reservation."""
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -1074,10 +1418,11 @@ class SettleRequest(_message.Message):
         amount: _builtins.int = ...,
         final: _builtins.bool = ...,
         idempotency_key: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "final", b"final", "idempotency_key", b"idempotency_key", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "final", b"final", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1122,22 +1467,28 @@ class ReleaseRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation to release."""
     amount: _builtins.int
     """Credits to give back; 0 means all that remains."""
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
         reservation_id: _builtins.str = ...,
         amount: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1183,6 +1534,7 @@ class RefundRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation whose settled credits are given back."""
     amount: _builtins.int
@@ -1191,6 +1543,10 @@ class RefundRequest(_message.Message):
     """1-128 printable ASCII chars; the first outcome of a key is final."""
     reason: _builtins.str
     """Why, for the audit trail; at most 256 chars."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
     def __init__(
         self,
         *,
@@ -1198,10 +1554,11 @@ class RefundRequest(_message.Message):
         amount: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         reason: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "reason", b"reason", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions", "reason", b"reason", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1268,6 +1625,8 @@ class ChargeRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to charge."""
     asset: _builtins.str
@@ -1276,9 +1635,15 @@ class ChargeRequest(_message.Message):
     """Credits to consume, 1 to 10^15."""
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    overage: Global___OverageMode.ValueType
+    """What to do when amount is more than can be spent; unset means REJECT."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels stored on the reservation."""
+
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional."""
 
     def __init__(
         self,
@@ -1288,10 +1653,12 @@ class ChargeRequest(_message.Message):
         amount: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+        overage: Global___OverageMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "overage", b"overage", "preconditions", b"preconditions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1305,6 +1672,11 @@ class ChargeResponse(_message.Message):
 
     RESERVATION_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    TAKEN_FIELD_NUMBER: _builtins.int
+    taken: _builtins.int
+    """How much was taken: the amount, or with OVERAGE_MODE_CAP possibly less
+    (0: nothing was, and the reservation is empty, with no id).
+    """
     @_builtins.property
     def reservation(self) -> Global___Reservation:
         """The settled and closed reservation that records the charge."""
@@ -1318,10 +1690,11 @@ class ChargeResponse(_message.Message):
         *,
         reservation: Global___Reservation | None = ...,
         balance: Global___Balance | None = ...,
+        taken: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "reservation", b"reservation", "taken", b"taken"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1464,8 +1837,19 @@ class GetBalanceResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     EXPIRING_AMOUNT_FIELD_NUMBER: _builtins.int
     LOTS_FIELD_NUMBER: _builtins.int
+    FUNDED_BY_FIELD_NUMBER: _builtins.int
+    MAY_SPEND_FIELD_NUMBER: _builtins.int
+    CAPS_FIELD_NUMBER: _builtins.int
     expiring_amount: _builtins.int
     """How much of available expires within the requested expiring_within."""
+    funded_by: _builtins.str
+    """The account whose lots this account's spends draw now: its own, or the
+    nearest ancestor (pool) that has lots of the asset.
+    """
+    may_spend: _builtins.int
+    """What a REJECT-mode spend may take now: the lesser of funded_by's available
+    less debt and what this account's caps leave.
+    """
     @_builtins.property
     def balance(self) -> Global___Balance:
         """The balance; zeros for an asset never granted."""
@@ -1474,16 +1858,23 @@ class GetBalanceResponse(_message.Message):
     def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lot]:
         """The lots, in spending order, when include_lots was set (at most 1000)."""
 
+    @_builtins.property
+    def caps(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapView]:
+        """This account's caps on the asset, with what they leave."""
+
     def __init__(
         self,
         *,
         balance: Global___Balance | None = ...,
         expiring_amount: _builtins.int = ...,
         lots: _abc.Iterable[Global___Lot] | None = ...,
+        funded_by: _builtins.str = ...,
+        may_spend: _builtins.int = ...,
+        caps: _abc.Iterable[Global___CapView] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "expiring_amount", b"expiring_amount", "lots", b"lots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "caps", b"caps", "expiring_amount", b"expiring_amount", "funded_by", b"funded_by", "lots", b"lots", "may_spend", b"may_spend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1730,6 +2121,140 @@ class SubmitBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015
+
+@_typing.final
+class SetSpendingLimitsRequest(_message.Message):
+    """Request of SetSpendingLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    FLOOR_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account; it must exist."""
+    asset: _builtins.str
+    """The asset."""
+    floor: _builtins.int
+    """The floor: -10^15 (FLOOR_MIN) to 0. 0 (the default) allows no debt."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pair (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        floor: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "floor", b"floor", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendingLimitsRequest: _TypeAlias = SetSpendingLimitsRequest  # noqa: Y015
+
+@_typing.final
+class SetSpendingLimitsResponse(_message.Message):
+    """Response of SetSpendingLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The pair with its floor and version."""
+
+    def __init__(
+        self,
+        *,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendingLimitsResponse: _TypeAlias = SetSpendingLimitsResponse  # noqa: Y015
+
+@_typing.final
+class SetMemberCapRequest(_message.Message):
+    """Request of SetMemberCap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    CAP_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account (a pool member, or any account); it must exist."""
+    asset: _builtins.str
+    """The asset."""
+    window: Global___CapWindow.ValueType
+    """The window."""
+    cap: _builtins.int
+    """The cap, 0 to 10^15; unset removes the window's cap."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def preconditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Precondition]:
+        """Conditions on the pair (at most 100, PRECONDITIONS_MAX); none: unconditional."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        window: Global___CapWindow.ValueType = ...,
+        cap: _builtins.int | None = ...,
+        idempotency_key: _builtins.str = ...,
+        preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap", b"_cap", "cap", b"cap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap", b"_cap", "account_id", b"account_id", "asset", b"asset", "cap", b"cap", "idempotency_key", b"idempotency_key", "preconditions", b"preconditions", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cap: _TypeAlias = _typing.Literal["cap"]  # noqa: Y015
+    _WhichOneofArgType__cap: _TypeAlias = _typing.Literal["_cap", b"_cap"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap) -> _WhichOneofReturnType__cap | None: ...
+
+Global___SetMemberCapRequest: _TypeAlias = SetMemberCapRequest  # noqa: Y015
+
+@_typing.final
+class SetMemberCapResponse(_message.Message):
+    """Response of SetMemberCap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The pair with its caps' settings and version."""
+
+    def __init__(
+        self,
+        *,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemberCapResponse: _TypeAlias = SetMemberCapResponse  # noqa: Y015
 
 @_typing.final
 class ListReservationsRequest(_message.Message):

@@ -110,6 +110,16 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
                 _registered_method=True)
+        self.SetSpendingLimits = channel.unary_unary(
+                '/creditledger.v1.LedgerService/SetSpendingLimits',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsResponse.FromString,
+                _registered_method=True)
+        self.SetMemberCap = channel.unary_unary(
+                '/creditledger.v1.LedgerService/SetMemberCap',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -232,6 +242,25 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSpendingLimits(self, request, context):
+        """SetSpendingLimits sets an account x asset's floor: how far below zero a
+        Reserve or Charge with overage OVERAGE_MODE_DEBT may take it. Admin only;
+        idempotent by key; one more version of the pair when the floor changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberCap(self, request, context):
+        """SetMemberCap caps what an account may spend of an asset per window (a UTC
+        day, a calendar month, a lifetime), whoever's lots fund it, checked against
+        what it settled in the window plus what it holds now. Admin only;
+        idempotent by key; one more version of the pair when the cap changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +338,16 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.SubmitBatch,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'SetSpendingLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSpendingLimits,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsResponse.SerializeToString,
+            ),
+            'SetMemberCap': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberCap,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -717,6 +756,60 @@ class LedgerService:
             '/creditledger.v1.LedgerService/SubmitBatch',
             creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSpendingLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/SetSpendingLimits',
+            creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.SetSpendingLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberCap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/SetMemberCap',
+            creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,17 @@ class LedgerServiceStub:
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
     """
+    SetSpendingLimits: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SetSpendingLimitsRequest, _ledger_pb2.SetSpendingLimitsResponse]
+    """SetSpendingLimits sets an account x asset's floor: how far below zero a
+    Reserve or Charge with overage OVERAGE_MODE_DEBT may take it. Admin only;
+    idempotent by key; one more version of the pair when the floor changes.
+    """
+    SetMemberCap: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SetMemberCapRequest, _ledger_pb2.SetMemberCapResponse]
+    """SetMemberCap caps what an account may spend of an asset per window (a UTC
+    day, a calendar month, a lifetime), whoever's lots fund it, checked against
+    what it settled in the window plus what it holds now. Admin only;
+    idempotent by key; one more version of the pair when the cap changes.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -136,6 +147,17 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     command fails the call (its own status, ErrorInfo metadata batch_index)
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
+    """
+    SetSpendingLimits: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SetSpendingLimitsRequest, _ledger_pb2.SetSpendingLimitsResponse]  # type: ignore[assignment]
+    """SetSpendingLimits sets an account x asset's floor: how far below zero a
+    Reserve or Charge with overage OVERAGE_MODE_DEBT may take it. Admin only;
+    idempotent by key; one more version of the pair when the floor changes.
+    """
+    SetMemberCap: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SetMemberCapRequest, _ledger_pb2.SetMemberCapResponse]  # type: ignore[assignment]
+    """SetMemberCap caps what an account may spend of an asset per window (a UTC
+    day, a calendar month, a lifetime), whoever's lots fund it, checked against
+    what it settled in the window plus what it holds now. Admin only;
+    idempotent by key; one more version of the pair when the cap changes.
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -274,6 +296,29 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         command fails the call (its own status, ErrorInfo metadata batch_index)
         and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
         BATCH_BYTES_MAX bytes per request.
+        """
+
+    @_abc_1.abstractmethod
+    def SetSpendingLimits(
+        self,
+        request: _ledger_pb2.SetSpendingLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.SetSpendingLimitsResponse, _abc.Awaitable[_ledger_pb2.SetSpendingLimitsResponse]]:
+        """SetSpendingLimits sets an account x asset's floor: how far below zero a
+        Reserve or Charge with overage OVERAGE_MODE_DEBT may take it. Admin only;
+        idempotent by key; one more version of the pair when the floor changes.
+        """
+
+    @_abc_1.abstractmethod
+    def SetMemberCap(
+        self,
+        request: _ledger_pb2.SetMemberCapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.SetMemberCapResponse, _abc.Awaitable[_ledger_pb2.SetMemberCapResponse]]:
+        """SetMemberCap caps what an account may spend of an asset per window (a UTC
+        day, a calendar month, a lifetime), whoever's lots fund it, checked against
+        what it settled in the window plus what it holds now. Admin only;
+        idempotent by key; one more version of the pair when the cap changes.
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,7 +23,56 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file creditledger/v1/ledger.proto.
  */
 export const file_creditledger_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilgEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMiugEKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwQKC1Jlc2VydmF0aW9uEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSDQoFYXNzZXQYAyABKAkSDgoGYW1vdW50GAQgASgDEg8KB3NldHRsZWQYBSABKAMSEAoIcmVsZWFzZWQYBiABKAMSEAoIcmVmdW5kZWQYByABKAMSEQoJcmVtYWluaW5nGAggASgDEjEKBXN0YXRlGAkgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAwgAygLMiouY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLk1ldGFkYXRhRW50cnkSEAoIZ3JvdXBfaWQYDSABKAkSDwoHbGVnX2tleRgOIAEoCRIPCgdleHBpcmVkGA8gASgDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEg4KClNUQVRFX09QRU4QARIQCgxTVEFURV9DTE9TRUQQAhIRCg1TVEFURV9FWFBJUkVEEAMiWAoQUmVzZXJ2YXRpb25Hcm91cBIQCghncm91cF9pZBgBIAEoCRIyCgxyZXNlcnZhdGlvbnMYAiADKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24ixQQKBUVudHJ5EhAKCGVudHJ5X2lkGAEgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAIgASgJEhIKCmFjY291bnRfaWQYAyABKAkSDQoFYXNzZXQYBCABKAkSDgoGYW1vdW50GAUgASgDEjEKCG1vdmVtZW50GAYgASgOMh8uY3JlZGl0bGVkZ2VyLnYxLkVudHJ5Lk1vdmVtZW50Ei0KBmJ1Y2tldBgHIAEoDjIdLmNyZWRpdGxlZGdlci52MS5FbnRyeS5CdWNrZXQSFgoOcmVzZXJ2YXRpb25faWQYCCABKAkSDgoGbG90X2lkGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsgBCghNb3ZlbWVudBIYChRNT1ZFTUVOVF9VTlNQRUNJRklFRBAAEhIKDk1PVkVNRU5UX0dSQU5UEAESFAoQTU9WRU1FTlRfUkVTRVJWRRACEhMKD01PVkVNRU5UX1NFVFRMRRADEhQKEE1PVkVNRU5UX1JFTEVBU0UQBBITCg9NT1ZFTUVOVF9SRUZVTkQQBRIfChtNT1ZFTUVOVF9SRVNFUlZBVElPTl9FWFBJUlkQBhIXChNNT1ZFTUVOVF9MT1RfRVhQSVJZEAciWgoGQnVja2V0EhYKEkJVQ0tFVF9VTlNQRUNJRklFRBAAEhQKEEJVQ0tFVF9BVkFJTEFCTEUQARIPCgtCVUNLRVRfSEVMRBACEhEKDUJVQ0tFVF9TWVNURU0QAyKiAQoUQ3JlYXRlQWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRJFCghtZXRhZGF0YRgCIAMoCzIzLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJCChVDcmVhdGVBY2NvdW50UmVzcG9uc2USKQoHYWNjb3VudBgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5BY2NvdW50IicKEUdldEFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkiPwoSR2V0QWNjb3VudFJlc3BvbnNlEikKB2FjY291bnQYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQWNjb3VudCKuAgoMR3JhbnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRI9CghtZXRhZGF0YRgFIAMoCzIrLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCghwcmlvcml0eRgHIAEoBUgAiAEBEg4KBnNvdXJjZRgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX3ByaW9yaXR5Il0KDUdyYW50UmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEiEKA2xvdBgCIAEoCzIULmNyZWRpdGxlZGdlci52MS5Mb3Qi9gEKDlJlc2VydmVSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRImCgN0dGwYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SPwoIbWV0YWRhdGEYBiADKAsyLS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEibwoPUmVzZXJ2ZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJVCg9SZXNlcnZlR3JvdXBMZWcSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSDwoHbGVnX2tleRgEIAEoCSL9AQoTUmVzZXJ2ZUdyb3VwUmVxdWVzdBIuCgRsZWdzGAEgAygLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cExlZxIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkQKCG1ldGFkYXRhGAQgAygLMjIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSAoUUmVzZXJ2ZUdyb3VwUmVzcG9uc2USMAoFZ3JvdXAYASABKAsyIS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb25Hcm91cCJfCg1TZXR0bGVSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxINCgVmaW5hbBgDIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkibgoOU2V0dGxlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIlEKDlJlbGVhc2VSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkibwoPUmVsZWFzZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJgCg1SZWZ1bmRSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGcmVhc29uGAQgASgJIm4KDlJlZnVuZFJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSLMAQoNQ2hhcmdlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPgoIbWV0YWRhdGEYBSADKAsyLC5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJuCg5DaGFyZ2VSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiLwoVR2V0UmVzZXJ2YXRpb25SZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJIksKFkdldFJlc2VydmF0aW9uUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24iLgoaR2V0UmVzZXJ2YXRpb25Hcm91cFJlcXVlc3QSEAoIZ3JvdXBfaWQYASABKAkiTwobR2V0UmVzZXJ2YXRpb25Hcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXAigAEKEUdldEJhbGFuY2VSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSMgoPZXhwaXJpbmdfd2l0aGluGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDGluY2x1ZGVfbG90cxgEIAEoCCJ8ChJHZXRCYWxhbmNlUmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEhcKD2V4cGlyaW5nX2Ftb3VudBgCIAEoAxIiCgRsb3RzGAMgAygLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdCJeChJMaXN0RW50cmllc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJXChNMaXN0RW50cmllc1Jlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5jcmVkaXRsZWRnZXIudjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIscCCgxCYXRjaENvbW1hbmQSMAoGY2hhcmdlGAEgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3RIABIyCgdyZXNlcnZlGAIgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0SAASMAoGc2V0dGxlGAMgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3RIABIyCgdyZWxlYXNlGAQgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXF1ZXN0SAASMAoGcmVmdW5kGAUgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3RIABIuCgVncmFudBgGIAEoCzIdLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3RIAEIJCgdjb21tYW5kIlUKElN1Ym1pdEJhdGNoUmVxdWVzdBIvCghjb21tYW5kcxgBIAMoCzIdLmNyZWRpdGxlZGdlci52MS5CYXRjaENvbW1hbmQSDgoGYXRvbWljGAIgASgIIoQDCgxCYXRjaE91dGNvbWUSMQoGY2hhcmdlGAEgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlc3BvbnNlSAASMwoHcmVzZXJ2ZRgCIAEoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2VIABIxCgZzZXR0bGUYAyABKAsyHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2VIABIzCgdyZWxlYXNlGAQgASgLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXNwb25zZUgAEjEKBnJlZnVuZBgFIAEoCzIfLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXNwb25zZUgAEi8KBWdyYW50GAYgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2VIABIjCgVlcnJvchgHIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASEAoIcmVwbGF5ZWQYCCABKAhCCQoHb3V0Y29tZSJGChNTdWJtaXRCYXRjaFJlc3BvbnNlEi8KCG91dGNvbWVzGAEgAygLMh0uY3JlZGl0bGVkZ2VyLnYxLkJhdGNoT3V0Y29tZSKWAQoXTGlzdFJlc2VydmF0aW9uc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIxCgVzdGF0ZRgDIAEoDjIiLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbi5TdGF0ZRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJnChhMaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2USMgoMcmVzZXJ2YXRpb25zGAEgAygLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSrfBgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIQodRVJST1JfUkVBU09OX0lOVkFMSURfQVJHVU1FTlQQARIiCh5FUlJPUl9SRUFTT05fQUNDT1VOVF9OT1RfRk9VTkQQAhImCiJFUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fTk9UX0ZPVU5EEAMSLAooRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0dST1VQX05PVF9GT1VORBAEEh8KG0VSUk9SX1JFQVNPTl9BQ0NPVU5UX0VYSVNUUxAFEiUKIUVSUk9SX1JFQVNPTl9JTlNVRkZJQ0lFTlRfQ1JFRElUUxAGEicKI0VSUk9SX1JFQVNPTl9JREVNUE9URU5DWV9LRVlfUkVVU0VEEAcSIwofRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0NMT1NFRBAIEiQKIEVSUk9SX1JFQVNPTl9SRVNFUlZBVElPTl9FWFBJUkVEEAkSKQolRVJST1JfUkVBU09OX0FNT1VOVF9FWENFRURTX1JFTUFJTklORxAKEicKI0VSUk9SX1JFQVNPTl9BTU9VTlRfRVhDRUVEU19TRVRUTEVEEAsSJwojRVJST1JfUkVBU09OX0JBTEFOQ0VfTElNSVRfRVhDRUVERUQQDBIbChdFUlJPUl9SRUFTT05fQ09OVEVOVElPThANEiUKIUVSUk9SX1JFQVNPTl9EQVRBQkFTRV9VTkFWQUlMQUJMRRAOEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQDxIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQEBIdChlFUlJPUl9SRUFTT05fUkFURV9MSU1JVEVEEBESGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEBISIwofRVJST1JfUkVBU09OX0xPVF9MSU1JVF9FWENFRURFRBATEiIKHkVSUk9SX1JFQVNPTl9ERUFETElORV9FWENFRURFRBAUEiMKH0VSUk9SX1JFQVNPTl9XUklURVJfVU5BVkFJTEFCTEUQFRIqCiZFUlJPUl9SRUFTT05fVE9PX01BTllfQ09OQ1VSUkVOVF9DQUxMUxAmMs8KCg1MZWRnZXJTZXJ2aWNlEl4KDUNyZWF0ZUFjY291bnQSJS5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QaJi5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlc3BvbnNlEloKCkdldEFjY291bnQSIi5jcmVkaXRsZWRnZXIudjEuR2V0QWNjb3VudFJlcXVlc3QaIy5jcmVkaXRsZWRnZXIudjEuR2V0QWNjb3VudFJlc3BvbnNlIgOQAgESRgoFR3JhbnQSHS5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0Gh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2USTAoHUmVzZXJ2ZRIfLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVxdWVzdBogLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2USWwoMUmVzZXJ2ZUdyb3VwEiQuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlcXVlc3QaJS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwUmVzcG9uc2USSQoGU2V0dGxlEh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2USTAoHUmVsZWFzZRIfLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVxdWVzdBogLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVzcG9uc2USSQoGUmVmdW5kEh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVzcG9uc2USSQoGQ2hhcmdlEh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVzcG9uc2USZgoOR2V0UmVzZXJ2YXRpb24SJi5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25SZXF1ZXN0GicuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uUmVzcG9uc2UiA5ACARJ1ChNHZXRSZXNlcnZhdGlvbkdyb3VwEisuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uR3JvdXBSZXF1ZXN0GiwuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uR3JvdXBSZXNwb25zZSIDkAIBEloKCkdldEJhbGFuY2USIi5jcmVkaXRsZWRnZXIudjEuR2V0QmFsYW5jZVJlcXVlc3QaIy5jcmVkaXRsZWRnZXIudjEuR2V0QmFsYW5jZVJlc3BvbnNlIgOQAgESXQoLTGlzdEVudHJpZXMSIy5jcmVkaXRsZWRnZXIudjEuTGlzdEVudHJpZXNSZXF1ZXN0GiQuY3JlZGl0bGVkZ2VyLnYxLkxpc3RFbnRyaWVzUmVzcG9uc2UiA5ACARJsChBMaXN0UmVzZXJ2YXRpb25zEiguY3JlZGl0bGVkZ2VyLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0GikuY3JlZGl0bGVkZ2VyLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXNwb25zZSIDkAIBElgKC1N1Ym1pdEJhdGNoEiMuY3JlZGl0bGVkZ2VyLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdBokLmNyZWRpdGxlZGdlci52MS5TdWJtaXRCYXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEikgEKB0NhcFZpZXcSKgoGd2luZG93GAEgASgOMhouY3JlZGl0bGVkZ2VyLnYxLkNhcFdpbmRvdxILCgNjYXAYAiABKAMSDAoEdXNlZBgDIAEoAxIRCglyZW1haW5pbmcYBCABKAMSLQoJcmVzZXRzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL3AQoHQWNjb3VudBISCgphY2NvdW50X2lkGAEgASgJEjgKCG1ldGFkYXRhGAIgAygLMiYuY3JlZGl0bGVkZ2VyLnYxLkFjY291bnQuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCghiYWxhbmNlcxgEIAMoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEhEKCXBhcmVudF9pZBgoIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiywIKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMSDwoHdmVyc2lvbhgoIAEoAxINCgVmbG9vchgpIAEoAxIMCgRkZWJ0GCogASgDEhEKCXNwZW5kYWJsZRgrIAEoAxIUCgdjYXBfZGF5GCwgASgDSACIAQESFgoJY2FwX21vbnRoGC0gASgDSAGIAQESGQoMY2FwX2xpZmV0aW1lGC4gASgDSAKIAQFCCgoIX2NhcF9kYXlCDAoKX2NhcF9tb250aEIPCg1fY2FwX2xpZmV0aW1lIs4BCgpDb21wYXJpc29uEjYKCG9wZXJhdG9yGAEgASgOMiQuY3JlZGl0bGVkZ2VyLnYxLkNvbXBhcmlzb24uT3BlcmF0b3ISDQoFdmFsdWUYAiABKAMieQoIT3BlcmF0b3ISGAoUT1BFUkFUT1JfVU5TUEVDSUZJRUQQABIPCgtPUEVSQVRPUl9HVBABEg8KC09QRVJBVE9SX0dFEAISDwoLT1BFUkFUT1JfRVEQAxIPCgtPUEVSQVRPUl9MRRAEEg8KC09QRVJBVE9SX0xUEAUirgEKDFByZWNvbmRpdGlvbhISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEhQKB3ZlcnNpb24YAyABKANIAIgBARIuCglhdmFpbGFibGUYBCABKAsyGy5jcmVkaXRsZWRnZXIudjEuQ29tcGFyaXNvbhIpCgRoZWxkGAUgASgLMhsuY3JlZGl0bGVkZ2VyLnYxLkNvbXBhcmlzb25CCgoIX3ZlcnNpb24iugEKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAivgQKC1Jlc2VydmF0aW9uEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSDQoFYXNzZXQYAyABKAkSDgoGYW1vdW50GAQgASgDEg8KB3NldHRsZWQYBSABKAMSEAoIcmVsZWFzZWQYBiABKAMSEAoIcmVmdW5kZWQYByABKAMSEQoJcmVtYWluaW5nGAggASgDEjEKBXN0YXRlGAkgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAwgAygLMiouY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLk1ldGFkYXRhRW50cnkSEAoIZ3JvdXBfaWQYDSABKAkSDwoHbGVnX2tleRgOIAEoCRIPCgdleHBpcmVkGA8gASgDEhEKCW1lbWJlcl9pZBgoIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIOCgpTVEFURV9PUEVOEAESEAoMU1RBVEVfQ0xPU0VEEAISEQoNU1RBVEVfRVhQSVJFRBADIlgKEFJlc2VydmF0aW9uR3JvdXASEAoIZ3JvdXBfaWQYASABKAkSMgoMcmVzZXJ2YXRpb25zGAIgAygLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uIvUECgVFbnRyeRIQCghlbnRyeV9pZBgBIAEoCRIWCg50cmFuc2FjdGlvbl9pZBgCIAEoCRISCgphY2NvdW50X2lkGAMgASgJEg0KBWFzc2V0GAQgASgJEg4KBmFtb3VudBgFIAEoAxIxCghtb3ZlbWVudBgGIAEoDjIfLmNyZWRpdGxlZGdlci52MS5FbnRyeS5Nb3ZlbWVudBItCgZidWNrZXQYByABKA4yHS5jcmVkaXRsZWRnZXIudjEuRW50cnkuQnVja2V0EhYKDnJlc2VydmF0aW9uX2lkGAggASgJEg4KBmxvdF9pZBgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL4AQoITW92ZW1lbnQSGAoUTU9WRU1FTlRfVU5TUEVDSUZJRUQQABISCg5NT1ZFTUVOVF9HUkFOVBABEhQKEE1PVkVNRU5UX1JFU0VSVkUQAhITCg9NT1ZFTUVOVF9TRVRUTEUQAxIUChBNT1ZFTUVOVF9SRUxFQVNFEAQSEwoPTU9WRU1FTlRfUkVGVU5EEAUSHwobTU9WRU1FTlRfUkVTRVJWQVRJT05fRVhQSVJZEAYSFwoTTU9WRU1FTlRfTE9UX0VYUElSWRAHEhEKDU1PVkVNRU5UX0RFQlQQCBIbChdNT1ZFTUVOVF9ERUJUX1JFUEFZTUVOVBAJIloKBkJ1Y2tldBIWChJCVUNLRVRfVU5TUEVDSUZJRUQQABIUChBCVUNLRVRfQVZBSUxBQkxFEAESDwoLQlVDS0VUX0hFTEQQAhIRCg1CVUNLRVRfU1lTVEVNEAMitQEKFENyZWF0ZUFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSRQoIbWV0YWRhdGEYAiADKAsyMy5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIRCglwYXJlbnRfaWQYKCABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkIKFUNyZWF0ZUFjY291bnRSZXNwb25zZRIpCgdhY2NvdW50GAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkFjY291bnQiJwoRR2V0QWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCSI/ChJHZXRBY2NvdW50UmVzcG9uc2USKQoHYWNjb3VudBgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5BY2NvdW50IuQCCgxHcmFudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEj0KCG1ldGFkYXRhGAUgAygLMisuY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVxdWVzdC5NZXRhZGF0YUVudHJ5Ei4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKCHByaW9yaXR5GAcgASgFSACIAQESDgoGc291cmNlGAggASgJEjQKDXByZWNvbmRpdGlvbnMYKCADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfcHJpb3JpdHkiXQoNR3JhbnRSZXNwb25zZRIpCgdiYWxhbmNlGAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2USIQoDbG90GAIgASgLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdCLbAgoOUmVzZXJ2ZVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEiYKA3R0bBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI/CghtZXRhZGF0YRgGIAMoCzItLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVxdWVzdC5NZXRhZGF0YUVudHJ5EjQKDXByZWNvbmRpdGlvbnMYKCADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uEi0KB292ZXJhZ2UYKSABKA4yHC5jcmVkaXRsZWRnZXIudjEuT3ZlcmFnZU1vZGUaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIn4KD1Jlc2VydmVSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2USDQoFdGFrZW4YKCABKAMiVQoPUmVzZXJ2ZUdyb3VwTGVnEhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEg8KB2xlZ19rZXkYBCABKAkiswIKE1Jlc2VydmVHcm91cFJlcXVlc3QSLgoEbGVncxgBIAMoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBMZWcSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJECghtZXRhZGF0YRgEIAMoCzIyLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSNAoNcHJlY29uZGl0aW9ucxgoIAMoCzIdLmNyZWRpdGxlZGdlci52MS5QcmVjb25kaXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInQKFFJlc2VydmVHcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXASKgoIYmFsYW5jZXMYKCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSKVAQoNU2V0dGxlUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSDQoFZmluYWwYAyABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEjQKDXByZWNvbmRpdGlvbnMYKCADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uIm4KDlNldHRsZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSKHAQoOUmVsZWFzZVJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkSDgoGYW1vdW50GAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRI0Cg1wcmVjb25kaXRpb25zGCggAygLMh0uY3JlZGl0bGVkZ2VyLnYxLlByZWNvbmRpdGlvbiJvCg9SZWxlYXNlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIpYBCg1SZWZ1bmRSZXF1ZXN0EhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGcmVhc29uGAQgASgJEjQKDXByZWNvbmRpdGlvbnMYKCADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uIm4KDlJlZnVuZFJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSKxAgoNQ2hhcmdlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPgoIbWV0YWRhdGEYBSADKAsyLC5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdC5NZXRhZGF0YUVudHJ5EjQKDXByZWNvbmRpdGlvbnMYKCADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uEi0KB292ZXJhZ2UYKSABKA4yHC5jcmVkaXRsZWRnZXIudjEuT3ZlcmFnZU1vZGUaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIn0KDkNoYXJnZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRINCgV0YWtlbhgoIAEoAyIvChVHZXRSZXNlcnZhdGlvblJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkiSwoWR2V0UmVzZXJ2YXRpb25SZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbiIuChpHZXRSZXNlcnZhdGlvbkdyb3VwUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCSJPChtHZXRSZXNlcnZhdGlvbkdyb3VwUmVzcG9uc2USMAoFZ3JvdXAYASABKAsyIS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb25Hcm91cCKAAQoRR2V0QmFsYW5jZVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIyCg9leHBpcmluZ193aXRoaW4YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMaW5jbHVkZV9sb3RzGAQgASgIIsoBChJHZXRCYWxhbmNlUmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlEhcKD2V4cGlyaW5nX2Ftb3VudBgCIAEoAxIiCgRsb3RzGAMgAygLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdBIRCglmdW5kZWRfYnkYKCABKAkSEQoJbWF5X3NwZW5kGCkgASgDEiYKBGNhcHMYKiADKAsyGC5jcmVkaXRsZWRnZXIudjEuQ2FwVmlldyJeChJMaXN0RW50cmllc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJXChNMaXN0RW50cmllc1Jlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5jcmVkaXRsZWRnZXIudjEuRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIscCCgxCYXRjaENvbW1hbmQSMAoGY2hhcmdlGAEgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3RIABIyCgdyZXNlcnZlGAIgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0SAASMAoGc2V0dGxlGAMgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3RIABIyCgdyZWxlYXNlGAQgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXF1ZXN0SAASMAoGcmVmdW5kGAUgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3RIABIuCgVncmFudBgGIAEoCzIdLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3RIAEIJCgdjb21tYW5kIlUKElN1Ym1pdEJhdGNoUmVxdWVzdBIvCghjb21tYW5kcxgBIAMoCzIdLmNyZWRpdGxlZGdlci52MS5CYXRjaENvbW1hbmQSDgoGYXRvbWljGAIgASgIIoQDCgxCYXRjaE91dGNvbWUSMQoGY2hhcmdlGAEgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlc3BvbnNlSAASMwoHcmVzZXJ2ZRgCIAEoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2VIABIxCgZzZXR0bGUYAyABKAsyHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2VIABIzCgdyZWxlYXNlGAQgASgLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXNwb25zZUgAEjEKBnJlZnVuZBgFIAEoCzIfLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXNwb25zZUgAEi8KBWdyYW50GAYgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2VIABIjCgVlcnJvchgHIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASEAoIcmVwbGF5ZWQYCCABKAhCCQoHb3V0Y29tZSJGChNTdWJtaXRCYXRjaFJlc3BvbnNlEi8KCG91dGNvbWVzGAEgAygLMh0uY3JlZGl0bGVkZ2VyLnYxLkJhdGNoT3V0Y29tZSKbAQoYU2V0U3BlbmRpbmdMaW1pdHNSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDQoFZmxvb3IYAyABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEjQKDXByZWNvbmRpdGlvbnMYBSADKAsyHS5jcmVkaXRsZWRnZXIudjEuUHJlY29uZGl0aW9uIkYKGVNldFNwZW5kaW5nTGltaXRzUmVzcG9uc2USKQoHYmFsYW5jZRgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIs0BChNTZXRNZW1iZXJDYXBSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSKgoGd2luZG93GAMgASgOMhouY3JlZGl0bGVkZ2VyLnYxLkNhcFdpbmRvdxIQCgNjYXAYBCABKANIAIgBARIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSNAoNcHJlY29uZGl0aW9ucxgGIAMoCzIdLmNyZWRpdGxlZGdlci52MS5QcmVjb25kaXRpb25CBgoEX2NhcCJBChRTZXRNZW1iZXJDYXBSZXNwb25zZRIpCgdiYWxhbmNlGAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UilgEKF0xpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSMQoFc3RhdGUYAyABKA4yIi5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24uU3RhdGUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiZwoYTGlzdFJlc2VydmF0aW9uc1Jlc3BvbnNlEjIKDHJlc2VydmF0aW9ucxgBIAMoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqagoJQ2FwV2luZG93EhoKFkNBUF9XSU5ET1dfVU5TUEVDSUZJRUQQABISCg5DQVBfV0lORE9XX0RBWRABEhQKEENBUF9XSU5ET1dfTU9OVEgQAhIXChNDQVBfV0lORE9XX0xJRkVUSU1FEAMqcQoLT3ZlcmFnZU1vZGUSHAoYT1ZFUkFHRV9NT0RFX1VOU1BFQ0lGSUVEEAASFwoTT1ZFUkFHRV9NT0RFX1JFSkVDVBABEhQKEE9WRVJBR0VfTU9ERV9DQVAQAhIVChFPVkVSQUdFX01PREVfREVCVBADKsoHCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9SRUFTT05fSU5WQUxJRF9BUkdVTUVOVBABEiIKHkVSUk9SX1JFQVNPTl9BQ0NPVU5UX05PVF9GT1VORBACEiYKIkVSUk9SX1JFQVNPTl9SRVNFUlZBVElPTl9OT1RfRk9VTkQQAxIsCihFUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fR1JPVVBfTk9UX0ZPVU5EEAQSHwobRVJST1JfUkVBU09OX0FDQ09VTlRfRVhJU1RTEAUSJQohRVJST1JfUkVBU09OX0lOU1VGRklDSUVOVF9DUkVESVRTEAYSJwojRVJST1JfUkVBU09OX0lERU1QT1RFTkNZX0tFWV9SRVVTRUQQBxIjCh9FUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fQ0xPU0VEEAgSJAogRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0VYUElSRUQQCRIpCiVFUlJPUl9SRUFTT05fQU1PVU5UX0VYQ0VFRFNfUkVNQUlOSU5HEAoSJwojRVJST1JfUkVBU09OX0FNT1VOVF9FWENFRURTX1NFVFRMRUQQCxInCiNFUlJPUl9SRUFTT05fQkFMQU5DRV9MSU1JVF9FWENFRURFRBAMEhsKF0VSUk9SX1JFQVNPTl9DT05URU5USU9OEA0SJQohRVJST1JfUkVBU09OX0RBVEFCQVNFX1VOQVZBSUxBQkxFEA4SIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAPEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBAQEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQERIZChVFUlJPUl9SRUFTT05fSU5URVJOQUwQEhIjCh9FUlJPUl9SRUFTT05fTE9UX0xJTUlUX0VYQ0VFREVEEBMSIgoeRVJST1JfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEBQSIwofRVJST1JfUkVBU09OX1dSSVRFUl9VTkFWQUlMQUJMRRAVEiQKIEVSUk9SX1JFQVNPTl9QUkVDT05ESVRJT05fRkFJTEVEEBoSJAogRVJST1JfUkVBU09OX1BPT0xfREVQVEhfRVhDRUVERUQQGxIdChlFUlJPUl9SRUFTT05fQ0FQX0VYQ0VFREVEEBwSKgomRVJST1JfUkVBU09OX1RPT19NQU5ZX0NPTkNVUlJFTlRfQ0FMTFMQJjKYDAoNTGVkZ2VyU2VydmljZRJeCg1DcmVhdGVBY2NvdW50EiUuY3JlZGl0bGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXF1ZXN0GiYuY3JlZGl0bGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXNwb25zZRJaCgpHZXRBY2NvdW50EiIuY3JlZGl0bGVkZ2VyLnYxLkdldEFjY291bnRSZXF1ZXN0GiMuY3JlZGl0bGVkZ2VyLnYxLkdldEFjY291bnRSZXNwb25zZSIDkAIBEkYKBUdyYW50Eh0uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVxdWVzdBoeLmNyZWRpdGxlZGdlci52MS5HcmFudFJlc3BvbnNlEkwKB1Jlc2VydmUSHy5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3QaIC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlc3BvbnNlElsKDFJlc2VydmVHcm91cBIkLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXF1ZXN0GiUuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlc3BvbnNlEkkKBlNldHRsZRIeLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlc3BvbnNlEkwKB1JlbGVhc2USHy5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlcXVlc3QaIC5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlc3BvbnNlEkkKBlJlZnVuZBIeLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlc3BvbnNlEkkKBkNoYXJnZRIeLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXF1ZXN0Gh8uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlc3BvbnNlEmYKDkdldFJlc2VydmF0aW9uEiYuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uUmVxdWVzdBonLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvblJlc3BvbnNlIgOQAgESdQoTR2V0UmVzZXJ2YXRpb25Hcm91cBIrLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvbkdyb3VwUmVxdWVzdBosLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvbkdyb3VwUmVzcG9uc2UiA5ACARJaCgpHZXRCYWxhbmNlEiIuY3JlZGl0bGVkZ2VyLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiMuY3JlZGl0bGVkZ2VyLnYxLkdldEJhbGFuY2VSZXNwb25zZSIDkAIBEl0KC0xpc3RFbnRyaWVzEiMuY3JlZGl0bGVkZ2VyLnYxLkxpc3RFbnRyaWVzUmVxdWVzdBokLmNyZWRpdGxlZGdlci52MS5MaXN0RW50cmllc1Jlc3BvbnNlIgOQAgESbAoQTGlzdFJlc2VydmF0aW9ucxIoLmNyZWRpdGxlZGdlci52MS5MaXN0UmVzZXJ2YXRpb25zUmVxdWVzdBopLmNyZWRpdGxlZGdlci52MS5MaXN0UmVzZXJ2YXRpb25zUmVzcG9uc2UiA5ACARJYCgtTdWJtaXRCYXRjaBIjLmNyZWRpdGxlZGdlci52MS5TdWJtaXRCYXRjaFJlcXVlc3QaJC5jcmVkaXRsZWRnZXIudjEuU3VibWl0QmF0Y2hSZXNwb25zZRJqChFTZXRTcGVuZGluZ0xpbWl0cxIpLmNyZWRpdGxlZGdlci52MS5TZXRTcGVuZGluZ0xpbWl0c1JlcXVlc3QaKi5jcmVkaXRsZWRnZXIudjEuU2V0U3BlbmRpbmdMaW1pdHNSZXNwb25zZRJbCgxTZXRNZW1iZXJDYXASJC5jcmVkaXRsZWRnZXIudjEuU2V0TWVtYmVyQ2FwUmVxdWVzdBolLmNyZWRpdGxlZGdlci52MS5TZXRNZW1iZXJDYXBSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+
+/**
+ * One member cap as a read shows it.
+ *
+ * @generated from message creditledger.v1.CapView
+ */
+export type CapView = Message<"creditledger.v1.CapView"> & {
+  /**
+   * The window.
+   *
+   * @generated from field: creditledger.v1.CapWindow window = 1;
+   */
+  window: CapWindow;
+
+  /**
+   * The cap.
+   *
+   * @generated from field: int64 cap = 2;
+   */
+  cap: bigint;
+
+  /**
+   * Settled in the window plus held now.
+   *
+   * @generated from field: int64 used = 3;
+   */
+  used: bigint;
+
+  /**
+   * cap - used, at least 0.
+   *
+   * @generated from field: int64 remaining = 4;
+   */
+  remaining: bigint;
+
+  /**
+   * When the window restarts; unset for a lifetime cap.
+   *
+   * @generated from field: google.protobuf.Timestamp resets_at = 5;
+   */
+  resetsAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.CapView.
+ * Use `create(CapViewSchema)` to create a new message.
+ */
+export const CapViewSchema: GenMessage<CapView> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 0);
 
 /**
  * Account is a customer (or a pool) that holds balances of several assets.
@@ -58,6 +107,13 @@ export type Account = Message<"creditledger.v1.Account"> & {
    * @generated from field: repeated creditledger.v1.Balance balances = 4;
    */
   balances: Balance[];
+
+  /**
+   * The pool this account is a member of (set at creation); empty for none.
+   *
+   * @generated from field: string parent_id = 40;
+   */
+  parentId: string;
 };
 
 /**
@@ -65,7 +121,7 @@ export type Account = Message<"creditledger.v1.Account"> & {
  * Use `create(AccountSchema)` to create a new message.
  */
 export const AccountSchema: GenMessage<Account> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 0);
+  messageDesc(file_creditledger_v1_ledger, 1);
 
 /**
  * Balance is the state of one asset of one account.
@@ -132,6 +188,60 @@ export type Balance = Message<"creditledger.v1.Balance"> & {
    * @generated from field: int64 expired = 8;
    */
   expired: bigint;
+
+  /**
+   * The pair's version: one more for every change of it (each mutation that
+   * moves it, each hold or lot expiry applied to it, whether a write or only
+   * this read applied it). A Precondition may name it.
+   *
+   * @generated from field: int64 version = 40;
+   */
+  version: bigint;
+
+  /**
+   * How far below zero a DEBT-mode spend may take the pair (<= 0; 0 means not
+   * at all); set by SetSpendingLimits.
+   *
+   * @generated from field: int64 floor = 41;
+   */
+  floor: bigint;
+
+  /**
+   * Credits spent that no grant backed (lent by DEBT-mode spends); the next
+   * grants pay it back first.
+   *
+   * @generated from field: int64 debt = 42;
+   */
+  debt: bigint;
+
+  /**
+   * What a DEBT-mode spend may take now: available - debt - floor (held
+   * credits always count). A REJECT or CAP spend may take available - debt.
+   *
+   * @generated from field: int64 spendable = 43;
+   */
+  spendable: bigint;
+
+  /**
+   * The account's cap on the asset per UTC day (SetMemberCap); unset: none.
+   *
+   * @generated from field: optional int64 cap_day = 44;
+   */
+  capDay?: bigint | undefined;
+
+  /**
+   * The account's cap per calendar month (UTC); unset: none.
+   *
+   * @generated from field: optional int64 cap_month = 45;
+   */
+  capMonth?: bigint | undefined;
+
+  /**
+   * The account's lifetime cap; unset: none.
+   *
+   * @generated from field: optional int64 cap_lifetime = 46;
+   */
+  capLifetime?: bigint | undefined;
 };
 
 /**
@@ -139,7 +249,145 @@ export type Balance = Message<"creditledger.v1.Balance"> & {
  * Use `create(BalanceSchema)` to create a new message.
  */
 export const BalanceSchema: GenMessage<Balance> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 1);
+  messageDesc(file_creditledger_v1_ledger, 2);
+
+/**
+ * Comparison is a predicate `<the pair's value> operator value`.
+ *
+ * @generated from message creditledger.v1.Comparison
+ */
+export type Comparison = Message<"creditledger.v1.Comparison"> & {
+  /**
+   * The comparison.
+   *
+   * @generated from field: creditledger.v1.Comparison.Operator operator = 1;
+   */
+  operator: Comparison_Operator;
+
+  /**
+   * The value compared with; -(2^63-1) to 2^63-1.
+   *
+   * @generated from field: int64 value = 2;
+   */
+  value: bigint;
+};
+
+/**
+ * Describes the message creditledger.v1.Comparison.
+ * Use `create(ComparisonSchema)` to create a new message.
+ */
+export const ComparisonSchema: GenMessage<Comparison> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 3);
+
+/**
+ * How the pair's value is compared with `value`.
+ *
+ * @generated from enum creditledger.v1.Comparison.Operator
+ */
+export enum Comparison_Operator {
+  /**
+   * Not allowed when the comparison is set.
+   *
+   * @generated from enum value: OPERATOR_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Greater than.
+   *
+   * @generated from enum value: OPERATOR_GT = 1;
+   */
+  GT = 1,
+
+  /**
+   * Greater than or equal.
+   *
+   * @generated from enum value: OPERATOR_GE = 2;
+   */
+  GE = 2,
+
+  /**
+   * Equal.
+   *
+   * @generated from enum value: OPERATOR_EQ = 3;
+   */
+  EQ = 3,
+
+  /**
+   * Less than or equal.
+   *
+   * @generated from enum value: OPERATOR_LE = 4;
+   */
+  LE = 4,
+
+  /**
+   * Less than.
+   *
+   * @generated from enum value: OPERATOR_LT = 5;
+   */
+  LT = 5,
+}
+
+/**
+ * Describes the enum creditledger.v1.Comparison.Operator.
+ */
+export const Comparison_OperatorSchema: GenEnum<Comparison_Operator> = /*@__PURE__*/
+  enumDesc(file_creditledger_v1_ledger, 3, 0);
+
+/**
+ * Precondition is what a mutation expects of a pair it touches, as the pair
+ * is when the mutation runs; when it does not hold the mutation fails
+ * FAILED_PRECONDITION (PRECONDITION_FAILED), changes nothing, and that
+ * outcome is the key's first (replayed). At least one of version, available
+ * and held must be set; at most one precondition per pair.
+ *
+ * @generated from message creditledger.v1.Precondition
+ */
+export type Precondition = Message<"creditledger.v1.Precondition"> & {
+  /**
+   * The account of the pair; empty (with asset) means the pair the mutation
+   * touches. A ReserveGroup's must name one of its legs' pairs; a Settle's,
+   * Release's or Refund's must be empty (the reservation's pair).
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * The asset of the pair; empty with account_id.
+   *
+   * @generated from field: string asset = 2;
+   */
+  asset: string;
+
+  /**
+   * The version the pair must have (Balance.version), 0 to 2^63-1.
+   *
+   * @generated from field: optional int64 version = 3;
+   */
+  version?: bigint | undefined;
+
+  /**
+   * A predicate on the pair's available.
+   *
+   * @generated from field: creditledger.v1.Comparison available = 4;
+   */
+  available?: Comparison | undefined;
+
+  /**
+   * A predicate on the pair's held credits (Balance.reserved).
+   *
+   * @generated from field: creditledger.v1.Comparison held = 5;
+   */
+  held?: Comparison | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.Precondition.
+ * Use `create(PreconditionSchema)` to create a new message.
+ */
+export const PreconditionSchema: GenMessage<Precondition> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 4);
 
 /**
  * Lot is the remainder of one grant, spent in a fixed order.
@@ -202,7 +450,7 @@ export type Lot = Message<"creditledger.v1.Lot"> & {
  * Use `create(LotSchema)` to create a new message.
  */
 export const LotSchema: GenMessage<Lot> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 2);
+  messageDesc(file_creditledger_v1_ledger, 5);
 
 /**
  * Reservation is a hold of credits, settled, released or expired later.
@@ -316,6 +564,14 @@ export type Reservation = Message<"creditledger.v1.Reservation"> & {
    * @generated from field: int64 expired = 15;
    */
   expired: bigint;
+
+  /**
+   * The member that spent, when a pool's lots fund the hold: account_id is then
+   * the pool's (where the credits are held). Empty for an account's own spends.
+   *
+   * @generated from field: string member_id = 40;
+   */
+  memberId: string;
 };
 
 /**
@@ -323,7 +579,7 @@ export type Reservation = Message<"creditledger.v1.Reservation"> & {
  * Use `create(ReservationSchema)` to create a new message.
  */
 export const ReservationSchema: GenMessage<Reservation> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 3);
+  messageDesc(file_creditledger_v1_ledger, 6);
 
 /**
  * State of a reservation.
@@ -364,7 +620,7 @@ export enum Reservation_State {
  * Describes the enum creditledger.v1.Reservation.State.
  */
 export const Reservation_StateSchema: GenEnum<Reservation_State> = /*@__PURE__*/
-  enumDesc(file_creditledger_v1_ledger, 3, 0);
+  enumDesc(file_creditledger_v1_ledger, 6, 0);
 
 /**
  * ReservationGroup is a set of reservations made all or nothing.
@@ -392,7 +648,7 @@ export type ReservationGroup = Message<"creditledger.v1.ReservationGroup"> & {
  * Use `create(ReservationGroupSchema)` to create a new message.
  */
 export const ReservationGroupSchema: GenMessage<ReservationGroup> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 4);
+  messageDesc(file_creditledger_v1_ledger, 7);
 
 /**
  * Entry is one immutable line of the journal.
@@ -476,7 +732,7 @@ export type Entry = Message<"creditledger.v1.Entry"> & {
  * Use `create(EntrySchema)` to create a new message.
  */
 export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 5);
+  messageDesc(file_creditledger_v1_ledger, 8);
 
 /**
  * The kind of movement an entry belongs to.
@@ -539,13 +795,27 @@ export enum Entry_Movement {
    * @generated from enum value: MOVEMENT_LOT_EXPIRY = 7;
    */
   LOT_EXPIRY = 7,
+
+  /**
+   * Credits lent by @overdraft to a DEBT-mode spend (a lot of source "overdraft").
+   *
+   * @generated from enum value: MOVEMENT_DEBT = 8;
+   */
+  DEBT = 8,
+
+  /**
+   * A grant paying back the account's debt to @overdraft, first.
+   *
+   * @generated from enum value: MOVEMENT_DEBT_REPAYMENT = 9;
+   */
+  DEBT_REPAYMENT = 9,
 }
 
 /**
  * Describes the enum creditledger.v1.Entry.Movement.
  */
 export const Entry_MovementSchema: GenEnum<Entry_Movement> = /*@__PURE__*/
-  enumDesc(file_creditledger_v1_ledger, 5, 0);
+  enumDesc(file_creditledger_v1_ledger, 8, 0);
 
 /**
  * Which part of the account an entry moves.
@@ -586,7 +856,7 @@ export enum Entry_Bucket {
  * Describes the enum creditledger.v1.Entry.Bucket.
  */
 export const Entry_BucketSchema: GenEnum<Entry_Bucket> = /*@__PURE__*/
-  enumDesc(file_creditledger_v1_ledger, 5, 1);
+  enumDesc(file_creditledger_v1_ledger, 8, 1);
 
 /**
  * Request of CreateAccount.
@@ -607,6 +877,14 @@ export type CreateAccountRequest = Message<"creditledger.v1.CreateAccountRequest
    * @generated from field: map<string, string> metadata = 2;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * The pool the account is a member of: an existing account with at most 2
+   * ancestors of its own (POOL_DEPTH_MAX 3 levels). Never changes afterwards.
+   *
+   * @generated from field: string parent_id = 40;
+   */
+  parentId: string;
 };
 
 /**
@@ -614,7 +892,7 @@ export type CreateAccountRequest = Message<"creditledger.v1.CreateAccountRequest
  * Use `create(CreateAccountRequestSchema)` to create a new message.
  */
 export const CreateAccountRequestSchema: GenMessage<CreateAccountRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 6);
+  messageDesc(file_creditledger_v1_ledger, 9);
 
 /**
  * Response of CreateAccount.
@@ -635,7 +913,7 @@ export type CreateAccountResponse = Message<"creditledger.v1.CreateAccountRespon
  * Use `create(CreateAccountResponseSchema)` to create a new message.
  */
 export const CreateAccountResponseSchema: GenMessage<CreateAccountResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 7);
+  messageDesc(file_creditledger_v1_ledger, 10);
 
 /**
  * Request of GetAccount.
@@ -656,7 +934,7 @@ export type GetAccountRequest = Message<"creditledger.v1.GetAccountRequest"> & {
  * Use `create(GetAccountRequestSchema)` to create a new message.
  */
 export const GetAccountRequestSchema: GenMessage<GetAccountRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 8);
+  messageDesc(file_creditledger_v1_ledger, 11);
 
 /**
  * Response of GetAccount.
@@ -677,7 +955,7 @@ export type GetAccountResponse = Message<"creditledger.v1.GetAccountResponse"> &
  * Use `create(GetAccountResponseSchema)` to create a new message.
  */
 export const GetAccountResponseSchema: GenMessage<GetAccountResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 9);
+  messageDesc(file_creditledger_v1_ledger, 12);
 
 /**
  * Request of Grant.
@@ -740,6 +1018,13 @@ export type GrantRequest = Message<"creditledger.v1.GrantRequest"> & {
    * @generated from field: string source = 8;
    */
   source: string;
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -747,7 +1032,7 @@ export type GrantRequest = Message<"creditledger.v1.GrantRequest"> & {
  * Use `create(GrantRequestSchema)` to create a new message.
  */
 export const GrantRequestSchema: GenMessage<GrantRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 10);
+  messageDesc(file_creditledger_v1_ledger, 13);
 
 /**
  * Response of Grant.
@@ -775,7 +1060,7 @@ export type GrantResponse = Message<"creditledger.v1.GrantResponse"> & {
  * Use `create(GrantResponseSchema)` to create a new message.
  */
 export const GrantResponseSchema: GenMessage<GrantResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 11);
+  messageDesc(file_creditledger_v1_ledger, 14);
 
 /**
  * Request of Reserve.
@@ -824,6 +1109,20 @@ export type ReserveRequest = Message<"creditledger.v1.ReserveRequest"> & {
    * @generated from field: map<string, string> metadata = 6;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
+
+  /**
+   * What to do when amount is more than can be spent; unset means REJECT.
+   *
+   * @generated from field: creditledger.v1.OverageMode overage = 41;
+   */
+  overage: OverageMode;
 };
 
 /**
@@ -831,7 +1130,7 @@ export type ReserveRequest = Message<"creditledger.v1.ReserveRequest"> & {
  * Use `create(ReserveRequestSchema)` to create a new message.
  */
 export const ReserveRequestSchema: GenMessage<ReserveRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 12);
+  messageDesc(file_creditledger_v1_ledger, 15);
 
 /**
  * Response of Reserve.
@@ -852,6 +1151,14 @@ export type ReserveResponse = Message<"creditledger.v1.ReserveResponse"> & {
    * @generated from field: creditledger.v1.Balance balance = 2;
    */
   balance?: Balance | undefined;
+
+  /**
+   * How much was taken: the amount, or with OVERAGE_MODE_CAP possibly less
+   * (0: nothing was, and the reservation is empty, with no id).
+   *
+   * @generated from field: int64 taken = 40;
+   */
+  taken: bigint;
 };
 
 /**
@@ -859,7 +1166,7 @@ export type ReserveResponse = Message<"creditledger.v1.ReserveResponse"> & {
  * Use `create(ReserveResponseSchema)` to create a new message.
  */
 export const ReserveResponseSchema: GenMessage<ReserveResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 13);
+  messageDesc(file_creditledger_v1_ledger, 16);
 
 /**
  * One leg of a ReserveGroup.
@@ -901,7 +1208,7 @@ export type ReserveGroupLeg = Message<"creditledger.v1.ReserveGroupLeg"> & {
  * Use `create(ReserveGroupLegSchema)` to create a new message.
  */
 export const ReserveGroupLegSchema: GenMessage<ReserveGroupLeg> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 14);
+  messageDesc(file_creditledger_v1_ledger, 17);
 
 /**
  * Request of ReserveGroup.
@@ -936,6 +1243,13 @@ export type ReserveGroupRequest = Message<"creditledger.v1.ReserveGroupRequest">
    * @generated from field: map<string, string> metadata = 4;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -943,7 +1257,7 @@ export type ReserveGroupRequest = Message<"creditledger.v1.ReserveGroupRequest">
  * Use `create(ReserveGroupRequestSchema)` to create a new message.
  */
 export const ReserveGroupRequestSchema: GenMessage<ReserveGroupRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 15);
+  messageDesc(file_creditledger_v1_ledger, 18);
 
 /**
  * Response of ReserveGroup.
@@ -957,6 +1271,14 @@ export type ReserveGroupResponse = Message<"creditledger.v1.ReserveGroupResponse
    * @generated from field: creditledger.v1.ReservationGroup group = 1;
    */
   group?: ReservationGroup | undefined;
+
+  /**
+   * The balance of each pair held on, after the holds, ordered by account and
+   * asset (empty in replays of groups made before versions existed).
+   *
+   * @generated from field: repeated creditledger.v1.Balance balances = 40;
+   */
+  balances: Balance[];
 };
 
 /**
@@ -964,7 +1286,7 @@ export type ReserveGroupResponse = Message<"creditledger.v1.ReserveGroupResponse
  * Use `create(ReserveGroupResponseSchema)` to create a new message.
  */
 export const ReserveGroupResponseSchema: GenMessage<ReserveGroupResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 16);
+  messageDesc(file_creditledger_v1_ledger, 19);
 
 /**
  * Request of Settle.
@@ -999,6 +1321,13 @@ export type SettleRequest = Message<"creditledger.v1.SettleRequest"> & {
    * @generated from field: string idempotency_key = 4;
    */
   idempotencyKey: string;
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -1006,7 +1335,7 @@ export type SettleRequest = Message<"creditledger.v1.SettleRequest"> & {
  * Use `create(SettleRequestSchema)` to create a new message.
  */
 export const SettleRequestSchema: GenMessage<SettleRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 17);
+  messageDesc(file_creditledger_v1_ledger, 20);
 
 /**
  * Response of Settle.
@@ -1034,7 +1363,7 @@ export type SettleResponse = Message<"creditledger.v1.SettleResponse"> & {
  * Use `create(SettleResponseSchema)` to create a new message.
  */
 export const SettleResponseSchema: GenMessage<SettleResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 18);
+  messageDesc(file_creditledger_v1_ledger, 21);
 
 /**
  * Request of Release.
@@ -1062,6 +1391,13 @@ export type ReleaseRequest = Message<"creditledger.v1.ReleaseRequest"> & {
    * @generated from field: string idempotency_key = 3;
    */
   idempotencyKey: string;
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -1069,7 +1405,7 @@ export type ReleaseRequest = Message<"creditledger.v1.ReleaseRequest"> & {
  * Use `create(ReleaseRequestSchema)` to create a new message.
  */
 export const ReleaseRequestSchema: GenMessage<ReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 19);
+  messageDesc(file_creditledger_v1_ledger, 22);
 
 /**
  * Response of Release.
@@ -1097,7 +1433,7 @@ export type ReleaseResponse = Message<"creditledger.v1.ReleaseResponse"> & {
  * Use `create(ReleaseResponseSchema)` to create a new message.
  */
 export const ReleaseResponseSchema: GenMessage<ReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 20);
+  messageDesc(file_creditledger_v1_ledger, 23);
 
 /**
  * Request of Refund.
@@ -1132,6 +1468,13 @@ export type RefundRequest = Message<"creditledger.v1.RefundRequest"> & {
    * @generated from field: string reason = 4;
    */
   reason: string;
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
 };
 
 /**
@@ -1139,7 +1482,7 @@ export type RefundRequest = Message<"creditledger.v1.RefundRequest"> & {
  * Use `create(RefundRequestSchema)` to create a new message.
  */
 export const RefundRequestSchema: GenMessage<RefundRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 21);
+  messageDesc(file_creditledger_v1_ledger, 24);
 
 /**
  * Response of Refund.
@@ -1167,7 +1510,7 @@ export type RefundResponse = Message<"creditledger.v1.RefundResponse"> & {
  * Use `create(RefundResponseSchema)` to create a new message.
  */
 export const RefundResponseSchema: GenMessage<RefundResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 22);
+  messageDesc(file_creditledger_v1_ledger, 25);
 
 /**
  * Request of Charge.
@@ -1209,6 +1552,20 @@ export type ChargeRequest = Message<"creditledger.v1.ChargeRequest"> & {
    * @generated from field: map<string, string> metadata = 5;
    */
   metadata: { [key: string]: string };
+
+  /**
+   * Conditions on the pairs touched (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 40;
+   */
+  preconditions: Precondition[];
+
+  /**
+   * What to do when amount is more than can be spent; unset means REJECT.
+   *
+   * @generated from field: creditledger.v1.OverageMode overage = 41;
+   */
+  overage: OverageMode;
 };
 
 /**
@@ -1216,7 +1573,7 @@ export type ChargeRequest = Message<"creditledger.v1.ChargeRequest"> & {
  * Use `create(ChargeRequestSchema)` to create a new message.
  */
 export const ChargeRequestSchema: GenMessage<ChargeRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 23);
+  messageDesc(file_creditledger_v1_ledger, 26);
 
 /**
  * Response of Charge.
@@ -1237,6 +1594,14 @@ export type ChargeResponse = Message<"creditledger.v1.ChargeResponse"> & {
    * @generated from field: creditledger.v1.Balance balance = 2;
    */
   balance?: Balance | undefined;
+
+  /**
+   * How much was taken: the amount, or with OVERAGE_MODE_CAP possibly less
+   * (0: nothing was, and the reservation is empty, with no id).
+   *
+   * @generated from field: int64 taken = 40;
+   */
+  taken: bigint;
 };
 
 /**
@@ -1244,7 +1609,7 @@ export type ChargeResponse = Message<"creditledger.v1.ChargeResponse"> & {
  * Use `create(ChargeResponseSchema)` to create a new message.
  */
 export const ChargeResponseSchema: GenMessage<ChargeResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 24);
+  messageDesc(file_creditledger_v1_ledger, 27);
 
 /**
  * Request of GetReservation.
@@ -1265,7 +1630,7 @@ export type GetReservationRequest = Message<"creditledger.v1.GetReservationReque
  * Use `create(GetReservationRequestSchema)` to create a new message.
  */
 export const GetReservationRequestSchema: GenMessage<GetReservationRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 25);
+  messageDesc(file_creditledger_v1_ledger, 28);
 
 /**
  * Response of GetReservation.
@@ -1286,7 +1651,7 @@ export type GetReservationResponse = Message<"creditledger.v1.GetReservationResp
  * Use `create(GetReservationResponseSchema)` to create a new message.
  */
 export const GetReservationResponseSchema: GenMessage<GetReservationResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 26);
+  messageDesc(file_creditledger_v1_ledger, 29);
 
 /**
  * Request of GetReservationGroup.
@@ -1307,7 +1672,7 @@ export type GetReservationGroupRequest = Message<"creditledger.v1.GetReservation
  * Use `create(GetReservationGroupRequestSchema)` to create a new message.
  */
 export const GetReservationGroupRequestSchema: GenMessage<GetReservationGroupRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 27);
+  messageDesc(file_creditledger_v1_ledger, 30);
 
 /**
  * Response of GetReservationGroup.
@@ -1328,7 +1693,7 @@ export type GetReservationGroupResponse = Message<"creditledger.v1.GetReservatio
  * Use `create(GetReservationGroupResponseSchema)` to create a new message.
  */
 export const GetReservationGroupResponseSchema: GenMessage<GetReservationGroupResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 28);
+  messageDesc(file_creditledger_v1_ledger, 31);
 
 /**
  * Request of GetBalance.
@@ -1370,7 +1735,7 @@ export type GetBalanceRequest = Message<"creditledger.v1.GetBalanceRequest"> & {
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 29);
+  messageDesc(file_creditledger_v1_ledger, 32);
 
 /**
  * Response of GetBalance.
@@ -1398,6 +1763,29 @@ export type GetBalanceResponse = Message<"creditledger.v1.GetBalanceResponse"> &
    * @generated from field: repeated creditledger.v1.Lot lots = 3;
    */
   lots: Lot[];
+
+  /**
+   * The account whose lots this account's spends draw now: its own, or the
+   * nearest ancestor (pool) that has lots of the asset.
+   *
+   * @generated from field: string funded_by = 40;
+   */
+  fundedBy: string;
+
+  /**
+   * What a REJECT-mode spend may take now: the lesser of funded_by's available
+   * less debt and what this account's caps leave.
+   *
+   * @generated from field: int64 may_spend = 41;
+   */
+  maySpend: bigint;
+
+  /**
+   * This account's caps on the asset, with what they leave.
+   *
+   * @generated from field: repeated creditledger.v1.CapView caps = 42;
+   */
+  caps: CapView[];
 };
 
 /**
@@ -1405,7 +1793,7 @@ export type GetBalanceResponse = Message<"creditledger.v1.GetBalanceResponse"> &
  * Use `create(GetBalanceResponseSchema)` to create a new message.
  */
 export const GetBalanceResponseSchema: GenMessage<GetBalanceResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 30);
+  messageDesc(file_creditledger_v1_ledger, 33);
 
 /**
  * Request of ListEntries.
@@ -1447,7 +1835,7 @@ export type ListEntriesRequest = Message<"creditledger.v1.ListEntriesRequest"> &
  * Use `create(ListEntriesRequestSchema)` to create a new message.
  */
 export const ListEntriesRequestSchema: GenMessage<ListEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 31);
+  messageDesc(file_creditledger_v1_ledger, 34);
 
 /**
  * Response of ListEntries.
@@ -1475,7 +1863,7 @@ export type ListEntriesResponse = Message<"creditledger.v1.ListEntriesResponse">
  * Use `create(ListEntriesResponseSchema)` to create a new message.
  */
 export const ListEntriesResponseSchema: GenMessage<ListEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 32);
+  messageDesc(file_creditledger_v1_ledger, 35);
 
 /**
  * One command of a batch: the request message of its single-call RPC.
@@ -1544,7 +1932,7 @@ export type BatchCommand = Message<"creditledger.v1.BatchCommand"> & {
  * Use `create(BatchCommandSchema)` to create a new message.
  */
 export const BatchCommandSchema: GenMessage<BatchCommand> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 33);
+  messageDesc(file_creditledger_v1_ledger, 36);
 
 /**
  * Request of SubmitBatch.
@@ -1573,7 +1961,7 @@ export type SubmitBatchRequest = Message<"creditledger.v1.SubmitBatchRequest"> &
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 34);
+  messageDesc(file_creditledger_v1_ledger, 37);
 
 /**
  * The outcome of one command of a batch.
@@ -1659,7 +2047,7 @@ export type BatchOutcome = Message<"creditledger.v1.BatchOutcome"> & {
  * Use `create(BatchOutcomeSchema)` to create a new message.
  */
 export const BatchOutcomeSchema: GenMessage<BatchOutcome> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 35);
+  messageDesc(file_creditledger_v1_ledger, 38);
 
 /**
  * Response of SubmitBatch.
@@ -1680,7 +2068,154 @@ export type SubmitBatchResponse = Message<"creditledger.v1.SubmitBatchResponse">
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 36);
+  messageDesc(file_creditledger_v1_ledger, 39);
+
+/**
+ * Request of SetSpendingLimits.
+ *
+ * @generated from message creditledger.v1.SetSpendingLimitsRequest
+ */
+export type SetSpendingLimitsRequest = Message<"creditledger.v1.SetSpendingLimitsRequest"> & {
+  /**
+   * The account; it must exist.
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * The asset.
+   *
+   * @generated from field: string asset = 2;
+   */
+  asset: string;
+
+  /**
+   * The floor: -10^15 (FLOOR_MIN) to 0. 0 (the default) allows no debt.
+   *
+   * @generated from field: int64 floor = 3;
+   */
+  floor: bigint;
+
+  /**
+   * 1-128 printable ASCII chars; the first outcome of a key is final.
+   *
+   * @generated from field: string idempotency_key = 4;
+   */
+  idempotencyKey: string;
+
+  /**
+   * Conditions on the pair (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 5;
+   */
+  preconditions: Precondition[];
+};
+
+/**
+ * Describes the message creditledger.v1.SetSpendingLimitsRequest.
+ * Use `create(SetSpendingLimitsRequestSchema)` to create a new message.
+ */
+export const SetSpendingLimitsRequestSchema: GenMessage<SetSpendingLimitsRequest> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 40);
+
+/**
+ * Response of SetSpendingLimits.
+ *
+ * @generated from message creditledger.v1.SetSpendingLimitsResponse
+ */
+export type SetSpendingLimitsResponse = Message<"creditledger.v1.SetSpendingLimitsResponse"> & {
+  /**
+   * The pair with its floor and version.
+   *
+   * @generated from field: creditledger.v1.Balance balance = 1;
+   */
+  balance?: Balance | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.SetSpendingLimitsResponse.
+ * Use `create(SetSpendingLimitsResponseSchema)` to create a new message.
+ */
+export const SetSpendingLimitsResponseSchema: GenMessage<SetSpendingLimitsResponse> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 41);
+
+/**
+ * Request of SetMemberCap.
+ *
+ * @generated from message creditledger.v1.SetMemberCapRequest
+ */
+export type SetMemberCapRequest = Message<"creditledger.v1.SetMemberCapRequest"> & {
+  /**
+   * The account (a pool member, or any account); it must exist.
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * The asset.
+   *
+   * @generated from field: string asset = 2;
+   */
+  asset: string;
+
+  /**
+   * The window.
+   *
+   * @generated from field: creditledger.v1.CapWindow window = 3;
+   */
+  window: CapWindow;
+
+  /**
+   * The cap, 0 to 10^15; unset removes the window's cap.
+   *
+   * @generated from field: optional int64 cap = 4;
+   */
+  cap?: bigint | undefined;
+
+  /**
+   * 1-128 printable ASCII chars; the first outcome of a key is final.
+   *
+   * @generated from field: string idempotency_key = 5;
+   */
+  idempotencyKey: string;
+
+  /**
+   * Conditions on the pair (at most 100, PRECONDITIONS_MAX); none: unconditional.
+   *
+   * @generated from field: repeated creditledger.v1.Precondition preconditions = 6;
+   */
+  preconditions: Precondition[];
+};
+
+/**
+ * Describes the message creditledger.v1.SetMemberCapRequest.
+ * Use `create(SetMemberCapRequestSchema)` to create a new message.
+ */
+export const SetMemberCapRequestSchema: GenMessage<SetMemberCapRequest> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 42);
+
+/**
+ * Response of SetMemberCap.
+ *
+ * @generated from message creditledger.v1.SetMemberCapResponse
+ */
+export type SetMemberCapResponse = Message<"creditledger.v1.SetMemberCapResponse"> & {
+  /**
+   * The pair with its caps' settings and version.
+   *
+   * @generated from field: creditledger.v1.Balance balance = 1;
+   */
+  balance?: Balance | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.SetMemberCapResponse.
+ * Use `create(SetMemberCapResponseSchema)` to create a new message.
+ */
+export const SetMemberCapResponseSchema: GenMessage<SetMemberCapResponse> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 43);
 
 /**
  * Request of ListReservations.
@@ -1732,7 +2267,7 @@ export type ListReservationsRequest = Message<"creditledger.v1.ListReservationsR
  * Use `create(ListReservationsRequestSchema)` to create a new message.
  */
 export const ListReservationsRequestSchema: GenMessage<ListReservationsRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 37);
+  messageDesc(file_creditledger_v1_ledger, 44);
 
 /**
  * Response of ListReservations.
@@ -1760,7 +2295,92 @@ export type ListReservationsResponse = Message<"creditledger.v1.ListReservations
  * Use `create(ListReservationsResponseSchema)` to create a new message.
  */
 export const ListReservationsResponseSchema: GenMessage<ListReservationsResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 38);
+  messageDesc(file_creditledger_v1_ledger, 45);
+
+/**
+ * The window of a member cap.
+ *
+ * @generated from enum creditledger.v1.CapWindow
+ */
+export enum CapWindow {
+  /**
+   * Not allowed.
+   *
+   * @generated from enum value: CAP_WINDOW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The UTC day: resets at 00:00 UTC.
+   *
+   * @generated from enum value: CAP_WINDOW_DAY = 1;
+   */
+  DAY = 1,
+
+  /**
+   * The calendar month (UTC): resets on the 1st at 00:00 UTC.
+   *
+   * @generated from enum value: CAP_WINDOW_MONTH = 2;
+   */
+  MONTH = 2,
+
+  /**
+   * Ever: never resets.
+   *
+   * @generated from enum value: CAP_WINDOW_LIFETIME = 3;
+   */
+  LIFETIME = 3,
+}
+
+/**
+ * Describes the enum creditledger.v1.CapWindow.
+ */
+export const CapWindowSchema: GenEnum<CapWindow> = /*@__PURE__*/
+  enumDesc(file_creditledger_v1_ledger, 0);
+
+/**
+ * What a Reserve or Charge does when the amount is more than the pair can spend.
+ *
+ * @generated from enum creditledger.v1.OverageMode
+ */
+export enum OverageMode {
+  /**
+   * The default: OVERAGE_MODE_REJECT.
+   *
+   * @generated from enum value: OVERAGE_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * All or nothing down to zero: INSUFFICIENT_CREDITS and nothing changed.
+   *
+   * @generated from enum value: OVERAGE_MODE_REJECT = 1;
+   */
+  REJECT = 1,
+
+  /**
+   * Take what can be spent down to zero, up to the amount; the reply's `taken`
+   * says how much (0 is an answer, not an error, replayed like any outcome).
+   *
+   * @generated from enum value: OVERAGE_MODE_CAP = 2;
+   */
+  CAP = 2,
+
+  /**
+   * All or nothing down to the pair's floor (SetSpendingLimits): what the lots
+   * lack is lent (Entry MOVEMENT_DEBT) and owed (Balance.debt) until a grant
+   * pays it back; past the floor, INSUFFICIENT_CREDITS.
+   *
+   * @generated from enum value: OVERAGE_MODE_DEBT = 3;
+   */
+  DEBT = 3,
+}
+
+/**
+ * Describes the enum creditledger.v1.OverageMode.
+ */
+export const OverageModeSchema: GenEnum<OverageMode> = /*@__PURE__*/
+  enumDesc(file_creditledger_v1_ledger, 1);
 
 /**
  * The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -1929,6 +2549,27 @@ export enum ErrorReason {
   WRITER_UNAVAILABLE = 21,
 
   /**
+   * FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed.
+   *
+   * @generated from enum value: ERROR_REASON_PRECONDITION_FAILED = 26;
+   */
+  PRECONDITION_FAILED = 26,
+
+  /**
+   * FAILED_PRECONDITION: CreateAccount under a parent that already has the most ancestors.
+   *
+   * @generated from enum value: ERROR_REASON_POOL_DEPTH_EXCEEDED = 27;
+   */
+  POOL_DEPTH_EXCEEDED = 27,
+
+  /**
+   * FAILED_PRECONDITION: a spend would take a member past a cap; nothing changed.
+   *
+   * @generated from enum value: ERROR_REASON_CAP_EXCEEDED = 28;
+   */
+  CAP_EXCEEDED = 28,
+
+  /**
    * Too many calls in flight on the connection, from the peer, or from callers
    * known only by their address; ErrorInfo `limit` names the limit; nothing was done.
    * RESOURCE_EXHAUSTED: refused on the call's headers; RetryInfo says when to retry.
@@ -1942,7 +2583,7 @@ export enum ErrorReason {
  * Describes the enum creditledger.v1.ErrorReason.
  */
 export const ErrorReasonSchema: GenEnum<ErrorReason> = /*@__PURE__*/
-  enumDesc(file_creditledger_v1_ledger, 0);
+  enumDesc(file_creditledger_v1_ledger, 2);
 
 /**
  * LedgerService holds, spends and gives back credits.
@@ -2110,6 +2751,31 @@ export const LedgerService: GenService<{
     methodKind: "unary";
     input: typeof SubmitBatchRequestSchema;
     output: typeof SubmitBatchResponseSchema;
+  },
+  /**
+   * SetSpendingLimits sets an account x asset's floor: how far below zero a
+   * Reserve or Charge with overage OVERAGE_MODE_DEBT may take it. Admin only;
+   * idempotent by key; one more version of the pair when the floor changes.
+   *
+   * @generated from rpc creditledger.v1.LedgerService.SetSpendingLimits
+   */
+  setSpendingLimits: {
+    methodKind: "unary";
+    input: typeof SetSpendingLimitsRequestSchema;
+    output: typeof SetSpendingLimitsResponseSchema;
+  },
+  /**
+   * SetMemberCap caps what an account may spend of an asset per window (a UTC
+   * day, a calendar month, a lifetime), whoever's lots fund it, checked against
+   * what it settled in the window plus what it holds now. Admin only;
+   * idempotent by key; one more version of the pair when the cap changes.
+   *
+   * @generated from rpc creditledger.v1.LedgerService.SetMemberCap
+   */
+  setMemberCap: {
+    methodKind: "unary";
+    input: typeof SetMemberCapRequestSchema;
+    output: typeof SetMemberCapResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_creditledger_v1_ledger, 0);

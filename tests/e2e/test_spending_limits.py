@@ -1,0 +1,218 @@
+"""Credit limits and overage modes (issue 18), through the real stub.
+
+A pair's floor (SetSpendingLimits, admin only) says how far below zero a
+DEBT-mode spend may take it; what its lots lack is lent by @overdraft and owed
+(Balance.debt) until a grant pays it back first. CAP takes what can be spent
+down to zero. REJECT, the default, is unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from creditledger.v1 import ledger_pb2 as pb
+
+from ledger.storage.verify import verify
+from tests.support.manual_server import ServerThread
+from tests.support.rpc import error_info, field_violations, replayed
+
+ASSET = "sms"
+CAP = pb.OVERAGE_MODE_CAP
+DEBT = pb.OVERAGE_MODE_DEBT
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[ServerThread]:
+    s = ServerThread(database_url)
+    yield s
+    s.close()
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+def account(s: ServerThread, grant: int = 0) -> str:
+    acct = f"lim-{uuid.uuid4().hex[:12]}"
+    s.stub.CreateAccount(pb.CreateAccountRequest(account_id=acct))
+    if grant:
+        s.stub.Grant(
+            pb.GrantRequest(account_id=acct, asset=ASSET, amount=grant, idempotency_key=key())
+        )
+    return acct
+
+
+def balance(s: ServerThread, acct: str) -> pb.Balance:
+    return s.stub.GetBalance(pb.GetBalanceRequest(account_id=acct, asset=ASSET)).balance
+
+
+def set_floor(s: ServerThread, acct: str, floor: int, k: str = "") -> pb.SetSpendingLimitsResponse:
+    return s.stub.SetSpendingLimits(
+        pb.SetSpendingLimitsRequest(
+            account_id=acct, asset=ASSET, floor=floor, idempotency_key=k or key()
+        )
+    )
+
+
+def charge(
+    s: ServerThread, acct: str, amount: int, mode: Any = 0, k: str = ""
+) -> pb.ChargeResponse:
+    return s.stub.Charge(
+        pb.ChargeRequest(
+            account_id=acct, asset=ASSET, amount=amount, idempotency_key=k or key(), overage=mode
+        )
+    )
+
+
+def refused(call: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value
+
+
+def assert_verified(s: ServerThread) -> None:
+    report = s.run(verify(s.database_url))
+    assert report.ok, report.violations
+    assert "never_below_floor" in report.checked
+
+
+def test_set_spending_limits_is_versioned_idempotent_and_shown_by_get_balance(
+    server: ServerThread,
+) -> None:
+    acct = account(server, grant=10)
+    k = key()
+    first = set_floor(server, acct, -100, k)
+    assert (first.balance.floor, first.balance.version, first.balance.spendable) == (-100, 2, 110)
+    again, call = server.stub.SetSpendingLimits.with_call(
+        pb.SetSpendingLimitsRequest(account_id=acct, asset=ASSET, floor=-100, idempotency_key=k)
+    )
+    assert replayed(call.trailing_metadata()) and again == first
+    assert set_floor(server, acct, -100).balance.version == 2  # the same floor: no change
+    got = balance(server, acct)
+    assert (got.floor, got.available, got.debt, got.spendable, got.version) == (-100, 10, 0, 110, 2)
+    err = refused(lambda: set_floor(server, acct, -50, k))
+    assert error_info(err).reason == "IDEMPOTENCY_KEY_REUSED"
+    for bad in (1, -(10**15) - 1):
+        err = refused(lambda bad=bad: set_floor(server, acct, bad))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violations(err) == ["floor"]
+    err = refused(lambda: set_floor(server, "lim-nobody", -1))
+    assert error_info(err).reason == "ACCOUNT_NOT_FOUND"
+    stale = pb.SetSpendingLimitsRequest(
+        account_id=acct,
+        asset=ASSET,
+        floor=-1,
+        idempotency_key=key(),
+        preconditions=[pb.Precondition(version=1)],
+    )
+    assert (
+        error_info(refused(lambda: server.stub.SetSpendingLimits(stale))).reason
+        == "PRECONDITION_FAILED"
+    )
+
+
+def test_debt_goes_below_zero_down_to_the_floor_only_and_a_grant_repays_it_first(
+    server: ServerThread,
+) -> None:
+    acct = account(server, grant=30)
+    set_floor(server, acct, -50)
+    # REJECT (the default) is unchanged by a floor: never below zero.
+    err = refused(lambda: charge(server, acct, 31))
+    assert (
+        error_info(err).reason == "INSUFFICIENT_CREDITS"
+        and error_info(err).metadata["available"] == "30"
+    )
+    out = charge(server, acct, 70, DEBT)
+    assert out.taken == 70 and out.reservation.settled == 70
+    assert (out.balance.available, out.balance.debt, out.balance.spendable) == (0, 40, 10)
+    err = refused(lambda: charge(server, acct, 11, DEBT))  # past the floor
+    info = error_info(err)
+    assert info.reason == "INSUFFICIENT_CREDITS" and info.metadata["available"] == "10"
+    # A DEBT-mode hold, released, gives back to its (overdraft) lot; the position holds.
+    held = server.stub.Reserve(
+        pb.ReserveRequest(
+            account_id=acct, asset=ASSET, amount=10, idempotency_key=key(), overage=DEBT
+        )
+    )
+    assert (held.balance.debt, held.balance.reserved, held.balance.spendable) == (50, 10, 0)
+    server.stub.Release(
+        pb.ReleaseRequest(reservation_id=held.reservation.reservation_id, idempotency_key=key())
+    )
+    assert (balance(server, acct).available, balance(server, acct).debt) == (10, 50)
+    assert refused(lambda: charge(server, acct, 1)).code() == grpc.StatusCode.FAILED_PRECONDITION
+    # A grant pays the debt back first, as entries of their own movement.
+    g = server.stub.Grant(
+        pb.GrantRequest(account_id=acct, asset=ASSET, amount=45, idempotency_key=key())
+    )
+    assert (g.balance.debt, g.balance.available, g.lot.remaining) == (5, 10, 0)
+    g = server.stub.Grant(
+        pb.GrantRequest(account_id=acct, asset=ASSET, amount=100, idempotency_key=key())
+    )
+    assert (g.balance.debt, g.balance.available, g.lot.remaining) == (0, 105, 95)
+    entries = server.stub.ListEntries(pb.ListEntriesRequest(account_id=acct)).entries
+    movements = [e.movement for e in entries]
+    assert movements.count(pb.Entry.MOVEMENT_DEBT_REPAYMENT) == 2
+    assert pb.Entry.MOVEMENT_DEBT in movements
+    assert sum(e.amount for e in entries if e.movement == pb.Entry.MOVEMENT_DEBT_REPAYMENT) == -50
+    assert charge(server, acct, 105).balance.available == 0  # REJECT again spends to zero
+    assert_verified(server)
+
+
+def test_cap_takes_what_is_available_and_zero_is_a_replayed_answer(server: ServerThread) -> None:
+    acct = account(server, grant=2400)
+    r = server.stub.Reserve(
+        pb.ReserveRequest(
+            account_id=acct, asset=ASSET, amount=3000, idempotency_key=key(), overage=CAP
+        )
+    )
+    assert (r.taken, r.reservation.amount, r.balance.available, r.balance.reserved) == (
+        2400,
+        2400,
+        0,
+        2400,
+    )
+    k = key()
+    zero = charge(server, acct, 5, CAP, k)
+    assert (zero.taken, zero.reservation.reservation_id, zero.balance.available) == (0, "", 0)
+    assert zero.balance.version == r.balance.version  # nothing changed
+    server.stub.Grant(
+        pb.GrantRequest(account_id=acct, asset=ASSET, amount=100, idempotency_key=key())
+    )
+    again, call = server.stub.Charge.with_call(
+        pb.ChargeRequest(account_id=acct, asset=ASSET, amount=5, idempotency_key=k, overage=CAP)
+    )
+    assert replayed(call.trailing_metadata()) and again.taken == 0
+    # CAP never goes below zero, whatever the floor; within what there is it takes it all.
+    set_floor(server, acct, -1000)
+    assert charge(server, acct, 7, CAP).taken == 7
+    assert charge(server, acct, 500, CAP).taken == 93
+    assert balance(server, acct).debt == 0
+    # The mode is part of the request: the same key in another mode is another request.
+    err = refused(lambda: charge(server, acct, 5, pb.OVERAGE_MODE_REJECT, k))
+    assert error_info(err).reason == "IDEMPOTENCY_KEY_REUSED"
+    err = refused(lambda: charge(server, acct, 5, 7))
+    assert field_violations(err) == ["overage"]
+    assert_verified(server)
+
+
+def test_the_default_mode_is_reject_and_hashes_as_before(server: ServerThread) -> None:
+    acct = account(server, grant=5)
+    k = key()
+    first = charge(server, acct, 3, 0, k)
+    assert first.taken == 3
+    # An explicit REJECT is the same request as an unset mode.
+    again, call = server.stub.Charge.with_call(
+        pb.ChargeRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=3,
+            idempotency_key=k,
+            overage=pb.OVERAGE_MODE_REJECT,
+        )
+    )
+    assert replayed(call.trailing_metadata()) and again.reservation == first.reservation
