@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ledger.domain.model import Allocation, Balance, Lot, Reservation, ReservationState
+from ledger.domain.model import (
+    PAID,
+    Allocation,
+    Balance,
+    Lot,
+    Reservation,
+    ReservationState,
+    spend_rank,
+)
 
 
 def _time(value: datetime | str) -> datetime:
@@ -28,7 +36,8 @@ def balance_from(d: Mapping[str, Any]) -> Balance:
 
 
 def lot_to_dict(lot: Lot) -> dict[str, Any]:
-    return dict(lot.__dict__)
+    """With the category's spend rank, which the lots table stores for its index."""
+    return {**lot.__dict__, "spend_rank": spend_rank(lot.category)}
 
 
 def lot_from(d: Mapping[str, Any]) -> Lot:
@@ -43,6 +52,10 @@ def lot_from(d: Mapping[str, Any]) -> Lot:
         source=d["source"],
         expires_at=_time(expires) if expires is not None else None,
         created_at=_time(d["created_at"]),
+        # Lots (and stored outcomes) from before version 13 have no provenance.
+        category=d.get("category", PAID),
+        unit_cost_micros=d.get("unit_cost_micros"),
+        cost_currency=d.get("cost_currency", ""),
     )
 
 

@@ -14,10 +14,14 @@ from typing import ClassVar
 from ledger.domain import limits
 from ledger.domain.access import Scope
 from ledger.domain.errors import FieldViolation, InvalidArgument
+from ledger.domain.model import CATEGORIES, PAID
 
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _ASSET = re.compile(r"[a-z0-9_]{1,64}")
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+# A caller's own lot category (the set is documented: "x_" and a token).
+CATEGORY_CUSTOM = re.compile(r"x_[a-z0-9_]{1,30}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -101,6 +105,28 @@ class Violations:
                 f"must be between {limits.TTL_MIN_S} s and {limits.TTL_MAX_S} s (TTL_MAX_S, 30 days)",
             )
 
+    def provenance(self, category: str, unit_cost_micros: int | None, currency: str) -> None:
+        """A lot's category and cost basis (docs/design.md, "Provenance and spend order")."""
+        if category not in CATEGORIES and not CATEGORY_CUSTOM.fullmatch(category):
+            self.add(
+                "category",
+                f"must be one of {', '.join(CATEGORIES)} or a token x_ then 1-30 chars of [a-z0-9_]",
+            )
+        if (
+            unit_cost_micros is not None
+            and not 0 <= unit_cost_micros <= limits.UNIT_COST_MICROS_MAX
+        ):
+            self.add(
+                "unit_cost_micros",
+                f"must be between 0 and {limits.UNIT_COST_MICROS_MAX} (UNIT_COST_MICROS_MAX)",
+            )
+        if unit_cost_micros is not None and not _CURRENCY.fullmatch(currency):
+            self.add(
+                "cost_currency", "must be an ISO 4217 code (3 letters A-Z) with unit_cost_micros"
+            )
+        elif unit_cost_micros is None and currency:
+            self.add("cost_currency", "must be empty without unit_cost_micros")
+
     def reservation_id(self, name: str, value: str) -> None:
         if not is_uuid(value):
             self.add(name, "must be a reservation id returned by Reserve or Charge (a UUID)")
@@ -122,6 +148,10 @@ class Command:
     scope: Scope = field(default=None, kw_only=True)
 
     method = "Command"
+    # Fields added after keys were first recorded, with their defaults: left out
+    # of the fingerprint when at their default, so that a key recorded before
+    # the field existed still matches its retry.
+    added_later: ClassVar[dict[str, object]] = {}
 
     def validate(self) -> None:
         raise NotImplementedError
@@ -148,7 +178,11 @@ class Command:
         )
 
     def _fields(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in _fingerprinted(type(self))}
+        fields = {name: getattr(self, name) for name in _fingerprinted(type(self))}
+        for name, default in self.added_later.items():
+            if fields[name] == default:
+                del fields[name]
+        return fields
 
 
 def _digest(method: str, fields: dict[str, object]) -> bytes:
@@ -189,8 +223,17 @@ class Grant(Command):
     expires_at: datetime | None = None
     priority: int = limits.PRIORITY_DEFAULT
     source: str = ""
+    # Provenance and cost basis (docs/design.md, "Provenance and spend order").
+    category: str = PAID
+    unit_cost_micros: int | None = None
+    cost_currency: str = ""
 
     method = "Grant"
+    added_later: ClassVar[dict[str, object]] = {
+        "category": PAID,
+        "unit_cost_micros": None,
+        "cost_currency": "",
+    }
 
     def validate(self) -> None:
         v = Violations()
@@ -202,6 +245,7 @@ class Grant(Command):
                 f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX} (PRIORITY_MAX)",
             )
         v.text("source", self.source, limits.SOURCE_LEN_MAX, "SOURCE_LEN_MAX")
+        v.provenance(self.category, self.unit_cost_micros, self.cost_currency)
         v.raise_if_any()
 
 

@@ -13,6 +13,8 @@ METADATA_ENTRIES_MAX = 32
 METADATA_KEY_LEN_MAX = 64  # printable ASCII: chars are bytes
 METADATA_VALUE_LEN_MAX = 512  # bytes of UTF-8
 SOURCE_LEN_MAX = 64
+# Cost basis of one credit, in micros of its currency: at most one million units.
+UNIT_COST_MICROS_MAX = 10**12
 REASON_LEN_MAX = 256
 PRIORITY_MIN = 0
 PRIORITY_MAX = 1_000_000

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ledger.domain.errors import LedgerError
 
@@ -59,6 +59,30 @@ class Balance:
         return Balance(**self.__dict__)
 
 
+# Where a lot's credits came from (its provenance). A caller may also use its
+# own token: "x_" then 1-30 chars of [a-z0-9_] (commands.CATEGORY_CUSTOM).
+PAID = "paid"
+PROMOTIONAL = "promotional"
+ALLOWANCE = "allowance"
+ROLLOVER = "rollover"
+REFUND = "refund"
+CATEGORIES = (PAID, PROMOTIONAL, ALLOWANCE, ROLLOVER, REFUND)
+# At equal priority and expiry, the lot spent first: promotional before
+# allowance before paid (docs/design.md, "Spend order"). Caller tokens rank
+# just before paid. Stored with each lot (lots.spend_rank) so that the index
+# lots_spend_order orders by it exactly as spend_order() does.
+_SPEND_RANK = {PROMOTIONAL: 0, ROLLOVER: 1, ALLOWANCE: 2, REFUND: 3, PAID: 5}
+CUSTOM_SPEND_RANK = 4
+
+
+# Stands for "no expiry" in spend_order(), after `never` already put such lots last.
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def spend_rank(category: str) -> int:
+    return _SPEND_RANK.get(category, CUSTOM_SPEND_RANK)
+
+
 @dataclass
 class Lot:
     """What is left of one grant. remaining = unreserved, unspent, unexpired part."""
@@ -72,15 +96,31 @@ class Lot:
     source: str
     expires_at: datetime | None
     created_at: datetime
+    # Provenance and cost basis (migration 0013): lots made before it are "paid".
+    category: str = PAID
+    # Cost basis of one credit in micros of `cost_currency`; None: not given.
+    unit_cost_micros: int | None = None
+    cost_currency: str = ""
 
     def expired_at(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def spend_order(self) -> tuple[int, int, float, datetime, str]:
-        """Priority, then soonest expiry (never-expiring last), then oldest."""
+    def spend_order(self) -> tuple[int, int, datetime, int, datetime, str]:
+        """Priority, then soonest expiry (never-expiring last), then the category's
+        rank (promotional, rollover, allowance, refund, caller tokens, paid), then
+        oldest. The SQL of the batch load orders by the same columns (index
+        lots_spend_order, migration 0013): tests/integration/test_spend_order.py."""
         never = 1 if self.expires_at is None else 0
-        expiry = self.expires_at.timestamp() if self.expires_at is not None else 0.0
-        return (self.priority, never, expiry, self.created_at, self.lot_id)
+        # The datetime itself, not a float: PostgreSQL compares microseconds exactly.
+        expiry = self.expires_at if self.expires_at is not None else _NEVER
+        return (
+            self.priority,
+            never,
+            expiry,
+            spend_rank(self.category),
+            self.created_at,
+            self.lot_id,
+        )
 
 
 @dataclass

@@ -17,6 +17,7 @@ from ledger.domain import commands as c
 from ledger.domain import errors, limits
 from ledger.domain.access import Scope, in_scope
 from ledger.domain.model import (
+    REFUND,
     Allocation,
     GrantResult,
     GroupResult,
@@ -165,6 +166,9 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
         source=cmd.source,
         expires_at=cmd.expires_at,
         created_at=ws.now,
+        category=cmd.category,
+        unit_cost_micros=cmd.unit_cost_micros,
+        cost_currency=cmd.cost_currency,
     )
     ws.add_lot(lot)
     ws.dirty_lots.add(lot.lot_id)
@@ -489,7 +493,8 @@ def release(ws: WorkingSet, cmd: c.Release) -> ReservationResult:
 
 def _refund_lot(ws: WorkingSet, res: Reservation, alloc: Allocation, amount: int) -> Lot:
     """Where refunded credits go: their lot, or if it expired, a new lot that
-    lives `refund_grace` with the old one's priority."""
+    lives `refund_grace` with the old one's priority and cost basis (category
+    `refund`)."""
     lot = _lot_of(ws, res, alloc)
     if lot.expired_at(ws.now):
         lot = Lot(
@@ -502,6 +507,9 @@ def _refund_lot(ws: WorkingSet, res: Reservation, alloc: Allocation, amount: int
             source="refund",
             expires_at=ws.now + ws.refund_grace,
             created_at=ws.now,
+            category=REFUND,
+            unit_cost_micros=lot.unit_cost_micros,
+            cost_currency=lot.cost_currency,
         )
         ws.add_lot(lot)
     lot.remaining += amount
@@ -523,7 +531,8 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
         )
     tx = ws.make_id()
     left = cmd.amount
-    for alloc in res.allocations:
+    # Last drawn, first given back: a partial refund undoes the spend from its end.
+    for alloc in reversed(res.allocations):
         take = min(alloc.settled - alloc.refunded, left)
         if take == 0:
             continue

@@ -30,7 +30,7 @@ from ledger.domain.model import (
 )
 
 PairKey = tuple[str, str]
-SpendOrder = tuple[int, int, float, datetime, str]
+SpendOrder = tuple[int, int, datetime, int, datetime, str]
 
 
 class Side(NamedTuple):

@@ -103,7 +103,12 @@ _WRITER_PLANS = (
 )
 
 _BALANCE_COLS = "account_id, asset, available, reserved, granted, settled, refunded, expired"
-_LOT_COLS = "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at"
+_LOT_COLS = (
+    "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at,"
+    " category, spend_rank, unit_cost_micros, cost_currency"
+)
+# The spend order of lots in SQL: the one of Lot.spend_order (index lots_spend_order).
+_SPEND_ORDER = "priority, expires_at, spend_rank, created_at, lot_id"
 _RES_COLS = (
     "reservation_id, account_id, asset, amount, settled, released, refunded, state, created_at,"
     " expires_at, metadata, group_id, leg_key, allocations, expired, leg_index"
@@ -155,7 +160,7 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
     SELECT {_LOT_COLS} FROM lots
     WHERE lots.account_id = pairs.account_id AND lots.asset = pairs.asset AND lots.remaining > 0
-    ORDER BY priority, expires_at, created_at, lot_id LIMIT $10
+    ORDER BY {_SPEND_ORDER} LIMIT $10
 ) AS l
 """
 
@@ -177,7 +182,8 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     INSERT INTO lots ({_LOT_COLS})
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'l') AS t(
         lot_id uuid, account_id text, asset text, amount int8, remaining int8, priority int4,
-        source text, expires_at timestamptz, created_at timestamptz)
+        source text, expires_at timestamptz, created_at timestamptz, category text,
+        spend_rank int2, unit_cost_micros int8, cost_currency text)
     ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining
     RETURNING 1
 ), r AS (

@@ -11,6 +11,7 @@ from ledger.domain import commands as c
 from ledger.domain import limits
 from ledger.domain.errors import FieldViolation, InvalidArgument
 from ledger.domain.model import (
+    PAID,
     Account,
     Balance,
     Bucket,
@@ -86,6 +87,9 @@ def grant(req: pb.GrantRequest, caller: str) -> c.Grant:
         timestamp(req.expires_at, req.HasField("expires_at"), "expires_at"),
         req.priority if req.HasField("priority") else limits.PRIORITY_DEFAULT,
         req.source,
+        req.category or PAID,
+        req.unit_cost_micros if req.HasField("unit_cost_micros") else None,
+        req.cost_currency,
     )
 
 
@@ -200,7 +204,11 @@ def lot(lt: Lot) -> pb.Lot:
         amount=lt.amount,
         remaining=lt.remaining,
         created_at=_ts(lt.created_at),
+        category=lt.category,
+        cost_currency=lt.cost_currency,
     )
+    if lt.unit_cost_micros is not None:
+        out.unit_cost_micros = lt.unit_cost_micros
     if lt.expires_at is not None:
         out.expires_at.CopyFrom(_ts(lt.expires_at))
     return out

@@ -271,6 +271,9 @@ class Lot(_message.Message):
     REMAINING_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    UNIT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    COST_CURRENCY_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     """Server-made id of the lot."""
     source: _builtins.str
@@ -281,6 +284,15 @@ class Lot(_message.Message):
     """The amount the lot was created with."""
     remaining: _builtins.int
     """What is left of it, neither reserved nor spent nor expired."""
+    category: _builtins.str
+    """Where the credits came from: "paid", "promotional", "allowance",
+    "rollover", "refund", or the caller's own token ("x_..."). Lots made
+    before categories existed are "paid".
+    """
+    unit_cost_micros: _builtins.int
+    """Cost basis of one credit in micros of cost_currency; unset when not given."""
+    cost_currency: _builtins.str
+    """ISO 4217 code of unit_cost_micros; empty when it is unset."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot expires; unset means never."""
@@ -299,12 +311,17 @@ class Lot(_message.Message):
         remaining: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        category: _builtins.str = ...,
+        unit_cost_micros: _builtins.int | None = ...,
+        cost_currency: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros", "created_at", b"created_at", "expires_at", b"expires_at", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "expires_at", b"expires_at", "lot_id", b"lot_id", "priority", b"priority", "remaining", b"remaining", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros", "amount", b"amount", "category", b"category", "cost_currency", b"cost_currency", "created_at", b"created_at", "expires_at", b"expires_at", "lot_id", b"lot_id", "priority", b"priority", "remaining", b"remaining", "source", b"source", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__unit_cost_micros: _TypeAlias = _typing.Literal["unit_cost_micros"]  # noqa: Y015
+    _WhichOneofArgType__unit_cost_micros: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unit_cost_micros) -> _WhichOneofReturnType__unit_cost_micros | None: ...
 
 Global___Lot: _TypeAlias = Lot  # noqa: Y015
 
@@ -753,6 +770,9 @@ class GrantRequest(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    UNIT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    COST_CURRENCY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to credit; it must exist."""
     asset: _builtins.str
@@ -765,6 +785,18 @@ class GrantRequest(_message.Message):
     """Spending order, lower first; unset means 100. 0 to 1,000,000."""
     source: _builtins.str
     """Free text such as "purchase" or "monthly_allowance"; at most 64 chars."""
+    category: _builtins.str
+    """The lot's category: "paid", "promotional", "allowance", "rollover",
+    "refund", or a token "x_" then 1-30 chars of [a-z0-9_]; empty means "paid".
+    At equal priority and expiry, promotional is spent before allowance before
+    paid (README, "Spend order").
+    """
+    unit_cost_micros: _builtins.int
+    """Cost basis of one credit in micros of cost_currency, 0 to 10^12; unset
+    means unknown. Requires cost_currency.
+    """
+    cost_currency: _builtins.str
+    """ISO 4217 code (3 letters A-Z) of unit_cost_micros; empty without it."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels recorded with the grant."""
@@ -784,14 +816,22 @@ class GrantRequest(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         priority: _builtins.int | None = ...,
         source: _builtins.str = ...,
+        category: _builtins.str = ...,
+        unit_cost_micros: _builtins.int | None = ...,
+        cost_currency: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "expires_at", b"expires_at", "priority", b"priority"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "_unit_cost_micros", b"_unit_cost_micros", "expires_at", b"expires_at", "priority", b"priority", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "priority", b"priority", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "_unit_cost_micros", b"_unit_cost_micros", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "category", b"category", "cost_currency", b"cost_currency", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "priority", b"priority", "source", b"source", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    _WhichOneofReturnType__unit_cost_micros: _TypeAlias = _typing.Literal["unit_cost_micros"]  # noqa: Y015
+    _WhichOneofArgType__unit_cost_micros: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unit_cost_micros) -> _WhichOneofReturnType__unit_cost_micros | None: ...
 
 Global___GrantRequest: _TypeAlias = GrantRequest  # noqa: Y015
 
