@@ -46,6 +46,7 @@ NEEDED: dict[str, Permission] = {
     "Charge": Permission.SPEND,
     "Refund": Permission.REFUND,
     "Grant": Permission.GRANT,
+    "VoidGrant": Permission.GRANT,
 }
 
 #: The prefix that stands for every account in a caller file.

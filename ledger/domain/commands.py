@@ -120,10 +120,10 @@ class Violations:
                 "unit_cost_micros",
                 f"must be between 0 and {limits.UNIT_COST_MICROS_MAX} (UNIT_COST_MICROS_MAX)",
             )
-        if unit_cost_micros is not None and not _CURRENCY.fullmatch(currency):
-            self.add(
-                "cost_currency", "must be an ISO 4217 code (3 letters A-Z) with unit_cost_micros"
-            )
+        if unit_cost_micros is not None and not currency:
+            self.add("unit_cost_micros", "needs cost_currency, the ISO 4217 code it is counted in")
+        elif unit_cost_micros is not None and not _CURRENCY.fullmatch(currency):
+            self.add("cost_currency", "must be an ISO 4217 code (3 letters A-Z)")
         elif unit_cost_micros is None and currency:
             self.add("cost_currency", "must be empty without unit_cost_micros")
 
@@ -372,6 +372,26 @@ class Refund(Command):
 
 
 @dataclass(frozen=True)
+class VoidGrant(Command):
+    """Take back unspent credits of one lot (0: all its unspent remainder)."""
+
+    lot_id: str
+    amount: int = 0
+    reason: str = ""
+
+    method = "VoidGrant"
+
+    def validate(self) -> None:
+        v = Violations()
+        if not is_uuid(self.lot_id):
+            v.add("lot_id", "must be a lot id returned by Grant (a UUID)")
+        v.amount("amount", self.amount, allow_zero=True)
+        v.text("reason", self.reason, limits.REASON_LEN_MAX, "REASON_LEN_MAX")
+        v.idempotency_key(self.idempotency_key)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
 class ExpireDue:
     """Internal (sweeper): make durable what is due among these reservations and
     (account, asset) pairs. No caller and no key: never recorded, never replayed."""
@@ -418,6 +438,6 @@ class Batch(Command):
 
 
 # What callers send: keyed by (caller, idempotency_key), recorded, replayed.
-KeyedCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund
+KeyedCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund | VoidGrant
 # A Batch is unkeyed itself: its commands are keyed, each on its own.
 MutatingCommand = KeyedCommand | ExpireDue | Batch

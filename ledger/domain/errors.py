@@ -134,6 +134,23 @@ class LotLimitExceeded(LedgerError):
     reason = "LOT_LIMIT_EXCEEDED"
 
 
+class LotNotFound(LedgerError):
+    kind = Kind.NOT_FOUND
+    reason = "LOT_NOT_FOUND"
+
+
+class CreditsHeld(LedgerError):
+    """VoidGrant of credits an open reservation holds: settle or release it first."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "CREDITS_HELD"
+
+
+class AmountExceedsUnspent(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "AMOUNT_EXCEEDS_UNSPENT"
+
+
 class Contention(LedgerError):
     """Serialization retries ran out; nothing was recorded, retry with the same key."""
 
@@ -204,5 +221,8 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         AmountExceedsSettled,
         BalanceLimitExceeded,
         LotLimitExceeded,
+        LotNotFound,
+        CreditsHeld,
+        AmountExceedsUnspent,
     )
 }

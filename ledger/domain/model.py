@@ -28,6 +28,7 @@ class Movement(enum.Enum):
     REFUND = "refund"
     RESERVATION_EXPIRY = "reservation_expiry"
     LOT_EXPIRY = "lot_expiry"
+    VOID = "void"
 
 
 class Bucket(enum.Enum):
@@ -40,6 +41,7 @@ class Bucket(enum.Enum):
 ISSUANCE = "@issuance"
 CONSUMED = "@consumed"
 EXPIRED = "@expired"
+VOIDED = "@voided"  # credits taken back by VoidGrant
 
 
 @dataclass
@@ -214,6 +216,15 @@ class GrantResult:
 
 
 @dataclass(frozen=True)
+class VoidResult:
+    """VoidGrant's answer: the lot and balance after it, and how much it voided."""
+
+    balance: Balance
+    lot: Lot
+    voided: int
+
+
+@dataclass(frozen=True)
 class ReservationResult:
     reservation: Reservation
     balance: Balance
@@ -246,4 +257,4 @@ class BatchResult:
     outcomes: tuple[tuple[GrantResult | ReservationResult | LedgerError, bool], ...]
 
 
-Result = GrantResult | ReservationResult | GroupResult | BatchResult | None
+Result = GrantResult | ReservationResult | GroupResult | BatchResult | VoidResult | None

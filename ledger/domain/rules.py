@@ -27,11 +27,13 @@ from ledger.domain.model import (
     ReservationResult,
     ReservationState,
     Result,
+    VoidResult,
 )
 from ledger.domain.workingset import (
     CONSUMED_SIDE,
     EXPIRED_SIDE,
     ISSUED,
+    VOIDED_SIDE,
     LotsNotLoaded,
     PairKey,
     WorkingSet,
@@ -59,6 +61,8 @@ def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
         return release(ws, cmd)
     if isinstance(cmd, c.Refund):
         return refund(ws, cmd)
+    if isinstance(cmd, c.VoidGrant):
+        return void_grant(ws, cmd)
     if isinstance(cmd, c.ExpireDue):
         expire_due(ws, cmd)
         return None
@@ -553,6 +557,56 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
     res.refunded += cmd.amount
     ws.dirty_reservations.add(res.reservation_id)
     return _result(ws, res)
+
+
+# ---------------------------------------------------------------- voids
+
+
+def void_grant(ws: WorkingSet, cmd: c.VoidGrant) -> VoidResult:
+    """Take back unspent credits of one lot, at `ws.now` (after catch_up: an
+    expired lot has nothing left to void): available -x, @voided +x, movement
+    `void`. The lot keeps its amount and its history; only `remaining` falls.
+    Errors: LotNotFound (also outside the caller's scope), CreditsHeld (the
+    amount needs credits open reservations hold; metadata `held`),
+    AmountExceedsUnspent (more than unspent and held together, or nothing left)."""
+    lot = ws.lots.get(cmd.lot_id)
+    if lot is None or not in_scope(cmd.scope, lot.account_id):
+        raise errors.LotNotFound(f"lot {cmd.lot_id} not found", {"lot_id": cmd.lot_id})
+    catch_up(ws, lot.account_id, lot.asset)
+    held_now = ws.held_from(lot)
+    amount = cmd.amount or lot.remaining
+    meta = {
+        "lot_id": lot.lot_id,
+        "unspent": str(lot.remaining),
+        "held": str(held_now),
+        "requested": str(cmd.amount),
+    }
+    if amount == 0 or amount > lot.remaining:
+        if held_now and (cmd.amount == 0 or amount <= lot.remaining + held_now):
+            raise errors.CreditsHeld(
+                f"lot {lot.lot_id} has {lot.remaining} unspent credits that can be voided;"
+                f" {held_now} more are held by open reservations and cannot be: settle or"
+                " release them first",
+                meta,
+            )
+        raise errors.AmountExceedsUnspent(
+            f"{cmd.amount or 'all'} requested but lot {lot.lot_id} has {lot.remaining}"
+            " unspent credits",
+            meta,
+        )
+    ws.transfer(
+        ws.make_id(),
+        lot.asset,
+        amount,
+        available(lot.account_id),
+        VOIDED_SIDE,
+        Movement.VOID,
+        lot_id=lot.lot_id,
+    )
+    lot.remaining -= amount
+    ws.dirty_lots.add(lot.lot_id)
+    bal = ws.balance(lot.account_id, lot.asset).copy()
+    return VoidResult(bal, dataclasses.replace(lot), amount)
 
 
 # ---------------------------------------------------------------- helpers

@@ -20,6 +20,7 @@ from ledger.domain.model import (
     CONSUMED,
     EXPIRED,
     ISSUANCE,
+    VOIDED,
     Balance,
     Bucket,
     Lot,
@@ -51,6 +52,7 @@ def held(account_id: str) -> Side:
 ISSUED = Side(ISSUANCE, Bucket.SYSTEM)
 CONSUMED_SIDE = Side(CONSUMED, Bucket.SYSTEM)
 EXPIRED_SIDE = Side(EXPIRED, Bucket.SYSTEM)
+VOIDED_SIDE = Side(VOIDED, Bucket.SYSTEM)
 
 # Which entering side counts a movement for the credits-moved metric, and its label.
 _MOVED_LABEL = {
@@ -61,6 +63,7 @@ _MOVED_LABEL = {
     (Movement.REFUND, Bucket.AVAILABLE): "refunded",
     (Movement.LOT_EXPIRY, Bucket.SYSTEM): "expired",
     (Movement.RESERVATION_EXPIRY, Bucket.AVAILABLE): "reservation_expired",
+    (Movement.VOID, Bucket.SYSTEM): "voided",
 }
 
 
@@ -133,6 +136,12 @@ class WorkingSet:
         due = [r for r in self._pair_holds.get(key, {}).values() if r.overdue(self.now)]
         due.sort(key=lambda r: (r.expires_at, r.reservation_id))
         return due
+
+    def held_from(self, lot: Lot) -> int:
+        """What open reservations of the lot's pair still hold of it (the batch
+        loads every open reservation of a pair it voids from)."""
+        holds = self._pair_holds.get((lot.account_id, lot.asset), {}).values()
+        return sum(a.remaining for r in holds for a in r.allocations if a.lot_id == lot.lot_id)
 
     def balance(self, account_id: str, asset: str) -> Balance:
         key = (account_id, asset)

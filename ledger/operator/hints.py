@@ -46,6 +46,12 @@ _HINTS: dict[str, str] = {
     "LOT_LIMIT_EXCEEDED": (
         "The account holds the most live lots of this asset it may; spend or let some expire first."
     ),
+    "LOT_NOT_FOUND": "No such lot: `ledger balance ACCOUNT ASSET --lots` lists the lots and their ids.",
+    "CREDITS_HELD": (
+        "{held} credits of lot {lot_id} are held by open reservations and cannot be voided; "
+        "settle or release them first, or void at most {unspent}."
+    ),
+    "AMOUNT_EXCEEDS_UNSPENT": "Lot {lot_id} has {unspent} unspent credits to void.",
     "CONTENTION": "The server was too busy to commit. Run the same command again with --key {key}.",
     "DATABASE_UNAVAILABLE": (
         "The server runs but cannot reach PostgreSQL: check the database, then retry with "

@@ -15,6 +15,7 @@ from ledger.domain.model import (
     GroupResult,
     ReservationResult,
     Result,
+    VoidResult,
 )
 
 Outcome = Result | errors.LedgerError
@@ -43,6 +44,14 @@ def encode(outcome: Outcome) -> dict[str, Any]:
                 "balance": codec.balance_to_dict(outcome.balance),
             }
         }
+    if isinstance(outcome, VoidResult):
+        return {
+            "void": {
+                "balance": codec.balance_to_dict(outcome.balance),
+                "lot": codec.lot_to_dict(outcome.lot),
+                "voided": outcome.voided,
+            }
+        }
     if isinstance(outcome, GroupResult):
         return {
             "group": {
@@ -68,6 +77,9 @@ def decode(stored: dict[str, Any]) -> Outcome:
         return ReservationResult(
             codec.reservation_from(r["reservation"]), codec.balance_from(r["balance"])
         )
+    if "void" in stored:
+        v = stored["void"]
+        return VoidResult(codec.balance_from(v["balance"]), codec.lot_from(v["lot"]), v["voided"])
     if "group" in stored:
         g = stored["group"]
         return GroupResult(g["group_id"], [codec.reservation_from(r) for r in g["reservations"]])

@@ -61,11 +61,14 @@ class BatchUnit(Protocol):
         pairs: set[PairKey],
         account_ids: set[str],
         whole_pairs: set[PairKey],
+        lot_ids: frozenset[str] = frozenset(),
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         """Load the rows into `ws`: what rules.catch_up needs for every pair (with
         the pairs of the reservations), the lots the reservations name, every live
         lot of `whole_pairs` and the first few in spend order of the others (setting
-        `ws.lot_horizon` where more exist); return the idempotency records of `keys`."""
+        `ws.lot_horizon` where more exist); the lots `lot_ids` (VoidGrant), with
+        their pairs and every open reservation of those pairs; return the
+        idempotency records of `keys`."""
         ...
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None: ...

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.domain.access import Access
-from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
+from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result, VoidResult
 
 _BY_RESERVATION = (c.Settle, c.Release, c.Refund)
 
@@ -27,7 +27,7 @@ def check_replayed_error(cmd: c.MutatingCommand, exc: errors.LedgerError, access
 def accounts_of(cmd: c.MutatingCommand, result: Result | None) -> list[str]:
     """The accounts a command or its stored outcome names."""
     out: list[str] = []
-    if isinstance(result, GrantResult):
+    if isinstance(result, (GrantResult, VoidResult)):
         out.append(result.balance.account_id)
     elif isinstance(result, ReservationResult):
         out.append(result.reservation.account_id)
@@ -59,6 +59,8 @@ def check_replay(cmd: c.MutatingCommand, result: Result | None, access: Access) 
             if isinstance(cmd, _BY_RESERVATION):
                 rid = cmd.reservation_id
                 raise errors.ReservationNotFound(f"reservation {rid} not found")
+            if isinstance(cmd, c.VoidGrant):
+                raise errors.LotNotFound(f"lot {cmd.lot_id} not found", {"lot_id": cmd.lot_id})
             raise errors.AccountNotFound(
                 f"account {account_id} not found; create it with CreateAccount",
                 {"account_id": account_id},

@@ -338,6 +338,11 @@ class Writer:
         whole: set[PairKey],
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         reservation_ids, pairs, accounts, grant_pairs = _footprint(cmds)
+        lot_ids = frozenset(cmd.lot_id for cmd in cmds if isinstance(cmd, c.VoidGrant))
+        if lot_ids:  # VoidGrant's lots, with their pairs and open holds
+            return await unit.load(
+                ws, keys, reservation_ids, pairs, accounts, whole | grant_pairs, lot_ids=lot_ids
+            )
         return await unit.load(ws, keys, reservation_ids, pairs, accounts, whole | grant_pairs)
 
     def _apply_all(

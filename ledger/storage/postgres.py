@@ -126,9 +126,12 @@ _RES_COLS = (
 _LOAD = f"""
 WITH byid AS (
     SELECT {_RES_COLS} FROM reservations WHERE reservation_id = ANY($3::uuid[])
+), bylot AS (
+    SELECT account_id, asset FROM lots WHERE lot_id = ANY($11::uuid[])
 ), pairs AS (
     SELECT * FROM unnest($4::text[], $5::text[]) AS p(account_id, asset)
     UNION SELECT account_id, asset FROM byid
+    UNION SELECT account_id, asset FROM bylot
 ), res AS (
     SELECT * FROM byid
     UNION
@@ -136,6 +139,13 @@ WITH byid AS (
         SELECT {_RES_COLS} FROM reservations
         WHERE reservations.account_id = pairs.account_id AND reservations.asset = pairs.asset
           AND state = 'open' AND expires_at <= $7
+    ) AS r
+    UNION
+    -- A voided lot's pair: every open hold (what it holds of the lot is not voidable).
+    SELECT r.* FROM bylot CROSS JOIN LATERAL (
+        SELECT {_RES_COLS} FROM reservations
+        WHERE reservations.account_id = bylot.account_id AND reservations.asset = bylot.asset
+          AND state = 'open'
     ) AS r
 ), whole AS (
     SELECT * FROM unnest($8::text[], $9::text[]) AS w(account_id, asset)
@@ -156,6 +166,8 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
     WHERE lots.remaining > 0 AND lots.expires_at <= $7
     UNION
     SELECT {_LOT_COLS} FROM lots JOIN whole USING (account_id, asset) WHERE lots.remaining > 0
+    UNION
+    SELECT {_LOT_COLS} FROM lots WHERE lot_id = ANY($11::uuid[])
 ) AS l
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
     SELECT {_LOT_COLS} FROM lots
@@ -359,6 +371,7 @@ class PgBatch:
         pairs: set[PairKey],
         account_ids: set[str],
         whole_pairs: set[PairKey],
+        lot_ids: frozenset[str] = frozenset(),
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         """Every row the batch reads, in one round trip; returns the idempotency records found.
 
@@ -378,6 +391,7 @@ class PgBatch:
                 [p[0] for p in whole_pairs],
                 [p[1] for p in whole_pairs],
                 limits.LOTS_LOADED_FIRST,
+                list(lot_ids),
             )
         )
         records: dict[tuple[str, str], IdempotencyRecord] = {}

@@ -35,6 +35,7 @@ _MOVEMENT = {
     Movement.REFUND: pb.Entry.MOVEMENT_REFUND,
     Movement.RESERVATION_EXPIRY: pb.Entry.MOVEMENT_RESERVATION_EXPIRY,
     Movement.LOT_EXPIRY: pb.Entry.MOVEMENT_LOT_EXPIRY,
+    Movement.VOID: pb.Entry.MOVEMENT_VOID,
 }
 _BUCKET = {
     Bucket.AVAILABLE: pb.Entry.BUCKET_AVAILABLE,
@@ -174,6 +175,10 @@ def settle(req: pb.SettleRequest, caller: str) -> c.Settle:
 
 def release(req: pb.ReleaseRequest, caller: str) -> c.Release:
     return c.Release(caller, req.idempotency_key, req.reservation_id, req.amount)
+
+
+def void_grant(req: pb.VoidGrantRequest, caller: str) -> c.VoidGrant:
+    return c.VoidGrant(caller, req.idempotency_key, req.lot_id, req.amount, req.reason)
 
 
 def refund(req: pb.RefundRequest, caller: str) -> c.Refund:

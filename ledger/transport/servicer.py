@@ -15,7 +15,7 @@ from creditledger.v1 import ledger_pb2 as pb
 from ledger.domain import commands as c
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation, LedgerError
-from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
+from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result, VoidResult
 from ledger.service.ledger import Ledger
 from ledger.service.listing import ReservationQuery
 from ledger.transport import convert, status
@@ -80,6 +80,7 @@ class LedgerServicer:
                 pb.ListReservationsResponse,
             ),
             "SubmitBatch": (self.submit_batch, pb.SubmitBatchRequest, pb.SubmitBatchResponse),
+            "VoidGrant": (self.void_grant, pb.VoidGrantRequest, pb.VoidGrantResponse),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
@@ -99,6 +100,19 @@ class LedgerServicer:
             raise InvariantViolation("Grant returned no GrantResult")
         return pb.GrantResponse(
             balance=convert.balance(result.balance), lot=convert.lot(result.lot)
+        ), replayed
+
+    async def void_grant(self, req: pb.VoidGrantRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(
+            convert.void_grant(req, access.caller), access
+        )
+        if not isinstance(result, VoidResult):
+            raise InvariantViolation("VoidGrant returned no VoidResult")
+        return pb.VoidGrantResponse(
+            lot=convert.lot(result.lot),
+            balance=convert.balance(result.balance),
+            voided=result.voided,
         ), replayed
 
     async def reserve(self, req: pb.ReserveRequest, ctx: Any) -> Reply:

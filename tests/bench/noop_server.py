@@ -73,6 +73,9 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     async def ListReservations(self, request: Any, context: Any) -> pb.ListReservationsResponse:
         return pb.ListReservationsResponse()
 
+    async def VoidGrant(self, request: Any, context: Any) -> pb.VoidGrantResponse:
+        return pb.VoidGrantResponse(lot=pb.Lot(), balance=pb.Balance(), voided=0)
+
     async def SubmitBatch(self, request: Any, context: Any) -> pb.SubmitBatchResponse:
         return pb.SubmitBatchResponse(
             outcomes=[

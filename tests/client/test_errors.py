@@ -54,6 +54,11 @@ CONTRACT = {
     "LOT_LIMIT_EXCEEDED": (
         grpc.StatusCode.FAILED_PRECONDITION, e.LotLimitExceeded, e.FailedPrecondition,
     ),
+    "LOT_NOT_FOUND": (grpc.StatusCode.NOT_FOUND, e.LotNotFound, e.NotFound),
+    "CREDITS_HELD": (grpc.StatusCode.FAILED_PRECONDITION, e.CreditsHeld, e.FailedPrecondition),
+    "AMOUNT_EXCEEDS_UNSPENT": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.AmountExceedsUnspent, e.FailedPrecondition,
+    ),
     "CONTENTION": (grpc.StatusCode.ABORTED, e.Contention, e.Aborted),
     "DATABASE_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.DatabaseUnavailable, e.Unavailable),
     "WRITER_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.WriterUnavailable, e.Unavailable),

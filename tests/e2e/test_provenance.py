@@ -14,13 +14,14 @@ import asyncpg
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from ledger.domain import codec, limits
 from ledger.domain.model import Lot
 from ledger.storage.postgres import _LOT_COLS, _SPEND_ORDER
 from tests.support.manual_server import ServerThread
 from tests.support.rpc import error_info
+from tests.support.verify import assert_ledger_consistent
 
 ASSET = "crm_credits"
 
@@ -116,7 +117,7 @@ def test_grant_records_category_and_cost_basis_and_get_balance_shows_them(
         ({"category": "bonus"}, "category"),
         ({"category": "x_"}, "category"),
         ({"category": "X_caps"}, "category"),
-        ({"unit_cost_micros": 5}, "cost_currency"),
+        ({"unit_cost_micros": 5}, "unit_cost_micros"),
         ({"unit_cost_micros": 5, "cost_currency": "eur"}, "cost_currency"),
         ({"cost_currency": "EUR"}, "cost_currency"),
         ({"unit_cost_micros": -1, "cost_currency": "EUR"}, "unit_cost_micros"),
@@ -323,3 +324,122 @@ def test_a_spend_past_the_lots_loaded_first_takes_the_python_order(
     charge(server, acct, 10)  # past the horizon: the writer reloads the pair whole
     left = {lot.lot_id for lot in lots(server, acct)}
     assert left == set(python[spend + 10 :])
+
+
+# ---------------------------------------------------------------- VoidGrant
+
+
+def void(s: ServerThread, lot_id: str, amount: int = 0, k: str = "") -> pb.VoidGrantResponse:
+    resp: pb.VoidGrantResponse = s.stub.VoidGrant(
+        pb.VoidGrantRequest(
+            lot_id=lot_id, amount=amount, reason="refunded purchase", idempotency_key=k or key()
+        )
+    )
+    return resp
+
+
+def entries(s: ServerThread, acct: str) -> list[pb.Entry]:
+    return list(s.stub.ListEntries(pb.ListEntriesRequest(account_id=acct, asset=ASSET)).entries)
+
+
+async def _voided_total(url: str, asset: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        total: int = await conn.fetchval(
+            "SELECT coalesce(sum(amount), 0) FROM entries WHERE account_id = '@voided' AND asset = $1",
+            asset,
+        )
+    finally:
+        await conn.close()
+    return total
+
+
+def test_void_takes_back_part_then_all_of_the_unspent_remainder(server: ServerThread) -> None:
+    acct = account(server)
+    paid = grant(server, acct, 100, source="pack", unit_cost_micros=10_000, cost_currency="USD")
+    server.advance(timedelta(seconds=1))
+    grant(server, acct, 50, source="other")
+    charge(server, acct, 30)  # from "pack" (older, both paid, never expire)
+    before_voided = server.run(_voided_total(server.database_url, ASSET))
+    v = void(server, paid.lot_id, 20)
+    assert (v.voided, v.lot.remaining, v.lot.amount, v.balance.available) == (20, 50, 100, 100)
+    k = key()
+    v = void(server, paid.lot_id, 0, k)  # all that is left
+    assert (v.voided, v.lot.remaining, v.balance.available) == (50, 0, 50)
+    again = void(server, paid.lot_id, 0, k)  # a retry replays, voids nothing more
+    assert (again.voided, again.balance.available) == (50, 50)
+    assert remaining_by_source(server, acct) == {"other": 50}
+    voids = [e for e in entries(server, acct) if e.movement == pb.Entry.MOVEMENT_VOID]
+    assert sorted(e.amount for e in voids) == [-50, -20]
+    assert {e.lot_id for e in voids} == {paid.lot_id}
+    # The system account's total is derived from its entries (it has no balance row).
+    assert server.run(_voided_total(server.database_url, ASSET)) - before_voided == 70
+    with pytest.raises(grpc.RpcError) as err:
+        void(server, paid.lot_id, 0)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(err.value).reason == "AMOUNT_EXCEEDS_UNSPENT"
+    assert error_info(err.value).metadata["unspent"] == "0"
+
+
+def test_held_credits_cannot_be_voided_and_the_reason_says_how_many(
+    server: ServerThread,
+) -> None:
+    acct = account(server)
+    lot = grant(server, acct, 10)
+    server.stub.Reserve(
+        pb.ReserveRequest(account_id=acct, asset=ASSET, amount=7, idempotency_key=key())
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        void(server, lot.lot_id, 5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(err.value)
+    assert info.reason == "CREDITS_HELD"
+    assert (info.metadata["held"], info.metadata["unspent"]) == ("7", "3")
+    assert "7 more are held" in (err.value.details() or "")
+    with pytest.raises(grpc.RpcError) as err:
+        void(server, lot.lot_id, 11)  # more than the lot ever had left
+    assert error_info(err.value).reason == "AMOUNT_EXCEEDS_UNSPENT"
+    assert void(server, lot.lot_id, 0).voided == 3  # "all": the unheld remainder
+
+
+def test_a_hold_that_expired_no_longer_blocks_a_void(server: ServerThread) -> None:
+    acct = account(server)
+    lot = grant(server, acct, 10)
+    server.stub.Reserve(
+        pb.ReserveRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=10,
+            idempotency_key=key(),
+            ttl=duration_pb2.Duration(seconds=60),
+        )
+    )
+    server.advance(timedelta(seconds=60))  # expired, not swept: catch_up sees it
+    assert void(server, lot.lot_id, 0).voided == 10
+
+
+def test_an_expired_lot_has_nothing_to_void(server: ServerThread) -> None:
+    acct = account(server)
+    lot = grant(server, acct, 10, expires_at=at(server, 1))
+    server.advance(timedelta(days=1))
+    with pytest.raises(grpc.RpcError) as err:
+        void(server, lot.lot_id, 0)
+    assert error_info(err.value).reason == "AMOUNT_EXCEEDS_UNSPENT"
+
+
+def test_void_of_an_unknown_lot_is_not_found_and_a_bad_id_invalid(server: ServerThread) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        void(server, str(uuid.uuid4()))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(err.value).reason == "LOT_NOT_FOUND"
+    with pytest.raises(grpc.RpcError) as err:
+        void(server, "not-a-lot")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "lot_id" in (err.value.details() or "")
+
+
+def test_zz_the_ledger_verifies_after_every_test_of_this_module(server: ServerThread) -> None:
+    """Runs last (pytest keeps file order): voids, refunds and lots of every
+    category leave a ledger `ledger verify` proves consistent."""
+    server.sweep()
+    server.run(assert_ledger_consistent(server.database_url))

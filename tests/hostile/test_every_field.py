@@ -148,6 +148,7 @@ class World:
     token: str  # a real ListEntries next_page_token for (account, "")
     # A real ListReservations next_page_token for (account, "", every state).
     reservations_token: str = ""
+    lot: str = ""  # a lot of `account` with plenty left (to void)
     results: Counter[str] = field(default_factory=Counter)
 
 
@@ -190,8 +191,19 @@ def make_world(stub: Any) -> World:
     group = ok("ReserveGroup", group_req).group.group_id
     token = ok("ListEntries", pb.ListEntriesRequest(account_id=account, page_size=1))
     listed = ok("ListReservations", pb.ListReservationsRequest(account_id=account, page_size=1))
+    lot = ok(
+        "Grant",
+        pb.GrantRequest(account_id=account, asset=ASSET, amount=10**15, idempotency_key=new_key()),
+    ).lot.lot_id
     return World(
-        stub, account, other, charged, group, token.next_page_token, listed.next_page_token
+        stub,
+        account,
+        other,
+        charged,
+        group,
+        token.next_page_token,
+        listed.next_page_token,
+        lot=lot,
     )
 
 
@@ -237,6 +249,8 @@ def base_request(method: str, w: World) -> Message:
         return pb.ListReservationsRequest(
             account_id=w.account, page_size=1, page_token=w.reservations_token
         )
+    if method == "VoidGrant":
+        return pb.VoidGrantRequest(lot_id=w.lot, amount=1, idempotency_key=new_key())
     if method == "SubmitBatch":
         batch = pb.SubmitBatchRequest()
         batch.commands.add().charge.MergeFromString(base_request("Charge", w).SerializeToString())

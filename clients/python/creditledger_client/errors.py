@@ -254,6 +254,34 @@ class LotLimitExceeded(FailedPrecondition):
         return self._int("live_lots")
 
 
+class LotNotFound(NotFound):
+    """LOT_NOT_FOUND: no such lot (VoidGrant)."""
+
+
+class CreditsHeld(FailedPrecondition):
+    """CREDITS_HELD: VoidGrant of credits that open reservations hold; settle or
+    release them first. `held` says how many are held, `unspent` how many may be voided."""
+
+    @property
+    def held(self) -> int:
+        """The lot's credits held by open reservations."""
+        return self._int("held")
+
+    @property
+    def unspent(self) -> int:
+        """The lot's unspent, unheld credits: what may be voided."""
+        return self._int("unspent")
+
+
+class AmountExceedsUnspent(FailedPrecondition):
+    """AMOUNT_EXCEEDS_UNSPENT: VoidGrant of more than the lot's unspent remainder."""
+
+    @property
+    def unspent(self) -> int:
+        """The lot's unspent, unheld credits: what may be voided."""
+        return self._int("unspent")
+
+
 class Contention(Aborted):
     """CONTENTION: the server's own retries of a serialization failure ran out."""
 
@@ -292,6 +320,9 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "AMOUNT_EXCEEDS_SETTLED": AmountExceedsSettled,
     "BALANCE_LIMIT_EXCEEDED": BalanceLimitExceeded,
     "LOT_LIMIT_EXCEEDED": LotLimitExceeded,
+    "LOT_NOT_FOUND": LotNotFound,
+    "CREDITS_HELD": CreditsHeld,
+    "AMOUNT_EXCEEDS_UNSPENT": AmountExceedsUnspent,
     "CONTENTION": Contention,
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
     "WRITER_UNAVAILABLE": WriterUnavailable,

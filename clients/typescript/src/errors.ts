@@ -305,6 +305,35 @@ export class LotLimitExceeded extends FailedPrecondition {
     this.liveLots = this.int64("live_lots");
   }
 }
+/** LOT_NOT_FOUND: no such lot (VoidGrant). */
+export class LotNotFound extends NotFound {
+  override readonly name: string = "LotNotFound";
+}
+/** CREDITS_HELD: VoidGrant of credits that open reservations hold; settle or release them first. */
+export class CreditsHeld extends FailedPrecondition {
+  override readonly name: string = "CreditsHeld";
+  /** The lot's credits held by open reservations. */
+  readonly held: bigint;
+  /** The lot's unspent, unheld credits: what may be voided. */
+  readonly unspent: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.held = this.int64("held");
+    this.unspent = this.int64("unspent");
+  }
+}
+/** AMOUNT_EXCEEDS_UNSPENT: VoidGrant of more than the lot's unspent remainder. */
+export class AmountExceedsUnspent extends FailedPrecondition {
+  override readonly name: string = "AmountExceedsUnspent";
+  /** The lot's unspent, unheld credits: what may be voided. */
+  readonly unspent: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.unspent = this.int64("unspent");
+  }
+}
 /** CONTENTION (ABORTED): the server ran out of serialization retries; the client retries it itself. */
 export class Contention extends Aborted {
   override readonly name: string = "Contention";
@@ -343,6 +372,9 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["AMOUNT_EXCEEDS_SETTLED", AmountExceedsSettled],
   ["BALANCE_LIMIT_EXCEEDED", BalanceLimitExceeded],
   ["LOT_LIMIT_EXCEEDED", LotLimitExceeded],
+  ["LOT_NOT_FOUND", LotNotFound],
+  ["CREDITS_HELD", CreditsHeld],
+  ["AMOUNT_EXCEEDS_UNSPENT", AmountExceedsUnspent],
   ["CONTENTION", Contention],
   ["DATABASE_UNAVAILABLE", DatabaseUnavailable],
   ["WRITER_UNAVAILABLE", WriterUnavailable],

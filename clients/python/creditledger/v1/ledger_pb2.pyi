@@ -82,6 +82,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_WRITER_UNAVAILABLE: _ErrorReason.ValueType  # 21
     """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+    ERROR_REASON_LOT_NOT_FOUND: _ErrorReason.ValueType  # 32
+    """NOT_FOUND: no such lot (VoidGrant)."""
+    ERROR_REASON_CREDITS_HELD: _ErrorReason.ValueType  # 33
+    """FAILED_PRECONDITION: VoidGrant of credits that open reservations hold; metadata held says how many."""
+    ERROR_REASON_AMOUNT_EXCEEDS_UNSPENT: _ErrorReason.ValueType  # 34
+    """FAILED_PRECONDITION: VoidGrant of more than the lot's unspent remainder (or of an empty one)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -138,6 +144,12 @@ DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a
 """
 ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
 """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+ERROR_REASON_LOT_NOT_FOUND: ErrorReason.ValueType  # 32
+"""NOT_FOUND: no such lot (VoidGrant)."""
+ERROR_REASON_CREDITS_HELD: ErrorReason.ValueType  # 33
+"""FAILED_PRECONDITION: VoidGrant of credits that open reservations hold; metadata held says how many."""
+ERROR_REASON_AMOUNT_EXCEEDS_UNSPENT: ErrorReason.ValueType  # 34
+"""FAILED_PRECONDITION: VoidGrant of more than the lot's unspent remainder (or of an empty one)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -516,6 +528,8 @@ class Entry(_message.Message):
         """Held credits given back because the reservation expired."""
         MOVEMENT_LOT_EXPIRY: Entry._Movement.ValueType  # 7
         """Credits written off because their lot expired."""
+        MOVEMENT_VOID: Entry._Movement.ValueType  # 10
+        """Unspent credits of a lot taken back by VoidGrant (to @voided)."""
 
     class Movement(_Movement, metaclass=_MovementEnumTypeWrapper):
         """The kind of movement an entry belongs to."""
@@ -536,6 +550,8 @@ class Entry(_message.Message):
     """Held credits given back because the reservation expired."""
     MOVEMENT_LOT_EXPIRY: Entry.Movement.ValueType  # 7
     """Credits written off because their lot expired."""
+    MOVEMENT_VOID: Entry.Movement.ValueType  # 10
+    """Unspent credits of a lot taken back by VoidGrant (to @voided)."""
 
     class _Bucket:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -550,7 +566,7 @@ class Entry(_message.Message):
         BUCKET_HELD: Entry._Bucket.ValueType  # 2
         """Credits held by open reservations."""
         BUCKET_SYSTEM: Entry._Bucket.ValueType  # 3
-        """A system account (issuance, consumed, expired)."""
+        """A system account (issuance, consumed, expired, voided)."""
 
     class Bucket(_Bucket, metaclass=_BucketEnumTypeWrapper):
         """Which part of the account an entry moves."""
@@ -562,7 +578,7 @@ class Entry(_message.Message):
     BUCKET_HELD: Entry.Bucket.ValueType  # 2
     """Credits held by open reservations."""
     BUCKET_SYSTEM: Entry.Bucket.ValueType  # 3
-    """A system account (issuance, consumed, expired)."""
+    """A system account (issuance, consumed, expired, voided)."""
 
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
@@ -1266,6 +1282,76 @@ class RefundResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundResponse: _TypeAlias = RefundResponse  # noqa: Y015
+
+@_typing.final
+class VoidGrantRequest(_message.Message):
+    """Request of VoidGrant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    """The lot to take credits from: the lot_id a Grant returned (a UUID)."""
+    amount: _builtins.int
+    """Credits to void, 1 to 10^15, at most the lot's unspent, unheld remainder;
+    0 means all of that remainder.
+    """
+    reason: _builtins.str
+    """Why, for the audit trail; at most 256 chars."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "lot_id", b"lot_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidGrantRequest: _TypeAlias = VoidGrantRequest  # noqa: Y015
+
+@_typing.final
+class VoidGrantResponse(_message.Message):
+    """Response of VoidGrant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    VOIDED_FIELD_NUMBER: _builtins.int
+    voided: _builtins.int
+    """The credits voided (the remainder, when amount was 0)."""
+    @_builtins.property
+    def lot(self) -> Global___Lot:
+        """The lot after the void."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The balance after the void."""
+
+    def __init__(
+        self,
+        *,
+        lot: Global___Lot | None = ...,
+        balance: Global___Balance | None = ...,
+        voided: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "lot", b"lot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "lot", b"lot", "voided", b"voided"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidGrantResponse: _TypeAlias = VoidGrantResponse  # noqa: Y015
 
 @_typing.final
 class ChargeRequest(_message.Message):

@@ -110,6 +110,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
                 _registered_method=True)
+        self.VoidGrant = channel.unary_unary(
+                '/creditledger.v1.LedgerService/VoidGrant',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -232,6 +237,17 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VoidGrant(self, request, context):
+        """VoidGrant takes unspent credits of one lot back (a mistaken grant, a
+        refunded purchase): they move from the account's available credits to the
+        system account @voided (movement MOVEMENT_VOID); the lot and its history
+        stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
+        how many are held). Needs the grant permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +325,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.SubmitBatch,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'VoidGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidGrant,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -717,6 +738,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/SubmitBatch',
             creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/VoidGrant',
+            creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,13 @@ class LedgerServiceStub:
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
     """
+    VoidGrant: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.VoidGrantRequest, _ledger_pb2.VoidGrantResponse]
+    """VoidGrant takes unspent credits of one lot back (a mistaken grant, a
+    refunded purchase): they move from the account's available credits to the
+    system account @voided (movement MOVEMENT_VOID); the lot and its history
+    stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
+    how many are held). Needs the grant permission.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -136,6 +143,13 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     command fails the call (its own status, ErrorInfo metadata batch_index)
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
+    """
+    VoidGrant: _aio.UnaryUnaryMultiCallable[_ledger_pb2.VoidGrantRequest, _ledger_pb2.VoidGrantResponse]  # type: ignore[assignment]
+    """VoidGrant takes unspent credits of one lot back (a mistaken grant, a
+    refunded purchase): they move from the account's available credits to the
+    system account @voided (movement MOVEMENT_VOID); the lot and its history
+    stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
+    how many are held). Needs the grant permission.
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -274,6 +288,19 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         command fails the call (its own status, ErrorInfo metadata batch_index)
         and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
         BATCH_BYTES_MAX bytes per request.
+        """
+
+    @_abc_1.abstractmethod
+    def VoidGrant(
+        self,
+        request: _ledger_pb2.VoidGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.VoidGrantResponse, _abc.Awaitable[_ledger_pb2.VoidGrantResponse]]:
+        """VoidGrant takes unspent credits of one lot back (a mistaken grant, a
+        refunded purchase): they move from the account's available credits to the
+        system account @voided (movement MOVEMENT_VOID); the lot and its history
+        stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
+        how many are held). Needs the grant permission.
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
