@@ -37,3 +37,10 @@ LOTS_LOADED_FIRST = 32
 MESSAGE_BYTES_MAX = 64 * 1024
 BATCH_COMMANDS_MAX = 1000  # commands per SubmitBatch request
 BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: MESSAGE_BYTES_MAX)
+# Grant schedules (ledger/domain/periods.py): the longest period of each unit,
+# and the shortest fixed one.
+SCHEDULE_PERIOD_MONTHS_MAX = 120
+SCHEDULE_PERIOD_WEEKS_MAX = 520
+SCHEDULE_PERIOD_DAYS_MAX = 3660
+SCHEDULE_PERIOD_FIXED_S_MIN = 60
+SCHEDULE_PERIOD_FIXED_S_MAX = 3660 * 86400
