@@ -47,6 +47,9 @@ NEEDED: dict[str, Permission] = {
     "Refund": Permission.REFUND,
     "Grant": Permission.GRANT,
     "VoidGrant": Permission.GRANT,
+    "CreateGrantSchedule": Permission.GRANT,
+    "CancelGrantSchedule": Permission.GRANT,
+    "GetGrantSchedule": Permission.READ,
 }
 
 #: The prefix that stands for every account in a caller file.

@@ -14,7 +14,8 @@ from typing import ClassVar
 from ledger.domain import limits
 from ledger.domain.access import Scope
 from ledger.domain.errors import FieldViolation, InvalidArgument
-from ledger.domain.model import CATEGORIES, PAID
+from ledger.domain.model import ALLOWANCE, CATEGORIES, PAID, Rollover
+from ledger.domain.periods import COUNT_MAX, COUNT_MIN, Unit, zone
 
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _ASSET = re.compile(r"[a-z0-9_]{1,64}")
@@ -392,6 +393,92 @@ class VoidGrant(Command):
 
 
 @dataclass(frozen=True)
+class CreateGrantSchedule(Command):
+    """A grant that renews itself every period (ledger/domain/schedules.py)."""
+
+    account_id: str
+    asset: str
+    amount: int
+    unit: str  # month, week, day, fixed (count seconds)
+    count: int
+    anchor: datetime | None = None  # None: now
+    time_zone: str = "UTC"
+    ends_at: datetime | None = None
+    priority: int = limits.PRIORITY_DEFAULT
+    category: str = ALLOWANCE
+    lot_life_s: int | None = None
+    rollover: Rollover | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    method = "CreateGrantSchedule"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
+        unit = next((u for u in Unit if u.value == self.unit), None)
+        if unit is None:
+            v.add("period_unit", "must be MONTH, WEEK, DAY or FIXED")
+        elif not COUNT_MIN[unit] <= self.count <= COUNT_MAX[unit]:
+            v.add(
+                "period_count",
+                f"must be {COUNT_MIN[unit]} to {COUNT_MAX[unit]} for {unit.value}"
+                + (" (seconds)" if unit is Unit.FIXED else ""),
+            )
+            if unit is Unit.FIXED:  # the count of a fixed period is seconds: say which unit
+                v.add("period_unit", "FIXED counts seconds: period_count must be at least 60")
+        try:
+            zone(self.time_zone)
+        except ValueError as exc:
+            v.add("time_zone", f"{exc}: must be an IANA time zone such as Europe/Paris")
+        if self.ends_at is not None and self.anchor is not None and self.ends_at <= self.anchor:
+            v.add("end", "must be after anchor")
+        if not limits.PRIORITY_MIN <= self.priority <= limits.PRIORITY_MAX:
+            v.add("priority", f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX}")
+        v.provenance(self.category, None, "")
+        if (
+            self.lot_life_s is not None
+            and not 1 <= self.lot_life_s <= limits.SCHEDULE_LOT_LIFE_S_MAX
+        ):
+            v.add(
+                "lot_life",
+                f"must be 1 s to {limits.SCHEDULE_LOT_LIFE_S_MAX} s (SCHEDULE_LOT_LIFE_S_MAX)",
+            )
+        r = self.rollover
+        if r is not None:
+            if r.cap_amount is not None:
+                v.amount("rollover.cap_amount", r.cap_amount, allow_zero=True)
+            if r.cap_percent is not None and not 0 <= r.cap_percent <= 100:
+                v.add("rollover.cap_percent", "must be between 0 and 100")
+            if r.life_s is not None and not 1 <= r.life_s <= limits.SCHEDULE_LOT_LIFE_S_MAX:
+                v.add("rollover.life", f"must be 1 s to {limits.SCHEDULE_LOT_LIFE_S_MAX} s")
+            if not limits.PRIORITY_MIN <= r.priority <= limits.PRIORITY_MAX:
+                v.add(
+                    "rollover.priority",
+                    f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX}",
+                )
+        v.metadata("metadata", self.metadata)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class CancelGrantSchedule(Command):
+    """No further periods; `void_remainder` also voids the current period's
+    unheld remainder."""
+
+    schedule_id: str
+    void_remainder: bool = False
+
+    method = "CancelGrantSchedule"
+
+    def validate(self) -> None:
+        v = Violations()
+        if not is_uuid(self.schedule_id):
+            v.add("schedule_id", "must be a schedule id returned by CreateGrantSchedule (a UUID)")
+        v.idempotency_key(self.idempotency_key)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
 class ExpireDue:
     """Internal (sweeper): make durable what is due among these reservations and
     (account, asset) pairs. No caller and no key: never recorded, never replayed."""
@@ -438,6 +525,17 @@ class Batch(Command):
 
 
 # What callers send: keyed by (caller, idempotency_key), recorded, replayed.
-KeyedCommand = Grant | Reserve | Charge | ReserveGroup | Settle | Release | Refund | VoidGrant
+KeyedCommand = (
+    Grant
+    | Reserve
+    | Charge
+    | ReserveGroup
+    | Settle
+    | Release
+    | Refund
+    | VoidGrant
+    | CreateGrantSchedule
+    | CancelGrantSchedule
+)
 # A Batch is unkeyed itself: its commands are keyed, each on its own.
 MutatingCommand = KeyedCommand | ExpireDue | Batch

@@ -139,6 +139,16 @@ class LotNotFound(LedgerError):
     reason = "LOT_NOT_FOUND"
 
 
+class ScheduleNotFound(LedgerError):
+    kind = Kind.NOT_FOUND
+    reason = "SCHEDULE_NOT_FOUND"
+
+
+class ScheduleLimitExceeded(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "SCHEDULE_LIMIT_EXCEEDED"
+
+
 class CreditsHeld(LedgerError):
     """VoidGrant of credits an open reservation holds: settle or release it first."""
 
@@ -222,6 +232,8 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         BalanceLimitExceeded,
         LotLimitExceeded,
         LotNotFound,
+        ScheduleNotFound,
+        ScheduleLimitExceeded,
         CreditsHeld,
         AmountExceedsUnspent,
     )

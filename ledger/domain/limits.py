@@ -44,3 +44,10 @@ SCHEDULE_PERIOD_WEEKS_MAX = 520
 SCHEDULE_PERIOD_DAYS_MAX = 3660
 SCHEDULE_PERIOD_FIXED_S_MIN = 60
 SCHEDULE_PERIOD_FIXED_S_MAX = 3660 * 86400
+# Periods one batch issues per schedule; a longer backlog (downtime) is issued
+# first by batches of its own, each this size (writer._drain_schedules).
+SCHEDULE_PERIODS_PER_BATCH_MAX = 64
+SCHEDULE_DRAIN_BATCHES_MAX = 1000
+# Active schedules of one account x asset (every catch_up of the pair walks them).
+SCHEDULES_PER_PAIR_MAX = 16
+SCHEDULE_LOT_LIFE_S_MAX = 3660 * 86400

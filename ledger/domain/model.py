@@ -29,6 +29,7 @@ class Movement(enum.Enum):
     RESERVATION_EXPIRY = "reservation_expiry"
     LOT_EXPIRY = "lot_expiry"
     VOID = "void"
+    ROLLOVER = "rollover"  # a period's unused allowance moved to its rollover lot
 
 
 class Bucket(enum.Enum):
@@ -42,6 +43,7 @@ ISSUANCE = "@issuance"
 CONSUMED = "@consumed"
 EXPIRED = "@expired"
 VOIDED = "@voided"  # credits taken back by VoidGrant
+ROLLED = "@rollover"  # between a period's lot and its rollover lot (sums to zero)
 
 
 @dataclass
@@ -103,6 +105,10 @@ class Lot:
     # Cost basis of one credit in micros of `cost_currency`; None: not given.
     unit_cost_micros: int | None = None
     cost_currency: str = ""
+    # A lot a grant schedule issued (migration 0014): its schedule and period;
+    # (schedule_id, period, category) is unique: allowance once, rollover once.
+    schedule_id: str = ""
+    period: int | None = None
 
     def expired_at(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -215,6 +221,55 @@ class GrantResult:
     lot: Lot
 
 
+@dataclass
+class Rollover:
+    """At a period's end, its lot's unused remainder, up to the cap (the smaller
+    of cap_amount and cap_percent of the period's amount when both are set),
+    moves to a rollover lot; the rest expires."""
+
+    cap_amount: int | None = None
+    cap_percent: int | None = None
+    life_s: int | None = None  # None: until the end of the next period
+    priority: int = 100
+
+
+class ScheduleState(enum.Enum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Schedule:
+    """A grant that renews itself: period n's lot, keyed (schedule_id, n), is
+    issued by rules.catch_up as at the period's start (ledger/domain/schedules.py)."""
+
+    schedule_id: str
+    account_id: str
+    asset: str
+    amount: int
+    unit: str  # periods.Unit value
+    count: int
+    anchor: datetime
+    time_zone: str
+    ends_at: datetime | None
+    priority: int
+    category: str
+    lot_life_s: int | None  # None: each lot lives to its period's end
+    rollover: Rollover | None
+    first_period: int  # the period the schedule was created in (none before)
+    next_period: int  # every period before it is issued
+    next_start: datetime  # when next_period starts (the sweeper's index)
+    state: ScheduleState
+    metadata: dict[str, str]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ScheduleResult:
+    schedule: Schedule
+    balance: Balance | None = None
+
+
 @dataclass(frozen=True)
 class VoidResult:
     """VoidGrant's answer: the lot and balance after it, and how much it voided."""
@@ -257,4 +312,6 @@ class BatchResult:
     outcomes: tuple[tuple[GrantResult | ReservationResult | LedgerError, bool], ...]
 
 
-Result = GrantResult | ReservationResult | GroupResult | BatchResult | VoidResult | None
+Result = (
+    GrantResult | ReservationResult | GroupResult | BatchResult | VoidResult | ScheduleResult | None
+)

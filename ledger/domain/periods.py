@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import calendar
 import enum
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -61,13 +62,17 @@ class OutOfCalendar(ValueError):
     """Period n would start past year 9999 (or before year 1): it never comes."""
 
 
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
+ZONE_NAME_LEN_MAX = 64
+
+
 def zone(name: str) -> ZoneInfo:
     """The IANA time zone `name`. Raises ValueError when there is no such zone."""
-    if not name or name.startswith(("/", ".")) or ".." in name:
-        raise ValueError(f"unknown time zone {name!r}")
+    if len(name) > ZONE_NAME_LEN_MAX or not _ZONE_NAME.fullmatch(name):
+        raise ValueError(f"unknown time zone {name[:64]!r}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 

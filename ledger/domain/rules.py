@@ -14,7 +14,7 @@ import dataclasses
 from datetime import datetime, timedelta
 
 from ledger.domain import commands as c
-from ledger.domain import errors, limits
+from ledger.domain import errors, limits, schedules
 from ledger.domain.access import Scope, in_scope
 from ledger.domain.model import (
     REFUND,
@@ -27,6 +27,9 @@ from ledger.domain.model import (
     ReservationResult,
     ReservationState,
     Result,
+    Schedule,
+    ScheduleResult,
+    ScheduleState,
     VoidResult,
 )
 from ledger.domain.workingset import (
@@ -63,6 +66,10 @@ def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
         return refund(ws, cmd)
     if isinstance(cmd, c.VoidGrant):
         return void_grant(ws, cmd)
+    if isinstance(cmd, c.CreateGrantSchedule):
+        return create_grant_schedule(ws, cmd)
+    if isinstance(cmd, c.CancelGrantSchedule):
+        return cancel_grant_schedule(ws, cmd)
     if isinstance(cmd, c.ExpireDue):
         expire_due(ws, cmd)
         return None
@@ -89,24 +96,31 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
     if ws.caught_up.get(key) == ws.now:
         return
     ws.caught_up[key] = ws.now
+    schedules.issue_due(ws, account_id, asset)
     for res in ws.overdue_holds(key):
         _give_back(
             ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY, res.expires_at
         )
         ws.end_hold(res, ReservationState.EXPIRED)
-    for lot in ws.spendable_lots(key):
-        if lot.expired_at(ws.now):
-            ws.transfer(
-                ws.make_id(),
-                asset,
-                lot.remaining,
-                available(account_id),
-                EXPIRED_SIDE,
-                Movement.LOT_EXPIRY,
-                lot_id=lot.lot_id,
-            )
-            lot.remaining = 0
-            ws.dirty_lots.add(lot.lot_id)
+    due = [lot for lot in ws.spendable_lots(key) if lot.expired_at(ws.now)]
+    while due:
+        lot = due.pop(0)
+        rolled = schedules.roll_over(ws, lot)  # a schedule's allowance: first its rollover
+        if rolled is not None and rolled.expired_at(ws.now):
+            due.append(rolled)
+        if lot.remaining == 0:
+            continue
+        ws.transfer(
+            ws.make_id(),
+            asset,
+            lot.remaining,
+            available(account_id),
+            EXPIRED_SIDE,
+            Movement.LOT_EXPIRY,
+            lot_id=lot.lot_id,
+        )
+        lot.remaining = 0
+        ws.dirty_lots.add(lot.lot_id)
 
 
 def expire_due(ws: WorkingSet, cmd: c.ExpireDue) -> None:
@@ -607,6 +621,92 @@ def void_grant(ws: WorkingSet, cmd: c.VoidGrant) -> VoidResult:
     ws.dirty_lots.add(lot.lot_id)
     bal = ws.balance(lot.account_id, lot.asset).copy()
     return VoidResult(bal, dataclasses.replace(lot), amount)
+
+
+# ---------------------------------------------------------------- grant schedules
+
+
+def create_grant_schedule(ws: WorkingSet, cmd: c.CreateGrantSchedule) -> ScheduleResult:
+    """Create the schedule and issue the period `ws.now` is in at once (a
+    schedule created mid-period gets that period's whole amount; none before).
+    Errors: InvalidArgument (an end not after now; never recorded),
+    AccountNotFound, ScheduleLimitExceeded."""
+    anchor = cmd.anchor or ws.now
+    if cmd.ends_at is not None and cmd.ends_at <= ws.now:
+        raise errors.InvalidArgument([errors.FieldViolation("end", "must be in the future")])
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
+    key = (cmd.account_id, cmd.asset)
+    catch_up(ws, *key)
+    active = len(ws.schedules_of(key))
+    if active >= limits.SCHEDULES_PER_PAIR_MAX:
+        raise errors.ScheduleLimitExceeded(
+            f"{cmd.account_id} has {active} active schedules of {cmd.asset}, the most one"
+            f" account may (SCHEDULES_PER_PAIR_MAX {limits.SCHEDULES_PER_PAIR_MAX})",
+            {"limit": str(limits.SCHEDULES_PER_PAIR_MAX), "active": str(active)},
+        )
+    cad = schedules.Cadence(schedules.Unit(cmd.unit), cmd.count, anchor, cmd.time_zone)
+    first = schedules.first_period(cad, ws.now)
+    s = Schedule(
+        schedule_id=ws.make_id(),
+        account_id=cmd.account_id,
+        asset=cmd.asset,
+        amount=cmd.amount,
+        unit=cmd.unit,
+        count=cmd.count,
+        anchor=anchor,
+        time_zone=cmd.time_zone,
+        ends_at=cmd.ends_at,
+        priority=cmd.priority,
+        category=cmd.category,
+        lot_life_s=cmd.lot_life_s,
+        rollover=dataclasses.replace(cmd.rollover) if cmd.rollover else None,
+        first_period=first,
+        next_period=first,
+        next_start=anchor,
+        state=ScheduleState.ACTIVE,
+        metadata=dict(cmd.metadata),
+        created_at=ws.now,
+    )
+    s.next_start = schedules.next_start(s)
+    ws.add_schedule(s)
+    ws.dirty_schedules.add(s.schedule_id)
+    schedules.issue_due(ws, *key)
+    return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
+
+
+def cancel_grant_schedule(ws: WorkingSet, cmd: c.CancelGrantSchedule) -> ScheduleResult:
+    """No period starts after now; the current period's lot stays (and no longer
+    rolls over) unless `void_remainder`, which voids its unheld remainder.
+    Cancelling a cancelled schedule answers it as it is.
+    Errors: ScheduleNotFound (also outside the caller's scope)."""
+    found = ws.schedules.get(cmd.schedule_id)
+    s = schedules.require_in_scope(
+        found, cmd.schedule_id, found is not None and in_scope(cmd.scope, found.account_id)
+    )
+    key = (s.account_id, s.asset)
+    catch_up(ws, *key)  # every period up to now is issued first
+    if s.state is ScheduleState.CANCELLED:
+        return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
+    s.state = ScheduleState.CANCELLED
+    if s.ends_at is None or s.ends_at > ws.now:
+        s.ends_at = ws.now
+    s.next_start = schedules.next_start(s)
+    ws.dirty_schedules.add(s.schedule_id)
+    if cmd.void_remainder:
+        for lot in ws.spendable_lots(key):
+            if lot.schedule_id == s.schedule_id:
+                ws.transfer(
+                    ws.make_id(),
+                    lot.asset,
+                    lot.remaining,
+                    available(lot.account_id),
+                    VOIDED_SIDE,
+                    Movement.VOID,
+                    lot_id=lot.lot_id,
+                )
+                lot.remaining = 0
+                ws.dirty_lots.add(lot.lot_id)
+    return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
 
 
 # ---------------------------------------------------------------- helpers

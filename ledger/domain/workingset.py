@@ -28,6 +28,7 @@ from ledger.domain.model import (
     Posting,
     Reservation,
     ReservationState,
+    Schedule,
 )
 
 PairKey = tuple[str, str]
@@ -64,6 +65,7 @@ _MOVED_LABEL = {
     (Movement.LOT_EXPIRY, Bucket.SYSTEM): "expired",
     (Movement.RESERVATION_EXPIRY, Bucket.AVAILABLE): "reservation_expired",
     (Movement.VOID, Bucket.SYSTEM): "voided",
+    (Movement.ROLLOVER, Bucket.AVAILABLE): "rolled_over",
 }
 
 
@@ -73,6 +75,16 @@ class LotsNotLoaded(Exception):
 
     def __init__(self, pairs: set[PairKey]) -> None:
         super().__init__(f"lots not loaded for {sorted(pairs)}")
+        self.pairs = pairs
+
+
+class ScheduleBehind(Exception):
+    """A schedule of these pairs has more periods due than one batch issues
+    (WorkingSet.periods_max): the writer makes them durable in batches of their
+    own, then runs the batch again. Never reaches a caller."""
+
+    def __init__(self, pairs: set[PairKey]) -> None:
+        super().__init__(f"schedules behind for {sorted(pairs)}")
         self.pairs = pairs
 
 
@@ -110,6 +122,24 @@ class WorkingSet:
     _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
     _pair_holds: dict[PairKey, dict[str, Reservation]] = field(default_factory=dict)
     caught_up: dict[PairKey, datetime] = field(default_factory=dict)
+    # Grant schedules of the loaded pairs (ledger/domain/schedules.py).
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    dirty_schedules: set[str] = field(default_factory=set)
+    # Periods one catch_up may issue per schedule (None: no bound, for reads);
+    # past it, ScheduleBehind (the writer issues the backlog in batches first).
+    periods_max: int | None = None
+    # The writer's backlog batches: stop at periods_max instead of raising.
+    periods_partial: bool = False
+    behind: bool = False  # set when such a batch stopped at periods_max
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        self.schedules[schedule.schedule_id] = schedule
+
+    def schedules_of(self, key: PairKey) -> list[Schedule]:
+        return sorted(
+            (s for s in self.schedules.values() if (s.account_id, s.asset) == key),
+            key=lambda s: s.schedule_id,
+        )
 
     def add_lot(self, lot: Lot) -> None:
         self.lots[lot.lot_id] = lot

@@ -47,6 +47,10 @@ _HINTS: dict[str, str] = {
         "The account holds the most live lots of this asset it may; spend or let some expire first."
     ),
     "LOT_NOT_FOUND": "No such lot: `ledger balance ACCOUNT ASSET --lots` lists the lots and their ids.",
+    "SCHEDULE_NOT_FOUND": "No such grant schedule: check the id CreateGrantSchedule returned.",
+    "SCHEDULE_LIMIT_EXCEEDED": (
+        "The account has the most active schedules of this asset ({limit}); cancel one first."
+    ),
     "CREDITS_HELD": (
         "{held} credits of lot {lot_id} are held by open reservations and cannot be voided; "
         "settle or release them first, or void at most {unspent}."

@@ -18,7 +18,7 @@ import dataclasses
 from datetime import timedelta
 
 from ledger.domain import commands as c
-from ledger.domain import errors, limits, rules
+from ledger.domain import errors, limits, rules, schedules
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
@@ -31,6 +31,7 @@ from ledger.domain.model import (
     Reservation,
     ReservationResult,
     Result,
+    Schedule,
 )
 from ledger.observability import metrics
 from ledger.service import batching, groups, pagetoken, scope
@@ -335,6 +336,27 @@ class Ledger:
         if groups.needs_group_metadata(out):
             out.metadata = await self._group_metadata(out.group_id)
         return out
+
+    async def get_grant_schedule(self, schedule_id: str, access: Access = LOCAL) -> Schedule:
+        """The schedule as it is now: rules.catch_up has issued its due periods.
+        Errors: PermissionDenied, InvalidArgument, ScheduleNotFound (also when its
+        account is outside the caller's scope), DatabaseUnavailable."""
+        access.require("GetGrantSchedule")
+        if not c.is_uuid(schedule_id):
+            raise _invalid(
+                "schedule_id", "must be a schedule id returned by CreateGrantSchedule (a UUID)"
+            )
+        ws = self._view()
+        try:
+            await self._store.snapshot(ws, schedule_ids={schedule_id})
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        found = ws.schedules.get(schedule_id)
+        s = schedules.require_in_scope(
+            found, schedule_id, found is not None and access.covers(found.account_id)
+        )
+        rules.catch_up(ws, s.account_id, s.asset)
+        return schedules.snapshot(s)
 
     async def get_group(self, group_id: str, access: Access = LOCAL) -> GroupResult:
         """Errors: PermissionDenied, InvalidArgument, ReservationGroupNotFound (also

@@ -15,6 +15,7 @@ from ledger.domain.model import (
     GroupResult,
     ReservationResult,
     Result,
+    ScheduleResult,
     VoidResult,
 )
 
@@ -42,6 +43,13 @@ def encode(outcome: Outcome) -> dict[str, Any]:
             "reservation": {
                 "reservation": codec.reservation_to_dict(outcome.reservation),
                 "balance": codec.balance_to_dict(outcome.balance),
+            }
+        }
+    if isinstance(outcome, ScheduleResult):
+        return {
+            "schedule": {
+                "schedule": codec.schedule_to_dict(outcome.schedule),
+                "balance": codec.balance_to_dict(outcome.balance) if outcome.balance else None,
             }
         }
     if isinstance(outcome, VoidResult):
@@ -76,6 +84,12 @@ def decode(stored: dict[str, Any]) -> Outcome:
         r = stored["reservation"]
         return ReservationResult(
             codec.reservation_from(r["reservation"]), codec.balance_from(r["balance"])
+        )
+    if "schedule" in stored:
+        sc = stored["schedule"]
+        bal = sc.get("balance")
+        return ScheduleResult(
+            codec.schedule_from(sc["schedule"]), codec.balance_from(bal) if bal else None
         )
     if "void" in stored:
         v = stored["void"]

@@ -62,13 +62,15 @@ class BatchUnit(Protocol):
         account_ids: set[str],
         whole_pairs: set[PairKey],
         lot_ids: frozenset[str] = frozenset(),
+        schedule_ids: frozenset[str] = frozenset(),
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         """Load the rows into `ws`: what rules.catch_up needs for every pair (with
         the pairs of the reservations), the lots the reservations name, every live
         lot of `whole_pairs` and the first few in spend order of the others (setting
         `ws.lot_horizon` where more exist); the lots `lot_ids` (VoidGrant), with
-        their pairs and every open reservation of those pairs; return the
-        idempotency records of `keys`."""
+        their pairs and every open reservation of those pairs; the active grant
+        schedules of every pair, the schedules `schedule_ids` (and their pairs),
+        and the live lots of those schedules; return the idempotency records of `keys`."""
         ...
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None: ...
@@ -102,9 +104,11 @@ class Store(Protocol):
         reservation_ids: set[str] | None = None,
         group_id: str = "",
         whole_pairs: set[PairKey] | None = None,
+        schedule_ids: set[str] | None = None,
     ) -> None:
         """Read into `ws`, in one consistent snapshot, what rules.catch_up needs to
-        see these pairs at `ws.now` (as a batch's load does, read-only)."""
+        see these pairs at `ws.now` (as a batch's load does, read-only);
+        `schedule_ids` adds those grant schedules and their pairs."""
         ...
 
     async def list_entries(

@@ -13,7 +13,14 @@ from __future__ import annotations
 from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.domain.access import Access
-from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result, VoidResult
+from ledger.domain.model import (
+    GrantResult,
+    GroupResult,
+    ReservationResult,
+    Result,
+    ScheduleResult,
+    VoidResult,
+)
 
 _BY_RESERVATION = (c.Settle, c.Release, c.Refund)
 
@@ -33,6 +40,8 @@ def accounts_of(cmd: c.MutatingCommand, result: Result | None) -> list[str]:
         out.append(result.reservation.account_id)
     elif isinstance(result, GroupResult):
         out += [r.account_id for r in result.reservations]
+    elif isinstance(result, ScheduleResult):
+        out.append(result.schedule.account_id)
     account_id = getattr(cmd, "account_id", None)
     if isinstance(account_id, str):
         out.append(account_id)
@@ -59,6 +68,11 @@ def check_replay(cmd: c.MutatingCommand, result: Result | None, access: Access) 
             if isinstance(cmd, _BY_RESERVATION):
                 rid = cmd.reservation_id
                 raise errors.ReservationNotFound(f"reservation {rid} not found")
+            if isinstance(cmd, c.CancelGrantSchedule):
+                sid = cmd.schedule_id
+                raise errors.ScheduleNotFound(
+                    f"grant schedule {sid} not found", {"schedule_id": sid}
+                )
             if isinstance(cmd, c.VoidGrant):
                 raise errors.LotNotFound(f"lot {cmd.lot_id} not found", {"lot_id": cmd.lot_id})
             raise errors.AccountNotFound(

@@ -105,7 +105,12 @@ _WRITER_PLANS = (
 _BALANCE_COLS = "account_id, asset, available, reserved, granted, settled, refunded, expired"
 _LOT_COLS = (
     "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at,"
-    " category, spend_rank, unit_cost_micros, cost_currency"
+    " category, spend_rank, unit_cost_micros, cost_currency, schedule_id, period"
+)
+_SCHEDULE_COLS = (
+    "schedule_id, account_id, asset, amount, unit, count, anchor, time_zone, ends_at, priority,"
+    " category, lot_life_s, rollover, first_period, next_period, next_start, state, metadata,"
+    " created_at"
 )
 # The spend order of lots in SQL: the one of Lot.spend_order (index lots_spend_order).
 _SPEND_ORDER = "priority, expires_at, spend_rank, created_at, lot_id"
@@ -128,10 +133,23 @@ WITH byid AS (
     SELECT {_RES_COLS} FROM reservations WHERE reservation_id = ANY($3::uuid[])
 ), bylot AS (
     SELECT account_id, asset FROM lots WHERE lot_id = ANY($11::uuid[])
+), bysched AS (
+    SELECT {_SCHEDULE_COLS} FROM grant_schedules WHERE schedule_id = ANY($12::uuid[])
 ), pairs AS (
     SELECT * FROM unnest($4::text[], $5::text[]) AS p(account_id, asset)
     UNION SELECT account_id, asset FROM byid
     UNION SELECT account_id, asset FROM bylot
+    UNION SELECT account_id, asset FROM bysched
+), sched AS (
+    -- The active schedules of every pair (catch_up issues their due periods),
+    -- and the ones named by id.
+    SELECT * FROM bysched
+    UNION
+    SELECT s.* FROM pairs CROSS JOIN LATERAL (
+        SELECT {_SCHEDULE_COLS} FROM grant_schedules
+        WHERE grant_schedules.account_id = pairs.account_id
+          AND grant_schedules.asset = pairs.asset AND state = 'active'
+    ) AS s
 ), res AS (
     SELECT * FROM byid
     UNION
@@ -168,7 +186,12 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
     SELECT {_LOT_COLS} FROM lots JOIN whole USING (account_id, asset) WHERE lots.remaining > 0
     UNION
     SELECT {_LOT_COLS} FROM lots WHERE lot_id = ANY($11::uuid[])
+    UNION
+    -- The live lots of the schedules loaded (at most a period's and its rollover's).
+    SELECT {_LOT_COLS} FROM lots WHERE lots.remaining > 0
+      AND lots.schedule_id = ANY(ARRAY(SELECT schedule_id FROM sched))
 ) AS l
+UNION ALL SELECT 's', to_jsonb(sched) FROM sched
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
     SELECT {_LOT_COLS} FROM lots
     WHERE lots.account_id = pairs.account_id AND lots.asset = pairs.asset AND lots.remaining > 0
@@ -195,7 +218,7 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'l') AS t(
         lot_id uuid, account_id text, asset text, amount int8, remaining int8, priority int4,
         source text, expires_at timestamptz, created_at timestamptz, category text,
-        spend_rank int2, unit_cost_micros int8, cost_currency text)
+        spend_rank int2, unit_cost_micros int8, cost_currency text, schedule_id uuid, period int4)
     ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining
     RETURNING 1
 ), r AS (
@@ -207,6 +230,17 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     ON CONFLICT (reservation_id) DO UPDATE SET
         settled = EXCLUDED.settled, released = EXCLUDED.released, refunded = EXCLUDED.refunded,
         state = EXCLUDED.state, allocations = EXCLUDED.allocations, expired = EXCLUDED.expired
+    RETURNING 1
+), s AS (
+    INSERT INTO grant_schedules ({_SCHEDULE_COLS})
+    SELECT t.* FROM d, jsonb_to_recordset(d.doc->'s') AS t(
+        schedule_id uuid, account_id text, asset text, amount int8, unit text, count int4,
+        anchor timestamptz, time_zone text, ends_at timestamptz, priority int4, category text,
+        lot_life_s int8, rollover jsonb, first_period int4, next_period int4,
+        next_start timestamptz, state text, metadata jsonb, created_at timestamptz)
+    ON CONFLICT (schedule_id) DO UPDATE SET
+        next_period = EXCLUDED.next_period, next_start = EXCLUDED.next_start,
+        state = EXCLUDED.state, ends_at = EXCLUDED.ends_at
     RETURNING 1
 ), e AS (
     INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,
@@ -224,7 +258,7 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FROM r)
-     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i)
+     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i) + (SELECT count(*) FROM s)
 """
 
 
@@ -372,6 +406,7 @@ class PgBatch:
         account_ids: set[str],
         whole_pairs: set[PairKey],
         lot_ids: frozenset[str] = frozenset(),
+        schedule_ids: frozenset[str] = frozenset(),
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         """Every row the batch reads, in one round trip; returns the idempotency records found.
 
@@ -392,6 +427,7 @@ class PgBatch:
                 [p[1] for p in whole_pairs],
                 limits.LOTS_LOADED_FIRST,
                 list(lot_ids),
+                list(schedule_ids),
             )
         )
         records: dict[tuple[str, str], IdempotencyRecord] = {}
@@ -409,6 +445,8 @@ class PgBatch:
                 ws.add_reservation(codec.reservation_from(data))
             elif kind == "a":
                 ws.accounts.add(data)
+            elif kind == "s":
+                ws.add_schedule(codec.schedule_from(data))
             elif kind == "i":
                 caller, key, method, request_hash, outcome = data
                 records[(caller, key)] = IdempotencyRecord(
@@ -427,6 +465,7 @@ class PgBatch:
             "b": [codec.balance_to_dict(ws.balances[k]) for k in sorted(ws.dirty_balances)],
             "l": [codec.lot_to_dict(ws.lots[i]) for i in sorted(ws.dirty_lots)],
             "r": [_reservation_doc(ws.reservations[i]) for i in sorted(ws.dirty_reservations)],
+            "s": [codec.schedule_to_dict(ws.schedules[i]) for i in sorted(ws.dirty_schedules)],
             "e": [
                 {
                     "transaction_id": p.transaction_id,
@@ -771,6 +810,7 @@ class PostgresStore:
         reservation_ids: set[str] | None = None,
         group_id: str = "",
         whole_pairs: set[PairKey] | None = None,
+        schedule_ids: set[str] | None = None,
     ) -> None:
         """Read into `ws`, in one consistent snapshot, what rules.catch_up needs to
         see the pairs at `ws.now`: the batch's own load statement, read-only.
@@ -800,6 +840,7 @@ class PostgresStore:
                     pairs,
                     {account_id} if account_id else {p[0] for p in pairs},
                     whole,
+                    schedule_ids=frozenset(schedule_ids or ()),
                 )
                 # Archived reservations still answer (docs/operations.md, "Retention"):
                 # closed, so there is nothing to catch up on.
@@ -876,7 +917,16 @@ class PostgresStore:
                 now,
                 limit,
             )
-            return [str(r[0]) for r in res], [(r[0], r[1]) for r in lots]
+            # Pairs whose grant schedules have a period due (catch_up issues it).
+            scheduled = await conn.fetch(
+                "SELECT DISTINCT account_id, asset FROM (SELECT account_id, asset"
+                " FROM grant_schedules WHERE state = 'active' AND next_start <= $1"
+                " ORDER BY next_start LIMIT $2) AS due_schedules",
+                now,
+                limit,
+            )
+            pairs = {(r[0], r[1]) for r in lots} | {(r[0], r[1]) for r in scheduled}
+            return [str(r[0]) for r in res], sorted(pairs)
 
         return await self._read(run)
 

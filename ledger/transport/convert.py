@@ -11,6 +11,7 @@ from ledger.domain import commands as c
 from ledger.domain import limits
 from ledger.domain.errors import FieldViolation, InvalidArgument
 from ledger.domain.model import (
+    ALLOWANCE,
     PAID,
     Account,
     Balance,
@@ -20,6 +21,9 @@ from ledger.domain.model import (
     Movement,
     Reservation,
     ReservationState,
+    Rollover,
+    Schedule,
+    ScheduleState,
 )
 
 _STATE = {
@@ -36,6 +40,7 @@ _MOVEMENT = {
     Movement.RESERVATION_EXPIRY: pb.Entry.MOVEMENT_RESERVATION_EXPIRY,
     Movement.LOT_EXPIRY: pb.Entry.MOVEMENT_LOT_EXPIRY,
     Movement.VOID: pb.Entry.MOVEMENT_VOID,
+    Movement.ROLLOVER: pb.Entry.MOVEMENT_ROLLOVER,
 }
 _BUCKET = {
     Bucket.AVAILABLE: pb.Entry.BUCKET_AVAILABLE,
@@ -177,6 +182,103 @@ def release(req: pb.ReleaseRequest, caller: str) -> c.Release:
     return c.Release(caller, req.idempotency_key, req.reservation_id, req.amount)
 
 
+_UNIT = {
+    pb.GrantSchedule.PERIOD_UNIT_MONTH: "month",
+    pb.GrantSchedule.PERIOD_UNIT_WEEK: "week",
+    pb.GrantSchedule.PERIOD_UNIT_DAY: "day",
+    pb.GrantSchedule.PERIOD_UNIT_FIXED: "fixed",
+}
+_UNIT_PB = {v: k for k, v in _UNIT.items()}
+_SCHEDULE_STATE = {
+    ScheduleState.ACTIVE: pb.GrantSchedule.STATE_ACTIVE,
+    ScheduleState.CANCELLED: pb.GrantSchedule.STATE_CANCELLED,
+}
+# Seconds of a Duration past any limit (rejected by validation, never overflowing).
+_WHOLE_S_MAX = 2**40
+
+
+def _whole_s(msg: duration_pb2.Duration, present: bool, field: str) -> int | None:
+    if not present:
+        return None
+    if msg.nanos or not 0 <= msg.seconds <= _WHOLE_S_MAX:
+        raise _invalid(field, "must be a whole number of seconds, at least 1")
+    return int(msg.seconds)
+
+
+def create_grant_schedule(req: pb.CreateGrantScheduleRequest, caller: str) -> c.CreateGrantSchedule:
+    unit = _UNIT.get(req.period_unit)
+    if unit is None:
+        raise _invalid("period_unit", "must be MONTH, WEEK, DAY or FIXED")
+    if not 0 < req.period_count < 2**31:
+        raise _invalid("period_count", "must be between 1 and 2^31 - 1")
+    rollover = None
+    if req.HasField("rollover"):
+        r = req.rollover
+        rollover = Rollover(
+            cap_amount=r.cap_amount if r.HasField("cap_amount") else None,
+            cap_percent=r.cap_percent if r.HasField("cap_percent") else None,
+            life_s=_whole_s(r.life, r.HasField("life"), "rollover.life"),
+            priority=r.priority if r.HasField("priority") else limits.PRIORITY_DEFAULT,
+        )
+    return c.CreateGrantSchedule(
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        req.amount,
+        unit,
+        req.period_count,
+        timestamp(req.anchor, req.HasField("anchor"), "anchor"),
+        req.time_zone or "UTC",
+        timestamp(req.end, req.HasField("end"), "end"),
+        req.priority if req.HasField("priority") else limits.PRIORITY_DEFAULT,
+        req.category or ALLOWANCE,
+        _whole_s(req.lot_life, req.HasField("lot_life"), "lot_life"),
+        rollover,
+        dict(req.metadata),
+    )
+
+
+def cancel_grant_schedule(req: pb.CancelGrantScheduleRequest, caller: str) -> c.CancelGrantSchedule:
+    return c.CancelGrantSchedule(caller, req.idempotency_key, req.schedule_id, req.void_remainder)
+
+
+def schedule(s: Schedule) -> pb.GrantSchedule:
+    out = pb.GrantSchedule(
+        schedule_id=s.schedule_id,
+        account_id=s.account_id,
+        asset=s.asset,
+        amount=s.amount,
+        period_unit=_UNIT_PB[s.unit],
+        period_count=s.count,
+        anchor=_ts(s.anchor),
+        time_zone=s.time_zone,
+        priority=s.priority,
+        category=s.category,
+        next_period=s.next_period,
+        state=_SCHEDULE_STATE[s.state],
+        metadata=s.metadata,
+        created_at=_ts(s.created_at),
+        first_period=s.first_period,
+    )
+    if s.ends_at is not None:
+        out.end.CopyFrom(_ts(s.ends_at))
+    if s.lot_life_s is not None:
+        out.lot_life.seconds = s.lot_life_s
+    if s.next_start.year < 9999:
+        out.next_period_start.CopyFrom(_ts(s.next_start))
+    if s.rollover is not None:
+        r = s.rollover
+        out.rollover.priority = r.priority
+        if r.cap_amount is not None:
+            out.rollover.cap_amount = r.cap_amount
+        if r.cap_percent is not None:
+            out.rollover.cap_percent = r.cap_percent
+        if r.life_s is not None:
+            out.rollover.life.seconds = r.life_s
+    return out
+
+
 def void_grant(req: pb.VoidGrantRequest, caller: str) -> c.VoidGrant:
     return c.VoidGrant(caller, req.idempotency_key, req.lot_id, req.amount, req.reason)
 
@@ -211,7 +313,10 @@ def lot(lt: Lot) -> pb.Lot:
         created_at=_ts(lt.created_at),
         category=lt.category,
         cost_currency=lt.cost_currency,
+        schedule_id=lt.schedule_id,
     )
+    if lt.period is not None:
+        out.period = lt.period
     if lt.unit_cost_micros is not None:
         out.unit_cost_micros = lt.unit_cost_micros
     if lt.expires_at is not None:

@@ -15,7 +15,14 @@ from creditledger.v1 import ledger_pb2 as pb
 from ledger.domain import commands as c
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation, LedgerError
-from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result, VoidResult
+from ledger.domain.model import (
+    GrantResult,
+    GroupResult,
+    ReservationResult,
+    Result,
+    ScheduleResult,
+    VoidResult,
+)
 from ledger.service.ledger import Ledger
 from ledger.service.listing import ReservationQuery
 from ledger.transport import convert, status
@@ -81,6 +88,21 @@ class LedgerServicer:
             ),
             "SubmitBatch": (self.submit_batch, pb.SubmitBatchRequest, pb.SubmitBatchResponse),
             "VoidGrant": (self.void_grant, pb.VoidGrantRequest, pb.VoidGrantResponse),
+            "CreateGrantSchedule": (
+                self.create_grant_schedule,
+                pb.CreateGrantScheduleRequest,
+                pb.CreateGrantScheduleResponse,
+            ),
+            "GetGrantSchedule": (
+                self.get_grant_schedule,
+                pb.GetGrantScheduleRequest,
+                pb.GetGrantScheduleResponse,
+            ),
+            "CancelGrantSchedule": (
+                self.cancel_grant_schedule,
+                pb.CancelGrantScheduleRequest,
+                pb.CancelGrantScheduleResponse,
+            ),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
@@ -114,6 +136,30 @@ class LedgerServicer:
             balance=convert.balance(result.balance),
             voided=result.voided,
         ), replayed
+
+    async def create_grant_schedule(self, req: pb.CreateGrantScheduleRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        cmd = convert.create_grant_schedule(req, access.caller)
+        result, replayed = await self._ledger.execute(cmd, access)
+        if not isinstance(result, ScheduleResult) or result.balance is None:
+            raise InvariantViolation("CreateGrantSchedule returned no ScheduleResult")
+        return pb.CreateGrantScheduleResponse(
+            schedule=convert.schedule(result.schedule), balance=convert.balance(result.balance)
+        ), replayed
+
+    async def cancel_grant_schedule(self, req: pb.CancelGrantScheduleRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        cmd = convert.cancel_grant_schedule(req, access.caller)
+        result, replayed = await self._ledger.execute(cmd, access)
+        if not isinstance(result, ScheduleResult) or result.balance is None:
+            raise InvariantViolation("CancelGrantSchedule returned no ScheduleResult")
+        return pb.CancelGrantScheduleResponse(
+            schedule=convert.schedule(result.schedule), balance=convert.balance(result.balance)
+        ), replayed
+
+    async def get_grant_schedule(self, req: pb.GetGrantScheduleRequest, ctx: Any) -> Reply:
+        found = await self._ledger.get_grant_schedule(req.schedule_id, self._authorize(ctx))
+        return pb.GetGrantScheduleResponse(schedule=convert.schedule(found)), False
 
     async def reserve(self, req: pb.ReserveRequest, ctx: Any) -> Reply:
         access = self._authorize(ctx)

@@ -55,6 +55,10 @@ CONTRACT = {
         grpc.StatusCode.FAILED_PRECONDITION, e.LotLimitExceeded, e.FailedPrecondition,
     ),
     "LOT_NOT_FOUND": (grpc.StatusCode.NOT_FOUND, e.LotNotFound, e.NotFound),
+    "SCHEDULE_NOT_FOUND": (grpc.StatusCode.NOT_FOUND, e.ScheduleNotFound, e.NotFound),
+    "SCHEDULE_LIMIT_EXCEEDED": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.ScheduleLimitExceeded, e.FailedPrecondition,
+    ),
     "CREDITS_HELD": (grpc.StatusCode.FAILED_PRECONDITION, e.CreditsHeld, e.FailedPrecondition),
     "AMOUNT_EXCEEDS_UNSPENT": (
         grpc.StatusCode.FAILED_PRECONDITION, e.AmountExceedsUnspent, e.FailedPrecondition,

@@ -149,6 +149,7 @@ class World:
     # A real ListReservations next_page_token for (account, "", every state).
     reservations_token: str = ""
     lot: str = ""  # a lot of `account` with plenty left (to void)
+    schedule: str = ""  # a grant schedule of `other` (to read and cancel)
     results: Counter[str] = field(default_factory=Counter)
 
 
@@ -204,6 +205,17 @@ def make_world(stub: Any) -> World:
         token.next_page_token,
         listed.next_page_token,
         lot=lot,
+        schedule=ok(
+            "CreateGrantSchedule",
+            pb.CreateGrantScheduleRequest(
+                account_id=other,
+                asset=ASSET,
+                amount=1,
+                period_unit=pb.GrantSchedule.PERIOD_UNIT_DAY,
+                period_count=1,
+                idempotency_key=new_key(),
+            ),
+        ).schedule.schedule_id,
     )
 
 
@@ -249,6 +261,19 @@ def base_request(method: str, w: World) -> Message:
         return pb.ListReservationsRequest(
             account_id=w.account, page_size=1, page_token=w.reservations_token
         )
+    if method == "CreateGrantSchedule":
+        return pb.CreateGrantScheduleRequest(
+            account_id=w.account,
+            asset=ASSET,
+            amount=1,
+            idempotency_key=new_key(),
+            period_unit=pb.GrantSchedule.PERIOD_UNIT_MONTH,
+            period_count=1,
+        )
+    if method == "GetGrantSchedule":
+        return pb.GetGrantScheduleRequest(schedule_id=w.schedule)
+    if method == "CancelGrantSchedule":
+        return pb.CancelGrantScheduleRequest(schedule_id=w.schedule, idempotency_key=new_key())
     if method == "VoidGrant":
         return pb.VoidGrantRequest(lot_id=w.lot, amount=1, idempotency_key=new_key())
     if method == "SubmitBatch":

@@ -258,6 +258,19 @@ class LotNotFound(NotFound):
     """LOT_NOT_FOUND: no such lot (VoidGrant)."""
 
 
+class ScheduleNotFound(NotFound):
+    """SCHEDULE_NOT_FOUND: no such grant schedule."""
+
+
+class ScheduleLimitExceeded(FailedPrecondition):
+    """SCHEDULE_LIMIT_EXCEEDED: the account and asset have the most active schedules."""
+
+    @property
+    def limit(self) -> int:
+        """The most active schedules one account may have of one asset."""
+        return self._int("limit")
+
+
 class CreditsHeld(FailedPrecondition):
     """CREDITS_HELD: VoidGrant of credits that open reservations hold; settle or
     release them first. `held` says how many are held, `unspent` how many may be voided."""
@@ -321,6 +334,8 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "BALANCE_LIMIT_EXCEEDED": BalanceLimitExceeded,
     "LOT_LIMIT_EXCEEDED": LotLimitExceeded,
     "LOT_NOT_FOUND": LotNotFound,
+    "SCHEDULE_NOT_FOUND": ScheduleNotFound,
+    "SCHEDULE_LIMIT_EXCEEDED": ScheduleLimitExceeded,
     "CREDITS_HELD": CreditsHeld,
     "AMOUNT_EXCEEDS_UNSPENT": AmountExceedsUnspent,
     "CONTENTION": Contention,

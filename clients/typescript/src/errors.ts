@@ -309,6 +309,21 @@ export class LotLimitExceeded extends FailedPrecondition {
 export class LotNotFound extends NotFound {
   override readonly name: string = "LotNotFound";
 }
+/** SCHEDULE_NOT_FOUND: no such grant schedule. */
+export class ScheduleNotFound extends NotFound {
+  override readonly name: string = "ScheduleNotFound";
+}
+/** SCHEDULE_LIMIT_EXCEEDED: the account and asset have the most active schedules. */
+export class ScheduleLimitExceeded extends FailedPrecondition {
+  override readonly name: string = "ScheduleLimitExceeded";
+  /** The most active schedules one account may have of one asset. */
+  readonly limit: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.limit = this.int64("limit");
+  }
+}
 /** CREDITS_HELD: VoidGrant of credits that open reservations hold; settle or release them first. */
 export class CreditsHeld extends FailedPrecondition {
   override readonly name: string = "CreditsHeld";
@@ -373,6 +388,8 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["BALANCE_LIMIT_EXCEEDED", BalanceLimitExceeded],
   ["LOT_LIMIT_EXCEEDED", LotLimitExceeded],
   ["LOT_NOT_FOUND", LotNotFound],
+  ["SCHEDULE_NOT_FOUND", ScheduleNotFound],
+  ["SCHEDULE_LIMIT_EXCEEDED", ScheduleLimitExceeded],
   ["CREDITS_HELD", CreditsHeld],
   ["AMOUNT_EXCEEDS_UNSPENT", AmountExceedsUnspent],
   ["CONTENTION", Contention],

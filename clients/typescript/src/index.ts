@@ -47,6 +47,8 @@ export {
   LedgerError,
   LotLimitExceeded,
   LotNotFound,
+  ScheduleNotFound,
+  ScheduleLimitExceeded,
   CreditsHeld,
   AmountExceedsUnspent,
   NotFound,

@@ -88,6 +88,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: VoidGrant of credits that open reservations hold; metadata held says how many."""
     ERROR_REASON_AMOUNT_EXCEEDS_UNSPENT: _ErrorReason.ValueType  # 34
     """FAILED_PRECONDITION: VoidGrant of more than the lot's unspent remainder (or of an empty one)."""
+    ERROR_REASON_SCHEDULE_NOT_FOUND: _ErrorReason.ValueType  # 35
+    """NOT_FOUND: no such grant schedule."""
+    ERROR_REASON_SCHEDULE_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 36
+    """FAILED_PRECONDITION: the account and asset already have the most active schedules (16)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -150,6 +154,10 @@ ERROR_REASON_CREDITS_HELD: ErrorReason.ValueType  # 33
 """FAILED_PRECONDITION: VoidGrant of credits that open reservations hold; metadata held says how many."""
 ERROR_REASON_AMOUNT_EXCEEDS_UNSPENT: ErrorReason.ValueType  # 34
 """FAILED_PRECONDITION: VoidGrant of more than the lot's unspent remainder (or of an empty one)."""
+ERROR_REASON_SCHEDULE_NOT_FOUND: ErrorReason.ValueType  # 35
+"""NOT_FOUND: no such grant schedule."""
+ERROR_REASON_SCHEDULE_LIMIT_EXCEEDED: ErrorReason.ValueType  # 36
+"""FAILED_PRECONDITION: the account and asset already have the most active schedules (16)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -286,6 +294,8 @@ class Lot(_message.Message):
     CATEGORY_FIELD_NUMBER: _builtins.int
     UNIT_COST_MICROS_FIELD_NUMBER: _builtins.int
     COST_CURRENCY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     """Server-made id of the lot."""
     source: _builtins.str
@@ -305,6 +315,10 @@ class Lot(_message.Message):
     """Cost basis of one credit in micros of cost_currency; unset when not given."""
     cost_currency: _builtins.str
     """ISO 4217 code of unit_cost_micros; empty when it is unset."""
+    schedule_id: _builtins.str
+    """The grant schedule that issued the lot; empty for a Grant's."""
+    period: _builtins.int
+    """The schedule's period the lot belongs to (its allowance or its rollover)."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot expires; unset means never."""
@@ -326,13 +340,20 @@ class Lot(_message.Message):
         category: _builtins.str = ...,
         unit_cost_micros: _builtins.int | None = ...,
         cost_currency: _builtins.str = ...,
+        schedule_id: _builtins.str = ...,
+        period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros", "created_at", b"created_at", "expires_at", b"expires_at", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_period", b"_period", "_unit_cost_micros", b"_unit_cost_micros", "created_at", b"created_at", "expires_at", b"expires_at", "period", b"period", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros", "amount", b"amount", "category", b"category", "cost_currency", b"cost_currency", "created_at", b"created_at", "expires_at", b"expires_at", "lot_id", b"lot_id", "priority", b"priority", "remaining", b"remaining", "source", b"source", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_period", b"_period", "_unit_cost_micros", b"_unit_cost_micros", "amount", b"amount", "category", b"category", "cost_currency", b"cost_currency", "created_at", b"created_at", "expires_at", b"expires_at", "lot_id", b"lot_id", "period", b"period", "priority", b"priority", "remaining", b"remaining", "schedule_id", b"schedule_id", "source", b"source", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__period: _TypeAlias = _typing.Literal["period"]  # noqa: Y015
+    _WhichOneofArgType__period: _TypeAlias = _typing.Literal["_period", b"_period"]  # noqa: Y015
     _WhichOneofReturnType__unit_cost_micros: _TypeAlias = _typing.Literal["unit_cost_micros"]  # noqa: Y015
     _WhichOneofArgType__unit_cost_micros: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__period) -> _WhichOneofReturnType__period | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__unit_cost_micros) -> _WhichOneofReturnType__unit_cost_micros | None: ...
 
 Global___Lot: _TypeAlias = Lot  # noqa: Y015
@@ -530,6 +551,8 @@ class Entry(_message.Message):
         """Credits written off because their lot expired."""
         MOVEMENT_VOID: Entry._Movement.ValueType  # 10
         """Unspent credits of a lot taken back by VoidGrant (to @voided)."""
+        MOVEMENT_ROLLOVER: Entry._Movement.ValueType  # 11
+        """A period's unused allowance moved to its rollover lot (through @rollover)."""
 
     class Movement(_Movement, metaclass=_MovementEnumTypeWrapper):
         """The kind of movement an entry belongs to."""
@@ -552,6 +575,8 @@ class Entry(_message.Message):
     """Credits written off because their lot expired."""
     MOVEMENT_VOID: Entry.Movement.ValueType  # 10
     """Unspent credits of a lot taken back by VoidGrant (to @voided)."""
+    MOVEMENT_ROLLOVER: Entry.Movement.ValueType  # 11
+    """A period's unused allowance moved to its rollover lot (through @rollover)."""
 
     class _Bucket:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1282,6 +1307,486 @@ class RefundResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundResponse: _TypeAlias = RefundResponse  # noqa: Y015
+
+@_typing.final
+class Rollover(_message.Message):
+    """Rollover moves, at a period's end, the unused remainder of that period's
+    lot (never of any other lot) to a new lot of category "rollover", up to a
+    cap; the rest expires.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAP_AMOUNT_FIELD_NUMBER: _builtins.int
+    CAP_PERCENT_FIELD_NUMBER: _builtins.int
+    LIFE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    cap_amount: _builtins.int
+    """The most that rolls over, 0 to 10^15; unset: no cap by amount."""
+    cap_percent: _builtins.int
+    """The most that rolls over as a percentage of the period's amount, 0 to 100
+    (rounded down); unset: no cap by percentage. Both set: the smaller.
+    """
+    priority: _builtins.int
+    """The rollover lot's priority; unset means 100."""
+    @_builtins.property
+    def life(self) -> _duration_pb2.Duration:
+        """How long the rollover lot lives from the period's end; unset: to the end of
+        the next period.
+        """
+
+    def __init__(
+        self,
+        *,
+        cap_amount: _builtins.int | None = ...,
+        cap_percent: _builtins.int | None = ...,
+        life: _duration_pb2.Duration | None = ...,
+        priority: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_amount", b"_cap_amount", "_cap_percent", b"_cap_percent", "_priority", b"_priority", "cap_amount", b"cap_amount", "cap_percent", b"cap_percent", "life", b"life", "priority", b"priority"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_amount", b"_cap_amount", "_cap_percent", b"_cap_percent", "_priority", b"_priority", "cap_amount", b"cap_amount", "cap_percent", b"cap_percent", "life", b"life", "priority", b"priority"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cap_amount: _TypeAlias = _typing.Literal["cap_amount"]  # noqa: Y015
+    _WhichOneofArgType__cap_amount: _TypeAlias = _typing.Literal["_cap_amount", b"_cap_amount"]  # noqa: Y015
+    _WhichOneofReturnType__cap_percent: _TypeAlias = _typing.Literal["cap_percent"]  # noqa: Y015
+    _WhichOneofArgType__cap_percent: _TypeAlias = _typing.Literal["_cap_percent", b"_cap_percent"]  # noqa: Y015
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_amount) -> _WhichOneofReturnType__cap_amount | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_percent) -> _WhichOneofReturnType__cap_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+
+Global___Rollover: _TypeAlias = Rollover  # noqa: Y015
+
+@_typing.final
+class GrantSchedule(_message.Message):
+    """GrantSchedule is a grant that renews itself every period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _PeriodUnit:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PeriodUnitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GrantSchedule._PeriodUnit.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PERIOD_UNIT_UNSPECIFIED: GrantSchedule._PeriodUnit.ValueType  # 0
+        """Never used."""
+        PERIOD_UNIT_MONTH: GrantSchedule._PeriodUnit.ValueType  # 1
+        """period_count calendar months, on the anchor's day clamped to the month's end."""
+        PERIOD_UNIT_WEEK: GrantSchedule._PeriodUnit.ValueType  # 2
+        """period_count weeks of local wall-clock time."""
+        PERIOD_UNIT_DAY: GrantSchedule._PeriodUnit.ValueType  # 3
+        """period_count days of local wall-clock time."""
+        PERIOD_UNIT_FIXED: GrantSchedule._PeriodUnit.ValueType  # 4
+        """period_count seconds, whatever the time zone."""
+
+    class PeriodUnit(_PeriodUnit, metaclass=_PeriodUnitEnumTypeWrapper):
+        """How long a period is."""
+
+    PERIOD_UNIT_UNSPECIFIED: GrantSchedule.PeriodUnit.ValueType  # 0
+    """Never used."""
+    PERIOD_UNIT_MONTH: GrantSchedule.PeriodUnit.ValueType  # 1
+    """period_count calendar months, on the anchor's day clamped to the month's end."""
+    PERIOD_UNIT_WEEK: GrantSchedule.PeriodUnit.ValueType  # 2
+    """period_count weeks of local wall-clock time."""
+    PERIOD_UNIT_DAY: GrantSchedule.PeriodUnit.ValueType  # 3
+    """period_count days of local wall-clock time."""
+    PERIOD_UNIT_FIXED: GrantSchedule.PeriodUnit.ValueType  # 4
+    """period_count seconds, whatever the time zone."""
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GrantSchedule._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: GrantSchedule._State.ValueType  # 0
+        """Never used."""
+        STATE_ACTIVE: GrantSchedule._State.ValueType  # 1
+        """Issuing its periods."""
+        STATE_CANCELLED: GrantSchedule._State.ValueType  # 2
+        """Cancelled: no period starts after the cancel."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """State of a schedule."""
+
+    STATE_UNSPECIFIED: GrantSchedule.State.ValueType  # 0
+    """Never used."""
+    STATE_ACTIVE: GrantSchedule.State.ValueType  # 1
+    """Issuing its periods."""
+    STATE_CANCELLED: GrantSchedule.State.ValueType  # 2
+    """Cancelled: no period starts after the cancel."""
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PERIOD_UNIT_FIELD_NUMBER: _builtins.int
+    PERIOD_COUNT_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    LOT_LIFE_FIELD_NUMBER: _builtins.int
+    ROLLOVER_FIELD_NUMBER: _builtins.int
+    NEXT_PERIOD_FIELD_NUMBER: _builtins.int
+    NEXT_PERIOD_START_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    FIRST_PERIOD_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """Server-made id of the schedule."""
+    account_id: _builtins.str
+    """The account credited."""
+    asset: _builtins.str
+    """The asset credited."""
+    amount: _builtins.int
+    """Credits per period."""
+    period_unit: Global___GrantSchedule.PeriodUnit.ValueType
+    """The unit of a period."""
+    period_count: _builtins.int
+    """How many units a period lasts (seconds for PERIOD_UNIT_FIXED)."""
+    time_zone: _builtins.str
+    """The IANA time zone of calendar periods."""
+    priority: _builtins.int
+    """Each period lot's priority."""
+    category: _builtins.str
+    """Each period lot's category."""
+    next_period: _builtins.int
+    """The first period not yet issued (every earlier one is, exactly once)."""
+    state: Global___GrantSchedule.State.ValueType
+    """The schedule's state."""
+    first_period: _builtins.int
+    """The period the schedule was created in: its first."""
+    @_builtins.property
+    def anchor(self) -> _timestamp_pb2.Timestamp:
+        """Where period 0 starts."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """No period starts at or after it; unset means never."""
+
+    @_builtins.property
+    def lot_life(self) -> _duration_pb2.Duration:
+        """How long each period's lot lives; unset: to its period's end."""
+
+    @_builtins.property
+    def rollover(self) -> Global___Rollover:
+        """The rollover at each period's end; unset: none."""
+
+    @_builtins.property
+    def next_period_start(self) -> _timestamp_pb2.Timestamp:
+        """When next_period starts; unset when no period will."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the schedule was created."""
+
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        period_unit: Global___GrantSchedule.PeriodUnit.ValueType = ...,
+        period_count: _builtins.int = ...,
+        anchor: _timestamp_pb2.Timestamp | None = ...,
+        time_zone: _builtins.str = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int = ...,
+        category: _builtins.str = ...,
+        lot_life: _duration_pb2.Duration | None = ...,
+        rollover: Global___Rollover | None = ...,
+        next_period: _builtins.int = ...,
+        next_period_start: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___GrantSchedule.State.ValueType = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        first_period: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "created_at", b"created_at", "end", b"end", "lot_life", b"lot_life", "next_period_start", b"next_period_start", "rollover", b"rollover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "anchor", b"anchor", "asset", b"asset", "category", b"category", "created_at", b"created_at", "end", b"end", "first_period", b"first_period", "lot_life", b"lot_life", "metadata", b"metadata", "next_period", b"next_period", "next_period_start", b"next_period_start", "period_count", b"period_count", "period_unit", b"period_unit", "priority", b"priority", "rollover", b"rollover", "schedule_id", b"schedule_id", "state", b"state", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantSchedule: _TypeAlias = GrantSchedule  # noqa: Y015
+
+@_typing.final
+class CreateGrantScheduleRequest(_message.Message):
+    """Request of CreateGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PERIOD_UNIT_FIELD_NUMBER: _builtins.int
+    PERIOD_COUNT_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    LOT_LIFE_FIELD_NUMBER: _builtins.int
+    ROLLOVER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account to credit; it must exist."""
+    asset: _builtins.str
+    """The asset: 1-64 chars of [a-z0-9_]."""
+    amount: _builtins.int
+    """Credits per period, 1 to 10^15."""
+    period_unit: Global___GrantSchedule.PeriodUnit.ValueType
+    """The unit of a period."""
+    period_count: _builtins.int
+    """Units per period: months 1-120, weeks 1-520, days 1-3660, fixed seconds 60 to 3660 days."""
+    time_zone: _builtins.str
+    """IANA time zone of calendar periods (wall-clock time kept across DST); empty means UTC."""
+    priority: _builtins.int
+    """Each period lot's priority; unset means 100."""
+    category: _builtins.str
+    """Each period lot's category (as Grant's); empty means "allowance"."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def anchor(self) -> _timestamp_pb2.Timestamp:
+        """Where period 0 starts; unset means now. May be in the past: the period
+        that contains now is the first issued, none before it.
+        """
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """No period starts at or after it; unset means never. Must be in the future."""
+
+    @_builtins.property
+    def lot_life(self) -> _duration_pb2.Duration:
+        """How long each period's lot lives, 1 s to 3660 days; unset: to its period's end."""
+
+    @_builtins.property
+    def rollover(self) -> Global___Rollover:
+        """The rollover at each period's end; unset: none."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels; at most 32 entries, keys <= 64 and values <= 512 bytes."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        period_unit: Global___GrantSchedule.PeriodUnit.ValueType = ...,
+        period_count: _builtins.int = ...,
+        anchor: _timestamp_pb2.Timestamp | None = ...,
+        time_zone: _builtins.str = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int | None = ...,
+        category: _builtins.str = ...,
+        lot_life: _duration_pb2.Duration | None = ...,
+        rollover: Global___Rollover | None = ...,
+        idempotency_key: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "anchor", b"anchor", "end", b"end", "lot_life", b"lot_life", "priority", b"priority", "rollover", b"rollover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "anchor", b"anchor", "asset", b"asset", "category", b"category", "end", b"end", "idempotency_key", b"idempotency_key", "lot_life", b"lot_life", "metadata", b"metadata", "period_count", b"period_count", "period_unit", b"period_unit", "priority", b"priority", "rollover", b"rollover", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+
+Global___CreateGrantScheduleRequest: _TypeAlias = CreateGrantScheduleRequest  # noqa: Y015
+
+@_typing.final
+class CreateGrantScheduleResponse(_message.Message):
+    """Response of CreateGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___GrantSchedule:
+        """The schedule created."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The balance after its first period was issued."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___GrantSchedule | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGrantScheduleResponse: _TypeAlias = CreateGrantScheduleResponse  # noqa: Y015
+
+@_typing.final
+class GetGrantScheduleRequest(_message.Message):
+    """Request of GetGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """The schedule to read."""
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGrantScheduleRequest: _TypeAlias = GetGrantScheduleRequest  # noqa: Y015
+
+@_typing.final
+class GetGrantScheduleResponse(_message.Message):
+    """Response of GetGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___GrantSchedule:
+        """The schedule, its due periods issued."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___GrantSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGrantScheduleResponse: _TypeAlias = GetGrantScheduleResponse  # noqa: Y015
+
+@_typing.final
+class CancelGrantScheduleRequest(_message.Message):
+    """Request of CancelGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    VOID_REMAINDER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """The schedule to cancel."""
+    void_remainder: _builtins.bool
+    """Also void the unheld remainder of the schedule's live lots."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        void_remainder: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "schedule_id", b"schedule_id", "void_remainder", b"void_remainder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelGrantScheduleRequest: _TypeAlias = CancelGrantScheduleRequest  # noqa: Y015
+
+@_typing.final
+class CancelGrantScheduleResponse(_message.Message):
+    """Response of CancelGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___GrantSchedule:
+        """The schedule after the cancel."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The balance after the cancel."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___GrantSchedule | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelGrantScheduleResponse: _TypeAlias = CancelGrantScheduleResponse  # noqa: Y015
 
 @_typing.final
 class VoidGrantRequest(_message.Message):

@@ -115,6 +115,21 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.FromString,
                 _registered_method=True)
+        self.CreateGrantSchedule = channel.unary_unary(
+                '/creditledger.v1.LedgerService/CreateGrantSchedule',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetGrantSchedule = channel.unary_unary(
+                '/creditledger.v1.LedgerService/GetGrantSchedule',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.FromString,
+                _registered_method=True)
+        self.CancelGrantSchedule = channel.unary_unary(
+                '/creditledger.v1.LedgerService/CancelGrantSchedule',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -248,6 +263,31 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateGrantSchedule(self, request, context):
+        """CreateGrantSchedule makes a grant that renews itself: period n's lot is
+        issued exactly once, keyed (schedule, n), and is there for every read and
+        spend from the instant period n starts, whether or not background work ran.
+        The period the schedule is created in is issued at once. Needs the grant permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGrantSchedule(self, request, context):
+        """GetGrantSchedule reads a schedule as it is now (its due periods issued).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelGrantSchedule(self, request, context):
+        """CancelGrantSchedule issues no period that starts after now; the current
+        period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +370,21 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.VoidGrant,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.SerializeToString,
+            ),
+            'CreateGrantSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGrantSchedule,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleResponse.SerializeToString,
+            ),
+            'GetGrantSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGrantSchedule,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.SerializeToString,
+            ),
+            'CancelGrantSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelGrantSchedule,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -765,6 +820,87 @@ class LedgerService:
             '/creditledger.v1.LedgerService/VoidGrant',
             creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGrantSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/CreateGrantSchedule',
+            creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGrantSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/GetGrantSchedule',
+            creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelGrantSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/CancelGrantSchedule',
+            creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

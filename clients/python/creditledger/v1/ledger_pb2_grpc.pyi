@@ -93,6 +93,18 @@ class LedgerServiceStub:
     stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
     how many are held). Needs the grant permission.
     """
+    CreateGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreateGrantScheduleRequest, _ledger_pb2.CreateGrantScheduleResponse]
+    """CreateGrantSchedule makes a grant that renews itself: period n's lot is
+    issued exactly once, keyed (schedule, n), and is there for every read and
+    spend from the instant period n starts, whether or not background work ran.
+    The period the schedule is created in is issued at once. Needs the grant permission.
+    """
+    GetGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetGrantScheduleRequest, _ledger_pb2.GetGrantScheduleResponse]
+    """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+    CancelGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]
+    """CancelGrantSchedule issues no period that starts after now; the current
+    period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -150,6 +162,18 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     system account @voided (movement MOVEMENT_VOID); the lot and its history
     stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
     how many are held). Needs the grant permission.
+    """
+    CreateGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreateGrantScheduleRequest, _ledger_pb2.CreateGrantScheduleResponse]  # type: ignore[assignment]
+    """CreateGrantSchedule makes a grant that renews itself: period n's lot is
+    issued exactly once, keyed (schedule, n), and is there for every read and
+    spend from the instant period n starts, whether or not background work ran.
+    The period the schedule is created in is issued at once. Needs the grant permission.
+    """
+    GetGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetGrantScheduleRequest, _ledger_pb2.GetGrantScheduleResponse]  # type: ignore[assignment]
+    """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+    CancelGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]  # type: ignore[assignment]
+    """CancelGrantSchedule issues no period that starts after now; the current
+    period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -301,6 +325,36 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         system account @voided (movement MOVEMENT_VOID); the lot and its history
         stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
         how many are held). Needs the grant permission.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateGrantSchedule(
+        self,
+        request: _ledger_pb2.CreateGrantScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.CreateGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.CreateGrantScheduleResponse]]:
+        """CreateGrantSchedule makes a grant that renews itself: period n's lot is
+        issued exactly once, keyed (schedule, n), and is there for every read and
+        spend from the instant period n starts, whether or not background work ran.
+        The period the schedule is created in is issued at once. Needs the grant permission.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGrantSchedule(
+        self,
+        request: _ledger_pb2.GetGrantScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.GetGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.GetGrantScheduleResponse]]:
+        """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+
+    @_abc_1.abstractmethod
+    def CancelGrantSchedule(
+        self,
+        request: _ledger_pb2.CancelGrantScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.CancelGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.CancelGrantScheduleResponse]]:
+        """CancelGrantSchedule issues no period that starts after now; the current
+        period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,7 +23,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file creditledger/v1/ledger.proto.
  */
 export const file_creditledger_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilgEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMilwIKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIY2F0ZWdvcnkYMiABKAkSHQoQdW5pdF9jb3N0X21pY3JvcxgzIAEoA0gAiAEBEhUKDWNvc3RfY3VycmVuY3kYNCABKAlCEwoRX3VuaXRfY29zdF9taWNyb3MiqwQKC1Jlc2VydmF0aW9uEhYKDnJlc2VydmF0aW9uX2lkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSDQoFYXNzZXQYAyABKAkSDgoGYW1vdW50GAQgASgDEg8KB3NldHRsZWQYBSABKAMSEAoIcmVsZWFzZWQYBiABKAMSEAoIcmVmdW5kZWQYByABKAMSEQoJcmVtYWluaW5nGAggASgDEjEKBXN0YXRlGAkgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjwKCG1ldGFkYXRhGAwgAygLMiouY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLk1ldGFkYXRhRW50cnkSEAoIZ3JvdXBfaWQYDSABKAkSDwoHbGVnX2tleRgOIAEoCRIPCgdleHBpcmVkGA8gASgDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEg4KClNUQVRFX09QRU4QARIQCgxTVEFURV9DTE9TRUQQAhIRCg1TVEFURV9FWFBJUkVEEAMiWAoQUmVzZXJ2YXRpb25Hcm91cBIQCghncm91cF9pZBgBIAEoCRIyCgxyZXNlcnZhdGlvbnMYAiADKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24i2AQKBUVudHJ5EhAKCGVudHJ5X2lkGAEgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAIgASgJEhIKCmFjY291bnRfaWQYAyABKAkSDQoFYXNzZXQYBCABKAkSDgoGYW1vdW50GAUgASgDEjEKCG1vdmVtZW50GAYgASgOMh8uY3JlZGl0bGVkZ2VyLnYxLkVudHJ5Lk1vdmVtZW50Ei0KBmJ1Y2tldBgHIAEoDjIdLmNyZWRpdGxlZGdlci52MS5FbnRyeS5CdWNrZXQSFgoOcmVzZXJ2YXRpb25faWQYCCABKAkSDgoGbG90X2lkGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wItsBCghNb3ZlbWVudBIYChRNT1ZFTUVOVF9VTlNQRUNJRklFRBAAEhIKDk1PVkVNRU5UX0dSQU5UEAESFAoQTU9WRU1FTlRfUkVTRVJWRRACEhMKD01PVkVNRU5UX1NFVFRMRRADEhQKEE1PVkVNRU5UX1JFTEVBU0UQBBITCg9NT1ZFTUVOVF9SRUZVTkQQBRIfChtNT1ZFTUVOVF9SRVNFUlZBVElPTl9FWFBJUlkQBhIXChNNT1ZFTUVOVF9MT1RfRVhQSVJZEAcSEQoNTU9WRU1FTlRfVk9JRBAKIloKBkJ1Y2tldBIWChJCVUNLRVRfVU5TUEVDSUZJRUQQABIUChBCVUNLRVRfQVZBSUxBQkxFEAESDwoLQlVDS0VUX0hFTEQQAhIRCg1CVUNLRVRfU1lTVEVNEAMiogEKFENyZWF0ZUFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSRQoIbWV0YWRhdGEYAiADKAsyMy5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQgoVQ3JlYXRlQWNjb3VudFJlc3BvbnNlEikKB2FjY291bnQYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQWNjb3VudCInChFHZXRBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJIj8KEkdldEFjY291bnRSZXNwb25zZRIpCgdhY2NvdW50GAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkFjY291bnQiiwMKDEdyYW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSPQoIbWV0YWRhdGEYBSADKAsyKy5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoIcHJpb3JpdHkYByABKAVIAIgBARIOCgZzb3VyY2UYCCABKAkSEAoIY2F0ZWdvcnkYMiABKAkSHQoQdW5pdF9jb3N0X21pY3JvcxgzIAEoA0gBiAEBEhUKDWNvc3RfY3VycmVuY3kYNCABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9wcmlvcml0eUITChFfdW5pdF9jb3N0X21pY3JvcyJdCg1HcmFudFJlc3BvbnNlEikKB2JhbGFuY2UYASABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRIhCgNsb3QYAiABKAsyFC5jcmVkaXRsZWRnZXIudjEuTG90IvYBCg5SZXNlcnZlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkSJgoDdHRsGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEj8KCG1ldGFkYXRhGAYgAygLMi0uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm8KD1Jlc2VydmVSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiVQoPUmVzZXJ2ZUdyb3VwTGVnEhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEg8KB2xlZ19rZXkYBCABKAki/QEKE1Jlc2VydmVHcm91cFJlcXVlc3QSLgoEbGVncxgBIAMoCzIgLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBMZWcSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJECghtZXRhZGF0YRgEIAMoCzIyLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkgKFFJlc2VydmVHcm91cFJlc3BvbnNlEjAKBWdyb3VwGAEgASgLMiEuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uR3JvdXAiXwoNU2V0dGxlUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSDQoFZmluYWwYAyABKAgSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJIm4KDlNldHRsZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSJRCg5SZWxlYXNlUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIm8KD1JlbGVhc2VSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiYAoNUmVmdW5kUmVxdWVzdBIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEg4KBnJlYXNvbhgEIAEoCSJuCg5SZWZ1bmRSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiWwoQVm9pZEdyYW50UmVxdWVzdBIOCgZsb3RfaWQYASABKAkSDgoGYW1vdW50GAIgASgDEg4KBnJlYXNvbhgDIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkicQoRVm9pZEdyYW50UmVzcG9uc2USIQoDbG90GAEgASgLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdBIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2USDgoGdm9pZGVkGAMgASgDIswBCg1DaGFyZ2VSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRI+CghtZXRhZGF0YRgFIAMoCzIsLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm4KDkNoYXJnZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSIvChVHZXRSZXNlcnZhdGlvblJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkiSwoWR2V0UmVzZXJ2YXRpb25SZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbiIuChpHZXRSZXNlcnZhdGlvbkdyb3VwUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCSJPChtHZXRSZXNlcnZhdGlvbkdyb3VwUmVzcG9uc2USMAoFZ3JvdXAYASABKAsyIS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb25Hcm91cCKAAQoRR2V0QmFsYW5jZVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIyCg9leHBpcmluZ193aXRoaW4YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMaW5jbHVkZV9sb3RzGAQgASgIInwKEkdldEJhbGFuY2VSZXNwb25zZRIpCgdiYWxhbmNlGAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2USFwoPZXhwaXJpbmdfYW1vdW50GAIgASgDEiIKBGxvdHMYAyADKAsyFC5jcmVkaXRsZWRnZXIudjEuTG90Il4KEkxpc3RFbnRyaWVzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIlcKE0xpc3RFbnRyaWVzUmVzcG9uc2USJwoHZW50cmllcxgBIAMoCzIWLmNyZWRpdGxlZGdlci52MS5FbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkixwIKDEJhdGNoQ29tbWFuZBIwCgZjaGFyZ2UYASABKAsyHi5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdEgAEjIKB3Jlc2VydmUYAiABKAsyHy5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3RIABIwCgZzZXR0bGUYAyABKAsyHi5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVxdWVzdEgAEjIKB3JlbGVhc2UYBCABKAsyHy5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlcXVlc3RIABIwCgZyZWZ1bmQYBSABKAsyHi5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVxdWVzdEgAEi4KBWdyYW50GAYgASgLMh0uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVxdWVzdEgAQgkKB2NvbW1hbmQiVQoSU3VibWl0QmF0Y2hSZXF1ZXN0Ei8KCGNvbW1hbmRzGAEgAygLMh0uY3JlZGl0bGVkZ2VyLnYxLkJhdGNoQ29tbWFuZBIOCgZhdG9taWMYAiABKAgihAMKDEJhdGNoT3V0Y29tZRIxCgZjaGFyZ2UYASABKAsyHy5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVzcG9uc2VIABIzCgdyZXNlcnZlGAIgASgLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXNwb25zZUgAEjEKBnNldHRsZRgDIAEoCzIfLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXNwb25zZUgAEjMKB3JlbGVhc2UYBCABKAsyIC5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlc3BvbnNlSAASMQoGcmVmdW5kGAUgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlc3BvbnNlSAASLwoFZ3JhbnQYBiABKAsyHi5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXNwb25zZUgAEiMKBWVycm9yGAcgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIABIQCghyZXBsYXllZBgIIAEoCEIJCgdvdXRjb21lIkYKE1N1Ym1pdEJhdGNoUmVzcG9uc2USLwoIb3V0Y29tZXMYASADKAsyHS5jcmVkaXRsZWRnZXIudjEuQmF0Y2hPdXRjb21lIpYBChdMaXN0UmVzZXJ2YXRpb25zUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEjEKBXN0YXRlGAMgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJImcKGExpc3RSZXNlcnZhdGlvbnNSZXNwb25zZRIyCgxyZXNlcnZhdGlvbnMYASADKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKpsHCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9SRUFTT05fSU5WQUxJRF9BUkdVTUVOVBABEiIKHkVSUk9SX1JFQVNPTl9BQ0NPVU5UX05PVF9GT1VORBACEiYKIkVSUk9SX1JFQVNPTl9SRVNFUlZBVElPTl9OT1RfRk9VTkQQAxIsCihFUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fR1JPVVBfTk9UX0ZPVU5EEAQSHwobRVJST1JfUkVBU09OX0FDQ09VTlRfRVhJU1RTEAUSJQohRVJST1JfUkVBU09OX0lOU1VGRklDSUVOVF9DUkVESVRTEAYSJwojRVJST1JfUkVBU09OX0lERU1QT1RFTkNZX0tFWV9SRVVTRUQQBxIjCh9FUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fQ0xPU0VEEAgSJAogRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0VYUElSRUQQCRIpCiVFUlJPUl9SRUFTT05fQU1PVU5UX0VYQ0VFRFNfUkVNQUlOSU5HEAoSJwojRVJST1JfUkVBU09OX0FNT1VOVF9FWENFRURTX1NFVFRMRUQQCxInCiNFUlJPUl9SRUFTT05fQkFMQU5DRV9MSU1JVF9FWENFRURFRBAMEhsKF0VSUk9SX1JFQVNPTl9DT05URU5USU9OEA0SJQohRVJST1JfUkVBU09OX0RBVEFCQVNFX1VOQVZBSUxBQkxFEA4SIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAPEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBAQEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQERIZChVFUlJPUl9SRUFTT05fSU5URVJOQUwQEhIjCh9FUlJPUl9SRUFTT05fTE9UX0xJTUlUX0VYQ0VFREVEEBMSIgoeRVJST1JfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEBQSIwofRVJST1JfUkVBU09OX1dSSVRFUl9VTkFWQUlMQUJMRRAVEh4KGkVSUk9SX1JFQVNPTl9MT1RfTk9UX0ZPVU5EECASHQoZRVJST1JfUkVBU09OX0NSRURJVFNfSEVMRBAhEicKI0VSUk9SX1JFQVNPTl9BTU9VTlRfRVhDRUVEU19VTlNQRU5UECIyowsKDUxlZGdlclNlcnZpY2USXgoNQ3JlYXRlQWNjb3VudBIlLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdBomLmNyZWRpdGxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVzcG9uc2USWgoKR2V0QWNjb3VudBIiLmNyZWRpdGxlZGdlci52MS5HZXRBY2NvdW50UmVxdWVzdBojLmNyZWRpdGxlZGdlci52MS5HZXRBY2NvdW50UmVzcG9uc2UiA5ACARJGCgVHcmFudBIdLmNyZWRpdGxlZGdlci52MS5HcmFudFJlcXVlc3QaHi5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXNwb25zZRJMCgdSZXNlcnZlEh8uY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0GiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXNwb25zZRJbCgxSZXNlcnZlR3JvdXASJC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwUmVxdWVzdBolLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlR3JvdXBSZXNwb25zZRJJCgZTZXR0bGUSHi5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXNwb25zZRJMCgdSZWxlYXNlEh8uY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXF1ZXN0GiAuY3JlZGl0bGVkZ2VyLnYxLlJlbGVhc2VSZXNwb25zZRJJCgZSZWZ1bmQSHi5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5SZWZ1bmRSZXNwb25zZRJJCgZDaGFyZ2USHi5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdBofLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXNwb25zZRJmCg5HZXRSZXNlcnZhdGlvbhImLmNyZWRpdGxlZGdlci52MS5HZXRSZXNlcnZhdGlvblJlcXVlc3QaJy5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25SZXNwb25zZSIDkAIBEnUKE0dldFJlc2VydmF0aW9uR3JvdXASKy5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25Hcm91cFJlcXVlc3QaLC5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25Hcm91cFJlc3BvbnNlIgOQAgESWgoKR2V0QmFsYW5jZRIiLmNyZWRpdGxlZGdlci52MS5HZXRCYWxhbmNlUmVxdWVzdBojLmNyZWRpdGxlZGdlci52MS5HZXRCYWxhbmNlUmVzcG9uc2UiA5ACARJdCgtMaXN0RW50cmllcxIjLmNyZWRpdGxlZGdlci52MS5MaXN0RW50cmllc1JlcXVlc3QaJC5jcmVkaXRsZWRnZXIudjEuTGlzdEVudHJpZXNSZXNwb25zZSIDkAIBEmwKEExpc3RSZXNlcnZhdGlvbnMSKC5jcmVkaXRsZWRnZXIudjEuTGlzdFJlc2VydmF0aW9uc1JlcXVlc3QaKS5jcmVkaXRsZWRnZXIudjEuTGlzdFJlc2VydmF0aW9uc1Jlc3BvbnNlIgOQAgESWAoLU3VibWl0QmF0Y2gSIy5jcmVkaXRsZWRnZXIudjEuU3VibWl0QmF0Y2hSZXF1ZXN0GiQuY3JlZGl0bGVkZ2VyLnYxLlN1Ym1pdEJhdGNoUmVzcG9uc2USUgoJVm9pZEdyYW50EiEuY3JlZGl0bGVkZ2VyLnYxLlZvaWRHcmFudFJlcXVlc3QaIi5jcmVkaXRsZWRnZXIudjEuVm9pZEdyYW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChxjcmVkaXRsZWRnZXIvdjEvbGVkZ2VyLnByb3RvEg9jcmVkaXRsZWRnZXIudjEi5AEKB0FjY291bnQSEgoKYWNjb3VudF9pZBgBIAEoCRI4CghtZXRhZGF0YRgCIAMoCzImLmNyZWRpdGxlZGdlci52MS5BY2NvdW50Lk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoIYmFsYW5jZXMYBCADKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEilgEKB0JhbGFuY2USEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIRCglhdmFpbGFibGUYAyABKAMSEAoIcmVzZXJ2ZWQYBCABKAMSDwoHZ3JhbnRlZBgFIAEoAxIPCgdzZXR0bGVkGAYgASgDEhAKCHJlZnVuZGVkGAcgASgDEg8KB2V4cGlyZWQYCCABKAMizAIKA0xvdBIOCgZsb3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEhAKCHByaW9yaXR5GAMgASgFEg4KBmFtb3VudBgEIAEoAxIRCglyZW1haW5pbmcYBSABKAMSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIY2F0ZWdvcnkYMiABKAkSHQoQdW5pdF9jb3N0X21pY3JvcxgzIAEoA0gAiAEBEhUKDWNvc3RfY3VycmVuY3kYNCABKAkSEwoLc2NoZWR1bGVfaWQYNSABKAkSEwoGcGVyaW9kGDYgASgDSAGIAQFCEwoRX3VuaXRfY29zdF9taWNyb3NCCQoHX3BlcmlvZCKrBAoLUmVzZXJ2YXRpb24SFgoOcmVzZXJ2YXRpb25faWQYASABKAkSEgoKYWNjb3VudF9pZBgCIAEoCRINCgVhc3NldBgDIAEoCRIOCgZhbW91bnQYBCABKAMSDwoHc2V0dGxlZBgFIAEoAxIQCghyZWxlYXNlZBgGIAEoAxIQCghyZWZ1bmRlZBgHIAEoAxIRCglyZW1haW5pbmcYCCABKAMSMQoFc3RhdGUYCSABKA4yIi5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24uU3RhdGUSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPAoIbWV0YWRhdGEYDCADKAsyKi5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24uTWV0YWRhdGFFbnRyeRIQCghncm91cF9pZBgNIAEoCRIPCgdsZWdfa2V5GA4gASgJEg8KB2V4cGlyZWQYDyABKAMaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlMKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASDgoKU1RBVEVfT1BFThABEhAKDFNUQVRFX0NMT1NFRBACEhEKDVNUQVRFX0VYUElSRUQQAyJYChBSZXNlcnZhdGlvbkdyb3VwEhAKCGdyb3VwX2lkGAEgASgJEjIKDHJlc2VydmF0aW9ucxgCIAMoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbiLvBAoFRW50cnkSEAoIZW50cnlfaWQYASABKAkSFgoOdHJhbnNhY3Rpb25faWQYAiABKAkSEgoKYWNjb3VudF9pZBgDIAEoCRINCgVhc3NldBgEIAEoCRIOCgZhbW91bnQYBSABKAMSMQoIbW92ZW1lbnQYBiABKA4yHy5jcmVkaXRsZWRnZXIudjEuRW50cnkuTW92ZW1lbnQSLQoGYnVja2V0GAcgASgOMh0uY3JlZGl0bGVkZ2VyLnYxLkVudHJ5LkJ1Y2tldBIWCg5yZXNlcnZhdGlvbl9pZBgIIAEoCRIOCgZsb3RfaWQYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi8gEKCE1vdmVtZW50EhgKFE1PVkVNRU5UX1VOU1BFQ0lGSUVEEAASEgoOTU9WRU1FTlRfR1JBTlQQARIUChBNT1ZFTUVOVF9SRVNFUlZFEAISEwoPTU9WRU1FTlRfU0VUVExFEAMSFAoQTU9WRU1FTlRfUkVMRUFTRRAEEhMKD01PVkVNRU5UX1JFRlVORBAFEh8KG01PVkVNRU5UX1JFU0VSVkFUSU9OX0VYUElSWRAGEhcKE01PVkVNRU5UX0xPVF9FWFBJUlkQBxIRCg1NT1ZFTUVOVF9WT0lEEAoSFQoRTU9WRU1FTlRfUk9MTE9WRVIQCyJaCgZCdWNrZXQSFgoSQlVDS0VUX1VOU1BFQ0lGSUVEEAASFAoQQlVDS0VUX0FWQUlMQUJMRRABEg8KC0JVQ0tFVF9IRUxEEAISEQoNQlVDS0VUX1NZU1RFTRADIqIBChRDcmVhdGVBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEkUKCG1ldGFkYXRhGAIgAygLMjMuY3JlZGl0bGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkIKFUNyZWF0ZUFjY291bnRSZXNwb25zZRIpCgdhY2NvdW50GAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkFjY291bnQiJwoRR2V0QWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCSI/ChJHZXRBY2NvdW50UmVzcG9uc2USKQoHYWNjb3VudBgBIAEoCzIYLmNyZWRpdGxlZGdlci52MS5BY2NvdW50IosDCgxHcmFudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEj0KCG1ldGFkYXRhGAUgAygLMisuY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVxdWVzdC5NZXRhZGF0YUVudHJ5Ei4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKCHByaW9yaXR5GAcgASgFSACIAQESDgoGc291cmNlGAggASgJEhAKCGNhdGVnb3J5GDIgASgJEh0KEHVuaXRfY29zdF9taWNyb3MYMyABKANIAYgBARIVCg1jb3N0X2N1cnJlbmN5GDQgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfcHJpb3JpdHlCEwoRX3VuaXRfY29zdF9taWNyb3MiXQoNR3JhbnRSZXNwb25zZRIpCgdiYWxhbmNlGAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2USIQoDbG90GAIgASgLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdCL2AQoOUmVzZXJ2ZVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIOCgZhbW91bnQYAyABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEiYKA3R0bBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI/CghtZXRhZGF0YRgGIAMoCzItLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJvCg9SZXNlcnZlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIlUKD1Jlc2VydmVHcm91cExlZxISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEg4KBmFtb3VudBgDIAEoAxIPCgdsZWdfa2V5GAQgASgJIv0BChNSZXNlcnZlR3JvdXBSZXF1ZXN0Ei4KBGxlZ3MYASADKAsyIC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwTGVnEhcKD2lkZW1wb3RlbmN5X2tleRgCIAEoCRImCgN0dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SRAoIbWV0YWRhdGEYBCADKAsyMi5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwUmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChRSZXNlcnZlR3JvdXBSZXNwb25zZRIwCgVncm91cBgBIAEoCzIhLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbkdyb3VwIl8KDVNldHRsZVJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkSDgoGYW1vdW50GAIgASgDEg0KBWZpbmFsGAMgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCSJuCg5TZXR0bGVSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbhIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiUQoOUmVsZWFzZVJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkSDgoGYW1vdW50GAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSJvCg9SZWxlYXNlUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlImAKDVJlZnVuZFJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkSDgoGYW1vdW50GAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIOCgZyZWFzb24YBCABKAkibgoOUmVmdW5kUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIqkBCghSb2xsb3ZlchIXCgpjYXBfYW1vdW50GAEgASgDSACIAQESGAoLY2FwX3BlcmNlbnQYAiABKAVIAYgBARInCgRsaWZlGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKCHByaW9yaXR5GAQgASgFSAKIAQFCDQoLX2NhcF9hbW91bnRCDgoMX2NhcF9wZXJjZW50QgsKCV9wcmlvcml0eSKXBwoNR3JhbnRTY2hlZHVsZRITCgtzY2hlZHVsZV9pZBgBIAEoCRISCgphY2NvdW50X2lkGAIgASgJEg0KBWFzc2V0GAMgASgJEg4KBmFtb3VudBgEIAEoAxI+CgtwZXJpb2RfdW5pdBgFIAEoDjIpLmNyZWRpdGxlZGdlci52MS5HcmFudFNjaGVkdWxlLlBlcmlvZFVuaXQSFAoMcGVyaW9kX2NvdW50GAYgASgDEioKBmFuY2hvchgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJdGltZV96b25lGAggASgJEicKA2VuZBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJpb3JpdHkYCiABKAUSEAoIY2F0ZWdvcnkYCyABKAkSKwoIbG90X2xpZmUYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKwoIcm9sbG92ZXIYDSABKAsyGS5jcmVkaXRsZWRnZXIudjEuUm9sbG92ZXISEwoLbmV4dF9wZXJpb2QYDiABKAMSNQoRbmV4dF9wZXJpb2Rfc3RhcnQYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKBXN0YXRlGBAgASgOMiQuY3JlZGl0bGVkZ2VyLnYxLkdyYW50U2NoZWR1bGUuU3RhdGUSPgoIbWV0YWRhdGEYESADKAsyLC5jcmVkaXRsZWRnZXIudjEuR3JhbnRTY2hlZHVsZS5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGZpcnN0X3BlcmlvZBgTIAEoAxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiggEKClBlcmlvZFVuaXQSGwoXUEVSSU9EX1VOSVRfVU5TUEVDSUZJRUQQABIVChFQRVJJT0RfVU5JVF9NT05USBABEhQKEFBFUklPRF9VTklUX1dFRUsQAhITCg9QRVJJT0RfVU5JVF9EQVkQAxIVChFQRVJJT0RfVU5JVF9GSVhFRBAEIkUKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASEAoMU1RBVEVfQUNUSVZFEAESEwoPU1RBVEVfQ0FOQ0VMTEVEEAIitAQKGkNyZWF0ZUdyYW50U2NoZWR1bGVSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEj4KC3BlcmlvZF91bml0GAQgASgOMikuY3JlZGl0bGVkZ2VyLnYxLkdyYW50U2NoZWR1bGUuUGVyaW9kVW5pdBIUCgxwZXJpb2RfY291bnQYBSABKAMSKgoGYW5jaG9yGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0aW1lX3pvbmUYByABKAkSJwoDZW5kGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCghwcmlvcml0eRgJIAEoBUgAiAEBEhAKCGNhdGVnb3J5GAogASgJEisKCGxvdF9saWZlGAsgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEisKCHJvbGxvdmVyGAwgASgLMhkuY3JlZGl0bGVkZ2VyLnYxLlJvbGxvdmVyEhcKD2lkZW1wb3RlbmN5X2tleRgNIAEoCRJLCghtZXRhZGF0YRgOIAMoCzI5LmNyZWRpdGxlZGdlci52MS5DcmVhdGVHcmFudFNjaGVkdWxlUmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfcHJpb3JpdHkiegobQ3JlYXRlR3JhbnRTY2hlZHVsZVJlc3BvbnNlEjAKCHNjaGVkdWxlGAEgASgLMh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50U2NoZWR1bGUSKQoHYmFsYW5jZRgCIAEoCzIYLmNyZWRpdGxlZGdlci52MS5CYWxhbmNlIi4KF0dldEdyYW50U2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIkwKGEdldEdyYW50U2NoZWR1bGVSZXNwb25zZRIwCghzY2hlZHVsZRgBIAEoCzIeLmNyZWRpdGxlZGdlci52MS5HcmFudFNjaGVkdWxlImIKGkNhbmNlbEdyYW50U2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhYKDnZvaWRfcmVtYWluZGVyGAIgASgIEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCSJ6ChtDYW5jZWxHcmFudFNjaGVkdWxlUmVzcG9uc2USMAoIc2NoZWR1bGUYASABKAsyHi5jcmVkaXRsZWRnZXIudjEuR3JhbnRTY2hlZHVsZRIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2UiWwoQVm9pZEdyYW50UmVxdWVzdBIOCgZsb3RfaWQYASABKAkSDgoGYW1vdW50GAIgASgDEg4KBnJlYXNvbhgDIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkicQoRVm9pZEdyYW50UmVzcG9uc2USIQoDbG90GAEgASgLMhQuY3JlZGl0bGVkZ2VyLnYxLkxvdBIpCgdiYWxhbmNlGAIgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2USDgoGdm9pZGVkGAMgASgDIswBCg1DaGFyZ2VSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFYXNzZXQYAiABKAkSDgoGYW1vdW50GAMgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRI+CghtZXRhZGF0YRgFIAMoCzIsLmNyZWRpdGxlZGdlci52MS5DaGFyZ2VSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm4KDkNoYXJnZVJlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uEikKB2JhbGFuY2UYAiABKAsyGC5jcmVkaXRsZWRnZXIudjEuQmFsYW5jZSIvChVHZXRSZXNlcnZhdGlvblJlcXVlc3QSFgoOcmVzZXJ2YXRpb25faWQYASABKAkiSwoWR2V0UmVzZXJ2YXRpb25SZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLmNyZWRpdGxlZGdlci52MS5SZXNlcnZhdGlvbiIuChpHZXRSZXNlcnZhdGlvbkdyb3VwUmVxdWVzdBIQCghncm91cF9pZBgBIAEoCSJPChtHZXRSZXNlcnZhdGlvbkdyb3VwUmVzcG9uc2USMAoFZ3JvdXAYASABKAsyIS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb25Hcm91cCKAAQoRR2V0QmFsYW5jZVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVhc3NldBgCIAEoCRIyCg9leHBpcmluZ193aXRoaW4YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFAoMaW5jbHVkZV9sb3RzGAQgASgIInwKEkdldEJhbGFuY2VSZXNwb25zZRIpCgdiYWxhbmNlGAEgASgLMhguY3JlZGl0bGVkZ2VyLnYxLkJhbGFuY2USFwoPZXhwaXJpbmdfYW1vdW50GAIgASgDEiIKBGxvdHMYAyADKAsyFC5jcmVkaXRsZWRnZXIudjEuTG90Il4KEkxpc3RFbnRyaWVzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIlcKE0xpc3RFbnRyaWVzUmVzcG9uc2USJwoHZW50cmllcxgBIAMoCzIWLmNyZWRpdGxlZGdlci52MS5FbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkixwIKDEJhdGNoQ29tbWFuZBIwCgZjaGFyZ2UYASABKAsyHi5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVxdWVzdEgAEjIKB3Jlc2VydmUYAiABKAsyHy5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZVJlcXVlc3RIABIwCgZzZXR0bGUYAyABKAsyHi5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVxdWVzdEgAEjIKB3JlbGVhc2UYBCABKAsyHy5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlcXVlc3RIABIwCgZyZWZ1bmQYBSABKAsyHi5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVxdWVzdEgAEi4KBWdyYW50GAYgASgLMh0uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVxdWVzdEgAQgkKB2NvbW1hbmQiVQoSU3VibWl0QmF0Y2hSZXF1ZXN0Ei8KCGNvbW1hbmRzGAEgAygLMh0uY3JlZGl0bGVkZ2VyLnYxLkJhdGNoQ29tbWFuZBIOCgZhdG9taWMYAiABKAgihAMKDEJhdGNoT3V0Y29tZRIxCgZjaGFyZ2UYASABKAsyHy5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVzcG9uc2VIABIzCgdyZXNlcnZlGAIgASgLMiAuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVSZXNwb25zZUgAEjEKBnNldHRsZRgDIAEoCzIfLmNyZWRpdGxlZGdlci52MS5TZXR0bGVSZXNwb25zZUgAEjMKB3JlbGVhc2UYBCABKAsyIC5jcmVkaXRsZWRnZXIudjEuUmVsZWFzZVJlc3BvbnNlSAASMQoGcmVmdW5kGAUgASgLMh8uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlc3BvbnNlSAASLwoFZ3JhbnQYBiABKAsyHi5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXNwb25zZUgAEiMKBWVycm9yGAcgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIABIQCghyZXBsYXllZBgIIAEoCEIJCgdvdXRjb21lIkYKE1N1Ym1pdEJhdGNoUmVzcG9uc2USLwoIb3V0Y29tZXMYASADKAsyHS5jcmVkaXRsZWRnZXIudjEuQmF0Y2hPdXRjb21lIpYBChdMaXN0UmVzZXJ2YXRpb25zUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWFzc2V0GAIgASgJEjEKBXN0YXRlGAMgASgOMiIuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmF0aW9uLlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJImcKGExpc3RSZXNlcnZhdGlvbnNSZXNwb25zZRIyCgxyZXNlcnZhdGlvbnMYASADKAsyHC5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2YXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKuoHCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9SRUFTT05fSU5WQUxJRF9BUkdVTUVOVBABEiIKHkVSUk9SX1JFQVNPTl9BQ0NPVU5UX05PVF9GT1VORBACEiYKIkVSUk9SX1JFQVNPTl9SRVNFUlZBVElPTl9OT1RfRk9VTkQQAxIsCihFUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fR1JPVVBfTk9UX0ZPVU5EEAQSHwobRVJST1JfUkVBU09OX0FDQ09VTlRfRVhJU1RTEAUSJQohRVJST1JfUkVBU09OX0lOU1VGRklDSUVOVF9DUkVESVRTEAYSJwojRVJST1JfUkVBU09OX0lERU1QT1RFTkNZX0tFWV9SRVVTRUQQBxIjCh9FUlJPUl9SRUFTT05fUkVTRVJWQVRJT05fQ0xPU0VEEAgSJAogRVJST1JfUkVBU09OX1JFU0VSVkFUSU9OX0VYUElSRUQQCRIpCiVFUlJPUl9SRUFTT05fQU1PVU5UX0VYQ0VFRFNfUkVNQUlOSU5HEAoSJwojRVJST1JfUkVBU09OX0FNT1VOVF9FWENFRURTX1NFVFRMRUQQCxInCiNFUlJPUl9SRUFTT05fQkFMQU5DRV9MSU1JVF9FWENFRURFRBAMEhsKF0VSUk9SX1JFQVNPTl9DT05URU5USU9OEA0SJQohRVJST1JfUkVBU09OX0RBVEFCQVNFX1VOQVZBSUxBQkxFEA4SIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAPEiIKHkVSUk9SX1JFQVNPTl9QRVJNSVNTSU9OX0RFTklFRBAQEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQERIZChVFUlJPUl9SRUFTT05fSU5URVJOQUwQEhIjCh9FUlJPUl9SRUFTT05fTE9UX0xJTUlUX0VYQ0VFREVEEBMSIgoeRVJST1JfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEBQSIwofRVJST1JfUkVBU09OX1dSSVRFUl9VTkFWQUlMQUJMRRAVEh4KGkVSUk9SX1JFQVNPTl9MT1RfTk9UX0ZPVU5EECASHQoZRVJST1JfUkVBU09OX0NSRURJVFNfSEVMRBAhEicKI0VSUk9SX1JFQVNPTl9BTU9VTlRfRVhDRUVEU19VTlNQRU5UECISIwofRVJST1JfUkVBU09OX1NDSEVEVUxFX05PVF9GT1VORBAjEigKJEVSUk9SX1JFQVNPTl9TQ0hFRFVMRV9MSU1JVF9FWENFRURFRBAkMvUNCg1MZWRnZXJTZXJ2aWNlEl4KDUNyZWF0ZUFjY291bnQSJS5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlcXVlc3QaJi5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlQWNjb3VudFJlc3BvbnNlEloKCkdldEFjY291bnQSIi5jcmVkaXRsZWRnZXIudjEuR2V0QWNjb3VudFJlcXVlc3QaIy5jcmVkaXRsZWRnZXIudjEuR2V0QWNjb3VudFJlc3BvbnNlIgOQAgESRgoFR3JhbnQSHS5jcmVkaXRsZWRnZXIudjEuR3JhbnRSZXF1ZXN0Gh4uY3JlZGl0bGVkZ2VyLnYxLkdyYW50UmVzcG9uc2USTAoHUmVzZXJ2ZRIfLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVxdWVzdBogLmNyZWRpdGxlZGdlci52MS5SZXNlcnZlUmVzcG9uc2USWwoMUmVzZXJ2ZUdyb3VwEiQuY3JlZGl0bGVkZ2VyLnYxLlJlc2VydmVHcm91cFJlcXVlc3QaJS5jcmVkaXRsZWRnZXIudjEuUmVzZXJ2ZUdyb3VwUmVzcG9uc2USSQoGU2V0dGxlEh4uY3JlZGl0bGVkZ2VyLnYxLlNldHRsZVJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuU2V0dGxlUmVzcG9uc2USTAoHUmVsZWFzZRIfLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVxdWVzdBogLmNyZWRpdGxlZGdlci52MS5SZWxlYXNlUmVzcG9uc2USSQoGUmVmdW5kEh4uY3JlZGl0bGVkZ2VyLnYxLlJlZnVuZFJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuUmVmdW5kUmVzcG9uc2USSQoGQ2hhcmdlEh4uY3JlZGl0bGVkZ2VyLnYxLkNoYXJnZVJlcXVlc3QaHy5jcmVkaXRsZWRnZXIudjEuQ2hhcmdlUmVzcG9uc2USZgoOR2V0UmVzZXJ2YXRpb24SJi5jcmVkaXRsZWRnZXIudjEuR2V0UmVzZXJ2YXRpb25SZXF1ZXN0GicuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uUmVzcG9uc2UiA5ACARJ1ChNHZXRSZXNlcnZhdGlvbkdyb3VwEisuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uR3JvdXBSZXF1ZXN0GiwuY3JlZGl0bGVkZ2VyLnYxLkdldFJlc2VydmF0aW9uR3JvdXBSZXNwb25zZSIDkAIBEloKCkdldEJhbGFuY2USIi5jcmVkaXRsZWRnZXIudjEuR2V0QmFsYW5jZVJlcXVlc3QaIy5jcmVkaXRsZWRnZXIudjEuR2V0QmFsYW5jZVJlc3BvbnNlIgOQAgESXQoLTGlzdEVudHJpZXMSIy5jcmVkaXRsZWRnZXIudjEuTGlzdEVudHJpZXNSZXF1ZXN0GiQuY3JlZGl0bGVkZ2VyLnYxLkxpc3RFbnRyaWVzUmVzcG9uc2UiA5ACARJsChBMaXN0UmVzZXJ2YXRpb25zEiguY3JlZGl0bGVkZ2VyLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0GikuY3JlZGl0bGVkZ2VyLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXNwb25zZSIDkAIBElgKC1N1Ym1pdEJhdGNoEiMuY3JlZGl0bGVkZ2VyLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdBokLmNyZWRpdGxlZGdlci52MS5TdWJtaXRCYXRjaFJlc3BvbnNlElIKCVZvaWRHcmFudBIhLmNyZWRpdGxlZGdlci52MS5Wb2lkR3JhbnRSZXF1ZXN0GiIuY3JlZGl0bGVkZ2VyLnYxLlZvaWRHcmFudFJlc3BvbnNlEnAKE0NyZWF0ZUdyYW50U2NoZWR1bGUSKy5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlR3JhbnRTY2hlZHVsZVJlcXVlc3QaLC5jcmVkaXRsZWRnZXIudjEuQ3JlYXRlR3JhbnRTY2hlZHVsZVJlc3BvbnNlEmwKEEdldEdyYW50U2NoZWR1bGUSKC5jcmVkaXRsZWRnZXIudjEuR2V0R3JhbnRTY2hlZHVsZVJlcXVlc3QaKS5jcmVkaXRsZWRnZXIudjEuR2V0R3JhbnRTY2hlZHVsZVJlc3BvbnNlIgOQAgEScAoTQ2FuY2VsR3JhbnRTY2hlZHVsZRIrLmNyZWRpdGxlZGdlci52MS5DYW5jZWxHcmFudFNjaGVkdWxlUmVxdWVzdBosLmNyZWRpdGxlZGdlci52MS5DYW5jZWxHcmFudFNjaGVkdWxlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * Account is a customer (or a pool) that holds balances of several assets.
@@ -218,6 +218,20 @@ export type Lot = Message<"creditledger.v1.Lot"> & {
    * @generated from field: string cost_currency = 52;
    */
   costCurrency: string;
+
+  /**
+   * The grant schedule that issued the lot; empty for a Grant's.
+   *
+   * @generated from field: string schedule_id = 53;
+   */
+  scheduleId: string;
+
+  /**
+   * The schedule's period the lot belongs to (its allowance or its rollover).
+   *
+   * @generated from field: optional int64 period = 54;
+   */
+  period?: bigint | undefined;
 };
 
 /**
@@ -569,6 +583,13 @@ export enum Entry_Movement {
    * @generated from enum value: MOVEMENT_VOID = 10;
    */
   VOID = 10,
+
+  /**
+   * A period's unused allowance moved to its rollover lot (through @rollover).
+   *
+   * @generated from enum value: MOVEMENT_ROLLOVER = 11;
+   */
+  ROLLOVER = 11,
 }
 
 /**
@@ -1225,6 +1246,527 @@ export const RefundResponseSchema: GenMessage<RefundResponse> = /*@__PURE__*/
   messageDesc(file_creditledger_v1_ledger, 22);
 
 /**
+ * Rollover moves, at a period's end, the unused remainder of that period's
+ * lot (never of any other lot) to a new lot of category "rollover", up to a
+ * cap; the rest expires.
+ *
+ * @generated from message creditledger.v1.Rollover
+ */
+export type Rollover = Message<"creditledger.v1.Rollover"> & {
+  /**
+   * The most that rolls over, 0 to 10^15; unset: no cap by amount.
+   *
+   * @generated from field: optional int64 cap_amount = 1;
+   */
+  capAmount?: bigint | undefined;
+
+  /**
+   * The most that rolls over as a percentage of the period's amount, 0 to 100
+   * (rounded down); unset: no cap by percentage. Both set: the smaller.
+   *
+   * @generated from field: optional int32 cap_percent = 2;
+   */
+  capPercent?: number | undefined;
+
+  /**
+   * How long the rollover lot lives from the period's end; unset: to the end of
+   * the next period.
+   *
+   * @generated from field: google.protobuf.Duration life = 3;
+   */
+  life?: Duration | undefined;
+
+  /**
+   * The rollover lot's priority; unset means 100.
+   *
+   * @generated from field: optional int32 priority = 4;
+   */
+  priority?: number | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.Rollover.
+ * Use `create(RolloverSchema)` to create a new message.
+ */
+export const RolloverSchema: GenMessage<Rollover> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 23);
+
+/**
+ * GrantSchedule is a grant that renews itself every period.
+ *
+ * @generated from message creditledger.v1.GrantSchedule
+ */
+export type GrantSchedule = Message<"creditledger.v1.GrantSchedule"> & {
+  /**
+   * Server-made id of the schedule.
+   *
+   * @generated from field: string schedule_id = 1;
+   */
+  scheduleId: string;
+
+  /**
+   * The account credited.
+   *
+   * @generated from field: string account_id = 2;
+   */
+  accountId: string;
+
+  /**
+   * The asset credited.
+   *
+   * @generated from field: string asset = 3;
+   */
+  asset: string;
+
+  /**
+   * Credits per period.
+   *
+   * @generated from field: int64 amount = 4;
+   */
+  amount: bigint;
+
+  /**
+   * The unit of a period.
+   *
+   * @generated from field: creditledger.v1.GrantSchedule.PeriodUnit period_unit = 5;
+   */
+  periodUnit: GrantSchedule_PeriodUnit;
+
+  /**
+   * How many units a period lasts (seconds for PERIOD_UNIT_FIXED).
+   *
+   * @generated from field: int64 period_count = 6;
+   */
+  periodCount: bigint;
+
+  /**
+   * Where period 0 starts.
+   *
+   * @generated from field: google.protobuf.Timestamp anchor = 7;
+   */
+  anchor?: Timestamp | undefined;
+
+  /**
+   * The IANA time zone of calendar periods.
+   *
+   * @generated from field: string time_zone = 8;
+   */
+  timeZone: string;
+
+  /**
+   * No period starts at or after it; unset means never.
+   *
+   * @generated from field: google.protobuf.Timestamp end = 9;
+   */
+  end?: Timestamp | undefined;
+
+  /**
+   * Each period lot's priority.
+   *
+   * @generated from field: int32 priority = 10;
+   */
+  priority: number;
+
+  /**
+   * Each period lot's category.
+   *
+   * @generated from field: string category = 11;
+   */
+  category: string;
+
+  /**
+   * How long each period's lot lives; unset: to its period's end.
+   *
+   * @generated from field: google.protobuf.Duration lot_life = 12;
+   */
+  lotLife?: Duration | undefined;
+
+  /**
+   * The rollover at each period's end; unset: none.
+   *
+   * @generated from field: creditledger.v1.Rollover rollover = 13;
+   */
+  rollover?: Rollover | undefined;
+
+  /**
+   * The first period not yet issued (every earlier one is, exactly once).
+   *
+   * @generated from field: int64 next_period = 14;
+   */
+  nextPeriod: bigint;
+
+  /**
+   * When next_period starts; unset when no period will.
+   *
+   * @generated from field: google.protobuf.Timestamp next_period_start = 15;
+   */
+  nextPeriodStart?: Timestamp | undefined;
+
+  /**
+   * The schedule's state.
+   *
+   * @generated from field: creditledger.v1.GrantSchedule.State state = 16;
+   */
+  state: GrantSchedule_State;
+
+  /**
+   * Free-form labels.
+   *
+   * @generated from field: map<string, string> metadata = 17;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * When the schedule was created.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 18;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * The period the schedule was created in: its first.
+   *
+   * @generated from field: int64 first_period = 19;
+   */
+  firstPeriod: bigint;
+};
+
+/**
+ * Describes the message creditledger.v1.GrantSchedule.
+ * Use `create(GrantScheduleSchema)` to create a new message.
+ */
+export const GrantScheduleSchema: GenMessage<GrantSchedule> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 24);
+
+/**
+ * How long a period is.
+ *
+ * @generated from enum creditledger.v1.GrantSchedule.PeriodUnit
+ */
+export enum GrantSchedule_PeriodUnit {
+  /**
+   * Never used.
+   *
+   * @generated from enum value: PERIOD_UNIT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * period_count calendar months, on the anchor's day clamped to the month's end.
+   *
+   * @generated from enum value: PERIOD_UNIT_MONTH = 1;
+   */
+  MONTH = 1,
+
+  /**
+   * period_count weeks of local wall-clock time.
+   *
+   * @generated from enum value: PERIOD_UNIT_WEEK = 2;
+   */
+  WEEK = 2,
+
+  /**
+   * period_count days of local wall-clock time.
+   *
+   * @generated from enum value: PERIOD_UNIT_DAY = 3;
+   */
+  DAY = 3,
+
+  /**
+   * period_count seconds, whatever the time zone.
+   *
+   * @generated from enum value: PERIOD_UNIT_FIXED = 4;
+   */
+  FIXED = 4,
+}
+
+/**
+ * Describes the enum creditledger.v1.GrantSchedule.PeriodUnit.
+ */
+export const GrantSchedule_PeriodUnitSchema: GenEnum<GrantSchedule_PeriodUnit> = /*@__PURE__*/
+  enumDesc(file_creditledger_v1_ledger, 24, 0);
+
+/**
+ * State of a schedule.
+ *
+ * @generated from enum creditledger.v1.GrantSchedule.State
+ */
+export enum GrantSchedule_State {
+  /**
+   * Never used.
+   *
+   * @generated from enum value: STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Issuing its periods.
+   *
+   * @generated from enum value: STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * Cancelled: no period starts after the cancel.
+   *
+   * @generated from enum value: STATE_CANCELLED = 2;
+   */
+  CANCELLED = 2,
+}
+
+/**
+ * Describes the enum creditledger.v1.GrantSchedule.State.
+ */
+export const GrantSchedule_StateSchema: GenEnum<GrantSchedule_State> = /*@__PURE__*/
+  enumDesc(file_creditledger_v1_ledger, 24, 1);
+
+/**
+ * Request of CreateGrantSchedule.
+ *
+ * @generated from message creditledger.v1.CreateGrantScheduleRequest
+ */
+export type CreateGrantScheduleRequest = Message<"creditledger.v1.CreateGrantScheduleRequest"> & {
+  /**
+   * The account to credit; it must exist.
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * The asset: 1-64 chars of [a-z0-9_].
+   *
+   * @generated from field: string asset = 2;
+   */
+  asset: string;
+
+  /**
+   * Credits per period, 1 to 10^15.
+   *
+   * @generated from field: int64 amount = 3;
+   */
+  amount: bigint;
+
+  /**
+   * The unit of a period.
+   *
+   * @generated from field: creditledger.v1.GrantSchedule.PeriodUnit period_unit = 4;
+   */
+  periodUnit: GrantSchedule_PeriodUnit;
+
+  /**
+   * Units per period: months 1-120, weeks 1-520, days 1-3660, fixed seconds 60 to 3660 days.
+   *
+   * @generated from field: int64 period_count = 5;
+   */
+  periodCount: bigint;
+
+  /**
+   * Where period 0 starts; unset means now. May be in the past: the period
+   * that contains now is the first issued, none before it.
+   *
+   * @generated from field: google.protobuf.Timestamp anchor = 6;
+   */
+  anchor?: Timestamp | undefined;
+
+  /**
+   * IANA time zone of calendar periods (wall-clock time kept across DST); empty means UTC.
+   *
+   * @generated from field: string time_zone = 7;
+   */
+  timeZone: string;
+
+  /**
+   * No period starts at or after it; unset means never. Must be in the future.
+   *
+   * @generated from field: google.protobuf.Timestamp end = 8;
+   */
+  end?: Timestamp | undefined;
+
+  /**
+   * Each period lot's priority; unset means 100.
+   *
+   * @generated from field: optional int32 priority = 9;
+   */
+  priority?: number | undefined;
+
+  /**
+   * Each period lot's category (as Grant's); empty means "allowance".
+   *
+   * @generated from field: string category = 10;
+   */
+  category: string;
+
+  /**
+   * How long each period's lot lives, 1 s to 3660 days; unset: to its period's end.
+   *
+   * @generated from field: google.protobuf.Duration lot_life = 11;
+   */
+  lotLife?: Duration | undefined;
+
+  /**
+   * The rollover at each period's end; unset: none.
+   *
+   * @generated from field: creditledger.v1.Rollover rollover = 12;
+   */
+  rollover?: Rollover | undefined;
+
+  /**
+   * 1-128 printable ASCII chars; the first outcome of a key is final.
+   *
+   * @generated from field: string idempotency_key = 13;
+   */
+  idempotencyKey: string;
+
+  /**
+   * Free-form labels; at most 32 entries, keys <= 64 and values <= 512 bytes.
+   *
+   * @generated from field: map<string, string> metadata = 14;
+   */
+  metadata: { [key: string]: string };
+};
+
+/**
+ * Describes the message creditledger.v1.CreateGrantScheduleRequest.
+ * Use `create(CreateGrantScheduleRequestSchema)` to create a new message.
+ */
+export const CreateGrantScheduleRequestSchema: GenMessage<CreateGrantScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 25);
+
+/**
+ * Response of CreateGrantSchedule.
+ *
+ * @generated from message creditledger.v1.CreateGrantScheduleResponse
+ */
+export type CreateGrantScheduleResponse = Message<"creditledger.v1.CreateGrantScheduleResponse"> & {
+  /**
+   * The schedule created.
+   *
+   * @generated from field: creditledger.v1.GrantSchedule schedule = 1;
+   */
+  schedule?: GrantSchedule | undefined;
+
+  /**
+   * The balance after its first period was issued.
+   *
+   * @generated from field: creditledger.v1.Balance balance = 2;
+   */
+  balance?: Balance | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.CreateGrantScheduleResponse.
+ * Use `create(CreateGrantScheduleResponseSchema)` to create a new message.
+ */
+export const CreateGrantScheduleResponseSchema: GenMessage<CreateGrantScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 26);
+
+/**
+ * Request of GetGrantSchedule.
+ *
+ * @generated from message creditledger.v1.GetGrantScheduleRequest
+ */
+export type GetGrantScheduleRequest = Message<"creditledger.v1.GetGrantScheduleRequest"> & {
+  /**
+   * The schedule to read.
+   *
+   * @generated from field: string schedule_id = 1;
+   */
+  scheduleId: string;
+};
+
+/**
+ * Describes the message creditledger.v1.GetGrantScheduleRequest.
+ * Use `create(GetGrantScheduleRequestSchema)` to create a new message.
+ */
+export const GetGrantScheduleRequestSchema: GenMessage<GetGrantScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 27);
+
+/**
+ * Response of GetGrantSchedule.
+ *
+ * @generated from message creditledger.v1.GetGrantScheduleResponse
+ */
+export type GetGrantScheduleResponse = Message<"creditledger.v1.GetGrantScheduleResponse"> & {
+  /**
+   * The schedule, its due periods issued.
+   *
+   * @generated from field: creditledger.v1.GrantSchedule schedule = 1;
+   */
+  schedule?: GrantSchedule | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.GetGrantScheduleResponse.
+ * Use `create(GetGrantScheduleResponseSchema)` to create a new message.
+ */
+export const GetGrantScheduleResponseSchema: GenMessage<GetGrantScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 28);
+
+/**
+ * Request of CancelGrantSchedule.
+ *
+ * @generated from message creditledger.v1.CancelGrantScheduleRequest
+ */
+export type CancelGrantScheduleRequest = Message<"creditledger.v1.CancelGrantScheduleRequest"> & {
+  /**
+   * The schedule to cancel.
+   *
+   * @generated from field: string schedule_id = 1;
+   */
+  scheduleId: string;
+
+  /**
+   * Also void the unheld remainder of the schedule's live lots.
+   *
+   * @generated from field: bool void_remainder = 2;
+   */
+  voidRemainder: boolean;
+
+  /**
+   * 1-128 printable ASCII chars; the first outcome of a key is final.
+   *
+   * @generated from field: string idempotency_key = 3;
+   */
+  idempotencyKey: string;
+};
+
+/**
+ * Describes the message creditledger.v1.CancelGrantScheduleRequest.
+ * Use `create(CancelGrantScheduleRequestSchema)` to create a new message.
+ */
+export const CancelGrantScheduleRequestSchema: GenMessage<CancelGrantScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 29);
+
+/**
+ * Response of CancelGrantSchedule.
+ *
+ * @generated from message creditledger.v1.CancelGrantScheduleResponse
+ */
+export type CancelGrantScheduleResponse = Message<"creditledger.v1.CancelGrantScheduleResponse"> & {
+  /**
+   * The schedule after the cancel.
+   *
+   * @generated from field: creditledger.v1.GrantSchedule schedule = 1;
+   */
+  schedule?: GrantSchedule | undefined;
+
+  /**
+   * The balance after the cancel.
+   *
+   * @generated from field: creditledger.v1.Balance balance = 2;
+   */
+  balance?: Balance | undefined;
+};
+
+/**
+ * Describes the message creditledger.v1.CancelGrantScheduleResponse.
+ * Use `create(CancelGrantScheduleResponseSchema)` to create a new message.
+ */
+export const CancelGrantScheduleResponseSchema: GenMessage<CancelGrantScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_creditledger_v1_ledger, 30);
+
+/**
  * Request of VoidGrant.
  *
  * @generated from message creditledger.v1.VoidGrantRequest
@@ -1265,7 +1807,7 @@ export type VoidGrantRequest = Message<"creditledger.v1.VoidGrantRequest"> & {
  * Use `create(VoidGrantRequestSchema)` to create a new message.
  */
 export const VoidGrantRequestSchema: GenMessage<VoidGrantRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 23);
+  messageDesc(file_creditledger_v1_ledger, 31);
 
 /**
  * Response of VoidGrant.
@@ -1300,7 +1842,7 @@ export type VoidGrantResponse = Message<"creditledger.v1.VoidGrantResponse"> & {
  * Use `create(VoidGrantResponseSchema)` to create a new message.
  */
 export const VoidGrantResponseSchema: GenMessage<VoidGrantResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 24);
+  messageDesc(file_creditledger_v1_ledger, 32);
 
 /**
  * Request of Charge.
@@ -1349,7 +1891,7 @@ export type ChargeRequest = Message<"creditledger.v1.ChargeRequest"> & {
  * Use `create(ChargeRequestSchema)` to create a new message.
  */
 export const ChargeRequestSchema: GenMessage<ChargeRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 25);
+  messageDesc(file_creditledger_v1_ledger, 33);
 
 /**
  * Response of Charge.
@@ -1377,7 +1919,7 @@ export type ChargeResponse = Message<"creditledger.v1.ChargeResponse"> & {
  * Use `create(ChargeResponseSchema)` to create a new message.
  */
 export const ChargeResponseSchema: GenMessage<ChargeResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 26);
+  messageDesc(file_creditledger_v1_ledger, 34);
 
 /**
  * Request of GetReservation.
@@ -1398,7 +1940,7 @@ export type GetReservationRequest = Message<"creditledger.v1.GetReservationReque
  * Use `create(GetReservationRequestSchema)` to create a new message.
  */
 export const GetReservationRequestSchema: GenMessage<GetReservationRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 27);
+  messageDesc(file_creditledger_v1_ledger, 35);
 
 /**
  * Response of GetReservation.
@@ -1419,7 +1961,7 @@ export type GetReservationResponse = Message<"creditledger.v1.GetReservationResp
  * Use `create(GetReservationResponseSchema)` to create a new message.
  */
 export const GetReservationResponseSchema: GenMessage<GetReservationResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 28);
+  messageDesc(file_creditledger_v1_ledger, 36);
 
 /**
  * Request of GetReservationGroup.
@@ -1440,7 +1982,7 @@ export type GetReservationGroupRequest = Message<"creditledger.v1.GetReservation
  * Use `create(GetReservationGroupRequestSchema)` to create a new message.
  */
 export const GetReservationGroupRequestSchema: GenMessage<GetReservationGroupRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 29);
+  messageDesc(file_creditledger_v1_ledger, 37);
 
 /**
  * Response of GetReservationGroup.
@@ -1461,7 +2003,7 @@ export type GetReservationGroupResponse = Message<"creditledger.v1.GetReservatio
  * Use `create(GetReservationGroupResponseSchema)` to create a new message.
  */
 export const GetReservationGroupResponseSchema: GenMessage<GetReservationGroupResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 30);
+  messageDesc(file_creditledger_v1_ledger, 38);
 
 /**
  * Request of GetBalance.
@@ -1503,7 +2045,7 @@ export type GetBalanceRequest = Message<"creditledger.v1.GetBalanceRequest"> & {
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 31);
+  messageDesc(file_creditledger_v1_ledger, 39);
 
 /**
  * Response of GetBalance.
@@ -1538,7 +2080,7 @@ export type GetBalanceResponse = Message<"creditledger.v1.GetBalanceResponse"> &
  * Use `create(GetBalanceResponseSchema)` to create a new message.
  */
 export const GetBalanceResponseSchema: GenMessage<GetBalanceResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 32);
+  messageDesc(file_creditledger_v1_ledger, 40);
 
 /**
  * Request of ListEntries.
@@ -1580,7 +2122,7 @@ export type ListEntriesRequest = Message<"creditledger.v1.ListEntriesRequest"> &
  * Use `create(ListEntriesRequestSchema)` to create a new message.
  */
 export const ListEntriesRequestSchema: GenMessage<ListEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 33);
+  messageDesc(file_creditledger_v1_ledger, 41);
 
 /**
  * Response of ListEntries.
@@ -1608,7 +2150,7 @@ export type ListEntriesResponse = Message<"creditledger.v1.ListEntriesResponse">
  * Use `create(ListEntriesResponseSchema)` to create a new message.
  */
 export const ListEntriesResponseSchema: GenMessage<ListEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 34);
+  messageDesc(file_creditledger_v1_ledger, 42);
 
 /**
  * One command of a batch: the request message of its single-call RPC.
@@ -1677,7 +2219,7 @@ export type BatchCommand = Message<"creditledger.v1.BatchCommand"> & {
  * Use `create(BatchCommandSchema)` to create a new message.
  */
 export const BatchCommandSchema: GenMessage<BatchCommand> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 35);
+  messageDesc(file_creditledger_v1_ledger, 43);
 
 /**
  * Request of SubmitBatch.
@@ -1706,7 +2248,7 @@ export type SubmitBatchRequest = Message<"creditledger.v1.SubmitBatchRequest"> &
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 36);
+  messageDesc(file_creditledger_v1_ledger, 44);
 
 /**
  * The outcome of one command of a batch.
@@ -1792,7 +2334,7 @@ export type BatchOutcome = Message<"creditledger.v1.BatchOutcome"> & {
  * Use `create(BatchOutcomeSchema)` to create a new message.
  */
 export const BatchOutcomeSchema: GenMessage<BatchOutcome> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 37);
+  messageDesc(file_creditledger_v1_ledger, 45);
 
 /**
  * Response of SubmitBatch.
@@ -1813,7 +2355,7 @@ export type SubmitBatchResponse = Message<"creditledger.v1.SubmitBatchResponse">
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 38);
+  messageDesc(file_creditledger_v1_ledger, 46);
 
 /**
  * Request of ListReservations.
@@ -1865,7 +2407,7 @@ export type ListReservationsRequest = Message<"creditledger.v1.ListReservationsR
  * Use `create(ListReservationsRequestSchema)` to create a new message.
  */
 export const ListReservationsRequestSchema: GenMessage<ListReservationsRequest> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 39);
+  messageDesc(file_creditledger_v1_ledger, 47);
 
 /**
  * Response of ListReservations.
@@ -1893,7 +2435,7 @@ export type ListReservationsResponse = Message<"creditledger.v1.ListReservations
  * Use `create(ListReservationsResponseSchema)` to create a new message.
  */
 export const ListReservationsResponseSchema: GenMessage<ListReservationsResponse> = /*@__PURE__*/
-  messageDesc(file_creditledger_v1_ledger, 40);
+  messageDesc(file_creditledger_v1_ledger, 48);
 
 /**
  * The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -2081,6 +2623,20 @@ export enum ErrorReason {
    * @generated from enum value: ERROR_REASON_AMOUNT_EXCEEDS_UNSPENT = 34;
    */
   AMOUNT_EXCEEDS_UNSPENT = 34,
+
+  /**
+   * NOT_FOUND: no such grant schedule.
+   *
+   * @generated from enum value: ERROR_REASON_SCHEDULE_NOT_FOUND = 35;
+   */
+  SCHEDULE_NOT_FOUND = 35,
+
+  /**
+   * FAILED_PRECONDITION: the account and asset already have the most active schedules (16).
+   *
+   * @generated from enum value: ERROR_REASON_SCHEDULE_LIMIT_EXCEEDED = 36;
+   */
+  SCHEDULE_LIMIT_EXCEEDED = 36,
 }
 
 /**
@@ -2269,6 +2825,40 @@ export const LedgerService: GenService<{
     methodKind: "unary";
     input: typeof VoidGrantRequestSchema;
     output: typeof VoidGrantResponseSchema;
+  },
+  /**
+   * CreateGrantSchedule makes a grant that renews itself: period n's lot is
+   * issued exactly once, keyed (schedule, n), and is there for every read and
+   * spend from the instant period n starts, whether or not background work ran.
+   * The period the schedule is created in is issued at once. Needs the grant permission.
+   *
+   * @generated from rpc creditledger.v1.LedgerService.CreateGrantSchedule
+   */
+  createGrantSchedule: {
+    methodKind: "unary";
+    input: typeof CreateGrantScheduleRequestSchema;
+    output: typeof CreateGrantScheduleResponseSchema;
+  },
+  /**
+   * GetGrantSchedule reads a schedule as it is now (its due periods issued).
+   *
+   * @generated from rpc creditledger.v1.LedgerService.GetGrantSchedule
+   */
+  getGrantSchedule: {
+    methodKind: "unary";
+    input: typeof GetGrantScheduleRequestSchema;
+    output: typeof GetGrantScheduleResponseSchema;
+  },
+  /**
+   * CancelGrantSchedule issues no period that starts after now; the current
+   * period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
+   *
+   * @generated from rpc creditledger.v1.LedgerService.CancelGrantSchedule
+   */
+  cancelGrantSchedule: {
+    methodKind: "unary";
+    input: typeof CancelGrantScheduleRequestSchema;
+    output: typeof CancelGrantScheduleResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_creditledger_v1_ledger, 0);

@@ -1,0 +1,266 @@
+"""Issue 23, part 2: grant schedules, through the real stubs, on a server whose
+clock and sweeper move only when the test says. Every value is written by hand."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import pytest
+from creditledger.v1 import ledger_pb2 as pb
+from google.protobuf import timestamp_pb2
+
+from ledger.domain import limits
+from tests.support.manual_server import ServerThread
+from tests.support.rpc import error_info
+from tests.support.verify import assert_ledger_consistent
+
+ASSET = "crm_credits"
+MONTHLY = pb.GrantSchedule.PERIOD_UNIT_MONTH
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[ServerThread]:
+    """A server of its own per test: each test moves the clock from 2030-01-01."""
+    s = ServerThread(database_url)
+    yield s
+    s.close()
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+def ts(t: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(t)
+    return out
+
+
+def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=UTC)
+
+
+def account(s: ServerThread) -> str:
+    acct = f"sched-{uuid.uuid4().hex[:12]}"
+    s.stub.CreateAccount(pb.CreateAccountRequest(account_id=acct))
+    return acct
+
+
+def monthly(s: ServerThread, acct: str, amount: int, **fields: object) -> pb.GrantSchedule:
+    req = pb.CreateGrantScheduleRequest(
+        account_id=acct,
+        asset=ASSET,
+        amount=amount,
+        period_unit=MONTHLY,
+        period_count=1,
+        idempotency_key=str(fields.pop("idempotency_key", key())),
+    )
+    for name, value in fields.items():
+        if isinstance(value, pb.Rollover | timestamp_pb2.Timestamp):
+            getattr(req, name).CopyFrom(value)
+        else:
+            setattr(req, name, value)
+    resp: pb.CreateGrantScheduleResponse = s.stub.CreateGrantSchedule(req)
+    return resp.schedule
+
+
+def available(s: ServerThread, acct: str) -> int:
+    got = s.stub.GetBalance(pb.GetBalanceRequest(account_id=acct, asset=ASSET))
+    return int(got.balance.available)
+
+
+def lots(s: ServerThread, acct: str) -> list[tuple[str, int | None, int, int]]:
+    """(category, period, amount, remaining) of each live lot, in spend order."""
+    got = s.stub.GetBalance(pb.GetBalanceRequest(account_id=acct, asset=ASSET, include_lots=True))
+    return [
+        (lot.category, lot.period if lot.HasField("period") else None, lot.amount, lot.remaining)
+        for lot in got.lots
+    ]
+
+
+def charge(s: ServerThread, acct: str, amount: int) -> None:
+    s.stub.Charge(
+        pb.ChargeRequest(account_id=acct, asset=ASSET, amount=amount, idempotency_key=key())
+    )
+
+
+def totals(s: ServerThread, acct: str) -> dict[int, int]:
+    """Sum of the account's entries by movement (system accounts excluded)."""
+    out: dict[int, int] = {}
+    token = ""
+    while True:
+        page = s.stub.ListEntries(
+            pb.ListEntriesRequest(account_id=acct, asset=ASSET, page_size=1000, page_token=token)
+        )
+        for e in page.entries:
+            out[e.movement] = out.get(e.movement, 0) + e.amount
+        token = page.next_page_token
+        if not token:
+            return out
+
+
+async def _period_rows(url: str, schedule_id: str) -> list[tuple[int, str, int]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT period, category, amount FROM lots WHERE schedule_id = $1::uuid"
+            " ORDER BY period, category",
+            schedule_id,
+        )
+    finally:
+        await conn.close()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def half() -> pb.Rollover:
+    return pb.Rollover(cap_percent=50)
+
+
+def test_the_period_is_there_at_the_instant_it_starts_with_its_rollover(
+    server: ServerThread,
+) -> None:
+    acct = account(server)
+    s = monthly(server, acct, 100, rollover=half())
+    assert (s.first_period, s.next_period) == (0, 1)
+    assert s.next_period_start.ToDatetime(tzinfo=UTC) == utc(2030, 2, 1)
+    assert available(server, acct) == 100
+    charge(server, acct, 30)
+    server.advance(timedelta(days=31))  # exactly Feb 1, 00:00: nothing has run
+    # January's 70 left: 50 rolled over (50% of 100), 20 expired; February's 100.
+    assert available(server, acct) == 150
+    assert lots(server, acct) == [("rollover", 0, 50, 50), ("allowance", 1, 100, 100)]
+    charge(server, acct, 60)  # the rollover first (same expiry, rollover before allowance)
+    assert lots(server, acct) == [("allowance", 1, 100, 90)]
+    server.advance(timedelta(microseconds=-1))
+    # A microsecond before March: still February.
+    server.advance(timedelta(days=28))
+    assert available(server, acct) == 90
+    server.advance(timedelta(microseconds=1))  # Mar 1
+    assert available(server, acct) == 50 + 100
+    server.sweep()
+    moved = totals(server, acct)
+    assert moved[pb.Entry.MOVEMENT_GRANT] == 300
+    assert moved[pb.Entry.MOVEMENT_SETTLE] == -90
+    assert moved[pb.Entry.MOVEMENT_LOT_EXPIRY] == -(20 + 40)
+    assert moved[pb.Entry.MOVEMENT_ROLLOVER] == 0  # out of one lot, into another
+    rows = server.run(_period_rows(server.database_url, s.schedule_id))
+    assert rows == [
+        (0, "allowance", 100),
+        (0, "rollover", 50),
+        (1, "allowance", 100),
+        (1, "rollover", 50),
+        (2, "allowance", 100),
+    ]
+    server.run(assert_ledger_consistent(server.database_url))
+
+
+def test_an_outage_of_three_periods_issues_and_writes_off_each_visibly(
+    server: ServerThread,
+) -> None:
+    acct = account(server)
+    s = monthly(server, acct, 100, rollover=pb.Rollover(cap_amount=30))
+    charge(server, acct, 10)
+    server.advance(utc(2030, 5, 15) - server.clock.now())  # Feb, Mar, Apr missed
+    # Jan: 90 left, 30 rolled into Feb (to Mar 1), 60 expired. Feb: 100 + 30,
+    # 30 of Feb's own rolled into Mar, 70 + 30 expired. Mar: 100 + 30; Apr: 100 + 30;
+    # May: 100 and April's rollover 30.
+    assert available(server, acct) == 130
+    got = server.stub.GetGrantSchedule(pb.GetGrantScheduleRequest(schedule_id=s.schedule_id))
+    assert got.schedule.next_period == 5
+    server.sweep()
+    moved = totals(server, acct)
+    assert moved[pb.Entry.MOVEMENT_GRANT] == 500
+    assert moved[pb.Entry.MOVEMENT_LOT_EXPIRY] == -(60 + 100 + 100 + 100)
+    rows = server.run(_period_rows(server.database_url, s.schedule_id))
+    assert [r for r in rows if r[1] == "allowance"] == [(n, "allowance", 100) for n in range(5)]
+    assert [r for r in rows if r[1] == "rollover"] == [(n, "rollover", 30) for n in range(4)]
+    server.run(assert_ledger_consistent(server.database_url))
+
+
+def test_a_backlog_longer_than_one_batch_is_issued_in_bounded_batches(
+    server: ServerThread,
+) -> None:
+    acct = account(server)
+    daily = server.stub.CreateGrantSchedule(
+        pb.CreateGrantScheduleRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=5,
+            period_unit=pb.GrantSchedule.PERIOD_UNIT_DAY,
+            period_count=1,
+            idempotency_key=key(),
+        )
+    ).schedule
+    days = limits.SCHEDULE_PERIODS_PER_BATCH_MAX * 2 + 10
+    server.advance(timedelta(days=days))
+    assert available(server, acct) == 5  # a read issues the backlog in memory
+    charge(server, acct, 5)  # the writer first issues it in bounded batches
+    got = server.stub.GetGrantSchedule(pb.GetGrantScheduleRequest(schedule_id=daily.schedule_id))
+    assert got.schedule.next_period == days + 1
+    rows = server.run(_period_rows(server.database_url, daily.schedule_id))
+    assert [r[0] for r in rows] == list(range(days + 1))
+    server.run(assert_ledger_consistent(server.database_url))
+
+
+def test_a_schedule_created_mid_period_gets_that_period_at_once_and_none_before(
+    server: ServerThread,
+) -> None:
+    acct = account(server)
+    server.advance(timedelta(days=9, hours=12))  # Jan 10, noon
+    s = monthly(server, acct, 100, anchor=ts(utc(2029, 11, 30)))
+    # Periods: Nov 30, Dec 30, Jan 30 (clamped from the 30th): Jan 10 is in period 1.
+    assert (s.first_period, s.next_period) == (1, 2)
+    assert s.next_period_start.ToDatetime(tzinfo=UTC) == utc(2030, 1, 30)
+    assert lots(server, acct) == [("allowance", 1, 100, 100)]
+
+
+def test_create_replays_cancel_stops_and_voids(server: ServerThread) -> None:
+    acct = account(server)
+    k = key()
+    first = monthly(server, acct, 100, idempotency_key=k)
+    again = monthly(server, acct, 100, idempotency_key=k)
+    assert again.schedule_id == first.schedule_id
+    assert available(server, acct) == 100  # issued once
+    with pytest.raises(grpc.RpcError) as err:
+        monthly(server, acct, 200, idempotency_key=k)
+    assert error_info(err.value).reason == "IDEMPOTENCY_KEY_REUSED"
+    charge(server, acct, 40)
+    server.advance(timedelta(days=3))
+    cancelled = server.stub.CancelGrantSchedule(
+        pb.CancelGrantScheduleRequest(
+            schedule_id=first.schedule_id, void_remainder=True, idempotency_key=key()
+        )
+    )
+    assert cancelled.schedule.state == pb.GrantSchedule.STATE_CANCELLED
+    assert not cancelled.schedule.HasField("next_period_start")
+    assert cancelled.balance.available == 0
+    server.advance(timedelta(days=60))
+    assert available(server, acct) == 0  # no period after the cancel
+    with pytest.raises(grpc.RpcError) as err:
+        server.stub.GetGrantSchedule(pb.GetGrantScheduleRequest(schedule_id=str(uuid.uuid4())))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(err.value).reason == "SCHEDULE_NOT_FOUND"
+    server.run(assert_ledger_consistent(server.database_url))
+
+
+def test_bad_schedules_are_invalid_argument_naming_the_field(server: ServerThread) -> None:
+    acct = account(server)
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"period_count": 0}, "period_count"),
+        ({"period_count": 121}, "period_count"),
+        ({"time_zone": "Mars/Olympus"}, "time_zone"),
+        ({"category": "bonus"}, "category"),
+        ({"rollover": pb.Rollover(cap_percent=101)}, "rollover.cap_percent"),
+        ({"end": ts(utc(2029, 1, 1))}, "end"),
+    ]
+    for fields, field in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            monthly(server, acct, 100, **fields)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+        assert field in (err.value.details() or ""), (fields, err.value.details())
