@@ -14,6 +14,7 @@ from creditledger.v1 import ledger_pb2 as pb
 from google.protobuf import timestamp_pb2
 
 from ledger.domain import limits
+from ledger.storage.verify import verify
 from tests.support.manual_server import ServerThread
 from tests.support.rpc import error_info
 from tests.support.verify import assert_ledger_consistent
@@ -264,3 +265,43 @@ def test_bad_schedules_are_invalid_argument_naming_the_field(server: ServerThrea
             monthly(server, acct, 100, **fields)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
         assert field in (err.value.details() or ""), (fields, err.value.details())
+
+
+async def _verify_after(url: str, sql: str, schedule_id: str) -> set[str]:
+    """The checks `ledger verify` fails after `sql` (run as the owner, on purpose)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql, schedule_id)
+    finally:
+        await conn.close()
+    return set((await verify(url)).violations)
+
+
+def test_verify_proves_each_period_once_and_rollover_within_its_cap(server: ServerThread) -> None:
+    acct = account(server)
+    s = monthly(server, acct, 100, rollover=pb.Rollover(cap_percent=50))
+    server.advance(timedelta(days=31))
+    assert available(server, acct) == 150
+    server.sweep()
+    server.run(assert_ledger_consistent(server.database_url))
+    url, sid = server.database_url, s.schedule_id
+    broken = server.run(
+        _verify_after(
+            url, "UPDATE grant_schedules SET next_period = 3 WHERE schedule_id = $1::uuid", sid
+        )
+    )
+    assert "schedule_periods_issued_once" in broken
+    server.run(
+        _verify_after(
+            url, "UPDATE grant_schedules SET next_period = 2 WHERE schedule_id = $1::uuid", sid
+        )
+    )
+    # A rollover above its cap (50% of 100), balanced by hand so that only the cap is wrong.
+    broken = server.run(
+        _verify_after(
+            url,
+            "UPDATE lots SET amount = 60 WHERE schedule_id = $1::uuid AND category = 'rollover'",
+            sid,
+        )
+    )
+    assert broken == {"rollover_within_cap"}
