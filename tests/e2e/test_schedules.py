@@ -3,16 +3,21 @@ clock and sweeper move only when the test says. Every value is written by hand."
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
+from creditledger.v1 import ledger_pb2_grpc
 from google.protobuf import timestamp_pb2
 
+from ledger.app import App
+from ledger.config import Config
 from ledger.domain import limits
 from ledger.storage.verify import verify
 from tests.support.manual_server import ServerThread
@@ -305,3 +310,193 @@ def test_verify_proves_each_period_once_and_rollover_within_its_cap(server: Serv
         )
     )
     assert broken == {"rollover_within_cap"}
+
+
+# ---------------------------------------------------------------- the proofs
+
+
+class Replica:
+    """One more App on the manual server's database, clock and event loop."""
+
+    def __init__(self, s: ServerThread) -> None:
+        self.s = s
+        self.app = App(
+            Config(
+                listen="127.0.0.1:0",
+                database_url=s.database_url,
+                metrics_listen="",
+                sweep_interval_s=86400.0,
+                drain_s=0.5,
+            ),
+            clock=s.clock,
+        )
+        s.run(self.app.start())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.app.port}")
+        self.stub = ledger_pb2_grpc.LedgerServiceStub(self.channel)
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.s.run(self.app.stop())
+
+
+def _month_starts() -> list[datetime]:
+    return [utc(2030 + (m // 12), m % 12 + 1, 1) for m in range(15)]
+
+
+def test_fourteen_months_rollover_capped_at_half_restart_outage_two_replicas(
+    server: ServerThread,
+) -> None:
+    """A monthly allowance of 1000 with rollover capped at 50%, 10 credits spent
+    every day at noon through two replicas in turn, the first replica restarted
+    on April 15, nothing at all running July to September. Values by hand:
+    January spends 310 of its 1000: 500 rolls over, 190 expires. Every later
+    month starts with 500 rolled over + 1000 and spends from the rollover first
+    (same expiry, rollover before allowance), so its allowance is untouched:
+    500 rolls over, 500 expires, and what the month did not spend of the
+    rollover it received expires (all 500 in the outage months)."""
+    a, b = Replica(server), Replica(server)
+    replicas = [a, b]
+    try:
+        acct = f"sched-{uuid.uuid4().hex[:12]}"
+        a.stub.CreateAccount(pb.CreateAccountRequest(account_id=acct))
+        sid = a.stub.CreateGrantSchedule(
+            pb.CreateGrantScheduleRequest(
+                account_id=acct,
+                asset=ASSET,
+                amount=1000,
+                period_unit=MONTHLY,
+                period_count=1,
+                rollover=pb.Rollover(cap_percent=50),
+                idempotency_key=key(),
+            )
+        ).schedule.schedule_id
+        starts = _month_starts()
+        spent_days = 0
+        turn = 0
+        for m in range(14):
+            month_start = starts[m]
+            server.advance(month_start - server.clock.now())
+            stub = replicas[turn % 2].stub
+            if m not in (6, 7, 8):  # July to September: nothing runs, nobody reads
+                got = stub.GetBalance(
+                    pb.GetBalanceRequest(account_id=acct, asset=ASSET, include_lots=True)
+                )
+                expected = (
+                    [("allowance", 0, 1000, 1000)]
+                    if m == 0
+                    else [("rollover", m - 1, 500, 500), ("allowance", m, 1000, 1000)]
+                )
+                shown = [(x.category, x.period, x.amount, x.remaining) for x in got.lots]
+                assert shown == expected, (month_start, shown)
+                assert got.balance.available == (1000 if m == 0 else 1500), month_start
+            day = month_start + timedelta(hours=12)
+            while day < starts[m + 1]:
+                if m not in (6, 7, 8):
+                    server.advance(day - server.clock.now())
+                    replicas[turn % 2].stub.Charge(
+                        pb.ChargeRequest(
+                            account_id=acct, asset=ASSET, amount=10, idempotency_key=key()
+                        )
+                    )
+                    turn += 1
+                    spent_days += 1
+                if m == 3 and day.day == 15:  # restart the first replica mid-April
+                    a.stop()
+                    a = Replica(server)
+                    replicas[0] = a
+                day += timedelta(days=1)
+        server.advance(starts[14] - server.clock.now())
+        got = b.stub.GetBalance(pb.GetBalanceRequest(account_id=acct, asset=ASSET))
+        assert got.balance.available == 1500
+        assert spent_days == 332
+        assert got.balance.settled == 3320
+        assert got.balance.granted == 15 * 1000
+        assert got.balance.expired == (190 + 13 * 500) + (13 * 500 - 3010)
+        assert got.balance.granted == (
+            got.balance.settled + got.balance.expired + got.balance.available
+        )
+        schedule = b.stub.GetGrantSchedule(pb.GetGrantScheduleRequest(schedule_id=sid)).schedule
+        assert schedule.next_period == 15
+        a.stub.Charge(  # written down: every period up to now
+            pb.ChargeRequest(account_id=acct, asset=ASSET, amount=1, idempotency_key=key())
+        )
+        rows = server.run(_period_rows(server.database_url, sid))
+        assert [r for r in rows if r[1] == "allowance"] == [
+            (n, "allowance", 1000) for n in range(15)
+        ]
+        assert [r for r in rows if r[1] == "rollover"] == [(n, "rollover", 500) for n in range(14)]
+        server.run(assert_ledger_consistent(server.database_url))
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+async def _settled_by_period(url: str, acct: str) -> list[tuple[datetime, int]]:
+    """(instant, period of the lot) of every credit the account settled."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT e.created_at, l.period, -e.amount AS n FROM entries e JOIN lots l USING (lot_id)"
+            " WHERE e.account_id = $1 AND e.movement = 'settle' AND e.bucket <> 'system'",
+            acct,
+        )
+    finally:
+        await conn.close()
+    return [(r[0], r[1]) for r in rows for _ in range(r[2])]
+
+
+def test_200_spends_racing_a_period_boundary_on_two_replicas(server: ServerThread) -> None:
+    """60 credits a month. 200 charges of 1 race on two replicas while the clock
+    reaches March 1 (when the 50th answer comes). Never a credit of February's
+    allowance after its end, never one missed of March's: every credit settled
+    before the boundary came from February's lot (at most 60 of them), and March
+    gives exactly 60 (at least 134 charges were sent after the boundary)."""
+    a, b = Replica(server), Replica(server)
+    try:
+        acct = f"race-{uuid.uuid4().hex[:12]}"
+        a.stub.CreateAccount(pb.CreateAccountRequest(account_id=acct))
+        server.advance(utc(2030, 2, 1) - server.clock.now())
+        a.stub.CreateGrantSchedule(
+            pb.CreateGrantScheduleRequest(
+                account_id=acct,
+                asset=ASSET,
+                amount=60,
+                period_unit=MONTHLY,
+                period_count=1,
+                idempotency_key=key(),
+            )
+        )
+        boundary = utc(2030, 3, 1)
+        server.advance(boundary - timedelta(milliseconds=1) - server.clock.now())
+        done = 0
+        lock = threading.Lock()
+
+        def spend(i: int) -> str:
+            nonlocal done
+            stub = (a, b)[i % 2].stub
+            try:
+                stub.Charge(
+                    pb.ChargeRequest(account_id=acct, asset=ASSET, amount=1, idempotency_key=key())
+                )
+                outcome = "ok"
+            except grpc.RpcError as err:
+                outcome = error_info(err).reason
+            with lock:
+                done += 1
+                if done == 50:
+                    server.clock.t = boundary  # the boundary, mid-race
+            return outcome
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(spend, range(200)))
+        assert set(outcomes) <= {"ok", "INSUFFICIENT_CREDITS"}
+        settled = server.run(_settled_by_period(server.database_url, acct))
+        before = [p for t, p in settled if t < boundary]
+        after = [p for t, p in settled if t >= boundary]
+        assert set(before) <= {0} and len(before) <= 60
+        assert set(after) == {1} and len(after) == 60
+        assert outcomes.count("ok") == len(before) + 60
+        server.run(assert_ledger_consistent(server.database_url))
+    finally:
+        a.stop()
+        b.stop()
