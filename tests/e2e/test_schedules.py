@@ -500,3 +500,42 @@ def test_200_spends_racing_a_period_boundary_on_two_replicas(server: ServerThrea
     finally:
         a.stop()
         b.stop()
+
+
+def test_crm_old_plan_monthly_email_quota_beside_purchased_credits(server: ServerThread) -> None:
+    """The seed's CRM scenario (tests/e2e/test_lots.py, first test), with the
+    quota as a schedule: it renews by itself, purchased credits are untouched
+    by the renewal, and spend order takes the quota first (it expires first)."""
+    acct = account(server)
+    purchased = server.stub.Grant(
+        pb.GrantRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=1000,
+            idempotency_key=key(),
+            source="purchase",
+            category="paid",
+            unit_cost_micros=2_000,
+            cost_currency="EUR",
+        )
+    ).lot
+    monthly(server, acct, 300, category="allowance")
+    charge(server, acct, 250)
+    assert lots(server, acct) == [("allowance", 0, 300, 50), ("paid", None, 1000, 1000)]
+    server.advance(timedelta(days=31))  # Feb 1: the quota renews, the 50 left expire
+    assert lots(server, acct) == [("allowance", 1, 300, 300), ("paid", None, 1000, 1000)]
+    charge(server, acct, 400)  # quota first, then purchased credits
+    assert lots(server, acct) == [("paid", None, 1000, 900)]
+    got = server.stub.GetBalance(
+        pb.GetBalanceRequest(account_id=acct, asset=ASSET, include_lots=True)
+    )
+    (paid,) = got.lots
+    assert (paid.lot_id, paid.unit_cost_micros, paid.cost_currency) == (
+        purchased.lot_id,
+        2_000,
+        "EUR",
+    )
+    assert got.balance.granted == 1000 + 2 * 300
+    assert got.balance.expired == 50
+    server.sweep()
+    server.run(assert_ledger_consistent(server.database_url))
