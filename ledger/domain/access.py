@@ -50,6 +50,7 @@ NEEDED: dict[str, Permission] = {
     "CreateGrantSchedule": Permission.GRANT,
     "CancelGrantSchedule": Permission.GRANT,
     "GetGrantSchedule": Permission.READ,
+    "ListGrantSchedules": Permission.READ,
 }
 
 #: The prefix that stands for every account in a caller file.

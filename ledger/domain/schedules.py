@@ -162,6 +162,22 @@ def roll_over(ws: WorkingSet, lot: Lot) -> Lot | None:
     return new
 
 
+def as_of(s: Schedule, now: datetime) -> Schedule:
+    """A copy of `s` with next_period (and next_start) as catch_up would leave
+    them at `now`, without issuing anything: what a listing shows."""
+    out = snapshot(s)
+    if s.state.value != "active" or s.next_start > now:
+        return out
+    cad = cadence(s)
+    due = cad.period_at(now) + 1
+    if s.ends_at is not None:
+        due = min(due, cad.period_at(s.ends_at - timedelta(microseconds=1)) + 1)
+    if due > out.next_period:
+        out.next_period = due
+        out.next_start = next_start(out)
+    return out
+
+
 def first_period(cad: Cadence, now: datetime) -> int:
     """The first period a schedule created at `now` issues: the one `now` is in
     (a schedule created mid-period gets that period's whole allowance at once),
@@ -190,6 +206,7 @@ __all__ = [
     "ROLLED_SIDE",
     "Cadence",
     "Unit",
+    "as_of",
     "cadence",
     "first_period",
     "issue_due",

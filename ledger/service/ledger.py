@@ -15,7 +15,7 @@ account is only known once it is loaded). Out of scope reads as not found.
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits, rules, schedules
@@ -38,6 +38,8 @@ from ledger.service import batching, groups, pagetoken, scope
 from ledger.service.clock import Clock
 from ledger.service.listing import ReservationQuery, ReservationsPage
 from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
@@ -357,6 +359,50 @@ class Ledger:
         )
         rules.catch_up(ws, s.account_id, s.asset)
         return schedules.snapshot(s)
+
+    async def list_grant_schedules(
+        self, account_id: str, page_size: int, page_token: str, access: Access = LOCAL
+    ) -> tuple[list[Schedule], str]:
+        """An account's grant schedules, oldest first, each as it is now (its due
+        periods counted in next_period). Errors: PermissionDenied, InvalidArgument,
+        AccountNotFound, DatabaseUnavailable."""
+        access.require("ListGrantSchedules")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        if not 0 <= page_size <= limits.PAGE_SIZE_MAX:
+            v.add("page_size", f"must be between 0 and {limits.PAGE_SIZE_MAX} (PAGE_SIZE_MAX)")
+        v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        cursor = pagetoken.decode(page_token, "ListGrantSchedules", (account_id,), 2)
+        after = None
+        if cursor is not None:
+            micros, last_id = cursor
+            if (
+                not isinstance(micros, int)
+                or not isinstance(last_id, str)
+                or not c.is_uuid(last_id)
+            ):
+                raise _invalid("page_token", "is not a token this server made for this query")
+            after = (_EPOCH + timedelta(microseconds=micros), last_id)
+        size = page_size or limits.PAGE_SIZE_DEFAULT
+        try:
+            found = await self._store.list_schedules(account_id, after, size + 1)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if found is None:
+            raise _account_not_found(account_id)
+        page = found[:size]
+        token = ""
+        if len(found) > size:
+            last = page[-1]
+            token = pagetoken.encode(
+                "ListGrantSchedules",
+                (account_id,),
+                ((last.created_at - _EPOCH) // timedelta(microseconds=1), last.schedule_id),
+            )
+        now = self._clock.now()
+        return [schedules.as_of(s, now) for s in page], token
 
     async def get_group(self, group_id: str, access: Access = LOCAL) -> GroupResult:
         """Errors: PermissionDenied, InvalidArgument, ReservationGroupNotFound (also

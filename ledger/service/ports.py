@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ledger.domain import commands as c
-from ledger.domain.model import Account, Entry, Reservation, ReservationState, Result
+from ledger.domain.model import Account, Entry, Reservation, ReservationState, Result, Schedule
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -114,6 +114,13 @@ class Store(Protocol):
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int
     ) -> list[Entry] | None: ...
+
+    async def list_schedules(
+        self, account_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Schedule] | None:
+        """The account's grant schedules by (created_at, schedule_id), after the
+        cursor; None when the account does not exist."""
+        ...
 
     async def list_reservations(
         self,

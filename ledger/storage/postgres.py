@@ -28,6 +28,7 @@ from ledger.domain.model import (
     Movement,
     Reservation,
     ReservationState,
+    Schedule,
 )
 from ledger.domain.rules import PairKey, WorkingSet
 from ledger.observability import metrics
@@ -363,6 +364,14 @@ _LIST_RESERVATIONS: dict[ReservationState | None, tuple[str, bool]] = {
         True,
     ),
 }
+
+
+# ListGrantSchedules: an account's schedules, oldest first (grant_schedules_account).
+_LIST_SCHEDULES = (
+    f"SELECT to_jsonb(s) FROM (SELECT {_SCHEDULE_COLS} FROM grant_schedules WHERE account_id = $1"
+    " AND ($2::timestamptz IS NULL OR (created_at, schedule_id) > ($2, $3::uuid))"
+    " ORDER BY created_at, schedule_id LIMIT $4) AS s"
+)
 
 
 def _reservation_doc(r: Reservation) -> dict[str, Any]:
@@ -872,6 +881,23 @@ class PostgresStore:
                     limit,
                 )
             return [_entry(r) for r in rows]
+
+        return await self._standby_read(run)
+
+    async def list_schedules(
+        self, account_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Schedule] | None:
+        after_at, after_id = after if after is not None else (None, None)
+
+        async def run(conn: asyncpg.Connection) -> list[Schedule] | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if (
+                    await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id)
+                    is None
+                ):
+                    return None
+                rows = await conn.fetch(_LIST_SCHEDULES, account_id, after_at, after_id, limit)
+            return [codec.schedule_from(r[0]) for r in rows]
 
         return await self._standby_read(run)
 

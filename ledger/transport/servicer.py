@@ -98,6 +98,11 @@ class LedgerServicer:
                 pb.GetGrantScheduleRequest,
                 pb.GetGrantScheduleResponse,
             ),
+            "ListGrantSchedules": (
+                self.list_grant_schedules,
+                pb.ListGrantSchedulesRequest,
+                pb.ListGrantSchedulesResponse,
+            ),
             "CancelGrantSchedule": (
                 self.cancel_grant_schedule,
                 pb.CancelGrantScheduleRequest,
@@ -156,6 +161,14 @@ class LedgerServicer:
         return pb.CancelGrantScheduleResponse(
             schedule=convert.schedule(result.schedule), balance=convert.balance(result.balance)
         ), replayed
+
+    async def list_grant_schedules(self, req: pb.ListGrantSchedulesRequest, ctx: Any) -> Reply:
+        found, token = await self._ledger.list_grant_schedules(
+            req.account_id, req.page_size, req.page_token, self._authorize(ctx)
+        )
+        return pb.ListGrantSchedulesResponse(
+            schedules=[convert.schedule(s) for s in found], next_page_token=token
+        ), False
 
     async def get_grant_schedule(self, req: pb.GetGrantScheduleRequest, ctx: Any) -> Reply:
         found = await self._ledger.get_grant_schedule(req.schedule_id, self._authorize(ctx))

@@ -84,6 +84,9 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     async def GetGrantSchedule(self, request: Any, context: Any) -> pb.GetGrantScheduleResponse:
         return pb.GetGrantScheduleResponse(schedule=pb.GrantSchedule())
 
+    async def ListGrantSchedules(self, request: Any, context: Any) -> pb.ListGrantSchedulesResponse:
+        return pb.ListGrantSchedulesResponse()
+
     async def CancelGrantSchedule(
         self, request: Any, context: Any
     ) -> pb.CancelGrantScheduleResponse:

@@ -539,3 +539,33 @@ def test_crm_old_plan_monthly_email_quota_beside_purchased_credits(server: Serve
     assert got.balance.expired == 50
     server.sweep()
     server.run(assert_ledger_consistent(server.database_url))
+
+
+def test_list_grant_schedules_pages_oldest_first_each_as_it_is_now(server: ServerThread) -> None:
+    acct = account(server)
+    made = []
+    for amount in (10, 20, 30):
+        made.append(monthly(server, acct, amount).schedule_id)
+        server.advance(timedelta(seconds=1))
+    server.advance(timedelta(days=40))  # Feb 10: period 1 due, nothing written yet
+    first = server.stub.ListGrantSchedules(
+        pb.ListGrantSchedulesRequest(account_id=acct, page_size=2)
+    )
+    assert [s.schedule_id for s in first.schedules] == made[:2]
+    assert [s.next_period for s in first.schedules] == [2, 2]
+    assert first.next_page_token
+    second = server.stub.ListGrantSchedules(
+        pb.ListGrantSchedulesRequest(account_id=acct, page_size=2, page_token=first.next_page_token)
+    )
+    assert [s.schedule_id for s in second.schedules] == made[2:]
+    assert not second.next_page_token
+    with pytest.raises(grpc.RpcError) as err:
+        server.stub.ListGrantSchedules(
+            pb.ListGrantSchedulesRequest(
+                account_id=account(server), page_token=first.next_page_token
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        server.stub.ListGrantSchedules(pb.ListGrantSchedulesRequest(account_id="nobody-here"))
+    assert error_info(err.value).reason == "ACCOUNT_NOT_FOUND"

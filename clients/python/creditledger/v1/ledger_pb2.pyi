@@ -1729,6 +1729,66 @@ class GetGrantScheduleResponse(_message.Message):
 Global___GetGrantScheduleResponse: _TypeAlias = GetGrantScheduleResponse  # noqa: Y015
 
 @_typing.final
+class ListGrantSchedulesRequest(_message.Message):
+    """Request of ListGrantSchedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account whose schedules to list."""
+    page_size: _builtins.int
+    """1 to 1000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, sent with the same account_id;
+    empty for the first page.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantSchedulesRequest: _TypeAlias = ListGrantSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListGrantSchedulesResponse(_message.Message):
+    """Response of ListGrantSchedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___GrantSchedule]:
+        """Schedules, oldest first (by created_at, then schedule_id)."""
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___GrantSchedule] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantSchedulesResponse: _TypeAlias = ListGrantSchedulesResponse  # noqa: Y015
+
+@_typing.final
 class CancelGrantScheduleRequest(_message.Message):
     """Request of CancelGrantSchedule."""
 

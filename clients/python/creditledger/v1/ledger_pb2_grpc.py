@@ -125,6 +125,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.FromString,
                 _registered_method=True)
+        self.ListGrantSchedules = channel.unary_unary(
+                '/creditledger.v1.LedgerService/ListGrantSchedules',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.FromString,
+                _registered_method=True)
         self.CancelGrantSchedule = channel.unary_unary(
                 '/creditledger.v1.LedgerService/CancelGrantSchedule',
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
@@ -280,6 +285,14 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListGrantSchedules(self, request, context):
+        """ListGrantSchedules lists an account's grant schedules, oldest first, each
+        as it is now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelGrantSchedule(self, request, context):
         """CancelGrantSchedule issues no period that starts after now; the current
         period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
@@ -380,6 +393,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetGrantSchedule,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.SerializeToString,
+            ),
+            'ListGrantSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrantSchedules,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.SerializeToString,
             ),
             'CancelGrantSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelGrantSchedule,
@@ -874,6 +892,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/GetGrantSchedule',
             creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrantSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/ListGrantSchedules',
+            creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,6 +101,10 @@ class LedgerServiceStub:
     """
     GetGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetGrantScheduleRequest, _ledger_pb2.GetGrantScheduleResponse]
     """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+    ListGrantSchedules: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListGrantSchedulesRequest, _ledger_pb2.ListGrantSchedulesResponse]
+    """ListGrantSchedules lists an account's grant schedules, oldest first, each
+    as it is now.
+    """
     CancelGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]
     """CancelGrantSchedule issues no period that starts after now; the current
     period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
@@ -171,6 +175,10 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     GetGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetGrantScheduleRequest, _ledger_pb2.GetGrantScheduleResponse]  # type: ignore[assignment]
     """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+    ListGrantSchedules: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListGrantSchedulesRequest, _ledger_pb2.ListGrantSchedulesResponse]  # type: ignore[assignment]
+    """ListGrantSchedules lists an account's grant schedules, oldest first, each
+    as it is now.
+    """
     CancelGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]  # type: ignore[assignment]
     """CancelGrantSchedule issues no period that starts after now; the current
     period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
@@ -346,6 +354,16 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.GetGrantScheduleResponse]]:
         """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+
+    @_abc_1.abstractmethod
+    def ListGrantSchedules(
+        self,
+        request: _ledger_pb2.ListGrantSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListGrantSchedulesResponse, _abc.Awaitable[_ledger_pb2.ListGrantSchedulesResponse]]:
+        """ListGrantSchedules lists an account's grant schedules, oldest first, each
+        as it is now.
+        """
 
     @_abc_1.abstractmethod
     def CancelGrantSchedule(
