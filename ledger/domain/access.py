@@ -49,6 +49,7 @@ NEEDED: dict[str, Permission] = {
     "VoidGrant": Permission.GRANT,
     "CreateGrantSchedule": Permission.GRANT,
     "CancelGrantSchedule": Permission.GRANT,
+    "UpdateGrantSchedule": Permission.GRANT,
     "GetGrantSchedule": Permission.READ,
     "ListGrantSchedules": Permission.READ,
 }

@@ -22,6 +22,7 @@ from ledger.domain.model import (
     Rollover,
     Schedule,
     ScheduleState,
+    Terms,
     spend_rank,
 )
 
@@ -74,6 +75,14 @@ def schedule_to_dict(s: Schedule) -> dict[str, Any]:
         "state": s.state.value,
         "rollover": dict(s.rollover.__dict__) if s.rollover is not None else None,
         "metadata": dict(s.metadata),
+        "terms": [
+            {
+                "from_period": t.from_period,
+                "amount": t.amount,
+                "rollover": dict(t.rollover.__dict__) if t.rollover is not None else None,
+            }
+            for t in s.terms
+        ],
     }
 
 
@@ -100,6 +109,12 @@ def schedule_from(d: Mapping[str, Any]) -> Schedule:
         state=ScheduleState(d["state"]),
         metadata=dict(d.get("metadata") or {}),
         created_at=_time(d["created_at"]),
+        terms=[
+            Terms(
+                t["from_period"], t["amount"], Rollover(**t["rollover"]) if t["rollover"] else None
+            )
+            for t in d.get("terms") or ()
+        ],
     )
 
 

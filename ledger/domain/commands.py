@@ -443,21 +443,51 @@ class CreateGrantSchedule(Command):
                 "lot_life",
                 f"must be 1 s to {limits.SCHEDULE_LOT_LIFE_S_MAX} s (SCHEDULE_LOT_LIFE_S_MAX)",
             )
-        r = self.rollover
-        if r is not None:
-            if r.cap_amount is not None:
-                v.amount("rollover.cap_amount", r.cap_amount, allow_zero=True)
-            if r.cap_percent is not None and not 0 <= r.cap_percent <= 100:
-                v.add("rollover.cap_percent", "must be between 0 and 100")
-            if r.life_s is not None and not 1 <= r.life_s <= limits.SCHEDULE_LOT_LIFE_S_MAX:
-                v.add("rollover.life", f"must be 1 s to {limits.SCHEDULE_LOT_LIFE_S_MAX} s")
-            if not limits.PRIORITY_MIN <= r.priority <= limits.PRIORITY_MAX:
-                v.add(
-                    "rollover.priority",
-                    f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX}",
-                )
+        if self.rollover is not None:
+            _rollover(v, self.rollover)
         v.metadata("metadata", self.metadata)
         v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class UpdateGrantSchedule(Command):
+    """New terms from the next period on (None: unchanged); never an issued period."""
+
+    schedule_id: str
+    amount: int | None = None
+    rollover: Rollover | None = None
+    remove_rollover: bool = False
+
+    method = "UpdateGrantSchedule"
+
+    def validate(self) -> None:
+        v = Violations()
+        if not is_uuid(self.schedule_id):
+            v.add("schedule_id", "must be a schedule id returned by CreateGrantSchedule (a UUID)")
+        if self.amount is not None:
+            v.amount("amount", self.amount)
+        if self.rollover is not None:
+            _rollover(v, self.rollover)
+            if self.remove_rollover:
+                v.add("remove_rollover", "must not be set with rollover")
+        if self.amount is None and self.rollover is None and not self.remove_rollover:
+            v.add("amount", "set amount, rollover or remove_rollover: nothing to change")
+        v.idempotency_key(self.idempotency_key)
+        v.raise_if_any()
+
+
+def _rollover(v: Violations, r: Rollover) -> None:
+    if r.cap_amount is not None:
+        v.amount("rollover.cap_amount", r.cap_amount, allow_zero=True)
+    if r.cap_percent is not None and not 0 <= r.cap_percent <= 100:
+        v.add("rollover.cap_percent", "must be between 0 and 100")
+    if r.life_s is not None and not 1 <= r.life_s <= limits.SCHEDULE_LOT_LIFE_S_MAX:
+        v.add("rollover.life", f"must be 1 s to {limits.SCHEDULE_LOT_LIFE_S_MAX} s")
+    if not limits.PRIORITY_MIN <= r.priority <= limits.PRIORITY_MAX:
+        v.add(
+            "rollover.priority",
+            f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX}",
+        )
 
 
 @dataclass(frozen=True)
@@ -535,6 +565,7 @@ KeyedCommand = (
     | Refund
     | VoidGrant
     | CreateGrantSchedule
+    | UpdateGrantSchedule
     | CancelGrantSchedule
 )
 # A Batch is unkeyed itself: its commands are keyed, each on its own.

@@ -233,6 +233,15 @@ class Rollover:
     priority: int = 100
 
 
+@dataclass
+class Terms:
+    """UpdateGrantSchedule's change: from period `from_period` on, this amount and rollover."""
+
+    from_period: int
+    amount: int
+    rollover: Rollover | None
+
+
 class ScheduleState(enum.Enum):
     ACTIVE = "active"
     CANCELLED = "cancelled"
@@ -262,6 +271,17 @@ class Schedule:
     state: ScheduleState
     metadata: dict[str, str]
     created_at: datetime
+    # Changes by UpdateGrantSchedule, oldest first; `amount` and `rollover` above
+    # are the terms from first_period until the first of them.
+    terms: list[Terms] = field(default_factory=list)
+
+    def terms_for(self, period: int) -> tuple[int, Rollover | None]:
+        """The amount and rollover of period `period`."""
+        amount, rollover = self.amount, self.rollover
+        for t in self.terms:
+            if t.from_period <= period:
+                amount, rollover = t.amount, t.rollover
+        return amount, rollover
 
 
 @dataclass(frozen=True)

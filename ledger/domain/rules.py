@@ -30,6 +30,7 @@ from ledger.domain.model import (
     Schedule,
     ScheduleResult,
     ScheduleState,
+    Terms,
     VoidResult,
 )
 from ledger.domain.workingset import (
@@ -70,6 +71,8 @@ def apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
         return create_grant_schedule(ws, cmd)
     if isinstance(cmd, c.CancelGrantSchedule):
         return cancel_grant_schedule(ws, cmd)
+    if isinstance(cmd, c.UpdateGrantSchedule):
+        return update_grant_schedule(ws, cmd)
     if isinstance(cmd, c.ExpireDue):
         expire_due(ws, cmd)
         return None
@@ -671,6 +674,30 @@ def create_grant_schedule(ws: WorkingSet, cmd: c.CreateGrantSchedule) -> Schedul
     ws.add_schedule(s)
     ws.dirty_schedules.add(s.schedule_id)
     schedules.issue_due(ws, *key)
+    return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
+
+
+def update_grant_schedule(ws: WorkingSet, cmd: c.UpdateGrantSchedule) -> ScheduleResult:
+    """New terms from the next period on: catch_up first issues every period up
+    to now with the terms they had, so no issued period is ever rewritten (nor
+    the rollover of the current one, decided by its own terms at its end).
+    Errors: ScheduleNotFound (also outside the caller's scope)."""
+    found = ws.schedules.get(cmd.schedule_id)
+    s = schedules.require_in_scope(
+        found, cmd.schedule_id, found is not None and in_scope(cmd.scope, found.account_id)
+    )
+    key = (s.account_id, s.asset)
+    catch_up(ws, *key)
+    amount, rollover = s.terms_for(s.next_period)
+    if cmd.amount is not None:
+        amount = cmd.amount
+    if cmd.rollover is not None:
+        rollover = dataclasses.replace(cmd.rollover)
+    elif cmd.remove_rollover:
+        rollover = None
+    s.terms = [t for t in s.terms if t.from_period < s.next_period]
+    s.terms.append(Terms(s.next_period, amount, rollover))
+    ws.dirty_schedules.add(s.schedule_id)
     return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
 
 

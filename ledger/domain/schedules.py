@@ -23,7 +23,16 @@ import dataclasses
 from datetime import datetime, timedelta
 
 from ledger.domain import errors
-from ledger.domain.model import ALLOWANCE, ROLLED, ROLLOVER, Bucket, Lot, Movement, Schedule
+from ledger.domain.model import (
+    ALLOWANCE,
+    ROLLED,
+    ROLLOVER,
+    Bucket,
+    Lot,
+    Movement,
+    Rollover,
+    Schedule,
+)
 from ledger.domain.periods import Cadence, OutOfCalendar, Unit
 from ledger.domain.workingset import ISSUED, ScheduleBehind, Side, WorkingSet, available
 
@@ -78,12 +87,13 @@ def issue_due(ws: WorkingSet, account_id: str, asset: str) -> list[Lot]:
 
 def _issue(ws: WorkingSet, s: Schedule, n: int, start: datetime, end: datetime) -> Lot:
     expires = end if s.lot_life_s is None else start + timedelta(seconds=s.lot_life_s)
+    amount, _ = s.terms_for(n)
     lot = Lot(
         lot_id=ws.make_id(),
         account_id=s.account_id,
         asset=s.asset,
-        amount=s.amount,
-        remaining=s.amount,
+        amount=amount,
+        remaining=amount,
         priority=s.priority,
         source=f"schedule:{s.schedule_id}",
         expires_at=expires,
@@ -97,7 +107,7 @@ def _issue(ws: WorkingSet, s: Schedule, n: int, start: datetime, end: datetime) 
     ws.transfer(
         ws.make_id(),
         s.asset,
-        s.amount,
+        amount,
         ISSUED,
         available(s.account_id),
         Movement.GRANT,
@@ -106,9 +116,8 @@ def _issue(ws: WorkingSet, s: Schedule, n: int, start: datetime, end: datetime) 
     return lot
 
 
-def rollover_cap(s: Schedule, period_amount: int) -> int:
+def rollover_cap(r: Rollover | None, period_amount: int) -> int:
     """The most of one period's lot that may roll over (0 without a rollover)."""
-    r = s.rollover
     if r is None:
         return 0
     caps = []
@@ -127,22 +136,23 @@ def roll_over(ws: WorkingSet, lot: Lot) -> Lot | None:
     s = ws.schedules.get(lot.schedule_id) if lot.schedule_id else None
     if s is None or lot.category != ALLOWANCE or lot.period is None or lot.expires_at is None:
         return None
-    moved = min(lot.remaining, rollover_cap(s, lot.amount))
-    if moved <= 0 or s.rollover is None:
+    _, rollover = s.terms_for(lot.period)
+    moved = min(lot.remaining, rollover_cap(rollover, lot.amount))
+    if moved <= 0 or rollover is None:
         return None
     at = lot.expires_at
     try:
         life_end = cadence(s).start(lot.period + 2)
     except OutOfCalendar:
         life_end = at + timedelta(days=366)
-    expires = at + timedelta(seconds=s.rollover.life_s) if s.rollover.life_s else life_end
+    expires = at + timedelta(seconds=rollover.life_s) if rollover.life_s else life_end
     new = Lot(
         lot_id=ws.make_id(),
         account_id=lot.account_id,
         asset=lot.asset,
         amount=moved,
         remaining=moved,
-        priority=s.rollover.priority,
+        priority=rollover.priority,
         source=f"rollover:{s.schedule_id}",
         expires_at=expires,
         created_at=at,
@@ -190,6 +200,7 @@ def snapshot(s: Schedule) -> Schedule:
         s,
         metadata=dict(s.metadata),
         rollover=dataclasses.replace(s.rollover) if s.rollover else None,
+        terms=[dataclasses.replace(t) for t in s.terms],
     )
 
 

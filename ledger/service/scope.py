@@ -68,7 +68,7 @@ def check_replay(cmd: c.MutatingCommand, result: Result | None, access: Access) 
             if isinstance(cmd, _BY_RESERVATION):
                 rid = cmd.reservation_id
                 raise errors.ReservationNotFound(f"reservation {rid} not found")
-            if isinstance(cmd, c.CancelGrantSchedule):
+            if isinstance(cmd, c.CancelGrantSchedule | c.UpdateGrantSchedule):
                 sid = cmd.schedule_id
                 raise errors.ScheduleNotFound(
                     f"grant schedule {sid} not found", {"schedule_id": sid}

@@ -376,7 +376,9 @@ class Writer:
         reservation_ids, pairs, accounts, grant_pairs = _footprint(cmds)
         lot_ids = frozenset(cmd.lot_id for cmd in cmds if isinstance(cmd, c.VoidGrant))
         schedule_ids = frozenset(
-            cmd.schedule_id for cmd in cmds if isinstance(cmd, c.CancelGrantSchedule)
+            cmd.schedule_id
+            for cmd in cmds
+            if isinstance(cmd, c.CancelGrantSchedule | c.UpdateGrantSchedule)
         )
         if lot_ids or schedule_ids:  # VoidGrant's lots; CancelGrantSchedule's schedules
             return await unit.load(

@@ -111,7 +111,7 @@ _LOT_COLS = (
 _SCHEDULE_COLS = (
     "schedule_id, account_id, asset, amount, unit, count, anchor, time_zone, ends_at, priority,"
     " category, lot_life_s, rollover, first_period, next_period, next_start, state, metadata,"
-    " created_at"
+    " created_at, terms"
 )
 # The spend order of lots in SQL: the one of Lot.spend_order (index lots_spend_order).
 _SPEND_ORDER = "priority, expires_at, spend_rank, created_at, lot_id"
@@ -238,10 +238,10 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
         schedule_id uuid, account_id text, asset text, amount int8, unit text, count int4,
         anchor timestamptz, time_zone text, ends_at timestamptz, priority int4, category text,
         lot_life_s int8, rollover jsonb, first_period int4, next_period int4,
-        next_start timestamptz, state text, metadata jsonb, created_at timestamptz)
+        next_start timestamptz, state text, metadata jsonb, created_at timestamptz, terms jsonb)
     ON CONFLICT (schedule_id) DO UPDATE SET
         next_period = EXCLUDED.next_period, next_start = EXCLUDED.next_start,
-        state = EXCLUDED.state, ends_at = EXCLUDED.ends_at
+        state = EXCLUDED.state, ends_at = EXCLUDED.ends_at, terms = EXCLUDED.terms
     RETURNING 1
 ), e AS (
     INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,

@@ -175,15 +175,21 @@ CHECKS += [
         "rollover_within_cap",
         "a rollover lot comes from its period's allowance lot and never exceeds the"
         " schedule's cap (amount, percentage of the period's amount) nor that lot",
-        """SELECT r.lot_id, r.schedule_id, r.period, r.amount, a.amount AS period_amount, s.rollover
+        # The period's rollover terms: the last UpdateGrantSchedule change from
+        # that period or before (terms), else the schedule's own (rollover).
+        """SELECT r.lot_id, r.schedule_id, r.period, r.amount, a.amount AS period_amount, t.ro
         FROM lots r JOIN grant_schedules s USING (schedule_id)
+        CROSS JOIN LATERAL (SELECT coalesce(
+            (SELECT x->'rollover' FROM jsonb_array_elements(s.terms) AS x
+             WHERE (x->>'from_period')::int <= r.period
+             ORDER BY (x->>'from_period')::int DESC LIMIT 1), s.rollover, 'null'::jsonb) AS ro) AS t
         LEFT JOIN lots a ON a.schedule_id = r.schedule_id AND a.period = r.period
                         AND a.category <> 'rollover'
         WHERE r.category = 'rollover'
-          AND (a.lot_id IS NULL OR a.category <> 'allowance' OR s.rollover IS NULL
+          AND (a.lot_id IS NULL OR a.category <> 'allowance' OR t.ro = 'null'::jsonb
                OR r.amount > a.amount
-               OR r.amount > coalesce((s.rollover->>'cap_amount')::int8, r.amount)
-               OR r.amount > coalesce(a.amount * (s.rollover->>'cap_percent')::int8 / 100, r.amount))""",
+               OR r.amount > coalesce((t.ro->>'cap_amount')::int8, r.amount)
+               OR r.amount > coalesce(a.amount * (t.ro->>'cap_percent')::int8 / 100, r.amount))""",
     ),
     (
         "rollover_only_from_allowance",

@@ -211,15 +211,7 @@ def create_grant_schedule(req: pb.CreateGrantScheduleRequest, caller: str) -> c.
         raise _invalid("period_unit", "must be MONTH, WEEK, DAY or FIXED")
     if not 0 < req.period_count < 2**31:
         raise _invalid("period_count", "must be between 1 and 2^31 - 1")
-    rollover = None
-    if req.HasField("rollover"):
-        r = req.rollover
-        rollover = Rollover(
-            cap_amount=r.cap_amount if r.HasField("cap_amount") else None,
-            cap_percent=r.cap_percent if r.HasField("cap_percent") else None,
-            life_s=_whole_s(r.life, r.HasField("life"), "rollover.life"),
-            priority=r.priority if r.HasField("priority") else limits.PRIORITY_DEFAULT,
-        )
+    rollover = _rollover(req.rollover) if req.HasField("rollover") else None
     return c.CreateGrantSchedule(
         caller,
         req.idempotency_key,
@@ -239,16 +231,38 @@ def create_grant_schedule(req: pb.CreateGrantScheduleRequest, caller: str) -> c.
     )
 
 
+def _rollover(r: pb.Rollover) -> Rollover:
+    return Rollover(
+        cap_amount=r.cap_amount if r.HasField("cap_amount") else None,
+        cap_percent=r.cap_percent if r.HasField("cap_percent") else None,
+        life_s=_whole_s(r.life, r.HasField("life"), "rollover.life"),
+        priority=r.priority if r.HasField("priority") else limits.PRIORITY_DEFAULT,
+    )
+
+
+def update_grant_schedule(req: pb.UpdateGrantScheduleRequest, caller: str) -> c.UpdateGrantSchedule:
+    return c.UpdateGrantSchedule(
+        caller,
+        req.idempotency_key,
+        req.schedule_id,
+        req.amount if req.HasField("amount") else None,
+        _rollover(req.rollover) if req.HasField("rollover") else None,
+        req.remove_rollover,
+    )
+
+
 def cancel_grant_schedule(req: pb.CancelGrantScheduleRequest, caller: str) -> c.CancelGrantSchedule:
     return c.CancelGrantSchedule(caller, req.idempotency_key, req.schedule_id, req.void_remainder)
 
 
 def schedule(s: Schedule) -> pb.GrantSchedule:
+    latest = s.terms[-1] if s.terms else None
     out = pb.GrantSchedule(
         schedule_id=s.schedule_id,
         account_id=s.account_id,
         asset=s.asset,
-        amount=s.amount,
+        amount=latest.amount if latest else s.amount,
+        terms_from_period=latest.from_period if latest else s.first_period,
         period_unit=_UNIT_PB[s.unit],
         period_count=s.count,
         anchor=_ts(s.anchor),
@@ -267,8 +281,8 @@ def schedule(s: Schedule) -> pb.GrantSchedule:
         out.lot_life.seconds = s.lot_life_s
     if s.next_start.year < 9999:
         out.next_period_start.CopyFrom(_ts(s.next_start))
-    if s.rollover is not None:
-        r = s.rollover
+    r = latest.rollover if latest else s.rollover
+    if r is not None:
         out.rollover.priority = r.priority
         if r.cap_amount is not None:
             out.rollover.cap_amount = r.cap_amount

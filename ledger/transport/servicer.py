@@ -103,6 +103,11 @@ class LedgerServicer:
                 pb.ListGrantSchedulesRequest,
                 pb.ListGrantSchedulesResponse,
             ),
+            "UpdateGrantSchedule": (
+                self.update_grant_schedule,
+                pb.UpdateGrantScheduleRequest,
+                pb.UpdateGrantScheduleResponse,
+            ),
             "CancelGrantSchedule": (
                 self.cancel_grant_schedule,
                 pb.CancelGrantScheduleRequest,
@@ -151,6 +156,14 @@ class LedgerServicer:
         return pb.CreateGrantScheduleResponse(
             schedule=convert.schedule(result.schedule), balance=convert.balance(result.balance)
         ), replayed
+
+    async def update_grant_schedule(self, req: pb.UpdateGrantScheduleRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        cmd = convert.update_grant_schedule(req, access.caller)
+        result, replayed = await self._ledger.execute(cmd, access)
+        if not isinstance(result, ScheduleResult):
+            raise InvariantViolation("UpdateGrantSchedule returned no ScheduleResult")
+        return pb.UpdateGrantScheduleResponse(schedule=convert.schedule(result.schedule)), replayed
 
     async def cancel_grant_schedule(self, req: pb.CancelGrantScheduleRequest, ctx: Any) -> Reply:
         access = self._authorize(ctx)

@@ -87,6 +87,11 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     async def ListGrantSchedules(self, request: Any, context: Any) -> pb.ListGrantSchedulesResponse:
         return pb.ListGrantSchedulesResponse()
 
+    async def UpdateGrantSchedule(
+        self, request: Any, context: Any
+    ) -> pb.UpdateGrantScheduleResponse:
+        return pb.UpdateGrantScheduleResponse(schedule=pb.GrantSchedule())
+
     async def CancelGrantSchedule(
         self, request: Any, context: Any
     ) -> pb.CancelGrantScheduleResponse:

@@ -569,3 +569,45 @@ def test_list_grant_schedules_pages_oldest_first_each_as_it_is_now(server: Serve
     with pytest.raises(grpc.RpcError) as err:
         server.stub.ListGrantSchedules(pb.ListGrantSchedulesRequest(account_id="nobody-here"))
     assert error_info(err.value).reason == "ACCOUNT_NOT_FOUND"
+
+
+def test_update_changes_amount_and_rollover_from_the_next_period_only(
+    server: ServerThread,
+) -> None:
+    acct = account(server)
+    s = monthly(server, acct, 100, rollover=pb.Rollover(cap_percent=50))
+    server.advance(timedelta(days=10))  # Jan 11: period 0 issued with 100
+    updated = server.stub.UpdateGrantSchedule(
+        pb.UpdateGrantScheduleRequest(
+            schedule_id=s.schedule_id,
+            amount=400,
+            rollover=pb.Rollover(cap_amount=10),
+            idempotency_key=key(),
+        )
+    ).schedule
+    assert (updated.amount, updated.terms_from_period) == (400, 1)
+    assert updated.rollover.cap_amount == 10
+    assert lots(server, acct) == [("allowance", 0, 100, 100)]  # January's stays 100
+    server.advance(utc(2030, 2, 1) - server.clock.now())
+    # January rolls over by its own terms (50% of 100); February gets 400.
+    assert lots(server, acct) == [("rollover", 0, 50, 50), ("allowance", 1, 400, 400)]
+    server.advance(utc(2030, 3, 1) - server.clock.now())
+    # February's rollover by the new terms: at most 10.
+    assert lots(server, acct) == [("rollover", 1, 10, 10), ("allowance", 2, 400, 400)]
+    server.stub.UpdateGrantSchedule(
+        pb.UpdateGrantScheduleRequest(
+            schedule_id=s.schedule_id, remove_rollover=True, idempotency_key=key()
+        )
+    )
+    server.advance(utc(2030, 4, 1) - server.clock.now())
+    # Removed from the next period on: March still rolls over by its own terms.
+    assert lots(server, acct) == [("rollover", 2, 10, 10), ("allowance", 3, 400, 400)]
+    server.advance(utc(2030, 5, 1) - server.clock.now())
+    assert lots(server, acct) == [("allowance", 4, 400, 400)]
+    server.sweep()
+    server.run(assert_ledger_consistent(server.database_url))
+    with pytest.raises(grpc.RpcError) as err:
+        server.stub.UpdateGrantSchedule(
+            pb.UpdateGrantScheduleRequest(schedule_id=s.schedule_id, idempotency_key=key())
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

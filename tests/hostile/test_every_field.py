@@ -274,6 +274,10 @@ def base_request(method: str, w: World) -> Message:
         return pb.ListGrantSchedulesRequest(account_id=w.other, page_size=1)
     if method == "GetGrantSchedule":
         return pb.GetGrantScheduleRequest(schedule_id=w.schedule)
+    if method == "UpdateGrantSchedule":
+        return pb.UpdateGrantScheduleRequest(
+            schedule_id=w.schedule, amount=2, idempotency_key=new_key()
+        )
     if method == "CancelGrantSchedule":
         return pb.CancelGrantScheduleRequest(schedule_id=w.schedule, idempotency_key=new_key())
     if method == "VoidGrant":

@@ -23,7 +23,9 @@ CREATE TABLE grant_schedules (
     next_start    timestamptz NOT NULL,
     state         text NOT NULL CHECK (state IN ('active', 'cancelled')),
     metadata      jsonb NOT NULL,
-    created_at    timestamptz NOT NULL
+    created_at    timestamptz NOT NULL,
+    -- UpdateGrantSchedule's changes: [{"from_period", "amount", "rollover"}], oldest first.
+    terms         jsonb NOT NULL DEFAULT '[]'::jsonb
 );
 CREATE INDEX grant_schedules_pair ON grant_schedules (account_id, asset) WHERE state = 'active';
 CREATE INDEX grant_schedules_account ON grant_schedules (account_id, created_at, schedule_id);

@@ -1461,6 +1461,7 @@ class GrantSchedule(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FIRST_PERIOD_FIELD_NUMBER: _builtins.int
+    TERMS_FROM_PERIOD_FIELD_NUMBER: _builtins.int
     schedule_id: _builtins.str
     """Server-made id of the schedule."""
     account_id: _builtins.str
@@ -1485,6 +1486,10 @@ class GrantSchedule(_message.Message):
     """The schedule's state."""
     first_period: _builtins.int
     """The period the schedule was created in: its first."""
+    terms_from_period: _builtins.int
+    """The period from which amount and rollover above apply (UpdateGrantSchedule
+    changes them from the next period on; earlier periods keep their own).
+    """
     @_builtins.property
     def anchor(self) -> _timestamp_pb2.Timestamp:
         """Where period 0 starts."""
@@ -1535,10 +1540,11 @@ class GrantSchedule(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         first_period: _builtins.int = ...,
+        terms_from_period: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "created_at", b"created_at", "end", b"end", "lot_life", b"lot_life", "next_period_start", b"next_period_start", "rollover", b"rollover"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "anchor", b"anchor", "asset", b"asset", "category", b"category", "created_at", b"created_at", "end", b"end", "first_period", b"first_period", "lot_life", b"lot_life", "metadata", b"metadata", "next_period", b"next_period", "next_period_start", b"next_period_start", "period_count", b"period_count", "period_unit", b"period_unit", "priority", b"priority", "rollover", b"rollover", "schedule_id", b"schedule_id", "state", b"state", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "anchor", b"anchor", "asset", b"asset", "category", b"category", "created_at", b"created_at", "end", b"end", "first_period", b"first_period", "lot_life", b"lot_life", "metadata", b"metadata", "next_period", b"next_period", "next_period_start", b"next_period_start", "period_count", b"period_count", "period_unit", b"period_unit", "priority", b"priority", "rollover", b"rollover", "schedule_id", b"schedule_id", "state", b"state", "terms_from_period", b"terms_from_period", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1787,6 +1793,72 @@ class ListGrantSchedulesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListGrantSchedulesResponse: _TypeAlias = ListGrantSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateGrantScheduleRequest(_message.Message):
+    """Request of UpdateGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    ROLLOVER_FIELD_NUMBER: _builtins.int
+    REMOVE_ROLLOVER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """The schedule to change."""
+    amount: _builtins.int
+    """Credits per period from the next period on, 1 to 10^15; unset: unchanged."""
+    remove_rollover: _builtins.bool
+    """No rollover from the next period on (not with rollover)."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def rollover(self) -> Global___Rollover:
+        """The rollover from the next period on; unset: unchanged."""
+
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        amount: _builtins.int | None = ...,
+        rollover: Global___Rollover | None = ...,
+        remove_rollover: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount", "rollover", b"rollover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount", "idempotency_key", b"idempotency_key", "remove_rollover", b"remove_rollover", "rollover", b"rollover", "schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount: _TypeAlias = _typing.Literal["amount"]  # noqa: Y015
+    _WhichOneofArgType__amount: _TypeAlias = _typing.Literal["_amount", b"_amount"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount) -> _WhichOneofReturnType__amount | None: ...
+
+Global___UpdateGrantScheduleRequest: _TypeAlias = UpdateGrantScheduleRequest  # noqa: Y015
+
+@_typing.final
+class UpdateGrantScheduleResponse(_message.Message):
+    """Response of UpdateGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___GrantSchedule:
+        """The schedule after the change."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___GrantSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateGrantScheduleResponse: _TypeAlias = UpdateGrantScheduleResponse  # noqa: Y015
 
 @_typing.final
 class CancelGrantScheduleRequest(_message.Message):

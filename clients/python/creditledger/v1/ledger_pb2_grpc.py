@@ -130,6 +130,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.FromString,
                 _registered_method=True)
+        self.UpdateGrantSchedule = channel.unary_unary(
+                '/creditledger.v1.LedgerService/UpdateGrantSchedule',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.FromString,
+                _registered_method=True)
         self.CancelGrantSchedule = channel.unary_unary(
                 '/creditledger.v1.LedgerService/CancelGrantSchedule',
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
@@ -293,6 +298,15 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateGrantSchedule(self, request, context):
+        """UpdateGrantSchedule changes the amount or the rollover from the next period
+        on; no issued period (nor the current period's rollover) is ever rewritten.
+        Needs the grant permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelGrantSchedule(self, request, context):
         """CancelGrantSchedule issues no period that starts after now; the current
         period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
@@ -398,6 +412,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ListGrantSchedules,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.SerializeToString,
+            ),
+            'UpdateGrantSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateGrantSchedule,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.SerializeToString,
             ),
             'CancelGrantSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelGrantSchedule,
@@ -919,6 +938,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/ListGrantSchedules',
             creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateGrantSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/UpdateGrantSchedule',
+            creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

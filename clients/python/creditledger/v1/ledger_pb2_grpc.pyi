@@ -105,6 +105,11 @@ class LedgerServiceStub:
     """ListGrantSchedules lists an account's grant schedules, oldest first, each
     as it is now.
     """
+    UpdateGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.UpdateGrantScheduleRequest, _ledger_pb2.UpdateGrantScheduleResponse]
+    """UpdateGrantSchedule changes the amount or the rollover from the next period
+    on; no issued period (nor the current period's rollover) is ever rewritten.
+    Needs the grant permission.
+    """
     CancelGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]
     """CancelGrantSchedule issues no period that starts after now; the current
     period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
@@ -178,6 +183,11 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     ListGrantSchedules: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListGrantSchedulesRequest, _ledger_pb2.ListGrantSchedulesResponse]  # type: ignore[assignment]
     """ListGrantSchedules lists an account's grant schedules, oldest first, each
     as it is now.
+    """
+    UpdateGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.UpdateGrantScheduleRequest, _ledger_pb2.UpdateGrantScheduleResponse]  # type: ignore[assignment]
+    """UpdateGrantSchedule changes the amount or the rollover from the next period
+    on; no issued period (nor the current period's rollover) is ever rewritten.
+    Needs the grant permission.
     """
     CancelGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]  # type: ignore[assignment]
     """CancelGrantSchedule issues no period that starts after now; the current
@@ -363,6 +373,17 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ledger_pb2.ListGrantSchedulesResponse, _abc.Awaitable[_ledger_pb2.ListGrantSchedulesResponse]]:
         """ListGrantSchedules lists an account's grant schedules, oldest first, each
         as it is now.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateGrantSchedule(
+        self,
+        request: _ledger_pb2.UpdateGrantScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.UpdateGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.UpdateGrantScheduleResponse]]:
+        """UpdateGrantSchedule changes the amount or the rollover from the next period
+        on; no issued period (nor the current period's rollover) is ever rewritten.
+        Needs the grant permission.
         """
 
     @_abc_1.abstractmethod
