@@ -52,6 +52,7 @@ NEEDED: dict[str, Permission] = {
     "UpdateGrantSchedule": Permission.GRANT,
     "GetGrantSchedule": Permission.READ,
     "ListGrantSchedules": Permission.READ,
+    "GetBreakage": Permission.READ,
 }
 
 #: The prefix that stands for every account in a caller file.

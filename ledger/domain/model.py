@@ -291,6 +291,21 @@ class ScheduleResult:
 
 
 @dataclass(frozen=True)
+class BreakageLine:
+    """Credits written off at their lot's expiry (breakage), by the lot's
+    category and cost basis: cost_micros = credits x unit_cost_micros."""
+
+    category: str
+    cost_currency: str
+    unit_cost_micros: int | None
+    credits: int
+
+    @property
+    def cost_micros(self) -> int:
+        return self.credits * (self.unit_cost_micros or 0)
+
+
+@dataclass(frozen=True)
 class VoidResult:
     """VoidGrant's answer: the lot and balance after it, and how much it voided."""
 

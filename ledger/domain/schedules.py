@@ -27,6 +27,7 @@ from ledger.domain.model import (
     ALLOWANCE,
     ROLLED,
     ROLLOVER,
+    BreakageLine,
     Bucket,
     Lot,
     Movement,
@@ -172,6 +173,34 @@ def roll_over(ws: WorkingSet, lot: Lot) -> Lot | None:
     return new
 
 
+def breakage(
+    ws: WorkingSet, written: list[BreakageLine], start: datetime, end: datetime
+) -> list[BreakageLine]:
+    """The write-offs already written (`written`) plus those catch_up made in
+    `ws` (due, not yet written down), of lots expiring in [start, end), by
+    category and cost basis, sorted. Attributed to the lot's expiry, the instant
+    the credits were lost, so the answer does not depend on when the sweeper ran."""
+    sums: dict[tuple[str, str, int | None], int] = {}
+    for line in written:
+        k = (line.category, line.cost_currency, line.unit_cost_micros)
+        sums[k] = sums.get(k, 0) + line.credits
+    for p in ws.postings:
+        if p.movement is not Movement.LOT_EXPIRY or p.bucket is Bucket.SYSTEM:
+            continue
+        lot = ws.lots.get(p.lot_id)
+        if lot is None or lot.expires_at is None or not start <= lot.expires_at < end:
+            continue
+        k = (lot.category, lot.cost_currency, lot.unit_cost_micros)
+        sums[k] = sums.get(k, 0) - p.amount
+    return [
+        BreakageLine(cat, cur, unit, n)
+        for (cat, cur, unit), n in sorted(
+            sums.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)
+        )
+        if n
+    ]
+
+
 def as_of(s: Schedule, now: datetime) -> Schedule:
     """A copy of `s` with next_period (and next_start) as catch_up would leave
     them at `now`, without issuing anything: what a listing shows."""
@@ -218,6 +247,7 @@ __all__ = [
     "Cadence",
     "Unit",
     "as_of",
+    "breakage",
     "cadence",
     "first_period",
     "issue_due",

@@ -25,6 +25,7 @@ from ledger.domain.model import (
     Account,
     BalanceView,
     BatchResult,
+    BreakageLine,
     EntriesPage,
     GrantResult,
     GroupResult,
@@ -359,6 +360,39 @@ class Ledger:
         )
         rules.catch_up(ws, s.account_id, s.asset)
         return schedules.snapshot(s)
+
+    async def get_breakage(
+        self,
+        account_id: str,
+        asset: str,
+        start: datetime | None,
+        end: datetime | None,
+        access: Access = LOCAL,
+    ) -> list[BreakageLine]:
+        """Credits written off at their lots' expiry in [start, end) (default: all
+        time up to now), by category and cost basis, including write-offs due and
+        not yet written down (rules.catch_up). Errors: PermissionDenied,
+        InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        access.require("GetBreakage")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        if start is not None and end is not None and end <= start:
+            v.add("end", "must be after start")
+        v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        ws = self._view()
+        lo = start or _EPOCH
+        hi = end or ws.now + timedelta(microseconds=1)
+        try:
+            written = await self._store.breakage(ws, (account_id, asset), lo, hi)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if written is None:
+            raise _account_not_found(account_id)
+        rules.catch_up(ws, account_id, asset)
+        return schedules.breakage(ws, written, lo, hi)
 
     async def list_grant_schedules(
         self, account_id: str, page_size: int, page_token: str, access: Access = LOCAL

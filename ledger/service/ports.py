@@ -9,7 +9,15 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ledger.domain import commands as c
-from ledger.domain.model import Account, Entry, Reservation, ReservationState, Result, Schedule
+from ledger.domain.model import (
+    Account,
+    BreakageLine,
+    Entry,
+    Reservation,
+    ReservationState,
+    Result,
+    Schedule,
+)
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -114,6 +122,14 @@ class Store(Protocol):
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int
     ) -> list[Entry] | None: ...
+
+    async def breakage(
+        self, ws: WorkingSet, pair: PairKey, start: datetime, end: datetime
+    ) -> list[BreakageLine] | None:
+        """In one snapshot: what rules.catch_up needs of `pair` (into `ws`) and the
+        write-offs already written of the pair's lots expiring in [start, end),
+        by category and cost basis; None when the account does not exist."""
+        ...
 
     async def list_schedules(
         self, account_id: str, after: tuple[datetime, str] | None, limit: int

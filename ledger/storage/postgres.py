@@ -22,6 +22,7 @@ import orjson
 from ledger.domain import codec, errors, limits
 from ledger.domain.model import (
     Account,
+    BreakageLine,
     Bucket,
     Entry,
     Lot,
@@ -365,6 +366,16 @@ _LIST_RESERVATIONS: dict[ReservationState | None, tuple[str, bool]] = {
     ),
 }
 
+
+# Breakage: the pair's write-offs (customer side: available, and held credits of
+# an expired lot) of lots that expire in [$3, $4), by the lot's category and cost.
+_BREAKAGE = """
+SELECT l.category, l.cost_currency, l.unit_cost_micros, -sum(e.amount)::int8 AS credits
+FROM entries e JOIN lots l USING (lot_id)
+WHERE e.account_id = $1 AND e.asset = $2 AND e.movement = 'lot_expiry' AND e.bucket <> 'system'
+  AND l.expires_at >= $3 AND l.expires_at < $4
+GROUP BY 1, 2, 3
+"""
 
 # ListGrantSchedules: an account's schedules, oldest first (grant_schedules_account).
 _LIST_SCHEDULES = (
@@ -881,6 +892,22 @@ class PostgresStore:
                     limit,
                 )
             return [_entry(r) for r in rows]
+
+        return await self._standby_read(run)
+
+    async def breakage(
+        self, ws: WorkingSet, pair: PairKey, start: datetime, end: datetime
+    ) -> list[BreakageLine] | None:
+        async def run(conn: asyncpg.Connection) -> list[BreakageLine] | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if (
+                    await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", pair[0])
+                    is None
+                ):
+                    return None
+                await PgBatch(conn).load(ws, [], set(), {pair}, {pair[0]}, set())
+                rows = await conn.fetch(_BREAKAGE, pair[0], pair[1], start, end)
+            return [BreakageLine(r[0], r[1], r[2], r[3]) for r in rows]
 
         return await self._standby_read(run)
 

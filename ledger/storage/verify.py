@@ -200,6 +200,31 @@ CHECKS += [
     ),
 ]
 
+# Breakage (GetBreakage) is read from the write-off entries of lots: each is a
+# lot's, never before the lot expired, and they add up to what @expired received.
+CHECKS += [
+    (
+        "breakage_is_lot_write_offs",
+        "per asset, the customer side of lot_expiry entries (each naming a lot, GetBreakage's"
+        " source) equals what the system account @expired received",
+        """SELECT e.asset,
+               -sum(e.amount) FILTER (WHERE e.account_id NOT LIKE '@%' AND l.lot_id IS NOT NULL) AS breakage,
+               sum(e.amount) FILTER (WHERE e.account_id = '@expired') AS to_expired
+        FROM entries e LEFT JOIN lots l USING (lot_id)
+        WHERE e.movement = 'lot_expiry'
+        GROUP BY e.asset
+        HAVING coalesce(-sum(e.amount) FILTER (WHERE e.account_id NOT LIKE '@%' AND l.lot_id IS NOT NULL), 0)
+               <> coalesce(sum(e.amount) FILTER (WHERE e.account_id = '@expired'), 0)""",
+    ),
+    (
+        "breakage_after_expiry",
+        "no credit is written off as breakage before its lot's expiry",
+        """SELECT e.entry_id, e.lot_id, e.created_at, l.expires_at FROM entries e JOIN lots l USING (lot_id)
+        WHERE e.movement = 'lot_expiry' AND e.bucket <> 'system'
+          AND (l.expires_at IS NULL OR e.created_at < l.expires_at)""",
+    ),
+]
+
 # Not broken ledgers, but a sweeper that is behind.
 WARNINGS: list[tuple[str, str, str]] = [
     (
@@ -259,6 +284,8 @@ _SCOPE_OF = {
     "rollover_within_cap": "lot_id",
     "rollover_only_from_allowance": "lot_id",
     "schedules_overdue": "schedule_id",
+    "breakage_is_lot_write_offs": "asset",
+    "breakage_after_expiry": "lot_id",
 }
 
 

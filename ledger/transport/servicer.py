@@ -13,6 +13,7 @@ import grpc
 from creditledger.v1 import ledger_pb2 as pb
 
 from ledger.domain import commands as c
+from ledger.domain import limits
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation, LedgerError
 from ledger.domain.model import (
@@ -108,6 +109,7 @@ class LedgerServicer:
                 pb.UpdateGrantScheduleRequest,
                 pb.UpdateGrantScheduleResponse,
             ),
+            "GetBreakage": (self.get_breakage, pb.GetBreakageRequest, pb.GetBreakageResponse),
             "CancelGrantSchedule": (
                 self.cancel_grant_schedule,
                 pb.CancelGrantScheduleRequest,
@@ -182,6 +184,27 @@ class LedgerServicer:
         return pb.ListGrantSchedulesResponse(
             schedules=[convert.schedule(s) for s in found], next_page_token=token
         ), False
+
+    async def get_breakage(self, req: pb.GetBreakageRequest, ctx: Any) -> Reply:
+        lines = await self._ledger.get_breakage(
+            req.account_id,
+            req.asset,
+            convert.timestamp(req.start, req.HasField("start"), "start"),
+            convert.timestamp(req.end, req.HasField("end"), "end"),
+            self._authorize(ctx),
+        )
+        # Saturating at INT64_MAX, as lifetime totals do (10^15 credits x 10^12 micros).
+        out = pb.GetBreakageResponse(credits=min(sum(x.credits for x in lines), limits.INT64_MAX))
+        for x in lines:
+            line = out.lines.add(
+                category=x.category,
+                cost_currency=x.cost_currency,
+                credits=min(x.credits, limits.INT64_MAX),
+                cost_micros=min(x.cost_micros, limits.INT64_MAX),
+            )
+            if x.unit_cost_micros is not None:
+                line.unit_cost_micros = x.unit_cost_micros
+        return out, False
 
     async def get_grant_schedule(self, req: pb.GetGrantScheduleRequest, ctx: Any) -> Reply:
         found = await self._ledger.get_grant_schedule(req.schedule_id, self._authorize(ctx))

@@ -92,6 +92,9 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     ) -> pb.UpdateGrantScheduleResponse:
         return pb.UpdateGrantScheduleResponse(schedule=pb.GrantSchedule())
 
+    async def GetBreakage(self, request: Any, context: Any) -> pb.GetBreakageResponse:
+        return pb.GetBreakageResponse()
+
     async def CancelGrantSchedule(
         self, request: Any, context: Any
     ) -> pb.CancelGrantScheduleResponse:

@@ -611,3 +611,79 @@ def test_update_changes_amount_and_rollover_from_the_next_period_only(
             pb.UpdateGrantScheduleRequest(schedule_id=s.schedule_id, idempotency_key=key())
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_breakage_by_category_and_cost_basis_the_same_before_and_after_the_sweep(
+    server: ServerThread,
+) -> None:
+    acct = account(server)
+    server.stub.Grant(
+        pb.GrantRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=500,
+            idempotency_key=key(),
+            category="paid",
+            unit_cost_micros=2_000,
+            cost_currency="EUR",
+            expires_at=ts(utc(2030, 1, 20)),
+        )
+    )
+    server.stub.Grant(
+        pb.GrantRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=50,
+            idempotency_key=key(),
+            category="promotional",
+            expires_at=ts(utc(2030, 1, 10)),
+        )
+    )
+    monthly(server, acct, 100)
+    # Spend order at Jan 1, soonest expiry first: promotional (Jan 10) 50, then
+    # paid (Jan 20) 80; the allowance (Feb 1) untouched. At Feb 1: 420 paid
+    # (cost 2,000 micros each) and 100 allowance were written off.
+    charge(server, acct, 130)
+    server.advance(utc(2030, 2, 1) - server.clock.now())
+    expected = [
+        ("allowance", "", None, 100, 0),
+        ("paid", "EUR", 2_000, 420, 420 * 2_000),
+    ]
+
+    def breakage(**window: timestamp_pb2.Timestamp) -> list[tuple[str, str, int | None, int, int]]:
+        got = server.stub.GetBreakage(pb.GetBreakageRequest(account_id=acct, asset=ASSET, **window))
+        assert got.credits == sum(x.credits for x in got.lines)
+        return [
+            (
+                x.category,
+                x.cost_currency,
+                x.unit_cost_micros if x.HasField("unit_cost_micros") else None,
+                x.credits,
+                x.cost_micros,
+            )
+            for x in got.lines
+        ]
+
+    assert breakage() == expected  # nothing written down yet: catch_up's view
+    server.sweep()
+    assert breakage() == expected  # written down: the same answer
+    assert breakage(start=ts(utc(2030, 1, 15)), end=ts(utc(2030, 1, 31))) == [expected[1]]
+    assert breakage(end=ts(utc(2030, 1, 15))) == []
+    server.run(assert_ledger_consistent(server.database_url))
+    # A write-off of the paid lot dated before its expiry (Jan 20).
+    broken = server.run(
+        _verify_after(
+            server.database_url,
+            "WITH l AS (SELECT lot_id, account_id, asset FROM lots"
+            "           WHERE account_id = $1 AND category = 'paid'),"
+            " t AS (SELECT gen_random_uuid() AS id)"
+            " INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,"
+            " lot_id, created_at)"
+            " SELECT t.id, v.acct, l.asset, v.n, 'lot_expiry', v.bucket, l.lot_id,"
+            " '2030-01-05T00:00:00Z' FROM l, t, LATERAL (VALUES (l.account_id, -1, 'available'),"
+            " ('@expired', 1, 'system')) AS v(acct, n, bucket)",
+            acct,
+        )
+    )
+    assert "breakage_after_expiry" in broken
+    assert "breakage_is_lot_write_offs" not in broken  # balanced: both sides, one lot

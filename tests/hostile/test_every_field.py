@@ -270,6 +270,8 @@ def base_request(method: str, w: World) -> Message:
             period_unit=pb.GrantSchedule.PERIOD_UNIT_MONTH,
             period_count=1,
         )
+    if method == "GetBreakage":
+        return pb.GetBreakageRequest(account_id=w.account, asset=ASSET)
     if method == "ListGrantSchedules":
         return pb.ListGrantSchedulesRequest(account_id=w.other, page_size=1)
     if method == "GetGrantSchedule":

@@ -1861,6 +1861,112 @@ class UpdateGrantScheduleResponse(_message.Message):
 Global___UpdateGrantScheduleResponse: _TypeAlias = UpdateGrantScheduleResponse  # noqa: Y015
 
 @_typing.final
+class GetBreakageRequest(_message.Message):
+    """Request of GetBreakage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    asset: _builtins.str
+    """The asset."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Lots expiring at or after it; unset: from the beginning."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Lots expiring before it; unset: up to now (inclusive)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBreakageRequest: _TypeAlias = GetBreakageRequest  # noqa: Y015
+
+@_typing.final
+class BreakageLine(_message.Message):
+    """BreakageLine is the breakage of lots of one category and cost basis."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    COST_CURRENCY_FIELD_NUMBER: _builtins.int
+    UNIT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """The lots' category."""
+    cost_currency: _builtins.str
+    """ISO 4217 code of the cost basis; empty when the lots had none."""
+    unit_cost_micros: _builtins.int
+    """The lots' cost basis per credit; unset when they had none."""
+    credits: _builtins.int
+    """Credits written off."""
+    cost_micros: _builtins.int
+    """credits x unit_cost_micros (0 without a cost basis)."""
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        cost_currency: _builtins.str = ...,
+        unit_cost_micros: _builtins.int | None = ...,
+        credits: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros", "category", b"category", "cost_currency", b"cost_currency", "cost_micros", b"cost_micros", "credits", b"credits", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__unit_cost_micros: _TypeAlias = _typing.Literal["unit_cost_micros"]  # noqa: Y015
+    _WhichOneofArgType__unit_cost_micros: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unit_cost_micros) -> _WhichOneofReturnType__unit_cost_micros | None: ...
+
+Global___BreakageLine: _TypeAlias = BreakageLine  # noqa: Y015
+
+@_typing.final
+class GetBreakageResponse(_message.Message):
+    """Response of GetBreakage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    credits: _builtins.int
+    """The sum of the lines' credits."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakageLine]:
+        """One line per category and cost basis, by category then currency."""
+
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___BreakageLine] | None = ...,
+        credits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBreakageResponse: _TypeAlias = GetBreakageResponse  # noqa: Y015
+
+@_typing.final
 class CancelGrantScheduleRequest(_message.Message):
     """Request of CancelGrantSchedule."""
 

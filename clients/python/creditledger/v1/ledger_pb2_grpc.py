@@ -135,6 +135,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.FromString,
                 _registered_method=True)
+        self.GetBreakage = channel.unary_unary(
+                '/creditledger.v1.LedgerService/GetBreakage',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.GetBreakageRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetBreakageResponse.FromString,
+                _registered_method=True)
         self.CancelGrantSchedule = channel.unary_unary(
                 '/creditledger.v1.LedgerService/CancelGrantSchedule',
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
@@ -307,6 +312,16 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBreakage(self, request, context):
+        """GetBreakage answers the credits written off at their lots' expiry
+        (breakage, for the revenue recognition of unused prepaid credits) of an
+        account and asset in a period, by category and cost basis; attributed to
+        each lot's expiry instant, so background work never changes the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelGrantSchedule(self, request, context):
         """CancelGrantSchedule issues no period that starts after now; the current
         period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
@@ -417,6 +432,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.UpdateGrantSchedule,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.SerializeToString,
+            ),
+            'GetBreakage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBreakage,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetBreakageRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.GetBreakageResponse.SerializeToString,
             ),
             'CancelGrantSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelGrantSchedule,
@@ -965,6 +985,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/UpdateGrantSchedule',
             creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBreakage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/GetBreakage',
+            creditledger_dot_v1_dot_ledger__pb2.GetBreakageRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.GetBreakageResponse.FromString,
             options,
             channel_credentials,
             insecure,

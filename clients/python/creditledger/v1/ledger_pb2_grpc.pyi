@@ -110,6 +110,12 @@ class LedgerServiceStub:
     on; no issued period (nor the current period's rollover) is ever rewritten.
     Needs the grant permission.
     """
+    GetBreakage: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetBreakageRequest, _ledger_pb2.GetBreakageResponse]
+    """GetBreakage answers the credits written off at their lots' expiry
+    (breakage, for the revenue recognition of unused prepaid credits) of an
+    account and asset in a period, by category and cost basis; attributed to
+    each lot's expiry instant, so background work never changes the answer.
+    """
     CancelGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]
     """CancelGrantSchedule issues no period that starts after now; the current
     period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
@@ -188,6 +194,12 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """UpdateGrantSchedule changes the amount or the rollover from the next period
     on; no issued period (nor the current period's rollover) is ever rewritten.
     Needs the grant permission.
+    """
+    GetBreakage: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetBreakageRequest, _ledger_pb2.GetBreakageResponse]  # type: ignore[assignment]
+    """GetBreakage answers the credits written off at their lots' expiry
+    (breakage, for the revenue recognition of unused prepaid credits) of an
+    account and asset in a period, by category and cost basis; attributed to
+    each lot's expiry instant, so background work never changes the answer.
     """
     CancelGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]  # type: ignore[assignment]
     """CancelGrantSchedule issues no period that starts after now; the current
@@ -384,6 +396,18 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         """UpdateGrantSchedule changes the amount or the rollover from the next period
         on; no issued period (nor the current period's rollover) is ever rewritten.
         Needs the grant permission.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBreakage(
+        self,
+        request: _ledger_pb2.GetBreakageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.GetBreakageResponse, _abc.Awaitable[_ledger_pb2.GetBreakageResponse]]:
+        """GetBreakage answers the credits written off at their lots' expiry
+        (breakage, for the revenue recognition of unused prepaid credits) of an
+        account and asset in a period, by category and cost basis; attributed to
+        each lot's expiry instant, so background work never changes the answer.
         """
 
     @_abc_1.abstractmethod
