@@ -687,3 +687,44 @@ def test_breakage_by_category_and_cost_basis_the_same_before_and_after_the_sweep
     )
     assert "breakage_after_expiry" in broken
     assert "breakage_is_lot_write_offs" not in broken  # balanced: both sides, one lot
+
+
+def test_a_create_retried_on_two_replicas_and_a_clock_jumping_back_issue_once(
+    server: ServerThread,
+) -> None:
+    a, b = Replica(server), Replica(server)
+    try:
+        acct = f"once-{uuid.uuid4().hex[:12]}"
+        a.stub.CreateAccount(pb.CreateAccountRequest(account_id=acct))
+        k = key()
+        request = pb.CreateGrantScheduleRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=100,
+            period_unit=MONTHLY,
+            period_count=1,
+            idempotency_key=k,
+        )
+        with ThreadPoolExecutor(8) as pool:
+            made = list(
+                pool.map(lambda i: (a, b)[i % 2].stub.CreateGrantSchedule(request), range(16))
+            )
+        assert len({m.schedule.schedule_id for m in made}) == 1
+        sid = made[0].schedule.schedule_id
+        server.advance(timedelta(days=31))  # Feb 1: period 1
+        charge_on = (a, b)
+        for i in range(4):
+            charge_on[i % 2].stub.Charge(
+                pb.ChargeRequest(account_id=acct, asset=ASSET, amount=1, idempotency_key=key())
+            )
+        server.advance(timedelta(days=-3))  # the clock jumps back into January
+        charge_on[0].stub.Charge(
+            pb.ChargeRequest(account_id=acct, asset=ASSET, amount=1, idempotency_key=key())
+        )
+        server.advance(timedelta(days=3))
+        rows = server.run(_period_rows(server.database_url, sid))
+        assert rows == [(0, "allowance", 100), (1, "allowance", 100)]
+        server.run(assert_ledger_consistent(server.database_url))
+    finally:
+        a.stop()
+        b.stop()
