@@ -14,6 +14,7 @@ import asyncpg
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
+from creditledger_client import SyncLedgerClient
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from ledger.domain import codec, limits
@@ -443,3 +444,18 @@ def test_zz_the_ledger_verifies_after_every_test_of_this_module(server: ServerTh
     category leave a ledger `ledger verify` proves consistent."""
     server.sweep()
     server.run(assert_ledger_consistent(server.database_url))
+
+
+def test_the_python_client_grants_and_shows_provenance(server: ServerThread) -> None:
+    acct = account(server)
+    with SyncLedgerClient(f"127.0.0.1:{server.app.port}") as client:
+        made = client.grant(
+            acct, ASSET, 7, category="promotional", unit_cost_micros=0, cost_currency="USD"
+        )
+        assert (made.lot.category, made.lot.unit_cost_micros, made.lot.cost_currency) == (
+            "promotional",
+            0,
+            "USD",
+        )
+        plain = client.grant(acct, ASSET, 3)
+        assert (plain.lot.category, plain.lot.unit_cost_micros) == ("paid", None)
