@@ -264,10 +264,15 @@ class Ledger:
             await self._store.snapshot(ws, account_id=account_id)
         except _STORAGE_FAILURES as exc:
             raise _storage_failure(exc) from exc
+        # The assets it holds, and those of its schedules (one anchored ahead has
+        # no balance until catch_up issues its first period).
+        assets = {asset for _, asset in ws.balances}
+        assets |= {s.asset for s in ws.schedules.values() if s.account_id == account_id}
         balances = []
-        for _, asset in sorted(ws.balances):
+        for asset in sorted(assets):
             rules.catch_up(ws, account_id, asset)
-            balances.append(ws.balance(account_id, asset).copy())
+            if (account_id, asset) in ws.balances:
+                balances.append(ws.balance(account_id, asset).copy())
         return dataclasses.replace(account, balances=balances)
 
     async def get_balance(

@@ -843,8 +843,12 @@ class PostgresStore:
         async def run(conn: asyncpg.Connection) -> None:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 if account_id:
+                    # With the assets of its active schedules: one whose anchor is
+                    # still ahead has no balance row until its first period starts.
                     assets = await conn.fetch(
-                        "SELECT asset FROM balances WHERE account_id = $1", account_id
+                        "SELECT asset FROM balances WHERE account_id = $1 UNION SELECT asset"
+                        " FROM grant_schedules WHERE account_id = $1 AND state = 'active'",
+                        account_id,
                     )
                     pairs.update((account_id, r["asset"]) for r in assets)
                 if group_id:

@@ -728,3 +728,15 @@ def test_a_create_retried_on_two_replicas_and_a_clock_jumping_back_issue_once(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_schedule_anchored_ahead_issues_nothing_until_its_anchor_then_shows_in_get_account(
+    server: ServerThread,
+) -> None:
+    acct = account(server)
+    s = monthly(server, acct, 100, anchor=ts(utc(2030, 1, 15)))
+    assert (s.first_period, s.next_period) == (0, 0)
+    assert available(server, acct) == 0
+    server.advance(utc(2030, 1, 15) - server.clock.now())  # the anchor: period 0
+    got = server.stub.GetAccount(pb.GetAccountRequest(account_id=acct)).account
+    assert [(b.asset, b.available) for b in got.balances] == [(ASSET, 100)]
