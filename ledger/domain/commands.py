@@ -14,8 +14,8 @@ from typing import ClassVar
 from ledger.domain import limits
 from ledger.domain.access import Scope
 from ledger.domain.errors import FieldViolation, InvalidArgument
-from ledger.domain.model import ALLOWANCE, CATEGORIES, PAID, Rollover
-from ledger.domain.periods import COUNT_MAX, COUNT_MIN, Unit, zone
+from ledger.domain.model import ALLOWANCE, CATEGORIES, PAID, REFUND, ROLLOVER, Rollover
+from ledger.domain.periods import COUNT_MAX, COUNT_MIN, Unit, longest_period_s, zone
 
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _ASSET = re.compile(r"[a-z0-9_]{1,64}")
@@ -435,16 +435,21 @@ class CreateGrantSchedule(Command):
         if not limits.PRIORITY_MIN <= self.priority <= limits.PRIORITY_MAX:
             v.add("priority", f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX}")
         v.provenance(self.category, None, "")
-        if (
-            self.lot_life_s is not None
-            and not 1 <= self.lot_life_s <= limits.SCHEDULE_LOT_LIFE_S_MAX
-        ):
+        if self.category in (ROLLOVER, REFUND):
+            v.add("category", "a schedule's lots cannot be rollover or refund lots")
+        longest = (
+            longest_period_s(unit, self.count) * limits.SCHEDULE_LOT_LIFE_PERIODS_MAX
+            if unit is not None and COUNT_MIN[unit] <= self.count <= COUNT_MAX[unit]
+            else limits.SCHEDULE_LOT_LIFE_S_MAX
+        )
+        if self.lot_life_s is not None and not 1 <= self.lot_life_s <= longest:
             v.add(
                 "lot_life",
-                f"must be 1 s to {limits.SCHEDULE_LOT_LIFE_S_MAX} s (SCHEDULE_LOT_LIFE_S_MAX)",
+                f"must be 1 s to {longest} s"
+                f" ({limits.SCHEDULE_LOT_LIFE_PERIODS_MAX} periods, SCHEDULE_LOT_LIFE_PERIODS_MAX)",
             )
         if self.rollover is not None:
-            _rollover(v, self.rollover)
+            _rollover(v, self.rollover, longest)
         v.metadata("metadata", self.metadata)
         v.raise_if_any()
 
@@ -476,13 +481,17 @@ class UpdateGrantSchedule(Command):
         v.raise_if_any()
 
 
-def _rollover(v: Violations, r: Rollover) -> None:
+def _rollover(v: Violations, r: Rollover, life_s_max: int = limits.SCHEDULE_LOT_LIFE_S_MAX) -> None:
     if r.cap_amount is not None:
         v.amount("rollover.cap_amount", r.cap_amount, allow_zero=True)
     if r.cap_percent is not None and not 0 <= r.cap_percent <= 100:
         v.add("rollover.cap_percent", "must be between 0 and 100")
-    if r.life_s is not None and not 1 <= r.life_s <= limits.SCHEDULE_LOT_LIFE_S_MAX:
-        v.add("rollover.life", f"must be 1 s to {limits.SCHEDULE_LOT_LIFE_S_MAX} s")
+    if r.life_s is not None and not 1 <= r.life_s <= life_s_max:
+        v.add(
+            "rollover.life",
+            f"must be 1 s to {life_s_max} s"
+            f" ({limits.SCHEDULE_LOT_LIFE_PERIODS_MAX} periods, SCHEDULE_LOT_LIFE_PERIODS_MAX)",
+        )
     if not limits.PRIORITY_MIN <= r.priority <= limits.PRIORITY_MAX:
         v.add(
             "rollover.priority",

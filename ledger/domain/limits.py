@@ -51,3 +51,8 @@ SCHEDULE_DRAIN_BATCHES_MAX = 1000
 # Active schedules of one account x asset (every catch_up of the pair walks them).
 SCHEDULES_PER_PAIR_MAX = 16
 SCHEDULE_LOT_LIFE_S_MAX = 3660 * 86400
+# A schedule's lots (each period's, each rollover) live at most this many
+# periods: a schedule then has at most this many live lots (+1), and a pair's
+# live schedule lots stay far below LIVE_LOTS_PER_PAIR_MAX and its balance far
+# below INT64_MAX (SCHEDULES_PER_PAIR_MAX x 2 x this x AMOUNT_MAX).
+SCHEDULE_LOT_LIFE_PERIODS_MAX = 12

@@ -58,6 +58,15 @@ COUNT_MIN = {
 }
 
 
+def longest_period_s(unit: Unit, count: int) -> int:
+    """The longest one period can be, in seconds (months of 31 days, a DST hour)."""
+    day = 86400
+    if unit is Unit.FIXED:
+        return count
+    days = {Unit.MONTH: 31, Unit.WEEK: 7, Unit.DAY: 1}[unit] * count
+    return days * day + 3600
+
+
 class OutOfCalendar(ValueError):
     """Period n would start past year 9999 (or before year 1): it never comes."""
 

@@ -686,6 +686,16 @@ def update_grant_schedule(ws: WorkingSet, cmd: c.UpdateGrantSchedule) -> Schedul
     s = schedules.require_in_scope(
         found, cmd.schedule_id, found is not None and in_scope(cmd.scope, found.account_id)
     )
+    longest = schedules.longest_period_s(schedules.Unit(s.unit), s.count)
+    life_max = longest * limits.SCHEDULE_LOT_LIFE_PERIODS_MAX
+    if cmd.rollover is not None and (cmd.rollover.life_s or 0) > life_max:
+        raise errors.InvalidArgument(
+            [
+                errors.FieldViolation(
+                    "rollover.life", f"must be 1 s to {life_max} s for this schedule"
+                )
+            ]
+        )
     key = (s.account_id, s.asset)
     catch_up(ws, *key)
     amount, rollover = s.terms_for(s.next_period)

@@ -34,7 +34,7 @@ from ledger.domain.model import (
     Rollover,
     Schedule,
 )
-from ledger.domain.periods import Cadence, OutOfCalendar, Unit
+from ledger.domain.periods import Cadence, OutOfCalendar, Unit, longest_period_s
 from ledger.domain.workingset import ISSUED, ScheduleBehind, Side, WorkingSet, available
 
 ROLLED_SIDE = Side(ROLLED, Bucket.SYSTEM)
@@ -251,6 +251,7 @@ __all__ = [
     "cadence",
     "first_period",
     "issue_due",
+    "longest_period_s",
     "next_start",
     "roll_over",
     "rollover_cap",

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
 from creditledger.v1 import ledger_pb2_grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from ledger.app import App
 from ledger.config import Config
@@ -68,7 +68,7 @@ def monthly(s: ServerThread, acct: str, amount: int, **fields: object) -> pb.Gra
         idempotency_key=str(fields.pop("idempotency_key", key())),
     )
     for name, value in fields.items():
-        if isinstance(value, pb.Rollover | timestamp_pb2.Timestamp):
+        if isinstance(value, pb.Rollover | timestamp_pb2.Timestamp | duration_pb2.Duration):
             getattr(req, name).CopyFrom(value)
         else:
             setattr(req, name, value)
@@ -264,6 +264,13 @@ def test_bad_schedules_are_invalid_argument_naming_the_field(server: ServerThrea
         ({"category": "bonus"}, "category"),
         ({"rollover": pb.Rollover(cap_percent=101)}, "rollover.cap_percent"),
         ({"end": ts(utc(2029, 1, 1))}, "end"),
+        ({"category": "rollover"}, "category"),
+        # A monthly lot may live at most 12 periods (SCHEDULE_LOT_LIFE_PERIODS_MAX).
+        ({"lot_life": duration_pb2.Duration(seconds=13 * 31 * 86400)}, "lot_life"),
+        (
+            {"rollover": pb.Rollover(life=duration_pb2.Duration(seconds=13 * 31 * 86400))},
+            "rollover.life",
+        ),
     ]
     for fields, field in cases:
         with pytest.raises(grpc.RpcError) as err:
