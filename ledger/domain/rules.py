@@ -640,7 +640,7 @@ def create_grant_schedule(ws: WorkingSet, cmd: c.CreateGrantSchedule) -> Schedul
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     key = (cmd.account_id, cmd.asset)
     catch_up(ws, *key)
-    active = len(ws.schedules_of(key))
+    active = sum(1 for s in ws.schedules_of(key) if s.state is ScheduleState.ACTIVE)
     if active >= limits.SCHEDULES_PER_PAIR_MAX:
         raise errors.ScheduleLimitExceeded(
             f"{cmd.account_id} has {active} active schedules of {cmd.asset}, the most one"

@@ -33,6 +33,7 @@ from ledger.domain.model import (
     Movement,
     Rollover,
     Schedule,
+    ScheduleState,
 )
 from ledger.domain.periods import Cadence, OutOfCalendar, Unit, longest_period_s
 from ledger.domain.workingset import ISSUED, ScheduleBehind, Side, WorkingSet, available
@@ -60,6 +61,8 @@ def issue_due(ws: WorkingSet, account_id: str, asset: str) -> list[Lot]:
     start. Raises ScheduleBehind when one has more due than `ws.periods_max`."""
     issued: list[Lot] = []
     for s in ws.schedules_of((account_id, asset)):
+        if s.next_start > ws.now:
+            continue  # nothing due: the common case costs one comparison
         cad = cadence(s)
         n = s.next_period
         count = 0
@@ -137,6 +140,8 @@ def roll_over(ws: WorkingSet, lot: Lot) -> Lot | None:
     s = ws.schedules.get(lot.schedule_id) if lot.schedule_id else None
     if s is None or lot.category != ALLOWANCE or lot.period is None or lot.expires_at is None:
         return None
+    if s.state is not ScheduleState.ACTIVE:
+        return None  # a cancelled schedule's lots expire whole (docs/design.md)
     _, rollover = s.terms_for(lot.period)
     moved = min(lot.remaining, rollover_cap(rollover, lot.amount))
     if moved <= 0 or rollover is None:
@@ -205,7 +210,7 @@ def as_of(s: Schedule, now: datetime) -> Schedule:
     """A copy of `s` with next_period (and next_start) as catch_up would leave
     them at `now`, without issuing anything: what a listing shows."""
     out = snapshot(s)
-    if s.state.value != "active" or s.next_start > now:
+    if s.state is not ScheduleState.ACTIVE or s.next_start > now:
         return out
     cad = cadence(s)
     due = cad.period_at(now) + 1

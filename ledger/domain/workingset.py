@@ -132,14 +132,19 @@ class WorkingSet:
     periods_partial: bool = False
     behind: bool = False  # set when such a batch stopped at periods_max
 
+    _pair_schedules: dict[PairKey, dict[str, Schedule]] = field(default_factory=dict)
+
     def add_schedule(self, schedule: Schedule) -> None:
         self.schedules[schedule.schedule_id] = schedule
+        pair = (schedule.account_id, schedule.asset)
+        self._pair_schedules.setdefault(pair, {})[schedule.schedule_id] = schedule
 
     def schedules_of(self, key: PairKey) -> list[Schedule]:
-        return sorted(
-            (s for s in self.schedules.values() if (s.account_id, s.asset) == key),
-            key=lambda s: s.schedule_id,
-        )
+        """The pair's schedules loaded, in id order (the order catch_up issues in)."""
+        found = self._pair_schedules.get(key)
+        if not found:
+            return []
+        return [found[i] for i in sorted(found)]
 
     def add_lot(self, lot: Lot) -> None:
         self.lots[lot.lot_id] = lot
