@@ -77,8 +77,8 @@ class BatchUnit(Protocol):
         lot of `whole_pairs` and the first few in spend order of the others (setting
         `ws.lot_horizon` where more exist); the lots `lot_ids` (VoidGrant), with
         their pairs and every open reservation of those pairs; the active grant
-        schedules of every pair, the schedules `schedule_ids` (and their pairs),
-        and the live lots of those schedules; return the idempotency records of `keys`."""
+        schedules of every pair, the schedules `schedule_ids` (and their pairs)
+        with their live lots; return the idempotency records of `keys`."""
         ...
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None: ...

@@ -189,9 +189,10 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
     UNION
     SELECT {_LOT_COLS} FROM lots WHERE lot_id = ANY($11::uuid[])
     UNION
-    -- The live lots of the schedules loaded (at most a period's and its rollover's).
+    -- The live lots of the schedules named by id (CancelGrantSchedule voids them);
+    -- catch_up needs no other: a rollover starts from a due lot, loaded above.
     SELECT {_LOT_COLS} FROM lots WHERE lots.remaining > 0
-      AND lots.schedule_id = ANY(ARRAY(SELECT schedule_id FROM sched))
+      AND lots.schedule_id = ANY(ARRAY(SELECT schedule_id FROM bysched))
 ) AS l
 UNION ALL SELECT 's', to_jsonb(sched) FROM sched
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
