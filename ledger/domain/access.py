@@ -48,6 +48,13 @@ NEEDED: dict[str, Permission] = {
     "Grant": Permission.GRANT,
     "SetSpendingLimits": Permission.ADMIN,
     "SetMemberCap": Permission.ADMIN,
+    "VoidGrant": Permission.GRANT,
+    "CreateGrantSchedule": Permission.GRANT,
+    "CancelGrantSchedule": Permission.GRANT,
+    "UpdateGrantSchedule": Permission.GRANT,
+    "GetGrantSchedule": Permission.READ,
+    "ListGrantSchedules": Permission.READ,
+    "GetBreakage": Permission.READ,
 }
 
 #: The prefix that stands for every account in a caller file.

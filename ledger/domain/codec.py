@@ -12,7 +12,19 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ledger.domain.model import Allocation, Balance, Lot, Reservation, ReservationState
+from ledger.domain.model import (
+    PAID,
+    Allocation,
+    Balance,
+    Lot,
+    Reservation,
+    ReservationState,
+    Rollover,
+    Schedule,
+    ScheduleState,
+    Terms,
+    spend_rank,
+)
 
 
 def _time(value: datetime | str) -> datetime:
@@ -32,7 +44,12 @@ def ancestors_from(value: Any) -> tuple[str, ...]:
 
 
 def lot_to_dict(lot: Lot) -> dict[str, Any]:
-    return dict(lot.__dict__)
+    """With the category's spend rank, which the lots table stores for its index."""
+    return {
+        **lot.__dict__,
+        "spend_rank": spend_rank(lot.category),
+        "schedule_id": lot.schedule_id or None,  # a uuid column: none is NULL
+    }
 
 
 def lot_from(d: Mapping[str, Any]) -> Lot:
@@ -47,6 +64,61 @@ def lot_from(d: Mapping[str, Any]) -> Lot:
         source=d["source"],
         expires_at=_time(expires) if expires is not None else None,
         created_at=_time(d["created_at"]),
+        # Lots (and stored outcomes) from before version 13 have no provenance.
+        category=d.get("category", PAID),
+        unit_cost_micros=d.get("unit_cost_micros"),
+        cost_currency=d.get("cost_currency", ""),
+        schedule_id=str(d.get("schedule_id") or ""),
+        period=d.get("period"),
+    )
+
+
+def schedule_to_dict(s: Schedule) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in s.__dict__.items() if k not in ("state", "rollover", "metadata")},
+        "state": s.state.value,
+        "rollover": dict(s.rollover.__dict__) if s.rollover is not None else None,
+        "metadata": dict(s.metadata),
+        "terms": [
+            {
+                "from_period": t.from_period,
+                "amount": t.amount,
+                "rollover": dict(t.rollover.__dict__) if t.rollover is not None else None,
+            }
+            for t in s.terms
+        ],
+    }
+
+
+def schedule_from(d: Mapping[str, Any]) -> Schedule:
+    rollover = d.get("rollover")
+    ends = d.get("ends_at")
+    return Schedule(
+        schedule_id=str(d["schedule_id"]),
+        account_id=d["account_id"],
+        asset=d["asset"],
+        amount=d["amount"],
+        unit=d["unit"],
+        count=d["count"],
+        anchor=_time(d["anchor"]),
+        time_zone=d["time_zone"],
+        ends_at=_time(ends) if ends is not None else None,
+        priority=d["priority"],
+        category=d["category"],
+        lot_life_s=d.get("lot_life_s"),
+        rollover=Rollover(**rollover) if rollover else None,
+        first_period=d["first_period"],
+        next_period=d["next_period"],
+        next_start=_time(d["next_start"]),
+        state=ScheduleState(d["state"]),
+        metadata=dict(d.get("metadata") or {}),
+        created_at=_time(d["created_at"]),
+        terms=[
+            Terms(
+                t["from_period"], t["amount"], Rollover(**t["rollover"]) if t["rollover"] else None
+            )
+            for t in d.get("terms") or ()
+        ],
     )
 
 

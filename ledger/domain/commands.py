@@ -14,10 +14,15 @@ from typing import ClassVar
 from ledger.domain import limits
 from ledger.domain.access import Scope
 from ledger.domain.errors import FieldViolation, InvalidArgument
+from ledger.domain.model import ALLOWANCE, CATEGORIES, PAID, REFUND, ROLLOVER, Rollover
+from ledger.domain.periods import COUNT_MAX, COUNT_MIN, Unit, longest_period_s, zone
 
 _ACCOUNT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _ASSET = re.compile(r"[a-z0-9_]{1,64}")
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+# A caller's own lot category (the set is documented: "x_" and a token).
+CATEGORY_CUSTOM = re.compile(r"x_[a-z0-9_]{1,30}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -158,6 +163,28 @@ class Violations:
         if value not in OVERAGE_MODES:
             self.add("overage", "must be REJECT (the default), CAP or DEBT")
 
+    def provenance(self, category: str, unit_cost_micros: int | None, currency: str) -> None:
+        """A lot's category and cost basis (docs/design.md, "Provenance and spend order")."""
+        if category not in CATEGORIES and not CATEGORY_CUSTOM.fullmatch(category):
+            self.add(
+                "category",
+                f"must be one of {', '.join(CATEGORIES)} or a token x_ then 1-30 chars of [a-z0-9_]",
+            )
+        if (
+            unit_cost_micros is not None
+            and not 0 <= unit_cost_micros <= limits.UNIT_COST_MICROS_MAX
+        ):
+            self.add(
+                "unit_cost_micros",
+                f"must be between 0 and {limits.UNIT_COST_MICROS_MAX} (UNIT_COST_MICROS_MAX)",
+            )
+        if unit_cost_micros is not None and not currency:
+            self.add("unit_cost_micros", "needs cost_currency, the ISO 4217 code it is counted in")
+        elif unit_cost_micros is not None and not _CURRENCY.fullmatch(currency):
+            self.add("cost_currency", "must be an ISO 4217 code (3 letters A-Z)")
+        elif unit_cost_micros is None and currency:
+            self.add("cost_currency", "must be empty without unit_cost_micros")
+
     def reservation_id(self, name: str, value: str) -> None:
         if not is_uuid(value):
             self.add(name, "must be a reservation id returned by Reserve or Charge (a UUID)")
@@ -218,6 +245,10 @@ class Command:
     scope: Scope = field(default=None, kw_only=True)
 
     method = "Command"
+    # Fields added after keys were first recorded, with their defaults: left out
+    # of the fingerprint when at their default, so that a key recorded before
+    # the field existed still matches its retry.
+    added_later: ClassVar[dict[str, object]] = {}
 
     def validate(self) -> None:
         raise NotImplementedError
@@ -250,11 +281,15 @@ class Command:
         for name, default in _LATER_FIELDS.items():
             if name in fields and fields[name] == default:
                 del fields[name]
+        for name, default in self.added_later.items():
+            if fields[name] == default:
+                del fields[name]
         return fields
 
 
 # Request fields added after the first release, with the value that leaves them out
 # of the fingerprint (a request that does not use them hashes as it always did).
+# (Per-command ones: the class's `added_later`.)
 _LATER_FIELDS: dict[str, object] = {"preconditions": (), "overage": "reject"}
 
 
@@ -297,8 +332,17 @@ class Grant(Command):
     priority: int = limits.PRIORITY_DEFAULT
     source: str = ""
     preconditions: tuple[Precondition, ...] = ()
+    # Provenance and cost basis (docs/design.md, "Provenance and spend order").
+    category: str = PAID
+    unit_cost_micros: int | None = None
+    cost_currency: str = ""
 
     method = "Grant"
+    added_later: ClassVar[dict[str, object]] = {
+        "category": PAID,
+        "unit_cost_micros": None,
+        "cost_currency": "",
+    }
 
     def validate(self) -> None:
         v = Violations()
@@ -311,6 +355,7 @@ class Grant(Command):
             )
         v.text("source", self.source, limits.SOURCE_LEN_MAX, "SOURCE_LEN_MAX")
         v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
+        v.provenance(self.category, self.unit_cost_micros, self.cost_currency)
         v.raise_if_any()
 
 
@@ -516,6 +561,151 @@ class SetMemberCap(Command):
 
 
 @dataclass(frozen=True)
+class VoidGrant(Command):
+    """Take back unspent credits of one lot (0: all its unspent remainder)."""
+
+    lot_id: str
+    amount: int = 0
+    reason: str = ""
+
+    method = "VoidGrant"
+
+    def validate(self) -> None:
+        v = Violations()
+        if not is_uuid(self.lot_id):
+            v.add("lot_id", "must be a lot id returned by Grant (a UUID)")
+        v.amount("amount", self.amount, allow_zero=True)
+        v.text("reason", self.reason, limits.REASON_LEN_MAX, "REASON_LEN_MAX")
+        v.idempotency_key(self.idempotency_key)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class CreateGrantSchedule(Command):
+    """A grant that renews itself every period (ledger/domain/schedules.py)."""
+
+    account_id: str
+    asset: str
+    amount: int
+    unit: str  # month, week, day, fixed (count seconds)
+    count: int
+    anchor: datetime | None = None  # None: now
+    time_zone: str = "UTC"
+    ends_at: datetime | None = None
+    priority: int = limits.PRIORITY_DEFAULT
+    category: str = ALLOWANCE
+    lot_life_s: int | None = None
+    rollover: Rollover | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    method = "CreateGrantSchedule"
+
+    def validate(self) -> None:
+        v = Violations()
+        v.target(self.account_id, self.asset, self.amount, self.idempotency_key)
+        unit = next((u for u in Unit if u.value == self.unit), None)
+        if unit is None:
+            v.add("period_unit", "must be MONTH, WEEK, DAY or FIXED")
+        elif not COUNT_MIN[unit] <= self.count <= COUNT_MAX[unit]:
+            v.add(
+                "period_count",
+                f"must be {COUNT_MIN[unit]} to {COUNT_MAX[unit]} for {unit.value}"
+                + (" (seconds)" if unit is Unit.FIXED else ""),
+            )
+            if unit is Unit.FIXED:  # the count of a fixed period is seconds: say which unit
+                v.add("period_unit", "FIXED counts seconds: period_count must be at least 60")
+        try:
+            zone(self.time_zone)
+        except ValueError as exc:
+            v.add("time_zone", f"{exc}: must be an IANA time zone such as Europe/Paris")
+        if self.ends_at is not None and self.anchor is not None and self.ends_at <= self.anchor:
+            v.add("end", "must be after anchor")
+        if not limits.PRIORITY_MIN <= self.priority <= limits.PRIORITY_MAX:
+            v.add("priority", f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX}")
+        v.provenance(self.category, None, "")
+        if self.category in (ROLLOVER, REFUND):
+            v.add("category", "a schedule's lots cannot be rollover or refund lots")
+        longest = (
+            longest_period_s(unit, self.count) * limits.SCHEDULE_LOT_LIFE_PERIODS_MAX
+            if unit is not None and COUNT_MIN[unit] <= self.count <= COUNT_MAX[unit]
+            else limits.SCHEDULE_LOT_LIFE_S_MAX
+        )
+        if self.lot_life_s is not None and not 1 <= self.lot_life_s <= longest:
+            v.add(
+                "lot_life",
+                f"must be 1 s to {longest} s"
+                f" ({limits.SCHEDULE_LOT_LIFE_PERIODS_MAX} periods, SCHEDULE_LOT_LIFE_PERIODS_MAX)",
+            )
+        if self.rollover is not None:
+            _rollover(v, self.rollover, longest)
+        v.metadata("metadata", self.metadata)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
+class UpdateGrantSchedule(Command):
+    """New terms from the next period on (None: unchanged); never an issued period."""
+
+    schedule_id: str
+    amount: int | None = None
+    rollover: Rollover | None = None
+    remove_rollover: bool = False
+
+    method = "UpdateGrantSchedule"
+
+    def validate(self) -> None:
+        v = Violations()
+        if not is_uuid(self.schedule_id):
+            v.add("schedule_id", "must be a schedule id returned by CreateGrantSchedule (a UUID)")
+        if self.amount is not None:
+            v.amount("amount", self.amount)
+        if self.rollover is not None:
+            _rollover(v, self.rollover)
+            if self.remove_rollover:
+                v.add("remove_rollover", "must not be set with rollover")
+        if self.amount is None and self.rollover is None and not self.remove_rollover:
+            v.add("amount", "set amount, rollover or remove_rollover: nothing to change")
+        v.idempotency_key(self.idempotency_key)
+        v.raise_if_any()
+
+
+def _rollover(v: Violations, r: Rollover, life_s_max: int = limits.SCHEDULE_LOT_LIFE_S_MAX) -> None:
+    if r.cap_amount is not None:
+        v.amount("rollover.cap_amount", r.cap_amount, allow_zero=True)
+    if r.cap_percent is not None and not 0 <= r.cap_percent <= 100:
+        v.add("rollover.cap_percent", "must be between 0 and 100")
+    if r.life_s is not None and not 1 <= r.life_s <= life_s_max:
+        v.add(
+            "rollover.life",
+            f"must be 1 s to {life_s_max} s"
+            f" ({limits.SCHEDULE_LOT_LIFE_PERIODS_MAX} periods, SCHEDULE_LOT_LIFE_PERIODS_MAX)",
+        )
+    if not limits.PRIORITY_MIN <= r.priority <= limits.PRIORITY_MAX:
+        v.add(
+            "rollover.priority",
+            f"must be between {limits.PRIORITY_MIN} and {limits.PRIORITY_MAX}",
+        )
+
+
+@dataclass(frozen=True)
+class CancelGrantSchedule(Command):
+    """No further periods; `void_remainder` also voids the current period's
+    unheld remainder."""
+
+    schedule_id: str
+    void_remainder: bool = False
+
+    method = "CancelGrantSchedule"
+
+    def validate(self) -> None:
+        v = Violations()
+        if not is_uuid(self.schedule_id):
+            v.add("schedule_id", "must be a schedule id returned by CreateGrantSchedule (a UUID)")
+        v.idempotency_key(self.idempotency_key)
+        v.raise_if_any()
+
+
+@dataclass(frozen=True)
 class ExpireDue:
     """Internal (sweeper): make durable what is due among these reservations and
     (account, asset) pairs. No caller and no key: never recorded, never replayed."""
@@ -572,6 +762,10 @@ KeyedCommand = (
     | Refund
     | SetSpendingLimits
     | SetMemberCap
+    | VoidGrant
+    | CreateGrantSchedule
+    | UpdateGrantSchedule
+    | CancelGrantSchedule
 )
 # A Batch is unkeyed itself: its commands are keyed, each on its own.
 MutatingCommand = KeyedCommand | ExpireDue | Batch

@@ -158,6 +158,33 @@ class CapExceeded(LedgerError):
     reason = "CAP_EXCEEDED"
 
 
+class LotNotFound(LedgerError):
+    kind = Kind.NOT_FOUND
+    reason = "LOT_NOT_FOUND"
+
+
+class ScheduleNotFound(LedgerError):
+    kind = Kind.NOT_FOUND
+    reason = "SCHEDULE_NOT_FOUND"
+
+
+class ScheduleLimitExceeded(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "SCHEDULE_LIMIT_EXCEEDED"
+
+
+class CreditsHeld(LedgerError):
+    """VoidGrant of credits an open reservation holds: settle or release it first."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "CREDITS_HELD"
+
+
+class AmountExceedsUnspent(LedgerError):
+    kind = Kind.FAILED_PRECONDITION
+    reason = "AMOUNT_EXCEEDS_UNSPENT"
+
+
 class Contention(LedgerError):
     """Serialization retries ran out; nothing was recorded, retry with the same key."""
 
@@ -242,5 +269,10 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         LotLimitExceeded,
         PreconditionFailed,
         CapExceeded,
+        LotNotFound,
+        ScheduleNotFound,
+        ScheduleLimitExceeded,
+        CreditsHeld,
+        AmountExceedsUnspent,
     )
 }

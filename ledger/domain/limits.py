@@ -13,6 +13,8 @@ METADATA_ENTRIES_MAX = 32
 METADATA_KEY_LEN_MAX = 64  # printable ASCII: chars are bytes
 METADATA_VALUE_LEN_MAX = 512  # bytes of UTF-8
 SOURCE_LEN_MAX = 64
+# Cost basis of one credit, in micros of its currency: at most one million units.
+UNIT_COST_MICROS_MAX = 10**12
 REASON_LEN_MAX = 256
 PRIORITY_MIN = 0
 PRIORITY_MAX = 1_000_000
@@ -42,3 +44,22 @@ PRECONDITIONS_MAX = GROUP_LEGS_MAX
 FLOOR_MIN = -AMOUNT_MAX
 # Levels of ancestors above an account (a member's pool, the pool's pool, ...).
 POOL_DEPTH_MAX = 3
+# Grant schedules (ledger/domain/periods.py): the longest period of each unit,
+# and the shortest fixed one.
+SCHEDULE_PERIOD_MONTHS_MAX = 120
+SCHEDULE_PERIOD_WEEKS_MAX = 520
+SCHEDULE_PERIOD_DAYS_MAX = 3660
+SCHEDULE_PERIOD_FIXED_S_MIN = 60
+SCHEDULE_PERIOD_FIXED_S_MAX = 3660 * 86400
+# Periods one batch issues per schedule; a longer backlog (downtime) is issued
+# first by batches of its own, each this size (writer._drain_schedules).
+SCHEDULE_PERIODS_PER_BATCH_MAX = 64
+SCHEDULE_DRAIN_BATCHES_MAX = 1000
+# Active schedules of one account x asset (every catch_up of the pair walks them).
+SCHEDULES_PER_PAIR_MAX = 16
+SCHEDULE_LOT_LIFE_S_MAX = 3660 * 86400
+# A schedule's lots (each period's, each rollover) live at most this many
+# periods: a schedule then has at most this many live lots (+1), and a pair's
+# live schedule lots stay far below LIVE_LOTS_PER_PAIR_MAX and its balance far
+# below INT64_MAX (SCHEDULES_PER_PAIR_MAX x 2 x this x AMOUNT_MAX).
+SCHEDULE_LOT_LIFE_PERIODS_MAX = 12

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ledger.domain.errors import LedgerError
 
@@ -32,6 +32,8 @@ class Movement(enum.Enum):
     # its own), and paid back from a later grant (available -> @overdraft).
     DEBT = "debt"
     DEBT_REPAYMENT = "debt_repayment"
+    VOID = "void"
+    ROLLOVER = "rollover"  # a period's unused allowance moved to its rollover lot
 
 
 class Bucket(enum.Enum):
@@ -53,6 +55,10 @@ class Overage(enum.Enum):
     REJECT = "reject"  # all or nothing (INSUFFICIENT_CREDITS)
     CAP = "cap"  # take what can be spent, up to the amount (0 is an answer)
     DEBT = "debt"  # spend below zero, down to the pair's floor
+
+
+VOIDED = "@voided"  # credits taken back by VoidGrant
+ROLLED = "@rollover"  # between a period's lot and its rollover lot (sums to zero)
 
 
 @dataclass
@@ -99,6 +105,30 @@ class Balance:
         return self.available - self.debt - self.floor
 
 
+# Where a lot's credits came from (its provenance). A caller may also use its
+# own token: "x_" then 1-30 chars of [a-z0-9_] (commands.CATEGORY_CUSTOM).
+PAID = "paid"
+PROMOTIONAL = "promotional"
+ALLOWANCE = "allowance"
+ROLLOVER = "rollover"
+REFUND = "refund"
+CATEGORIES = (PAID, PROMOTIONAL, ALLOWANCE, ROLLOVER, REFUND)
+# At equal priority and expiry, the lot spent first: promotional before
+# allowance before paid (docs/design.md, "Spend order"). Caller tokens rank
+# just before paid. Stored with each lot (lots.spend_rank) so that the index
+# lots_spend_order orders by it exactly as spend_order() does.
+_SPEND_RANK = {PROMOTIONAL: 0, ROLLOVER: 1, ALLOWANCE: 2, REFUND: 3, PAID: 5}
+CUSTOM_SPEND_RANK = 4
+
+
+# Stands for "no expiry" in spend_order(), after `never` already put such lots last.
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def spend_rank(category: str) -> int:
+    return _SPEND_RANK.get(category, CUSTOM_SPEND_RANK)
+
+
 @dataclass
 class Lot:
     """What is left of one grant. remaining = unreserved, unspent, unexpired part."""
@@ -112,15 +142,35 @@ class Lot:
     source: str
     expires_at: datetime | None
     created_at: datetime
+    # Provenance and cost basis (migration 0013): lots made before it are "paid".
+    category: str = PAID
+    # Cost basis of one credit in micros of `cost_currency`; None: not given.
+    unit_cost_micros: int | None = None
+    cost_currency: str = ""
+    # A lot a grant schedule issued (migration 0014): its schedule and period;
+    # (schedule_id, period, category) is unique: allowance once, rollover once.
+    schedule_id: str = ""
+    period: int | None = None
 
     def expired_at(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
-    def spend_order(self) -> tuple[int, int, float, datetime, str]:
-        """Priority, then soonest expiry (never-expiring last), then oldest."""
+    def spend_order(self) -> tuple[int, int, datetime, int, datetime, str]:
+        """Priority, then soonest expiry (never-expiring last), then the category's
+        rank (promotional, rollover, allowance, refund, caller tokens, paid), then
+        oldest. The SQL of the batch load orders by the same columns (index
+        lots_spend_order, migration 0013): tests/integration/test_spend_order.py."""
         never = 1 if self.expires_at is None else 0
-        expiry = self.expires_at.timestamp() if self.expires_at is not None else 0.0
-        return (self.priority, never, expiry, self.created_at, self.lot_id)
+        # The datetime itself, not a float: PostgreSQL compares microseconds exactly.
+        expiry = self.expires_at if self.expires_at is not None else _NEVER
+        return (
+            self.priority,
+            never,
+            expiry,
+            spend_rank(self.category),
+            self.created_at,
+            self.lot_id,
+        )
 
 
 @dataclass
@@ -238,6 +288,99 @@ class GrantResult:
     lot: Lot
 
 
+@dataclass
+class Rollover:
+    """At a period's end, its lot's unused remainder, up to the cap (the smaller
+    of cap_amount and cap_percent of the period's amount when both are set),
+    moves to a rollover lot; the rest expires."""
+
+    cap_amount: int | None = None
+    cap_percent: int | None = None
+    life_s: int | None = None  # None: until the end of the next period
+    priority: int = 100
+
+
+@dataclass
+class Terms:
+    """UpdateGrantSchedule's change: from period `from_period` on, this amount and rollover."""
+
+    from_period: int
+    amount: int
+    rollover: Rollover | None
+
+
+class ScheduleState(enum.Enum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Schedule:
+    """A grant that renews itself: period n's lot, keyed (schedule_id, n), is
+    issued by rules.catch_up as at the period's start (ledger/domain/schedules.py)."""
+
+    schedule_id: str
+    account_id: str
+    asset: str
+    amount: int
+    unit: str  # periods.Unit value
+    count: int
+    anchor: datetime
+    time_zone: str
+    ends_at: datetime | None
+    priority: int
+    category: str
+    lot_life_s: int | None  # None: each lot lives to its period's end
+    rollover: Rollover | None
+    first_period: int  # the period the schedule was created in (none before)
+    next_period: int  # every period before it is issued
+    next_start: datetime  # when next_period starts (the sweeper's index)
+    state: ScheduleState
+    metadata: dict[str, str]
+    created_at: datetime
+    # Changes by UpdateGrantSchedule, oldest first; `amount` and `rollover` above
+    # are the terms from first_period until the first of them.
+    terms: list[Terms] = field(default_factory=list)
+
+    def terms_for(self, period: int) -> tuple[int, Rollover | None]:
+        """The amount and rollover of period `period`."""
+        amount, rollover = self.amount, self.rollover
+        for t in self.terms:
+            if t.from_period <= period:
+                amount, rollover = t.amount, t.rollover
+        return amount, rollover
+
+
+@dataclass(frozen=True)
+class ScheduleResult:
+    schedule: Schedule
+    balance: Balance | None = None
+
+
+@dataclass(frozen=True)
+class BreakageLine:
+    """Credits written off at their lot's expiry (breakage), by the lot's
+    category and cost basis: cost_micros = credits x unit_cost_micros."""
+
+    category: str
+    cost_currency: str
+    unit_cost_micros: int | None
+    credits: int
+
+    @property
+    def cost_micros(self) -> int:
+        return self.credits * (self.unit_cost_micros or 0)
+
+
+@dataclass(frozen=True)
+class VoidResult:
+    """VoidGrant's answer: the lot and balance after it, and how much it voided."""
+
+    balance: Balance
+    lot: Lot
+    voided: int
+
+
 @dataclass(frozen=True)
 class ReservationResult:
     reservation: Reservation
@@ -285,4 +428,13 @@ class BatchResult:
     outcomes: tuple[tuple[GrantResult | ReservationResult | LedgerError, bool], ...]
 
 
-Result = GrantResult | ReservationResult | GroupResult | BatchResult | LimitsResult | None
+Result = (
+    GrantResult
+    | ReservationResult
+    | GroupResult
+    | BatchResult
+    | LimitsResult
+    | VoidResult
+    | ScheduleResult
+    | None
+)

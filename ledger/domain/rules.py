@@ -14,9 +14,10 @@ import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 from ledger.domain import commands as c
-from ledger.domain import errors, limits
+from ledger.domain import errors, limits, schedules
 from ledger.domain.access import Scope, in_scope
 from ledger.domain.model import (
+    REFUND,
     Allocation,
     Balance,
     CapView,
@@ -31,12 +32,18 @@ from ledger.domain.model import (
     ReservationResult,
     ReservationState,
     Result,
+    Schedule,
+    ScheduleResult,
+    ScheduleState,
+    Terms,
+    VoidResult,
 )
 from ledger.domain.workingset import (
     CONSUMED_SIDE,
     EXPIRED_SIDE,
     ISSUED,
     OVERDRAFT_SIDE,
+    VOIDED_SIDE,
     LotsNotLoaded,
     PairKey,
     WorkingSet,
@@ -97,6 +104,14 @@ def _apply(ws: WorkingSet, cmd: c.MutatingCommand) -> Result:
         return set_spending_limits(ws, cmd)
     if isinstance(cmd, c.SetMemberCap):
         return set_member_cap(ws, cmd)
+    if isinstance(cmd, c.VoidGrant):
+        return void_grant(ws, cmd)
+    if isinstance(cmd, c.CreateGrantSchedule):
+        return create_grant_schedule(ws, cmd)
+    if isinstance(cmd, c.CancelGrantSchedule):
+        return cancel_grant_schedule(ws, cmd)
+    if isinstance(cmd, c.UpdateGrantSchedule):
+        return update_grant_schedule(ws, cmd)
     if isinstance(cmd, c.ExpireDue):
         expire_due(ws, cmd)
         return None
@@ -123,26 +138,35 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
     if ws.caught_up.get(key) == ws.now:
         return
     ws.caught_up[key] = ws.now
+    schedules.issue_due(ws, account_id, asset)
     for res in ws.overdue_holds(key):
         _give_back(
             ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY, res.expires_at
         )
         ws.end_hold(res, ReservationState.EXPIRED)
         ws.end_change()  # each deadline its own version, whoever applies it
-    for lot in ws.spendable_lots(key):
-        if lot.expired_at(ws.now):
-            ws.transfer(
-                ws.make_id(),
-                asset,
-                lot.remaining,
-                available(account_id),
-                EXPIRED_SIDE,
-                Movement.LOT_EXPIRY,
-                lot_id=lot.lot_id,
-            )
-            lot.remaining = 0
-            ws.dirty_lots.add(lot.lot_id)
-            ws.end_change()
+    due = [lot for lot in ws.spendable_lots(key) if lot.expired_at(ws.now)]
+    while due:
+        lot = due.pop(0)
+        rolled = schedules.roll_over(ws, lot)  # a schedule's allowance: first its rollover
+        if rolled is not None:
+            ws.end_change()  # the rollover is a transaction of its own
+            if rolled.expired_at(ws.now):
+                due.append(rolled)
+        if lot.remaining == 0:
+            continue
+        ws.transfer(
+            ws.make_id(),
+            asset,
+            lot.remaining,
+            available(account_id),
+            EXPIRED_SIDE,
+            Movement.LOT_EXPIRY,
+            lot_id=lot.lot_id,
+        )
+        lot.remaining = 0
+        ws.dirty_lots.add(lot.lot_id)
+        ws.end_change()
 
 
 def check_preconditions(
@@ -257,6 +281,9 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
         source=cmd.source,
         expires_at=cmd.expires_at,
         created_at=ws.now,
+        category=cmd.category,
+        unit_cost_micros=cmd.unit_cost_micros,
+        cost_currency=cmd.cost_currency,
     )
     ws.add_lot(lot)
     ws.dirty_lots.add(lot.lot_id)
@@ -863,7 +890,8 @@ def release(ws: WorkingSet, cmd: c.Release) -> ReservationResult:
 
 def _refund_lot(ws: WorkingSet, res: Reservation, alloc: Allocation, amount: int) -> Lot:
     """Where refunded credits go: their lot, or if it expired, a new lot that
-    lives `refund_grace` with the old one's priority."""
+    lives `refund_grace` with the old one's priority and cost basis (category
+    `refund`)."""
     lot = _lot_of(ws, res, alloc)
     if lot.expired_at(ws.now):
         lot = Lot(
@@ -876,6 +904,9 @@ def _refund_lot(ws: WorkingSet, res: Reservation, alloc: Allocation, amount: int
             source="refund",
             expires_at=ws.now + ws.refund_grace,
             created_at=ws.now,
+            category=REFUND,
+            unit_cost_micros=lot.unit_cost_micros,
+            cost_currency=lot.cost_currency,
         )
         ws.add_lot(lot)
     lot.remaining += amount
@@ -898,7 +929,8 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
         )
     tx = ws.make_id()
     left = cmd.amount
-    for alloc in res.allocations:
+    # Last drawn, first given back: a partial refund undoes the spend from its end.
+    for alloc in reversed(res.allocations):
         take = min(alloc.settled - alloc.refunded, left)
         if take == 0:
             continue
@@ -919,6 +951,176 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
     res.refunded += cmd.amount
     ws.dirty_reservations.add(res.reservation_id)
     return _result(ws, res)
+
+
+# ---------------------------------------------------------------- voids
+
+
+def void_grant(ws: WorkingSet, cmd: c.VoidGrant) -> VoidResult:
+    """Take back unspent credits of one lot, at `ws.now` (after catch_up: an
+    expired lot has nothing left to void): available -x, @voided +x, movement
+    `void`. The lot keeps its amount and its history; only `remaining` falls.
+    Errors: LotNotFound (also outside the caller's scope), CreditsHeld (the
+    amount needs credits open reservations hold; metadata `held`),
+    AmountExceedsUnspent (more than unspent and held together, or nothing left)."""
+    lot = ws.lots.get(cmd.lot_id)
+    if lot is None or not in_scope(cmd.scope, lot.account_id):
+        raise errors.LotNotFound(f"lot {cmd.lot_id} not found", {"lot_id": cmd.lot_id})
+    catch_up(ws, lot.account_id, lot.asset)
+    held_now = ws.held_from(lot)
+    amount = cmd.amount or lot.remaining
+    meta = {
+        "lot_id": lot.lot_id,
+        "unspent": str(lot.remaining),
+        "held": str(held_now),
+        "requested": str(cmd.amount),
+    }
+    if amount == 0 or amount > lot.remaining:
+        if held_now and (cmd.amount == 0 or amount <= lot.remaining + held_now):
+            raise errors.CreditsHeld(
+                f"lot {lot.lot_id} has {lot.remaining} unspent credits that can be voided;"
+                f" {held_now} more are held by open reservations and cannot be: settle or"
+                " release them first",
+                meta,
+            )
+        raise errors.AmountExceedsUnspent(
+            f"{cmd.amount or 'all'} requested but lot {lot.lot_id} has {lot.remaining}"
+            " unspent credits",
+            meta,
+        )
+    ws.transfer(
+        ws.make_id(),
+        lot.asset,
+        amount,
+        available(lot.account_id),
+        VOIDED_SIDE,
+        Movement.VOID,
+        lot_id=lot.lot_id,
+    )
+    lot.remaining -= amount
+    ws.dirty_lots.add(lot.lot_id)
+    bal = ws.balance(lot.account_id, lot.asset).copy()
+    return VoidResult(bal, dataclasses.replace(lot), amount)
+
+
+# ---------------------------------------------------------------- grant schedules
+
+
+def create_grant_schedule(ws: WorkingSet, cmd: c.CreateGrantSchedule) -> ScheduleResult:
+    """Create the schedule and issue the period `ws.now` is in at once (a
+    schedule created mid-period gets that period's whole amount; none before).
+    Errors: InvalidArgument (an end not after now; never recorded),
+    AccountNotFound, ScheduleLimitExceeded."""
+    anchor = cmd.anchor or ws.now
+    if cmd.ends_at is not None and cmd.ends_at <= ws.now:
+        raise errors.InvalidArgument([errors.FieldViolation("end", "must be in the future")])
+    _require_account(ws, cmd.account_id, scope=cmd.scope)
+    key = (cmd.account_id, cmd.asset)
+    catch_up(ws, *key)
+    active = sum(1 for s in ws.schedules_of(key) if s.state is ScheduleState.ACTIVE)
+    if active >= limits.SCHEDULES_PER_PAIR_MAX:
+        raise errors.ScheduleLimitExceeded(
+            f"{cmd.account_id} has {active} active schedules of {cmd.asset}, the most one"
+            f" account may (SCHEDULES_PER_PAIR_MAX {limits.SCHEDULES_PER_PAIR_MAX})",
+            {"limit": str(limits.SCHEDULES_PER_PAIR_MAX), "active": str(active)},
+        )
+    cad = schedules.Cadence(schedules.Unit(cmd.unit), cmd.count, anchor, cmd.time_zone)
+    first = schedules.first_period(cad, ws.now)
+    s = Schedule(
+        schedule_id=ws.make_id(),
+        account_id=cmd.account_id,
+        asset=cmd.asset,
+        amount=cmd.amount,
+        unit=cmd.unit,
+        count=cmd.count,
+        anchor=anchor,
+        time_zone=cmd.time_zone,
+        ends_at=cmd.ends_at,
+        priority=cmd.priority,
+        category=cmd.category,
+        lot_life_s=cmd.lot_life_s,
+        rollover=dataclasses.replace(cmd.rollover) if cmd.rollover else None,
+        first_period=first,
+        next_period=first,
+        next_start=anchor,
+        state=ScheduleState.ACTIVE,
+        metadata=dict(cmd.metadata),
+        created_at=ws.now,
+    )
+    s.next_start = schedules.next_start(s)
+    ws.add_schedule(s)
+    ws.dirty_schedules.add(s.schedule_id)
+    schedules.issue_due(ws, *key)
+    return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
+
+
+def update_grant_schedule(ws: WorkingSet, cmd: c.UpdateGrantSchedule) -> ScheduleResult:
+    """New terms from the next period on: catch_up first issues every period up
+    to now with the terms they had, so no issued period is ever rewritten (nor
+    the rollover of the current one, decided by its own terms at its end).
+    Errors: ScheduleNotFound (also outside the caller's scope)."""
+    found = ws.schedules.get(cmd.schedule_id)
+    s = schedules.require_in_scope(
+        found, cmd.schedule_id, found is not None and in_scope(cmd.scope, found.account_id)
+    )
+    longest = schedules.longest_period_s(schedules.Unit(s.unit), s.count)
+    life_max = longest * limits.SCHEDULE_LOT_LIFE_PERIODS_MAX
+    if cmd.rollover is not None and (cmd.rollover.life_s or 0) > life_max:
+        raise errors.InvalidArgument(
+            [
+                errors.FieldViolation(
+                    "rollover.life", f"must be 1 s to {life_max} s for this schedule"
+                )
+            ]
+        )
+    key = (s.account_id, s.asset)
+    catch_up(ws, *key)
+    amount, rollover = s.terms_for(s.next_period)
+    if cmd.amount is not None:
+        amount = cmd.amount
+    if cmd.rollover is not None:
+        rollover = dataclasses.replace(cmd.rollover)
+    elif cmd.remove_rollover:
+        rollover = None
+    s.terms = [t for t in s.terms if t.from_period < s.next_period]
+    s.terms.append(Terms(s.next_period, amount, rollover))
+    ws.dirty_schedules.add(s.schedule_id)
+    return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
+
+
+def cancel_grant_schedule(ws: WorkingSet, cmd: c.CancelGrantSchedule) -> ScheduleResult:
+    """No period starts after now; the current period's lot stays (and no longer
+    rolls over) unless `void_remainder`, which voids its unheld remainder.
+    Cancelling a cancelled schedule answers it as it is.
+    Errors: ScheduleNotFound (also outside the caller's scope)."""
+    found = ws.schedules.get(cmd.schedule_id)
+    s = schedules.require_in_scope(
+        found, cmd.schedule_id, found is not None and in_scope(cmd.scope, found.account_id)
+    )
+    key = (s.account_id, s.asset)
+    catch_up(ws, *key)  # every period up to now is issued first
+    if s.state is ScheduleState.CANCELLED:
+        return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
+    s.state = ScheduleState.CANCELLED
+    if s.ends_at is None or s.ends_at > ws.now:
+        s.ends_at = ws.now
+    s.next_start = schedules.next_start(s)
+    ws.dirty_schedules.add(s.schedule_id)
+    if cmd.void_remainder:
+        for lot in ws.spendable_lots(key):
+            if lot.schedule_id == s.schedule_id:
+                ws.transfer(
+                    ws.make_id(),
+                    lot.asset,
+                    lot.remaining,
+                    available(lot.account_id),
+                    VOIDED_SIDE,
+                    Movement.VOID,
+                    lot_id=lot.lot_id,
+                )
+                lot.remaining = 0
+                ws.dirty_lots.add(lot.lot_id)
+    return ScheduleResult(schedules.snapshot(s), ws.balance(*key).copy())
 
 
 # ---------------------------------------------------------------- helpers

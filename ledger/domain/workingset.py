@@ -21,6 +21,7 @@ from ledger.domain.model import (
     EXPIRED,
     ISSUANCE,
     OVERDRAFT,
+    VOIDED,
     Balance,
     Bucket,
     Lot,
@@ -28,10 +29,11 @@ from ledger.domain.model import (
     Posting,
     Reservation,
     ReservationState,
+    Schedule,
 )
 
 PairKey = tuple[str, str]
-SpendOrder = tuple[int, int, float, datetime, str]
+SpendOrder = tuple[int, int, datetime, int, datetime, str]
 
 
 class Side(NamedTuple):
@@ -53,6 +55,7 @@ ISSUED = Side(ISSUANCE, Bucket.SYSTEM)
 CONSUMED_SIDE = Side(CONSUMED, Bucket.SYSTEM)
 EXPIRED_SIDE = Side(EXPIRED, Bucket.SYSTEM)
 OVERDRAFT_SIDE = Side(OVERDRAFT, Bucket.SYSTEM)
+VOIDED_SIDE = Side(VOIDED, Bucket.SYSTEM)
 
 # Which entering side counts a movement for the credits-moved metric, and its label.
 _MOVED_LABEL = {
@@ -63,6 +66,8 @@ _MOVED_LABEL = {
     (Movement.REFUND, Bucket.AVAILABLE): "refunded",
     (Movement.LOT_EXPIRY, Bucket.SYSTEM): "expired",
     (Movement.RESERVATION_EXPIRY, Bucket.AVAILABLE): "reservation_expired",
+    (Movement.VOID, Bucket.SYSTEM): "voided",
+    (Movement.ROLLOVER, Bucket.AVAILABLE): "rolled_over",
 }
 
 
@@ -72,6 +77,16 @@ class LotsNotLoaded(Exception):
 
     def __init__(self, pairs: set[PairKey]) -> None:
         super().__init__(f"lots not loaded for {sorted(pairs)}")
+        self.pairs = pairs
+
+
+class ScheduleBehind(Exception):
+    """A schedule of these pairs has more periods due than one batch issues
+    (WorkingSet.periods_max): the writer makes them durable in batches of their
+    own, then runs the batch again. Never reaches a caller."""
+
+    def __init__(self, pairs: set[PairKey]) -> None:
+        super().__init__(f"schedules behind for {sorted(pairs)}")
         self.pairs = pairs
 
 
@@ -125,6 +140,30 @@ class WorkingSet:
             self.balances[key].version += 1
         self.changing.clear()
 
+    # Grant schedules of the loaded pairs (ledger/domain/schedules.py).
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    dirty_schedules: set[str] = field(default_factory=set)
+    # Periods one catch_up may issue per schedule (None: no bound, for reads);
+    # past it, ScheduleBehind (the writer issues the backlog in batches first).
+    periods_max: int | None = None
+    # The writer's backlog batches: stop at periods_max instead of raising.
+    periods_partial: bool = False
+    behind: bool = False  # set when such a batch stopped at periods_max
+
+    _pair_schedules: dict[PairKey, dict[str, Schedule]] = field(default_factory=dict)
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        self.schedules[schedule.schedule_id] = schedule
+        pair = (schedule.account_id, schedule.asset)
+        self._pair_schedules.setdefault(pair, {})[schedule.schedule_id] = schedule
+
+    def schedules_of(self, key: PairKey) -> list[Schedule]:
+        """The pair's schedules loaded, in id order (the order catch_up issues in)."""
+        found = self._pair_schedules.get(key)
+        if not found:
+            return []
+        return [found[i] for i in sorted(found)]
+
     def add_lot(self, lot: Lot) -> None:
         self.lots[lot.lot_id] = lot
         self._pair_lots.setdefault((lot.account_id, lot.asset), {})[lot.lot_id] = lot
@@ -150,6 +189,12 @@ class WorkingSet:
         due = [r for r in self._pair_holds.get(key, {}).values() if r.overdue(self.now)]
         due.sort(key=lambda r: (r.expires_at, r.reservation_id))
         return due
+
+    def held_from(self, lot: Lot) -> int:
+        """What open reservations of the lot's pair still hold of it (the batch
+        loads every open reservation of a pair it voids from)."""
+        holds = self._pair_holds.get((lot.account_id, lot.asset), {}).values()
+        return sum(a.remaining for r in holds for a in r.allocations if a.lot_id == lot.lot_id)
 
     def balance(self, account_id: str, asset: str) -> Balance:
         key = (account_id, asset)

@@ -57,6 +57,16 @@ _HINTS: dict[str, str] = {
         "The member's {window} cap ({cap}) leaves {remaining}; wait for the window to reset"
         " or ask an operator to raise it (ledger SetMemberCap)."
     ),
+    "LOT_NOT_FOUND": "No such lot: `ledger balance ACCOUNT ASSET --lots` lists the lots and their ids.",
+    "SCHEDULE_NOT_FOUND": "No such grant schedule: check the id CreateGrantSchedule returned.",
+    "SCHEDULE_LIMIT_EXCEEDED": (
+        "The account has the most active schedules of this asset ({limit}); cancel one first."
+    ),
+    "CREDITS_HELD": (
+        "{held} credits of lot {lot_id} are held by open reservations and cannot be voided; "
+        "settle or release them first, or void at most {unspent}."
+    ),
+    "AMOUNT_EXCEEDS_UNSPENT": "Lot {lot_id} has {unspent} unspent credits to void.",
     "CONTENTION": "The server was too busy to commit. Run the same command again with --key {key}.",
     "DATABASE_UNAVAILABLE": (
         "The server runs but cannot reach PostgreSQL: check the database, then retry with "

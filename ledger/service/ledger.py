@@ -15,28 +15,32 @@ account is only known once it is loaded). Out of scope reads as not found.
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from ledger.domain import commands as c
-from ledger.domain import errors, limits, rules
+from ledger.domain import errors, limits, rules, schedules
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
     Account,
     BalanceView,
     BatchResult,
+    BreakageLine,
     EntriesPage,
     GrantResult,
     GroupResult,
     Reservation,
     ReservationResult,
     Result,
+    Schedule,
 )
 from ledger.observability import metrics
 from ledger.service import batching, groups, pagetoken, scope
 from ledger.service.clock import Clock
 from ledger.service.listing import ReservationQuery, ReservationsPage
 from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
@@ -276,10 +280,15 @@ class Ledger:
             await self._store.snapshot(ws, account_id=account_id)
         except _STORAGE_FAILURES as exc:
             raise _storage_failure(exc) from exc
+        # The assets it holds, and those of its schedules (one anchored ahead has
+        # no balance until catch_up issues its first period).
+        assets = {asset for _, asset in ws.balances}
+        assets |= {s.asset for s in ws.schedules.values() if s.account_id == account_id}
         balances = []
-        for _, asset in sorted(ws.balances):
+        for asset in sorted(assets):
             rules.catch_up(ws, account_id, asset)
-            balances.append(ws.balance(account_id, asset).copy())
+            if (account_id, asset) in ws.balances:
+                balances.append(ws.balance(account_id, asset).copy())
         return dataclasses.replace(account, balances=balances)
 
     async def get_balance(
@@ -360,6 +369,104 @@ class Ledger:
         if groups.needs_group_metadata(out):
             out.metadata = await self._group_metadata(out.group_id)
         return out
+
+    async def get_grant_schedule(self, schedule_id: str, access: Access = LOCAL) -> Schedule:
+        """The schedule as it is now: rules.catch_up has issued its due periods.
+        Errors: PermissionDenied, InvalidArgument, ScheduleNotFound (also when its
+        account is outside the caller's scope), DatabaseUnavailable."""
+        access.require("GetGrantSchedule")
+        if not c.is_uuid(schedule_id):
+            raise _invalid(
+                "schedule_id", "must be a schedule id returned by CreateGrantSchedule (a UUID)"
+            )
+        ws = self._view()
+        try:
+            await self._store.snapshot(ws, schedule_ids={schedule_id})
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        found = ws.schedules.get(schedule_id)
+        s = schedules.require_in_scope(
+            found, schedule_id, found is not None and access.covers(found.account_id)
+        )
+        rules.catch_up(ws, s.account_id, s.asset)
+        return schedules.snapshot(s)
+
+    async def get_breakage(
+        self,
+        account_id: str,
+        asset: str,
+        start: datetime | None,
+        end: datetime | None,
+        access: Access = LOCAL,
+    ) -> list[BreakageLine]:
+        """Credits written off at their lots' expiry in [start, end) (default: all
+        time up to now), by category and cost basis, including write-offs due and
+        not yet written down (rules.catch_up). Errors: PermissionDenied,
+        InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        access.require("GetBreakage")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        if start is not None and end is not None and end <= start:
+            v.add("end", "must be after start")
+        v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        ws = self._view()
+        lo = start or _EPOCH
+        hi = end or ws.now + timedelta(microseconds=1)
+        try:
+            written = await self._store.breakage(ws, (account_id, asset), lo, hi)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if written is None:
+            raise _account_not_found(account_id)
+        rules.catch_up(ws, account_id, asset)
+        return schedules.breakage(ws, written, lo, hi)
+
+    async def list_grant_schedules(
+        self, account_id: str, page_size: int, page_token: str, access: Access = LOCAL
+    ) -> tuple[list[Schedule], str]:
+        """An account's grant schedules, oldest first, each as it is now (its due
+        periods counted in next_period). Errors: PermissionDenied, InvalidArgument,
+        AccountNotFound, DatabaseUnavailable."""
+        access.require("ListGrantSchedules")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        if not 0 <= page_size <= limits.PAGE_SIZE_MAX:
+            v.add("page_size", f"must be between 0 and {limits.PAGE_SIZE_MAX} (PAGE_SIZE_MAX)")
+        v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        cursor = pagetoken.decode(page_token, "ListGrantSchedules", (account_id,), 2)
+        after = None
+        if cursor is not None:
+            micros, last_id = cursor
+            if (
+                not isinstance(micros, int)
+                or not isinstance(last_id, str)
+                or not c.is_uuid(last_id)
+            ):
+                raise _invalid("page_token", "is not a token this server made for this query")
+            after = (_EPOCH + timedelta(microseconds=micros), last_id)
+        size = page_size or limits.PAGE_SIZE_DEFAULT
+        try:
+            found = await self._store.list_schedules(account_id, after, size + 1)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if found is None:
+            raise _account_not_found(account_id)
+        page = found[:size]
+        token = ""
+        if len(found) > size:
+            last = page[-1]
+            token = pagetoken.encode(
+                "ListGrantSchedules",
+                (account_id,),
+                ((last.created_at - _EPOCH) // timedelta(microseconds=1), last.schedule_id),
+            )
+        now = self._clock.now()
+        return [schedules.as_of(s, now) for s in page], token
 
     async def get_group(self, group_id: str, access: Access = LOCAL) -> GroupResult:
         """Errors: PermissionDenied, InvalidArgument, ReservationGroupNotFound (also

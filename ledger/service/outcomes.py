@@ -16,6 +16,8 @@ from ledger.domain.model import (
     LimitsResult,
     ReservationResult,
     Result,
+    ScheduleResult,
+    VoidResult,
 )
 
 Outcome = Result | errors.LedgerError
@@ -42,6 +44,21 @@ def encode(outcome: Outcome) -> dict[str, Any]:
             "reservation": {
                 "reservation": codec.reservation_to_dict(outcome.reservation),
                 "balance": codec.balance_to_dict(outcome.balance),
+            }
+        }
+    if isinstance(outcome, ScheduleResult):
+        return {
+            "schedule": {
+                "schedule": codec.schedule_to_dict(outcome.schedule),
+                "balance": codec.balance_to_dict(outcome.balance) if outcome.balance else None,
+            }
+        }
+    if isinstance(outcome, VoidResult):
+        return {
+            "void": {
+                "balance": codec.balance_to_dict(outcome.balance),
+                "lot": codec.lot_to_dict(outcome.lot),
+                "voided": outcome.voided,
             }
         }
     if isinstance(outcome, GroupResult):
@@ -72,6 +89,15 @@ def decode(stored: dict[str, Any]) -> Outcome:
         return ReservationResult(
             codec.reservation_from(r["reservation"]), codec.balance_from(r["balance"])
         )
+    if "schedule" in stored:
+        sc = stored["schedule"]
+        bal = sc.get("balance")
+        return ScheduleResult(
+            codec.schedule_from(sc["schedule"]), codec.balance_from(bal) if bal else None
+        )
+    if "void" in stored:
+        v = stored["void"]
+        return VoidResult(codec.balance_from(v["balance"]), codec.lot_from(v["lot"]), v["voided"])
     if "group" in stored:
         g = stored["group"]
         return GroupResult(

@@ -9,7 +9,15 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ledger.domain import commands as c
-from ledger.domain.model import Account, Entry, Reservation, ReservationState, Result
+from ledger.domain.model import (
+    Account,
+    BreakageLine,
+    Entry,
+    Reservation,
+    ReservationState,
+    Result,
+    Schedule,
+)
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -61,11 +69,16 @@ class BatchUnit(Protocol):
         pairs: set[PairKey],
         account_ids: set[str],
         whole_pairs: set[PairKey],
+        lot_ids: frozenset[str] = frozenset(),
+        schedule_ids: frozenset[str] = frozenset(),
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         """Load the rows into `ws`: what rules.catch_up needs for every pair (with
         the pairs of the reservations), the lots the reservations name, every live
         lot of `whole_pairs` and the first few in spend order of the others (setting
-        `ws.lot_horizon` where more exist); return the idempotency records of `keys`."""
+        `ws.lot_horizon` where more exist); the lots `lot_ids` (VoidGrant), with
+        their pairs and every open reservation of those pairs; the active grant
+        schedules of every pair, the schedules `schedule_ids` (and their pairs)
+        with their live lots; return the idempotency records of `keys`."""
         ...
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None: ...
@@ -102,14 +115,31 @@ class Store(Protocol):
         reservation_ids: set[str] | None = None,
         group_id: str = "",
         whole_pairs: set[PairKey] | None = None,
+        schedule_ids: set[str] | None = None,
     ) -> None:
         """Read into `ws`, in one consistent snapshot, what rules.catch_up needs to
-        see these pairs at `ws.now` (as a batch's load does, read-only)."""
+        see these pairs at `ws.now` (as a batch's load does, read-only);
+        `schedule_ids` adds those grant schedules and their pairs."""
         ...
 
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int
     ) -> list[Entry] | None: ...
+
+    async def breakage(
+        self, ws: WorkingSet, pair: PairKey, start: datetime, end: datetime
+    ) -> list[BreakageLine] | None:
+        """In one snapshot: what rules.catch_up needs of `pair` (into `ws`) and the
+        write-offs already written of the pair's lots expiring in [start, end),
+        by category and cost basis; None when the account does not exist."""
+        ...
+
+    async def list_schedules(
+        self, account_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Schedule] | None:
+        """The account's grant schedules by (created_at, schedule_id), after the
+        cursor; None when the account does not exist."""
+        ...
 
     async def list_reservations(
         self,

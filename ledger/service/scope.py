@@ -13,7 +13,14 @@ from __future__ import annotations
 from ledger.domain import commands as c
 from ledger.domain import errors
 from ledger.domain.access import Access
-from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
+from ledger.domain.model import (
+    GrantResult,
+    GroupResult,
+    ReservationResult,
+    Result,
+    ScheduleResult,
+    VoidResult,
+)
 
 _BY_RESERVATION = (c.Settle, c.Release, c.Refund)
 
@@ -27,12 +34,14 @@ def check_replayed_error(cmd: c.MutatingCommand, exc: errors.LedgerError, access
 def accounts_of(cmd: c.MutatingCommand, result: Result | None) -> list[str]:
     """The accounts a command or its stored outcome names."""
     out: list[str] = []
-    if isinstance(result, GrantResult):
+    if isinstance(result, (GrantResult, VoidResult)):
         out.append(result.balance.account_id)
     elif isinstance(result, ReservationResult):
         out.append(result.reservation.spender)
     elif isinstance(result, GroupResult):
         out += [r.spender for r in result.reservations]
+    elif isinstance(result, ScheduleResult):
+        out.append(result.schedule.account_id)
     account_id = getattr(cmd, "account_id", None)
     if isinstance(account_id, str):
         out.append(account_id)
@@ -59,6 +68,13 @@ def check_replay(cmd: c.MutatingCommand, result: Result | None, access: Access) 
             if isinstance(cmd, _BY_RESERVATION):
                 rid = cmd.reservation_id
                 raise errors.ReservationNotFound(f"reservation {rid} not found")
+            if isinstance(cmd, c.CancelGrantSchedule | c.UpdateGrantSchedule):
+                sid = cmd.schedule_id
+                raise errors.ScheduleNotFound(
+                    f"grant schedule {sid} not found", {"schedule_id": sid}
+                )
+            if isinstance(cmd, c.VoidGrant):
+                raise errors.LotNotFound(f"lot {cmd.lot_id} not found", {"lot_id": cmd.lot_id})
             raise errors.AccountNotFound(
                 f"account {account_id} not found; create it with CreateAccount",
                 {"account_id": account_id},

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ledger.domain import commands as c
-from ledger.domain import errors, rules
+from ledger.domain import errors, limits, rules
 from ledger.domain.model import BatchResult, GrantResult, ReservationResult, Result
 from ledger.domain.rules import PairKey
+from ledger.domain.workingset import ScheduleBehind
 from ledger.observability import metrics
 from ledger.service import batching, outcomes
 from ledger.service.clock import Clock
@@ -253,6 +254,12 @@ class Writer:
                 if self._on_fenced is not None:
                     self._on_fenced()
                 raise _writer_gone("this process is no longer the elected writer") from exc
+            except ScheduleBehind as behind:
+                # More periods are due than one batch issues (a long downtime):
+                # issue them in batches of their own first, then run this one.
+                await self._drain_schedules(behind.pairs)
+                attempt -= 1
+                continue
             except rules.LotsNotLoaded as more:
                 # A command needs lots past the first few the batch read: read those
                 # pairs whole and run again (bounded: each pair is added once).
@@ -290,13 +297,42 @@ class Writer:
             {"attempts": str(s.retry_attempts_max)},
         )
 
+    def _working_set(self, partial: bool = False) -> rules.WorkingSet:
+        return rules.WorkingSet(
+            now=self._clock.now(),
+            refund_grace=self._settings.refund_grace,
+            periods_max=limits.SCHEDULE_PERIODS_PER_BATCH_MAX,
+            periods_partial=partial,
+        )
+
+    async def _drain_schedules(self, pairs: set[PairKey]) -> None:
+        """Issue the due periods of these pairs' schedules, SCHEDULE_PERIODS_PER_BATCH_MAX
+        per schedule per transaction, until none is due (bounded by
+        SCHEDULE_DRAIN_BATCHES_MAX). Each transaction is a catch_up of the pairs,
+        as the sweeper's ExpireDue is: it changes no answer, only makes it durable."""
+        for _ in range(limits.SCHEDULE_DRAIN_BATCHES_MAX):
+            ws = self._working_set(partial=True)
+            try:
+                async with self._store.batch(self._more_waiting) as unit:
+                    await unit.load(ws, [], set(), set(pairs), set(), set())
+                    for pair in sorted(pairs):
+                        rules.catch_up(ws, *pair)
+                    await unit.save(ws, [])
+            except SerializationConflict:
+                metrics.SERIALIZATION_RETRIES.inc()
+                continue
+            metrics.record_moved(ws.moved)
+            if not ws.behind:
+                return
+        raise errors.InvariantViolation(f"schedules of {sorted(pairs)} still behind")
+
     async def _attempt(
         self, batch: list[_Pending], whole: set[PairKey]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         if len(batch) == 1 and _atomic(batch[0]) and isinstance(atomic := batch[0].cmd, c.Batch):
             return await self._attempt_atomic(atomic, whole)
         cmds = _flat(batch)
-        ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
+        ws = self._working_set()
         async with self._store.batch(self._more_waiting) as unit:
             keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
             # Everything in one read: commands that turn out to be replays load rows
@@ -313,7 +349,7 @@ class Writer:
         nothing is saved (the transaction commits its reads only), so the
         failure is recorded nowhere and a corrected retry with the same keys runs."""
         cmds: list[c.MutatingCommand] = list(batch.commands)
-        ws = rules.WorkingSet(now=self._clock.now(), refund_grace=self._settings.refund_grace)
+        ws = self._working_set()
         failure: errors.LedgerError | None = None
         async with self._store.batch(self._more_waiting) as unit:
             keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
@@ -338,6 +374,23 @@ class Writer:
         whole: set[PairKey],
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         reservation_ids, pairs, accounts, grant_pairs = _footprint(cmds)
+        lot_ids = frozenset(cmd.lot_id for cmd in cmds if isinstance(cmd, c.VoidGrant))
+        schedule_ids = frozenset(
+            cmd.schedule_id
+            for cmd in cmds
+            if isinstance(cmd, c.CancelGrantSchedule | c.UpdateGrantSchedule)
+        )
+        if lot_ids or schedule_ids:  # VoidGrant's lots; CancelGrantSchedule's schedules
+            return await unit.load(
+                ws,
+                keys,
+                reservation_ids,
+                pairs,
+                accounts,
+                whole | grant_pairs,
+                lot_ids=lot_ids,
+                schedule_ids=schedule_ids,
+            )
         return await unit.load(ws, keys, reservation_ids, pairs, accounts, whole | grant_pairs)
 
     def _apply_all(
@@ -435,7 +488,17 @@ def _footprint(
     for cmd in cmds:
         if isinstance(cmd, c.Grant):
             grant_pairs.add((cmd.account_id, cmd.asset))
-        if isinstance(cmd, (c.Grant, c.Reserve, c.Charge, c.SetSpendingLimits, c.SetMemberCap)):
+        if isinstance(
+            cmd,
+            (
+                c.Grant,
+                c.Reserve,
+                c.Charge,
+                c.SetSpendingLimits,
+                c.SetMemberCap,
+                c.CreateGrantSchedule,
+            ),
+        ):
             pairs.add((cmd.account_id, cmd.asset))
             accounts.add(cmd.account_id)
         elif isinstance(cmd, c.ReserveGroup):

@@ -22,12 +22,14 @@ import orjson
 from ledger.domain import codec, errors, limits
 from ledger.domain.model import (
     Account,
+    BreakageLine,
     Bucket,
     Entry,
     Lot,
     Movement,
     Reservation,
     ReservationState,
+    Schedule,
 )
 from ledger.domain.rules import PairKey, WorkingSet
 from ledger.observability import metrics
@@ -107,7 +109,17 @@ _BALANCE_COLS = (
     " floor, debt, cap_day, cap_month, cap_lifetime, cap_held, spent_day, day_start,"
     " spent_month, month_start, spent_total"
 )
-_LOT_COLS = "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at"
+_LOT_COLS = (
+    "lot_id, account_id, asset, amount, remaining, priority, source, expires_at, created_at,"
+    " category, spend_rank, unit_cost_micros, cost_currency, schedule_id, period"
+)
+_SCHEDULE_COLS = (
+    "schedule_id, account_id, asset, amount, unit, count, anchor, time_zone, ends_at, priority,"
+    " category, lot_life_s, rollover, first_period, next_period, next_start, state, metadata,"
+    " created_at, terms"
+)
+# The spend order of lots in SQL: the one of Lot.spend_order (index lots_spend_order).
+_SPEND_ORDER = "priority, expires_at, spend_rank, created_at, lot_id"
 _RES_COLS = (
     "reservation_id, account_id, asset, amount, settled, released, refunded, state, created_at,"
     " expires_at, metadata, group_id, leg_key, allocations, expired, leg_index, member_id"
@@ -125,10 +137,16 @@ _RES_COLS = (
 _LOAD = f"""
 WITH byid AS (
     SELECT {_RES_COLS} FROM reservations WHERE reservation_id = ANY($3::uuid[])
+), bylot AS (
+    SELECT account_id, asset FROM lots WHERE lot_id = ANY($11::uuid[])
+), bysched AS (
+    SELECT {_SCHEDULE_COLS} FROM grant_schedules WHERE schedule_id = ANY($12::uuid[])
 ), pairs0 AS (
     SELECT * FROM unnest($4::text[], $5::text[]) AS p(account_id, asset)
     UNION SELECT account_id, asset FROM byid
     UNION SELECT member_id, asset FROM byid WHERE member_id IS NOT NULL
+    UNION SELECT account_id, asset FROM bylot
+    UNION SELECT account_id, asset FROM bysched
 ), pairs AS (
     -- Shared pools: the ancestors' pairs of every pair, which its spends may draw
     -- from (accounts.ancestors, at most POOL_DEPTH_MAX; empty for most accounts).
@@ -136,6 +154,16 @@ WITH byid AS (
     UNION SELECT anc.account_id, p.asset FROM pairs0 p
     JOIN accounts a ON a.account_id = p.account_id
     CROSS JOIN LATERAL unnest(a.ancestors) AS anc(account_id)
+), sched AS (
+    -- The active schedules of every pair (catch_up issues their due periods),
+    -- and the ones named by id.
+    SELECT * FROM bysched
+    UNION
+    SELECT s.* FROM pairs CROSS JOIN LATERAL (
+        SELECT {_SCHEDULE_COLS} FROM grant_schedules
+        WHERE grant_schedules.account_id = pairs.account_id
+          AND grant_schedules.asset = pairs.asset AND state = 'active'
+    ) AS s
 ), res AS (
     SELECT * FROM byid
     UNION
@@ -143,6 +171,13 @@ WITH byid AS (
         SELECT {_RES_COLS} FROM reservations
         WHERE reservations.account_id = pairs.account_id AND reservations.asset = pairs.asset
           AND state = 'open' AND expires_at <= $7
+    ) AS r
+    UNION
+    -- A voided lot's pair: every open hold (what it holds of the lot is not voidable).
+    SELECT r.* FROM bylot CROSS JOIN LATERAL (
+        SELECT {_RES_COLS} FROM reservations
+        WHERE reservations.account_id = bylot.account_id AND reservations.asset = bylot.asset
+          AND state = 'open'
     ) AS r
 ), whole AS (
     SELECT * FROM unnest($8::text[], $9::text[]) AS w(account_id, asset)
@@ -167,11 +202,19 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
     WHERE lots.remaining > 0 AND lots.expires_at <= $7
     UNION
     SELECT {_LOT_COLS} FROM lots JOIN whole USING (account_id, asset) WHERE lots.remaining > 0
+    UNION
+    SELECT {_LOT_COLS} FROM lots WHERE lot_id = ANY($11::uuid[])
+    UNION
+    -- The live lots of the schedules named by id (CancelGrantSchedule voids them);
+    -- catch_up needs no other: a rollover starts from a due lot, loaded above.
+    SELECT {_LOT_COLS} FROM lots WHERE lots.remaining > 0
+      AND lots.schedule_id = ANY(ARRAY(SELECT schedule_id FROM bysched))
 ) AS l
+UNION ALL SELECT 's', to_jsonb(sched) FROM sched
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
     SELECT {_LOT_COLS} FROM lots
     WHERE lots.account_id = pairs.account_id AND lots.asset = pairs.asset AND lots.remaining > 0
-    ORDER BY priority, expires_at, created_at, lot_id LIMIT $10
+    ORDER BY {_SPEND_ORDER} LIMIT $10
 ) AS l
 """
 
@@ -201,7 +244,8 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     INSERT INTO lots ({_LOT_COLS})
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'l') AS t(
         lot_id uuid, account_id text, asset text, amount int8, remaining int8, priority int4,
-        source text, expires_at timestamptz, created_at timestamptz)
+        source text, expires_at timestamptz, created_at timestamptz, category text,
+        spend_rank int2, unit_cost_micros int8, cost_currency text, schedule_id uuid, period int4)
     ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining
     RETURNING 1
 ), r AS (
@@ -215,6 +259,17 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
         settled = EXCLUDED.settled, released = EXCLUDED.released, refunded = EXCLUDED.refunded,
         state = EXCLUDED.state, allocations = EXCLUDED.allocations, expired = EXCLUDED.expired
     RETURNING 1
+), s AS (
+    INSERT INTO grant_schedules ({_SCHEDULE_COLS})
+    SELECT t.* FROM d, jsonb_to_recordset(d.doc->'s') AS t(
+        schedule_id uuid, account_id text, asset text, amount int8, unit text, count int4,
+        anchor timestamptz, time_zone text, ends_at timestamptz, priority int4, category text,
+        lot_life_s int8, rollover jsonb, first_period int4, next_period int4,
+        next_start timestamptz, state text, metadata jsonb, created_at timestamptz, terms jsonb)
+    ON CONFLICT (schedule_id) DO UPDATE SET
+        next_period = EXCLUDED.next_period, next_start = EXCLUDED.next_start,
+        state = EXCLUDED.state, ends_at = EXCLUDED.ends_at, terms = EXCLUDED.terms
+    RETURNING 1
 ), e AS (
     INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,
                          reservation_id, lot_id, created_at)
@@ -222,9 +277,9 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
         transaction_id uuid, account_id text, asset text, amount int8, movement text, bucket text,
         reservation_id uuid, lot_id uuid)
     RETURNING 1
-), s AS (
+), sl AS (
     INSERT INTO spending_limits (transaction_id, account_id, asset, kind, value, created_at)
-    SELECT t.*, $2::timestamptz FROM d, jsonb_to_recordset(d.doc->'s') AS t(
+    SELECT t.*, $2::timestamptz FROM d, jsonb_to_recordset(d.doc->'sl') AS t(
         transaction_id uuid, account_id text, asset text, kind text, value int8)
     RETURNING 1
 ), i AS (
@@ -237,6 +292,7 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
 )
 SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FROM r)
      + (SELECT count(*) FROM e) + (SELECT count(*) FROM i) + (SELECT count(*) FROM s)
+     + (SELECT count(*) FROM sl)
 """
 
 
@@ -343,6 +399,24 @@ _LIST_RESERVATIONS: dict[ReservationState | None, tuple[str, bool]] = {
 }
 
 
+# Breakage: the pair's write-offs (customer side: available, and held credits of
+# an expired lot) of lots that expire in [$3, $4), by the lot's category and cost.
+_BREAKAGE = """
+SELECT l.category, l.cost_currency, l.unit_cost_micros, -sum(e.amount)::int8 AS credits
+FROM entries e JOIN lots l USING (lot_id)
+WHERE e.account_id = $1 AND e.asset = $2 AND e.movement = 'lot_expiry' AND e.bucket <> 'system'
+  AND l.expires_at >= $3 AND l.expires_at < $4
+GROUP BY 1, 2, 3
+"""
+
+# ListGrantSchedules: an account's schedules, oldest first (grant_schedules_account).
+_LIST_SCHEDULES = (
+    f"SELECT to_jsonb(s) FROM (SELECT {_SCHEDULE_COLS} FROM grant_schedules WHERE account_id = $1"
+    " AND ($2::timestamptz IS NULL OR (created_at, schedule_id) > ($2, $3::uuid))"
+    " ORDER BY created_at, schedule_id LIMIT $4) AS s"
+)
+
+
 def _reservation_doc(r: Reservation) -> dict[str, Any]:
     """A reservation for the save's jsonb (the group_id column is a uuid: none is NULL)."""
     return {
@@ -387,6 +461,8 @@ class PgBatch:
         pairs: set[PairKey],
         account_ids: set[str],
         whole_pairs: set[PairKey],
+        lot_ids: frozenset[str] = frozenset(),
+        schedule_ids: frozenset[str] = frozenset(),
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         """Every row the batch reads, in one round trip; returns the idempotency records found.
 
@@ -406,6 +482,8 @@ class PgBatch:
                 [p[0] for p in whole_pairs],
                 [p[1] for p in whole_pairs],
                 limits.LOTS_LOADED_FIRST,
+                list(lot_ids),
+                list(schedule_ids),
             )
         )
         records: dict[tuple[str, str], IdempotencyRecord] = {}
@@ -425,6 +503,8 @@ class PgBatch:
                 account_id, ancestors = data
                 ws.accounts.add(account_id)
                 ws.ancestors[account_id] = codec.ancestors_from(ancestors)
+            elif kind == "s":
+                ws.add_schedule(codec.schedule_from(data))
             elif kind == "i":
                 caller, key, method, request_hash, outcome = data
                 records[(caller, key)] = IdempotencyRecord(
@@ -443,6 +523,7 @@ class PgBatch:
             "b": [codec.balance_to_dict(ws.balances[k]) for k in sorted(ws.dirty_balances)],
             "l": [codec.lot_to_dict(ws.lots[i]) for i in sorted(ws.dirty_lots)],
             "r": [_reservation_doc(ws.reservations[i]) for i in sorted(ws.dirty_reservations)],
+            "s": [codec.schedule_to_dict(ws.schedules[i]) for i in sorted(ws.dirty_schedules)],
             "e": [
                 {
                     "transaction_id": p.transaction_id,
@@ -456,7 +537,7 @@ class PgBatch:
                 }
                 for p in ws.postings
             ],
-            "s": [
+            "sl": [
                 {
                     "transaction_id": tx,
                     "account_id": a,
@@ -825,6 +906,7 @@ class PostgresStore:
         reservation_ids: set[str] | None = None,
         group_id: str = "",
         whole_pairs: set[PairKey] | None = None,
+        schedule_ids: set[str] | None = None,
     ) -> None:
         """Read into `ws`, in one consistent snapshot, what rules.catch_up needs to
         see the pairs at `ws.now`: the batch's own load statement, read-only.
@@ -837,8 +919,12 @@ class PostgresStore:
         async def run(conn: asyncpg.Connection) -> None:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 if account_id:
+                    # With the assets of its active schedules: one whose anchor is
+                    # still ahead has no balance row until its first period starts.
                     assets = await conn.fetch(
-                        "SELECT asset FROM balances WHERE account_id = $1", account_id
+                        "SELECT asset FROM balances WHERE account_id = $1 UNION SELECT asset"
+                        " FROM grant_schedules WHERE account_id = $1 AND state = 'active'",
+                        account_id,
                     )
                     pairs.update((account_id, r["asset"]) for r in assets)
                 if group_id:
@@ -854,6 +940,7 @@ class PostgresStore:
                     pairs,
                     {account_id} if account_id else {p[0] for p in pairs},
                     whole,
+                    schedule_ids=frozenset(schedule_ids or ()),
                 )
                 # Archived reservations still answer (docs/operations.md, "Retention"):
                 # closed, so there is nothing to catch up on.
@@ -885,6 +972,39 @@ class PostgresStore:
                     limit,
                 )
             return [_entry(r) for r in rows]
+
+        return await self._standby_read(run)
+
+    async def breakage(
+        self, ws: WorkingSet, pair: PairKey, start: datetime, end: datetime
+    ) -> list[BreakageLine] | None:
+        async def run(conn: asyncpg.Connection) -> list[BreakageLine] | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if (
+                    await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", pair[0])
+                    is None
+                ):
+                    return None
+                await PgBatch(conn).load(ws, [], set(), {pair}, {pair[0]}, set())
+                rows = await conn.fetch(_BREAKAGE, pair[0], pair[1], start, end)
+            return [BreakageLine(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return await self._standby_read(run)
+
+    async def list_schedules(
+        self, account_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Schedule] | None:
+        after_at, after_id = after if after is not None else (None, None)
+
+        async def run(conn: asyncpg.Connection) -> list[Schedule] | None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                if (
+                    await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id)
+                    is None
+                ):
+                    return None
+                rows = await conn.fetch(_LIST_SCHEDULES, account_id, after_at, after_id, limit)
+            return [codec.schedule_from(r[0]) for r in rows]
 
         return await self._standby_read(run)
 
@@ -930,7 +1050,16 @@ class PostgresStore:
                 now,
                 limit,
             )
-            return [str(r[0]) for r in res], [(r[0], r[1]) for r in lots]
+            # Pairs whose grant schedules have a period due (catch_up issues it).
+            scheduled = await conn.fetch(
+                "SELECT DISTINCT account_id, asset FROM (SELECT account_id, asset"
+                " FROM grant_schedules WHERE state = 'active' AND next_start <= $1"
+                " ORDER BY next_start LIMIT $2) AS due_schedules",
+                now,
+                limit,
+            )
+            pairs = {(r[0], r[1]) for r in lots} | {(r[0], r[1]) for r in scheduled}
+            return [str(r[0]) for r in res], sorted(pairs)
 
         return await self._read(run)
 

@@ -33,6 +33,7 @@ SERVING_RIGHTS: dict[str, tuple[str, ...]] = {
     "accounts": ("SELECT", "INSERT"),
     "balances": ("SELECT", "INSERT", "UPDATE"),
     "lots": ("SELECT", "INSERT", "UPDATE"),
+    "grant_schedules": ("SELECT", "INSERT", "UPDATE"),
     "reservations": ("SELECT", "INSERT", "UPDATE"),
     "entries": ("SELECT", "INSERT"),
     "idempotency": ("SELECT", "INSERT"),

@@ -256,6 +256,75 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
 ]
 
+# Grant schedules (issue 23; ledger/domain/schedules.py).
+CHECKS += [
+    (
+        "schedule_periods_issued_once",
+        "each grant schedule's periods first_period .. next_period - 1 have one lot each,"
+        " and no other period has one (the unique key lots_schedule_period, migration 0014)",
+        """WITH l AS (SELECT schedule_id, count(*) AS lots, count(DISTINCT period) AS periods,
+                          min(period) AS lo, max(period) AS hi
+                   FROM lots WHERE schedule_id IS NOT NULL AND category <> 'rollover' GROUP BY 1)
+        SELECT s.schedule_id, s.first_period, s.next_period, l.lots, l.periods, l.lo, l.hi
+        FROM grant_schedules s LEFT JOIN l USING (schedule_id)
+        WHERE coalesce(l.lots, 0) <> s.next_period - s.first_period
+           OR coalesce(l.periods, 0) <> s.next_period - s.first_period
+           OR (l.lots > 0 AND (l.lo <> s.first_period OR l.hi <> s.next_period - 1))""",
+    ),
+    (
+        "rollover_within_cap",
+        "a rollover lot comes from its period's allowance lot and never exceeds the"
+        " schedule's cap (amount, percentage of the period's amount) nor that lot",
+        # The period's rollover terms: the last UpdateGrantSchedule change from
+        # that period or before (terms), else the schedule's own (rollover).
+        """SELECT r.lot_id, r.schedule_id, r.period, r.amount, a.amount AS period_amount, t.ro
+        FROM lots r JOIN grant_schedules s USING (schedule_id)
+        CROSS JOIN LATERAL (SELECT coalesce(
+            (SELECT x->'rollover' FROM jsonb_array_elements(s.terms) AS x
+             WHERE (x->>'from_period')::int <= r.period
+             ORDER BY (x->>'from_period')::int DESC LIMIT 1), s.rollover, 'null'::jsonb) AS ro) AS t
+        LEFT JOIN lots a ON a.schedule_id = r.schedule_id AND a.period = r.period
+                        AND a.category <> 'rollover'
+        WHERE r.category = 'rollover'
+          AND (a.lot_id IS NULL OR a.category <> 'allowance' OR t.ro = 'null'::jsonb
+               OR r.amount > a.amount
+               OR r.amount > coalesce((t.ro->>'cap_amount')::int8, r.amount)
+               OR r.amount > coalesce(a.amount * (t.ro->>'cap_percent')::int8 / 100, r.amount))""",
+    ),
+    (
+        "rollover_only_from_allowance",
+        "rollover entries take credits only from allowance lots and give them only to rollover lots",
+        """SELECT e.entry_id, e.lot_id, l.category, e.amount FROM entries e JOIN lots l USING (lot_id)
+        WHERE e.movement = 'rollover' AND e.bucket = 'available'
+          AND ((e.amount < 0 AND l.category <> 'allowance') OR (e.amount > 0 AND l.category <> 'rollover'))""",
+    ),
+]
+
+# Breakage (GetBreakage) is read from the write-off entries of lots: each is a
+# lot's, never before the lot expired, and they add up to what @expired received.
+CHECKS += [
+    (
+        "breakage_is_lot_write_offs",
+        "per asset, the customer side of lot_expiry entries (each naming a lot, GetBreakage's"
+        " source) equals what the system account @expired received",
+        """SELECT e.asset,
+               -sum(e.amount) FILTER (WHERE e.account_id NOT LIKE '@%' AND l.lot_id IS NOT NULL) AS breakage,
+               sum(e.amount) FILTER (WHERE e.account_id = '@expired') AS to_expired
+        FROM entries e LEFT JOIN lots l USING (lot_id)
+        WHERE e.movement = 'lot_expiry'
+        GROUP BY e.asset
+        HAVING coalesce(-sum(e.amount) FILTER (WHERE e.account_id NOT LIKE '@%' AND l.lot_id IS NOT NULL), 0)
+               <> coalesce(sum(e.amount) FILTER (WHERE e.account_id = '@expired'), 0)""",
+    ),
+    (
+        "breakage_after_expiry",
+        "no credit is written off as breakage before its lot's expiry",
+        """SELECT e.entry_id, e.lot_id, e.created_at, l.expires_at FROM entries e JOIN lots l USING (lot_id)
+        WHERE e.movement = 'lot_expiry' AND e.bucket <> 'system'
+          AND (l.expires_at IS NULL OR e.created_at < l.expires_at)""",
+    ),
+]
+
 # Not broken ledgers, but a sweeper that is behind.
 WARNINGS: list[tuple[str, str, str]] = [
     (
@@ -267,6 +336,13 @@ WARNINGS: list[tuple[str, str, str]] = [
         "lots_overdue",
         "lots with a remainder more than 60 s past expiry",
         "SELECT lot_id, expires_at, remaining FROM lots WHERE remaining > 0 AND expires_at < now() - interval '60 seconds'",
+    ),
+    (
+        "schedules_overdue",
+        "grant schedules whose next period started more than 60 s ago and is not yet"
+        " written down (every read and rule sees it already)",
+        "SELECT schedule_id, next_period, next_start FROM grant_schedules"
+        " WHERE state = 'active' AND next_start < now() - interval '60 seconds'",
     ),
 ]
 
@@ -281,6 +357,7 @@ _ACCOUNT_SCOPE = {
     "reservation_id": "q.reservation_id IN (SELECT reservation_id FROM reservations WHERE account_id = $1"
     " UNION ALL SELECT reservation_id FROM reservations_archive WHERE doc->>'account_id' = $1)",
     "lot_id": "q.lot_id IN (SELECT lot_id FROM lots WHERE account_id = $1)",
+    "schedule_id": "q.schedule_id IN (SELECT schedule_id FROM grant_schedules WHERE account_id = $1)",
     "transaction_id": "q.transaction_id IN (SELECT transaction_id FROM entries WHERE account_id = $1)",
     "asset": "q.asset IN (SELECT asset FROM balances WHERE account_id = $1)",
 }
@@ -307,6 +384,12 @@ _SCOPE_OF = {
     "archived_reservations_hold_nothing": "reservation_id",
     "reservation_in_one_table": "reservation_id",
     "lots_overdue": "lot_id",
+    "schedule_periods_issued_once": "schedule_id",
+    "rollover_within_cap": "lot_id",
+    "rollover_only_from_allowance": "lot_id",
+    "schedules_overdue": "schedule_id",
+    "breakage_is_lot_write_offs": "asset",
+    "breakage_after_expiry": "lot_id",
 }
 
 
@@ -337,6 +420,7 @@ async def verify(url: str, sample_max: int = 10, account_id: str | None = None) 
                 "lots",
                 "reservations",
                 "reservations_archive",
+                "grant_schedules",
                 "entries",
                 "idempotency",
                 "spending_limits",

@@ -12,6 +12,8 @@ from ledger.domain import commands as c
 from ledger.domain import limits
 from ledger.domain.errors import FieldViolation, InvalidArgument
 from ledger.domain.model import (
+    ALLOWANCE,
+    PAID,
     Account,
     Balance,
     Bucket,
@@ -22,6 +24,9 @@ from ledger.domain.model import (
     Movement,
     Reservation,
     ReservationState,
+    Rollover,
+    Schedule,
+    ScheduleState,
 )
 
 _STATE = {
@@ -39,6 +44,8 @@ _MOVEMENT = {
     Movement.LOT_EXPIRY: pb.Entry.MOVEMENT_LOT_EXPIRY,
     Movement.DEBT: pb.Entry.MOVEMENT_DEBT,
     Movement.DEBT_REPAYMENT: pb.Entry.MOVEMENT_DEBT_REPAYMENT,
+    Movement.VOID: pb.Entry.MOVEMENT_VOID,
+    Movement.ROLLOVER: pb.Entry.MOVEMENT_ROLLOVER,
 }
 _OVERAGE: dict[int, str] = {
     pb.OVERAGE_MODE_UNSPECIFIED: "reject",
@@ -138,6 +145,9 @@ def grant(req: pb.GrantRequest, caller: str) -> c.Grant:
         req.priority if req.HasField("priority") else limits.PRIORITY_DEFAULT,
         req.source,
         preconditions(req.preconditions),
+        req.category or PAID,
+        req.unit_cost_micros if req.HasField("unit_cost_micros") else None,
+        req.cost_currency,
     )
 
 
@@ -290,6 +300,121 @@ def release(req: pb.ReleaseRequest, caller: str) -> c.Release:
     )
 
 
+_UNIT = {
+    pb.GrantSchedule.PERIOD_UNIT_MONTH: "month",
+    pb.GrantSchedule.PERIOD_UNIT_WEEK: "week",
+    pb.GrantSchedule.PERIOD_UNIT_DAY: "day",
+    pb.GrantSchedule.PERIOD_UNIT_FIXED: "fixed",
+}
+_UNIT_PB = {v: k for k, v in _UNIT.items()}
+_SCHEDULE_STATE = {
+    ScheduleState.ACTIVE: pb.GrantSchedule.STATE_ACTIVE,
+    ScheduleState.CANCELLED: pb.GrantSchedule.STATE_CANCELLED,
+}
+# Seconds of a Duration past any limit (rejected by validation, never overflowing).
+_WHOLE_S_MAX = 2**40
+
+
+def _whole_s(msg: duration_pb2.Duration, present: bool, field: str) -> int | None:
+    if not present:
+        return None
+    if msg.nanos or not 0 <= msg.seconds <= _WHOLE_S_MAX:
+        raise _invalid(field, "must be a whole number of seconds, at least 1")
+    return int(msg.seconds)
+
+
+def create_grant_schedule(req: pb.CreateGrantScheduleRequest, caller: str) -> c.CreateGrantSchedule:
+    unit = _UNIT.get(req.period_unit)
+    if unit is None:
+        raise _invalid("period_unit", "must be MONTH, WEEK, DAY or FIXED")
+    if not 0 < req.period_count < 2**31:
+        raise _invalid("period_count", "must be between 1 and 2^31 - 1")
+    rollover = _rollover(req.rollover) if req.HasField("rollover") else None
+    return c.CreateGrantSchedule(
+        caller,
+        req.idempotency_key,
+        req.account_id,
+        req.asset,
+        req.amount,
+        unit,
+        req.period_count,
+        timestamp(req.anchor, req.HasField("anchor"), "anchor"),
+        req.time_zone or "UTC",
+        timestamp(req.end, req.HasField("end"), "end"),
+        req.priority if req.HasField("priority") else limits.PRIORITY_DEFAULT,
+        req.category or ALLOWANCE,
+        _whole_s(req.lot_life, req.HasField("lot_life"), "lot_life"),
+        rollover,
+        dict(req.metadata),
+    )
+
+
+def _rollover(r: pb.Rollover) -> Rollover:
+    return Rollover(
+        cap_amount=r.cap_amount if r.HasField("cap_amount") else None,
+        cap_percent=r.cap_percent if r.HasField("cap_percent") else None,
+        life_s=_whole_s(r.life, r.HasField("life"), "rollover.life"),
+        priority=r.priority if r.HasField("priority") else limits.PRIORITY_DEFAULT,
+    )
+
+
+def update_grant_schedule(req: pb.UpdateGrantScheduleRequest, caller: str) -> c.UpdateGrantSchedule:
+    return c.UpdateGrantSchedule(
+        caller,
+        req.idempotency_key,
+        req.schedule_id,
+        req.amount if req.HasField("amount") else None,
+        _rollover(req.rollover) if req.HasField("rollover") else None,
+        req.remove_rollover,
+    )
+
+
+def cancel_grant_schedule(req: pb.CancelGrantScheduleRequest, caller: str) -> c.CancelGrantSchedule:
+    return c.CancelGrantSchedule(caller, req.idempotency_key, req.schedule_id, req.void_remainder)
+
+
+def schedule(s: Schedule) -> pb.GrantSchedule:
+    latest = s.terms[-1] if s.terms else None
+    out = pb.GrantSchedule(
+        schedule_id=s.schedule_id,
+        account_id=s.account_id,
+        asset=s.asset,
+        amount=latest.amount if latest else s.amount,
+        terms_from_period=latest.from_period if latest else s.first_period,
+        period_unit=_UNIT_PB[s.unit],
+        period_count=s.count,
+        anchor=_ts(s.anchor),
+        time_zone=s.time_zone,
+        priority=s.priority,
+        category=s.category,
+        next_period=s.next_period,
+        state=_SCHEDULE_STATE[s.state],
+        metadata=s.metadata,
+        created_at=_ts(s.created_at),
+        first_period=s.first_period,
+    )
+    if s.ends_at is not None:
+        out.end.CopyFrom(_ts(s.ends_at))
+    if s.lot_life_s is not None:
+        out.lot_life.seconds = s.lot_life_s
+    if s.next_start.year < 9999:
+        out.next_period_start.CopyFrom(_ts(s.next_start))
+    r = latest.rollover if latest else s.rollover
+    if r is not None:
+        out.rollover.priority = r.priority
+        if r.cap_amount is not None:
+            out.rollover.cap_amount = r.cap_amount
+        if r.cap_percent is not None:
+            out.rollover.cap_percent = r.cap_percent
+        if r.life_s is not None:
+            out.rollover.life.seconds = r.life_s
+    return out
+
+
+def void_grant(req: pb.VoidGrantRequest, caller: str) -> c.VoidGrant:
+    return c.VoidGrant(caller, req.idempotency_key, req.lot_id, req.amount, req.reason)
+
+
 def refund(req: pb.RefundRequest, caller: str) -> c.Refund:
     return c.Refund(
         caller,
@@ -340,7 +465,14 @@ def lot(lt: Lot) -> pb.Lot:
         amount=lt.amount,
         remaining=lt.remaining,
         created_at=_ts(lt.created_at),
+        category=lt.category,
+        cost_currency=lt.cost_currency,
+        schedule_id=lt.schedule_id,
     )
+    if lt.period is not None:
+        out.period = lt.period
+    if lt.unit_cost_micros is not None:
+        out.unit_cost_micros = lt.unit_cost_micros
     if lt.expires_at is not None:
         out.expires_at.CopyFrom(_ts(lt.expires_at))
     return out

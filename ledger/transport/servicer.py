@@ -13,9 +13,18 @@ import grpc
 from creditledger.v1 import ledger_pb2 as pb
 
 from ledger.domain import commands as c
+from ledger.domain import limits
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation, LedgerError
-from ledger.domain.model import GrantResult, GroupResult, LimitsResult, ReservationResult, Result
+from ledger.domain.model import (
+    GrantResult,
+    GroupResult,
+    LimitsResult,
+    ReservationResult,
+    Result,
+    ScheduleResult,
+    VoidResult,
+)
 from ledger.service.ledger import Ledger
 from ledger.service.listing import ReservationQuery
 from ledger.transport import convert, status
@@ -89,6 +98,33 @@ class LedgerServicer:
                 pb.SetSpendingLimitsResponse,
             ),
             "SetMemberCap": (self.set_member_cap, pb.SetMemberCapRequest, pb.SetMemberCapResponse),
+            "VoidGrant": (self.void_grant, pb.VoidGrantRequest, pb.VoidGrantResponse),
+            "CreateGrantSchedule": (
+                self.create_grant_schedule,
+                pb.CreateGrantScheduleRequest,
+                pb.CreateGrantScheduleResponse,
+            ),
+            "GetGrantSchedule": (
+                self.get_grant_schedule,
+                pb.GetGrantScheduleRequest,
+                pb.GetGrantScheduleResponse,
+            ),
+            "ListGrantSchedules": (
+                self.list_grant_schedules,
+                pb.ListGrantSchedulesRequest,
+                pb.ListGrantSchedulesResponse,
+            ),
+            "UpdateGrantSchedule": (
+                self.update_grant_schedule,
+                pb.UpdateGrantScheduleRequest,
+                pb.UpdateGrantScheduleResponse,
+            ),
+            "GetBreakage": (self.get_breakage, pb.GetBreakageRequest, pb.GetBreakageResponse),
+            "CancelGrantSchedule": (
+                self.cancel_grant_schedule,
+                pb.CancelGrantScheduleRequest,
+                pb.CancelGrantScheduleResponse,
+            ),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
@@ -109,6 +145,80 @@ class LedgerServicer:
         return pb.GrantResponse(
             balance=convert.balance(result.balance), lot=convert.lot(result.lot)
         ), replayed
+
+    async def void_grant(self, req: pb.VoidGrantRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        result, replayed = await self._ledger.execute(
+            convert.void_grant(req, access.caller), access
+        )
+        if not isinstance(result, VoidResult):
+            raise InvariantViolation("VoidGrant returned no VoidResult")
+        return pb.VoidGrantResponse(
+            lot=convert.lot(result.lot),
+            balance=convert.balance(result.balance),
+            voided=result.voided,
+        ), replayed
+
+    async def create_grant_schedule(self, req: pb.CreateGrantScheduleRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        cmd = convert.create_grant_schedule(req, access.caller)
+        result, replayed = await self._ledger.execute(cmd, access)
+        if not isinstance(result, ScheduleResult) or result.balance is None:
+            raise InvariantViolation("CreateGrantSchedule returned no ScheduleResult")
+        return pb.CreateGrantScheduleResponse(
+            schedule=convert.schedule(result.schedule), balance=convert.balance(result.balance)
+        ), replayed
+
+    async def update_grant_schedule(self, req: pb.UpdateGrantScheduleRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        cmd = convert.update_grant_schedule(req, access.caller)
+        result, replayed = await self._ledger.execute(cmd, access)
+        if not isinstance(result, ScheduleResult):
+            raise InvariantViolation("UpdateGrantSchedule returned no ScheduleResult")
+        return pb.UpdateGrantScheduleResponse(schedule=convert.schedule(result.schedule)), replayed
+
+    async def cancel_grant_schedule(self, req: pb.CancelGrantScheduleRequest, ctx: Any) -> Reply:
+        access = self._authorize(ctx)
+        cmd = convert.cancel_grant_schedule(req, access.caller)
+        result, replayed = await self._ledger.execute(cmd, access)
+        if not isinstance(result, ScheduleResult) or result.balance is None:
+            raise InvariantViolation("CancelGrantSchedule returned no ScheduleResult")
+        return pb.CancelGrantScheduleResponse(
+            schedule=convert.schedule(result.schedule), balance=convert.balance(result.balance)
+        ), replayed
+
+    async def list_grant_schedules(self, req: pb.ListGrantSchedulesRequest, ctx: Any) -> Reply:
+        found, token = await self._ledger.list_grant_schedules(
+            req.account_id, req.page_size, req.page_token, self._authorize(ctx)
+        )
+        return pb.ListGrantSchedulesResponse(
+            schedules=[convert.schedule(s) for s in found], next_page_token=token
+        ), False
+
+    async def get_breakage(self, req: pb.GetBreakageRequest, ctx: Any) -> Reply:
+        lines = await self._ledger.get_breakage(
+            req.account_id,
+            req.asset,
+            convert.timestamp(req.start, req.HasField("start"), "start"),
+            convert.timestamp(req.end, req.HasField("end"), "end"),
+            self._authorize(ctx),
+        )
+        # Saturating at INT64_MAX, as lifetime totals do (10^15 credits x 10^12 micros).
+        out = pb.GetBreakageResponse(credits=min(sum(x.credits for x in lines), limits.INT64_MAX))
+        for x in lines:
+            line = out.lines.add(
+                category=x.category,
+                cost_currency=x.cost_currency,
+                credits=min(x.credits, limits.INT64_MAX),
+                cost_micros=min(x.cost_micros, limits.INT64_MAX),
+            )
+            if x.unit_cost_micros is not None:
+                line.unit_cost_micros = x.unit_cost_micros
+        return out, False
+
+    async def get_grant_schedule(self, req: pb.GetGrantScheduleRequest, ctx: Any) -> Reply:
+        found = await self._ledger.get_grant_schedule(req.schedule_id, self._authorize(ctx))
+        return pb.GetGrantScheduleResponse(schedule=convert.schedule(found)), False
 
     async def reserve(self, req: pb.ReserveRequest, ctx: Any) -> Reply:
         access = self._authorize(ctx)

@@ -49,6 +49,7 @@ class Settings:
     noop_server: bool
     analyze: bool
     replicas: int = 1
+    schedules: bool = False
 
 
 def _csv(kind: type, text: str) -> tuple[Any, ...]:
@@ -99,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="`ledger serve` processes on the one database (one writer, the others forward"
         " to it); the load spreads evenly over them",
     )
+    ap.add_argument(
+        "--schedules",
+        action="store_true",
+        help="give every account a monthly grant schedule (issue 23's throughput check)",
+    )
     ns = ap.parse_args(argv)
     workloads = _csv(str, ns.workloads)
     unknown = set(workloads) - set(WORKLOADS)
@@ -127,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         noop_server=ns.noop_server,
         analyze=not ns.no_analyze,
         replicas=ns.replicas,
+        schedules=ns.schedules,
     )
 
 
@@ -232,7 +239,7 @@ def _load(
     workers = Workers(s.client_procs, target.address, s.channels_per_proc)
     stack.callback(workers.close)
     started = time.monotonic()
-    workers.setup(s.accounts)
+    workers.setup(s.accounts, schedules=s.schedules)
     run.setup_s = time.monotonic() - started
     say(f"setup: {s.accounts} accounts created and funded in {run.setup_s:.1f} s")
     if s.analyze and db_url is not None and s.target is None:

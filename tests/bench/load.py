@@ -119,10 +119,31 @@ async def _create_funded(stub: pb_grpc.LedgerServiceAsyncStub, account: str, amo
     await _retrying(stub.Grant, grant)
 
 
+async def _schedule(stub: pb_grpc.LedgerServiceAsyncStub, account: str) -> None:
+    """`--schedules`: a monthly allowance on the account (its pair's every batch
+    and read then walks an active schedule and loads its live lots)."""
+    await _retrying(
+        stub.CreateGrantSchedule,
+        pb.CreateGrantScheduleRequest(
+            account_id=account,
+            asset=ASSET,
+            amount=1000,
+            period_unit=pb.GrantSchedule.PERIOD_UNIT_MONTH,
+            period_count=1,
+            rollover=pb.Rollover(cap_percent=50),
+            idempotency_key=f"bench-schedule-{account}",
+        ),
+    )
+
+
 async def setup_accounts(
-    stubs: list[pb_grpc.LedgerServiceAsyncStub], indexes: range, with_hot: bool
+    stubs: list[pb_grpc.LedgerServiceAsyncStub],
+    indexes: range,
+    with_hot: bool,
+    schedules: bool = False,
 ) -> None:
-    """Create and fund the uniform accounts in `indexes` (and the hot one)."""
+    """Create and fund the uniform accounts in `indexes` (and the hot one); with
+    `schedules`, each gets a monthly grant schedule too."""
     queue: list[tuple[str, int]] = [(account_id(i), UNIFORM_GRANT) for i in indexes]
     if with_hot:
         queue.append((HOT_ACCOUNT, HOT_GRANT))
@@ -131,6 +152,8 @@ async def setup_accounts(
         while queue:
             account, amount = queue.pop()
             await _create_funded(stub, account, amount)
+            if schedules:
+                await _schedule(stub, account)
 
     await asyncio.gather(*(drain(stubs[i % len(stubs)]) for i in range(SETUP_IN_FLIGHT)))
     if with_hot:
@@ -230,8 +253,8 @@ async def _serve(conn: Connection, target: str, channels: int) -> None:
         if command == "stop":
             return
         if command == "setup":
-            indexes, with_hot = arg
-            await setup_accounts(stubs, indexes, with_hot)
+            indexes, with_hot, schedules = arg
+            await setup_accounts(stubs, indexes, with_hot, schedules)
             conn.send(("ok", None))
         elif command == "run":
             conn.send(("ok", await run_plan(stubs, arg)))
@@ -278,11 +301,11 @@ class Workers:
             answers.append(value)
         return answers
 
-    def setup(self, accounts: int, timeout_s: float = 600.0) -> None:
+    def setup(self, accounts: int, timeout_s: float = 600.0, schedules: bool = False) -> None:
         """Create and fund accounts 0..accounts-1 (split over the workers) and the hot one."""
         count = len(self._conns)
         for n, conn in enumerate(self._conns):
-            conn.send(("setup", (range(n, accounts, count), n == 0)))
+            conn.send(("setup", (range(n, accounts, count), n == 0, schedules)))
         self._gather(self._conns, timeout_s)
 
     def start(self, plan_for: list[Plan]) -> list[Connection]:

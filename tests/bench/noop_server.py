@@ -73,6 +73,33 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     async def ListReservations(self, request: Any, context: Any) -> pb.ListReservationsResponse:
         return pb.ListReservationsResponse()
 
+    async def VoidGrant(self, request: Any, context: Any) -> pb.VoidGrantResponse:
+        return pb.VoidGrantResponse(lot=pb.Lot(), balance=pb.Balance(), voided=0)
+
+    async def CreateGrantSchedule(
+        self, request: Any, context: Any
+    ) -> pb.CreateGrantScheduleResponse:
+        return pb.CreateGrantScheduleResponse(schedule=pb.GrantSchedule(), balance=pb.Balance())
+
+    async def GetGrantSchedule(self, request: Any, context: Any) -> pb.GetGrantScheduleResponse:
+        return pb.GetGrantScheduleResponse(schedule=pb.GrantSchedule())
+
+    async def ListGrantSchedules(self, request: Any, context: Any) -> pb.ListGrantSchedulesResponse:
+        return pb.ListGrantSchedulesResponse()
+
+    async def UpdateGrantSchedule(
+        self, request: Any, context: Any
+    ) -> pb.UpdateGrantScheduleResponse:
+        return pb.UpdateGrantScheduleResponse(schedule=pb.GrantSchedule())
+
+    async def GetBreakage(self, request: Any, context: Any) -> pb.GetBreakageResponse:
+        return pb.GetBreakageResponse()
+
+    async def CancelGrantSchedule(
+        self, request: Any, context: Any
+    ) -> pb.CancelGrantScheduleResponse:
+        return pb.CancelGrantScheduleResponse(schedule=pb.GrantSchedule(), balance=pb.Balance())
+
     async def SubmitBatch(self, request: Any, context: Any) -> pb.SubmitBatchResponse:
         return pb.SubmitBatchResponse(
             outcomes=[

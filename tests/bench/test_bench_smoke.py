@@ -64,3 +64,30 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert point["ops"] % 100 == 0, point
     assert set(document["pgbench"]) == {"1", "8"}
     assert list(tmp_path.glob("bench-*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SMOKE_TIMEOUT_S + 30)
+def test_bench_smoke_with_schedules(tmp_path: Path) -> None:
+    """The charge workload on accounts that each have an active grant schedule
+    (issue 23): no unexpected error, and `ledger verify` passes after it."""
+    args = [
+        sys.executable, "-m", "tests.bench",
+        "--workloads", "charge", "--concurrency", "1,8",
+        "--duration-s", "1", "--warmup-s", "0.5",
+        "--accounts", "100", "--no-pgbench", "--schedules",
+        "--out-dir", str(tmp_path), "--verify",
+    ]  # fmt: skip
+    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get("LEDGER_TEST_DATABASE_URL")
+    if url:
+        args += ["--database-url", url]
+    done = subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    [json_path] = tmp_path.glob("bench-*.json")
+    document = json.loads(json_path.read_text())
+    assert document["verify_exit"] == 0
+    for point in document["points"]:
+        assert point["unexpected_errors"] == {}, point
+        assert point["ops"] > 0, point

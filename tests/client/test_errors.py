@@ -61,6 +61,15 @@ CONTRACT = {
         grpc.StatusCode.FAILED_PRECONDITION, e.PoolDepthExceeded, e.FailedPrecondition,
     ),
     "CAP_EXCEEDED": (grpc.StatusCode.FAILED_PRECONDITION, e.CapExceeded, e.FailedPrecondition),
+    "LOT_NOT_FOUND": (grpc.StatusCode.NOT_FOUND, e.LotNotFound, e.NotFound),
+    "SCHEDULE_NOT_FOUND": (grpc.StatusCode.NOT_FOUND, e.ScheduleNotFound, e.NotFound),
+    "SCHEDULE_LIMIT_EXCEEDED": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.ScheduleLimitExceeded, e.FailedPrecondition,
+    ),
+    "CREDITS_HELD": (grpc.StatusCode.FAILED_PRECONDITION, e.CreditsHeld, e.FailedPrecondition),
+    "AMOUNT_EXCEEDS_UNSPENT": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.AmountExceedsUnspent, e.FailedPrecondition,
+    ),
     "CONTENTION": (grpc.StatusCode.ABORTED, e.Contention, e.Aborted),
     "DATABASE_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.DatabaseUnavailable, e.Unavailable),
     "WRITER_UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, e.WriterUnavailable, e.Unavailable),

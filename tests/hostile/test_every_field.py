@@ -148,6 +148,8 @@ class World:
     token: str  # a real ListEntries next_page_token for (account, "")
     # A real ListReservations next_page_token for (account, "", every state).
     reservations_token: str = ""
+    lot: str = ""  # a lot of `account` with plenty left (to void)
+    schedule: str = ""  # a grant schedule of `other` (to read and cancel)
     results: Counter[str] = field(default_factory=Counter)
 
 
@@ -190,8 +192,30 @@ def make_world(stub: Any) -> World:
     group = ok("ReserveGroup", group_req).group.group_id
     token = ok("ListEntries", pb.ListEntriesRequest(account_id=account, page_size=1))
     listed = ok("ListReservations", pb.ListReservationsRequest(account_id=account, page_size=1))
+    lot = ok(
+        "Grant",
+        pb.GrantRequest(account_id=account, asset=ASSET, amount=10**15, idempotency_key=new_key()),
+    ).lot.lot_id
     return World(
-        stub, account, other, charged, group, token.next_page_token, listed.next_page_token
+        stub,
+        account,
+        other,
+        charged,
+        group,
+        token.next_page_token,
+        listed.next_page_token,
+        lot=lot,
+        schedule=ok(
+            "CreateGrantSchedule",
+            pb.CreateGrantScheduleRequest(
+                account_id=other,
+                asset=ASSET,
+                amount=1,
+                period_unit=pb.GrantSchedule.PERIOD_UNIT_DAY,
+                period_count=1,
+                idempotency_key=new_key(),
+            ),
+        ).schedule.schedule_id,
     )
 
 
@@ -246,6 +270,29 @@ def base_request(method: str, w: World) -> Message:
             account_id=w.other, asset=ASSET, window=pb.CAP_WINDOW_DAY, cap=10**9,
             idempotency_key=new_key(),
         )  # fmt: skip
+    if method == "CreateGrantSchedule":
+        return pb.CreateGrantScheduleRequest(
+            account_id=w.account,
+            asset=ASSET,
+            amount=1,
+            idempotency_key=new_key(),
+            period_unit=pb.GrantSchedule.PERIOD_UNIT_MONTH,
+            period_count=1,
+        )
+    if method == "GetBreakage":
+        return pb.GetBreakageRequest(account_id=w.account, asset=ASSET)
+    if method == "ListGrantSchedules":
+        return pb.ListGrantSchedulesRequest(account_id=w.other, page_size=1)
+    if method == "GetGrantSchedule":
+        return pb.GetGrantScheduleRequest(schedule_id=w.schedule)
+    if method == "UpdateGrantSchedule":
+        return pb.UpdateGrantScheduleRequest(
+            schedule_id=w.schedule, amount=2, idempotency_key=new_key()
+        )
+    if method == "CancelGrantSchedule":
+        return pb.CancelGrantScheduleRequest(schedule_id=w.schedule, idempotency_key=new_key())
+    if method == "VoidGrant":
+        return pb.VoidGrantRequest(lot_id=w.lot, amount=1, idempotency_key=new_key())
     if method == "SubmitBatch":
         batch = pb.SubmitBatchRequest()
         batch.commands.add().charge.MergeFromString(base_request("Charge", w).SerializeToString())

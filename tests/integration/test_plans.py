@@ -83,7 +83,8 @@ async def test_writer_plans_are_index_plans_made_once(empty_db: TestDatabase) ->
                 unit._conn,
                 "load",
                 postgres._LOAD,
-                "text[], text[], uuid[], text[], text[], text[], timestamptz, text[], text[], int4",
+                "text[], text[], uuid[], text[], text[], text[], timestamptz, text[], text[], int4, uuid[],"
+                " uuid[]",
             )
             save = await _generic_plan(unit._conn, "save", postgres._SAVE, "jsonb, timestamptz")
             await unit._conn.execute("DEALLOCATE ALL")

@@ -230,7 +230,7 @@ class Model:
         if amount > r.settled - r.refunded:
             raise Refused("AMOUNT_EXCEEDS_SETTLED")
         left = amount
-        for a in r.allocs:
+        for a in reversed(r.allocs):  # last drawn, first given back (rules.refund)
             take = min(a.settled - a.refunded, left)
             if not take:
                 continue

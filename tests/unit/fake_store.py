@@ -57,6 +57,7 @@ class FakeBatch:
         pairs: set[PairKey],
         account_ids: set[str],
         whole_pairs: set[PairKey],
+        lot_ids: frozenset[str] = frozenset(),
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         t = self._t
         byid = [
@@ -64,14 +65,16 @@ class FakeBatch:
             for r in reservation_ids
             if r in t.reservations
         ]
-        pairs = pairs | {(r.account_id, r.asset) for r in byid}
+        bylot = [codec.lot_from(t.lots[i]) for i in lot_ids if i in t.lots]
+        void_pairs = {(lot.account_id, lot.asset) for lot in bylot}
+        pairs = pairs | {(r.account_id, r.asset) for r in byid} | void_pairs
         res = {r.reservation_id: r for r in byid}
         for d in t.reservations.values():
             r = codec.reservation_from(d)
             if (
                 (r.account_id, r.asset) in pairs
                 and r.state is ReservationState.OPEN
-                and r.expires_at <= ws.now
+                and (r.expires_at <= ws.now or (r.account_id, r.asset) in void_pairs)
             ):
                 res.setdefault(r.reservation_id, r)
         for r in res.values():
@@ -81,6 +84,7 @@ class FakeBatch:
             if pair in t.balances:
                 ws.balances[pair] = codec.balance_from(t.balances[pair])
         wanted = {a.lot_id for r in res.values() for a in r.allocations}
+        wanted |= {lot.lot_id for lot in bylot}
         for pair in pairs:
             live = sorted(self._lots_of(pair), key=Lot.spend_order)
             for lot in live:

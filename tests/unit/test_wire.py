@@ -12,9 +12,16 @@ from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
     Balance,
     GroupResult,
+    Lot,
     Reservation,
     ReservationResult,
     ReservationState,
+    Rollover,
+    Schedule,
+    ScheduleResult,
+    ScheduleState,
+    Terms,
+    VoidResult,
 )
 from ledger.service import wire
 
@@ -35,6 +42,17 @@ COMMANDS: list[c.MutatingCommand] = [
     c.Release("bob", "k6", RID, 0),
     c.Refund("bob", "k7", RID, 1, "sorry"),
     c.ExpireDue((RID,), (("acct-1", "sms"),)),
+    c.Grant(
+        "alice", "k8", "acct-1", "sms", 10, category="x_gift", unit_cost_micros=5,
+        cost_currency="EUR",
+    ),
+    c.VoidGrant("alice", "k9", RID, 3, "mistake"),
+    c.CreateGrantSchedule(
+        "alice", "k10", "acct-1", "sms", 100, "month", 1, datetime(2027, 1, 31, tzinfo=UTC),
+        "Europe/Paris", None, 7, "allowance", 3600, Rollover(cap_percent=50, life_s=60), {"p": "1"},
+    ),
+    c.UpdateGrantSchedule("alice", "k11", RID, 200, None, True),
+    c.CancelGrantSchedule("alice", "k12", RID, True),
 ]  # fmt: skip
 
 
@@ -57,23 +75,31 @@ def test_outcomes_survive_the_hop() -> None:
     res = Reservation(RID, "a", "sms", 3, 1, 0, 0, ReservationState.OPEN, now, now, {"k": "v"})
     insufficient = errors.InsufficientCredits("not enough", {"available": "1"})
     insufficient.replayed = True
+    lot = Lot(RID, "a", "sms", 10, 4, 1, "s", None, now, "paid", 7, "USD", RID, 3)
+    sched = Schedule(
+        RID, "a", "sms", 100, "month", 1, now, "UTC", None, 100, "allowance", None,
+        Rollover(cap_amount=5), 0, 2, now, ScheduleState.ACTIVE, {}, now,
+        [Terms(2, 50, None)],
+    )  # fmt: skip
     outcomes: list[wire.Outcome] = [
         (ReservationResult(res, Balance("a", "sms", 5)), False),
         (GroupResult("g", [res]), True),
+        (VoidResult(Balance("a", "sms", 5), lot, 6), False),
+        (ScheduleResult(sched, Balance("a", "sms", 5)), True),
         (None, False),
         insufficient,
         errors.InvalidArgument([FieldViolation("amount", "must be > 0")]),
         errors.WriterUnavailable("gone", {"cause": "x"}),
     ]
     back = wire.decode_outcomes(wire.encode_outcomes(outcomes))
-    assert back[:3] == outcomes[:3]
-    for sent, got in zip(outcomes[3:], back[3:], strict=True):
+    assert back[:5] == outcomes[:5]
+    for sent, got in zip(outcomes[5:], back[5:], strict=True):
         assert isinstance(sent, errors.LedgerError) and isinstance(got, errors.LedgerError)
         assert (type(got), got.reason, got.message, got.metadata, got.replayed) == (
             type(sent), sent.reason, sent.message, sent.metadata, sent.replayed,
         )  # fmt: skip
-    assert isinstance(back[4], errors.InvalidArgument)
-    assert back[4].violations == [FieldViolation("amount", "must be > 0")]
+    assert isinstance(back[6], errors.InvalidArgument)
+    assert back[6].violations == [FieldViolation("amount", "must be > 0")]
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ class _Unit:
         pairs: set[PairKey],
         account_ids: set[str],
         whole_pairs: set[PairKey],
+        lot_ids: frozenset[str] = frozenset(),
     ) -> dict[tuple[str, str], IdempotencyRecord]:
         now = datetime.now(UTC)
         ws.accounts.update(account_ids)

@@ -57,6 +57,9 @@ def grant(
     expires_at: datetime | None,
     priority: int | None,
     source: str,
+    category: str = "",
+    unit_cost_micros: int | None = None,
+    cost_currency: str = "",
 ) -> pb.GrantRequest:
     req = pb.GrantRequest(
         account_id=account_id,
@@ -66,9 +69,13 @@ def grant(
         metadata=dict(metadata or {}),
         expires_at=_timestamp(expires_at),
         source=source,
+        category=category,
+        cost_currency=cost_currency,
     )
     if priority is not None:
         req.priority = priority
+    if unit_cost_micros is not None:
+        req.unit_cost_micros = unit_cost_micros
     return req
 
 

@@ -300,6 +300,47 @@ class CapExceeded(FailedPrecondition):
         return self._int("remaining")
 
 
+class LotNotFound(NotFound):
+    """LOT_NOT_FOUND: no such lot (VoidGrant)."""
+
+
+class ScheduleNotFound(NotFound):
+    """SCHEDULE_NOT_FOUND: no such grant schedule."""
+
+
+class ScheduleLimitExceeded(FailedPrecondition):
+    """SCHEDULE_LIMIT_EXCEEDED: the account and asset have the most active schedules."""
+
+    @property
+    def limit(self) -> int:
+        """The most active schedules one account may have of one asset."""
+        return self._int("limit")
+
+
+class CreditsHeld(FailedPrecondition):
+    """CREDITS_HELD: VoidGrant of credits that open reservations hold; settle or
+    release them first. `held` says how many are held, `unspent` how many may be voided."""
+
+    @property
+    def held(self) -> int:
+        """The lot's credits held by open reservations."""
+        return self._int("held")
+
+    @property
+    def unspent(self) -> int:
+        """The lot's unspent, unheld credits: what may be voided."""
+        return self._int("unspent")
+
+
+class AmountExceedsUnspent(FailedPrecondition):
+    """AMOUNT_EXCEEDS_UNSPENT: VoidGrant of more than the lot's unspent remainder."""
+
+    @property
+    def unspent(self) -> int:
+        """The lot's unspent, unheld credits: what may be voided."""
+        return self._int("unspent")
+
+
 class Contention(Aborted):
     """CONTENTION: the server's own retries of a serialization failure ran out."""
 
@@ -348,6 +389,11 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "PRECONDITION_FAILED": PreconditionFailed,
     "POOL_DEPTH_EXCEEDED": PoolDepthExceeded,
     "CAP_EXCEEDED": CapExceeded,
+    "LOT_NOT_FOUND": LotNotFound,
+    "SCHEDULE_NOT_FOUND": ScheduleNotFound,
+    "SCHEDULE_LIMIT_EXCEEDED": ScheduleLimitExceeded,
+    "CREDITS_HELD": CreditsHeld,
+    "AMOUNT_EXCEEDS_UNSPENT": AmountExceedsUnspent,
     "CONTENTION": Contention,
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
     "WRITER_UNAVAILABLE": WriterUnavailable,

@@ -92,6 +92,14 @@ class Lot:
     remaining: int
     expires_at: datetime | None
     created_at: datetime | None
+    # Provenance: paid, promotional, allowance, rollover, refund or an "x_" token.
+    category: str = "paid"
+    # Cost basis per credit in micros of cost_currency; None when not given.
+    unit_cost_micros: int | None = None
+    cost_currency: str = ""
+    # The grant schedule and period that issued the lot ("" and None for a Grant's).
+    schedule_id: str = ""
+    period: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +262,11 @@ def lot_from_pb(m: pb.Lot) -> Lot:
         remaining=m.remaining,
         expires_at=_time(m.expires_at, m.HasField("expires_at")),
         created_at=_time(m.created_at, m.HasField("created_at")),
+        category=m.category or "paid",
+        unit_cost_micros=m.unit_cost_micros if m.HasField("unit_cost_micros") else None,
+        cost_currency=m.cost_currency,
+        schedule_id=m.schedule_id,
+        period=m.period if m.HasField("period") else None,
     )
 
 

@@ -204,10 +204,14 @@ class SyncLedgerClient:
         expires_at: datetime | None = None,
         priority: int | None = None,
         source: str = "",
+        category: str = "",
+        unit_cost_micros: int | None = None,
+        cost_currency: str = "",
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> GrantResult:
-        """Adds `amount` as a new lot. Raises AccountNotFound, BalanceLimitExceeded,
+        """Adds `amount` as a new lot, of `category` (default paid) with an optional
+        cost basis. Raises AccountNotFound, BalanceLimitExceeded,
         IdempotencyKeyReused, InvalidArgument."""
         request = rq.grant(
             account_id,
@@ -218,6 +222,9 @@ class SyncLedgerClient:
             expires_at=expires_at,
             priority=priority,
             source=source,
+            category=category,
+            unit_cost_micros=unit_cost_micros,
+            cost_currency=cost_currency,
         )
         resp, replayed = self._call(self._stub.Grant, request, timeout_s, call_metadata)
         return GrantResult(balance_from_pb(resp.balance), lot_from_pb(resp.lot), replayed)

@@ -340,6 +340,50 @@ export class CapExceeded extends FailedPrecondition {
     this.remaining = this.int64("remaining");
   }
 }
+/** LOT_NOT_FOUND: no such lot (VoidGrant). */
+export class LotNotFound extends NotFound {
+  override readonly name: string = "LotNotFound";
+}
+/** SCHEDULE_NOT_FOUND: no such grant schedule. */
+export class ScheduleNotFound extends NotFound {
+  override readonly name: string = "ScheduleNotFound";
+}
+/** SCHEDULE_LIMIT_EXCEEDED: the account and asset have the most active schedules. */
+export class ScheduleLimitExceeded extends FailedPrecondition {
+  override readonly name: string = "ScheduleLimitExceeded";
+  /** The most active schedules one account may have of one asset. */
+  readonly limit: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.limit = this.int64("limit");
+  }
+}
+/** CREDITS_HELD: VoidGrant of credits that open reservations hold; settle or release them first. */
+export class CreditsHeld extends FailedPrecondition {
+  override readonly name: string = "CreditsHeld";
+  /** The lot's credits held by open reservations. */
+  readonly held: bigint;
+  /** The lot's unspent, unheld credits: what may be voided. */
+  readonly unspent: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.held = this.int64("held");
+    this.unspent = this.int64("unspent");
+  }
+}
+/** AMOUNT_EXCEEDS_UNSPENT: VoidGrant of more than the lot's unspent remainder. */
+export class AmountExceedsUnspent extends FailedPrecondition {
+  override readonly name: string = "AmountExceedsUnspent";
+  /** The lot's unspent, unheld credits: what may be voided. */
+  readonly unspent: bigint;
+
+  constructor(cause: ConnectError, context: ErrorContext) {
+    super(cause, context);
+    this.unspent = this.int64("unspent");
+  }
+}
 /** CONTENTION (ABORTED): the server ran out of serialization retries; the client retries it itself. */
 export class Contention extends Aborted {
   override readonly name: string = "Contention";
@@ -390,6 +434,11 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["PRECONDITION_FAILED", PreconditionFailed],
   ["POOL_DEPTH_EXCEEDED", PoolDepthExceeded],
   ["CAP_EXCEEDED", CapExceeded],
+  ["LOT_NOT_FOUND", LotNotFound],
+  ["SCHEDULE_NOT_FOUND", ScheduleNotFound],
+  ["SCHEDULE_LIMIT_EXCEEDED", ScheduleLimitExceeded],
+  ["CREDITS_HELD", CreditsHeld],
+  ["AMOUNT_EXCEEDS_UNSPENT", AmountExceedsUnspent],
   ["CONTENTION", Contention],
   ["DATABASE_UNAVAILABLE", DatabaseUnavailable],
   ["WRITER_UNAVAILABLE", WriterUnavailable],

@@ -154,6 +154,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: CreateAccount under a parent that already has the most ancestors."""
     ERROR_REASON_CAP_EXCEEDED: _ErrorReason.ValueType  # 28
     """FAILED_PRECONDITION: a spend would take a member past a cap; nothing changed."""
+    ERROR_REASON_LOT_NOT_FOUND: _ErrorReason.ValueType  # 32
+    """NOT_FOUND: no such lot (VoidGrant)."""
+    ERROR_REASON_CREDITS_HELD: _ErrorReason.ValueType  # 33
+    """FAILED_PRECONDITION: VoidGrant of credits that open reservations hold; metadata held says how many."""
+    ERROR_REASON_AMOUNT_EXCEEDS_UNSPENT: _ErrorReason.ValueType  # 34
+    """FAILED_PRECONDITION: VoidGrant of more than the lot's unspent remainder (or of an empty one)."""
+    ERROR_REASON_SCHEDULE_NOT_FOUND: _ErrorReason.ValueType  # 35
+    """NOT_FOUND: no such grant schedule."""
+    ERROR_REASON_SCHEDULE_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 36
+    """FAILED_PRECONDITION: the account and asset already have the most active schedules (16)."""
     ERROR_REASON_TOO_MANY_CONCURRENT_CALLS: _ErrorReason.ValueType  # 38
     """Too many calls in flight on the connection, from the peer, or from callers
     known only by their address; ErrorInfo `limit` names the limit; nothing was done.
@@ -221,6 +231,16 @@ ERROR_REASON_POOL_DEPTH_EXCEEDED: ErrorReason.ValueType  # 27
 """FAILED_PRECONDITION: CreateAccount under a parent that already has the most ancestors."""
 ERROR_REASON_CAP_EXCEEDED: ErrorReason.ValueType  # 28
 """FAILED_PRECONDITION: a spend would take a member past a cap; nothing changed."""
+ERROR_REASON_LOT_NOT_FOUND: ErrorReason.ValueType  # 32
+"""NOT_FOUND: no such lot (VoidGrant)."""
+ERROR_REASON_CREDITS_HELD: ErrorReason.ValueType  # 33
+"""FAILED_PRECONDITION: VoidGrant of credits that open reservations hold; metadata held says how many."""
+ERROR_REASON_AMOUNT_EXCEEDS_UNSPENT: ErrorReason.ValueType  # 34
+"""FAILED_PRECONDITION: VoidGrant of more than the lot's unspent remainder (or of an empty one)."""
+ERROR_REASON_SCHEDULE_NOT_FOUND: ErrorReason.ValueType  # 35
+"""NOT_FOUND: no such grant schedule."""
+ERROR_REASON_SCHEDULE_LIMIT_EXCEEDED: ErrorReason.ValueType  # 36
+"""FAILED_PRECONDITION: the account and asset already have the most active schedules (16)."""
 ERROR_REASON_TOO_MANY_CONCURRENT_CALLS: ErrorReason.ValueType  # 38
 """Too many calls in flight on the connection, from the peer, or from callers
 known only by their address; ErrorInfo `limit` names the limit; nothing was done.
@@ -564,6 +584,11 @@ class Lot(_message.Message):
     REMAINING_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    UNIT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    COST_CURRENCY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     """Server-made id of the lot."""
     source: _builtins.str
@@ -574,6 +599,19 @@ class Lot(_message.Message):
     """The amount the lot was created with."""
     remaining: _builtins.int
     """What is left of it, neither reserved nor spent nor expired."""
+    category: _builtins.str
+    """Where the credits came from: "paid", "promotional", "allowance",
+    "rollover", "refund", or the caller's own token ("x_..."). Lots made
+    before categories existed are "paid".
+    """
+    unit_cost_micros: _builtins.int
+    """Cost basis of one credit in micros of cost_currency; unset when not given."""
+    cost_currency: _builtins.str
+    """ISO 4217 code of unit_cost_micros; empty when it is unset."""
+    schedule_id: _builtins.str
+    """The grant schedule that issued the lot; empty for a Grant's."""
+    period: _builtins.int
+    """The schedule's period the lot belongs to (its allowance or its rollover)."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot expires; unset means never."""
@@ -592,12 +630,24 @@ class Lot(_message.Message):
         remaining: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        category: _builtins.str = ...,
+        unit_cost_micros: _builtins.int | None = ...,
+        cost_currency: _builtins.str = ...,
+        schedule_id: _builtins.str = ...,
+        period: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_period", b"_period", "_unit_cost_micros", b"_unit_cost_micros", "created_at", b"created_at", "expires_at", b"expires_at", "period", b"period", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "expires_at", b"expires_at", "lot_id", b"lot_id", "priority", b"priority", "remaining", b"remaining", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_period", b"_period", "_unit_cost_micros", b"_unit_cost_micros", "amount", b"amount", "category", b"category", "cost_currency", b"cost_currency", "created_at", b"created_at", "expires_at", b"expires_at", "lot_id", b"lot_id", "period", b"period", "priority", b"priority", "remaining", b"remaining", "schedule_id", b"schedule_id", "source", b"source", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__period: _TypeAlias = _typing.Literal["period"]  # noqa: Y015
+    _WhichOneofArgType__period: _TypeAlias = _typing.Literal["_period", b"_period"]  # noqa: Y015
+    _WhichOneofReturnType__unit_cost_micros: _TypeAlias = _typing.Literal["unit_cost_micros"]  # noqa: Y015
+    _WhichOneofArgType__unit_cost_micros: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__period) -> _WhichOneofReturnType__period | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unit_cost_micros) -> _WhichOneofReturnType__unit_cost_micros | None: ...
 
 Global___Lot: _TypeAlias = Lot  # noqa: Y015
 
@@ -802,6 +852,10 @@ class Entry(_message.Message):
         """Credits lent by @overdraft to a DEBT-mode spend (a lot of source "overdraft")."""
         MOVEMENT_DEBT_REPAYMENT: Entry._Movement.ValueType  # 9
         """A grant paying back the account's debt to @overdraft, first."""
+        MOVEMENT_VOID: Entry._Movement.ValueType  # 10
+        """Unspent credits of a lot taken back by VoidGrant (to @voided)."""
+        MOVEMENT_ROLLOVER: Entry._Movement.ValueType  # 11
+        """A period's unused allowance moved to its rollover lot (through @rollover)."""
 
     class Movement(_Movement, metaclass=_MovementEnumTypeWrapper):
         """The kind of movement an entry belongs to."""
@@ -826,6 +880,10 @@ class Entry(_message.Message):
     """Credits lent by @overdraft to a DEBT-mode spend (a lot of source "overdraft")."""
     MOVEMENT_DEBT_REPAYMENT: Entry.Movement.ValueType  # 9
     """A grant paying back the account's debt to @overdraft, first."""
+    MOVEMENT_VOID: Entry.Movement.ValueType  # 10
+    """Unspent credits of a lot taken back by VoidGrant (to @voided)."""
+    MOVEMENT_ROLLOVER: Entry.Movement.ValueType  # 11
+    """A period's unused allowance moved to its rollover lot (through @rollover)."""
 
     class _Bucket:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -840,7 +898,7 @@ class Entry(_message.Message):
         BUCKET_HELD: Entry._Bucket.ValueType  # 2
         """Credits held by open reservations."""
         BUCKET_SYSTEM: Entry._Bucket.ValueType  # 3
-        """A system account (issuance, consumed, expired)."""
+        """A system account (issuance, consumed, expired, voided)."""
 
     class Bucket(_Bucket, metaclass=_BucketEnumTypeWrapper):
         """Which part of the account an entry moves."""
@@ -852,7 +910,7 @@ class Entry(_message.Message):
     BUCKET_HELD: Entry.Bucket.ValueType  # 2
     """Credits held by open reservations."""
     BUCKET_SYSTEM: Entry.Bucket.ValueType  # 3
-    """A system account (issuance, consumed, expired)."""
+    """A system account (issuance, consumed, expired, voided)."""
 
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
@@ -1067,6 +1125,9 @@ class GrantRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    UNIT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    COST_CURRENCY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to credit; it must exist."""
     asset: _builtins.str
@@ -1079,6 +1140,18 @@ class GrantRequest(_message.Message):
     """Spending order, lower first; unset means 100. 0 to 1,000,000."""
     source: _builtins.str
     """Free text such as "purchase" or "monthly_allowance"; at most 64 chars."""
+    category: _builtins.str
+    """The lot's category: "paid", "promotional", "allowance", "rollover",
+    "refund", or a token "x_" then 1-30 chars of [a-z0-9_]; empty means "paid".
+    At equal priority and expiry, promotional is spent before allowance before
+    paid (README, "Spend order").
+    """
+    unit_cost_micros: _builtins.int
+    """Cost basis of one credit in micros of cost_currency, 0 to 10^12; unset
+    means unknown. Requires cost_currency.
+    """
+    cost_currency: _builtins.str
+    """ISO 4217 code (3 letters A-Z) of unit_cost_micros; empty without it."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels recorded with the grant."""
@@ -1103,14 +1176,22 @@ class GrantRequest(_message.Message):
         priority: _builtins.int | None = ...,
         source: _builtins.str = ...,
         preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+        category: _builtins.str = ...,
+        unit_cost_micros: _builtins.int | None = ...,
+        cost_currency: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "expires_at", b"expires_at", "priority", b"priority"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "_unit_cost_micros", b"_unit_cost_micros", "expires_at", b"expires_at", "priority", b"priority", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions", "priority", b"priority", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "_unit_cost_micros", b"_unit_cost_micros", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "category", b"category", "cost_currency", b"cost_currency", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions", "priority", b"priority", "source", b"source", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    _WhichOneofReturnType__unit_cost_micros: _TypeAlias = _typing.Literal["unit_cost_micros"]  # noqa: Y015
+    _WhichOneofArgType__unit_cost_micros: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unit_cost_micros) -> _WhichOneofReturnType__unit_cost_micros | None: ...
 
 Global___GrantRequest: _TypeAlias = GrantRequest  # noqa: Y015
 
@@ -1593,6 +1674,794 @@ class RefundResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundResponse: _TypeAlias = RefundResponse  # noqa: Y015
+
+@_typing.final
+class Rollover(_message.Message):
+    """Rollover moves, at a period's end, the unused remainder of that period's
+    lot (never of any other lot) to a new lot of category "rollover", up to a
+    cap; the rest expires.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAP_AMOUNT_FIELD_NUMBER: _builtins.int
+    CAP_PERCENT_FIELD_NUMBER: _builtins.int
+    LIFE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    cap_amount: _builtins.int
+    """The most that rolls over, 0 to 10^15; unset: no cap by amount."""
+    cap_percent: _builtins.int
+    """The most that rolls over as a percentage of the period's amount, 0 to 100
+    (rounded down); unset: no cap by percentage. Both set: the smaller.
+    """
+    priority: _builtins.int
+    """The rollover lot's priority; unset means 100."""
+    @_builtins.property
+    def life(self) -> _duration_pb2.Duration:
+        """How long the rollover lot lives from the period's end; unset: to the end of
+        the next period.
+        """
+
+    def __init__(
+        self,
+        *,
+        cap_amount: _builtins.int | None = ...,
+        cap_percent: _builtins.int | None = ...,
+        life: _duration_pb2.Duration | None = ...,
+        priority: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_amount", b"_cap_amount", "_cap_percent", b"_cap_percent", "_priority", b"_priority", "cap_amount", b"cap_amount", "cap_percent", b"cap_percent", "life", b"life", "priority", b"priority"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_amount", b"_cap_amount", "_cap_percent", b"_cap_percent", "_priority", b"_priority", "cap_amount", b"cap_amount", "cap_percent", b"cap_percent", "life", b"life", "priority", b"priority"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cap_amount: _TypeAlias = _typing.Literal["cap_amount"]  # noqa: Y015
+    _WhichOneofArgType__cap_amount: _TypeAlias = _typing.Literal["_cap_amount", b"_cap_amount"]  # noqa: Y015
+    _WhichOneofReturnType__cap_percent: _TypeAlias = _typing.Literal["cap_percent"]  # noqa: Y015
+    _WhichOneofArgType__cap_percent: _TypeAlias = _typing.Literal["_cap_percent", b"_cap_percent"]  # noqa: Y015
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_amount) -> _WhichOneofReturnType__cap_amount | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cap_percent) -> _WhichOneofReturnType__cap_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+
+Global___Rollover: _TypeAlias = Rollover  # noqa: Y015
+
+@_typing.final
+class GrantSchedule(_message.Message):
+    """GrantSchedule is a grant that renews itself every period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _PeriodUnit:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PeriodUnitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GrantSchedule._PeriodUnit.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PERIOD_UNIT_UNSPECIFIED: GrantSchedule._PeriodUnit.ValueType  # 0
+        """Never used."""
+        PERIOD_UNIT_MONTH: GrantSchedule._PeriodUnit.ValueType  # 1
+        """period_count calendar months, on the anchor's day clamped to the month's end."""
+        PERIOD_UNIT_WEEK: GrantSchedule._PeriodUnit.ValueType  # 2
+        """period_count weeks of local wall-clock time."""
+        PERIOD_UNIT_DAY: GrantSchedule._PeriodUnit.ValueType  # 3
+        """period_count days of local wall-clock time."""
+        PERIOD_UNIT_FIXED: GrantSchedule._PeriodUnit.ValueType  # 4
+        """period_count seconds, whatever the time zone."""
+
+    class PeriodUnit(_PeriodUnit, metaclass=_PeriodUnitEnumTypeWrapper):
+        """How long a period is."""
+
+    PERIOD_UNIT_UNSPECIFIED: GrantSchedule.PeriodUnit.ValueType  # 0
+    """Never used."""
+    PERIOD_UNIT_MONTH: GrantSchedule.PeriodUnit.ValueType  # 1
+    """period_count calendar months, on the anchor's day clamped to the month's end."""
+    PERIOD_UNIT_WEEK: GrantSchedule.PeriodUnit.ValueType  # 2
+    """period_count weeks of local wall-clock time."""
+    PERIOD_UNIT_DAY: GrantSchedule.PeriodUnit.ValueType  # 3
+    """period_count days of local wall-clock time."""
+    PERIOD_UNIT_FIXED: GrantSchedule.PeriodUnit.ValueType  # 4
+    """period_count seconds, whatever the time zone."""
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GrantSchedule._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: GrantSchedule._State.ValueType  # 0
+        """Never used."""
+        STATE_ACTIVE: GrantSchedule._State.ValueType  # 1
+        """Issuing its periods."""
+        STATE_CANCELLED: GrantSchedule._State.ValueType  # 2
+        """Cancelled: no period starts after the cancel."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """State of a schedule."""
+
+    STATE_UNSPECIFIED: GrantSchedule.State.ValueType  # 0
+    """Never used."""
+    STATE_ACTIVE: GrantSchedule.State.ValueType  # 1
+    """Issuing its periods."""
+    STATE_CANCELLED: GrantSchedule.State.ValueType  # 2
+    """Cancelled: no period starts after the cancel."""
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PERIOD_UNIT_FIELD_NUMBER: _builtins.int
+    PERIOD_COUNT_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    LOT_LIFE_FIELD_NUMBER: _builtins.int
+    ROLLOVER_FIELD_NUMBER: _builtins.int
+    NEXT_PERIOD_FIELD_NUMBER: _builtins.int
+    NEXT_PERIOD_START_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    FIRST_PERIOD_FIELD_NUMBER: _builtins.int
+    TERMS_FROM_PERIOD_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """Server-made id of the schedule."""
+    account_id: _builtins.str
+    """The account credited."""
+    asset: _builtins.str
+    """The asset credited."""
+    amount: _builtins.int
+    """Credits per period."""
+    period_unit: Global___GrantSchedule.PeriodUnit.ValueType
+    """The unit of a period."""
+    period_count: _builtins.int
+    """How many units a period lasts (seconds for PERIOD_UNIT_FIXED)."""
+    time_zone: _builtins.str
+    """The IANA time zone of calendar periods."""
+    priority: _builtins.int
+    """Each period lot's priority."""
+    category: _builtins.str
+    """Each period lot's category."""
+    next_period: _builtins.int
+    """The first period not yet issued (every earlier one is, exactly once)."""
+    state: Global___GrantSchedule.State.ValueType
+    """The schedule's state."""
+    first_period: _builtins.int
+    """The period the schedule was created in: its first."""
+    terms_from_period: _builtins.int
+    """The period from which amount and rollover above apply (UpdateGrantSchedule
+    changes them from the next period on; earlier periods keep their own).
+    """
+    @_builtins.property
+    def anchor(self) -> _timestamp_pb2.Timestamp:
+        """Where period 0 starts."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """No period starts at or after it; unset means never."""
+
+    @_builtins.property
+    def lot_life(self) -> _duration_pb2.Duration:
+        """How long each period's lot lives; unset: to its period's end."""
+
+    @_builtins.property
+    def rollover(self) -> Global___Rollover:
+        """The rollover at each period's end; unset: none."""
+
+    @_builtins.property
+    def next_period_start(self) -> _timestamp_pb2.Timestamp:
+        """When next_period starts; unset when no period will."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the schedule was created."""
+
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        period_unit: Global___GrantSchedule.PeriodUnit.ValueType = ...,
+        period_count: _builtins.int = ...,
+        anchor: _timestamp_pb2.Timestamp | None = ...,
+        time_zone: _builtins.str = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int = ...,
+        category: _builtins.str = ...,
+        lot_life: _duration_pb2.Duration | None = ...,
+        rollover: Global___Rollover | None = ...,
+        next_period: _builtins.int = ...,
+        next_period_start: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___GrantSchedule.State.ValueType = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        first_period: _builtins.int = ...,
+        terms_from_period: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "created_at", b"created_at", "end", b"end", "lot_life", b"lot_life", "next_period_start", b"next_period_start", "rollover", b"rollover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "anchor", b"anchor", "asset", b"asset", "category", b"category", "created_at", b"created_at", "end", b"end", "first_period", b"first_period", "lot_life", b"lot_life", "metadata", b"metadata", "next_period", b"next_period", "next_period_start", b"next_period_start", "period_count", b"period_count", "period_unit", b"period_unit", "priority", b"priority", "rollover", b"rollover", "schedule_id", b"schedule_id", "state", b"state", "terms_from_period", b"terms_from_period", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantSchedule: _TypeAlias = GrantSchedule  # noqa: Y015
+
+@_typing.final
+class CreateGrantScheduleRequest(_message.Message):
+    """Request of CreateGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PERIOD_UNIT_FIELD_NUMBER: _builtins.int
+    PERIOD_COUNT_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    LOT_LIFE_FIELD_NUMBER: _builtins.int
+    ROLLOVER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account to credit; it must exist."""
+    asset: _builtins.str
+    """The asset: 1-64 chars of [a-z0-9_]."""
+    amount: _builtins.int
+    """Credits per period, 1 to 10^15."""
+    period_unit: Global___GrantSchedule.PeriodUnit.ValueType
+    """The unit of a period."""
+    period_count: _builtins.int
+    """Units per period: months 1-120, weeks 1-520, days 1-3660, fixed seconds 60 to 3660 days."""
+    time_zone: _builtins.str
+    """IANA time zone of calendar periods (wall-clock time kept across DST); empty means UTC."""
+    priority: _builtins.int
+    """Each period lot's priority; unset means 100."""
+    category: _builtins.str
+    """Each period lot's category (as Grant's); empty means "allowance"."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def anchor(self) -> _timestamp_pb2.Timestamp:
+        """Where period 0 starts; unset means now. May be in the past: the period
+        that contains now is the first issued, none before it.
+        """
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """No period starts at or after it; unset means never. Must be in the future."""
+
+    @_builtins.property
+    def lot_life(self) -> _duration_pb2.Duration:
+        """How long each period's lot lives, 1 s to 3660 days; unset: to its period's end."""
+
+    @_builtins.property
+    def rollover(self) -> Global___Rollover:
+        """The rollover at each period's end; unset: none."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels; at most 32 entries, keys <= 64 and values <= 512 bytes."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        period_unit: Global___GrantSchedule.PeriodUnit.ValueType = ...,
+        period_count: _builtins.int = ...,
+        anchor: _timestamp_pb2.Timestamp | None = ...,
+        time_zone: _builtins.str = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int | None = ...,
+        category: _builtins.str = ...,
+        lot_life: _duration_pb2.Duration | None = ...,
+        rollover: Global___Rollover | None = ...,
+        idempotency_key: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "anchor", b"anchor", "end", b"end", "lot_life", b"lot_life", "priority", b"priority", "rollover", b"rollover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "account_id", b"account_id", "amount", b"amount", "anchor", b"anchor", "asset", b"asset", "category", b"category", "end", b"end", "idempotency_key", b"idempotency_key", "lot_life", b"lot_life", "metadata", b"metadata", "period_count", b"period_count", "period_unit", b"period_unit", "priority", b"priority", "rollover", b"rollover", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+
+Global___CreateGrantScheduleRequest: _TypeAlias = CreateGrantScheduleRequest  # noqa: Y015
+
+@_typing.final
+class CreateGrantScheduleResponse(_message.Message):
+    """Response of CreateGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___GrantSchedule:
+        """The schedule created."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The balance after its first period was issued."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___GrantSchedule | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGrantScheduleResponse: _TypeAlias = CreateGrantScheduleResponse  # noqa: Y015
+
+@_typing.final
+class GetGrantScheduleRequest(_message.Message):
+    """Request of GetGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """The schedule to read."""
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGrantScheduleRequest: _TypeAlias = GetGrantScheduleRequest  # noqa: Y015
+
+@_typing.final
+class GetGrantScheduleResponse(_message.Message):
+    """Response of GetGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___GrantSchedule:
+        """The schedule, its due periods issued."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___GrantSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGrantScheduleResponse: _TypeAlias = GetGrantScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ListGrantSchedulesRequest(_message.Message):
+    """Request of ListGrantSchedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account whose schedules to list."""
+    page_size: _builtins.int
+    """1 to 1000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, sent with the same account_id;
+    empty for the first page.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantSchedulesRequest: _TypeAlias = ListGrantSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListGrantSchedulesResponse(_message.Message):
+    """Response of ListGrantSchedules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___GrantSchedule]:
+        """Schedules, oldest first (by created_at, then schedule_id)."""
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___GrantSchedule] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantSchedulesResponse: _TypeAlias = ListGrantSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateGrantScheduleRequest(_message.Message):
+    """Request of UpdateGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    ROLLOVER_FIELD_NUMBER: _builtins.int
+    REMOVE_ROLLOVER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """The schedule to change."""
+    amount: _builtins.int
+    """Credits per period from the next period on, 1 to 10^15; unset: unchanged."""
+    remove_rollover: _builtins.bool
+    """No rollover from the next period on (not with rollover)."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    @_builtins.property
+    def rollover(self) -> Global___Rollover:
+        """The rollover from the next period on; unset: unchanged."""
+
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        amount: _builtins.int | None = ...,
+        rollover: Global___Rollover | None = ...,
+        remove_rollover: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount", "rollover", b"rollover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount", b"_amount", "amount", b"amount", "idempotency_key", b"idempotency_key", "remove_rollover", b"remove_rollover", "rollover", b"rollover", "schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount: _TypeAlias = _typing.Literal["amount"]  # noqa: Y015
+    _WhichOneofArgType__amount: _TypeAlias = _typing.Literal["_amount", b"_amount"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount) -> _WhichOneofReturnType__amount | None: ...
+
+Global___UpdateGrantScheduleRequest: _TypeAlias = UpdateGrantScheduleRequest  # noqa: Y015
+
+@_typing.final
+class UpdateGrantScheduleResponse(_message.Message):
+    """Response of UpdateGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___GrantSchedule:
+        """The schedule after the change."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___GrantSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateGrantScheduleResponse: _TypeAlias = UpdateGrantScheduleResponse  # noqa: Y015
+
+@_typing.final
+class GetBreakageRequest(_message.Message):
+    """Request of GetBreakage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    asset: _builtins.str
+    """The asset."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Lots expiring at or after it; unset: from the beginning."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """Lots expiring before it; unset: up to now (inclusive)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBreakageRequest: _TypeAlias = GetBreakageRequest  # noqa: Y015
+
+@_typing.final
+class BreakageLine(_message.Message):
+    """BreakageLine is the breakage of lots of one category and cost basis."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    COST_CURRENCY_FIELD_NUMBER: _builtins.int
+    UNIT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """The lots' category."""
+    cost_currency: _builtins.str
+    """ISO 4217 code of the cost basis; empty when the lots had none."""
+    unit_cost_micros: _builtins.int
+    """The lots' cost basis per credit; unset when they had none."""
+    credits: _builtins.int
+    """Credits written off."""
+    cost_micros: _builtins.int
+    """credits x unit_cost_micros (0 without a cost basis)."""
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        cost_currency: _builtins.str = ...,
+        unit_cost_micros: _builtins.int | None = ...,
+        credits: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros", "category", b"category", "cost_currency", b"cost_currency", "cost_micros", b"cost_micros", "credits", b"credits", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__unit_cost_micros: _TypeAlias = _typing.Literal["unit_cost_micros"]  # noqa: Y015
+    _WhichOneofArgType__unit_cost_micros: _TypeAlias = _typing.Literal["_unit_cost_micros", b"_unit_cost_micros"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unit_cost_micros) -> _WhichOneofReturnType__unit_cost_micros | None: ...
+
+Global___BreakageLine: _TypeAlias = BreakageLine  # noqa: Y015
+
+@_typing.final
+class GetBreakageResponse(_message.Message):
+    """Response of GetBreakage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    credits: _builtins.int
+    """The sum of the lines' credits."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakageLine]:
+        """One line per category and cost basis, by category then currency."""
+
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___BreakageLine] | None = ...,
+        credits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBreakageResponse: _TypeAlias = GetBreakageResponse  # noqa: Y015
+
+@_typing.final
+class CancelGrantScheduleRequest(_message.Message):
+    """Request of CancelGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    VOID_REMAINDER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """The schedule to cancel."""
+    void_remainder: _builtins.bool
+    """Also void the unheld remainder of the schedule's live lots."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        void_remainder: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "schedule_id", b"schedule_id", "void_remainder", b"void_remainder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelGrantScheduleRequest: _TypeAlias = CancelGrantScheduleRequest  # noqa: Y015
+
+@_typing.final
+class CancelGrantScheduleResponse(_message.Message):
+    """Response of CancelGrantSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___GrantSchedule:
+        """The schedule after the cancel."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The balance after the cancel."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___GrantSchedule | None = ...,
+        balance: Global___Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelGrantScheduleResponse: _TypeAlias = CancelGrantScheduleResponse  # noqa: Y015
+
+@_typing.final
+class VoidGrantRequest(_message.Message):
+    """Request of VoidGrant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    """The lot to take credits from: the lot_id a Grant returned (a UUID)."""
+    amount: _builtins.int
+    """Credits to void, 1 to 10^15, at most the lot's unspent, unheld remainder;
+    0 means all of that remainder.
+    """
+    reason: _builtins.str
+    """Why, for the audit trail; at most 256 chars."""
+    idempotency_key: _builtins.str
+    """1-128 printable ASCII chars; the first outcome of a key is final."""
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "lot_id", b"lot_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidGrantRequest: _TypeAlias = VoidGrantRequest  # noqa: Y015
+
+@_typing.final
+class VoidGrantResponse(_message.Message):
+    """Response of VoidGrant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    VOIDED_FIELD_NUMBER: _builtins.int
+    voided: _builtins.int
+    """The credits voided (the remainder, when amount was 0)."""
+    @_builtins.property
+    def lot(self) -> Global___Lot:
+        """The lot after the void."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The balance after the void."""
+
+    def __init__(
+        self,
+        *,
+        lot: Global___Lot | None = ...,
+        balance: Global___Balance | None = ...,
+        voided: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "lot", b"lot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "lot", b"lot", "voided", b"voided"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidGrantResponse: _TypeAlias = VoidGrantResponse  # noqa: Y015
 
 @_typing.final
 class ChargeRequest(_message.Message):

@@ -120,6 +120,41 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.FromString,
                 _registered_method=True)
+        self.VoidGrant = channel.unary_unary(
+                '/creditledger.v1.LedgerService/VoidGrant',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.FromString,
+                _registered_method=True)
+        self.CreateGrantSchedule = channel.unary_unary(
+                '/creditledger.v1.LedgerService/CreateGrantSchedule',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetGrantSchedule = channel.unary_unary(
+                '/creditledger.v1.LedgerService/GetGrantSchedule',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListGrantSchedules = channel.unary_unary(
+                '/creditledger.v1.LedgerService/ListGrantSchedules',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateGrantSchedule = channel.unary_unary(
+                '/creditledger.v1.LedgerService/UpdateGrantSchedule',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetBreakage = channel.unary_unary(
+                '/creditledger.v1.LedgerService/GetBreakage',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.GetBreakageRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetBreakageResponse.FromString,
+                _registered_method=True)
+        self.CancelGrantSchedule = channel.unary_unary(
+                '/creditledger.v1.LedgerService/CancelGrantSchedule',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -261,6 +296,69 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VoidGrant(self, request, context):
+        """VoidGrant takes unspent credits of one lot back (a mistaken grant, a
+        refunded purchase): they move from the account's available credits to the
+        system account @voided (movement MOVEMENT_VOID); the lot and its history
+        stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
+        how many are held). Needs the grant permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateGrantSchedule(self, request, context):
+        """CreateGrantSchedule makes a grant that renews itself: period n's lot is
+        issued exactly once, keyed (schedule, n), and is there for every read and
+        spend from the instant period n starts, whether or not background work ran.
+        The period the schedule is created in is issued at once. Needs the grant permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGrantSchedule(self, request, context):
+        """GetGrantSchedule reads a schedule as it is now (its due periods issued).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrantSchedules(self, request, context):
+        """ListGrantSchedules lists an account's grant schedules, oldest first, each
+        as it is now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateGrantSchedule(self, request, context):
+        """UpdateGrantSchedule changes the amount or the rollover from the next period
+        on; no issued period (nor the current period's rollover) is ever rewritten.
+        Needs the grant permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBreakage(self, request, context):
+        """GetBreakage answers the credits written off at their lots' expiry
+        (breakage, for the revenue recognition of unused prepaid credits) of an
+        account and asset in a period, by category and cost basis; attributed to
+        each lot's expiry instant, so background work never changes the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelGrantSchedule(self, request, context):
+        """CancelGrantSchedule issues no period that starts after now; the current
+        period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -348,6 +446,41 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.SetMemberCap,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.SerializeToString,
+            ),
+            'VoidGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidGrant,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.SerializeToString,
+            ),
+            'CreateGrantSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGrantSchedule,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleResponse.SerializeToString,
+            ),
+            'GetGrantSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGrantSchedule,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.SerializeToString,
+            ),
+            'ListGrantSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrantSchedules,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.SerializeToString,
+            ),
+            'UpdateGrantSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateGrantSchedule,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.SerializeToString,
+            ),
+            'GetBreakage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBreakage,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetBreakageRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.GetBreakageResponse.SerializeToString,
+            ),
+            'CancelGrantSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelGrantSchedule,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -810,6 +943,195 @@ class LedgerService:
             '/creditledger.v1.LedgerService/SetMemberCap',
             creditledger_dot_v1_dot_ledger__pb2.SetMemberCapRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.SetMemberCapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/VoidGrant',
+            creditledger_dot_v1_dot_ledger__pb2.VoidGrantRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.VoidGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGrantSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/CreateGrantSchedule',
+            creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.CreateGrantScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGrantSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/GetGrantSchedule',
+            creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.GetGrantScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrantSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/ListGrantSchedules',
+            creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.ListGrantSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateGrantSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/UpdateGrantSchedule',
+            creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.UpdateGrantScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBreakage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/GetBreakage',
+            creditledger_dot_v1_dot_ledger__pb2.GetBreakageRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.GetBreakageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelGrantSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/CancelGrantSchedule',
+            creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,6 +97,40 @@ class LedgerServiceStub:
     what it settled in the window plus what it holds now. Admin only;
     idempotent by key; one more version of the pair when the cap changes.
     """
+    VoidGrant: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.VoidGrantRequest, _ledger_pb2.VoidGrantResponse]
+    """VoidGrant takes unspent credits of one lot back (a mistaken grant, a
+    refunded purchase): they move from the account's available credits to the
+    system account @voided (movement MOVEMENT_VOID); the lot and its history
+    stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
+    how many are held). Needs the grant permission.
+    """
+    CreateGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreateGrantScheduleRequest, _ledger_pb2.CreateGrantScheduleResponse]
+    """CreateGrantSchedule makes a grant that renews itself: period n's lot is
+    issued exactly once, keyed (schedule, n), and is there for every read and
+    spend from the instant period n starts, whether or not background work ran.
+    The period the schedule is created in is issued at once. Needs the grant permission.
+    """
+    GetGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetGrantScheduleRequest, _ledger_pb2.GetGrantScheduleResponse]
+    """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+    ListGrantSchedules: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListGrantSchedulesRequest, _ledger_pb2.ListGrantSchedulesResponse]
+    """ListGrantSchedules lists an account's grant schedules, oldest first, each
+    as it is now.
+    """
+    UpdateGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.UpdateGrantScheduleRequest, _ledger_pb2.UpdateGrantScheduleResponse]
+    """UpdateGrantSchedule changes the amount or the rollover from the next period
+    on; no issued period (nor the current period's rollover) is ever rewritten.
+    Needs the grant permission.
+    """
+    GetBreakage: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetBreakageRequest, _ledger_pb2.GetBreakageResponse]
+    """GetBreakage answers the credits written off at their lots' expiry
+    (breakage, for the revenue recognition of unused prepaid credits) of an
+    account and asset in a period, by category and cost basis; attributed to
+    each lot's expiry instant, so background work never changes the answer.
+    """
+    CancelGrantSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]
+    """CancelGrantSchedule issues no period that starts after now; the current
+    period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -158,6 +192,40 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     day, a calendar month, a lifetime), whoever's lots fund it, checked against
     what it settled in the window plus what it holds now. Admin only;
     idempotent by key; one more version of the pair when the cap changes.
+    """
+    VoidGrant: _aio.UnaryUnaryMultiCallable[_ledger_pb2.VoidGrantRequest, _ledger_pb2.VoidGrantResponse]  # type: ignore[assignment]
+    """VoidGrant takes unspent credits of one lot back (a mistaken grant, a
+    refunded purchase): they move from the account's available credits to the
+    system account @voided (movement MOVEMENT_VOID); the lot and its history
+    stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
+    how many are held). Needs the grant permission.
+    """
+    CreateGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreateGrantScheduleRequest, _ledger_pb2.CreateGrantScheduleResponse]  # type: ignore[assignment]
+    """CreateGrantSchedule makes a grant that renews itself: period n's lot is
+    issued exactly once, keyed (schedule, n), and is there for every read and
+    spend from the instant period n starts, whether or not background work ran.
+    The period the schedule is created in is issued at once. Needs the grant permission.
+    """
+    GetGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetGrantScheduleRequest, _ledger_pb2.GetGrantScheduleResponse]  # type: ignore[assignment]
+    """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+    ListGrantSchedules: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListGrantSchedulesRequest, _ledger_pb2.ListGrantSchedulesResponse]  # type: ignore[assignment]
+    """ListGrantSchedules lists an account's grant schedules, oldest first, each
+    as it is now.
+    """
+    UpdateGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.UpdateGrantScheduleRequest, _ledger_pb2.UpdateGrantScheduleResponse]  # type: ignore[assignment]
+    """UpdateGrantSchedule changes the amount or the rollover from the next period
+    on; no issued period (nor the current period's rollover) is ever rewritten.
+    Needs the grant permission.
+    """
+    GetBreakage: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetBreakageRequest, _ledger_pb2.GetBreakageResponse]  # type: ignore[assignment]
+    """GetBreakage answers the credits written off at their lots' expiry
+    (breakage, for the revenue recognition of unused prepaid credits) of an
+    account and asset in a period, by category and cost basis; attributed to
+    each lot's expiry instant, so background work never changes the answer.
+    """
+    CancelGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]  # type: ignore[assignment]
+    """CancelGrantSchedule issues no period that starts after now; the current
+    period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -319,6 +387,82 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         day, a calendar month, a lifetime), whoever's lots fund it, checked against
         what it settled in the window plus what it holds now. Admin only;
         idempotent by key; one more version of the pair when the cap changes.
+        """
+
+    @_abc_1.abstractmethod
+    def VoidGrant(
+        self,
+        request: _ledger_pb2.VoidGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.VoidGrantResponse, _abc.Awaitable[_ledger_pb2.VoidGrantResponse]]:
+        """VoidGrant takes unspent credits of one lot back (a mistaken grant, a
+        refunded purchase): they move from the account's available credits to the
+        system account @voided (movement MOVEMENT_VOID); the lot and its history
+        stay. Credits held by open reservations cannot be voided (CREDITS_HELD says
+        how many are held). Needs the grant permission.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateGrantSchedule(
+        self,
+        request: _ledger_pb2.CreateGrantScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.CreateGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.CreateGrantScheduleResponse]]:
+        """CreateGrantSchedule makes a grant that renews itself: period n's lot is
+        issued exactly once, keyed (schedule, n), and is there for every read and
+        spend from the instant period n starts, whether or not background work ran.
+        The period the schedule is created in is issued at once. Needs the grant permission.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGrantSchedule(
+        self,
+        request: _ledger_pb2.GetGrantScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.GetGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.GetGrantScheduleResponse]]:
+        """GetGrantSchedule reads a schedule as it is now (its due periods issued)."""
+
+    @_abc_1.abstractmethod
+    def ListGrantSchedules(
+        self,
+        request: _ledger_pb2.ListGrantSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListGrantSchedulesResponse, _abc.Awaitable[_ledger_pb2.ListGrantSchedulesResponse]]:
+        """ListGrantSchedules lists an account's grant schedules, oldest first, each
+        as it is now.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateGrantSchedule(
+        self,
+        request: _ledger_pb2.UpdateGrantScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.UpdateGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.UpdateGrantScheduleResponse]]:
+        """UpdateGrantSchedule changes the amount or the rollover from the next period
+        on; no issued period (nor the current period's rollover) is ever rewritten.
+        Needs the grant permission.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBreakage(
+        self,
+        request: _ledger_pb2.GetBreakageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.GetBreakageResponse, _abc.Awaitable[_ledger_pb2.GetBreakageResponse]]:
+        """GetBreakage answers the credits written off at their lots' expiry
+        (breakage, for the revenue recognition of unused prepaid credits) of an
+        account and asset in a period, by category and cost basis; attributed to
+        each lot's expiry instant, so background work never changes the answer.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelGrantSchedule(
+        self,
+        request: _ledger_pb2.CancelGrantScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.CancelGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.CancelGrantScheduleResponse]]:
+        """CancelGrantSchedule issues no period that starts after now; the current
+        period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
