@@ -239,7 +239,7 @@ async def test_the_lookup_probes_live_partitions_by_index_and_prunes_expired_one
         rows = await conn.fetch(
             "EXPLAIN (ANALYZE, COSTS OFF) EXECUTE"
             f" l('{{c}}', '{{p1}}', '{{}}', '{{}}', '{{}}', '{{}}', '{later.isoformat()}',"
-            " '{}', '{}', 10)"
+            " '{}', '{}', 10, '{}', '{}')"
         )
         await conn.execute("DEALLOCATE l")
     plan = "\n".join(r[0] for r in rows)
