@@ -36,6 +36,7 @@ NEEDED: dict[str, Permission] = {
     "GetAccount": Permission.READ,
     "GetBalance": Permission.READ,
     "ListEntries": Permission.READ,
+    "WatchTransactions": Permission.READ,
     "ListReservations": Permission.READ,
     "GetReservation": Permission.READ,
     "GetReservationGroup": Permission.READ,

@@ -206,3 +206,10 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         LotLimitExceeded,
     )
 }
+
+
+class TooManyStreams(LedgerError):
+    """The caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
+
+    kind = Kind.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_STREAMS"

@@ -35,3 +35,10 @@ LOTS_LOADED_FIRST = 32
 MESSAGE_BYTES_MAX = 64 * 1024
 BATCH_COMMANDS_MAX = 1000  # commands per SubmitBatch request
 BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: MESSAGE_BYTES_MAX)
+# The change stream (WatchTransactions): streams one caller may hold open at once
+# (RESOURCE_EXHAUSTED past it), journal rows one poll reads at most (the server
+# holds at most one page per stream, whatever the consumer's speed), and the
+# longest account prefix filter.
+WATCH_STREAMS_PER_CALLER_MAX = 8
+WATCH_PAGE_ROWS = 500
+POSITION_LEN_MAX = 64

@@ -84,13 +84,26 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
     if ws.caught_up.get(key) == ws.now:
         return
     ws.caught_up[key] = ws.now
+    origin, ws.origin = ws.origin, ("", "")
+    try:
+        _apply_deadlines(ws, account_id, asset)
+    finally:
+        ws.origin, ws.effective_at = origin, None
+
+
+def _apply_deadlines(ws: WorkingSet, account_id: str, asset: str) -> None:
+    """catch_up's work; each posting stamped with the deadline it applies (the
+    journal's effective_at: GetBalance as_of sees it at that instant)."""
+    key = (account_id, asset)
     for res in ws.overdue_holds(key):
+        ws.effective_at = res.expires_at
         _give_back(
             ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY, res.expires_at
         )
         ws.end_hold(res, ReservationState.EXPIRED)
     for lot in ws.spendable_lots(key):
         if lot.expired_at(ws.now):
+            ws.effective_at = lot.expires_at
             ws.transfer(
                 ws.make_id(),
                 asset,

@@ -107,6 +107,11 @@ class WorkingSet:
     _pair_lots: dict[PairKey, dict[str, Lot]] = field(default_factory=dict)
     _pair_holds: dict[PairKey, dict[str, Reservation]] = field(default_factory=dict)
     caught_up: dict[PairKey, datetime] = field(default_factory=dict)
+    # Who the postings being written are for (the command's caller and
+    # idempotency key; empty while catch_up applies deadlines), and the instant
+    # a deadline being applied took effect: stamped on each posting.
+    origin: tuple[str, str] = ("", "")
+    effective_at: datetime | None = None
 
     def add_lot(self, lot: Lot) -> None:
         self.lots[lot.lot_id] = lot
@@ -156,7 +161,11 @@ class WorkingSet:
         to zero, and the customer balances they imply."""
         if amount <= 0:
             raise ValueError(f"a transfer moves a positive amount, not {amount}")
+        caller, key = self.origin
         for side, signed in ((source, -amount), (destination, amount)):
+            after = None
+            if side.bucket is not Bucket.SYSTEM:
+                after = self._apply(side, asset, signed, movement)
             self.postings.append(
                 Posting(
                     tx,
@@ -167,16 +176,21 @@ class WorkingSet:
                     side.bucket,
                     reservation_id,
                     lot_id,
+                    caller,
+                    key,
+                    self.effective_at,
+                    after,
                 )
             )
-            if side.bucket is not Bucket.SYSTEM:
-                self._apply(side, asset, signed, movement)
         label = _MOVED_LABEL.get((movement, destination.bucket))
         if label is not None:
             self.moved.append((asset, label, amount))
 
-    def _apply(self, side: Side, asset: str, signed: int, movement: Movement) -> None:
-        """A customer posting's effect on its balance: what verify computes from entries."""
+    def _apply(
+        self, side: Side, asset: str, signed: int, movement: Movement
+    ) -> tuple[int, int, int, int, int, int]:
+        """A customer posting's effect on its balance: what verify computes from
+        entries. Returns the balance after it (the journal row keeps it)."""
         bal = self.balance(side.account_id, asset)
         if side.bucket is Bucket.AVAILABLE:
             bal.available += signed
@@ -191,3 +205,4 @@ class WorkingSet:
         elif movement is Movement.LOT_EXPIRY:
             bal.expired = saturating(bal.expired - signed)
         self.dirty_balances.add((side.account_id, asset))
+        return (bal.available, bal.reserved, bal.granted, bal.settled, bal.refunded, bal.expired)

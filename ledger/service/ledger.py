@@ -37,6 +37,7 @@ from ledger.service import batching, groups, pagetoken, scope
 from ledger.service.clock import Clock
 from ledger.service.listing import ReservationQuery, ReservationsPage
 from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
+from ledger.service.stream import ChangeStream
 
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
@@ -73,6 +74,8 @@ class Ledger:
         self._writer = writer
         self._clock = clock
         self._refund_grace = refund_grace
+        # WatchTransactions (ledger.service.stream): reads only, any replica.
+        self.stream = ChangeStream(store, clock)
 
     def _view(self) -> rules.WorkingSet:
         """A working set for a read: filled by the store, seen through rules.catch_up,

@@ -6,10 +6,17 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ledger.domain import commands as c
-from ledger.domain.model import Account, Entry, Reservation, ReservationState, Result
+from ledger.domain.model import (
+    Account,
+    Entry,
+    JournalRow,
+    Reservation,
+    ReservationState,
+    Result,
+)
 from ledger.domain.rules import PairKey, WorkingSet
 
 
@@ -48,6 +55,16 @@ class IdempotencyRecord:
     # When the key may be used for a new request (set by the writer when it
     # records a key; ledger.service.retention). Not read back.
     expires_at: datetime | None = None
+
+
+class JournalFilter(NamedTuple):
+    """Which journal rows a stream sees ('' and None: any): an account, an
+    account-id prefix, an asset, and the caller's scope (account-id prefixes)."""
+
+    account_id: str
+    account_prefix: str
+    asset: str
+    scope: tuple[str, ...] | None
 
 
 class BatchUnit(Protocol):
@@ -119,6 +136,27 @@ class Store(Protocol):
     ) -> list[Reservation] | None:
         """An account's reservations by (created_at, reservation_id), after `after`; the
         state as read at `now` (open past expiry is EXPIRED). None: no such account."""
+        ...
+
+    async def journal_page(
+        self, after: tuple[int, int], filters: JournalFilter, limit: int
+    ) -> tuple[list[JournalRow], int]:
+        """Journal rows after the position `after` whose writing transaction is
+        below the horizon (the oldest transaction still running), in stream
+        order, at most about `limit` (a transaction is never cut), and the
+        horizon, read in one snapshot."""
+        ...
+
+    async def journal_horizon(self) -> int:
+        """The horizon now: every transaction that can still commit is at or above it."""
+        ...
+
+    async def balance_as_of(
+        self, account_id: str, asset: str, position: tuple[int, int] | None, at: datetime | None
+    ) -> tuple[bool, JournalRow | None, datetime | None, list[JournalRow]]:
+        """(account exists, the pair's last row at or before the position or the
+        instant, the instant of the pair's first batch after `at`, that batch's
+        catch-up rows whose deadline is at or before `at`)."""
         ...
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]: ...

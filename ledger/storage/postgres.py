@@ -24,6 +24,7 @@ from ledger.domain.model import (
     Account,
     Bucket,
     Entry,
+    JournalRow,
     Lot,
     Movement,
     Reservation,
@@ -33,11 +34,13 @@ from ledger.domain.rules import PairKey, WorkingSet
 from ledger.observability import metrics
 from ledger.service.ports import (
     IdempotencyRecord,
+    JournalFilter,
     SerializationConflict,
     StorageUnavailable,
     WriterFenced,
 )
 from ledger.storage import idempotency as idem
+from ledger.storage import journal
 
 T = TypeVar("T")
 
@@ -192,10 +195,17 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     RETURNING 1
 ), e AS (
     INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,
-                         reservation_id, lot_id, created_at)
-    SELECT t.*, $2::timestamptz FROM d, jsonb_to_recordset(d.doc->'e') AS t(
+                         reservation_id, lot_id, caller, idempotency_key, effective_at,
+                         available_after, reserved_after, granted_after, settled_after,
+                         refunded_after, expired_after, created_at)
+    SELECT t.transaction_id, t.account_id, t.asset, t.amount, t.movement, t.bucket,
+           t.reservation_id, t.lot_id, coalesce(t.caller, ''), coalesce(t.key, ''), t.effective_at,
+           (t.after->>0)::int8, (t.after->>1)::int8, (t.after->>2)::int8, (t.after->>3)::int8,
+           (t.after->>4)::int8, (t.after->>5)::int8, $2::timestamptz
+    FROM d, jsonb_to_recordset(d.doc->'e') AS t(
         transaction_id uuid, account_id text, asset text, amount int8, movement text, bucket text,
-        reservation_id uuid, lot_id uuid)
+        reservation_id uuid, lot_id uuid, caller text, key text, effective_at timestamptz,
+        after jsonb)
     RETURNING 1
 ), i AS (
     INSERT INTO idempotency (caller, key, method, request_hash, outcome, created_at, expires_at)
@@ -417,6 +427,10 @@ class PgBatch:
                     "bucket": p.bucket.value,
                     "reservation_id": p.reservation_id or None,
                     "lot_id": p.lot_id or None,
+                    "caller": p.caller,
+                    "key": p.idempotency_key,
+                    "effective_at": p.effective_at,
+                    "after": p.after,
                 }
                 for p in ws.postings
             ],
@@ -840,6 +854,56 @@ class PostgresStore:
             return [codec.reservation_from(r[0]) for r in rows]
 
         return await self._read(run)
+
+    async def journal_page(
+        self, after: tuple[int, int], filters: JournalFilter, limit: int
+    ) -> tuple[list[JournalRow], int]:
+        """Journal rows after `after` below the horizon, in stream order, and the
+        horizon (ledger.storage.journal). A full page ends with its last
+        transaction whole. Errors: StorageUnavailable."""
+        args = journal.filter_args(*filters)
+
+        async def run(conn: asyncpg.Connection) -> tuple[list[JournalRow], int]:
+            rows, horizon = await journal.page(conn, after, args, limit)
+            if len(rows) == limit:
+                rows += await journal.rest(conn, rows[-1], args)
+            return rows, horizon
+
+        return await self._read(run)
+
+    async def journal_horizon(self) -> int:
+        """The oldest transaction id still running (the stream reads below it)."""
+        return int(await self._read(lambda conn: conn.fetchval(journal.HORIZON)))
+
+    async def balance_as_of(
+        self, account_id: str, asset: str, position: tuple[int, int] | None, at: datetime | None
+    ) -> tuple[bool, JournalRow | None, datetime | None, list[JournalRow]]:
+        """(whether the account exists, the pair's last row at or before the
+        position or instant, the instant of the pair's next batch after `at`,
+        that batch's catch-up rows due by `at`), from one snapshot."""
+
+        async def run(
+            conn: asyncpg.Connection,
+        ) -> tuple[bool, JournalRow | None, datetime | None, list[JournalRow]]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM accounts WHERE account_id = $1", account_id
+                )
+                if exists is None:
+                    return False, None, None, []
+                if position is not None:
+                    return (
+                        True,
+                        await journal.at_position(conn, account_id, asset, position),
+                        None,
+                        [],
+                    )
+                if at is None:
+                    raise ValueError("balance_as_of needs a position or an instant")
+                last, following, due = await journal.at_time(conn, account_id, asset, at)
+                return True, last, following, due
+
+        return await self._standby_read(run)
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]:
         async def run(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str]]]:

@@ -20,6 +20,7 @@ from ledger.domain.model import (
     Reservation,
     ReservationState,
 )
+from ledger.service.stream import StreamMessage, encode_position
 
 _STATE = {
     ReservationState.OPEN: pb.Reservation.STATE_OPEN,
@@ -239,6 +240,27 @@ def entry(e: Entry) -> pb.Entry:
         lot_id=e.lot_id,
         created_at=_ts(e.created_at),
     )
+
+
+def streamed(msg: StreamMessage) -> pb.WatchTransactionsResponse:
+    out = pb.WatchTransactionsResponse(position=encode_position(msg.position))
+    tx = msg.transaction
+    if tx is None:
+        return out
+    first = tx.entries[0]
+    out.transaction.CopyFrom(
+        pb.StreamedTransaction(
+            transaction_id=tx.transaction_id,
+            movement=_MOVEMENT[first.movement],
+            reservation_id=next((e.reservation_id for e in tx.entries if e.reservation_id), ""),
+            caller=tx.caller,
+            idempotency_key=tx.idempotency_key,
+            commit_time=_ts(tx.created_at),
+            entries=[entry(e) for e in tx.entries],
+            balances=[balance(b) for b in tx.balances],
+        )
+    )
+    return out
 
 
 def account(a: Account) -> pb.Account:

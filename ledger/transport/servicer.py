@@ -6,7 +6,7 @@ statuses (ledger.transport.status) and counts and logs every call.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -183,6 +183,32 @@ class LedgerServicer:
             reservations=[convert.reservation(r) for r in page.reservations],
             next_page_token=page.next_page_token,
         ), False
+
+    def streams(
+        self,
+    ) -> dict[str, tuple[Callable[[Any, Any], AsyncIterator[Any]], type[Any], type[Any]]]:
+        """Server-streaming RPC name -> (implementation, request class, response class)."""
+        return {
+            "WatchTransactions": (
+                self.watch_transactions,
+                pb.WatchTransactionsRequest,
+                pb.WatchTransactionsResponse,
+            )
+        }
+
+    async def watch_transactions(
+        self, req: pb.WatchTransactionsRequest, ctx: Any
+    ) -> AsyncIterator[pb.WatchTransactionsResponse]:
+        messages = self._ledger.stream.watch(
+            req.account_id,
+            req.account_prefix,
+            req.asset,
+            req.after_position,
+            req.from_now,
+            self._authorize(ctx),
+        )
+        async for msg in messages:
+            yield convert.streamed(msg)
 
     async def submit_batch(self, req: pb.SubmitBatchRequest, ctx: Any) -> Reply:
         access = self._authorize(ctx)

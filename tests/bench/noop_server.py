@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import threading
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -72,6 +73,12 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
 
     async def ListReservations(self, request: Any, context: Any) -> pb.ListReservationsResponse:
         return pb.ListReservationsResponse()
+
+    async def WatchTransactions(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[pb.WatchTransactionsResponse]:
+        for _ in ():
+            yield pb.WatchTransactionsResponse()
 
     async def SubmitBatch(self, request: Any, context: Any) -> pb.SubmitBatchResponse:
         return pb.SubmitBatchResponse(

@@ -82,6 +82,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_WRITER_UNAVAILABLE: _ErrorReason.ValueType  # 21
     """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+    ERROR_REASON_TOO_MANY_STREAMS: _ErrorReason.ValueType  # 22
+    """RESOURCE_EXHAUSTED: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -138,6 +140,8 @@ DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a
 """
 ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
 """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+ERROR_REASON_TOO_MANY_STREAMS: ErrorReason.ValueType  # 22
+"""RESOURCE_EXHAUSTED: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -1419,15 +1423,30 @@ class GetBalanceRequest(_message.Message):
     ASSET_FIELD_NUMBER: _builtins.int
     EXPIRING_WITHIN_FIELD_NUMBER: _builtins.int
     INCLUDE_LOTS_FIELD_NUMBER: _builtins.int
+    AS_OF_TIME_FIELD_NUMBER: _builtins.int
+    AS_OF_POSITION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to read; it must exist."""
     asset: _builtins.str
     """The asset to read."""
     include_lots: _builtins.bool
     """Also return the unexpired lots with something remaining."""
+    as_of_position: _builtins.str
+    """The balance right after the transaction at this WatchTransactions position
+    (as a consumer replaying the stream up to it sees it). Not with as_of_time,
+    expiring_within or include_lots.
+    """
     @_builtins.property
     def expiring_within(self) -> _duration_pb2.Duration:
         """When set, expiring_amount tells how much of available expires within it (at most 3660 days)."""
+
+    @_builtins.property
+    def as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """The balance as it was at this instant (at most now): the last transaction
+        written at or before it, with every hold and lot deadline that had come by
+        then applied, as any read at that instant saw it. Not with expiring_within
+        or include_lots.
+        """
 
     def __init__(
         self,
@@ -1436,10 +1455,12 @@ class GetBalanceRequest(_message.Message):
         asset: _builtins.str = ...,
         expiring_within: _duration_pb2.Duration | None = ...,
         include_lots: _builtins.bool = ...,
+        as_of_time: _timestamp_pb2.Timestamp | None = ...,
+        as_of_position: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expiring_within", b"expiring_within"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "expiring_within", b"expiring_within"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "expiring_within", b"expiring_within", "include_lots", b"include_lots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of_position", b"as_of_position", "as_of_time", b"as_of_time", "asset", b"asset", "expiring_within", b"expiring_within", "include_lots", b"include_lots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1720,6 +1741,138 @@ class SubmitBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015
+
+@_typing.final
+class WatchTransactionsRequest(_message.Message):
+    """Request of WatchTransactions. Start: after_position, or from_now, or
+    (neither) from the start of the journal.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_PREFIX_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AFTER_POSITION_FIELD_NUMBER: _builtins.int
+    FROM_NOW_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """Only entries of this account; empty means every account in scope."""
+    account_prefix: _builtins.str
+    """Only entries of accounts whose id starts with this (a tenant); empty means any."""
+    asset: _builtins.str
+    """Only entries of this asset; empty means every asset."""
+    after_position: _builtins.str
+    """Resume after this position (a WatchTransactionsResponse.position)."""
+    from_now: _builtins.bool
+    """Start with what commits from now on."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        account_prefix: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        after_position: _builtins.str = ...,
+        from_now: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_prefix", b"account_prefix", "after_position", b"after_position", "asset", b"asset", "from_now", b"from_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransactionsRequest: _TypeAlias = WatchTransactionsRequest  # noqa: Y015
+
+@_typing.final
+class StreamedTransaction(_message.Message):
+    """A transaction as the change stream shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    MOVEMENT_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    COMMIT_TIME_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The ledger transaction id (Entry.transaction_id)."""
+    movement: Global___Entry.Movement.ValueType
+    """The movement of its first entry (a final Settle also releases the rest)."""
+    reservation_id: _builtins.str
+    """The reservation it belongs to; empty for grants and lot expiry."""
+    caller: _builtins.str
+    """The caller whose command wrote it; empty for what time did (expiries)."""
+    idempotency_key: _builtins.str
+    """That command's idempotency key; empty for expiries."""
+    @_builtins.property
+    def commit_time(self) -> _timestamp_pb2.Timestamp:
+        """When it took effect (the writer's instant for its batch; every read and
+        GetBalance as_of_time use this time).
+        """
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
+        """Its entries on customer accounts the stream lets through (the system
+        accounts' side of each is implied by the movement), in order.
+        """
+
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
+        """The balance right after it of every account x asset among its entries."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        movement: Global___Entry.Movement.ValueType = ...,
+        reservation_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        commit_time: _timestamp_pb2.Timestamp | None = ...,
+        entries: _abc.Iterable[Global___Entry] | None = ...,
+        balances: _abc.Iterable[Global___Balance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "caller", b"caller", "commit_time", b"commit_time", "entries", b"entries", "idempotency_key", b"idempotency_key", "movement", b"movement", "reservation_id", b"reservation_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamedTransaction: _TypeAlias = StreamedTransaction  # noqa: Y015
+
+@_typing.final
+class WatchTransactionsResponse(_message.Message):
+    """Response of WatchTransactions: a transaction, or a checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    position: _builtins.str
+    """Where this message is in the stream: "<xid>-<entry_id>", 20 digits each,
+    so text order is stream order. Resume after it with after_position.
+    """
+    @_builtins.property
+    def transaction(self) -> Global___StreamedTransaction:
+        """The transaction; unset on a checkpoint (nothing the stream lets through
+        committed up to position: a consumer may record it and resume after it).
+        """
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.str = ...,
+        transaction: Global___StreamedTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransactionsResponse: _TypeAlias = WatchTransactionsResponse  # noqa: Y015
 
 @_typing.final
 class ListReservationsRequest(_message.Message):

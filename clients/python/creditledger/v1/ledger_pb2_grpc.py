@@ -110,6 +110,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
                 _registered_method=True)
+        self.WatchTransactions = channel.unary_stream(
+                '/creditledger.v1.LedgerService/WatchTransactions',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -232,6 +237,20 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTransactions(self, request, context):
+        """WatchTransactions streams every committed ledger transaction, in one total
+        order of positions, from a position, from now or from the start, filtered
+        by account, account-id prefix and asset, within the caller's scope. At
+        least once and in position order; a consumer that records the position of
+        the last message it handled and resumes after it (any replica, after any
+        disconnect or restart) sees each transaction exactly once. At most
+        WATCH_STREAMS_PER_CALLER_MAX streams per caller (RESOURCE_EXHAUSTED
+        TOO_MANY_STREAMS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +328,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.SubmitBatch,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'WatchTransactions': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTransactions,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -717,6 +741,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/SubmitBatch',
             creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/WatchTransactions',
+            creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,16 @@ class LedgerServiceStub:
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
     """
+    WatchTransactions: _grpc.UnaryStreamMultiCallable[_ledger_pb2.WatchTransactionsRequest, _ledger_pb2.WatchTransactionsResponse]
+    """WatchTransactions streams every committed ledger transaction, in one total
+    order of positions, from a position, from now or from the start, filtered
+    by account, account-id prefix and asset, within the caller's scope. At
+    least once and in position order; a consumer that records the position of
+    the last message it handled and resumes after it (any replica, after any
+    disconnect or restart) sees each transaction exactly once. At most
+    WATCH_STREAMS_PER_CALLER_MAX streams per caller (RESOURCE_EXHAUSTED
+    TOO_MANY_STREAMS).
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -136,6 +146,16 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     command fails the call (its own status, ErrorInfo metadata batch_index)
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
+    """
+    WatchTransactions: _aio.UnaryStreamMultiCallable[_ledger_pb2.WatchTransactionsRequest, _ledger_pb2.WatchTransactionsResponse]  # type: ignore[assignment]
+    """WatchTransactions streams every committed ledger transaction, in one total
+    order of positions, from a position, from now or from the start, filtered
+    by account, account-id prefix and asset, within the caller's scope. At
+    least once and in position order; a consumer that records the position of
+    the last message it handled and resumes after it (any replica, after any
+    disconnect or restart) sees each transaction exactly once. At most
+    WATCH_STREAMS_PER_CALLER_MAX streams per caller (RESOURCE_EXHAUSTED
+    TOO_MANY_STREAMS).
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -274,6 +294,22 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         command fails the call (its own status, ErrorInfo metadata batch_index)
         and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
         BATCH_BYTES_MAX bytes per request.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTransactions(
+        self,
+        request: _ledger_pb2.WatchTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ledger_pb2.WatchTransactionsResponse], _abc.AsyncIterator[_ledger_pb2.WatchTransactionsResponse]]:
+        """WatchTransactions streams every committed ledger transaction, in one total
+        order of positions, from a position, from now or from the start, filtered
+        by account, account-id prefix and asset, within the caller's scope. At
+        least once and in position order; a consumer that records the position of
+        the last message it handled and resumes after it (any replica, after any
+        disconnect or restart) sees each transaction exactly once. At most
+        WATCH_STREAMS_PER_CALLER_MAX streams per caller (RESOURCE_EXHAUSTED
+        TOO_MANY_STREAMS).
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
