@@ -62,6 +62,9 @@ CONTRACT = {
         grpc.StatusCode.PERMISSION_DENIED, e.PermissionDenied, e.PermissionDenied,
     ),
     "RATE_LIMITED": (grpc.StatusCode.RESOURCE_EXHAUSTED, e.RateLimited, e.ResourceExhausted),
+    "TOO_MANY_STREAMS": (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, e.TooManyStreams, e.ResourceExhausted,
+    ),
     "INTERNAL": (grpc.StatusCode.INTERNAL, e.Internal, e.Internal),
     "DEADLINE_EXCEEDED": (
         grpc.StatusCode.DEADLINE_EXCEEDED, e.DeadlineExceeded, e.DeadlineExceeded,

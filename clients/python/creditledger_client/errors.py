@@ -278,6 +278,16 @@ class RateLimited(ResourceExhausted):
     """
 
 
+class TooManyStreams(ResourceExhausted):
+    """TOO_MANY_STREAMS: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams
+    open already; close one (or watch a wider filter on one) before opening another."""
+
+    @property
+    def retryable(self) -> bool:
+        """Not until the caller closes a stream: the same call is refused again."""
+        return False
+
+
 _BY_REASON: dict[str, type[LedgerError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "ACCOUNT_NOT_FOUND": AccountNotFound,
@@ -298,6 +308,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited,
+    "TOO_MANY_STREAMS": TooManyStreams,
     "INTERNAL": Internal,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
 }

@@ -322,6 +322,15 @@ export class RateLimited extends ResourceExhausted {
   override readonly name: string = "RateLimited";
 }
 
+/** TOO_MANY_STREAMS (RESOURCE_EXHAUSTED): the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already. */
+export class TooManyStreams extends ResourceExhausted {
+  override readonly name: string = "TooManyStreams";
+  /** Not until the caller closes a stream: the same call is refused again. */
+  override get retryable(): boolean {
+    return false;
+  }
+}
+
 type LedgerErrorClass = new (cause: ConnectError, context: ErrorContext) => LedgerError;
 
 /**
@@ -349,6 +358,7 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["UNAUTHENTICATED", Unauthenticated],
   ["PERMISSION_DENIED", PermissionDenied],
   ["RATE_LIMITED", RateLimited],
+  ["TOO_MANY_STREAMS", TooManyStreams],
   ["INTERNAL", Internal],
   ["DEADLINE_EXCEEDED", DeadlineExceeded],
 ]);

@@ -51,6 +51,7 @@ export {
   REPLAYED_METADATA_KEY,
   REQUEST_ID_HEADER,
   RateLimited,
+  TooManyStreams,
   ReservationClosed,
   ReservationExpired,
   ReservationGroupNotFound,
