@@ -15,7 +15,7 @@ account is only known once it is loaded). Out of scope reads as not found.
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits, rules
@@ -33,11 +33,11 @@ from ledger.domain.model import (
     Result,
 )
 from ledger.observability import metrics
-from ledger.service import batching, groups, pagetoken, scope
+from ledger.service import asof, batching, groups, pagetoken, scope
 from ledger.service.clock import Clock
 from ledger.service.listing import ReservationQuery, ReservationsPage
 from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
-from ledger.service.stream import ChangeStream
+from ledger.service.stream import ChangeStream, decode_position
 
 
 def _invalid(field: str, description: str) -> errors.InvalidArgument:
@@ -276,9 +276,22 @@ class Ledger:
         expiring_within_s: float | None,
         include_lots: bool,
         access: Access = LOCAL,
+        as_of_time: datetime | None = None,
+        as_of_position: str = "",
     ) -> BalanceView:
-        """Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        """The balance now, or as of an instant or a stream position (asof.balance_as_of).
+        Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
         access.require("GetBalance")
+        if as_of_time is not None or as_of_position:
+            return await self._balance_as_of(
+                account_id,
+                asset,
+                expiring_within_s,
+                include_lots,
+                access,
+                as_of_time,
+                as_of_position,
+            )
         v = c.Violations()
         v.account_id("account_id", account_id)
         v.asset("asset", asset)
@@ -317,6 +330,45 @@ class Ledger:
         return BalanceView(
             balance, expiring, live[: limits.LOTS_LISTED_MAX] if include_lots else []
         )
+
+    async def _balance_as_of(
+        self,
+        account_id: str,
+        asset: str,
+        expiring_within_s: float | None,
+        include_lots: bool,
+        access: Access,
+        at: datetime | None,
+        position_text: str,
+    ) -> BalanceView:
+        """Errors: InvalidArgument, AccountNotFound, DatabaseUnavailable, Contention."""
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        if at is not None and position_text:
+            v.add("as_of_position", "must not be set together with as_of_time")
+        # Named by the as_of field: the lots of a past instant are not kept.
+        as_of_field = "as_of_time" if at is not None else "as_of_position"
+        if expiring_within_s is not None:
+            v.add(as_of_field, "is not available with expiring_within")
+        if include_lots:
+            v.add(as_of_field, "is not available with include_lots")
+        now = self._clock.now()
+        if at is not None and at > now:
+            v.add("as_of_time", "must not be in the future")
+        v.raise_if_any()
+        position = decode_position(position_text, "as_of_position") if position_text else None
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        try:
+            balance = await asof.balance_as_of(
+                self._store, account_id, asset, position, at, self._refund_grace
+            )
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if balance is None:
+            raise _account_not_found(account_id)
+        return BalanceView(balance, 0, [])
 
     async def get_reservation(self, reservation_id: str, access: Access = LOCAL) -> Reservation:
         """Errors: PermissionDenied, InvalidArgument, ReservationNotFound (also when

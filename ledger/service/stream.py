@@ -152,14 +152,9 @@ class ChangeStream:
         v = c.Violations()
         if account_id:
             v.account_id("account_id", account_id)
-        if account_prefix and (
-            len(account_prefix) > limits.ACCOUNT_ID_LEN_MAX or account_prefix.startswith("@")
-        ):
-            v.add(
-                "account_prefix",
-                f"must be at most {limits.ACCOUNT_ID_LEN_MAX} chars (ACCOUNT_ID_LEN_MAX)"
-                " and not start with '@'",
-            )
+        if account_prefix:
+            # What an account id may start with: its own characters, not '@'.
+            v.account_id("account_prefix", account_prefix)
         if asset:
             v.asset("asset", asset)
         if after and from_now:

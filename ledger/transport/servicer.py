@@ -159,6 +159,8 @@ class LedgerServicer:
             convert.duration_s(req.expiring_within, req.HasField("expiring_within")),
             req.include_lots,
             self._authorize(ctx),
+            convert.timestamp(req.as_of_time, req.HasField("as_of_time"), "as_of_time"),
+            req.as_of_position,
         )
         return pb.GetBalanceResponse(
             balance=convert.balance(view.balance),
