@@ -49,6 +49,25 @@ CHECKS: list[tuple[str, str, str]] = [
                coalesce(e.settled, 0), coalesce(e.refunded, 0), coalesce(e.expired, 0))""",
     ),
     (
+        "balance_after_matches_entries",
+        "each customer entry's balance-after columns (the change stream's and as-of"
+        " reads' source) equal the running sums of its account x asset's entries",
+        """SELECT account_id, asset, entry_id FROM (
+          SELECT account_id, asset, entry_id,
+            (available_after, reserved_after, granted_after, settled_after, refunded_after,
+             expired_after) AS stored,
+            (coalesce(sum(amount) FILTER (WHERE bucket = 'available') OVER w, 0)::int8,
+             coalesce(sum(amount) FILTER (WHERE bucket = 'held') OVER w, 0)::int8,
+             least(coalesce(sum(amount) FILTER (WHERE movement = 'grant') OVER w, 0), 9223372036854775807)::int8,
+             least(coalesce(-sum(amount) FILTER (WHERE movement = 'settle') OVER w, 0), 9223372036854775807)::int8,
+             least(coalesce(sum(amount) FILTER (WHERE movement = 'refund') OVER w, 0), 9223372036854775807)::int8,
+             least(coalesce(-sum(amount) FILTER (WHERE movement = 'lot_expiry') OVER w, 0), 9223372036854775807)::int8
+            ) AS derived
+          FROM entries WHERE bucket <> 'system'
+          WINDOW w AS (PARTITION BY account_id, asset ORDER BY xid, entry_id)) AS e
+        WHERE stored IS DISTINCT FROM derived""",
+    ),
+    (
         "reserved_matches_open_reservations",
         "reserved equals the remaining of open reservations",
         """WITH r AS (SELECT account_id, asset, sum(amount - settled - released - expired) AS held
@@ -189,6 +208,7 @@ _SCOPE_OF = {
     "transactions_balance": "transaction_id",
     "assets_balance": "asset",
     "balances_match_entries": "account_id",
+    "balance_after_matches_entries": "account_id",
     "reserved_matches_open_reservations": "account_id",
     "available_not_negative": "account_id",
     "reservation_caps": "reservation_id",

@@ -37,7 +37,9 @@ async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None
     echoed = output_of('echo "reservation')
     assert echoed.startswith("reservation: ") and len(echoed.split()[-1]) > 8, echoed
     streamed = output_of("/WatchTransactions")
-    assert '"position": "' in streamed and '"idempotency_key": "readme-grant-1"' in streamed, streamed
+    assert '"position": "' in streamed and '"idempotency_key": "readme-grant-1"' in streamed, (
+        streamed
+    )
     assert '"movement": "MOVEMENT_REFUND"' in streamed, streamed
     held = output_of("/ListReservations")
     assert '"state": "STATE_OPEN"' in held and '"amount": "3000"' in held, held

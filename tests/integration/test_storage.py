@@ -122,6 +122,13 @@ async def seed(db: TestDatabase) -> None:
             " movement, bucket, created_at) VALUES (gen_random_uuid(), 'victim', 'crm', 5, 'grant', 'available', now())",
             {"transactions_balance", "assets_balance", "balances_match_entries"},
         ),
+        (
+            # A journal row whose balance-after disagrees with the entries before it.
+            "ALTER TABLE entries DISABLE TRIGGER USER;"
+            " UPDATE entries SET available_after = available_after + 1"
+            " WHERE entry_id = (SELECT max(entry_id) FROM entries WHERE bucket = 'available')",
+            {"balance_after_matches_entries"},
+        ),
     ],
 )
 async def test_verify_catches_each_kind_of_corruption(
