@@ -87,6 +87,7 @@ class HorizonWatch:
         self._changed = asyncio.Event()
         self._waiting = 0
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def wait_past(self, horizon: int, timeout_s: float) -> None:
         """Return once the horizon is past `horizon`, or after `timeout_s`."""
@@ -97,7 +98,7 @@ class HorizonWatch:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-horizon")
         try:
             deadline = time.monotonic() + timeout_s
-            while self._horizon <= horizon:
+            while self._horizon <= horizon and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
@@ -118,7 +119,14 @@ class HorizonWatch:
                 changed.set()
             await asyncio.sleep(self._poll_s)
 
+    def wake(self) -> None:
+        """Wake every waiting stream now (the server is stopping)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     async def close(self) -> None:
+        self._closed = True
+        self.wake()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,12 +140,15 @@ class ChangeStream:
         self._settings = settings
         self._watch = HorizonWatch(store, settings.poll_s)
         self._open: dict[str, int] = {}
+        self._closing = False
         # Each open stream's lag (seconds behind the newest row it has sent, 0
         # when caught up): the max is a gauge, without a label per stream.
         self._lags: dict[int, float] = {}
         metrics.STREAM_LAG_MAX.set_function(lambda: max(self._lags.values(), default=0.0))
 
     async def close(self) -> None:
+        """End every stream (UNAVAILABLE: its consumer resumes elsewhere), then the poller."""
+        self._closing = True
         await self._watch.close()
 
     def open_streams(self, caller: str) -> int:
@@ -218,6 +229,12 @@ class ChangeStream:
         sent = start  # the last position the consumer was told
         last_sent_at = time.monotonic()
         while True:
+            if self._closing:
+                raise errors.DatabaseUnavailable(
+                    "this server is stopping; resume after the last position received,"
+                    " on any replica",
+                    {"cause": "server stopping"},
+                )
             rows, horizon = await self._guarded(self._store.journal_page(cursor, flt, s.page_rows))
             for tx in group(rows):
                 self._lags[lag_key] = max(0.0, (self._clock.now() - tx.created_at).total_seconds())

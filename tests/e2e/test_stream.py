@@ -138,7 +138,13 @@ async def test_resume_after_a_position_on_another_replica(
     # Disconnected after the third; resumed on a fresh process (another replica):
     # exactly the rest, then what commits meanwhile.
     replica = App(
-        Config(listen="127.0.0.1:0", database_url=database_url, sweep_interval_s=60.0, drain_s=1.0)
+        Config(
+            listen="127.0.0.1:0",
+            database_url=database_url,
+            metrics_listen="127.0.0.1:0",
+            sweep_interval_s=60.0,
+            drain_s=1.0,
+        )
     )
     await replica.start()
     try:
@@ -323,3 +329,30 @@ async def test_a_scoped_caller_sees_its_own_accounts_only(
 
 async def test_the_journal_stays_consistent(database_url: str) -> None:
     await assert_ledger_consistent(database_url)
+
+
+async def test_a_stopping_server_ends_its_streams_so_consumers_resume_elsewhere(
+    database_url: str,
+) -> None:
+    replica = App(
+        Config(
+            listen="127.0.0.1:0",
+            database_url=database_url,
+            metrics_listen="127.0.0.1:0",
+            sweep_interval_s=60.0,
+            drain_s=5.0,
+        )
+    )
+    await replica.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as ch:
+        call = ledger_pb2_grpc.LedgerServiceStub(ch).WatchTransactions(
+            pb.WatchTransactionsRequest(from_now=True)
+        )
+        await asyncio.sleep(0.3)
+        started = asyncio.get_running_loop().time()
+        await replica.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert asyncio.get_running_loop().time() - started < 4.0  # not the whole drain
