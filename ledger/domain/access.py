@@ -37,6 +37,7 @@ NEEDED: dict[str, Permission] = {
     "GetBalance": Permission.READ,
     "ListEntries": Permission.READ,
     "WatchTransactions": Permission.READ,
+    "GetStatement": Permission.READ,
     "ListReservations": Permission.READ,
     "GetReservation": Permission.READ,
     "GetReservationGroup": Permission.READ,

@@ -34,6 +34,7 @@ from ledger.domain.model import (
 )
 from ledger.observability import metrics
 from ledger.service import asof, batching, groups, pagetoken, scope
+from ledger.service import statement as statements
 from ledger.service.clock import Clock
 from ledger.service.listing import ReservationQuery, ReservationsPage
 from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
@@ -369,6 +370,71 @@ class Ledger:
         if balance is None:
             raise _account_not_found(account_id)
         return BalanceView(balance, 0, [])
+
+    async def get_statement(
+        self,
+        account_id: str,
+        asset: str,
+        start: datetime | None,
+        end: datetime | None,
+        page_size: int,
+        page_token: str,
+        access: Access = LOCAL,
+    ) -> statements.Statement:
+        """One account x asset over (start, end] (ledger.service.statement).
+        Errors: PermissionDenied, InvalidArgument, AccountNotFound,
+        DatabaseUnavailable, Contention, WriterUnavailable."""
+        access.require("GetStatement")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        now = self._clock.now()
+        if start is None:
+            v.add("from_time", "is required")
+        if end is None:
+            v.add("to_time", "is required")
+        elif end > now:
+            v.add("to_time", "must not be in the future")
+        elif start is not None and end <= start:
+            v.add("to_time", "must be after from_time")
+        if not 0 <= page_size <= limits.PAGE_SIZE_MAX:
+            v.add(
+                "page_size",
+                f"must be between 0 and {limits.PAGE_SIZE_MAX} (PAGE_SIZE_MAX); 0 means 100",
+            )
+        v.raise_if_any()
+        if start is None or end is None:
+            raise errors.InvariantViolation("statement bounds checked above")
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        query = (account_id, asset, start.isoformat(), end.isoformat())
+        raw = pagetoken.decode(page_token, "GetStatement", query, 2, "page_token")
+        after = None
+        if raw is not None:
+            if not all(isinstance(p, int) for p in raw):
+                raise _invalid("page_token", "is not a next_page_token returned by GetStatement")
+            after = statements.cursor_from((int(raw[0]), int(raw[1])))
+        try:
+            found = await statements.statement(
+                self._store,
+                self._writer,
+                account_id,
+                asset,
+                start,
+                end,
+                after,
+                page_size or limits.PAGE_SIZE_DEFAULT,
+                self._refund_grace,
+            )
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if found is None:
+            raise _account_not_found(account_id)
+        if found.next_cursor is not None:
+            found.next_token = pagetoken.encode(
+                "GetStatement", query, statements.cursor_parts(found.next_cursor)
+            )
+        return found
 
     async def get_reservation(self, reservation_id: str, access: Access = LOCAL) -> Reservation:
         """Errors: PermissionDenied, InvalidArgument, ReservationNotFound (also when

@@ -159,6 +159,20 @@ class Store(Protocol):
         catch-up rows whose deadline is at or before `at`)."""
         ...
 
+    async def statement(
+        self,
+        account_id: str,
+        asset: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> tuple[list[tuple[str, str, int, int]], list[tuple[datetime, JournalRow]]]:
+        """The pair's customer rows that took effect in (start, end] (a deadline's
+        row at its deadline, others when written): (movement, bucket, sum,
+        count) for each kind, and a page of (took effect, row) after `after`."""
+        ...
+
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]: ...
 
     async def reservation_stats(self, now: datetime) -> tuple[int, float]: ...

@@ -166,3 +166,63 @@ async def at_time(
     if following is not None:
         due = [row(r) for r in await conn.fetch(DUE_BY, account_id, asset, following, at)]
     return (None if last is None else row(last)), following, due
+
+
+# ---------------------------------------------------------------- statements
+
+# A statement's rows: the pair's customer rows that took effect in (from, to]
+# (effective_at for what a deadline did, else when written). They were all
+# written after `from` and at the latest by the pair's first batch after `to`
+# (which writes the deadlines due by `to` first): a range of entries_pair_time.
+_WINDOW = """
+WITH upper AS (
+    SELECT coalesce((SELECT created_at FROM entries
+        WHERE account_id = $1 AND asset = $2 AND bucket <> 'system' AND created_at > $4
+        ORDER BY created_at, entry_id LIMIT 1), $4::timestamptz) AS until
+), win AS (
+    SELECT e.*, coalesce(e.effective_at, e.created_at) AS took_effect FROM entries e, upper
+    WHERE e.account_id = $1 AND e.asset = $2 AND e.bucket <> 'system'
+      AND e.created_at > $3 AND e.created_at <= upper.until
+      AND coalesce(e.effective_at, e.created_at) > $3
+      AND coalesce(e.effective_at, e.created_at) <= $4
+)
+"""
+
+STATEMENT_TOTALS = (
+    _WINDOW + "SELECT movement, bucket, sum(amount)::int8 AS total, count(*) AS n"
+    " FROM win GROUP BY movement, bucket"
+)
+
+STATEMENT_PAGE = (
+    _WINDOW + f"SELECT took_effect, {_COLS} FROM win"
+    " WHERE ($5::timestamptz IS NULL OR (took_effect, entry_id) > ($5, $6::int8))"
+    " ORDER BY took_effect, entry_id LIMIT $7"
+)
+
+
+async def statement(
+    conn: asyncpg.Connection,
+    account_id: str,
+    asset: str,
+    start: datetime,
+    end: datetime,
+    after: tuple[datetime, int] | None,
+    limit: int,
+) -> tuple[list[tuple[str, str, int, int]], list[tuple[datetime, JournalRow]]]:
+    """(movement, bucket, sum, count) per kind of row, and a page of rows, in one snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        totals = await conn.fetch(STATEMENT_TOTALS, account_id, asset, start, end)
+        page = await conn.fetch(
+            STATEMENT_PAGE,
+            account_id,
+            asset,
+            start,
+            end,
+            after[0] if after else None,
+            after[1] if after else 0,
+            limit,
+        )
+    return (
+        [(r["movement"], r["bucket"], r["total"], r["n"]) for r in totals],
+        [(r["took_effect"], row(r)) for r in page],
+    )

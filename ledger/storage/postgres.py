@@ -905,6 +905,21 @@ class PostgresStore:
 
         return await self._standby_read(run)
 
+    async def statement(
+        self,
+        account_id: str,
+        asset: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> tuple[list[tuple[str, str, int, int]], list[tuple[datetime, JournalRow]]]:
+        """The pair's rows that took effect in (start, end]: totals per (movement,
+        bucket) and one page after `after` (took effect, entry id)."""
+        return await self._standby_read(
+            lambda conn: journal.statement(conn, account_id, asset, start, end, after, limit)
+        )
+
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]:
         async def run(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str]]]:
             res = await conn.fetch(

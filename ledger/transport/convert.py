@@ -20,6 +20,7 @@ from ledger.domain.model import (
     Reservation,
     ReservationState,
 )
+from ledger.service.statement import Statement
 from ledger.service.stream import StreamMessage, encode_position
 
 _STATE = {
@@ -261,6 +262,25 @@ def streamed(msg: StreamMessage) -> pb.WatchTransactionsResponse:
         )
     )
     return out
+
+
+def statement(st: Statement) -> pb.GetStatementResponse:
+    return pb.GetStatementResponse(
+        opening=balance(st.opening),
+        movements=[
+            pb.StatementMovement(
+                movement=_MOVEMENT[m.movement],
+                amount=m.amount,
+                available_change=m.available_change,
+                reserved_change=m.reserved_change,
+                entry_count=m.entry_count,
+            )
+            for m in st.movements
+        ],
+        closing=balance(st.closing),
+        entries=[entry(e) for e in st.entries],
+        next_page_token=st.next_token,
+    )
 
 
 def account(a: Account) -> pb.Account:

@@ -80,6 +80,7 @@ class LedgerServicer:
                 pb.ListReservationsResponse,
             ),
             "SubmitBatch": (self.submit_batch, pb.SubmitBatchRequest, pb.SubmitBatchResponse),
+            "GetStatement": (self.get_statement, pb.GetStatementRequest, pb.GetStatementResponse),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
@@ -167,6 +168,18 @@ class LedgerServicer:
             expiring_amount=view.expiring_amount,
             lots=[convert.lot(lt) for lt in view.lots],
         ), False
+
+    async def get_statement(self, req: pb.GetStatementRequest, ctx: Any) -> Reply:
+        found = await self._ledger.get_statement(
+            req.account_id,
+            req.asset,
+            convert.timestamp(req.from_time, req.HasField("from_time"), "from_time"),
+            convert.timestamp(req.to_time, req.HasField("to_time"), "to_time"),
+            req.page_size,
+            req.page_token,
+            self._authorize(ctx),
+        )
+        return convert.statement(found), False
 
     async def list_entries(self, req: pb.ListEntriesRequest, ctx: Any) -> Reply:
         page = await self._ledger.list_entries(

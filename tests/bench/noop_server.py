@@ -68,6 +68,9 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     ) -> pb.GetReservationGroupResponse:
         return pb.GetReservationGroupResponse()
 
+    async def GetStatement(self, request: Any, context: Any) -> pb.GetStatementResponse:
+        return pb.GetStatementResponse()
+
     async def ListEntries(self, request: Any, context: Any) -> pb.ListEntriesResponse:
         return pb.ListEntriesResponse()
 

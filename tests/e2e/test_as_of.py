@@ -202,3 +202,85 @@ async def test_as_of_refusals_name_the_field(
             pb.GetBalanceRequest(account_id="nobody-here", asset=ASSET, as_of_position="1-1")
         )
     assert err.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def statement_pages(
+    stub: LedgerServiceAsyncStub, req: pb.GetStatementRequest
+) -> tuple[pb.GetStatementResponse, list[pb.Entry]]:
+    first = await stub.GetStatement(req)
+    entries = list(first.entries)
+    reply = first
+    while reply.next_page_token:
+        req.page_token = reply.next_page_token
+        reply = await stub.GetStatement(req)
+        assert fields(reply.opening) == fields(first.opening)
+        entries += reply.entries
+    return first, entries
+
+
+async def test_a_statement_reconciles_deadlines_included(
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer
+) -> None:
+    clock = ledger_server.clock
+    acct = await new_account(stub, "stmt")
+    start = clock.now()
+    await stub.Grant(
+        pb.GrantRequest(account_id=acct, asset=ASSET, amount=100, idempotency_key=key())
+    )
+    after_grant = clock.now()
+    await stub.Charge(
+        pb.ChargeRequest(account_id=acct, asset=ASSET, amount=30, idempotency_key=key())
+    )
+    await stub.Reserve(
+        pb.ReserveRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=20,
+            idempotency_key=key(),
+            ttl=duration_pb2.Duration(seconds=300),
+        )
+    )
+    clock.advance(timedelta(seconds=400))  # the hold expired; maybe nothing wrote it yet
+    end = clock.now()
+    req = pb.GetStatementRequest(
+        account_id=acct, asset=ASSET, from_time=ts(start), to_time=ts(end), page_size=2
+    )
+    st, entries = await statement_pages(stub, req)
+    assert fields(st.opening) == (0, 0, 0, 0, 0, 0)
+    assert fields(st.closing) == (70, 0, 100, 30, 0, 0)
+    lines = {m.movement: (m.amount, m.available_change, m.reserved_change) for m in st.movements}
+    assert lines == {
+        pb.Entry.MOVEMENT_GRANT: (100, 100, 0),
+        pb.Entry.MOVEMENT_SETTLE: (30, -30, 0),
+        pb.Entry.MOVEMENT_RESERVE: (20, -20, 20),
+        pb.Entry.MOVEMENT_RESERVATION_EXPIRY: (20, 20, -20),
+    }
+    assert len(entries) == sum(m.entry_count for m in st.movements) == 6
+    assert sum(e.amount for e in entries if e.bucket == pb.Entry.BUCKET_AVAILABLE) == 70
+    assert [e.movement for e in entries][-2:] == [pb.Entry.MOVEMENT_RESERVATION_EXPIRY] * 2
+
+    # A period that starts after the grant opens with it.
+    later = await stub.GetStatement(
+        pb.GetStatementRequest(
+            account_id=acct, asset=ASSET, from_time=ts(after_grant), to_time=ts(end)
+        )
+    )
+    assert fields(later.opening) == (100, 0, 100, 0, 0, 0)
+    assert fields(later.closing) == fields(st.closing)
+    assert pb.Entry.MOVEMENT_GRANT not in {m.movement for m in later.movements}
+
+    # A page token belongs to its query.
+    req.page_token = ""
+    first = await stub.GetStatement(req)
+    assert first.next_page_token
+    other = pb.GetStatementRequest(
+        account_id=acct,
+        asset=ASSET,
+        from_time=ts(after_grant),
+        to_time=ts(end),
+        page_token=first.next_page_token,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetStatement(other)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in error_info(err.value).metadata["fields"]

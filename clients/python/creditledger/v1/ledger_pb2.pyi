@@ -1743,6 +1743,140 @@ class SubmitBatchResponse(_message.Message):
 Global___SubmitBatchResponse: _TypeAlias = SubmitBatchResponse  # noqa: Y015
 
 @_typing.final
+class GetStatementRequest(_message.Message):
+    """Request of GetStatement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    FROM_TIME_FIELD_NUMBER: _builtins.int
+    TO_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account; it must exist."""
+    asset: _builtins.str
+    """The asset."""
+    page_size: _builtins.int
+    """Entries per page: 1 to 1000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, sent with the same account_id,
+    asset, from_time and to_time; empty for the first page.
+    """
+    @_builtins.property
+    def from_time(self) -> _timestamp_pb2.Timestamp:
+        """The statement covers what took effect after this instant."""
+
+    @_builtins.property
+    def to_time(self) -> _timestamp_pb2.Timestamp:
+        """... up to and including this instant (after from_time, at most now)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        from_time: _timestamp_pb2.Timestamp | None = ...,
+        to_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_time", b"from_time", "to_time", b"to_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "from_time", b"from_time", "page_size", b"page_size", "page_token", b"page_token", "to_time", b"to_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementRequest: _TypeAlias = GetStatementRequest  # noqa: Y015
+
+@_typing.final
+class StatementMovement(_message.Message):
+    """The change one movement made over a statement's period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVEMENT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    AVAILABLE_CHANGE_FIELD_NUMBER: _builtins.int
+    RESERVED_CHANGE_FIELD_NUMBER: _builtins.int
+    ENTRY_COUNT_FIELD_NUMBER: _builtins.int
+    movement: Global___Entry.Movement.ValueType
+    """The movement."""
+    amount: _builtins.int
+    """Credits it moved (granted, reserved, settled, released, refunded, expired
+    or given back by an expired reservation), a positive amount.
+    """
+    available_change: _builtins.int
+    """Its net change to available."""
+    reserved_change: _builtins.int
+    """Its net change to reserved."""
+    entry_count: _builtins.int
+    """How many of the account's entries it wrote."""
+    def __init__(
+        self,
+        *,
+        movement: Global___Entry.Movement.ValueType = ...,
+        amount: _builtins.int = ...,
+        available_change: _builtins.int = ...,
+        reserved_change: _builtins.int = ...,
+        entry_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "available_change", b"available_change", "entry_count", b"entry_count", "movement", b"movement", "reserved_change", b"reserved_change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementMovement: _TypeAlias = StatementMovement  # noqa: Y015
+
+@_typing.final
+class GetStatementResponse(_message.Message):
+    """Response of GetStatement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPENING_FIELD_NUMBER: _builtins.int
+    MOVEMENTS_FIELD_NUMBER: _builtins.int
+    CLOSING_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page of entries; empty on the last page."""
+    @_builtins.property
+    def opening(self) -> Global___Balance:
+        """The balance as of from_time."""
+
+    @_builtins.property
+    def movements(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementMovement]:
+        """One line per movement that changed the balance in the period, in Movement order."""
+
+    @_builtins.property
+    def closing(self) -> Global___Balance:
+        """The balance as of to_time: opening plus every movement's changes."""
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
+        """The period's entries on the account, in the order they took effect (a page)."""
+
+    def __init__(
+        self,
+        *,
+        opening: Global___Balance | None = ...,
+        movements: _abc.Iterable[Global___StatementMovement] | None = ...,
+        closing: Global___Balance | None = ...,
+        entries: _abc.Iterable[Global___Entry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closing", b"closing", "opening", b"opening"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closing", b"closing", "entries", b"entries", "movements", b"movements", "next_page_token", b"next_page_token", "opening", b"opening"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementResponse: _TypeAlias = GetStatementResponse  # noqa: Y015
+
+@_typing.final
 class WatchTransactionsRequest(_message.Message):
     """Request of WatchTransactions. Start: after_position, or from_now, or
     (neither) from the start of the journal.

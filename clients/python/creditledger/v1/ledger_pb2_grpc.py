@@ -110,6 +110,11 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
                 _registered_method=True)
+        self.GetStatement = channel.unary_unary(
+                '/creditledger.v1.LedgerService/GetStatement',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.GetStatementRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetStatementResponse.FromString,
+                _registered_method=True)
         self.WatchTransactions = channel.unary_stream(
                 '/creditledger.v1.LedgerService/WatchTransactions',
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsRequest.SerializeToString,
@@ -237,6 +242,16 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatement(self, request, context):
+        """GetStatement returns one account x asset over (from_time, to_time]: the
+        opening balance (GetBalance as_of_time from_time), the change per
+        movement, the closing balance (as_of_time to_time), and the entries
+        between, paginated. Opening plus the changes is the closing balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchTransactions(self, request, context):
         """WatchTransactions streams every committed ledger transaction, in one total
         order of positions, from a position, from now or from the start, filtered
@@ -328,6 +343,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.SubmitBatch,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'GetStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatement,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetStatementRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.GetStatementResponse.SerializeToString,
             ),
             'WatchTransactions': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchTransactions,
@@ -741,6 +761,33 @@ class LedgerService:
             '/creditledger.v1.LedgerService/SubmitBatch',
             creditledger_dot_v1_dot_ledger__pb2.SubmitBatchRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/GetStatement',
+            creditledger_dot_v1_dot_ledger__pb2.GetStatementRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.GetStatementResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,12 @@ class LedgerServiceStub:
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
     """
+    GetStatement: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetStatementRequest, _ledger_pb2.GetStatementResponse]
+    """GetStatement returns one account x asset over (from_time, to_time]: the
+    opening balance (GetBalance as_of_time from_time), the change per
+    movement, the closing balance (as_of_time to_time), and the entries
+    between, paginated. Opening plus the changes is the closing balance.
+    """
     WatchTransactions: _grpc.UnaryStreamMultiCallable[_ledger_pb2.WatchTransactionsRequest, _ledger_pb2.WatchTransactionsResponse]
     """WatchTransactions streams every committed ledger transaction, in one total
     order of positions, from a position, from now or from the start, filtered
@@ -146,6 +152,12 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     command fails the call (its own status, ErrorInfo metadata batch_index)
     and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
     BATCH_BYTES_MAX bytes per request.
+    """
+    GetStatement: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetStatementRequest, _ledger_pb2.GetStatementResponse]  # type: ignore[assignment]
+    """GetStatement returns one account x asset over (from_time, to_time]: the
+    opening balance (GetBalance as_of_time from_time), the change per
+    movement, the closing balance (as_of_time to_time), and the entries
+    between, paginated. Opening plus the changes is the closing balance.
     """
     WatchTransactions: _aio.UnaryStreamMultiCallable[_ledger_pb2.WatchTransactionsRequest, _ledger_pb2.WatchTransactionsResponse]  # type: ignore[assignment]
     """WatchTransactions streams every committed ledger transaction, in one total
@@ -294,6 +306,18 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         command fails the call (its own status, ErrorInfo metadata batch_index)
         and nothing of the batch is recorded. Limits: BATCH_COMMANDS_MAX commands,
         BATCH_BYTES_MAX bytes per request.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatement(
+        self,
+        request: _ledger_pb2.GetStatementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.GetStatementResponse, _abc.Awaitable[_ledger_pb2.GetStatementResponse]]:
+        """GetStatement returns one account x asset over (from_time, to_time]: the
+        opening balance (GetBalance as_of_time from_time), the change per
+        movement, the closing balance (as_of_time to_time), and the entries
+        between, paginated. Opening plus the changes is the closing balance.
         """
 
     @_abc_1.abstractmethod
