@@ -396,6 +396,7 @@ class Ledger:
         elif end > now:
             v.add("to_time", "must not be in the future")
         elif start is not None and end <= start:
+            v.add("from_time", "must be before to_time")
             v.add("to_time", "must be after from_time")
         if not 0 <= page_size <= limits.PAGE_SIZE_MAX:
             v.add(

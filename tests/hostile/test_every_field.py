@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
 from creditledger.v1 import ledger_pb2_grpc
+from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -241,6 +243,16 @@ def base_request(method: str, w: World) -> Message:
         return pb.GetReservationGroupRequest(group_id=w.group)
     if method == "GetBalance":
         return pb.GetBalanceRequest(account_id=w.account, asset=ASSET, include_lots=True)
+    if method == "GetStatement":
+        end = timestamp_pb2.Timestamp()
+        end.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
+        return pb.GetStatementRequest(
+            account_id=w.account,
+            asset=ASSET,
+            from_time=timestamp_pb2.Timestamp(seconds=1_600_000_000),
+            to_time=end,
+            page_size=2,
+        )
     if method == "ListEntries":
         return pb.ListEntriesRequest(account_id=w.account, page_size=2, page_token=w.token)
     if method == "GetAccount":
