@@ -38,6 +38,10 @@ NEEDED: dict[str, Permission] = {
     "ListEntries": Permission.READ,
     "WatchTransactions": Permission.READ,
     "GetStatement": Permission.READ,
+    "ListBalanceAlerts": Permission.READ,
+    # Alerts are the billing side's configuration, like grants.
+    "SetBalanceAlert": Permission.GRANT,
+    "DeleteBalanceAlert": Permission.GRANT,
     "ListReservations": Permission.READ,
     "GetReservation": Permission.READ,
     "GetReservationGroup": Permission.READ,

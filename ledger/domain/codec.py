@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ledger.domain.model import Allocation, Balance, Lot, Reservation, ReservationState
+from ledger.domain.model import (
+    AlertState,
+    Allocation,
+    Balance,
+    BalanceAlert,
+    Lot,
+    Reservation,
+    ReservationState,
+)
 
 
 def _time(value: datetime | str) -> datetime:
@@ -86,4 +94,17 @@ def reservation_from(d: Mapping[str, Any]) -> Reservation:
         # Written before version 5: write-offs were counted in `released`.
         expired=d.get("expired", 0),
         leg_index=d.get("leg_index", 0),
+    )
+
+
+def alert_from(d: Mapping[str, Any]) -> BalanceAlert:
+    return BalanceAlert(
+        account_id=d["account_id"],
+        asset=d["asset"],
+        threshold=int(d["threshold"]),
+        recovery=int(d["recovery"]),
+        percent=bool(d["percent"]),
+        basis=int(d["basis"]),
+        state=AlertState(d["state"]),
+        created_at=_time(d["created_at"]),
     )

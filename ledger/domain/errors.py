@@ -208,6 +208,13 @@ RECORDABLE: dict[str, type[LedgerError]] = {
 }
 
 
+class AlertLimitExceeded(LedgerError):
+    """The account has ALERTS_PER_ACCOUNT_MAX balance alerts already."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "ALERT_LIMIT_EXCEEDED"
+
+
 class TooManyStreams(LedgerError):
     """The caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
 

@@ -42,3 +42,5 @@ BATCH_BYTES_MAX = 1024 * 1024  # bytes of one SubmitBatch request (other RPCs: M
 WATCH_STREAMS_PER_CALLER_MAX = 8
 WATCH_PAGE_ROWS = 500
 POSITION_LEN_MAX = 64
+# Balance alerts one account may have (one per asset).
+ALERTS_PER_ACCOUNT_MAX = 100

@@ -245,3 +245,51 @@ class StreamTransaction:
     created_at: datetime
     entries: list[Entry]
     balances: list[Balance]
+    events: list[AlertEvent] = field(default_factory=list)
+
+
+class AlertState(enum.Enum):
+    ABOVE = "above"
+    BELOW = "below"
+    EXHAUSTED = "exhausted"
+
+
+class AlertEventKind(enum.Enum):
+    BALANCE_BELOW = "balance_below"
+    BALANCE_RECOVERED = "balance_recovered"
+    BALANCE_EXHAUSTED = "balance_exhausted"
+
+
+@dataclass
+class BalanceAlert:
+    """A low-balance alert on one account x asset (docs/design.md, "Balance alerts").
+    With `percent`, threshold and recovery are percentages of `basis`, the
+    amount of the pair's last Grant."""
+
+    account_id: str
+    asset: str
+    threshold: int
+    recovery: int
+    percent: bool
+    basis: int
+    state: AlertState
+    created_at: datetime
+
+    def levels(self) -> tuple[int, int]:
+        """(below, recovered): the available amounts the alert compares with."""
+        if self.percent:
+            return self.basis * self.threshold // 100, self.basis * self.recovery // 100
+        return self.threshold, self.recovery
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One crossing, recorded with the transaction that crossed."""
+
+    transaction_id: str
+    account_id: str
+    asset: str
+    kind: AlertEventKind
+    available: int
+    threshold: int
+    recovery: int

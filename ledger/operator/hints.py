@@ -58,6 +58,7 @@ _HINTS: dict[str, str] = {
     "UNAUTHENTICATED": "Pass a valid token with --token or LEDGER_TOKEN.",
     "PERMISSION_DENIED": "This token may not do that; use an operator token.",
     "RATE_LIMITED": "Too many requests; wait a moment and retry with --key {key}.",
+    "ALERT_LIMIT_EXCEEDED": "This account has the most balance alerts it may; delete one first.",
     "TOO_MANY_STREAMS": "This caller holds the most change streams it may; close one first.",
     "DEADLINE_EXCEEDED": (
         "The server's own deadline passed; the command may or may not have been applied:"

@@ -23,6 +23,7 @@ from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
     Account,
+    BalanceAlert,
     BalanceView,
     BatchResult,
     EntriesPage,
@@ -436,6 +437,71 @@ class Ledger:
                 "GetStatement", query, statements.cursor_parts(found.next_cursor)
             )
         return found
+
+    async def set_alert(
+        self,
+        account_id: str,
+        asset: str,
+        threshold: int,
+        recovery: int,
+        percent: bool,
+        access: Access = LOCAL,
+    ) -> BalanceAlert:
+        """Create or replace the pair's low-balance alert (docs/design.md, "Balance
+        alerts"). recovery 0 means the threshold. Errors: PermissionDenied,
+        InvalidArgument, AccountNotFound, AlertLimitExceeded, DatabaseUnavailable,
+        Contention."""
+        access.require("SetBalanceAlert")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        top = 100 if percent else limits.AMOUNT_MAX
+        unit = "percent" if percent else "AMOUNT_MAX"
+        if not 0 <= threshold <= top:
+            v.add("threshold", f"must be between 0 and {top} ({unit})")
+        if recovery and not threshold <= recovery <= top:
+            v.add("recovery", f"must be between threshold and {top} ({unit}); 0 means threshold")
+        v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        try:
+            alert = await self._store.set_alert(
+                account_id, asset, threshold, recovery or threshold, percent, self._clock.now()
+            )
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if alert is None:
+            raise _account_not_found(account_id)
+        return alert
+
+    async def list_alerts(self, account_id: str, access: Access = LOCAL) -> list[BalanceAlert]:
+        """Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        access.require("ListBalanceAlerts")
+        _check_account_id(account_id)
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        try:
+            found = await self._store.list_alerts(account_id)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if found is None:
+            raise _account_not_found(account_id)
+        return found
+
+    async def delete_alert(self, account_id: str, asset: str, access: Access = LOCAL) -> bool:
+        """Errors: PermissionDenied, InvalidArgument, AccountNotFound (outside the
+        scope), DatabaseUnavailable, Contention."""
+        access.require("DeleteBalanceAlert")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        try:
+            return await self._store.delete_alert(account_id, asset)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
 
     async def get_reservation(self, reservation_id: str, access: Access = LOCAL) -> Reservation:
         """Errors: PermissionDenied, InvalidArgument, ReservationNotFound (also when

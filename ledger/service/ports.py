@@ -11,6 +11,8 @@ from typing import Any, NamedTuple, Protocol
 from ledger.domain import commands as c
 from ledger.domain.model import (
     Account,
+    AlertEvent,
+    BalanceAlert,
     Entry,
     JournalRow,
     Reservation,
@@ -140,11 +142,12 @@ class Store(Protocol):
 
     async def journal_page(
         self, after: tuple[int, int], filters: JournalFilter, limit: int
-    ) -> tuple[list[JournalRow], int]:
+    ) -> tuple[list[JournalRow], int, dict[tuple[int, str], list[AlertEvent]]]:
         """Journal rows after the position `after` whose writing transaction is
         below the horizon (the oldest transaction still running), in stream
         order, at most about `limit` (a transaction is never cut), and the
-        horizon, read in one snapshot."""
+        horizon, read in one snapshot; and the alert events (within the
+        filters) of those rows' transactions, by (xid, transaction id)."""
         ...
 
     async def journal_horizon(self) -> int:
@@ -172,6 +175,23 @@ class Store(Protocol):
         row at its deadline, others when written): (movement, bucket, sum,
         count) for each kind, and a page of (took effect, row) after `after`."""
         ...
+
+    async def set_alert(
+        self,
+        account_id: str,
+        asset: str,
+        threshold: int,
+        recovery: int,
+        percent: bool,
+        now: datetime,
+    ) -> BalanceAlert | None:
+        """Create or replace the pair's alert, starting where its balance is. None:
+        no such account. Errors: AlertLimitExceeded."""
+        ...
+
+    async def list_alerts(self, account_id: str) -> list[BalanceAlert] | None: ...
+
+    async def delete_alert(self, account_id: str, asset: str) -> bool: ...
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]: ...
 

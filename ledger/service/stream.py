@@ -27,7 +27,7 @@ from typing import TypeVar
 from ledger.domain import commands as c
 from ledger.domain import errors, limits
 from ledger.domain.access import LOCAL, Access
-from ledger.domain.model import Balance, JournalRow, StreamTransaction
+from ledger.domain.model import AlertEvent, Balance, JournalRow, StreamTransaction
 from ledger.observability import metrics
 from ledger.service.clock import Clock
 from ledger.service.ports import JournalFilter, SerializationConflict, StorageUnavailable, Store
@@ -235,8 +235,10 @@ class ChangeStream:
                     " on any replica",
                     {"cause": "server stopping"},
                 )
-            rows, horizon = await self._guarded(self._store.journal_page(cursor, flt, s.page_rows))
-            for tx in group(rows):
+            rows, horizon, events = await self._guarded(
+                self._store.journal_page(cursor, flt, s.page_rows)
+            )
+            for tx in group(rows, events):
                 self._lags[lag_key] = max(0.0, (self._clock.now() - tx.created_at).total_seconds())
                 metrics.STREAM_LAG_SECONDS.observe(self._lags[lag_key])
                 yield StreamMessage(tx.position, tx)
@@ -264,7 +266,9 @@ class ChangeStream:
             ) from exc
 
 
-def group(rows: list[JournalRow]) -> list[StreamTransaction]:
+def group(
+    rows: list[JournalRow], events: dict[tuple[int, str], list[AlertEvent]] | None = None
+) -> list[StreamTransaction]:
     """Rows (in stream order) as transactions: consecutive rows of one xid and
     one transaction id; the balance after each pair is its last row's."""
     out: list[StreamTransaction] = []
@@ -292,6 +296,7 @@ def group(rows: list[JournalRow]) -> list[StreamTransaction]:
                 created_at=first.entry.created_at,
                 entries=[r.entry for r in part],
                 balances=list(balances.values()),
+                events=(events or {}).get((first.xid, first.entry.transaction_id), []),
             )
         )
         i = j

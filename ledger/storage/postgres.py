@@ -22,6 +22,8 @@ import orjson
 from ledger.domain import codec, errors, limits
 from ledger.domain.model import (
     Account,
+    AlertEvent,
+    BalanceAlert,
     Bucket,
     Entry,
     JournalRow,
@@ -39,6 +41,7 @@ from ledger.service.ports import (
     StorageUnavailable,
     WriterFenced,
 )
+from ledger.storage import alerts as alert_sql
 from ledger.storage import idempotency as idem
 from ledger.storage import journal
 
@@ -155,6 +158,9 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
     UNION
     SELECT {_LOT_COLS} FROM lots JOIN whole USING (account_id, asset) WHERE lots.remaining > 0
 ) AS l
+UNION ALL SELECT 'x', to_jsonb(x) FROM (
+    SELECT a.account_id, a.asset, a.threshold, a.recovery, a.percent, a.basis, a.state, a.created_at
+    FROM balance_alerts a JOIN pairs USING (account_id, asset)) AS x
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
     SELECT {_LOT_COLS} FROM lots
     WHERE lots.account_id = pairs.account_id AND lots.asset = pairs.asset AND lots.remaining > 0
@@ -207,6 +213,19 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
         reservation_id uuid, lot_id uuid, caller text, key text, effective_at timestamptz,
         after jsonb)
     RETURNING 1
+), x AS (
+    UPDATE balance_alerts a SET state = t.state, basis = t.basis
+    FROM d, jsonb_to_recordset(d.doc->'x') AS t(account_id text, asset text, state text, basis int8)
+    WHERE a.account_id = t.account_id AND a.asset = t.asset
+    RETURNING 1
+), v AS (
+    INSERT INTO alert_events (transaction_id, account_id, asset, kind, available, threshold,
+                              recovery, created_at)
+    SELECT t.transaction_id, t.account_id, t.asset, t.kind, t.available, t.threshold, t.recovery,
+           $2::timestamptz
+    FROM d, jsonb_to_recordset(d.doc->'v') AS t(transaction_id uuid, account_id text, asset text,
+        kind text, available int8, threshold int8, recovery int8)
+    RETURNING 1
 ), i AS (
     INSERT INTO idempotency (caller, key, method, request_hash, outcome, created_at, expires_at)
     SELECT t.caller, t.key, t.method, decode(t.request_hash, 'hex'), t.outcome, $2::timestamptz,
@@ -216,7 +235,8 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FROM r)
-     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i)
+     + (SELECT count(*) FROM e) + (SELECT count(*) FROM i) + (SELECT count(*) FROM x)
+     + (SELECT count(*) FROM v)
 """
 
 
@@ -399,6 +419,9 @@ class PgBatch:
                 ws.add_reservation(codec.reservation_from(data))
             elif kind == "a":
                 ws.accounts.add(data)
+            elif kind == "x":
+                alert = codec.alert_from(data)
+                ws.alerts[(alert.account_id, alert.asset)] = alert
             elif kind == "i":
                 caller, key, method, request_hash, outcome = data
                 records[(caller, key)] = IdempotencyRecord(
@@ -413,6 +436,7 @@ class PgBatch:
         return records
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
+        ws.close_transaction()  # the last transaction's alert crossings
         doc = {
             "b": [codec.balance_to_dict(ws.balances[k]) for k in sorted(ws.dirty_balances)],
             "l": [codec.lot_to_dict(ws.lots[i]) for i in sorted(ws.dirty_lots)],
@@ -433,6 +457,23 @@ class PgBatch:
                     "after": p.after,
                 }
                 for p in ws.postings
+            ],
+            "x": [
+                {"account_id": k[0], "asset": k[1], "state": a.state.value, "basis": a.basis}
+                for k in sorted(ws.dirty_alerts)
+                if (a := ws.alerts[k]) is not None
+            ],
+            "v": [
+                {
+                    "transaction_id": ev.transaction_id,
+                    "account_id": ev.account_id,
+                    "asset": ev.asset,
+                    "kind": ev.kind.value,
+                    "available": ev.available,
+                    "threshold": ev.threshold,
+                    "recovery": ev.recovery,
+                }
+                for ev in ws.events
             ],
             "i": [
                 {
@@ -857,17 +898,21 @@ class PostgresStore:
 
     async def journal_page(
         self, after: tuple[int, int], filters: JournalFilter, limit: int
-    ) -> tuple[list[JournalRow], int]:
-        """Journal rows after `after` below the horizon, in stream order, and the
-        horizon (ledger.storage.journal). A full page ends with its last
-        transaction whole. Errors: StorageUnavailable."""
+    ) -> tuple[list[JournalRow], int, dict[tuple[int, str], list[AlertEvent]]]:
+        """Journal rows after `after` below the horizon, in stream order, the
+        horizon (ledger.storage.journal), and the alert events of the rows'
+        transactions. A full page ends with its last transaction whole.
+        Errors: StorageUnavailable."""
         args = journal.filter_args(*filters)
 
-        async def run(conn: asyncpg.Connection) -> tuple[list[JournalRow], int]:
+        async def run(
+            conn: asyncpg.Connection,
+        ) -> tuple[list[JournalRow], int, dict[tuple[int, str], list[AlertEvent]]]:
             rows, horizon = await journal.page(conn, after, args, limit)
             if len(rows) == limit:
                 rows += await journal.rest(conn, rows[-1], args)
-            return rows, horizon
+            keys = sorted({(r.xid, r.entry.transaction_id) for r in rows})
+            return rows, horizon, await alert_sql.events(conn, keys, args)
 
         return await self._read(run)
 
@@ -919,6 +964,27 @@ class PostgresStore:
         return await self._standby_read(
             lambda conn: journal.statement(conn, account_id, asset, start, end, after, limit)
         )
+
+    async def set_alert(
+        self,
+        account_id: str,
+        asset: str,
+        threshold: int,
+        recovery: int,
+        percent: bool,
+        now: datetime,
+    ) -> BalanceAlert | None:
+        return await self._read(
+            lambda conn: alert_sql.set_alert(
+                conn, account_id, asset, threshold, recovery, percent, now
+            )
+        )
+
+    async def list_alerts(self, account_id: str) -> list[BalanceAlert] | None:
+        return await self._standby_read(lambda conn: alert_sql.list_alerts(conn, account_id))
+
+    async def delete_alert(self, account_id: str, asset: str) -> bool:
+        return await self._read(lambda conn: alert_sql.delete_alert(conn, account_id, asset))
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]:
         async def run(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str]]]:

@@ -35,6 +35,9 @@ SERVING_RIGHTS: dict[str, tuple[str, ...]] = {
     "lots": ("SELECT", "INSERT", "UPDATE"),
     "reservations": ("SELECT", "INSERT", "UPDATE"),
     "entries": ("SELECT", "INSERT"),
+    # Set/Delete (the caller's), the writer's state and basis updates.
+    "balance_alerts": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "alert_events": ("SELECT", "INSERT"),
     "idempotency": ("SELECT", "INSERT"),
     "reservations_archive": ("SELECT",),
     "schema_migrations": ("SELECT",),

@@ -12,7 +12,10 @@ from ledger.domain import limits
 from ledger.domain.errors import FieldViolation, InvalidArgument
 from ledger.domain.model import (
     Account,
+    AlertEventKind,
+    AlertState,
     Balance,
+    BalanceAlert,
     Bucket,
     Entry,
     Lot,
@@ -243,6 +246,33 @@ def entry(e: Entry) -> pb.Entry:
     )
 
 
+_ALERT_STATE = {
+    AlertState.ABOVE: pb.BalanceAlert.STATE_ABOVE,
+    AlertState.BELOW: pb.BalanceAlert.STATE_BELOW,
+    AlertState.EXHAUSTED: pb.BalanceAlert.STATE_EXHAUSTED,
+}
+_EVENT_KIND = {
+    AlertEventKind.BALANCE_BELOW: pb.BalanceEvent.KIND_BALANCE_BELOW,
+    AlertEventKind.BALANCE_RECOVERED: pb.BalanceEvent.KIND_BALANCE_RECOVERED,
+    AlertEventKind.BALANCE_EXHAUSTED: pb.BalanceEvent.KIND_BALANCE_EXHAUSTED,
+}
+
+
+def alert(a: BalanceAlert) -> pb.BalanceAlert:
+    below, recovered = a.levels()
+    return pb.BalanceAlert(
+        account_id=a.account_id,
+        asset=a.asset,
+        threshold=a.threshold,
+        recovery=a.recovery,
+        percent=a.percent,
+        state=_ALERT_STATE[a.state],
+        threshold_amount=below,
+        recovery_amount=recovered,
+        created_at=_ts(a.created_at),
+    )
+
+
 def streamed(msg: StreamMessage) -> pb.WatchTransactionsResponse:
     out = pb.WatchTransactionsResponse(position=encode_position(msg.position))
     tx = msg.transaction
@@ -259,6 +289,17 @@ def streamed(msg: StreamMessage) -> pb.WatchTransactionsResponse:
             commit_time=_ts(tx.created_at),
             entries=[entry(e) for e in tx.entries],
             balances=[balance(b) for b in tx.balances],
+            events=[
+                pb.BalanceEvent(
+                    kind=_EVENT_KIND[ev.kind],
+                    account_id=ev.account_id,
+                    asset=ev.asset,
+                    available=ev.available,
+                    threshold_amount=ev.threshold,
+                    recovery_amount=ev.recovery,
+                )
+                for ev in tx.events
+            ],
         )
     )
     return out

@@ -81,6 +81,21 @@ class LedgerServicer:
             ),
             "SubmitBatch": (self.submit_batch, pb.SubmitBatchRequest, pb.SubmitBatchResponse),
             "GetStatement": (self.get_statement, pb.GetStatementRequest, pb.GetStatementResponse),
+            "SetBalanceAlert": (
+                self.set_balance_alert,
+                pb.SetBalanceAlertRequest,
+                pb.SetBalanceAlertResponse,
+            ),
+            "ListBalanceAlerts": (
+                self.list_balance_alerts,
+                pb.ListBalanceAlertsRequest,
+                pb.ListBalanceAlertsResponse,
+            ),
+            "DeleteBalanceAlert": (
+                self.delete_balance_alert,
+                pb.DeleteBalanceAlertRequest,
+                pb.DeleteBalanceAlertResponse,
+            ),
         }
 
     async def create_account(self, req: pb.CreateAccountRequest, ctx: Any) -> Reply:
@@ -168,6 +183,25 @@ class LedgerServicer:
             expiring_amount=view.expiring_amount,
             lots=[convert.lot(lt) for lt in view.lots],
         ), False
+
+    async def set_balance_alert(self, req: pb.SetBalanceAlertRequest, ctx: Any) -> Reply:
+        alert = await self._ledger.set_alert(
+            req.account_id,
+            req.asset,
+            req.threshold,
+            req.recovery,
+            req.percent,
+            self._authorize(ctx),
+        )
+        return pb.SetBalanceAlertResponse(alert=convert.alert(alert)), False
+
+    async def list_balance_alerts(self, req: pb.ListBalanceAlertsRequest, ctx: Any) -> Reply:
+        found = await self._ledger.list_alerts(req.account_id, self._authorize(ctx))
+        return pb.ListBalanceAlertsResponse(alerts=[convert.alert(a) for a in found]), False
+
+    async def delete_balance_alert(self, req: pb.DeleteBalanceAlertRequest, ctx: Any) -> Reply:
+        deleted = await self._ledger.delete_alert(req.account_id, req.asset, self._authorize(ctx))
+        return pb.DeleteBalanceAlertResponse(deleted=deleted), False
 
     async def get_statement(self, req: pb.GetStatementRequest, ctx: Any) -> Reply:
         found = await self._ledger.get_statement(

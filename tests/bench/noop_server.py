@@ -68,6 +68,15 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     ) -> pb.GetReservationGroupResponse:
         return pb.GetReservationGroupResponse()
 
+    async def SetBalanceAlert(self, request: Any, context: Any) -> pb.SetBalanceAlertResponse:
+        return pb.SetBalanceAlertResponse()
+
+    async def ListBalanceAlerts(self, request: Any, context: Any) -> pb.ListBalanceAlertsResponse:
+        return pb.ListBalanceAlertsResponse()
+
+    async def DeleteBalanceAlert(self, request: Any, context: Any) -> pb.DeleteBalanceAlertResponse:
+        return pb.DeleteBalanceAlertResponse()
+
     async def GetStatement(self, request: Any, context: Any) -> pb.GetStatementResponse:
         return pb.GetStatementResponse()
 

@@ -62,6 +62,9 @@ CONTRACT = {
         grpc.StatusCode.PERMISSION_DENIED, e.PermissionDenied, e.PermissionDenied,
     ),
     "RATE_LIMITED": (grpc.StatusCode.RESOURCE_EXHAUSTED, e.RateLimited, e.ResourceExhausted),
+    "ALERT_LIMIT_EXCEEDED": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.AlertLimitExceeded, e.FailedPrecondition,
+    ),
     "TOO_MANY_STREAMS": (
         grpc.StatusCode.RESOURCE_EXHAUSTED, e.TooManyStreams, e.ResourceExhausted,
     ),

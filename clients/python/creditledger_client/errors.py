@@ -278,6 +278,10 @@ class RateLimited(ResourceExhausted):
     """
 
 
+class AlertLimitExceeded(FailedPrecondition):
+    """ALERT_LIMIT_EXCEEDED: the account has ALERTS_PER_ACCOUNT_MAX balance alerts already."""
+
+
 class TooManyStreams(ResourceExhausted):
     """TOO_MANY_STREAMS: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams
     open already; close one (or watch a wider filter on one) before opening another."""
@@ -309,6 +313,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited,
     "TOO_MANY_STREAMS": TooManyStreams,
+    "ALERT_LIMIT_EXCEEDED": AlertLimitExceeded,
     "INTERNAL": Internal,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
 }

@@ -322,6 +322,10 @@ export class RateLimited extends ResourceExhausted {
   override readonly name: string = "RateLimited";
 }
 
+/** ALERT_LIMIT_EXCEEDED (FAILED_PRECONDITION): the account has ALERTS_PER_ACCOUNT_MAX balance alerts already. */
+export class AlertLimitExceeded extends FailedPrecondition {
+  override readonly name: string = "AlertLimitExceeded";
+}
 /** TOO_MANY_STREAMS (RESOURCE_EXHAUSTED): the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already. */
 export class TooManyStreams extends ResourceExhausted {
   override readonly name: string = "TooManyStreams";
@@ -359,6 +363,7 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["PERMISSION_DENIED", PermissionDenied],
   ["RATE_LIMITED", RateLimited],
   ["TOO_MANY_STREAMS", TooManyStreams],
+  ["ALERT_LIMIT_EXCEEDED", AlertLimitExceeded],
   ["INTERNAL", Internal],
   ["DEADLINE_EXCEEDED", DeadlineExceeded],
 ]);

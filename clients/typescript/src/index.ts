@@ -28,6 +28,7 @@ export {
   Aborted,
   AccountExists,
   AccountNotFound,
+  AlertLimitExceeded,
   AlreadyExists,
   AmountExceedsRemaining,
   AmountExceedsSettled,

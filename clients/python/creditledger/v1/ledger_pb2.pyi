@@ -84,6 +84,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
     ERROR_REASON_TOO_MANY_STREAMS: _ErrorReason.ValueType  # 22
     """RESOURCE_EXHAUSTED: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
+    ERROR_REASON_ALERT_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 23
+    """FAILED_PRECONDITION: the account has ALERTS_PER_ACCOUNT_MAX alerts already."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The stable reasons of google.rpc.ErrorInfo (domain "creditledger.v1") that
@@ -142,6 +144,8 @@ ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
 """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
 ERROR_REASON_TOO_MANY_STREAMS: ErrorReason.ValueType  # 22
 """RESOURCE_EXHAUSTED: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
+ERROR_REASON_ALERT_LIMIT_EXCEEDED: ErrorReason.ValueType  # 23
+"""FAILED_PRECONDITION: the account has ALERTS_PER_ACCOUNT_MAX alerts already."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -1877,6 +1881,316 @@ class GetStatementResponse(_message.Message):
 Global___GetStatementResponse: _TypeAlias = GetStatementResponse  # noqa: Y015
 
 @_typing.final
+class BalanceAlert(_message.Message):
+    """A low-balance alert on one account x asset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[BalanceAlert._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: BalanceAlert._State.ValueType  # 0
+        """Never used."""
+        STATE_ABOVE: BalanceAlert._State.ValueType  # 1
+        """At or above the threshold (or back at the recovery level)."""
+        STATE_BELOW: BalanceAlert._State.ValueType  # 2
+        """Below the threshold, not yet back at the recovery level."""
+        STATE_EXHAUSTED: BalanceAlert._State.ValueType  # 3
+        """Available reached 0 (after falling below the threshold)."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Where the balance was at its last change, as the alert sees it."""
+
+    STATE_UNSPECIFIED: BalanceAlert.State.ValueType  # 0
+    """Never used."""
+    STATE_ABOVE: BalanceAlert.State.ValueType  # 1
+    """At or above the threshold (or back at the recovery level)."""
+    STATE_BELOW: BalanceAlert.State.ValueType  # 2
+    """Below the threshold, not yet back at the recovery level."""
+    STATE_EXHAUSTED: BalanceAlert.State.ValueType  # 3
+    """Available reached 0 (after falling below the threshold)."""
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
+    RECOVERY_AMOUNT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    asset: _builtins.str
+    """The asset."""
+    threshold: _builtins.int
+    """Fires BALANCE_BELOW when available falls below it (an amount, or with percent 0-100)."""
+    recovery: _builtins.int
+    """Fires BALANCE_RECOVERED when available comes back to it or above (>= threshold)."""
+    percent: _builtins.bool
+    """threshold and recovery are percentages of the pair's last Grant."""
+    state: Global___BalanceAlert.State.ValueType
+    """Where the balance is, as the alert saw it last."""
+    threshold_amount: _builtins.int
+    """The threshold and recovery as amounts now (with percent: of the last Grant)."""
+    recovery_amount: _builtins.int
+    """See threshold_amount."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the alert was set."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        recovery: _builtins.int = ...,
+        percent: _builtins.bool = ...,
+        state: Global___BalanceAlert.State.ValueType = ...,
+        threshold_amount: _builtins.int = ...,
+        recovery_amount: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "created_at", b"created_at", "percent", b"percent", "recovery", b"recovery", "recovery_amount", b"recovery_amount", "state", b"state", "threshold", b"threshold", "threshold_amount", b"threshold_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceAlert: _TypeAlias = BalanceAlert  # noqa: Y015
+
+@_typing.final
+class SetBalanceAlertRequest(_message.Message):
+    """Request of SetBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account; it must exist."""
+    asset: _builtins.str
+    """The asset."""
+    threshold: _builtins.int
+    """0 to 10^15 (AMOUNT_MAX), or with percent 0 to 100; 0 never fires."""
+    recovery: _builtins.int
+    """threshold to 10^15 (or 100 with percent); 0 means the threshold itself."""
+    percent: _builtins.bool
+    """threshold and recovery are percentages of the pair's last Grant."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        recovery: _builtins.int = ...,
+        percent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "percent", b"percent", "recovery", b"recovery", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceAlertRequest: _TypeAlias = SetBalanceAlertRequest  # noqa: Y015
+
+@_typing.final
+class SetBalanceAlertResponse(_message.Message):
+    """Response of SetBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alert(self) -> Global___BalanceAlert:
+        """The alert as set."""
+
+    def __init__(
+        self,
+        *,
+        alert: Global___BalanceAlert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceAlertResponse: _TypeAlias = SetBalanceAlertResponse  # noqa: Y015
+
+@_typing.final
+class ListBalanceAlertsRequest(_message.Message):
+    """Request of ListBalanceAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBalanceAlertsRequest: _TypeAlias = ListBalanceAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListBalanceAlertsResponse(_message.Message):
+    """Response of ListBalanceAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BalanceAlert]:
+        """The account's alerts, by asset (at most ALERTS_PER_ACCOUNT_MAX)."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___BalanceAlert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBalanceAlertsResponse: _TypeAlias = ListBalanceAlertsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteBalanceAlertRequest(_message.Message):
+    """Request of DeleteBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    asset: _builtins.str
+    """The asset."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBalanceAlertRequest: _TypeAlias = DeleteBalanceAlertRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBalanceAlertResponse(_message.Message):
+    """Response of DeleteBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """Whether there was an alert to delete."""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBalanceAlertResponse: _TypeAlias = DeleteBalanceAlertResponse  # noqa: Y015
+
+@_typing.final
+class BalanceEvent(_message.Message):
+    """A balance crossing an alert's levels, sent in the message of the
+    transaction that crossed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[BalanceEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: BalanceEvent._Kind.ValueType  # 0
+        """Never used."""
+        KIND_BALANCE_BELOW: BalanceEvent._Kind.ValueType  # 1
+        """Available fell below the threshold."""
+        KIND_BALANCE_RECOVERED: BalanceEvent._Kind.ValueType  # 2
+        """Available came back to the recovery level."""
+        KIND_BALANCE_EXHAUSTED: BalanceEvent._Kind.ValueType  # 3
+        """Available reached 0."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
+        """What happened."""
+
+    KIND_UNSPECIFIED: BalanceEvent.Kind.ValueType  # 0
+    """Never used."""
+    KIND_BALANCE_BELOW: BalanceEvent.Kind.ValueType  # 1
+    """Available fell below the threshold."""
+    KIND_BALANCE_RECOVERED: BalanceEvent.Kind.ValueType  # 2
+    """Available came back to the recovery level."""
+    KIND_BALANCE_EXHAUSTED: BalanceEvent.Kind.ValueType  # 3
+    """Available reached 0."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
+    RECOVERY_AMOUNT_FIELD_NUMBER: _builtins.int
+    kind: Global___BalanceEvent.Kind.ValueType
+    """What happened."""
+    account_id: _builtins.str
+    """The account."""
+    asset: _builtins.str
+    """The asset."""
+    available: _builtins.int
+    """Available right after the crossing."""
+    threshold_amount: _builtins.int
+    """The threshold amount then."""
+    recovery_amount: _builtins.int
+    """The recovery amount then."""
+    def __init__(
+        self,
+        *,
+        kind: Global___BalanceEvent.Kind.ValueType = ...,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        available: _builtins.int = ...,
+        threshold_amount: _builtins.int = ...,
+        recovery_amount: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "kind", b"kind", "recovery_amount", b"recovery_amount", "threshold_amount", b"threshold_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceEvent: _TypeAlias = BalanceEvent  # noqa: Y015
+
+@_typing.final
 class WatchTransactionsRequest(_message.Message):
     """Request of WatchTransactions. Start: after_position, or from_now, or
     (neither) from the start of the journal.
@@ -1930,6 +2244,7 @@ class StreamedTransaction(_message.Message):
     COMMIT_TIME_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     BALANCES_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The ledger transaction id (Entry.transaction_id)."""
     movement: Global___Entry.Movement.ValueType
@@ -1956,6 +2271,10 @@ class StreamedTransaction(_message.Message):
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
         """The balance right after it of every account x asset among its entries."""
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___BalanceEvent]:
+        """The alert crossings it made (SetBalanceAlert), on accounts the stream lets through."""
+
     def __init__(
         self,
         *,
@@ -1967,10 +2286,11 @@ class StreamedTransaction(_message.Message):
         commit_time: _timestamp_pb2.Timestamp | None = ...,
         entries: _abc.Iterable[Global___Entry] | None = ...,
         balances: _abc.Iterable[Global___Balance] | None = ...,
+        events: _abc.Iterable[Global___BalanceEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "caller", b"caller", "commit_time", b"commit_time", "entries", b"entries", "idempotency_key", b"idempotency_key", "movement", b"movement", "reservation_id", b"reservation_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "caller", b"caller", "commit_time", b"commit_time", "entries", b"entries", "events", b"events", "idempotency_key", b"idempotency_key", "movement", b"movement", "reservation_id", b"reservation_id", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

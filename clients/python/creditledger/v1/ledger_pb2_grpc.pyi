@@ -92,6 +92,16 @@ class LedgerServiceStub:
     movement, the closing balance (as_of_time to_time), and the entries
     between, paginated. Opening plus the changes is the closing balance.
     """
+    SetBalanceAlert: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SetBalanceAlertRequest, _ledger_pb2.SetBalanceAlertResponse]
+    """SetBalanceAlert creates or replaces the low-balance alert of one account x
+    asset. It starts where the balance is, without an event; from then on each
+    crossing is an event on the change stream, once, in the transaction that
+    crossed. At most ALERTS_PER_ACCOUNT_MAX (100) alerts per account.
+    """
+    ListBalanceAlerts: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListBalanceAlertsRequest, _ledger_pb2.ListBalanceAlertsResponse]
+    """ListBalanceAlerts returns an account's alerts, by asset."""
+    DeleteBalanceAlert: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.DeleteBalanceAlertRequest, _ledger_pb2.DeleteBalanceAlertResponse]
+    """DeleteBalanceAlert removes an account x asset's alert (none: deleted is false)."""
     WatchTransactions: _grpc.UnaryStreamMultiCallable[_ledger_pb2.WatchTransactionsRequest, _ledger_pb2.WatchTransactionsResponse]
     """WatchTransactions streams every committed ledger transaction, in one total
     order of positions, from a position, from now or from the start, filtered
@@ -159,6 +169,16 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     movement, the closing balance (as_of_time to_time), and the entries
     between, paginated. Opening plus the changes is the closing balance.
     """
+    SetBalanceAlert: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SetBalanceAlertRequest, _ledger_pb2.SetBalanceAlertResponse]  # type: ignore[assignment]
+    """SetBalanceAlert creates or replaces the low-balance alert of one account x
+    asset. It starts where the balance is, without an event; from then on each
+    crossing is an event on the change stream, once, in the transaction that
+    crossed. At most ALERTS_PER_ACCOUNT_MAX (100) alerts per account.
+    """
+    ListBalanceAlerts: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListBalanceAlertsRequest, _ledger_pb2.ListBalanceAlertsResponse]  # type: ignore[assignment]
+    """ListBalanceAlerts returns an account's alerts, by asset."""
+    DeleteBalanceAlert: _aio.UnaryUnaryMultiCallable[_ledger_pb2.DeleteBalanceAlertRequest, _ledger_pb2.DeleteBalanceAlertResponse]  # type: ignore[assignment]
+    """DeleteBalanceAlert removes an account x asset's alert (none: deleted is false)."""
     WatchTransactions: _aio.UnaryStreamMultiCallable[_ledger_pb2.WatchTransactionsRequest, _ledger_pb2.WatchTransactionsResponse]  # type: ignore[assignment]
     """WatchTransactions streams every committed ledger transaction, in one total
     order of positions, from a position, from now or from the start, filtered
@@ -319,6 +339,34 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         movement, the closing balance (as_of_time to_time), and the entries
         between, paginated. Opening plus the changes is the closing balance.
         """
+
+    @_abc_1.abstractmethod
+    def SetBalanceAlert(
+        self,
+        request: _ledger_pb2.SetBalanceAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.SetBalanceAlertResponse, _abc.Awaitable[_ledger_pb2.SetBalanceAlertResponse]]:
+        """SetBalanceAlert creates or replaces the low-balance alert of one account x
+        asset. It starts where the balance is, without an event; from then on each
+        crossing is an event on the change stream, once, in the transaction that
+        crossed. At most ALERTS_PER_ACCOUNT_MAX (100) alerts per account.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBalanceAlerts(
+        self,
+        request: _ledger_pb2.ListBalanceAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListBalanceAlertsResponse, _abc.Awaitable[_ledger_pb2.ListBalanceAlertsResponse]]:
+        """ListBalanceAlerts returns an account's alerts, by asset."""
+
+    @_abc_1.abstractmethod
+    def DeleteBalanceAlert(
+        self,
+        request: _ledger_pb2.DeleteBalanceAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.DeleteBalanceAlertResponse, _abc.Awaitable[_ledger_pb2.DeleteBalanceAlertResponse]]:
+        """DeleteBalanceAlert removes an account x asset's alert (none: deleted is false)."""
 
     @_abc_1.abstractmethod
     def WatchTransactions(
