@@ -459,8 +459,12 @@ class Ledger:
         unit = "percent" if percent else "AMOUNT_MAX"
         if not 0 <= threshold <= top:
             v.add("threshold", f"must be between 0 and {top} ({unit})")
-        if recovery and not threshold <= recovery <= top:
+        if recovery and not 0 <= recovery <= top:
             v.add("recovery", f"must be between threshold and {top} ({unit}); 0 means threshold")
+        elif recovery and recovery < threshold:
+            # Which of the two is wrong is the caller's to say: both are named.
+            v.add("threshold", "must not be above recovery")
+            v.add("recovery", "must not be below threshold")
         v.raise_if_any()
         if not access.covers(account_id):
             raise _account_not_found(account_id)

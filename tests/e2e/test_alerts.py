@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
 import asyncio
 import random
+from typing import Any
 
 import grpc
 import pytest
@@ -121,9 +122,9 @@ async def test_alert_refusals(stub: LedgerServiceAsyncStub) -> None:
     assert err.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-def expected_events(availables: list[int], threshold: int, recovery: int) -> list[tuple[int, int]]:
+def expected_events(availables: list[int], threshold: int, recovery: int) -> list[tuple[Any, int]]:
     """An independent model: each transaction's resulting available, in order, against the levels."""
-    state, out = "above", []
+    state, out = "above", list[tuple[Any, int]]()
     for available in availables:
         if state == "above" and available < threshold:
             state = "below"

@@ -243,6 +243,11 @@ def base_request(method: str, w: World) -> Message:
         return pb.GetReservationGroupRequest(group_id=w.group)
     if method == "GetBalance":
         return pb.GetBalanceRequest(account_id=w.account, asset=ASSET, include_lots=True)
+    if method in ("SetBalanceAlert", "DeleteBalanceAlert"):
+        alert: Message = getattr(pb, f"{method}Request")(account_id=w.account, asset=ASSET)
+        if method == "SetBalanceAlert":
+            alert.threshold, alert.recovery = 5, 10  # type: ignore[attr-defined]
+        return alert
     if method == "GetStatement":
         end = timestamp_pb2.Timestamp()
         end.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
