@@ -10,6 +10,7 @@ import asyncio
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -39,7 +40,7 @@ async def call_until_answered(
         try:
             async with grpc.aio.insecure_channel(srv.target) as ch:
                 stub = ledger_pb2_grpc.LedgerServiceStub(ch)
-                method, req = build  # type: ignore[misc]
+                method, req = build
                 await getattr(stub, method)(req, timeout=5)
             return
         except grpc.aio.AioRpcError as exc:
