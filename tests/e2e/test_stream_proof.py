@@ -32,7 +32,7 @@ RETRIED = {
 
 
 async def call_until_answered(
-    servers: list[LedgerServer], build: object, rng: random.Random
+    servers: list[LedgerServer], build: tuple[str, Any], rng: random.Random
 ) -> None:
     """One command, retried with the same key on any replica until it is answered."""
     for _ in range(40):
@@ -71,7 +71,7 @@ async def test_a_reconnecting_consumer_sees_every_commit_once_across_replicas(
                 acct = rng.choice(accounts)
                 k = uuid.uuid4().hex
                 if rng.random() < 0.4:
-                    req: object = (
+                    req: tuple[str, Any] = (
                         "Grant",
                         pb.GrantRequest(
                             account_id=acct,
