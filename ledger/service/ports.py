@@ -150,6 +150,10 @@ class Store(Protocol):
         filters) of those rows' transactions, by (xid, transaction id)."""
         ...
 
+    async def journal_snapshot(self) -> tuple[int, int, list[int]]:
+        """A snapshot now: (xmin, xmax, the transaction ids in progress)."""
+        ...
+
     async def journal_horizon(self) -> int:
         """The horizon now: every transaction that can still commit is at or above it."""
         ...

@@ -222,9 +222,14 @@ class ChangeStream:
         self, flt: JournalFilter, start: Position | None, lag_key: int
     ) -> AsyncIterator[StreamMessage]:
         s = self._settings
+        # "Now": from the horizon of a snapshot taken now, skipping what had
+        # committed by then (xids below its xmax and not in progress in it), so
+        # what commits from now on comes, transactions already running included.
+        committed_before: tuple[int, frozenset[int]] | None = None
         if start is None:
-            # "Now": after everything below the current horizon.
-            start = (await self._guarded(self._store.journal_horizon()) - 1, _ENTRY_MAX)
+            xmin, xmax, running = await self._guarded(self._store.journal_snapshot())
+            start = (xmin - 1, _ENTRY_MAX)
+            committed_before = (xmax, frozenset(running))
         cursor = start  # where the next page starts (past rows it does not see, too)
         sent = start  # the last position the consumer was told
         last_sent_at = time.monotonic()
@@ -238,12 +243,20 @@ class ChangeStream:
             rows, horizon, events = await self._guarded(
                 self._store.journal_page(cursor, flt, s.page_rows)
             )
-            for tx in group(rows, events):
+            shown = rows
+            if committed_before is not None:
+                before_xmax, in_progress = committed_before
+                shown = [r for r in rows if r.xid >= before_xmax or r.xid in in_progress]
+                if horizon >= before_xmax:
+                    committed_before = None  # everything before now is behind the cursor
+            for tx in group(shown, events):
                 self._lags[lag_key] = max(0.0, (self._clock.now() - tx.created_at).total_seconds())
                 metrics.STREAM_LAG_SECONDS.observe(self._lags[lag_key])
                 yield StreamMessage(tx.position, tx)
                 cursor = sent = tx.position
                 last_sent_at = time.monotonic()
+            if rows:  # past the rows it skipped too (every page ends with a whole transaction)
+                cursor = max(cursor, (rows[-1].xid, rows[-1].entry.entry_id))
             if len(rows) >= s.page_rows:
                 continue  # more below the horizon: the next page at once
             # Everything below the horizon is read: nothing before it can still come.

@@ -26,6 +26,10 @@ _COLS = (
 )
 
 HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
+SNAPSHOT = (
+    "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text,"
+    " array(SELECT x::text FROM pg_snapshot_xip(s) AS x) FROM pg_current_snapshot() AS s"
+)
 
 # What a stream may see: customer rows (system accounts have no balance and no
 # tenant), within its filters and the caller's scope ($4..$7; '' and NULL = any).

@@ -916,6 +916,11 @@ class PostgresStore:
 
         return await self._read(run)
 
+    async def journal_snapshot(self) -> tuple[int, int, list[int]]:
+        """(xmin, xmax, xids in progress) of a snapshot taken now."""
+        row = await self._read(lambda conn: conn.fetchrow(journal.SNAPSHOT))
+        return int(row[0]), int(row[1]), [int(x) for x in row[2]]
+
     async def journal_horizon(self) -> int:
         """The oldest transaction id still running (the stream reads below it)."""
         return int(await self._read(lambda conn: conn.fetchval(journal.HORIZON)))

@@ -274,34 +274,55 @@ def alert(a: BalanceAlert) -> pb.BalanceAlert:
 
 
 def streamed(msg: StreamMessage) -> pb.WatchTransactionsResponse:
+    """Built in place (`.add`, field by field): a message passed to a constructor
+    is copied, and every stream sends one of these per transaction."""
     out = pb.WatchTransactionsResponse(position=encode_position(msg.position))
     tx = msg.transaction
     if tx is None:
         return out
-    first = tx.entries[0]
-    out.transaction.CopyFrom(
-        pb.StreamedTransaction(
-            transaction_id=tx.transaction_id,
-            movement=_MOVEMENT[first.movement],
-            reservation_id=next((e.reservation_id for e in tx.entries if e.reservation_id), ""),
-            caller=tx.caller,
-            idempotency_key=tx.idempotency_key,
-            commit_time=_ts(tx.created_at),
-            entries=[entry(e) for e in tx.entries],
-            balances=[balance(b) for b in tx.balances],
-            events=[
-                pb.BalanceEvent(
-                    kind=_EVENT_KIND[ev.kind],
-                    account_id=ev.account_id,
-                    asset=ev.asset,
-                    available=ev.available,
-                    threshold_amount=ev.threshold,
-                    recovery_amount=ev.recovery,
-                )
-                for ev in tx.events
-            ],
+    t = out.transaction
+    t.transaction_id = tx.transaction_id
+    t.movement = _MOVEMENT[tx.entries[0].movement]
+    t.reservation_id = next((e.reservation_id for e in tx.entries if e.reservation_id), "")
+    t.caller = tx.caller
+    t.idempotency_key = tx.idempotency_key
+    seconds, nanos = (tx.created_at - _EPOCH) // _SECOND, tx.created_at.microsecond * 1000
+    t.commit_time.seconds, t.commit_time.nanos = seconds, nanos
+    add_entry = t.entries.add
+    for e in tx.entries:
+        row = add_entry(
+            entry_id=str(e.entry_id),
+            transaction_id=e.transaction_id,
+            account_id=e.account_id,
+            asset=e.asset,
+            amount=e.amount,
+            movement=_MOVEMENT[e.movement],
+            bucket=_BUCKET[e.bucket],
+            reservation_id=e.reservation_id,
+            lot_id=e.lot_id,
         )
-    )
+        row.created_at.seconds, row.created_at.nanos = seconds, nanos
+    add_balance = t.balances.add
+    for b in tx.balances:
+        add_balance(
+            account_id=b.account_id,
+            asset=b.asset,
+            available=b.available,
+            reserved=b.reserved,
+            granted=b.granted,
+            settled=b.settled,
+            refunded=b.refunded,
+            expired=b.expired,
+        )
+    for ev in tx.events:
+        t.events.add(
+            kind=_EVENT_KIND[ev.kind],
+            account_id=ev.account_id,
+            asset=ev.asset,
+            available=ev.available,
+            threshold_amount=ev.threshold,
+            recovery_amount=ev.recovery,
+        )
     return out
 
 
