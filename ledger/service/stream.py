@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -35,6 +36,9 @@ from ledger.service.ports import JournalFilter, SerializationConflict, StorageUn
 T = TypeVar("T")
 Position = tuple[int, int]
 START: Position = (0, 0)
+_PAGE_CACHE_MAX = 64
+# A page: its rows, the horizon it was read under, and its transactions as sent.
+_Page = tuple[list[JournalRow], int, list[StreamTransaction]]
 _ENTRY_MAX = limits.INT64_MAX
 _POSITION = re.compile(r"(\d{1,20})-(\d{1,20})")
 
@@ -141,6 +145,10 @@ class ChangeStream:
         self._watch = HorizonWatch(store, settings.poll_s)
         self._open: dict[str, int] = {}
         self._closing = False
+        self._pages: OrderedDict[
+            tuple[Position, JournalFilter],
+            asyncio.Future[_Page],
+        ] = OrderedDict()
         # Each open stream's lag (seconds behind the newest row it has sent, 0
         # when caught up): the max is a gauge, without a label per stream.
         self._lags: dict[int, float] = {}
@@ -231,6 +239,7 @@ class ChangeStream:
             start = (xmin - 1, _ENTRY_MAX)
             committed_before = (xmax, frozenset(running))
         cursor = start  # where the next page starts (past rows it does not see, too)
+        horizon_seen = -1  # the newest horizon this stream has read under
         sent = start  # the last position the consumer was told
         last_sent_at = time.monotonic()
         while True:
@@ -240,16 +249,16 @@ class ChangeStream:
                     " on any replica",
                     {"cause": "server stopping"},
                 )
-            rows, horizon, events = await self._guarded(
-                self._store.journal_page(cursor, flt, s.page_rows)
-            )
-            shown = rows
+            rows, horizon, txs = await self._page(cursor, flt, horizon_seen)
+            horizon_seen = max(horizon_seen, horizon)
             if committed_before is not None:
                 before_xmax, in_progress = committed_before
-                shown = [r for r in rows if r.xid >= before_xmax or r.xid in in_progress]
+                txs = [
+                    t for t in txs if t.position[0] >= before_xmax or t.position[0] in in_progress
+                ]
                 if horizon >= before_xmax:
                     committed_before = None  # everything before now is behind the cursor
-            for tx in group(shown, events):
+            for tx in txs:
                 self._lags[lag_key] = max(0.0, (self._clock.now() - tx.created_at).total_seconds())
                 metrics.STREAM_LAG_SECONDS.observe(self._lags[lag_key])
                 yield StreamMessage(tx.position, tx)
@@ -266,6 +275,46 @@ class ChangeStream:
                 yield StreamMessage(cursor, None)
                 sent, last_sent_at = cursor, time.monotonic()
             await self._watch.wait_past(horizon, s.checkpoint_s)
+
+    async def _page(self, cursor: Position, flt: JournalFilter, horizon_seen: int) -> _Page:
+        """A page of the journal, shared by the streams that ask for the same one.
+
+        Streams with one filter, caught up together, ask for the same page at
+        each horizon change: one read serves them all. A page read under an
+        older horizon is still right for a stream that asks later: rows below
+        a horizon never change, and every row above it sorts after them, so
+        the older page is a prefix of a fresh one (a full page is the same
+        page); the stream reads on from its end. Bounded: the last
+        PAGE_CACHE_MAX pages, and concurrent reads of one page are one read."""
+        key = (cursor, flt)
+        found = self._pages.get(key)
+        if found is not None and found.done() and not found.cancelled():
+            stale = found.exception() is None and self._partial_under(found.result(), horizon_seen)
+            if stale or found.exception() is not None:
+                found = None  # a partial page this stream has already read: read again
+        if found is None:
+            found = asyncio.ensure_future(self._read_page(cursor, flt))
+            self._pages[key] = found
+            while len(self._pages) > _PAGE_CACHE_MAX:
+                self._pages.popitem(last=False)
+        try:
+            return await asyncio.shield(found)
+        except BaseException:
+            if self._pages.get(key) is found and found.done():
+                del self._pages[key]  # a failed read is not kept
+            raise
+
+    def _partial_under(self, page: _Page, horizon_seen: int) -> bool:
+        """A page that ended at its horizon (not full), read under a horizon the stream
+        has seen already: it holds nothing new for that stream."""
+        rows, horizon, _ = page
+        return len(rows) < self._settings.page_rows and horizon <= horizon_seen
+
+    async def _read_page(self, cursor: Position, flt: JournalFilter) -> _Page:
+        rows, horizon, events = await self._guarded(
+            self._store.journal_page(cursor, flt, self._settings.page_rows)
+        )
+        return rows, horizon, group(rows, events)
 
     @staticmethod
     async def _guarded(op: Awaitable[T]) -> T:

@@ -6,6 +6,7 @@ statuses (ledger.transport.status) and counts and logs every call.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,12 +16,21 @@ from creditledger.v1 import ledger_pb2 as pb
 from ledger.domain import commands as c
 from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import InvariantViolation, LedgerError
-from ledger.domain.model import GrantResult, GroupResult, ReservationResult, Result
+from ledger.domain.model import (
+    GrantResult,
+    GroupResult,
+    ReservationResult,
+    Result,
+    StreamTransaction,
+)
 from ledger.service.ledger import Ledger
 from ledger.service.listing import ReservationQuery
+from ledger.service.stream import StreamMessage
 from ledger.transport import convert, status
 
 Reply = tuple[Any, bool]
+# Stream messages kept for other streams that send the same transaction.
+_SENT_CACHE_MAX = 4096
 Authorize = Callable[[grpc.aio.ServicerContext[Any, Any]], Access]
 """The caller of a call: its id (which scopes idempotency keys), rights and scope.
 Raises Unauthenticated when there is none (ledger.transport.auth)."""
@@ -43,6 +53,9 @@ class LedgerServicer:
     def __init__(self, ledger: Ledger, authorize: Authorize = local_access) -> None:
         self._ledger = ledger
         self._authorize = authorize
+        self._sent: OrderedDict[int, tuple[StreamTransaction, pb.WatchTransactionsResponse]] = (
+            OrderedDict()
+        )
 
     def methods(
         self,
@@ -257,7 +270,22 @@ class LedgerServicer:
             self._authorize(ctx),
         )
         async for msg in messages:
-            yield convert.streamed(msg)
+            yield self._streamed(msg)
+
+    def _streamed(self, msg: StreamMessage) -> pb.WatchTransactionsResponse:
+        """The message for a transaction, made once for every stream that sends it
+        (streams with one filter share their pages: ledger.service.stream)."""
+        if msg.transaction is None:
+            return convert.streamed(msg)
+        key = id(msg.transaction)
+        found = self._sent.get(key)
+        if found is not None and found[0] is msg.transaction:
+            return found[1]
+        reply = convert.streamed(msg)
+        self._sent[key] = (msg.transaction, reply)  # the tx kept: its id stays its own
+        while len(self._sent) > _SENT_CACHE_MAX:
+            self._sent.popitem(last=False)
+        return reply
 
     async def submit_batch(self, req: pb.SubmitBatchRequest, ctx: Any) -> Reply:
         access = self._authorize(ctx)
