@@ -169,7 +169,7 @@ async def test_as_of_random_instants_equals_a_replay_of_the_stream(
         for b in m.transaction.balances
     ]
     span = (end - start).total_seconds()
-    for _ in range(500):
+    for _ in range(1000):  # the 1,000 random instants
         acct = rng.choice(accts)
         at = start + timedelta(seconds=rng.random() * span)
         replayed = [b for t, b in history if b.account_id == acct and t <= at]
