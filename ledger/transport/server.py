@@ -285,10 +285,14 @@ def _stream_handler(
                     },
                 )
 
+    def serialize(message: Any) -> bytes:
+        # Messages shared by many streams come serialized already (LedgerServicer._streamed).
+        return message if isinstance(message, bytes) else bytes(resp_cls.SerializeToString(message))
+
     return grpc.unary_stream_rpc_method_handler(
         handle,
         request_deserializer=_tolerant(req_cls, message_bytes_max),
-        response_serializer=resp_cls.SerializeToString,
+        response_serializer=serialize,
     )
 
 

@@ -53,9 +53,7 @@ class LedgerServicer:
     def __init__(self, ledger: Ledger, authorize: Authorize = local_access) -> None:
         self._ledger = ledger
         self._authorize = authorize
-        self._sent: OrderedDict[int, tuple[StreamTransaction, pb.WatchTransactionsResponse]] = (
-            OrderedDict()
-        )
+        self._sent: OrderedDict[int, tuple[StreamTransaction, bytes]] = OrderedDict()
 
     def methods(
         self,
@@ -260,7 +258,9 @@ class LedgerServicer:
 
     async def watch_transactions(
         self, req: pb.WatchTransactionsRequest, ctx: Any
-    ) -> AsyncIterator[pb.WatchTransactionsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Serialized messages: one transaction is serialized once for every stream
+        that sends it (the handler passes bytes through)."""
         messages = self._ledger.stream.watch(
             req.account_id,
             req.account_prefix,
@@ -272,16 +272,16 @@ class LedgerServicer:
         async for msg in messages:
             yield self._streamed(msg)
 
-    def _streamed(self, msg: StreamMessage) -> pb.WatchTransactionsResponse:
+    def _streamed(self, msg: StreamMessage) -> bytes:
         """The message for a transaction, made once for every stream that sends it
         (streams with one filter share their pages: ledger.service.stream)."""
         if msg.transaction is None:
-            return convert.streamed(msg)
+            return convert.streamed(msg).SerializeToString()
         key = id(msg.transaction)
         found = self._sent.get(key)
         if found is not None and found[0] is msg.transaction:
             return found[1]
-        reply = convert.streamed(msg)
+        reply = convert.streamed(msg).SerializeToString()
         self._sent[key] = (msg.transaction, reply)  # the tx kept: its id stays its own
         while len(self._sent) > _SENT_CACHE_MAX:
             self._sent.popitem(last=False)
