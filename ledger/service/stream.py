@@ -63,11 +63,13 @@ def decode_position(text: str, field: str) -> Position:
 
 @dataclass(frozen=True)
 class StreamMessage:
-    """A transaction, or (transaction None) a checkpoint: nothing the stream may
-    see was committed up to `position`, so a consumer may resume after it."""
+    """The transactions of one page (in position order; `position` is the last
+    one's), or none: a checkpoint, nothing the stream may see was committed up
+    to `position`, so a consumer may resume after it. One message per page, so
+    that a stream's cost per transaction is not one gRPC message each."""
 
     position: Position
-    transaction: StreamTransaction | None
+    transactions: list[StreamTransaction]
 
 
 @dataclass(frozen=True)
@@ -258,11 +260,15 @@ class ChangeStream:
                 ]
                 if horizon >= before_xmax:
                     committed_before = None  # everything before now is behind the cursor
-            for tx in txs:
-                self._lags[lag_key] = max(0.0, (self._clock.now() - tx.created_at).total_seconds())
-                metrics.STREAM_LAG_SECONDS.observe(self._lags[lag_key])
-                yield StreamMessage(tx.position, tx)
-                cursor = sent = tx.position
+            if txs:
+                now = self._clock.now()
+                for tx in txs:
+                    metrics.STREAM_LAG_SECONDS.observe(
+                        max(0.0, (now - tx.created_at).total_seconds())
+                    )
+                self._lags[lag_key] = max(0.0, (now - txs[-1].created_at).total_seconds())
+                yield StreamMessage(txs[-1].position, txs)
+                cursor = sent = txs[-1].position
                 last_sent_at = time.monotonic()
             if rows:  # past the rows it skipped too (every page ends with a whole transaction)
                 cursor = max(cursor, (rows[-1].xid, rows[-1].entry.entry_id))
@@ -272,7 +278,7 @@ class ChangeStream:
             self._lags[lag_key] = 0.0
             cursor = max(cursor, (horizon - 1, _ENTRY_MAX))
             if cursor > sent and time.monotonic() - last_sent_at >= s.checkpoint_s:
-                yield StreamMessage(cursor, None)
+                yield StreamMessage(cursor, [])
                 sent, last_sent_at = cursor, time.monotonic()
             await self._watch.wait_past(horizon, s.checkpoint_s)
 

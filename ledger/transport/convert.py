@@ -22,6 +22,7 @@ from ledger.domain.model import (
     Movement,
     Reservation,
     ReservationState,
+    StreamTransaction,
 )
 from ledger.service.statement import Statement
 from ledger.service.stream import StreamMessage, encode_position
@@ -275,12 +276,15 @@ def alert(a: BalanceAlert) -> pb.BalanceAlert:
 
 def streamed(msg: StreamMessage) -> pb.WatchTransactionsResponse:
     """Built in place (`.add`, field by field): a message passed to a constructor
-    is copied, and every stream sends one of these per transaction."""
+    is copied, and streams send every transaction."""
     out = pb.WatchTransactionsResponse(position=encode_position(msg.position))
-    tx = msg.transaction
-    if tx is None:
-        return out
-    t = out.transaction
+    for tx in msg.transactions:
+        _streamed_transaction(out.transactions.add(), tx)
+    return out
+
+
+def _streamed_transaction(t: pb.StreamedTransaction, tx: StreamTransaction) -> None:
+    t.position = encode_position(tx.position)
     t.transaction_id = tx.transaction_id
     t.movement = _MOVEMENT[tx.entries[0].movement]
     t.reservation_id = next((e.reservation_id for e in tx.entries if e.reservation_id), "")
@@ -323,7 +327,6 @@ def streamed(msg: StreamMessage) -> pb.WatchTransactionsResponse:
             threshold_amount=ev.threshold,
             recovery_amount=ev.recovery,
         )
-    return out
 
 
 def statement(st: Statement) -> pb.GetStatementResponse:

@@ -30,7 +30,7 @@ from ledger.transport import convert, status
 
 Reply = tuple[Any, bool]
 # Stream messages kept for other streams that send the same transaction.
-_SENT_CACHE_MAX = 4096
+_SENT_CACHE_MAX = 256
 Authorize = Callable[[grpc.aio.ServicerContext[Any, Any]], Access]
 """The caller of a call: its id (which scopes idempotency keys), rights and scope.
 Raises Unauthenticated when there is none (ledger.transport.auth)."""
@@ -53,7 +53,7 @@ class LedgerServicer:
     def __init__(self, ledger: Ledger, authorize: Authorize = local_access) -> None:
         self._ledger = ledger
         self._authorize = authorize
-        self._sent: OrderedDict[int, tuple[StreamTransaction, bytes]] = OrderedDict()
+        self._sent: OrderedDict[int, tuple[list[StreamTransaction], bytes]] = OrderedDict()
 
     def methods(
         self,
@@ -275,14 +275,14 @@ class LedgerServicer:
     def _streamed(self, msg: StreamMessage) -> bytes:
         """The message for a transaction, made once for every stream that sends it
         (streams with one filter share their pages: ledger.service.stream)."""
-        if msg.transaction is None:
+        if not msg.transactions:
             return convert.streamed(msg).SerializeToString()
-        key = id(msg.transaction)
+        key = id(msg.transactions)
         found = self._sent.get(key)
-        if found is not None and found[0] is msg.transaction:
+        if found is not None and found[0] is msg.transactions:
             return found[1]
         reply = convert.streamed(msg).SerializeToString()
-        self._sent[key] = (msg.transaction, reply)  # the tx kept: its id stays its own
+        self._sent[key] = (msg.transactions, reply)  # the list kept: its id stays its own
         while len(self._sent) > _SENT_CACHE_MAX:
             self._sent.popitem(last=False)
         return reply

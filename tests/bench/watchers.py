@@ -37,9 +37,10 @@ async def _watch(target: str, lags_ms: list[float], counts: list[int], i: int) -
             async with grpc.aio.insecure_channel(target) as ch:
                 async for msg in ledger_pb2_grpc.LedgerServiceStub(ch).WatchTransactions(req):
                     last = msg.position
-                    if msg.HasField("transaction"):
-                        t = msg.transaction.commit_time
-                        lags_ms.append((time.time() - (t.seconds + t.nanos / 1e9)) * 1000)
+                    received = time.time()
+                    for tx in msg.transactions:
+                        t = tx.commit_time
+                        lags_ms.append((received - (t.seconds + t.nanos / 1e9)) * 1000)
                         counts[i] += 1
         except grpc.aio.AioRpcError:
             await asyncio.sleep(0.2)  # resume after the last position

@@ -43,7 +43,7 @@ async def events_of(
     stub: LedgerServiceAsyncStub, acct: str, transactions: int
 ) -> list[tuple[int, int]]:
     got = await take(stub, pb.WatchTransactionsRequest(account_id=acct), transactions)
-    return [(e.kind, e.available) for m in got for e in m.transaction.events]
+    return [(e.kind, e.available) for m in got for e in m.events]
 
 
 async def test_an_alert_fires_once_per_crossing_with_a_recovery_level(
@@ -165,8 +165,8 @@ async def test_64_concurrent_spenders_around_the_threshold_fire_once_per_crossin
 
     await asyncio.gather(*(spender(rng.randrange(2**32)) for _ in range(64)))
     got = await take(stub, pb.WatchTransactionsRequest(account_id=acct), 1 + done, 30.0)
-    availables = [m.transaction.balances[0].available for m in got]
-    streamed = [(e.kind, e.available) for m in got for e in m.transaction.events]
+    availables = [m.balances[0].available for m in got]
+    streamed = [(e.kind, e.available) for m in got for e in m.events]
     assert streamed == expected_events(availables, 500, 560)
     assert len(streamed) >= 2  # the workload did cross
     await assert_ledger_consistent(database_url)

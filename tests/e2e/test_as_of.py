@@ -72,7 +72,7 @@ async def test_as_of_an_instant_and_a_position(
         reply = await stub.GetBalance(
             pb.GetBalanceRequest(account_id=acct, asset=ASSET, as_of_position=msg.position)
         )
-        assert reply.balance == msg.transaction.balances[0]
+        assert reply.balance == msg.balances[0]
 
 
 async def test_deadlines_count_at_their_own_instant_whether_written_or_not(
@@ -164,9 +164,9 @@ async def test_as_of_random_instants_equals_a_replay_of_the_stream(
     end = ledger_server.clock.now()
     streamed = await take(stub, pb.WatchTransactionsRequest(account_prefix=tenant), ops)
     history = [
-        (m.transaction.commit_time.ToDatetime().replace(tzinfo=start.tzinfo), b)
+        (m.commit_time.ToDatetime().replace(tzinfo=start.tzinfo), b)
         for m in streamed
-        for b in m.transaction.balances
+        for b in m.balances
     ]
     span = (end - start).total_seconds()
     for _ in range(1000):  # the 1,000 random instants

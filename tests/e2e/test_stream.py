@@ -35,17 +35,17 @@ ASSET = "crm_credits"
 
 async def take(
     stub: LedgerServiceAsyncStub, req: pb.WatchTransactionsRequest, n: int, timeout_s: float = 10.0
-) -> list[pb.WatchTransactionsResponse]:
-    """The first `n` transactions (checkpoints skipped) the stream sends."""
-    out: list[pb.WatchTransactionsResponse] = []
+) -> list[pb.StreamedTransaction]:
+    """The first `n` transactions the stream sends (checkpoints skipped)."""
+    out: list[pb.StreamedTransaction] = []
     call = stub.WatchTransactions(req)
     try:
         async with asyncio.timeout(timeout_s):
             async for msg in call:
-                if msg.HasField("transaction"):
-                    out.append(msg)
-                    if len(out) == n:
-                        break
+                assert not msg.transactions or msg.position == msg.transactions[-1].position
+                out.extend(msg.transactions)
+                if len(out) >= n:
+                    return out[:n]
     finally:
         call.cancel()
     return out
@@ -84,7 +84,7 @@ async def test_a_tenants_transactions_with_their_balances_after(
     got = await take(stub, pb.WatchTransactionsRequest(account_prefix=tenant), 5)
     positions = [m.position for m in got]
     assert positions == sorted(positions) and len(set(positions)) == 5
-    txs = [m.transaction for m in got]
+    txs = [m for m in got]
     assert [t.movement for t in txs] == [
         pb.Entry.MOVEMENT_GRANT,
         pb.Entry.MOVEMENT_SETTLE,
@@ -117,7 +117,7 @@ async def test_a_tenants_transactions_with_their_balances_after(
 
     # Filters: one account, one asset.
     only_b = await take(stub, pb.WatchTransactionsRequest(account_id=b), 1)
-    assert only_b[0].transaction.entries[0].asset == "email_sends"
+    assert only_b[0].entries[0].asset == "email_sends"
     only_asset = await take(
         stub, pb.WatchTransactionsRequest(account_prefix=tenant, asset="email_sends"), 1
     )
@@ -165,7 +165,7 @@ async def test_resume_after_a_position_on_another_replica(
     finally:
         await replica.stop()
     assert [m.position for m in rest[:3]] == [m.position for m in first[3:]]
-    assert [m.transaction.balances[0].available for m in rest[3:]] == [993, 990]
+    assert [m.balances[0].available for m in rest[3:]] == [993, 990]
 
 
 async def test_from_now_sees_only_what_commits_later(stub: LedgerServiceAsyncStub) -> None:
@@ -179,7 +179,7 @@ async def test_from_now_sees_only_what_commits_later(stub: LedgerServiceAsyncStu
         pb.ChargeRequest(account_id=acct, asset=ASSET, amount=4, idempotency_key=key())
     )
     (msg,) = await waiting
-    assert msg.transaction.movement == pb.Entry.MOVEMENT_SETTLE
+    assert msg.movement == pb.Entry.MOVEMENT_SETTLE
 
 
 async def _raw_grant_open(conn: asyncpg.Connection, account_id: str, amount: int) -> None:
@@ -254,11 +254,11 @@ async def test_a_transaction_that_commits_late_is_never_skipped(
         await conn.close()
     if horizon:
         got = await take(stub, req, 4)
-        assert [m.transaction.entries[0].account_id for m in got] == [slow, fast, fast, fast]
-        assert [m.transaction.balances[0].available for m in got] == [5, 1, 3, 6]
+        assert [m.entries[0].account_id for m in got] == [slow, fast, fast, fast]
+        assert [m.balances[0].available for m in got] == [5, 1, 3, 6]
         return
     # The naive reader handed out the later three first; resuming after them loses X.
-    assert [m.transaction.entries[0].account_id for m in seen] == [fast, fast, fast]
+    assert [m.entries[0].account_id for m in seen] == [fast, fast, fast]
     after = pb.WatchTransactionsRequest(account_prefix=tenant, after_position=seen[-1].position)
     with pytest.raises(TimeoutError):
         await take(stub, after, 1, timeout_s=1.0)
@@ -315,8 +315,7 @@ async def test_a_scoped_caller_sees_its_own_accounts_only(
 
     async def consume(messages: AsyncIterator[object]) -> None:
         async for msg in messages:
-            tx = getattr(msg, "transaction", None)
-            if tx is not None:
+            for tx in getattr(msg, "transactions", []):
                 seen.extend(e.account_id for e in tx.entries)
 
     watch = ledger_server.app.ledger.stream.watch("", f"s{run}", "", "", False, access)

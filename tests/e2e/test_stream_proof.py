@@ -92,7 +92,7 @@ async def test_a_reconnecting_consumer_sees_every_commit_once_across_replicas(
                     )
                 await call_until_answered(servers, req, rng)
 
-        seen: list[pb.WatchTransactionsResponse] = []
+        seen: list[pb.StreamedTransaction] = []
         last = ""
         reconnects = 0
 
@@ -103,9 +103,7 @@ async def test_a_reconnecting_consumer_sees_every_commit_once_across_replicas(
             while True:
                 if until_ids is None and stop.is_set():
                     return
-                if until_ids is not None and until_ids <= {
-                    m.transaction.transaction_id for m in seen
-                }:
+                if until_ids is not None and until_ids <= {t.transaction_id for t in seen}:
                     return
                 srv = servers[i % 2]
                 i += 1
@@ -116,8 +114,7 @@ async def test_a_reconnecting_consumer_sees_every_commit_once_across_replicas(
                         call = ledger_pb2_grpc.LedgerServiceStub(ch).WatchTransactions(req)
                         async with asyncio.timeout(rng.uniform(0.3, 1.2)):
                             async for msg in call:
-                                if msg.HasField("transaction"):
-                                    seen.append(msg)
+                                seen.extend(msg.transactions)
                                 last = msg.position
                 except (TimeoutError, grpc.aio.AioRpcError):
                     pass  # disconnected (on purpose, or the replica died): resume elsewhere
@@ -163,13 +160,13 @@ async def test_a_reconnecting_consumer_sees_every_commit_once_across_replicas(
     assert positions == sorted(positions), "out of position order"
     unique = {m.position: m for m in seen}  # deduplication by position
     assert len(unique) == len(seen), "resuming after the last position repeats nothing here"
-    streamed = [m.transaction.transaction_id for m in unique.values()]
+    streamed = [t.transaction_id for t in unique.values()]
     assert len(streamed) == len(set(streamed)), "a transaction under two positions"
     assert set(streamed) == committed, "missing or uncommitted transactions"
     assert len(committed) > 50 and reconnects > 5
     sums: dict[str, list[int]] = {}
-    for m in unique.values():
-        for e in m.transaction.entries:
+    for t in unique.values():
+        for e in t.entries:
             s = sums.setdefault(e.account_id, [0, 0])
             s[0 if e.bucket == pb.Entry.BUCKET_AVAILABLE else 1] += e.amount
     assert {k: tuple(v) for k, v in sums.items()} == balances

@@ -2245,6 +2245,7 @@ class StreamedTransaction(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     BALANCES_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The ledger transaction id (Entry.transaction_id)."""
     movement: Global___Entry.Movement.ValueType
@@ -2255,6 +2256,10 @@ class StreamedTransaction(_message.Message):
     """The caller whose command wrote it; empty for what time did (expiries)."""
     idempotency_key: _builtins.str
     """That command's idempotency key; empty for expiries."""
+    position: _builtins.str
+    """Its place in the stream: "<xid>-<entry_id>", 20 digits each, so text
+    order is stream order. Deduplicate by it; resume after it with after_position.
+    """
     @_builtins.property
     def commit_time(self) -> _timestamp_pb2.Timestamp:
         """When it took effect (the writer's instant for its batch; every read and
@@ -2287,10 +2292,11 @@ class StreamedTransaction(_message.Message):
         entries: _abc.Iterable[Global___Entry] | None = ...,
         balances: _abc.Iterable[Global___Balance] | None = ...,
         events: _abc.Iterable[Global___BalanceEvent] | None = ...,
+        position: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "caller", b"caller", "commit_time", b"commit_time", "entries", b"entries", "events", b"events", "idempotency_key", b"idempotency_key", "movement", b"movement", "reservation_id", b"reservation_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "caller", b"caller", "commit_time", b"commit_time", "entries", b"entries", "events", b"events", "idempotency_key", b"idempotency_key", "movement", b"movement", "position", b"position", "reservation_id", b"reservation_id", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2298,31 +2304,33 @@ Global___StreamedTransaction: _TypeAlias = StreamedTransaction  # noqa: Y015
 
 @_typing.final
 class WatchTransactionsResponse(_message.Message):
-    """Response of WatchTransactions: a transaction, or a checkpoint."""
+    """Response of WatchTransactions: the transactions that came together (in
+    position order, at most one page of the journal), or none (a checkpoint).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     POSITION_FIELD_NUMBER: _builtins.int
-    TRANSACTION_FIELD_NUMBER: _builtins.int
+    TRANSACTIONS_FIELD_NUMBER: _builtins.int
     position: _builtins.str
-    """Where this message is in the stream: "<xid>-<entry_id>", 20 digits each,
-    so text order is stream order. Resume after it with after_position.
+    """Where the stream is after this message: the last transaction's position,
+    or, with no transaction, a checkpoint (nothing the stream lets through
+    committed up to it). Record it once the message is handled and resume
+    after it with after_position.
     """
     @_builtins.property
-    def transaction(self) -> Global___StreamedTransaction:
-        """The transaction; unset on a checkpoint (nothing the stream lets through
-        committed up to position: a consumer may record it and resume after it).
-        """
+    def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamedTransaction]:
+        """The transactions, in position order (each carries its own position)."""
 
     def __init__(
         self,
         *,
         position: _builtins.str = ...,
-        transaction: Global___StreamedTransaction | None = ...,
+        transactions: _abc.Iterable[Global___StreamedTransaction] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["transaction", b"transaction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "transaction", b"transaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "transactions", b"transactions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
