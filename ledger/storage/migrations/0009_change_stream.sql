@@ -58,11 +58,11 @@ WHERE e.entry_id = s.entry_id;
 ALTER TABLE entries ENABLE TRIGGER entries_no_update_delete;
 
 -- The stream's order (WatchTransactions reads pages of it after a position).
-CREATE INDEX entries_stream ON entries (xid, entry_id);
+CREATE INDEX IF NOT EXISTS entries_stream ON entries (xid, entry_id);
 -- A pair's rows in commit order and in time: GetBalance as_of (a position or an
 -- instant) and GetStatement read one row or one range of these, whatever the
 -- account's history. Customer rows only (system accounts have no balance).
-CREATE INDEX entries_pair_position ON entries (account_id, asset, xid, entry_id)
+CREATE INDEX IF NOT EXISTS entries_pair_position ON entries (account_id, asset, xid, entry_id)
     WHERE bucket <> 'system';
-CREATE INDEX entries_pair_time ON entries (account_id, asset, created_at, entry_id)
+CREATE INDEX IF NOT EXISTS entries_pair_time ON entries (account_id, asset, created_at, entry_id)
     WHERE bucket <> 'system';
