@@ -258,7 +258,7 @@ class ChangeStream:
                 txs = [
                     t for t in txs if t.position[0] >= before_xmax or t.position[0] in in_progress
                 ]
-                if horizon >= before_xmax:
+                if horizon >= before_xmax and len(rows) < s.page_rows:
                     committed_before = None  # everything before now is behind the cursor
             if txs:
                 now = self._clock.now()
