@@ -24,6 +24,7 @@ from ledger.config import Config
 from ledger.domain import limits
 from ledger.domain.access import Access, Permission
 from ledger.observability import metrics
+from ledger.service.stream import ChangeStream, WatchSettings
 from ledger.storage import journal
 from tests.conftest import RunningServer, key, new_account
 from tests.support.rpc import error_info
@@ -355,3 +356,28 @@ async def test_a_stopping_server_ends_its_streams_so_consumers_resume_elsewhere(
                 pass
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
     assert asyncio.get_running_loop().time() - started < 4.0  # not the whole drain
+
+
+async def test_small_pages_never_cut_a_transaction(
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer
+) -> None:
+    """Pages of 3 rows over transactions of up to 6: each arrives whole, once, in order."""
+    tenant = f"p{uuid.uuid4().hex[:8]}-"
+    accts = [await new_account(stub, tenant + str(i), grant=50) for i in range(3)]
+    group = pb.ReserveGroupRequest(idempotency_key=key())
+    for i, acct in enumerate(accts):
+        group.legs.add(account_id=acct, asset=ASSET, amount=5, leg_key=str(i))
+    await stub.ReserveGroup(group)  # one transaction, 6 customer rows
+    await stub.Charge(
+        pb.ChargeRequest(account_id=accts[0], asset=ASSET, amount=1, idempotency_key=key())
+    )
+    app = ledger_server.app
+    stream = ChangeStream(app.store, ledger_server.clock, WatchSettings(page_rows=3))
+    got: list[tuple[str, int]] = []
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(2.0):
+            async for msg in stream.watch("", tenant, "", "", False):
+                got += [(t.transaction_id, len(t.entries)) for t in msg.transactions]
+    await stream.close()
+    assert [n for _, n in got] == [1, 1, 1, 6, 1]
+    assert len({t for t, _ in got}) == 5
