@@ -383,6 +383,8 @@ class App:
         for task in self._tasks:
             task.cancel()
         await set_health(self.health, False)
+        # Change streams never end by themselves: end them now, their consumers resume elsewhere.
+        await self.ledger.stream.close()
         await self.server.stop(self.config.drain_s)
         if self._health_server is not None:
             await self._health_server.stop(0)

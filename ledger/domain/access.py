@@ -36,6 +36,12 @@ NEEDED: dict[str, Permission] = {
     "GetAccount": Permission.READ,
     "GetBalance": Permission.READ,
     "ListEntries": Permission.READ,
+    "WatchTransactions": Permission.READ,
+    "GetStatement": Permission.READ,
+    "ListBalanceAlerts": Permission.READ,
+    # Alerts are the billing side's configuration, like grants.
+    "SetBalanceAlert": Permission.GRANT,
+    "DeleteBalanceAlert": Permission.GRANT,
     "ListReservations": Permission.READ,
     "GetReservation": Permission.READ,
     "GetReservationGroup": Permission.READ,

@@ -14,8 +14,10 @@ from typing import Any
 
 from ledger.domain.model import (
     PAID,
+    AlertState,
     Allocation,
     Balance,
+    BalanceAlert,
     Lot,
     Reservation,
     ReservationState,
@@ -163,4 +165,17 @@ def reservation_from(d: Mapping[str, Any]) -> Reservation:
         expired=d.get("expired", 0),
         leg_index=d.get("leg_index", 0),
         member_id=d.get("member_id") or "",
+    )
+
+
+def alert_from(d: Mapping[str, Any]) -> BalanceAlert:
+    return BalanceAlert(
+        account_id=d["account_id"],
+        asset=d["asset"],
+        threshold=int(d["threshold"]),
+        recovery=int(d["recovery"]),
+        percent=bool(d["percent"]),
+        basis=int(d["basis"]),
+        state=AlertState(d["state"]),
+        created_at=_time(d["created_at"]),
     )

@@ -276,3 +276,17 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         AmountExceedsUnspent,
     )
 }
+
+
+class AlertLimitExceeded(LedgerError):
+    """The account has ALERTS_PER_ACCOUNT_MAX balance alerts already."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "ALERT_LIMIT_EXCEEDED"
+
+
+class TooManyStreams(LedgerError):
+    """The caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
+
+    kind = Kind.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_STREAMS"

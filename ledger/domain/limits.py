@@ -63,3 +63,12 @@ SCHEDULE_LOT_LIFE_S_MAX = 3660 * 86400
 # live schedule lots stay far below LIVE_LOTS_PER_PAIR_MAX and its balance far
 # below INT64_MAX (SCHEDULES_PER_PAIR_MAX x 2 x this x AMOUNT_MAX).
 SCHEDULE_LOT_LIFE_PERIODS_MAX = 12
+# The change stream (WatchTransactions): streams one caller may hold open at once
+# (RESOURCE_EXHAUSTED past it), journal rows one poll reads at most (the server
+# holds at most one page per stream, whatever the consumer's speed), and the
+# longest account prefix filter.
+WATCH_STREAMS_PER_CALLER_MAX = 8
+WATCH_PAGE_ROWS = 500
+POSITION_LEN_MAX = 64
+# Balance alerts one account may have (one per asset).
+ALERTS_PER_ACCOUNT_MAX = 100

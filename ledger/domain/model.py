@@ -237,6 +237,15 @@ class Posting:
     bucket: Bucket
     reservation_id: str = ""
     lot_id: str = ""
+    # The command that wrote it (empty for what time did: catch_up's expiries).
+    caller: str = ""
+    idempotency_key: str = ""
+    # For catch_up's expiries, the deadline they took effect at (before the
+    # batch's instant when nothing touched the pair in between).
+    effective_at: datetime | None = None
+    # The balance of (account_id, asset) right after this posting (customer
+    # accounts only): available, reserved, granted, settled, refunded, expired.
+    after: tuple[int, int, int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -438,3 +447,80 @@ Result = (
     | ScheduleResult
     | None
 )
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One journal row as the change stream reads it: the entry, its place in the
+    stream's order (the writing transaction's id, then the entry id), who wrote
+    it and the balance of its account x asset right after it."""
+
+    xid: int
+    entry: Entry
+    caller: str
+    idempotency_key: str
+    effective_at: datetime | None
+    after: Balance | None
+
+
+@dataclass(frozen=True)
+class StreamTransaction:
+    """One committed ledger transaction as WatchTransactions sends it: its rows
+    (those the stream's filter and scope let through), and the balance after it
+    of every account x asset among them."""
+
+    position: tuple[int, int]
+    transaction_id: str
+    caller: str
+    idempotency_key: str
+    created_at: datetime
+    entries: list[Entry]
+    balances: list[Balance]
+    events: list[AlertEvent] = field(default_factory=list)
+
+
+class AlertState(enum.Enum):
+    ABOVE = "above"
+    BELOW = "below"
+    EXHAUSTED = "exhausted"
+
+
+class AlertEventKind(enum.Enum):
+    BALANCE_BELOW = "balance_below"
+    BALANCE_RECOVERED = "balance_recovered"
+    BALANCE_EXHAUSTED = "balance_exhausted"
+
+
+@dataclass
+class BalanceAlert:
+    """A low-balance alert on one account x asset (docs/design.md, "Balance alerts").
+    With `percent`, threshold and recovery are percentages of `basis`, the
+    amount of the pair's last Grant."""
+
+    account_id: str
+    asset: str
+    threshold: int
+    recovery: int
+    percent: bool
+    basis: int
+    state: AlertState
+    created_at: datetime
+
+    def levels(self) -> tuple[int, int]:
+        """(below, recovered): the available amounts the alert compares with."""
+        if self.percent:
+            return self.basis * self.threshold // 100, self.basis * self.recovery // 100
+        return self.threshold, self.recovery
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One crossing, recorded with the transaction that crossed."""
+
+    transaction_id: str
+    account_id: str
+    asset: str
+    kind: AlertEventKind
+    available: int
+    threshold: int
+    recovery: int

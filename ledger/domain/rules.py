@@ -138,16 +138,30 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
     if ws.caught_up.get(key) == ws.now:
         return
     ws.caught_up[key] = ws.now
-    schedules.issue_due(ws, account_id, asset)
+    origin, ws.origin = ws.origin, ("", "")
+    try:
+        _apply_deadlines(ws, account_id, asset)
+    finally:
+        ws.origin, ws.effective_at = origin, None
+
+
+def _apply_deadlines(ws: WorkingSet, account_id: str, asset: str) -> None:
+    """catch_up's work; each posting stamped with the deadline it applies (the
+    journal's effective_at: GetBalance as_of sees it at that instant), each
+    deadline its own change (version) of the pair, whoever applies it."""
+    key = (account_id, asset)
+    schedules.issue_due(ws, account_id, asset)  # each period as at its start
     for res in ws.overdue_holds(key):
+        ws.effective_at = res.expires_at
         _give_back(
             ws, ws.make_id(), res, res.remaining, Movement.RESERVATION_EXPIRY, res.expires_at
         )
         ws.end_hold(res, ReservationState.EXPIRED)
-        ws.end_change()  # each deadline its own version, whoever applies it
+        ws.end_change()
     due = [lot for lot in ws.spendable_lots(key) if lot.expired_at(ws.now)]
     while due:
         lot = due.pop(0)
+        ws.effective_at = lot.expires_at
         rolled = schedules.roll_over(ws, lot)  # a schedule's allowance: first its rollover
         if rolled is not None:
             ws.end_change()  # the rollover is a transaction of its own
@@ -155,6 +169,7 @@ def catch_up(ws: WorkingSet, account_id: str, asset: str) -> None:
                 due.append(rolled)
         if lot.remaining == 0:
             continue
+        ws.effective_at = lot.expires_at
         ws.transfer(
             ws.make_id(),
             asset,

@@ -108,6 +108,7 @@ def _issue(ws: WorkingSet, s: Schedule, n: int, start: datetime, end: datetime) 
     )
     ws.add_lot(lot)
     ws.dirty_lots.add(lot.lot_id)
+    ws.effective_at = start  # the journal row takes effect at the period's start (as_of)
     ws.transfer(
         ws.make_id(),
         s.asset,

@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from ledger.domain import limits
+from ledger.domain import alerts, limits
 from ledger.domain.model import (
     CONSUMED,
     EXPIRED,
     ISSUANCE,
     OVERDRAFT,
     VOIDED,
+    AlertEvent,
     Balance,
+    BalanceAlert,
     Bucket,
     Lot,
     Movement,
@@ -164,6 +166,21 @@ class WorkingSet:
             return []
         return [found[i] for i in sorted(found)]
 
+    # Who the postings being written are for (the command's caller and
+    # idempotency key; empty while catch_up applies deadlines), and the instant
+    # a deadline being applied took effect: stamped on each posting.
+    origin: tuple[str, str] = ("", "")
+    effective_at: datetime | None = None
+    # Low-balance alerts of the loaded pairs, and the crossings this batch made.
+    alerts: dict[PairKey, BalanceAlert] = field(default_factory=dict)
+    dirty_alerts: set[PairKey] = field(default_factory=set)
+    events: list[AlertEvent] = field(default_factory=list)
+    # The ledger transaction being written, and the alerted pairs it changed:
+    # an alert compares each transaction's result, never a posting half-way
+    # through one (a Charge over three lots is one change of available).
+    _tx: str = ""
+    _touched: dict[PairKey, int] = field(default_factory=dict)
+
     def add_lot(self, lot: Lot) -> None:
         self.lots[lot.lot_id] = lot
         self._pair_lots.setdefault((lot.account_id, lot.asset), {})[lot.lot_id] = lot
@@ -218,7 +235,16 @@ class WorkingSet:
         to zero, and the customer balances they imply."""
         if amount <= 0:
             raise ValueError(f"a transfer moves a positive amount, not {amount}")
+        caller, key = self.origin
+        if self.alerts and tx != self._tx:
+            self.close_transaction()  # before this transaction changes anything
+            self._tx = tx
         for side, signed in ((source, -amount), (destination, amount)):
+            after = None
+            if side.bucket is not Bucket.SYSTEM:
+                after = self._apply(side, asset, signed, movement)
+                if self.alerts and side.bucket is Bucket.AVAILABLE:
+                    self._watch((side.account_id, asset), movement, signed)
             self.postings.append(
                 Posting(
                     tx,
@@ -229,16 +255,45 @@ class WorkingSet:
                     side.bucket,
                     reservation_id,
                     lot_id,
+                    caller,
+                    key,
+                    self.effective_at,
+                    after,
                 )
             )
-            if side.bucket is not Bucket.SYSTEM:
-                self._apply(side, asset, signed, movement)
         label = _MOVED_LABEL.get((movement, destination.bucket))
         if label is not None:
             self.moved.append((asset, label, amount))
 
-    def _apply(self, side: Side, asset: str, signed: int, movement: Movement) -> None:
-        """A customer posting's effect on its balance: what verify computes from entries."""
+    def _watch(self, key: PairKey, movement: Movement, signed: int) -> None:
+        """Note a change of an alerted pair's available; compared when its transaction ends."""
+        alert = self.alerts.get(key)
+        if alert is None:
+            return
+        if movement is Movement.GRANT:
+            alert.basis = signed  # percentages follow the last grant
+        self._touched[key] = 1
+        self.dirty_alerts.add(key)
+
+    def close_transaction(self) -> None:
+        """The transaction being written is complete: its alerted pairs against their
+        levels (each crossing an event of that transaction). The writer calls it
+        before saving; a new transaction calls it for the one before."""
+        for key in self._touched:
+            alert = self.alerts[key]
+            available_now = self.balances[key].available
+            below, recovered = alert.levels()
+            for kind in alerts.cross(alert, available_now):
+                self.events.append(
+                    AlertEvent(self._tx, *key, kind, available_now, below, recovered)
+                )
+        self._touched.clear()
+
+    def _apply(
+        self, side: Side, asset: str, signed: int, movement: Movement
+    ) -> tuple[int, int, int, int, int, int]:
+        """A customer posting's effect on its balance: what verify computes from
+        entries. Returns the balance after it (the journal row keeps it)."""
         bal = self.balance(side.account_id, asset)
         if side.bucket is Bucket.AVAILABLE:
             bal.available += signed
@@ -256,3 +311,4 @@ class WorkingSet:
             bal.debt += signed  # lent into available (+), paid back out of it (-)
         self.dirty_balances.add((side.account_id, asset))
         self.changing.add((side.account_id, asset))
+        return (bal.available, bal.reserved, bal.granted, bal.settled, bal.refunded, bal.expired)

@@ -200,3 +200,17 @@ FORWARD_CALLS = Histogram(
     "Commands per internal call to the writer (forwarding coalesces them).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+
+# The change stream (WatchTransactions). No label per stream: the lag of each
+# stream is observed into one histogram (per transaction sent: now minus its
+# commit instant), and the gauge is the largest lag among open streams.
+STREAMS_OPEN = Gauge("ledger_streams_open", "WatchTransactions streams open.")
+STREAM_LAG_SECONDS = Histogram(
+    "ledger_stream_lag_seconds",
+    "Per transaction sent on a change stream: seconds between its commit instant and its sending.",
+    buckets=(*_LATENCY_BUCKETS_S, 30.0, 60.0, 300.0, 3600.0),
+)
+STREAM_LAG_MAX = Gauge(
+    "ledger_stream_lag_max_seconds",
+    "The largest lag among open change streams (0 when all are caught up).",
+)

@@ -83,6 +83,8 @@ _HINTS: dict[str, str] = {
         "Too many calls in flight (the message names the limit); wait a moment and retry"
         " with --key {key}."
     ),
+    "ALERT_LIMIT_EXCEEDED": "This account has the most balance alerts it may; delete one first.",
+    "TOO_MANY_STREAMS": "This caller holds the most change streams it may; close one first.",
     "DEADLINE_EXCEEDED": (
         "The server's own deadline passed; the command may or may not have been applied:"
         " retry with --key {key}."

@@ -23,6 +23,7 @@ from ledger.domain.access import LOCAL, Access
 from ledger.domain.errors import FieldViolation
 from ledger.domain.model import (
     Account,
+    BalanceAlert,
     BalanceView,
     BatchResult,
     BreakageLine,
@@ -35,10 +36,12 @@ from ledger.domain.model import (
     Schedule,
 )
 from ledger.observability import metrics
-from ledger.service import batching, groups, pagetoken, scope
+from ledger.service import asof, batching, groups, pagetoken, scope
+from ledger.service import statement as statements
 from ledger.service.clock import Clock
 from ledger.service.listing import ReservationQuery, ReservationsPage
 from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
+from ledger.service.stream import ChangeStream, decode_position
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -77,6 +80,8 @@ class Ledger:
         self._writer = writer
         self._clock = clock
         self._refund_grace = refund_grace
+        # WatchTransactions (ledger.service.stream): reads only, any replica.
+        self.stream = ChangeStream(store, clock)
 
     def _view(self) -> rules.WorkingSet:
         """A working set for a read: filled by the store, seen through rules.catch_up,
@@ -298,9 +303,22 @@ class Ledger:
         expiring_within_s: float | None,
         include_lots: bool,
         access: Access = LOCAL,
+        as_of_time: datetime | None = None,
+        as_of_position: str = "",
     ) -> BalanceView:
-        """Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        """The balance now, or as of an instant or a stream position (asof.balance_as_of).
+        Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
         access.require("GetBalance")
+        if as_of_time is not None or as_of_position:
+            return await self._balance_as_of(
+                account_id,
+                asset,
+                expiring_within_s,
+                include_lots,
+                access,
+                as_of_time,
+                as_of_position,
+            )
         v = c.Violations()
         v.account_id("account_id", account_id)
         v.asset("asset", asset)
@@ -348,6 +366,180 @@ class Ledger:
             may_spend=may_spend,
             caps=caps,
         )
+
+    async def _balance_as_of(
+        self,
+        account_id: str,
+        asset: str,
+        expiring_within_s: float | None,
+        include_lots: bool,
+        access: Access,
+        at: datetime | None,
+        position_text: str,
+    ) -> BalanceView:
+        """Errors: InvalidArgument, AccountNotFound, DatabaseUnavailable, Contention."""
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        if at is not None and position_text:
+            v.add("as_of_position", "must not be set together with as_of_time")
+        # Named by the as_of field: the lots of a past instant are not kept.
+        as_of_field = "as_of_time" if at is not None else "as_of_position"
+        if expiring_within_s is not None:
+            v.add(as_of_field, "is not available with expiring_within")
+        if include_lots:
+            v.add(as_of_field, "is not available with include_lots")
+        now = self._clock.now()
+        if at is not None and at > now:
+            v.add("as_of_time", "must not be in the future")
+        v.raise_if_any()
+        position = decode_position(position_text, "as_of_position") if position_text else None
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        try:
+            balance = await asof.balance_as_of(
+                self._store, account_id, asset, position, at, self._refund_grace
+            )
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if balance is None:
+            raise _account_not_found(account_id)
+        return BalanceView(balance, 0, [])
+
+    async def get_statement(
+        self,
+        account_id: str,
+        asset: str,
+        start: datetime | None,
+        end: datetime | None,
+        page_size: int,
+        page_token: str,
+        access: Access = LOCAL,
+    ) -> statements.Statement:
+        """One account x asset over (start, end] (ledger.service.statement).
+        Errors: PermissionDenied, InvalidArgument, AccountNotFound,
+        DatabaseUnavailable, Contention, WriterUnavailable."""
+        access.require("GetStatement")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        now = self._clock.now()
+        if start is None:
+            v.add("from_time", "is required")
+        if end is None:
+            v.add("to_time", "is required")
+        elif end > now:
+            v.add("to_time", "must not be in the future")
+        elif start is not None and end <= start:
+            v.add("from_time", "must be before to_time")
+            v.add("to_time", "must be after from_time")
+        if not 0 <= page_size <= limits.PAGE_SIZE_MAX:
+            v.add(
+                "page_size",
+                f"must be between 0 and {limits.PAGE_SIZE_MAX} (PAGE_SIZE_MAX); 0 means 100",
+            )
+        v.raise_if_any()
+        if start is None or end is None:
+            raise errors.InvariantViolation("statement bounds checked above")
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        query = (account_id, asset, start.isoformat(), end.isoformat())
+        raw = pagetoken.decode(page_token, "GetStatement", query, 2, "page_token")
+        after = None
+        if raw is not None:
+            if not all(isinstance(p, int) for p in raw):
+                raise _invalid("page_token", "is not a next_page_token returned by GetStatement")
+            after = statements.cursor_from((int(raw[0]), int(raw[1])))
+        try:
+            found = await statements.statement(
+                self._store,
+                self._writer,
+                account_id,
+                asset,
+                start,
+                end,
+                after,
+                page_size or limits.PAGE_SIZE_DEFAULT,
+                self._refund_grace,
+            )
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if found is None:
+            raise _account_not_found(account_id)
+        if found.next_cursor is not None:
+            found.next_token = pagetoken.encode(
+                "GetStatement", query, statements.cursor_parts(found.next_cursor)
+            )
+        return found
+
+    async def set_alert(
+        self,
+        account_id: str,
+        asset: str,
+        threshold: int,
+        recovery: int,
+        percent: bool,
+        access: Access = LOCAL,
+    ) -> BalanceAlert:
+        """Create or replace the pair's low-balance alert (docs/design.md, "Balance
+        alerts"). recovery 0 means the threshold. Errors: PermissionDenied,
+        InvalidArgument, AccountNotFound, AlertLimitExceeded, DatabaseUnavailable,
+        Contention."""
+        access.require("SetBalanceAlert")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        top = 100 if percent else limits.AMOUNT_MAX
+        unit = "percent" if percent else "AMOUNT_MAX"
+        if not 0 <= threshold <= top:
+            v.add("threshold", f"must be between 0 and {top} ({unit})")
+        if recovery and not 0 <= recovery <= top:
+            v.add("recovery", f"must be between threshold and {top} ({unit}); 0 means threshold")
+        elif recovery and recovery < threshold:
+            # Which of the two is wrong is the caller's to say: both are named.
+            v.add("threshold", "must not be above recovery")
+            v.add("recovery", "must not be below threshold")
+        v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        try:
+            alert = await self._store.set_alert(
+                account_id, asset, threshold, recovery or threshold, percent, self._clock.now()
+            )
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if alert is None:
+            raise _account_not_found(account_id)
+        return alert
+
+    async def list_alerts(self, account_id: str, access: Access = LOCAL) -> list[BalanceAlert]:
+        """Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
+        access.require("ListBalanceAlerts")
+        _check_account_id(account_id)
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        try:
+            found = await self._store.list_alerts(account_id)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
+        if found is None:
+            raise _account_not_found(account_id)
+        return found
+
+    async def delete_alert(self, account_id: str, asset: str, access: Access = LOCAL) -> bool:
+        """Errors: PermissionDenied, InvalidArgument, AccountNotFound (outside the
+        scope), DatabaseUnavailable, Contention."""
+        access.require("DeleteBalanceAlert")
+        v = c.Violations()
+        v.account_id("account_id", account_id)
+        v.asset("asset", asset)
+        v.raise_if_any()
+        if not access.covers(account_id):
+            raise _account_not_found(account_id)
+        try:
+            return await self._store.delete_alert(account_id, asset)
+        except _STORAGE_FAILURES as exc:
+            raise _storage_failure(exc) from exc
 
     async def get_reservation(self, reservation_id: str, access: Access = LOCAL) -> Reservation:
         """Errors: PermissionDenied, InvalidArgument, ReservationNotFound (also when

@@ -6,13 +6,16 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ledger.domain import commands as c
 from ledger.domain.model import (
     Account,
+    AlertEvent,
+    BalanceAlert,
     BreakageLine,
     Entry,
+    JournalRow,
     Reservation,
     ReservationState,
     Result,
@@ -56,6 +59,16 @@ class IdempotencyRecord:
     # When the key may be used for a new request (set by the writer when it
     # records a key; ledger.service.retention). Not read back.
     expires_at: datetime | None = None
+
+
+class JournalFilter(NamedTuple):
+    """Which journal rows a stream sees ('' and None: any): an account, an
+    account-id prefix, an asset, and the caller's scope (account-id prefixes)."""
+
+    account_id: str
+    account_prefix: str
+    asset: str
+    scope: tuple[str, ...] | None
 
 
 class BatchUnit(Protocol):
@@ -153,6 +166,63 @@ class Store(Protocol):
         """An account's reservations by (created_at, reservation_id), after `after`; the
         state as read at `now` (open past expiry is EXPIRED). None: no such account."""
         ...
+
+    async def journal_page(
+        self, after: tuple[int, int], filters: JournalFilter, limit: int
+    ) -> tuple[list[JournalRow], int, dict[tuple[int, str], list[AlertEvent]]]:
+        """Journal rows after the position `after` whose writing transaction is
+        below the horizon (the oldest transaction still running), in stream
+        order, at most about `limit` (a transaction is never cut), and the
+        horizon, read in one snapshot; and the alert events (within the
+        filters) of those rows' transactions, by (xid, transaction id)."""
+        ...
+
+    async def journal_snapshot(self) -> tuple[int, int, list[int]]:
+        """A snapshot now: (xmin, xmax, the transaction ids in progress)."""
+        ...
+
+    async def journal_horizon(self) -> int:
+        """The horizon now: every transaction that can still commit is at or above it."""
+        ...
+
+    async def balance_as_of(
+        self, account_id: str, asset: str, position: tuple[int, int] | None, at: datetime | None
+    ) -> tuple[bool, JournalRow | None, datetime | None, list[JournalRow]]:
+        """(account exists, the pair's last row at or before the position or the
+        instant, the instant of the pair's first batch after `at`, that batch's
+        catch-up rows whose deadline is at or before `at`)."""
+        ...
+
+    async def statement(
+        self,
+        account_id: str,
+        asset: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> tuple[list[tuple[str, str, int, int]], list[tuple[datetime, JournalRow]]]:
+        """The pair's customer rows that took effect in (start, end] (a deadline's
+        row at its deadline, others when written): (movement, bucket, sum,
+        count) for each kind, and a page of (took effect, row) after `after`."""
+        ...
+
+    async def set_alert(
+        self,
+        account_id: str,
+        asset: str,
+        threshold: int,
+        recovery: int,
+        percent: bool,
+        now: datetime,
+    ) -> BalanceAlert | None:
+        """Create or replace the pair's alert, starting where its balance is. None:
+        no such account. Errors: AlertLimitExceeded."""
+        ...
+
+    async def list_alerts(self, account_id: str) -> list[BalanceAlert] | None: ...
+
+    async def delete_alert(self, account_id: str, asset: str) -> bool: ...
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]: ...
 

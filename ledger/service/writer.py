@@ -406,6 +406,15 @@ class Writer:
         for i in to_run:
             cmd = cmds[i]
             outcome: Outcome
+            # The journal rows this command writes name it (the change stream shows them).
+            ws.origin = (
+                ("", "")
+                if isinstance(cmd, c.ExpireDue | c.Batch)
+                else (
+                    cmd.caller,
+                    cmd.idempotency_key,
+                )
+            )
             try:
                 outcome = rules.apply(ws, cmd)
             except errors.InvalidArgument as exc:

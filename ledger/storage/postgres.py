@@ -22,9 +22,12 @@ import orjson
 from ledger.domain import codec, errors, limits
 from ledger.domain.model import (
     Account,
+    AlertEvent,
+    BalanceAlert,
     BreakageLine,
     Bucket,
     Entry,
+    JournalRow,
     Lot,
     Movement,
     Reservation,
@@ -35,11 +38,14 @@ from ledger.domain.rules import PairKey, WorkingSet
 from ledger.observability import metrics
 from ledger.service.ports import (
     IdempotencyRecord,
+    JournalFilter,
     SerializationConflict,
     StorageUnavailable,
     WriterFenced,
 )
+from ledger.storage import alerts as alert_sql
 from ledger.storage import idempotency as idem
+from ledger.storage import journal
 
 T = TypeVar("T")
 
@@ -211,6 +217,9 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
       AND lots.schedule_id = ANY(ARRAY(SELECT schedule_id FROM bysched))
 ) AS l
 UNION ALL SELECT 's', to_jsonb(sched) FROM sched
+UNION ALL SELECT 'x', to_jsonb(x) FROM (
+    SELECT a.account_id, a.asset, a.threshold, a.recovery, a.percent, a.basis, a.state, a.created_at
+    FROM balance_alerts a JOIN pairs USING (account_id, asset)) AS x
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
     SELECT {_LOT_COLS} FROM lots
     WHERE lots.account_id = pairs.account_id AND lots.asset = pairs.asset AND lots.remaining > 0
@@ -272,10 +281,30 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     RETURNING 1
 ), e AS (
     INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,
-                         reservation_id, lot_id, created_at)
-    SELECT t.*, $2::timestamptz FROM d, jsonb_to_recordset(d.doc->'e') AS t(
+                         reservation_id, lot_id, caller, idempotency_key, effective_at,
+                         available_after, reserved_after, granted_after, settled_after,
+                         refunded_after, expired_after, created_at)
+    SELECT t.transaction_id, t.account_id, t.asset, t.amount, t.movement, t.bucket,
+           t.reservation_id, t.lot_id, coalesce(t.caller, ''), coalesce(t.key, ''), t.effective_at,
+           (t.after->>0)::int8, (t.after->>1)::int8, (t.after->>2)::int8, (t.after->>3)::int8,
+           (t.after->>4)::int8, (t.after->>5)::int8, $2::timestamptz
+    FROM d, jsonb_to_recordset(d.doc->'e') AS t(
         transaction_id uuid, account_id text, asset text, amount int8, movement text, bucket text,
-        reservation_id uuid, lot_id uuid)
+        reservation_id uuid, lot_id uuid, caller text, key text, effective_at timestamptz,
+        after jsonb)
+    RETURNING 1
+), x AS (
+    UPDATE balance_alerts a SET state = t.state, basis = t.basis
+    FROM d, jsonb_to_recordset(d.doc->'x') AS t(account_id text, asset text, state text, basis int8)
+    WHERE a.account_id = t.account_id AND a.asset = t.asset
+    RETURNING 1
+), v AS (
+    INSERT INTO alert_events (transaction_id, account_id, asset, kind, available, threshold,
+                              recovery, created_at)
+    SELECT t.transaction_id, t.account_id, t.asset, t.kind, t.available, t.threshold, t.recovery,
+           $2::timestamptz
+    FROM d, jsonb_to_recordset(d.doc->'v') AS t(transaction_id uuid, account_id text, asset text,
+        kind text, available int8, threshold int8, recovery int8)
     RETURNING 1
 ), sl AS (
     INSERT INTO spending_limits (transaction_id, account_id, asset, kind, value, created_at)
@@ -293,6 +322,7 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
 SELECT (SELECT count(*) FROM b) + (SELECT count(*) FROM l) + (SELECT count(*) FROM r)
      + (SELECT count(*) FROM e) + (SELECT count(*) FROM i) + (SELECT count(*) FROM s)
      + (SELECT count(*) FROM sl)
+     + (SELECT count(*) FROM x) + (SELECT count(*) FROM v)
 """
 
 
@@ -505,6 +535,9 @@ class PgBatch:
                 ws.ancestors[account_id] = codec.ancestors_from(ancestors)
             elif kind == "s":
                 ws.add_schedule(codec.schedule_from(data))
+            elif kind == "x":
+                alert = codec.alert_from(data)
+                ws.alerts[(alert.account_id, alert.asset)] = alert
             elif kind == "i":
                 caller, key, method, request_hash, outcome = data
                 records[(caller, key)] = IdempotencyRecord(
@@ -519,6 +552,7 @@ class PgBatch:
         return records
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
+        ws.close_transaction()  # the last transaction's alert crossings
         doc = {
             "b": [codec.balance_to_dict(ws.balances[k]) for k in sorted(ws.dirty_balances)],
             "l": [codec.lot_to_dict(ws.lots[i]) for i in sorted(ws.dirty_lots)],
@@ -534,6 +568,10 @@ class PgBatch:
                     "bucket": p.bucket.value,
                     "reservation_id": p.reservation_id or None,
                     "lot_id": p.lot_id or None,
+                    "caller": p.caller,
+                    "key": p.idempotency_key,
+                    "effective_at": p.effective_at,
+                    "after": p.after,
                 }
                 for p in ws.postings
             ],
@@ -546,6 +584,23 @@ class PgBatch:
                     "value": value,
                 }
                 for a, asset, kind, value, tx in ws.limit_changes
+            ],
+            "x": [
+                {"account_id": k[0], "asset": k[1], "state": a.state.value, "basis": a.basis}
+                for k in sorted(ws.dirty_alerts)
+                if (a := ws.alerts[k]) is not None
+            ],
+            "v": [
+                {
+                    "transaction_id": ev.transaction_id,
+                    "account_id": ev.account_id,
+                    "asset": ev.asset,
+                    "kind": ev.kind.value,
+                    "available": ev.available,
+                    "threshold": ev.threshold,
+                    "recovery": ev.recovery,
+                }
+                for ev in ws.events
             ],
             "i": [
                 {
@@ -1034,6 +1089,101 @@ class PostgresStore:
             return [codec.reservation_from(r[0]) for r in rows]
 
         return await self._read(run)
+
+    async def journal_page(
+        self, after: tuple[int, int], filters: JournalFilter, limit: int
+    ) -> tuple[list[JournalRow], int, dict[tuple[int, str], list[AlertEvent]]]:
+        """Journal rows after `after` below the horizon, in stream order, the
+        horizon (ledger.storage.journal), and the alert events of the rows'
+        transactions. A full page ends with its last transaction whole.
+        Errors: StorageUnavailable."""
+        args = journal.filter_args(*filters)
+
+        async def run(
+            conn: asyncpg.Connection,
+        ) -> tuple[list[JournalRow], int, dict[tuple[int, str], list[AlertEvent]]]:
+            rows, horizon = await journal.page(conn, after, args, limit)
+            if len(rows) == limit:
+                rows += await journal.rest(conn, rows[-1], args)
+            keys = sorted({(r.xid, r.entry.transaction_id) for r in rows})
+            return rows, horizon, await alert_sql.events(conn, keys, args)
+
+        return await self._read(run)
+
+    async def journal_snapshot(self) -> tuple[int, int, list[int]]:
+        """(xmin, xmax, xids in progress) of a snapshot taken now."""
+        row = await self._read(lambda conn: conn.fetchrow(journal.SNAPSHOT))
+        return int(row[0]), int(row[1]), [int(x) for x in row[2]]
+
+    async def journal_horizon(self) -> int:
+        """The oldest transaction id still running (the stream reads below it)."""
+        return int(await self._read(lambda conn: conn.fetchval(journal.HORIZON)))
+
+    async def balance_as_of(
+        self, account_id: str, asset: str, position: tuple[int, int] | None, at: datetime | None
+    ) -> tuple[bool, JournalRow | None, datetime | None, list[JournalRow]]:
+        """(whether the account exists, the pair's last row at or before the
+        position or instant, the instant of the pair's next batch after `at`,
+        that batch's catch-up rows due by `at`), from one snapshot."""
+
+        async def run(
+            conn: asyncpg.Connection,
+        ) -> tuple[bool, JournalRow | None, datetime | None, list[JournalRow]]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM accounts WHERE account_id = $1", account_id
+                )
+                if exists is None:
+                    return False, None, None, []
+                if position is not None:
+                    return (
+                        True,
+                        await journal.at_position(conn, account_id, asset, position),
+                        None,
+                        [],
+                    )
+                if at is None:
+                    raise ValueError("balance_as_of needs a position or an instant")
+                last, following, due = await journal.at_time(conn, account_id, asset, at)
+                return True, last, following, due
+
+        return await self._standby_read(run)
+
+    async def statement(
+        self,
+        account_id: str,
+        asset: str,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> tuple[list[tuple[str, str, int, int]], list[tuple[datetime, JournalRow]]]:
+        """The pair's rows that took effect in (start, end]: totals per (movement,
+        bucket) and one page after `after` (took effect, entry id)."""
+        return await self._standby_read(
+            lambda conn: journal.statement(conn, account_id, asset, start, end, after, limit)
+        )
+
+    async def set_alert(
+        self,
+        account_id: str,
+        asset: str,
+        threshold: int,
+        recovery: int,
+        percent: bool,
+        now: datetime,
+    ) -> BalanceAlert | None:
+        return await self._read(
+            lambda conn: alert_sql.set_alert(
+                conn, account_id, asset, threshold, recovery, percent, now
+            )
+        )
+
+    async def list_alerts(self, account_id: str) -> list[BalanceAlert] | None:
+        return await self._standby_read(lambda conn: alert_sql.list_alerts(conn, account_id))
+
+    async def delete_alert(self, account_id: str, asset: str) -> bool:
+        return await self._read(lambda conn: alert_sql.delete_alert(conn, account_id, asset))
 
     async def due(self, now: datetime, limit: int) -> tuple[list[str], list[tuple[str, str]]]:
         async def run(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, str]]]:

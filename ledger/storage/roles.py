@@ -36,6 +36,9 @@ SERVING_RIGHTS: dict[str, tuple[str, ...]] = {
     "grant_schedules": ("SELECT", "INSERT", "UPDATE"),
     "reservations": ("SELECT", "INSERT", "UPDATE"),
     "entries": ("SELECT", "INSERT"),
+    # Set/Delete (the caller's), the writer's state and basis updates.
+    "balance_alerts": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+    "alert_events": ("SELECT", "INSERT"),
     "idempotency": ("SELECT", "INSERT"),
     "reservations_archive": ("SELECT",),
     # SetSpendingLimits appends a row per floor set; nothing updates or deletes one.

@@ -149,6 +149,53 @@ CHECKS: list[tuple[str, str, str]] = [
         WHERE b.version <> coalesce(c.changes, 0)""",
     ),
     (
+        "balance_after_matches_entries",
+        "each customer entry's balance-after columns (the change stream's and as-of"
+        " reads' source) equal the running sums of its account x asset's entries",
+        """SELECT account_id, asset, entry_id FROM (
+          SELECT account_id, asset, entry_id,
+            (available_after, reserved_after, granted_after, settled_after, refunded_after,
+             expired_after) AS stored,
+            (coalesce(sum(amount) FILTER (WHERE bucket = 'available') OVER w, 0)::int8,
+             coalesce(sum(amount) FILTER (WHERE bucket = 'held') OVER w, 0)::int8,
+             least(coalesce(sum(amount) FILTER (WHERE movement = 'grant') OVER w, 0), 9223372036854775807)::int8,
+             least(coalesce(-sum(amount) FILTER (WHERE movement = 'settle') OVER w, 0), 9223372036854775807)::int8,
+             least(coalesce(sum(amount) FILTER (WHERE movement = 'refund') OVER w, 0), 9223372036854775807)::int8,
+             least(coalesce(-sum(amount) FILTER (WHERE movement = 'lot_expiry') OVER w, 0), 9223372036854775807)::int8
+            ) AS derived
+          FROM entries WHERE bucket <> 'system'
+          WINDOW w AS (PARTITION BY account_id, asset ORDER BY xid, entry_id)) AS e
+        WHERE stored IS DISTINCT FROM derived""",
+    ),
+    (
+        "statements_reconcile",
+        "a random sample of 100 statements (a pair's journal between two of its rows):"
+        " the opening balance plus the entries between is the closing balance",
+        """WITH pick AS (
+          SELECT account_id, asset, xid, entry_id, available_after, reserved_after
+          FROM entries WHERE bucket <> 'system' ORDER BY random() LIMIT 100
+        ), win AS (
+          SELECT p.account_id, p.asset, o.xid AS open_xid, o.entry_id AS opening_entry_id,
+                 p.xid AS close_xid, p.entry_id AS closing_entry_id,
+                 o.available_after AS opening_available, o.reserved_after AS opening_reserved,
+                 p.available_after AS closing_available, p.reserved_after AS closing_reserved
+          FROM pick p CROSS JOIN LATERAL (
+            SELECT xid, entry_id, available_after, reserved_after FROM entries o
+            WHERE o.account_id = p.account_id AND o.asset = p.asset AND o.bucket <> 'system'
+              AND (o.xid, o.entry_id) < (p.xid, p.entry_id)
+            ORDER BY random() LIMIT 1) AS o
+        )
+        SELECT w.account_id, w.asset, w.opening_entry_id, w.closing_entry_id FROM win w
+        CROSS JOIN LATERAL (
+          SELECT coalesce(sum(amount) FILTER (WHERE bucket = 'available'), 0) AS available,
+                 coalesce(sum(amount) FILTER (WHERE bucket = 'held'), 0) AS reserved
+          FROM entries e WHERE e.account_id = w.account_id AND e.asset = w.asset
+            AND e.bucket <> 'system' AND (e.xid, e.entry_id) > (w.open_xid, w.opening_entry_id)
+            AND (e.xid, e.entry_id) <= (w.close_xid, w.closing_entry_id)) AS moved
+        WHERE w.opening_available + moved.available <> w.closing_available
+           OR w.opening_reserved + moved.reserved <> w.closing_reserved""",
+    ),
+    (
         "reserved_matches_open_reservations",
         "reserved equals the remaining of open reservations",
         """WITH r AS (SELECT account_id, asset, sum(amount - settled - released - expired) AS held
@@ -370,6 +417,8 @@ _SCOPE_OF = {
     "never_below_floor": "account_id",
     "cap_held_matches_open_holds": "account_id",
     "never_past_cap": "account_id",
+    "balance_after_matches_entries": "account_id",
+    "statements_reconcile": "account_id",
     "reserved_matches_open_reservations": "account_id",
     "available_not_negative": "account_id",
     "reservation_caps": "reservation_id",

@@ -15,7 +15,10 @@ from ledger.domain.model import (
     ALLOWANCE,
     PAID,
     Account,
+    AlertEventKind,
+    AlertState,
     Balance,
+    BalanceAlert,
     Bucket,
     CapView,
     CapWindow,
@@ -27,7 +30,10 @@ from ledger.domain.model import (
     Rollover,
     Schedule,
     ScheduleState,
+    StreamTransaction,
 )
+from ledger.service.statement import Statement
+from ledger.service.stream import StreamMessage, encode_position
 
 _STATE = {
     ReservationState.OPEN: pb.Reservation.STATE_OPEN,
@@ -511,6 +517,107 @@ def entry(e: Entry) -> pb.Entry:
         reservation_id=e.reservation_id,
         lot_id=e.lot_id,
         created_at=_ts(e.created_at),
+    )
+
+
+_ALERT_STATE = {
+    AlertState.ABOVE: pb.BalanceAlert.STATE_ABOVE,
+    AlertState.BELOW: pb.BalanceAlert.STATE_BELOW,
+    AlertState.EXHAUSTED: pb.BalanceAlert.STATE_EXHAUSTED,
+}
+_EVENT_KIND = {
+    AlertEventKind.BALANCE_BELOW: pb.BalanceEvent.KIND_BALANCE_BELOW,
+    AlertEventKind.BALANCE_RECOVERED: pb.BalanceEvent.KIND_BALANCE_RECOVERED,
+    AlertEventKind.BALANCE_EXHAUSTED: pb.BalanceEvent.KIND_BALANCE_EXHAUSTED,
+}
+
+
+def alert(a: BalanceAlert) -> pb.BalanceAlert:
+    below, recovered = a.levels()
+    return pb.BalanceAlert(
+        account_id=a.account_id,
+        asset=a.asset,
+        threshold=a.threshold,
+        recovery=a.recovery,
+        percent=a.percent,
+        state=_ALERT_STATE[a.state],
+        threshold_amount=below,
+        recovery_amount=recovered,
+        created_at=_ts(a.created_at),
+    )
+
+
+def streamed(msg: StreamMessage) -> pb.WatchTransactionsResponse:
+    """Built in place (`.add`, field by field): a message passed to a constructor
+    is copied, and streams send every transaction."""
+    out = pb.WatchTransactionsResponse(position=encode_position(msg.position))
+    for tx in msg.transactions:
+        _streamed_transaction(out.transactions.add(), tx)
+    return out
+
+
+def _streamed_transaction(t: pb.StreamedTransaction, tx: StreamTransaction) -> None:
+    t.position = encode_position(tx.position)
+    t.transaction_id = tx.transaction_id
+    t.movement = _MOVEMENT[tx.entries[0].movement]
+    t.reservation_id = next((e.reservation_id for e in tx.entries if e.reservation_id), "")
+    t.caller = tx.caller
+    t.idempotency_key = tx.idempotency_key
+    seconds, nanos = (tx.created_at - _EPOCH) // _SECOND, tx.created_at.microsecond * 1000
+    t.commit_time.seconds, t.commit_time.nanos = seconds, nanos
+    add_entry = t.entries.add
+    for e in tx.entries:
+        row = add_entry(
+            entry_id=str(e.entry_id),
+            transaction_id=e.transaction_id,
+            account_id=e.account_id,
+            asset=e.asset,
+            amount=e.amount,
+            movement=_MOVEMENT[e.movement],
+            bucket=_BUCKET[e.bucket],
+            reservation_id=e.reservation_id,
+            lot_id=e.lot_id,
+        )
+        row.created_at.seconds, row.created_at.nanos = seconds, nanos
+    add_balance = t.balances.add
+    for b in tx.balances:
+        add_balance(
+            account_id=b.account_id,
+            asset=b.asset,
+            available=b.available,
+            reserved=b.reserved,
+            granted=b.granted,
+            settled=b.settled,
+            refunded=b.refunded,
+            expired=b.expired,
+        )
+    for ev in tx.events:
+        t.events.add(
+            kind=_EVENT_KIND[ev.kind],
+            account_id=ev.account_id,
+            asset=ev.asset,
+            available=ev.available,
+            threshold_amount=ev.threshold,
+            recovery_amount=ev.recovery,
+        )
+
+
+def statement(st: Statement) -> pb.GetStatementResponse:
+    return pb.GetStatementResponse(
+        opening=balance(st.opening),
+        movements=[
+            pb.StatementMovement(
+                movement=_MOVEMENT[m.movement],
+                amount=m.amount,
+                available_change=m.available_change,
+                reserved_change=m.reserved_change,
+                entry_count=m.entry_count,
+            )
+            for m in st.movements
+        ],
+        closing=balance(st.closing),
+        entries=[entry(e) for e in st.entries],
+        next_page_token=st.next_token,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,6 +224,82 @@ def _handler(
     )
 
 
+StreamImpl = Callable[[Any, Any], AsyncIterator[Any]]
+
+
+def _stream_handler(
+    name: str, impl: StreamImpl, req_cls: type[Any], resp_cls: type[Any], message_bytes_max: int
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A server-streaming RPC: the same status mapping, metrics and log line as a
+    unary one (logged when the stream ends). No server deadline: a stream lasts
+    as long as its consumer reads (its connection's age limit still applies)."""
+    started = metrics.GRPC_STARTED.labels("server_stream", SERVICE, name)
+    latency = metrics.GRPC_HANDLING_SECONDS.labels("server_stream", SERVICE, name)
+    received = metrics.GRPC_MSG_RECEIVED.labels("server_stream", SERVICE, name)
+    sent = metrics.GRPC_MSG_SENT.labels("server_stream", SERVICE, name)
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        t0 = time.perf_counter()
+        started.inc()
+        received.inc()
+        code = grpc.StatusCode.OK
+        reason = ""
+        try:
+            if isinstance(request, _Undecodable):
+                raise errors.InvalidArgument([FieldViolation("request", request.describe(req_cls))])
+            async for item in impl(request, context):
+                sent.inc()
+                yield item
+        except errors.LedgerError as exc:
+            code, message, trailing = status.to_status(exc)
+            reason = exc.reason
+            await context.abort(code, message, trailing_metadata=trailing)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
+            log.exception("%s failed with an internal error", name)
+            err = errors.LedgerError("internal error; it has been logged")
+            c, message, trailing = status.to_status(err)
+            await context.abort(c, message, trailing_metadata=trailing)
+        finally:
+            elapsed = time.perf_counter() - t0
+            latency.observe(elapsed)
+            metrics.GRPC_HANDLED.labels(
+                "server_stream", SERVICE, name, metrics.grpc_code_label(code.name)
+            ).inc()
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "rpc",
+                    extra={
+                        "rpc": {
+                            "method": name,
+                            "request_id": REQUEST_ID.get(),
+                            "code": code.name,
+                            "duration_ms": round(elapsed * 1000, 3),
+                            "reason": reason,
+                            "account_id": getattr(request, "account_id", ""),
+                            "reservation_id": "",
+                            "replayed": False,
+                            "caller": auth.current_caller(),
+                        }
+                    },
+                )
+
+    def serialize(message: Any) -> bytes:
+        # Messages shared by many streams come serialized already (LedgerServicer._streamed).
+        return message if isinstance(message, bytes) else bytes(resp_cls.SerializeToString(message))
+
+    return grpc.unary_stream_rpc_method_handler(
+        handle,
+        request_deserializer=_tolerant(req_cls, message_bytes_max),
+        response_serializer=serialize,
+    )
+
+
 def ledger_handler(
     servicer: LedgerServicer,
     unary_deadline_s: float = ServerSettings.unary_deadline_s,
@@ -233,6 +309,8 @@ def ledger_handler(
         name: _handler(name, impl, req, resp, unary_deadline_s, message_bytes_max)
         for name, (impl, req, resp) in servicer.methods().items()
     }
+    for name, (simpl, req, resp) in servicer.streams().items():
+        handlers[name] = _stream_handler(name, simpl, req, resp, message_bytes_max)
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 

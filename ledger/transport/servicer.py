@@ -6,7 +6,8 @@ statuses (ledger.transport.status) and counts and logs every call.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,13 +24,17 @@ from ledger.domain.model import (
     ReservationResult,
     Result,
     ScheduleResult,
+    StreamTransaction,
     VoidResult,
 )
 from ledger.service.ledger import Ledger
 from ledger.service.listing import ReservationQuery
+from ledger.service.stream import StreamMessage
 from ledger.transport import convert, status
 
 Reply = tuple[Any, bool]
+# Stream messages kept for other streams that send the same transaction.
+_SENT_CACHE_MAX = 256
 Authorize = Callable[[grpc.aio.ServicerContext[Any, Any]], Access]
 """The caller of a call: its id (which scopes idempotency keys), rights and scope.
 Raises Unauthenticated when there is none (ledger.transport.auth)."""
@@ -55,6 +60,7 @@ class LedgerServicer:
     def __init__(self, ledger: Ledger, authorize: Authorize = local_access) -> None:
         self._ledger = ledger
         self._authorize = authorize
+        self._sent: OrderedDict[int, tuple[list[StreamTransaction], bytes]] = OrderedDict()
 
     def methods(
         self,
@@ -124,6 +130,22 @@ class LedgerServicer:
                 self.cancel_grant_schedule,
                 pb.CancelGrantScheduleRequest,
                 pb.CancelGrantScheduleResponse,
+            ),
+            "GetStatement": (self.get_statement, pb.GetStatementRequest, pb.GetStatementResponse),
+            "SetBalanceAlert": (
+                self.set_balance_alert,
+                pb.SetBalanceAlertRequest,
+                pb.SetBalanceAlertResponse,
+            ),
+            "ListBalanceAlerts": (
+                self.list_balance_alerts,
+                pb.ListBalanceAlertsRequest,
+                pb.ListBalanceAlertsResponse,
+            ),
+            "DeleteBalanceAlert": (
+                self.delete_balance_alert,
+                pb.DeleteBalanceAlertRequest,
+                pb.DeleteBalanceAlertResponse,
             ),
         }
 
@@ -298,6 +320,8 @@ class LedgerServicer:
             convert.duration_s(req.expiring_within, req.HasField("expiring_within")),
             req.include_lots,
             self._authorize(ctx),
+            convert.timestamp(req.as_of_time, req.HasField("as_of_time"), "as_of_time"),
+            req.as_of_position,
         )
         return pb.GetBalanceResponse(
             balance=convert.balance(view.balance),
@@ -307,6 +331,37 @@ class LedgerServicer:
             may_spend=view.may_spend,
             caps=[convert.cap_view(cap) for cap in view.caps],
         ), False
+
+    async def set_balance_alert(self, req: pb.SetBalanceAlertRequest, ctx: Any) -> Reply:
+        alert = await self._ledger.set_alert(
+            req.account_id,
+            req.asset,
+            req.threshold,
+            req.recovery,
+            req.percent,
+            self._authorize(ctx),
+        )
+        return pb.SetBalanceAlertResponse(alert=convert.alert(alert)), False
+
+    async def list_balance_alerts(self, req: pb.ListBalanceAlertsRequest, ctx: Any) -> Reply:
+        found = await self._ledger.list_alerts(req.account_id, self._authorize(ctx))
+        return pb.ListBalanceAlertsResponse(alerts=[convert.alert(a) for a in found]), False
+
+    async def delete_balance_alert(self, req: pb.DeleteBalanceAlertRequest, ctx: Any) -> Reply:
+        deleted = await self._ledger.delete_alert(req.account_id, req.asset, self._authorize(ctx))
+        return pb.DeleteBalanceAlertResponse(deleted=deleted), False
+
+    async def get_statement(self, req: pb.GetStatementRequest, ctx: Any) -> Reply:
+        found = await self._ledger.get_statement(
+            req.account_id,
+            req.asset,
+            convert.timestamp(req.from_time, req.HasField("from_time"), "from_time"),
+            convert.timestamp(req.to_time, req.HasField("to_time"), "to_time"),
+            req.page_size,
+            req.page_token,
+            self._authorize(ctx),
+        )
+        return convert.statement(found), False
 
     async def list_entries(self, req: pb.ListEntriesRequest, ctx: Any) -> Reply:
         page = await self._ledger.list_entries(
@@ -325,6 +380,49 @@ class LedgerServicer:
             reservations=[convert.reservation(r) for r in page.reservations],
             next_page_token=page.next_page_token,
         ), False
+
+    def streams(
+        self,
+    ) -> dict[str, tuple[Callable[[Any, Any], AsyncIterator[Any]], type[Any], type[Any]]]:
+        """Server-streaming RPC name -> (implementation, request class, response class)."""
+        return {
+            "WatchTransactions": (
+                self.watch_transactions,
+                pb.WatchTransactionsRequest,
+                pb.WatchTransactionsResponse,
+            )
+        }
+
+    async def watch_transactions(
+        self, req: pb.WatchTransactionsRequest, ctx: Any
+    ) -> AsyncIterator[bytes]:
+        """Serialized messages: one transaction is serialized once for every stream
+        that sends it (the handler passes bytes through)."""
+        messages = self._ledger.stream.watch(
+            req.account_id,
+            req.account_prefix,
+            req.asset,
+            req.after_position,
+            req.from_now,
+            self._authorize(ctx),
+        )
+        async for msg in messages:
+            yield self._streamed(msg)
+
+    def _streamed(self, msg: StreamMessage) -> bytes:
+        """The message for a transaction, made once for every stream that sends it
+        (streams with one filter share their pages: ledger.service.stream)."""
+        if not msg.transactions:
+            return convert.streamed(msg).SerializeToString()
+        key = id(msg.transactions)
+        found = self._sent.get(key)
+        if found is not None and found[0] is msg.transactions:
+            return found[1]
+        reply = convert.streamed(msg).SerializeToString()
+        self._sent[key] = (msg.transactions, reply)  # the list kept: its id stays its own
+        while len(self._sent) > _SENT_CACHE_MAX:
+            self._sent.popitem(last=False)
+        return reply
 
     async def submit_batch(self, req: pb.SubmitBatchRequest, ctx: Any) -> Reply:
         access = self._authorize(ctx)

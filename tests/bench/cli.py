@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -50,6 +53,7 @@ class Settings:
     analyze: bool
     replicas: int = 1
     schedules: bool = False
+    watchers: int = 0
 
 
 def _csv(kind: type, text: str) -> tuple[Any, ...]:
@@ -105,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         action="store_true",
         help="give every account a monthly grant schedule (issue 23's throughput check)",
     )
+    ap.add_argument(
+        "--watchers",
+        type=int,
+        default=0,
+        help="change-stream consumers (WatchTransactions from now, whole ledger) reading"
+        " during the run, in a process of their own; their lag is reported",
+    )
     ns = ap.parse_args(argv)
     workloads = _csv(str, ns.workloads)
     unknown = set(workloads) - set(WORKLOADS)
@@ -134,6 +145,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         analyze=not ns.no_analyze,
         replicas=ns.replicas,
         schedules=ns.schedules,
+        watchers=ns.watchers,
     )
 
 
@@ -245,9 +257,30 @@ def _load(
     if s.analyze and db_url is not None and s.target is None:
         database.analyze(db_url)  # with --target the server's database is not ours to know
     runner = PointRunner(s, workers, target, db_url, db_name)
+    watchers = _start_watchers(s, target, logs)
     with RssSampler(target.pid) as sampler:
         _sweep(run, runner, pg, db_url)
+    if watchers is not None:
+        run.facts["watchers"] = _stop_watchers(watchers, logs)
+        say(f"watchers: {run.facts['watchers']}")
     run.rss_peak_mb = sampler.peak_bytes / 2**20 if target.pid else None
+
+
+def _start_watchers(s: Settings, target: Target, logs: Path) -> subprocess.Popen[bytes] | None:
+    if not s.watchers:
+        return None
+    cmd = [sys.executable, "-m", "tests.bench.watchers", "--target", target.address]
+    cmd += ["--n", str(s.watchers), "--out", str(logs / "watchers.json")]
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    time.sleep(1.0)  # the streams are open before the first point
+    return proc
+
+
+def _stop_watchers(proc: subprocess.Popen[bytes], logs: Path) -> Any:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    path = logs / "watchers.json"
+    return json.loads(path.read_text()) if path.exists() else {"error": "no report"}
 
 
 def _start_server(

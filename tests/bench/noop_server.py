@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import threading
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -67,6 +68,18 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
     ) -> pb.GetReservationGroupResponse:
         return pb.GetReservationGroupResponse()
 
+    async def SetBalanceAlert(self, request: Any, context: Any) -> pb.SetBalanceAlertResponse:
+        return pb.SetBalanceAlertResponse()
+
+    async def ListBalanceAlerts(self, request: Any, context: Any) -> pb.ListBalanceAlertsResponse:
+        return pb.ListBalanceAlertsResponse()
+
+    async def DeleteBalanceAlert(self, request: Any, context: Any) -> pb.DeleteBalanceAlertResponse:
+        return pb.DeleteBalanceAlertResponse()
+
+    async def GetStatement(self, request: Any, context: Any) -> pb.GetStatementResponse:
+        return pb.GetStatementResponse()
+
     async def ListEntries(self, request: Any, context: Any) -> pb.ListEntriesResponse:
         return pb.ListEntriesResponse()
 
@@ -99,6 +112,12 @@ class NoopLedger(pb_grpc.LedgerServiceServicer):
         self, request: Any, context: Any
     ) -> pb.CancelGrantScheduleResponse:
         return pb.CancelGrantScheduleResponse(schedule=pb.GrantSchedule(), balance=pb.Balance())
+
+    async def WatchTransactions(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[pb.WatchTransactionsResponse]:
+        for _ in ():
+            yield pb.WatchTransactionsResponse()
 
     async def SubmitBatch(self, request: Any, context: Any) -> pb.SubmitBatchResponse:
         return pb.SubmitBatchResponse(

@@ -81,6 +81,12 @@ CONTRACT = {
     "TOO_MANY_CONCURRENT_CALLS": (
         grpc.StatusCode.RESOURCE_EXHAUSTED, e.TooManyConcurrentCalls, e.ResourceExhausted,
     ),
+    "ALERT_LIMIT_EXCEEDED": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.AlertLimitExceeded, e.FailedPrecondition,
+    ),
+    "TOO_MANY_STREAMS": (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, e.TooManyStreams, e.ResourceExhausted,
+    ),
     "INTERNAL": (grpc.StatusCode.INTERNAL, e.Internal, e.Internal),
     "DEADLINE_EXCEEDED": (
         grpc.StatusCode.DEADLINE_EXCEEDED, e.DeadlineExceeded, e.DeadlineExceeded,

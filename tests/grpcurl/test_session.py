@@ -36,6 +36,15 @@ async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None
     assert "message ReserveRequest" in output_of("describe")
     echoed = output_of('echo "reservation')
     assert echoed.startswith("reservation: ") and len(echoed.split()[-1]) > 8, echoed
+    streamed = output_of("/WatchTransactions")
+    assert '"position": "' in streamed and '"idempotency_key": "readme-grant-1"' in streamed, (
+        streamed
+    )
+    assert '"movement": "MOVEMENT_REFUND"' in streamed, streamed
+    # The Reserve of all 3000 ran the customer out; the Refund of 1000 recovered it.
+    for kind in ("KIND_BALANCE_BELOW", "KIND_BALANCE_EXHAUSTED", "KIND_BALANCE_RECOVERED"):
+        assert kind in streamed, streamed
+    assert '"state": "STATE_ABOVE"' in output_of("/SetBalanceAlert")
     held = output_of("/ListReservations")
     assert '"state": "STATE_OPEN"' in held and '"amount": "3000"' in held, held
     assert '"settled": "0"' in held, held  # -emit-defaults: the zero is shown

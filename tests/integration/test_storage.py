@@ -122,6 +122,13 @@ async def seed(db: TestDatabase) -> None:
             " movement, bucket, created_at) VALUES (gen_random_uuid(), 'victim', 'crm', 5, 'grant', 'available', now())",
             {"transactions_balance", "assets_balance", "balances_match_entries"},
         ),
+        (
+            # A journal row whose balance-after disagrees with the entries before it.
+            "ALTER TABLE entries DISABLE TRIGGER USER;"
+            " UPDATE entries SET available_after = available_after + 1"
+            " WHERE entry_id = (SELECT max(entry_id) FROM entries WHERE bucket = 'available')",
+            {"balance_after_matches_entries", "statements_reconcile"},
+        ),
     ],
 )
 async def test_verify_catches_each_kind_of_corruption(
@@ -143,3 +150,57 @@ async def test_verify_cli_exit_codes(scratch_db: TestDatabase) -> None:
     bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert "FAIL balances_match_entries" in bad.stdout
+
+
+async def test_migration_0009_backfills_the_balance_after_each_existing_entry(
+    scratch_db: TestDatabase,
+) -> None:
+    """A journal written before the change stream gets its balance-after columns
+    from the running sums, in entry order, and xid 1 (before every new row)."""
+    conn = await asyncpg.connect(scratch_db.url)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, name, sql in pool_module._migrations():
+            if version >= 9:
+                break
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+        rows = [  # (account, amount, movement, bucket): a grant, a reserve, a settle
+            ("@issuance", -10, "grant", "system"),
+            ("old", 10, "grant", "available"),
+            ("old", -4, "reserve", "available"),
+            ("old", 4, "reserve", "held"),
+            ("old", -3, "settle", "held"),
+            ("@consumed", 3, "settle", "system"),
+        ]
+        for account, amount, movement, bucket in rows:
+            await conn.execute(
+                "INSERT INTO entries (transaction_id, account_id, asset, amount, movement, bucket,"
+                " created_at) VALUES (gen_random_uuid(), $1, 'crm', $2, $3, $4, now())",
+                account,
+                amount,
+                movement,
+                bucket,
+            )
+    finally:
+        await conn.close()
+    assert await migrate(scratch_db.url) == [
+        name for v, name, _ in pool_module._migrations() if v >= 9
+    ]
+    conn = await asyncpg.connect(scratch_db.url)
+    try:
+        after = await conn.fetch(
+            "SELECT xid::text, available_after, reserved_after, granted_after, settled_after"
+            " FROM entries WHERE account_id = 'old' ORDER BY entry_id"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in after] == [
+        ("1", 10, 0, 10, 0),
+        ("1", 6, 0, 10, 0),
+        ("1", 6, 4, 10, 0),
+        ("1", 6, 1, 10, 3),
+    ]

@@ -372,6 +372,20 @@ class TooManyConcurrentCalls(RateLimited):
     """
 
 
+class AlertLimitExceeded(FailedPrecondition):
+    """ALERT_LIMIT_EXCEEDED: the account has ALERTS_PER_ACCOUNT_MAX balance alerts already."""
+
+
+class TooManyStreams(ResourceExhausted):
+    """TOO_MANY_STREAMS: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams
+    open already; close one (or watch a wider filter on one) before opening another."""
+
+    @property
+    def retryable(self) -> bool:
+        """Not until the caller closes a stream: the same call is refused again."""
+        return False
+
+
 _BY_REASON: dict[str, type[LedgerError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "ACCOUNT_NOT_FOUND": AccountNotFound,
@@ -401,6 +415,8 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "PERMISSION_DENIED": PermissionDenied,
     "RATE_LIMITED": RateLimited,
     "TOO_MANY_CONCURRENT_CALLS": TooManyConcurrentCalls,
+    "TOO_MANY_STREAMS": TooManyStreams,
+    "ALERT_LIMIT_EXCEEDED": AlertLimitExceeded,
     "INTERNAL": Internal,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
 }

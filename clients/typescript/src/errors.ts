@@ -409,6 +409,18 @@ export class RateLimited extends ResourceExhausted {
 export class TooManyConcurrentCalls extends RateLimited {
   override readonly name: string = "TooManyConcurrentCalls";
 }
+/** ALERT_LIMIT_EXCEEDED (FAILED_PRECONDITION): the account has ALERTS_PER_ACCOUNT_MAX balance alerts already. */
+export class AlertLimitExceeded extends FailedPrecondition {
+  override readonly name: string = "AlertLimitExceeded";
+}
+/** TOO_MANY_STREAMS (RESOURCE_EXHAUSTED): the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already. */
+export class TooManyStreams extends ResourceExhausted {
+  override readonly name: string = "TooManyStreams";
+  /** Not until the caller closes a stream: the same call is refused again. */
+  override get retryable(): boolean {
+    return false;
+  }
+}
 
 type LedgerErrorClass = new (cause: ConnectError, context: ErrorContext) => LedgerError;
 
@@ -446,6 +458,8 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["PERMISSION_DENIED", PermissionDenied],
   ["RATE_LIMITED", RateLimited],
   ["TOO_MANY_CONCURRENT_CALLS", TooManyConcurrentCalls],
+  ["TOO_MANY_STREAMS", TooManyStreams],
+  ["ALERT_LIMIT_EXCEEDED", AlertLimitExceeded],
   ["INTERNAL", Internal],
   ["DEADLINE_EXCEEDED", DeadlineExceeded],
 ]);

@@ -148,6 +148,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_WRITER_UNAVAILABLE: _ErrorReason.ValueType  # 21
     """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+    ERROR_REASON_TOO_MANY_STREAMS: _ErrorReason.ValueType  # 22
+    """RESOURCE_EXHAUSTED: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
+    ERROR_REASON_ALERT_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 23
+    """FAILED_PRECONDITION: the account has ALERTS_PER_ACCOUNT_MAX alerts already."""
     ERROR_REASON_PRECONDITION_FAILED: _ErrorReason.ValueType  # 26
     """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
     ERROR_REASON_POOL_DEPTH_EXCEEDED: _ErrorReason.ValueType  # 27
@@ -225,6 +229,10 @@ DEADLINE_EXCEEDED: the server's own deadline (no body in 10 s, or 30 s without a
 """
 ERROR_REASON_WRITER_UNAVAILABLE: ErrorReason.ValueType  # 21
 """UNAVAILABLE: the elected writer could not be reached or changed mid-command; retry, same key."""
+ERROR_REASON_TOO_MANY_STREAMS: ErrorReason.ValueType  # 22
+"""RESOURCE_EXHAUSTED: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
+ERROR_REASON_ALERT_LIMIT_EXCEEDED: ErrorReason.ValueType  # 23
+"""FAILED_PRECONDITION: the account has ALERTS_PER_ACCOUNT_MAX alerts already."""
 ERROR_REASON_PRECONDITION_FAILED: ErrorReason.ValueType  # 26
 """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
 ERROR_REASON_POOL_DEPTH_EXCEEDED: ErrorReason.ValueType  # 27
@@ -2671,15 +2679,30 @@ class GetBalanceRequest(_message.Message):
     ASSET_FIELD_NUMBER: _builtins.int
     EXPIRING_WITHIN_FIELD_NUMBER: _builtins.int
     INCLUDE_LOTS_FIELD_NUMBER: _builtins.int
+    AS_OF_TIME_FIELD_NUMBER: _builtins.int
+    AS_OF_POSITION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to read; it must exist."""
     asset: _builtins.str
     """The asset to read."""
     include_lots: _builtins.bool
     """Also return the unexpired lots with something remaining."""
+    as_of_position: _builtins.str
+    """The balance right after the transaction at this WatchTransactions position
+    (as a consumer replaying the stream up to it sees it). Not with as_of_time,
+    expiring_within or include_lots.
+    """
     @_builtins.property
     def expiring_within(self) -> _duration_pb2.Duration:
         """When set, expiring_amount tells how much of available expires within it (at most 3660 days)."""
+
+    @_builtins.property
+    def as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """The balance as it was at this instant (at most now): the last transaction
+        written at or before it, with every hold and lot deadline that had come by
+        then applied, as any read at that instant saw it. Not with expiring_within
+        or include_lots.
+        """
 
     def __init__(
         self,
@@ -2688,10 +2711,12 @@ class GetBalanceRequest(_message.Message):
         asset: _builtins.str = ...,
         expiring_within: _duration_pb2.Duration | None = ...,
         include_lots: _builtins.bool = ...,
+        as_of_time: _timestamp_pb2.Timestamp | None = ...,
+        as_of_position: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expiring_within", b"expiring_within"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "expiring_within", b"expiring_within"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "expiring_within", b"expiring_within", "include_lots", b"include_lots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of_position", b"as_of_position", "as_of_time", b"as_of_time", "asset", b"asset", "expiring_within", b"expiring_within", "include_lots", b"include_lots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3124,6 +3149,596 @@ class SetMemberCapResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetMemberCapResponse: _TypeAlias = SetMemberCapResponse  # noqa: Y015
+
+@_typing.final
+class GetStatementRequest(_message.Message):
+    """Request of GetStatement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    FROM_TIME_FIELD_NUMBER: _builtins.int
+    TO_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account; it must exist."""
+    asset: _builtins.str
+    """The asset."""
+    page_size: _builtins.int
+    """Entries per page: 1 to 1000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, sent with the same account_id,
+    asset, from_time and to_time; empty for the first page.
+    """
+    @_builtins.property
+    def from_time(self) -> _timestamp_pb2.Timestamp:
+        """The statement covers what took effect after this instant."""
+
+    @_builtins.property
+    def to_time(self) -> _timestamp_pb2.Timestamp:
+        """... up to and including this instant (after from_time, at most now)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        from_time: _timestamp_pb2.Timestamp | None = ...,
+        to_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_time", b"from_time", "to_time", b"to_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "from_time", b"from_time", "page_size", b"page_size", "page_token", b"page_token", "to_time", b"to_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementRequest: _TypeAlias = GetStatementRequest  # noqa: Y015
+
+@_typing.final
+class StatementMovement(_message.Message):
+    """The change one movement made over a statement's period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVEMENT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    AVAILABLE_CHANGE_FIELD_NUMBER: _builtins.int
+    RESERVED_CHANGE_FIELD_NUMBER: _builtins.int
+    ENTRY_COUNT_FIELD_NUMBER: _builtins.int
+    movement: Global___Entry.Movement.ValueType
+    """The movement."""
+    amount: _builtins.int
+    """Credits it moved (granted, reserved, settled, released, refunded, expired
+    or given back by an expired reservation), a positive amount.
+    """
+    available_change: _builtins.int
+    """Its net change to available."""
+    reserved_change: _builtins.int
+    """Its net change to reserved."""
+    entry_count: _builtins.int
+    """How many of the account's entries it wrote."""
+    def __init__(
+        self,
+        *,
+        movement: Global___Entry.Movement.ValueType = ...,
+        amount: _builtins.int = ...,
+        available_change: _builtins.int = ...,
+        reserved_change: _builtins.int = ...,
+        entry_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "available_change", b"available_change", "entry_count", b"entry_count", "movement", b"movement", "reserved_change", b"reserved_change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementMovement: _TypeAlias = StatementMovement  # noqa: Y015
+
+@_typing.final
+class GetStatementResponse(_message.Message):
+    """Response of GetStatement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPENING_FIELD_NUMBER: _builtins.int
+    MOVEMENTS_FIELD_NUMBER: _builtins.int
+    CLOSING_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page of entries; empty on the last page."""
+    @_builtins.property
+    def opening(self) -> Global___Balance:
+        """The balance as of from_time."""
+
+    @_builtins.property
+    def movements(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementMovement]:
+        """One line per movement that changed the balance in the period, in Movement order."""
+
+    @_builtins.property
+    def closing(self) -> Global___Balance:
+        """The balance as of to_time: opening plus every movement's changes."""
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
+        """The period's entries on the account, in the order they took effect (a page)."""
+
+    def __init__(
+        self,
+        *,
+        opening: Global___Balance | None = ...,
+        movements: _abc.Iterable[Global___StatementMovement] | None = ...,
+        closing: Global___Balance | None = ...,
+        entries: _abc.Iterable[Global___Entry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closing", b"closing", "opening", b"opening"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closing", b"closing", "entries", b"entries", "movements", b"movements", "next_page_token", b"next_page_token", "opening", b"opening"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatementResponse: _TypeAlias = GetStatementResponse  # noqa: Y015
+
+@_typing.final
+class BalanceAlert(_message.Message):
+    """A low-balance alert on one account x asset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[BalanceAlert._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: BalanceAlert._State.ValueType  # 0
+        """Never used."""
+        STATE_ABOVE: BalanceAlert._State.ValueType  # 1
+        """At or above the threshold (or back at the recovery level)."""
+        STATE_BELOW: BalanceAlert._State.ValueType  # 2
+        """Below the threshold, not yet back at the recovery level."""
+        STATE_EXHAUSTED: BalanceAlert._State.ValueType  # 3
+        """Available reached 0 (after falling below the threshold)."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Where the balance was at its last change, as the alert sees it."""
+
+    STATE_UNSPECIFIED: BalanceAlert.State.ValueType  # 0
+    """Never used."""
+    STATE_ABOVE: BalanceAlert.State.ValueType  # 1
+    """At or above the threshold (or back at the recovery level)."""
+    STATE_BELOW: BalanceAlert.State.ValueType  # 2
+    """Below the threshold, not yet back at the recovery level."""
+    STATE_EXHAUSTED: BalanceAlert.State.ValueType  # 3
+    """Available reached 0 (after falling below the threshold)."""
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
+    RECOVERY_AMOUNT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    asset: _builtins.str
+    """The asset."""
+    threshold: _builtins.int
+    """Fires BALANCE_BELOW when available falls below it (an amount, or with percent 0-100)."""
+    recovery: _builtins.int
+    """Fires BALANCE_RECOVERED when available comes back to it or above (>= threshold)."""
+    percent: _builtins.bool
+    """threshold and recovery are percentages of the pair's last Grant."""
+    state: Global___BalanceAlert.State.ValueType
+    """Where the balance is, as the alert saw it last."""
+    threshold_amount: _builtins.int
+    """The threshold and recovery as amounts now (with percent: of the last Grant)."""
+    recovery_amount: _builtins.int
+    """See threshold_amount."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the alert was set."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        recovery: _builtins.int = ...,
+        percent: _builtins.bool = ...,
+        state: Global___BalanceAlert.State.ValueType = ...,
+        threshold_amount: _builtins.int = ...,
+        recovery_amount: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "created_at", b"created_at", "percent", b"percent", "recovery", b"recovery", "recovery_amount", b"recovery_amount", "state", b"state", "threshold", b"threshold", "threshold_amount", b"threshold_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceAlert: _TypeAlias = BalanceAlert  # noqa: Y015
+
+@_typing.final
+class SetBalanceAlertRequest(_message.Message):
+    """Request of SetBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account; it must exist."""
+    asset: _builtins.str
+    """The asset."""
+    threshold: _builtins.int
+    """0 to 10^15 (AMOUNT_MAX), or with percent 0 to 100; 0 never fires."""
+    recovery: _builtins.int
+    """threshold to 10^15 (or 100 with percent); 0 means the threshold itself."""
+    percent: _builtins.bool
+    """threshold and recovery are percentages of the pair's last Grant."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        recovery: _builtins.int = ...,
+        percent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "percent", b"percent", "recovery", b"recovery", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceAlertRequest: _TypeAlias = SetBalanceAlertRequest  # noqa: Y015
+
+@_typing.final
+class SetBalanceAlertResponse(_message.Message):
+    """Response of SetBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alert(self) -> Global___BalanceAlert:
+        """The alert as set."""
+
+    def __init__(
+        self,
+        *,
+        alert: Global___BalanceAlert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceAlertResponse: _TypeAlias = SetBalanceAlertResponse  # noqa: Y015
+
+@_typing.final
+class ListBalanceAlertsRequest(_message.Message):
+    """Request of ListBalanceAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBalanceAlertsRequest: _TypeAlias = ListBalanceAlertsRequest  # noqa: Y015
+
+@_typing.final
+class ListBalanceAlertsResponse(_message.Message):
+    """Response of ListBalanceAlerts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alerts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BalanceAlert]:
+        """The account's alerts, by asset (at most ALERTS_PER_ACCOUNT_MAX)."""
+
+    def __init__(
+        self,
+        *,
+        alerts: _abc.Iterable[Global___BalanceAlert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alerts", b"alerts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBalanceAlertsResponse: _TypeAlias = ListBalanceAlertsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteBalanceAlertRequest(_message.Message):
+    """Request of DeleteBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    asset: _builtins.str
+    """The asset."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBalanceAlertRequest: _TypeAlias = DeleteBalanceAlertRequest  # noqa: Y015
+
+@_typing.final
+class DeleteBalanceAlertResponse(_message.Message):
+    """Response of DeleteBalanceAlert."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """Whether there was an alert to delete."""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteBalanceAlertResponse: _TypeAlias = DeleteBalanceAlertResponse  # noqa: Y015
+
+@_typing.final
+class BalanceEvent(_message.Message):
+    """A balance crossing an alert's levels, sent in the message of the
+    transaction that crossed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[BalanceEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: BalanceEvent._Kind.ValueType  # 0
+        """Never used."""
+        KIND_BALANCE_BELOW: BalanceEvent._Kind.ValueType  # 1
+        """Available fell below the threshold."""
+        KIND_BALANCE_RECOVERED: BalanceEvent._Kind.ValueType  # 2
+        """Available came back to the recovery level."""
+        KIND_BALANCE_EXHAUSTED: BalanceEvent._Kind.ValueType  # 3
+        """Available reached 0."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
+        """What happened."""
+
+    KIND_UNSPECIFIED: BalanceEvent.Kind.ValueType  # 0
+    """Never used."""
+    KIND_BALANCE_BELOW: BalanceEvent.Kind.ValueType  # 1
+    """Available fell below the threshold."""
+    KIND_BALANCE_RECOVERED: BalanceEvent.Kind.ValueType  # 2
+    """Available came back to the recovery level."""
+    KIND_BALANCE_EXHAUSTED: BalanceEvent.Kind.ValueType  # 3
+    """Available reached 0."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
+    RECOVERY_AMOUNT_FIELD_NUMBER: _builtins.int
+    kind: Global___BalanceEvent.Kind.ValueType
+    """What happened."""
+    account_id: _builtins.str
+    """The account."""
+    asset: _builtins.str
+    """The asset."""
+    available: _builtins.int
+    """Available right after the crossing."""
+    threshold_amount: _builtins.int
+    """The threshold amount then."""
+    recovery_amount: _builtins.int
+    """The recovery amount then."""
+    def __init__(
+        self,
+        *,
+        kind: Global___BalanceEvent.Kind.ValueType = ...,
+        account_id: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        available: _builtins.int = ...,
+        threshold_amount: _builtins.int = ...,
+        recovery_amount: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "kind", b"kind", "recovery_amount", b"recovery_amount", "threshold_amount", b"threshold_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceEvent: _TypeAlias = BalanceEvent  # noqa: Y015
+
+@_typing.final
+class WatchTransactionsRequest(_message.Message):
+    """Request of WatchTransactions. Start: after_position, or from_now, or
+    (neither) from the start of the journal.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_PREFIX_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AFTER_POSITION_FIELD_NUMBER: _builtins.int
+    FROM_NOW_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """Only entries of this account; empty means every account in scope."""
+    account_prefix: _builtins.str
+    """Only entries of accounts whose id starts with this (a tenant); empty means any."""
+    asset: _builtins.str
+    """Only entries of this asset; empty means every asset."""
+    after_position: _builtins.str
+    """Resume after this position (a WatchTransactionsResponse.position)."""
+    from_now: _builtins.bool
+    """Start with what commits from now on."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        account_prefix: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        after_position: _builtins.str = ...,
+        from_now: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_prefix", b"account_prefix", "after_position", b"after_position", "asset", b"asset", "from_now", b"from_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransactionsRequest: _TypeAlias = WatchTransactionsRequest  # noqa: Y015
+
+@_typing.final
+class StreamedTransaction(_message.Message):
+    """A transaction as the change stream shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    MOVEMENT_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    COMMIT_TIME_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The ledger transaction id (Entry.transaction_id)."""
+    movement: Global___Entry.Movement.ValueType
+    """The movement of its first entry (a final Settle also releases the rest)."""
+    reservation_id: _builtins.str
+    """The reservation it belongs to; empty for grants and lot expiry."""
+    caller: _builtins.str
+    """The caller whose command wrote it; empty for what time did (expiries)."""
+    idempotency_key: _builtins.str
+    """That command's idempotency key; empty for expiries."""
+    position: _builtins.str
+    """Its place in the stream: "<xid>-<entry_id>", 20 digits each, so text
+    order is stream order. Deduplicate by it; resume after it with after_position.
+    """
+    @_builtins.property
+    def commit_time(self) -> _timestamp_pb2.Timestamp:
+        """When it took effect (the writer's instant for its batch; every read and
+        GetBalance as_of_time use this time).
+        """
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entry]:
+        """Its entries on customer accounts the stream lets through (the system
+        accounts' side of each is implied by the movement), in order.
+        """
+
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
+        """The balance right after it of every account x asset among its entries."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___BalanceEvent]:
+        """The alert crossings it made (SetBalanceAlert), on accounts the stream lets through."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        movement: Global___Entry.Movement.ValueType = ...,
+        reservation_id: _builtins.str = ...,
+        caller: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        commit_time: _timestamp_pb2.Timestamp | None = ...,
+        entries: _abc.Iterable[Global___Entry] | None = ...,
+        balances: _abc.Iterable[Global___Balance] | None = ...,
+        events: _abc.Iterable[Global___BalanceEvent] | None = ...,
+        position: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "caller", b"caller", "commit_time", b"commit_time", "entries", b"entries", "events", b"events", "idempotency_key", b"idempotency_key", "movement", b"movement", "position", b"position", "reservation_id", b"reservation_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamedTransaction: _TypeAlias = StreamedTransaction  # noqa: Y015
+
+@_typing.final
+class WatchTransactionsResponse(_message.Message):
+    """Response of WatchTransactions: the transactions that came together (in
+    position order, at most one page of the journal), or none (a checkpoint).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    position: _builtins.str
+    """Where the stream is after this message: the last transaction's position,
+    or, with no transaction, a checkpoint (nothing the stream lets through
+    committed up to it). Record it once the message is handled and resume
+    after it with after_position.
+    """
+    @_builtins.property
+    def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamedTransaction]:
+        """The transactions, in position order (each carries its own position)."""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.str = ...,
+        transactions: _abc.Iterable[Global___StreamedTransaction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "transactions", b"transactions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransactionsResponse: _TypeAlias = WatchTransactionsResponse  # noqa: Y015
 
 @_typing.final
 class ListReservationsRequest(_message.Message):

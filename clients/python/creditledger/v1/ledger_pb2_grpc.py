@@ -155,6 +155,31 @@ class LedgerServiceStub:
                 request_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
                 response_deserializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.FromString,
                 _registered_method=True)
+        self.GetStatement = channel.unary_unary(
+                '/creditledger.v1.LedgerService/GetStatement',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.GetStatementRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetStatementResponse.FromString,
+                _registered_method=True)
+        self.SetBalanceAlert = channel.unary_unary(
+                '/creditledger.v1.LedgerService/SetBalanceAlert',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.SetBalanceAlertRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetBalanceAlertResponse.FromString,
+                _registered_method=True)
+        self.ListBalanceAlerts = channel.unary_unary(
+                '/creditledger.v1.LedgerService/ListBalanceAlerts',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.ListBalanceAlertsRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListBalanceAlertsResponse.FromString,
+                _registered_method=True)
+        self.DeleteBalanceAlert = channel.unary_unary(
+                '/creditledger.v1.LedgerService/DeleteBalanceAlert',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.DeleteBalanceAlertRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.DeleteBalanceAlertResponse.FromString,
+                _registered_method=True)
+        self.WatchTransactions = channel.unary_stream(
+                '/creditledger.v1.LedgerService/WatchTransactions',
+                request_serializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsRequest.SerializeToString,
+                response_deserializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -359,6 +384,54 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatement(self, request, context):
+        """GetStatement returns one account x asset over (from_time, to_time]: the
+        opening balance (GetBalance as_of_time from_time), the change per
+        movement, the closing balance (as_of_time to_time), and the entries
+        between, paginated. Opening plus the changes is the closing balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBalanceAlert(self, request, context):
+        """SetBalanceAlert creates or replaces the low-balance alert of one account x
+        asset. It starts where the balance is, without an event; from then on each
+        crossing is an event on the change stream, once, in the transaction that
+        crossed. At most ALERTS_PER_ACCOUNT_MAX (100) alerts per account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBalanceAlerts(self, request, context):
+        """ListBalanceAlerts returns an account's alerts, by asset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBalanceAlert(self, request, context):
+        """DeleteBalanceAlert removes an account x asset's alert (none: deleted is false).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTransactions(self, request, context):
+        """WatchTransactions streams every committed ledger transaction, in one total
+        order of positions, from a position, from now or from the start, filtered
+        by account, account-id prefix and asset, within the caller's scope. At
+        least once and in position order; a consumer that records the position of
+        the last message it handled and resumes after it (any replica, after any
+        disconnect or restart) sees each transaction exactly once. At most
+        WATCH_STREAMS_PER_CALLER_MAX streams per caller (RESOURCE_EXHAUSTED
+        TOO_MANY_STREAMS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -481,6 +554,31 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.CancelGrantSchedule,
                     request_deserializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.FromString,
                     response_serializer=creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.SerializeToString,
+            ),
+            'GetStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatement,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.GetStatementRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.GetStatementResponse.SerializeToString,
+            ),
+            'SetBalanceAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBalanceAlert,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.SetBalanceAlertRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.SetBalanceAlertResponse.SerializeToString,
+            ),
+            'ListBalanceAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBalanceAlerts,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.ListBalanceAlertsRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.ListBalanceAlertsResponse.SerializeToString,
+            ),
+            'DeleteBalanceAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBalanceAlert,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.DeleteBalanceAlertRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.DeleteBalanceAlertResponse.SerializeToString,
+            ),
+            'WatchTransactions': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTransactions,
+                    request_deserializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsRequest.FromString,
+                    response_serializer=creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1132,6 +1230,141 @@ class LedgerService:
             '/creditledger.v1.LedgerService/CancelGrantSchedule',
             creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleRequest.SerializeToString,
             creditledger_dot_v1_dot_ledger__pb2.CancelGrantScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/GetStatement',
+            creditledger_dot_v1_dot_ledger__pb2.GetStatementRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.GetStatementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBalanceAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/SetBalanceAlert',
+            creditledger_dot_v1_dot_ledger__pb2.SetBalanceAlertRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.SetBalanceAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBalanceAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/ListBalanceAlerts',
+            creditledger_dot_v1_dot_ledger__pb2.ListBalanceAlertsRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.ListBalanceAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBalanceAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/DeleteBalanceAlert',
+            creditledger_dot_v1_dot_ledger__pb2.DeleteBalanceAlertRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.DeleteBalanceAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/creditledger.v1.LedgerService/WatchTransactions',
+            creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsRequest.SerializeToString,
+            creditledger_dot_v1_dot_ledger__pb2.WatchTransactionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -131,6 +131,32 @@ class LedgerServiceStub:
     """CancelGrantSchedule issues no period that starts after now; the current
     period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
     """
+    GetStatement: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetStatementRequest, _ledger_pb2.GetStatementResponse]
+    """GetStatement returns one account x asset over (from_time, to_time]: the
+    opening balance (GetBalance as_of_time from_time), the change per
+    movement, the closing balance (as_of_time to_time), and the entries
+    between, paginated. Opening plus the changes is the closing balance.
+    """
+    SetBalanceAlert: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SetBalanceAlertRequest, _ledger_pb2.SetBalanceAlertResponse]
+    """SetBalanceAlert creates or replaces the low-balance alert of one account x
+    asset. It starts where the balance is, without an event; from then on each
+    crossing is an event on the change stream, once, in the transaction that
+    crossed. At most ALERTS_PER_ACCOUNT_MAX (100) alerts per account.
+    """
+    ListBalanceAlerts: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListBalanceAlertsRequest, _ledger_pb2.ListBalanceAlertsResponse]
+    """ListBalanceAlerts returns an account's alerts, by asset."""
+    DeleteBalanceAlert: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.DeleteBalanceAlertRequest, _ledger_pb2.DeleteBalanceAlertResponse]
+    """DeleteBalanceAlert removes an account x asset's alert (none: deleted is false)."""
+    WatchTransactions: _grpc.UnaryStreamMultiCallable[_ledger_pb2.WatchTransactionsRequest, _ledger_pb2.WatchTransactionsResponse]
+    """WatchTransactions streams every committed ledger transaction, in one total
+    order of positions, from a position, from now or from the start, filtered
+    by account, account-id prefix and asset, within the caller's scope. At
+    least once and in position order; a consumer that records the position of
+    the last message it handled and resumes after it (any replica, after any
+    disconnect or restart) sees each transaction exactly once. At most
+    WATCH_STREAMS_PER_CALLER_MAX streams per caller (RESOURCE_EXHAUSTED
+    TOO_MANY_STREAMS).
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -226,6 +252,32 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     CancelGrantSchedule: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CancelGrantScheduleRequest, _ledger_pb2.CancelGrantScheduleResponse]  # type: ignore[assignment]
     """CancelGrantSchedule issues no period that starts after now; the current
     period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
+    """
+    GetStatement: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetStatementRequest, _ledger_pb2.GetStatementResponse]  # type: ignore[assignment]
+    """GetStatement returns one account x asset over (from_time, to_time]: the
+    opening balance (GetBalance as_of_time from_time), the change per
+    movement, the closing balance (as_of_time to_time), and the entries
+    between, paginated. Opening plus the changes is the closing balance.
+    """
+    SetBalanceAlert: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SetBalanceAlertRequest, _ledger_pb2.SetBalanceAlertResponse]  # type: ignore[assignment]
+    """SetBalanceAlert creates or replaces the low-balance alert of one account x
+    asset. It starts where the balance is, without an event; from then on each
+    crossing is an event on the change stream, once, in the transaction that
+    crossed. At most ALERTS_PER_ACCOUNT_MAX (100) alerts per account.
+    """
+    ListBalanceAlerts: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListBalanceAlertsRequest, _ledger_pb2.ListBalanceAlertsResponse]  # type: ignore[assignment]
+    """ListBalanceAlerts returns an account's alerts, by asset."""
+    DeleteBalanceAlert: _aio.UnaryUnaryMultiCallable[_ledger_pb2.DeleteBalanceAlertRequest, _ledger_pb2.DeleteBalanceAlertResponse]  # type: ignore[assignment]
+    """DeleteBalanceAlert removes an account x asset's alert (none: deleted is false)."""
+    WatchTransactions: _aio.UnaryStreamMultiCallable[_ledger_pb2.WatchTransactionsRequest, _ledger_pb2.WatchTransactionsResponse]  # type: ignore[assignment]
+    """WatchTransactions streams every committed ledger transaction, in one total
+    order of positions, from a position, from now or from the start, filtered
+    by account, account-id prefix and asset, within the caller's scope. At
+    least once and in position order; a consumer that records the position of
+    the last message it handled and resumes after it (any replica, after any
+    disconnect or restart) sees each transaction exactly once. At most
+    WATCH_STREAMS_PER_CALLER_MAX streams per caller (RESOURCE_EXHAUSTED
+    TOO_MANY_STREAMS).
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -463,6 +515,62 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ledger_pb2.CancelGrantScheduleResponse, _abc.Awaitable[_ledger_pb2.CancelGrantScheduleResponse]]:
         """CancelGrantSchedule issues no period that starts after now; the current
         period's lot stays (without rollover) unless void_remainder. Needs the grant permission.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatement(
+        self,
+        request: _ledger_pb2.GetStatementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.GetStatementResponse, _abc.Awaitable[_ledger_pb2.GetStatementResponse]]:
+        """GetStatement returns one account x asset over (from_time, to_time]: the
+        opening balance (GetBalance as_of_time from_time), the change per
+        movement, the closing balance (as_of_time to_time), and the entries
+        between, paginated. Opening plus the changes is the closing balance.
+        """
+
+    @_abc_1.abstractmethod
+    def SetBalanceAlert(
+        self,
+        request: _ledger_pb2.SetBalanceAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.SetBalanceAlertResponse, _abc.Awaitable[_ledger_pb2.SetBalanceAlertResponse]]:
+        """SetBalanceAlert creates or replaces the low-balance alert of one account x
+        asset. It starts where the balance is, without an event; from then on each
+        crossing is an event on the change stream, once, in the transaction that
+        crossed. At most ALERTS_PER_ACCOUNT_MAX (100) alerts per account.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBalanceAlerts(
+        self,
+        request: _ledger_pb2.ListBalanceAlertsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListBalanceAlertsResponse, _abc.Awaitable[_ledger_pb2.ListBalanceAlertsResponse]]:
+        """ListBalanceAlerts returns an account's alerts, by asset."""
+
+    @_abc_1.abstractmethod
+    def DeleteBalanceAlert(
+        self,
+        request: _ledger_pb2.DeleteBalanceAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.DeleteBalanceAlertResponse, _abc.Awaitable[_ledger_pb2.DeleteBalanceAlertResponse]]:
+        """DeleteBalanceAlert removes an account x asset's alert (none: deleted is false)."""
+
+    @_abc_1.abstractmethod
+    def WatchTransactions(
+        self,
+        request: _ledger_pb2.WatchTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ledger_pb2.WatchTransactionsResponse], _abc.AsyncIterator[_ledger_pb2.WatchTransactionsResponse]]:
+        """WatchTransactions streams every committed ledger transaction, in one total
+        order of positions, from a position, from now or from the start, filtered
+        by account, account-id prefix and asset, within the caller's scope. At
+        least once and in position order; a consumer that records the position of
+        the last message it handled and resumes after it (any replica, after any
+        disconnect or restart) sees each transaction exactly once. At most
+        WATCH_STREAMS_PER_CALLER_MAX streams per caller (RESOURCE_EXHAUSTED
+        TOO_MANY_STREAMS).
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

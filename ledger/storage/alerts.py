@@ -1,0 +1,139 @@
+"""Balance alerts' own statements (the writer's updates are in the batch's save)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ledger.domain import alerts, codec, limits
+from ledger.domain.errors import AlertLimitExceeded
+from ledger.domain.model import AlertEvent, AlertEventKind, AlertState, BalanceAlert
+
+_COLS = "account_id, asset, threshold, recovery, percent, basis, state, created_at"
+
+# The amount of the pair's last Grant (the basis of percentages), newest first
+# through entries_pair_position.
+_LAST_GRANT = (
+    "SELECT amount FROM entries WHERE account_id = $1 AND asset = $2 AND bucket = 'available'"
+    " AND movement = 'grant' ORDER BY xid DESC, entry_id DESC LIMIT 1"
+)
+
+
+async def set_alert(
+    conn: asyncpg.Connection,
+    account_id: str,
+    asset: str,
+    threshold: int,
+    recovery: int,
+    percent: bool,
+    now: datetime,
+) -> BalanceAlert | None:
+    """Create or replace, starting where the balance is (no event). None: no account.
+    One SERIALIZABLE transaction: a batch changing the balance meanwhile conflicts
+    with it (it reads the alert, this reads the balance), and one of them retries.
+    Errors: AlertLimitExceeded."""
+    async with conn.transaction(isolation="serializable"):
+        if await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id) is None:
+            return None
+        count = await conn.fetchval(
+            "SELECT count(*) FROM balance_alerts WHERE account_id = $1 AND asset <> $2",
+            account_id,
+            asset,
+        )
+        if count >= limits.ALERTS_PER_ACCOUNT_MAX:
+            raise AlertLimitExceeded(
+                f"{account_id} has {count} balance alerts, the most one account may have"
+                f" (ALERTS_PER_ACCOUNT_MAX {limits.ALERTS_PER_ACCOUNT_MAX}); delete one first",
+                {"limit": str(limits.ALERTS_PER_ACCOUNT_MAX)},
+            )
+        available = await conn.fetchval(
+            "SELECT available FROM balances WHERE account_id = $1 AND asset = $2",
+            account_id,
+            asset,
+        )
+        basis = await conn.fetchval(_LAST_GRANT, account_id, asset) if percent else 0
+        alert = BalanceAlert(
+            account_id,
+            asset,
+            threshold,
+            recovery,
+            percent,
+            basis or 0,
+            AlertState.ABOVE,
+            now,
+        )
+        alert.state = alerts.initial_state(alert, available or 0)
+        await conn.execute(
+            f"INSERT INTO balance_alerts ({_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (account_id, asset) DO UPDATE SET threshold = EXCLUDED.threshold,"
+            " recovery = EXCLUDED.recovery, percent = EXCLUDED.percent, basis = EXCLUDED.basis,"
+            " state = EXCLUDED.state, created_at = EXCLUDED.created_at",
+            account_id,
+            asset,
+            threshold,
+            recovery,
+            percent,
+            alert.basis,
+            alert.state.value,
+            now,
+        )
+    return alert
+
+
+async def list_alerts(conn: asyncpg.Connection, account_id: str) -> list[BalanceAlert] | None:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        if await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id) is None:
+            return None
+        rows = await conn.fetch(
+            f"SELECT {_COLS} FROM balance_alerts WHERE account_id = $1 ORDER BY asset LIMIT $2",
+            account_id,
+            limits.ALERTS_PER_ACCOUNT_MAX,
+        )
+    return [codec.alert_from(dict(r)) for r in rows]
+
+
+async def delete_alert(conn: asyncpg.Connection, account_id: str, asset: str) -> bool:
+    async with conn.transaction(isolation="serializable"):
+        status = await conn.execute(
+            "DELETE FROM balance_alerts WHERE account_id = $1 AND asset = $2", account_id, asset
+        )
+    return bool(status == "DELETE 1")
+
+
+# The events of the transactions of a stream page, within its filters ($3..$6).
+EVENTS = (
+    "SELECT xid::text AS xid, transaction_id, account_id, asset, kind, available, threshold,"
+    " recovery FROM alert_events"
+    " WHERE (xid, transaction_id) IN (SELECT x::xid8, t FROM unnest($1::text[], $2::uuid[]) AS"
+    " k(x, t))"
+    " AND ($3 = '' OR account_id = $3) AND ($4 = '' OR starts_with(account_id, $4))"
+    " AND ($5 = '' OR asset = $5)"
+    " AND ($6::text[] IS NULL OR EXISTS (SELECT 1 FROM unnest($6::text[]) AS s(p)"
+    " WHERE starts_with(account_id, s.p)))"
+    " ORDER BY event_id"
+)
+
+
+async def events(
+    conn: asyncpg.Connection, keys: list[tuple[int, str]], filters: tuple[Any, ...]
+) -> dict[tuple[int, str], list[AlertEvent]]:
+    if not keys:
+        return {}
+    rows = await conn.fetch(EVENTS, [str(k[0]) for k in keys], [k[1] for k in keys], *filters)
+    out: dict[tuple[int, str], list[AlertEvent]] = {}
+    for r in rows:
+        tx = str(r["transaction_id"])
+        out.setdefault((int(r["xid"]), tx), []).append(
+            AlertEvent(
+                tx,
+                r["account_id"],
+                r["asset"],
+                AlertEventKind(r["kind"]),
+                r["available"],
+                r["threshold"],
+                r["recovery"],
+            )
+        )
+    return out

@@ -1,0 +1,85 @@
+"""`python -m tests.bench.watchers`: consumers of the change stream during a bench run.
+
+`--watchers N` (tests/bench/cli.py) starts this process beside the load: N
+WatchTransactions streams from now over the whole ledger, each reading every
+message as it comes, on their own event loop so that their CPU is their own.
+On SIGTERM it writes what the consumers saw to `--out` (JSON): transactions
+received per stream and the lag of each (receipt time minus commit time),
+p50/p99/max in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import grpc
+from creditledger.v1 import ledger_pb2 as pb
+from creditledger.v1 import ledger_pb2_grpc
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _watch(target: str, lags_ms: list[float], counts: list[int], i: int) -> None:
+    last = ""
+    while True:
+        req = pb.WatchTransactionsRequest(from_now=not last, after_position=last)
+        try:
+            async with grpc.aio.insecure_channel(target) as ch:
+                async for msg in ledger_pb2_grpc.LedgerServiceStub(ch).WatchTransactions(req):
+                    last = msg.position
+                    received = time.time()
+                    for tx in msg.transactions:
+                        t = tx.commit_time
+                        lags_ms.append((received - (t.seconds + t.nanos / 1e9)) * 1000)
+                        counts[i] += 1
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.2)  # resume after the last position
+
+
+async def _main(targets: list[str], n: int, out: Path) -> None:
+    lags_ms: list[float] = []
+    counts = [0] * n
+    tasks = [
+        asyncio.create_task(_watch(targets[i % len(targets)], lags_ms, counts, i)) for i in range(n)
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    for t in tasks:
+        t.cancel()
+    out.write_text(
+        json.dumps(
+            {
+                "streams": n,
+                "received_per_stream": counts,
+                "lag_ms_p50": round(_quantile(lags_ms, 0.5), 1),
+                "lag_ms_p99": round(_quantile(lags_ms, 0.99), 1),
+                "lag_ms_max": round(max(lags_ms, default=0.0), 1),
+            }
+        )
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True, help="HOST:PORT[,HOST:PORT...]")
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ns = ap.parse_args()
+    asyncio.run(_main(ns.target.split(","), ns.n, ns.out))
+
+
+if __name__ == "__main__":
+    main()
