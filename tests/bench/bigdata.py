@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accounts", type=int, default=10_000)
     p.add_argument("--port", type=int, default=25497)
     p.add_argument("--out-dir", default="bench-results")
+    p.add_argument("--rounds", type=int, default=1, help="fresh/big bench pairs, alternated")
     p.add_argument(
         "--wait-for",
         default="",
@@ -208,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"bigdata: filled; waiting for {args.wait_for} to exist before benching")
             while not Path(args.wait_for).exists():
                 time.sleep(5)
-        results = {
-            name: bench(url, out, name, args) for name, url in (("fresh", fresh), ("big", big))
-        }
+        results = {}
+        for r in range(args.rounds):  # alternate, so that drift in the machine hits both
+            for name, url in (("fresh", fresh), ("big", big)):
+                label = name if args.rounds == 1 else f"{name}-{r + 1}"
+                results[label] = bench(url, out, label, args)
     for name, line in results.items():
         say(f"bigdata: {name}: {line}")
     (out / "bigdata.json").write_text(json.dumps({"facts": facts, "results": results}, indent=1))
