@@ -31,6 +31,14 @@ from ledger.service.ports import SerializationConflict, Store
 _ATTEMPTS_MAX = 3
 
 
+def journal_fields(b: Balance) -> Balance:
+    """The amounts a journal row keeps of its pair (what as-of answers carry): a
+    pair's version, floor, debt and caps are its state now, not history."""
+    return Balance(
+        b.account_id, b.asset, b.available, b.reserved, b.granted, b.settled, b.refunded, b.expired
+    )
+
+
 def with_due(base: Balance, due: list[JournalRow]) -> Balance:
     """`base` plus the effect of catch-up rows (expiries), as WorkingSet._apply counts them."""
     out = base.copy()
@@ -62,15 +70,15 @@ async def balance_as_of(
             return None
         base = last.after if last is not None and last.after is not None else zero
         if position is not None or at is None:
-            return base.copy()
+            return journal_fields(base)
         if following is not None:
-            return with_due(base, due)
+            return journal_fields(with_due(base, due))
         # Nothing written on the pair since `at`: its rows now are its rows then.
         ws = rules.WorkingSet(now=at, refund_grace=refund_grace)
         pair = (account_id, asset)
         await store.snapshot(ws, pairs={pair}, whole_pairs={pair})
-        if ws.balances.get(pair, zero) != base:
+        if journal_fields(ws.balances.get(pair, zero)) != journal_fields(base):
             continue  # a batch committed in between: look again
         rules.catch_up(ws, account_id, asset)
-        return ws.balance(account_id, asset).copy()
+        return journal_fields(ws.balance(account_id, asset))
     raise SerializationConflict("the pair kept changing while it was read as of an instant")
