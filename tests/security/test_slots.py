@@ -28,6 +28,7 @@ from ledger.transport.slots import Slots
 from tests.security.certs import Pair
 from tests.security.conftest import Pki, _config, bearer, refusal
 from tests.security.forward import Forwarder
+from tests.support.db import TestDatabase
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,10 +40,15 @@ SETTLE_S = 0.3
 
 
 @pytest.fixture(scope="module")
-async def small(database_url: str, callers_path: Path) -> AsyncIterator[App]:
+async def small(callers_path: Path) -> AsyncIterator[App]:
+    # A database of its own: a server of this module elected writer of the session's
+    # database would hand the lease over when it stops, and a session server's call
+    # forwarded at that instant would answer WRITER_UNAVAILABLE (retryable) to a test
+    # that does not retry.
+    db = await TestDatabase.create(prefix="ledger_slots")
     app = App(
         _config(
-            database_url,
+            db.url,
             callers_file=callers_path,
             calls_per_connection_max=PER_CONNECTION,
             calls_per_peer_max=PER_PEER,
@@ -53,6 +59,7 @@ async def small(database_url: str, callers_path: Path) -> AsyncIterator[App]:
     await app.start()
     yield app
     await app.stop()
+    await db.drop()
 
 
 class _Never:
@@ -246,10 +253,11 @@ async def test_the_forwarder_gives_the_server_another_peer_address(small: App) -
 
 
 @pytest.fixture(scope="module")
-async def small_mtls(database_url: str, callers_path: Path, pki: Pki) -> AsyncIterator[App]:
+async def small_mtls(callers_path: Path, pki: Pki) -> AsyncIterator[App]:
+    db = await TestDatabase.create(prefix="ledger_slots_mtls")  # as `small`
     app = App(
         _config(
-            database_url,
+            db.url,
             callers_file=callers_path,
             tls_cert=pki.server.cert_path,
             tls_key=pki.server.key_path,
@@ -263,6 +271,7 @@ async def small_mtls(database_url: str, callers_path: Path, pki: Pki) -> AsyncIt
     await app.start()
     yield app
     await app.stop()
+    await db.drop()
 
 
 def _mtls(app: App, pki: Pki, client: Pair) -> grpc.aio.Channel:

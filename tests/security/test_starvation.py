@@ -36,6 +36,7 @@ from creditledger.v1 import ledger_pb2_grpc
 
 from ledger.app import App
 from tests.security.conftest import _config, bearer
+from tests.support.db import TestDatabase
 from tests.support.process import REPO
 
 if TYPE_CHECKING:
@@ -56,10 +57,15 @@ ATTACK_S = 12.0
 
 
 @pytest.fixture(scope="module")
-async def guarded(database_url: str, callers_path: Path) -> AsyncIterator[App]:
+async def guarded(callers_path: Path) -> AsyncIterator[App]:
+    # A database of its own: a server of this module elected writer of the session's
+    # database would hand the lease over when it stops, and a session server's call
+    # forwarded at that instant would answer WRITER_UNAVAILABLE (retryable) to a test
+    # that does not retry.
+    db = await TestDatabase.create(prefix="ledger_starvation")
     app = App(
         _config(
-            database_url,
+            db.url,
             callers_file=callers_path,
             concurrent_rpcs_max=CONCURRENT_RPCS_MAX,
             watch_streams_per_peer_max=WATCH_PER_PEER_MAX,
@@ -79,6 +85,7 @@ async def guarded(database_url: str, callers_path: Path) -> AsyncIterator[App]:
     finally:
         gc.unfreeze()
         await app.stop()
+    await db.drop()
 
 
 def _p99(samples: list[float]) -> float:
