@@ -32,6 +32,13 @@ ALLOWED = {
 # A serialized request over the server's 64 KiB limit is refused by gRPC itself.
 MESSAGE_BYTES_MAX = 64 * 1024
 METHODS = [m.name for m in ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].methods]
+# Server-streaming methods (WatchTransactions): a valid request opens a stream that
+# runs until the caller's deadline, so for them that deadline is an answer too.
+STREAMING = {
+    m.name
+    for m in ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].methods
+    if m.server_streaming
+}
 
 
 def hypothesis_settings(max_examples: int) -> settings:
@@ -112,9 +119,10 @@ def test_random_bytes_as_messages(target: Target, fresh_database_url: str) -> No
     @typed(hypothesis_settings(2000))
     @typed_given(st.sampled_from(METHODS), st.binary(max_size=3000))
     def run(method: str, payload: bytes) -> None:
-        result = call_sync(calls[method], payload, 10.0)
+        result = call_sync(calls[method], payload, 2.0 if method in STREAMING else 10.0)
         target.codes[result.code.name] += 1
-        assert result.code in ALLOWED, (
+        allowed = ALLOWED | {grpc.StatusCode.DEADLINE_EXCEEDED} if method in STREAMING else ALLOWED
+        assert result.code in allowed, (
             f"{method} {payload[:100]!r} -> {result.describe()}: {result.message}"
         )
 
