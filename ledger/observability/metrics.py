@@ -118,6 +118,16 @@ CALL_LIMIT_REFUSALS = Counter(
     "Calls refused at once because a concurrency limit was reached, by limit.",
     ["limit"],
 )
+# Every limit from the start at 0: a rate() over it then answers 0 instead of no
+# data on a server that never refused (dashboards, alert rules).
+for _limit in (
+    "calls_per_connection_max",
+    "calls_per_peer_max",
+    "anonymous_calls_max",
+    "watch_streams_per_peer_max",
+    "watch_streams_max",
+):
+    CALL_LIMIT_REFUSALS.labels(_limit)
 HEALTH_SERVING = Gauge("ledger_health_serving", "1 when the server reports SERVING, else 0.")
 BUILD_INFO = Info("ledger_build", "Build information.")
 
