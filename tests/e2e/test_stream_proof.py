@@ -210,6 +210,19 @@ async def _prove(
             await conn.close()
         async with asyncio.timeout(30):
             await consume(committed)
+        # As of the last position, every balance is the final one (the pair's last
+        # row at or before it: found by xid order, not by the text of the xid).
+        as_of: dict[str, tuple[int, int]] = {}
+        async with grpc.aio.insecure_channel(a.target) as ch:
+            stub = ledger_pb2_grpc.LedgerServiceStub(ch)
+            for acct in balances:
+                got = await stub.GetBalance(
+                    pb.GetBalanceRequest(
+                        account_id=acct, asset=ASSET, as_of_position=seen[-1].position
+                    ),
+                    timeout=10,
+                )
+                as_of[acct] = (got.balance.available, got.balance.reserved)
     finally:
         for srv in servers:
             await asyncio.to_thread(srv.stop)
@@ -245,4 +258,5 @@ async def _prove(
             s = sums.setdefault(e.account_id, [0, 0])
             s[0 if e.bucket == pb.Entry.BUCKET_AVAILABLE else 1] += e.amount
     assert {k: tuple(v) for k, v in sums.items()} == balances
+    assert as_of == balances
     await assert_ledger_consistent(database_url)
