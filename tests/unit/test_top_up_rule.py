@@ -63,7 +63,15 @@ def test_the_new_field_leaves_old_fingerprints_alone() -> None:
     plain = c.Grant("caller", "k", "a", "crm", 5)
     before = {
         name: getattr(plain, name)
-        for name in ("account_id", "asset", "amount", "metadata", "expires_at", "priority", "source")
+        for name in (
+            "account_id",
+            "asset",
+            "amount",
+            "metadata",
+            "expires_at",
+            "priority",
+            "source",
+        )
     }
     assert plain.fingerprint() == c._digest("Grant", before)
     named = c.Grant("caller", "k", "a", "crm", 5, top_up_request_id=str(JAN_31.year))

@@ -153,8 +153,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_ALERT_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 23
     """FAILED_PRECONDITION: the account has ALERTS_PER_ACCOUNT_MAX alerts already."""
     ERROR_REASON_TOP_UP_REQUEST_NOT_PENDING: _ErrorReason.ValueType  # 24
-    """FAILED_PRECONDITION: a Grant's top_up_request_id is no pending top-up request of its
-    account and asset (never requested, or settled already); nothing changed.
+    """Nothing changed: never requested on that account and asset, or settled already.
+    FAILED_PRECONDITION: a Grant's top_up_request_id is no pending top-up request there.
     """
     ERROR_REASON_PRECONDITION_FAILED: _ErrorReason.ValueType  # 26
     """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
@@ -238,8 +238,8 @@ ERROR_REASON_TOO_MANY_STREAMS: ErrorReason.ValueType  # 22
 ERROR_REASON_ALERT_LIMIT_EXCEEDED: ErrorReason.ValueType  # 23
 """FAILED_PRECONDITION: the account has ALERTS_PER_ACCOUNT_MAX alerts already."""
 ERROR_REASON_TOP_UP_REQUEST_NOT_PENDING: ErrorReason.ValueType  # 24
-"""FAILED_PRECONDITION: a Grant's top_up_request_id is no pending top-up request of its
-account and asset (never requested, or settled already); nothing changed.
+"""Nothing changed: never requested on that account and asset, or settled already.
+FAILED_PRECONDITION: a Grant's top_up_request_id is no pending top-up request there.
 """
 ERROR_REASON_PRECONDITION_FAILED: ErrorReason.ValueType  # 26
 """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""

@@ -4298,8 +4298,8 @@ export enum ErrorReason {
   ALERT_LIMIT_EXCEEDED = 23,
 
   /**
-   * FAILED_PRECONDITION: a Grant's top_up_request_id is no pending top-up request of its
-   * account and asset (never requested, or settled already); nothing changed.
+   * Nothing changed: never requested on that account and asset, or settled already.
+   * FAILED_PRECONDITION: a Grant's top_up_request_id is no pending top-up request there.
    *
    * @generated from enum value: ERROR_REASON_TOP_UP_REQUEST_NOT_PENDING = 24;
    */
