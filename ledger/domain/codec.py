@@ -9,7 +9,7 @@ fields added later read with their default (records written before them).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from ledger.domain.model import (
@@ -178,4 +178,15 @@ def alert_from(d: Mapping[str, Any]) -> BalanceAlert:
         basis=int(d["basis"]),
         state=AlertState(d["state"]),
         created_at=_time(d["created_at"]),
+        top_up_target=int(d.get("top_up_target") or 0),
+        top_up_cap_month=int(d.get("top_up_cap_month") or 0),
+        top_up_pending={str(k): int(v) for k, v in (d.get("top_up_pending") or {}).items()},
+        top_up_month=_date(d.get("top_up_month")),
+        top_up_requested_month=int(d.get("top_up_requested_month") or 0),
     )
+
+
+def _date(value: date | str | None) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    return date.fromisoformat(value)

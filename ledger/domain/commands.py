@@ -336,12 +336,17 @@ class Grant(Command):
     category: str = PAID
     unit_cost_micros: int | None = None
     cost_currency: str = ""
+    # The pending top-up request this grant pays for (docs/design.md, "Top-up requests").
+    top_up_request_id: str = ""
 
     method = "Grant"
+    # Left out of the fingerprint at these values: keys recorded before the
+    # field existed replay instead of conflicting.
     added_later: ClassVar[dict[str, object]] = {
         "category": PAID,
         "unit_cost_micros": None,
         "cost_currency": "",
+        "top_up_request_id": "",
     }
 
     def validate(self) -> None:
@@ -356,6 +361,11 @@ class Grant(Command):
         v.text("source", self.source, limits.SOURCE_LEN_MAX, "SOURCE_LEN_MAX")
         v.preconditions(self.preconditions, {(self.account_id, self.asset)}, named=False)
         v.provenance(self.category, self.unit_cost_micros, self.cost_currency)
+        if self.top_up_request_id and not is_uuid(self.top_up_request_id):
+            v.add(
+                "top_up_request_id",
+                "must be the request_id of a TOP_UP_REQUESTED event (a UUID), or empty",
+            )
         v.raise_if_any()
 
 

@@ -248,6 +248,15 @@ class DeadlineExceeded(LedgerError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class TopUpRequestNotPending(LedgerError):
+    """A Grant's top_up_request_id names no pending top-up request of its account and
+    asset: never requested there, or settled by another Grant already. Final for the
+    key: a request never becomes pending again."""
+
+    kind = Kind.FAILED_PRECONDITION
+    reason = "TOP_UP_REQUEST_NOT_PENDING"
+
+
 class InvariantViolation(Exception):
     """A broken invariant: a bug, never an expected outcome. Maps to INTERNAL."""
 
@@ -274,6 +283,7 @@ RECORDABLE: dict[str, type[LedgerError]] = {
         ScheduleLimitExceeded,
         CreditsHeld,
         AmountExceedsUnspent,
+        TopUpRequestNotPending,
     )
 }
 

@@ -72,3 +72,6 @@ WATCH_PAGE_ROWS = 500
 POSITION_LEN_MAX = 64
 # Balance alerts one account may have (one per asset).
 ALERTS_PER_ACCOUNT_MAX = 100
+# Top-up requests of one account x asset awaiting their Grant: past it no new
+# request is made (the billing side is not settling them; docs/design.md, "Top-up").
+TOP_UP_PENDING_MAX = 32

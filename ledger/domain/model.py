@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from ledger.domain.errors import LedgerError
 
@@ -489,6 +489,7 @@ class AlertEventKind(enum.Enum):
     BALANCE_BELOW = "balance_below"
     BALANCE_RECOVERED = "balance_recovered"
     BALANCE_EXHAUSTED = "balance_exhausted"
+    TOP_UP_REQUESTED = "top_up_requested"
 
 
 @dataclass
@@ -505,6 +506,16 @@ class BalanceAlert:
     basis: int
     state: AlertState
     created_at: datetime
+    # The top-up rule (docs/design.md, "Top-up requests"): on each BALANCE_BELOW,
+    # request top_up_target - available - pending, within top_up_cap_month per
+    # calendar month (UTC; 0: no cap). top_up_target 0: no rule.
+    top_up_target: int = 0
+    top_up_cap_month: int = 0
+    # Requests awaiting the Grant that settles them: request id -> amount.
+    top_up_pending: dict[str, int] = field(default_factory=dict)
+    # The month top_up_requested_month counts (its first day), and the total.
+    top_up_month: date | None = None
+    top_up_requested_month: int = 0
 
     def levels(self) -> tuple[int, int]:
         """(below, recovered): the available amounts the alert compares with."""
@@ -524,3 +535,6 @@ class AlertEvent:
     available: int
     threshold: int
     recovery: int
+    # TOP_UP_REQUESTED: the request's id (the Grant that settles it names it) and amount.
+    request_id: str = ""
+    amount: int = 0

@@ -263,7 +263,7 @@ def _available(ws: WorkingSet, account_id: str, asset: str) -> int:
 
 def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
     """Errors: InvalidArgument (expiry not in the future; never recorded), AccountNotFound,
-    LotLimitExceeded, BalanceLimitExceeded."""
+    LotLimitExceeded, BalanceLimitExceeded, TopUpRequestNotPending."""
     if cmd.expires_at is not None and cmd.expires_at <= ws.now:
         raise errors.InvalidArgument([errors.FieldViolation("expires_at", "must be in the future")])
     _require_account(ws, cmd.account_id, scope=cmd.scope)
@@ -285,6 +285,13 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
         raise errors.BalanceLimitExceeded(
             f"granting {cmd.amount} would push the balance of {cmd.asset} past int64 (INT64_MAX)",
             {"limit": str(limits.INT64_MAX), "requested": str(cmd.amount)},
+        )
+    # Last of the checks: settling changes the alert, and nothing may fail after it.
+    if cmd.top_up_request_id and not ws.settle_top_up(key, cmd.top_up_request_id):
+        raise errors.TopUpRequestNotPending(
+            f"{cmd.top_up_request_id} is no pending top-up request of {cmd.account_id}"
+            f" {cmd.asset}: never requested there, or settled by another Grant already",
+            {"top_up_request_id": cmd.top_up_request_id},
         )
     lot = Lot(
         lot_id=ws.make_id(),

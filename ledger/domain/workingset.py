@@ -23,6 +23,7 @@ from ledger.domain.model import (
     OVERDRAFT,
     VOIDED,
     AlertEvent,
+    AlertEventKind,
     Balance,
     BalanceAlert,
     Bucket,
@@ -287,7 +288,42 @@ class WorkingSet:
                 self.events.append(
                     AlertEvent(self._tx, *key, kind, available_now, below, recovered)
                 )
+                if kind is AlertEventKind.BALANCE_BELOW:
+                    self._request_top_up(key, alert, available_now, below, recovered)
         self._touched.clear()
+
+    def _request_top_up(
+        self, key: PairKey, alert: BalanceAlert, available_now: int, below: int, recovered: int
+    ) -> None:
+        """The top-up rule of an alert that just fell below: one request per crossing,
+        made here, by the one writer, in the transaction that crossed."""
+        if alert.top_up_target <= 0:
+            return
+        request_id = self.make_id()
+        amount = alerts.request_top_up(alert, available_now, self.now, request_id)
+        if amount > 0:
+            self.events.append(
+                AlertEvent(
+                    self._tx,
+                    *key,
+                    AlertEventKind.TOP_UP_REQUESTED,
+                    available_now,
+                    below,
+                    recovered,
+                    request_id,
+                    amount,
+                )
+            )
+
+    def settle_top_up(self, key: PairKey, request_id: str) -> bool:
+        """A Grant pays for a pending top-up request: it stops being pending (its
+        amount no longer counts against new requests). False: not pending here."""
+        alert = self.alerts.get(key)
+        if alert is None or request_id not in alert.top_up_pending:
+            return False
+        del alert.top_up_pending[request_id]
+        self.dirty_alerts.add(key)
+        return True
 
     def _apply(
         self, side: Side, asset: str, signed: int, movement: Movement

@@ -84,6 +84,10 @@ _HINTS: dict[str, str] = {
         " with --key {key}."
     ),
     "ALERT_LIMIT_EXCEEDED": "This account has the most balance alerts it may; delete one first.",
+    "TOP_UP_REQUEST_NOT_PENDING": (
+        "That top-up request was settled already or belongs to another account or asset;"
+        " grant without top_up_request_id if the payment is really new."
+    ),
     "TOO_MANY_STREAMS": "This caller holds the most change streams it may; close one first.",
     "DEADLINE_EXCEEDED": (
         "The server's own deadline passed; the command may or may not have been applied:"

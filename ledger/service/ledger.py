@@ -480,9 +480,12 @@ class Ledger:
         recovery: int,
         percent: bool,
         access: Access = LOCAL,
+        top_up_target: int = 0,
+        top_up_monthly_cap: int = 0,
     ) -> BalanceAlert:
         """Create or replace the pair's low-balance alert (docs/design.md, "Balance
-        alerts"). recovery 0 means the threshold. Errors: PermissionDenied,
+        alerts"), with its top-up rule ("Top-up requests"; target 0: none).
+        recovery 0 means the threshold. Errors: PermissionDenied,
         InvalidArgument, AccountNotFound, AlertLimitExceeded, DatabaseUnavailable,
         Contention."""
         access.require("SetBalanceAlert")
@@ -499,18 +502,30 @@ class Ledger:
             # Which of the two is wrong is the caller's to say: both are named.
             v.add("threshold", "must not be above recovery")
             v.add("recovery", "must not be below threshold")
+        if not 0 <= top_up_target <= limits.AMOUNT_MAX:
+            v.add("top_up_target", f"must be between 0 and {limits.AMOUNT_MAX} (AMOUNT_MAX)")
+        if not 0 <= top_up_monthly_cap <= limits.AMOUNT_MAX:
+            v.add("top_up_monthly_cap", f"must be between 0 and {limits.AMOUNT_MAX} (AMOUNT_MAX)")
+        elif top_up_monthly_cap and not top_up_target:
+            v.add("top_up_monthly_cap", "needs top_up_target (no top-up rule without a target)")
         v.raise_if_any()
         if not access.covers(account_id):
             raise _account_not_found(account_id)
         try:
             alert = await self._store.set_alert(
-                account_id, asset, threshold, recovery or threshold, percent, self._clock.now()
+                account_id,
+                asset,
+                threshold,
+                recovery or threshold,
+                percent,
+                self._clock.now(),
+                (top_up_target, top_up_monthly_cap),
             )
         except _STORAGE_FAILURES as exc:
             raise _storage_failure(exc) from exc
         if alert is None:
             raise _account_not_found(account_id)
-        return alert
+        return _this_month(alert, self._clock.now())
 
     async def list_alerts(self, account_id: str, access: Access = LOCAL) -> list[BalanceAlert]:
         """Errors: PermissionDenied, InvalidArgument, AccountNotFound, DatabaseUnavailable."""
@@ -524,7 +539,8 @@ class Ledger:
             raise _storage_failure(exc) from exc
         if found is None:
             raise _account_not_found(account_id)
-        return found
+        now = self._clock.now()
+        return [_this_month(a, now) for a in found]
 
     async def delete_alert(self, account_id: str, asset: str, access: Access = LOCAL) -> bool:
         """Errors: PermissionDenied, InvalidArgument, AccountNotFound (outside the
@@ -790,3 +806,12 @@ def _decode_page_token(token: str, account_id: str, asset: str) -> int | None:
     if not isinstance(before, int) or before <= 0:
         raise _invalid("page_token", "is not a next_page_token returned by ListEntries")
     return before
+
+
+def _this_month(alert: BalanceAlert, now: datetime) -> BalanceAlert:
+    """The alert as a reader sees it now: what was requested in an earlier month
+    does not count in this one (the writer resets the total at the next request)."""
+    month = now.astimezone(UTC).date().replace(day=1)
+    if alert.top_up_month is not None and alert.top_up_month != month:
+        alert.top_up_requested_month = 0
+    return alert

@@ -215,9 +215,12 @@ class Store(Protocol):
         recovery: int,
         percent: bool,
         now: datetime,
+        top_up: tuple[int, int] = (0, 0),
     ) -> BalanceAlert | None:
-        """Create or replace the pair's alert, starting where its balance is. None:
-        no such account. Errors: AlertLimitExceeded."""
+        """Create or replace the pair's alert, starting where its balance is, with its
+        top-up rule (target, monthly cap; (0, 0): none); a replaced alert keeps its
+        pending requests and the month's total. None: no such account.
+        Errors: AlertLimitExceeded."""
         ...
 
     async def list_alerts(self, account_id: str) -> list[BalanceAlert] | None: ...

@@ -12,6 +12,10 @@ from ledger.domain.errors import AlertLimitExceeded
 from ledger.domain.model import AlertEvent, AlertEventKind, AlertState, BalanceAlert
 
 _COLS = "account_id, asset, threshold, recovery, percent, basis, state, created_at"
+_READ_COLS = (
+    _COLS + ", top_up_target, top_up_cap_month, top_up_pending, top_up_month,"
+    " top_up_requested_month"
+)
 
 # The amount of the pair's last Grant (the basis of percentages), newest first
 # through entries_pair_position.
@@ -29,8 +33,11 @@ async def set_alert(
     recovery: int,
     percent: bool,
     now: datetime,
+    top_up: tuple[int, int] = (0, 0),
 ) -> BalanceAlert | None:
-    """Create or replace, starting where the balance is (no event). None: no account.
+    """Create or replace, starting where the balance is (no event), with the top-up
+    rule `top_up` (target, monthly cap); a replaced alert keeps its pending top-up
+    requests and the month's total (a Grant may still settle them). None: no account.
     One SERIALIZABLE transaction: a batch changing the balance meanwhile conflicts
     with it (it reads the alert, this reads the balance), and one of them retries.
     Errors: AlertLimitExceeded."""
@@ -65,11 +72,14 @@ async def set_alert(
             now,
         )
         alert.state = alerts.initial_state(alert, available or 0)
-        await conn.execute(
-            f"INSERT INTO balance_alerts ({_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        row = await conn.fetchrow(
+            f"INSERT INTO balance_alerts ({_COLS}, top_up_target, top_up_cap_month)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             " ON CONFLICT (account_id, asset) DO UPDATE SET threshold = EXCLUDED.threshold,"
             " recovery = EXCLUDED.recovery, percent = EXCLUDED.percent, basis = EXCLUDED.basis,"
-            " state = EXCLUDED.state, created_at = EXCLUDED.created_at",
+            " state = EXCLUDED.state, created_at = EXCLUDED.created_at,"
+            " top_up_target = EXCLUDED.top_up_target,"
+            f" top_up_cap_month = EXCLUDED.top_up_cap_month RETURNING {_READ_COLS}",
             account_id,
             asset,
             threshold,
@@ -78,8 +88,10 @@ async def set_alert(
             alert.basis,
             alert.state.value,
             now,
+            top_up[0],
+            top_up[1],
         )
-    return alert
+    return codec.alert_from(dict(row))
 
 
 async def list_alerts(conn: asyncpg.Connection, account_id: str) -> list[BalanceAlert] | None:
@@ -87,7 +99,8 @@ async def list_alerts(conn: asyncpg.Connection, account_id: str) -> list[Balance
         if await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id) is None:
             return None
         rows = await conn.fetch(
-            f"SELECT {_COLS} FROM balance_alerts WHERE account_id = $1 ORDER BY asset LIMIT $2",
+            f"SELECT {_READ_COLS} FROM balance_alerts WHERE account_id = $1 ORDER BY asset"
+            " LIMIT $2",
             account_id,
             limits.ALERTS_PER_ACCOUNT_MAX,
         )
@@ -105,7 +118,7 @@ async def delete_alert(conn: asyncpg.Connection, account_id: str, asset: str) ->
 # The events of the transactions of a stream page, within its filters ($3..$6).
 EVENTS = (
     "SELECT xid::text AS xid, transaction_id, account_id, asset, kind, available, threshold,"
-    " recovery FROM alert_events"
+    " recovery, request_id, amount FROM alert_events"
     " WHERE (xid, transaction_id) IN (SELECT x::xid8, t FROM unnest($1::text[], $2::uuid[]) AS"
     " k(x, t))"
     " AND ($3 = '' OR account_id = $3) AND ($4 = '' OR starts_with(account_id, $4))"
@@ -134,6 +147,8 @@ async def events(
                 r["available"],
                 r["threshold"],
                 r["recovery"],
+                str(r["request_id"]) if r["request_id"] is not None else "",
+                r["amount"] or 0,
             )
         )
     return out

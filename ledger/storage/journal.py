@@ -43,7 +43,7 @@ _FILTER = (
 PAGE = (
     f"SELECT {_COLS} FROM entries"
     " WHERE (xid, entry_id) > ($1::text::xid8, $2::int8) AND xid < $3::text::xid8"
-    f"{_FILTER} ORDER BY xid, entry_id LIMIT $8"
+    f"{_FILTER} ORDER BY entries.xid, entry_id LIMIT $8"
 )
 
 # The rest of one transaction that a full page cut: same xid, same transaction id.
@@ -129,7 +129,7 @@ async def rest(
 AT_POSITION = (
     f"SELECT {_COLS} FROM entries WHERE account_id = $1 AND asset = $2 AND bucket <> 'system'"
     " AND (xid, entry_id) <= ($3::text::xid8, $4::int8)"
-    " ORDER BY xid DESC, entry_id DESC LIMIT 1"
+    " ORDER BY entries.xid DESC, entry_id DESC LIMIT 1"
 )
 
 # The pair's last row written at or before an instant.

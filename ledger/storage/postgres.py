@@ -218,7 +218,9 @@ UNION ALL SELECT 'l', to_jsonb(l) FROM (
 ) AS l
 UNION ALL SELECT 's', to_jsonb(sched) FROM sched
 UNION ALL SELECT 'x', to_jsonb(x) FROM (
-    SELECT a.account_id, a.asset, a.threshold, a.recovery, a.percent, a.basis, a.state, a.created_at
+    SELECT a.account_id, a.asset, a.threshold, a.recovery, a.percent, a.basis, a.state, a.created_at,
+           a.top_up_target, a.top_up_cap_month, a.top_up_pending, a.top_up_month,
+           a.top_up_requested_month
     FROM balance_alerts a JOIN pairs USING (account_id, asset)) AS x
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
     SELECT {_LOT_COLS} FROM lots
@@ -294,17 +296,20 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
         after jsonb)
     RETURNING 1
 ), x AS (
-    UPDATE balance_alerts a SET state = t.state, basis = t.basis
-    FROM d, jsonb_to_recordset(d.doc->'x') AS t(account_id text, asset text, state text, basis int8)
+    UPDATE balance_alerts a SET state = t.state, basis = t.basis,
+        top_up_pending = t.top_up_pending, top_up_month = t.top_up_month,
+        top_up_requested_month = t.top_up_requested_month
+    FROM d, jsonb_to_recordset(d.doc->'x') AS t(account_id text, asset text, state text, basis int8,
+        top_up_pending jsonb, top_up_month date, top_up_requested_month int8)
     WHERE a.account_id = t.account_id AND a.asset = t.asset
     RETURNING 1
 ), v AS (
     INSERT INTO alert_events (transaction_id, account_id, asset, kind, available, threshold,
-                              recovery, created_at)
+                              recovery, request_id, amount, created_at)
     SELECT t.transaction_id, t.account_id, t.asset, t.kind, t.available, t.threshold, t.recovery,
-           $2::timestamptz
+           t.request_id, t.amount, $2::timestamptz
     FROM d, jsonb_to_recordset(d.doc->'v') AS t(transaction_id uuid, account_id text, asset text,
-        kind text, available int8, threshold int8, recovery int8)
+        kind text, available int8, threshold int8, recovery int8, request_id uuid, amount int8)
     RETURNING 1
 ), sl AS (
     INSERT INTO spending_limits (transaction_id, account_id, asset, kind, value, created_at)
@@ -586,7 +591,15 @@ class PgBatch:
                 for a, asset, kind, value, tx in ws.limit_changes
             ],
             "x": [
-                {"account_id": k[0], "asset": k[1], "state": a.state.value, "basis": a.basis}
+                {
+                    "account_id": k[0],
+                    "asset": k[1],
+                    "state": a.state.value,
+                    "basis": a.basis,
+                    "top_up_pending": a.top_up_pending,
+                    "top_up_month": a.top_up_month.isoformat() if a.top_up_month else None,
+                    "top_up_requested_month": a.top_up_requested_month,
+                }
                 for k in sorted(ws.dirty_alerts)
                 if (a := ws.alerts[k]) is not None
             ],
@@ -599,6 +612,8 @@ class PgBatch:
                     "available": ev.available,
                     "threshold": ev.threshold,
                     "recovery": ev.recovery,
+                    "request_id": ev.request_id or None,
+                    "amount": ev.amount if ev.request_id else None,
                 }
                 for ev in ws.events
             ],
@@ -1172,10 +1187,11 @@ class PostgresStore:
         recovery: int,
         percent: bool,
         now: datetime,
+        top_up: tuple[int, int] = (0, 0),
     ) -> BalanceAlert | None:
         return await self._read(
             lambda conn: alert_sql.set_alert(
-                conn, account_id, asset, threshold, recovery, percent, now
+                conn, account_id, asset, threshold, recovery, percent, now, top_up
             )
         )
 

@@ -154,6 +154,7 @@ def grant(req: pb.GrantRequest, caller: str) -> c.Grant:
         req.category or PAID,
         req.unit_cost_micros if req.HasField("unit_cost_micros") else None,
         req.cost_currency,
+        req.top_up_request_id,
     )
 
 
@@ -529,6 +530,7 @@ _EVENT_KIND = {
     AlertEventKind.BALANCE_BELOW: pb.BalanceEvent.KIND_BALANCE_BELOW,
     AlertEventKind.BALANCE_RECOVERED: pb.BalanceEvent.KIND_BALANCE_RECOVERED,
     AlertEventKind.BALANCE_EXHAUSTED: pb.BalanceEvent.KIND_BALANCE_EXHAUSTED,
+    AlertEventKind.TOP_UP_REQUESTED: pb.BalanceEvent.KIND_TOP_UP_REQUESTED,
 }
 
 
@@ -544,6 +546,10 @@ def alert(a: BalanceAlert) -> pb.BalanceAlert:
         threshold_amount=below,
         recovery_amount=recovered,
         created_at=_ts(a.created_at),
+        top_up_target=a.top_up_target,
+        top_up_monthly_cap=a.top_up_cap_month,
+        top_up_pending=sum(a.top_up_pending.values()),
+        top_up_requested_this_month=a.top_up_requested_month,
     )
 
 
@@ -599,6 +605,8 @@ def _streamed_transaction(t: pb.StreamedTransaction, tx: StreamTransaction) -> N
             available=ev.available,
             threshold_amount=ev.threshold,
             recovery_amount=ev.recovery,
+            request_id=ev.request_id,
+            amount=ev.amount,
         )
 
 

@@ -340,6 +340,8 @@ class LedgerServicer:
             req.recovery,
             req.percent,
             self._authorize(ctx),
+            req.top_up_target,
+            req.top_up_monthly_cap,
         )
         return pb.SetBalanceAlertResponse(alert=convert.alert(alert)), False
 

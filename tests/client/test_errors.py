@@ -84,6 +84,9 @@ CONTRACT = {
     "ALERT_LIMIT_EXCEEDED": (
         grpc.StatusCode.FAILED_PRECONDITION, e.AlertLimitExceeded, e.FailedPrecondition,
     ),
+    "TOP_UP_REQUEST_NOT_PENDING": (
+        grpc.StatusCode.FAILED_PRECONDITION, e.TopUpRequestNotPending, e.FailedPrecondition,
+    ),
     "TOO_MANY_STREAMS": (
         grpc.StatusCode.RESOURCE_EXHAUSTED, e.TooManyStreams, e.ResourceExhausted,
     ),

@@ -60,6 +60,7 @@ def grant(
     category: str = "",
     unit_cost_micros: int | None = None,
     cost_currency: str = "",
+    top_up_request_id: str = "",
 ) -> pb.GrantRequest:
     req = pb.GrantRequest(
         account_id=account_id,
@@ -71,6 +72,7 @@ def grant(
         source=source,
         category=category,
         cost_currency=cost_currency,
+        top_up_request_id=top_up_request_id,
     )
     if priority is not None:
         req.priority = priority

@@ -376,6 +376,12 @@ class AlertLimitExceeded(FailedPrecondition):
     """ALERT_LIMIT_EXCEEDED: the account has ALERTS_PER_ACCOUNT_MAX balance alerts already."""
 
 
+class TopUpRequestNotPending(FailedPrecondition):
+    """TOP_UP_REQUEST_NOT_PENDING: a Grant's top_up_request_id is no pending top-up
+    request of its account and asset (never requested there, or settled already).
+    Final for the idempotency key; nothing was granted."""
+
+
 class TooManyStreams(ResourceExhausted):
     """TOO_MANY_STREAMS: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams
     open already; close one (or watch a wider filter on one) before opening another."""
@@ -417,6 +423,7 @@ _BY_REASON: dict[str, type[LedgerError]] = {
     "TOO_MANY_CONCURRENT_CALLS": TooManyConcurrentCalls,
     "TOO_MANY_STREAMS": TooManyStreams,
     "ALERT_LIMIT_EXCEEDED": AlertLimitExceeded,
+    "TOP_UP_REQUEST_NOT_PENDING": TopUpRequestNotPending,
     "INTERNAL": Internal,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
 }

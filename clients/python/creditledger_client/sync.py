@@ -207,12 +207,14 @@ class SyncLedgerClient:
         category: str = "",
         unit_cost_micros: int | None = None,
         cost_currency: str = "",
+        top_up_request_id: str = "",
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> GrantResult:
         """Adds `amount` as a new lot, of `category` (default paid) with an optional
-        cost basis. Raises AccountNotFound, BalanceLimitExceeded,
-        IdempotencyKeyReused, InvalidArgument."""
+        cost basis; with `top_up_request_id` (a TOP_UP_REQUESTED event's request_id)
+        it settles that top-up request. Raises AccountNotFound, BalanceLimitExceeded,
+        IdempotencyKeyReused, InvalidArgument, TopUpRequestNotPending."""
         request = rq.grant(
             account_id,
             asset,
@@ -225,6 +227,7 @@ class SyncLedgerClient:
             category=category,
             unit_cost_micros=unit_cost_micros,
             cost_currency=cost_currency,
+            top_up_request_id=top_up_request_id,
         )
         resp, replayed = self._call(self._stub.Grant, request, timeout_s, call_metadata)
         return GrantResult(balance_from_pb(resp.balance), lot_from_pb(resp.lot), replayed)

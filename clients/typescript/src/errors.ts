@@ -413,6 +413,10 @@ export class TooManyConcurrentCalls extends RateLimited {
 export class AlertLimitExceeded extends FailedPrecondition {
   override readonly name: string = "AlertLimitExceeded";
 }
+/** TOP_UP_REQUEST_NOT_PENDING (FAILED_PRECONDITION): a Grant's top_up_request_id is no pending top-up request of its account and asset. */
+export class TopUpRequestNotPending extends FailedPrecondition {
+  override readonly name: string = "TopUpRequestNotPending";
+}
 /** TOO_MANY_STREAMS (RESOURCE_EXHAUSTED): the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already. */
 export class TooManyStreams extends ResourceExhausted {
   override readonly name: string = "TooManyStreams";
@@ -460,6 +464,7 @@ const CLASS_BY_REASON: ReadonlyMap<string, LedgerErrorClass> = new Map<string, L
   ["TOO_MANY_CONCURRENT_CALLS", TooManyConcurrentCalls],
   ["TOO_MANY_STREAMS", TooManyStreams],
   ["ALERT_LIMIT_EXCEEDED", AlertLimitExceeded],
+  ["TOP_UP_REQUEST_NOT_PENDING", TopUpRequestNotPending],
   ["INTERNAL", Internal],
   ["DEADLINE_EXCEEDED", DeadlineExceeded],
 ]);

@@ -61,6 +61,7 @@ export {
   REQUEST_ID_HEADER,
   RateLimited,
   TooManyStreams,
+  TopUpRequestNotPending,
   ReservationClosed,
   ReservationExpired,
   ReservationGroupNotFound,

@@ -152,6 +152,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RESOURCE_EXHAUSTED: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
     ERROR_REASON_ALERT_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 23
     """FAILED_PRECONDITION: the account has ALERTS_PER_ACCOUNT_MAX alerts already."""
+    ERROR_REASON_TOP_UP_REQUEST_NOT_PENDING: _ErrorReason.ValueType  # 24
+    """Nothing changed: never requested on that account and asset, or settled already.
+    FAILED_PRECONDITION: a Grant's top_up_request_id is no pending top-up request there.
+    """
     ERROR_REASON_PRECONDITION_FAILED: _ErrorReason.ValueType  # 26
     """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
     ERROR_REASON_POOL_DEPTH_EXCEEDED: _ErrorReason.ValueType  # 27
@@ -233,6 +237,10 @@ ERROR_REASON_TOO_MANY_STREAMS: ErrorReason.ValueType  # 22
 """RESOURCE_EXHAUSTED: the caller holds WATCH_STREAMS_PER_CALLER_MAX change streams open already."""
 ERROR_REASON_ALERT_LIMIT_EXCEEDED: ErrorReason.ValueType  # 23
 """FAILED_PRECONDITION: the account has ALERTS_PER_ACCOUNT_MAX alerts already."""
+ERROR_REASON_TOP_UP_REQUEST_NOT_PENDING: ErrorReason.ValueType  # 24
+"""Nothing changed: never requested on that account and asset, or settled already.
+FAILED_PRECONDITION: a Grant's top_up_request_id is no pending top-up request there.
+"""
 ERROR_REASON_PRECONDITION_FAILED: ErrorReason.ValueType  # 26
 """FAILED_PRECONDITION: a Precondition of the request did not hold; nothing changed."""
 ERROR_REASON_POOL_DEPTH_EXCEEDED: ErrorReason.ValueType  # 27
@@ -1136,6 +1144,7 @@ class GrantRequest(_message.Message):
     CATEGORY_FIELD_NUMBER: _builtins.int
     UNIT_COST_MICROS_FIELD_NUMBER: _builtins.int
     COST_CURRENCY_FIELD_NUMBER: _builtins.int
+    TOP_UP_REQUEST_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to credit; it must exist."""
     asset: _builtins.str
@@ -1160,6 +1169,12 @@ class GrantRequest(_message.Message):
     """
     cost_currency: _builtins.str
     """ISO 4217 code (3 letters A-Z) of unit_cost_micros; empty without it."""
+    top_up_request_id: _builtins.str
+    """The TOP_UP_REQUESTED event (BalanceEvent.request_id) this grant pays for:
+    the request stops being pending, in the same transaction. It must be a
+    pending request of this account and asset (TOP_UP_REQUEST_NOT_PENDING);
+    empty for an ordinary grant.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels recorded with the grant."""
@@ -1187,10 +1202,11 @@ class GrantRequest(_message.Message):
         category: _builtins.str = ...,
         unit_cost_micros: _builtins.int | None = ...,
         cost_currency: _builtins.str = ...,
+        top_up_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "_unit_cost_micros", b"_unit_cost_micros", "expires_at", b"expires_at", "priority", b"priority", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "_unit_cost_micros", b"_unit_cost_micros", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "category", b"category", "cost_currency", b"cost_currency", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions", "priority", b"priority", "source", b"source", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "_unit_cost_micros", b"_unit_cost_micros", "account_id", b"account_id", "amount", b"amount", "asset", b"asset", "category", b"category", "cost_currency", b"cost_currency", "expires_at", b"expires_at", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "preconditions", b"preconditions", "priority", b"priority", "source", b"source", "top_up_request_id", b"top_up_request_id", "unit_cost_micros", b"unit_cost_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -3326,6 +3342,10 @@ class BalanceAlert(_message.Message):
     THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
     RECOVERY_AMOUNT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    TOP_UP_TARGET_FIELD_NUMBER: _builtins.int
+    TOP_UP_MONTHLY_CAP_FIELD_NUMBER: _builtins.int
+    TOP_UP_PENDING_FIELD_NUMBER: _builtins.int
+    TOP_UP_REQUESTED_THIS_MONTH_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account."""
     asset: _builtins.str
@@ -3342,6 +3362,16 @@ class BalanceAlert(_message.Message):
     """The threshold and recovery as amounts now (with percent: of the last Grant)."""
     recovery_amount: _builtins.int
     """See threshold_amount."""
+    top_up_target: _builtins.int
+    """Top-up rule: on each BALANCE_BELOW crossing, request this much minus
+    available minus the pending requests (0: no top-up rule).
+    """
+    top_up_monthly_cap: _builtins.int
+    """Top-up rule: at most this much requested per calendar month (UTC); 0: no cap."""
+    top_up_pending: _builtins.int
+    """Sum of the TOP_UP_REQUESTED amounts not yet settled by a Grant."""
+    top_up_requested_this_month: _builtins.int
+    """Sum of the amounts requested in the current calendar month (UTC)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the alert was set."""
@@ -3358,10 +3388,14 @@ class BalanceAlert(_message.Message):
         threshold_amount: _builtins.int = ...,
         recovery_amount: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        top_up_target: _builtins.int = ...,
+        top_up_monthly_cap: _builtins.int = ...,
+        top_up_pending: _builtins.int = ...,
+        top_up_requested_this_month: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "created_at", b"created_at", "percent", b"percent", "recovery", b"recovery", "recovery_amount", b"recovery_amount", "state", b"state", "threshold", b"threshold", "threshold_amount", b"threshold_amount"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "created_at", b"created_at", "percent", b"percent", "recovery", b"recovery", "recovery_amount", b"recovery_amount", "state", b"state", "threshold", b"threshold", "threshold_amount", b"threshold_amount", "top_up_monthly_cap", b"top_up_monthly_cap", "top_up_pending", b"top_up_pending", "top_up_requested_this_month", b"top_up_requested_this_month", "top_up_target", b"top_up_target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3378,6 +3412,8 @@ class SetBalanceAlertRequest(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     RECOVERY_FIELD_NUMBER: _builtins.int
     PERCENT_FIELD_NUMBER: _builtins.int
+    TOP_UP_TARGET_FIELD_NUMBER: _builtins.int
+    TOP_UP_MONTHLY_CAP_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account; it must exist."""
     asset: _builtins.str
@@ -3388,6 +3424,15 @@ class SetBalanceAlertRequest(_message.Message):
     """threshold to 10^15 (or 100 with percent); 0 means the threshold itself."""
     percent: _builtins.bool
     """threshold and recovery are percentages of the pair's last Grant."""
+    top_up_target: _builtins.int
+    """Top-up rule: when available falls below the threshold (BALANCE_BELOW),
+    a TOP_UP_REQUESTED event asks for target - available - pending; 0 to
+    10^15 (AMOUNT_MAX), 0 means no top-up rule.
+    """
+    top_up_monthly_cap: _builtins.int
+    """Top-up rule: at most this much requested per calendar month (UTC);
+    0 to 10^15, 0 means no cap. Needs top_up_target.
+    """
     def __init__(
         self,
         *,
@@ -3396,10 +3441,12 @@ class SetBalanceAlertRequest(_message.Message):
         threshold: _builtins.int = ...,
         recovery: _builtins.int = ...,
         percent: _builtins.bool = ...,
+        top_up_target: _builtins.int = ...,
+        top_up_monthly_cap: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "percent", b"percent", "recovery", b"recovery", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "percent", b"percent", "recovery", b"recovery", "threshold", b"threshold", "top_up_monthly_cap", b"top_up_monthly_cap", "top_up_target", b"top_up_target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3545,6 +3592,10 @@ class BalanceEvent(_message.Message):
         """Available came back to the recovery level."""
         KIND_BALANCE_EXHAUSTED: BalanceEvent._Kind.ValueType  # 3
         """Available reached 0."""
+        KIND_TOP_UP_REQUESTED: BalanceEvent._Kind.ValueType  # 4
+        """The top-up rule asks the caller's billing for `amount` credits; its
+        Grant with top_up_request_id = request_id settles the request.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
         """What happened."""
@@ -3557,6 +3608,10 @@ class BalanceEvent(_message.Message):
     """Available came back to the recovery level."""
     KIND_BALANCE_EXHAUSTED: BalanceEvent.Kind.ValueType  # 3
     """Available reached 0."""
+    KIND_TOP_UP_REQUESTED: BalanceEvent.Kind.ValueType  # 4
+    """The top-up rule asks the caller's billing for `amount` credits; its
+    Grant with top_up_request_id = request_id settles the request.
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -3564,6 +3619,8 @@ class BalanceEvent(_message.Message):
     AVAILABLE_FIELD_NUMBER: _builtins.int
     THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
     RECOVERY_AMOUNT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
     kind: Global___BalanceEvent.Kind.ValueType
     """What happened."""
     account_id: _builtins.str
@@ -3576,6 +3633,10 @@ class BalanceEvent(_message.Message):
     """The threshold amount then."""
     recovery_amount: _builtins.int
     """The recovery amount then."""
+    request_id: _builtins.str
+    """TOP_UP_REQUESTED: the request's id (GrantRequest.top_up_request_id)."""
+    amount: _builtins.int
+    """TOP_UP_REQUESTED: credits requested (target - available - pending, within the monthly cap)."""
     def __init__(
         self,
         *,
@@ -3585,10 +3646,12 @@ class BalanceEvent(_message.Message):
         available: _builtins.int = ...,
         threshold_amount: _builtins.int = ...,
         recovery_amount: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "asset", b"asset", "available", b"available", "kind", b"kind", "recovery_amount", b"recovery_amount", "threshold_amount", b"threshold_amount"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "asset", b"asset", "available", b"available", "kind", b"kind", "recovery_amount", b"recovery_amount", "request_id", b"request_id", "threshold_amount", b"threshold_amount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
