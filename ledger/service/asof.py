@@ -45,6 +45,13 @@ def with_due(base: Balance, due: list[JournalRow]) -> Balance:
     return out
 
 
+def _journaled(b: Balance) -> tuple[int, ...]:
+    """The fields a journal row's balance-after holds: the pair's version, floor,
+    debt and caps live on the balances row only, so comparing whole Balances
+    would never find the two reads equal."""
+    return (b.available, b.reserved, b.granted, b.settled, b.refunded, b.expired)
+
+
 async def balance_as_of(
     store: Store,
     account_id: str,
@@ -69,7 +76,7 @@ async def balance_as_of(
         ws = rules.WorkingSet(now=at, refund_grace=refund_grace)
         pair = (account_id, asset)
         await store.snapshot(ws, pairs={pair}, whole_pairs={pair})
-        if ws.balances.get(pair, zero) != base:
+        if _journaled(ws.balances.get(pair, zero)) != _journaled(base):
             continue  # a batch committed in between: look again
         rules.catch_up(ws, account_id, asset)
         return ws.balance(account_id, asset).copy()
