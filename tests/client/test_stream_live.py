@@ -21,6 +21,9 @@ from creditledger_client import (
     SyncLedgerClient,
 )
 
+from ledger.app import App
+from ledger.config import Config
+from ledger.service.stream import WatchSettings
 from tests.client.proxy import CuttableProxy
 from tests.conftest import RunningServer
 
@@ -127,6 +130,60 @@ async def test_the_blocking_stream_reconnects_too(ledger_server: RunningServer) 
     assert proxy.connections >= 2
     assert [t.position for t in seen] == [t.position for t in expected]
     assert [t.balances[0].available for t in seen] == [50, 49, 48, 46, 43]
+
+
+@pytest.mark.timeout(60)
+async def test_checkpoints_reach_the_caller_and_a_reconnect_goes_on_after_them(
+    ledger_server: RunningServer, database_url: str
+) -> None:
+    # A replica of its own whose streams send checkpoints every 0.2 s (5 s by default).
+    replica = App(
+        Config(
+            listen="127.0.0.1:0",
+            database_url=database_url,
+            metrics_listen="127.0.0.1:0",
+            sweep_interval_s=60.0,
+            drain_s=1.0,
+        )
+    )
+    await replica.start()
+    replica.ledger.stream._settings = WatchSettings(checkpoint_s=0.2)
+    proxy = CuttableProxy(replica.port)
+    await proxy.start()
+    try:
+        async with (
+            LedgerClient(ledger_server.target) as direct,
+            LedgerClient(proxy.target, retry=FAST) as through_proxy,
+        ):
+            _, quiet = await tenant_account(direct, 5)
+            _, busy = await tenant_account(direct, 100)
+            checkpoints: list[str] = []
+            seen: list[StreamedTransaction] = []
+
+            async def consume() -> None:
+                async for tx in through_proxy.watch_transactions(
+                    account_id=quiet, on_checkpoint=checkpoints.append
+                ):
+                    seen.append(tx)
+                    if len(seen) == 2:
+                        return
+
+            consumer = asyncio.create_task(consume())
+            async with asyncio.timeout(10):
+                while len(checkpoints) < 2:  # others' transactions move the cursor on
+                    await direct.charge(busy, ASSET, 1)
+                    await asyncio.sleep(0.1)
+            proxy.cut()
+            await asyncio.sleep(0.3)
+            await direct.grant(quiet, ASSET, 7)
+            await asyncio.wait_for(consumer, 10)
+    finally:
+        await proxy.close()
+        await replica.stop()
+    assert proxy.connections >= 2
+    assert checkpoints == sorted(set(checkpoints))
+    assert seen[0].position < checkpoints[0] < seen[1].position
+    assert [t.balances[0].available for t in seen] == [5, 12]
 
 
 @pytest.mark.timeout(60)

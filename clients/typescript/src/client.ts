@@ -593,6 +593,7 @@ export class LedgerClient {
     const requestId = requestIdOf(this.options.headers, settings?.headers) ?? randomUUID();
     let failures = 0; // connections failed since the last message
     let deadline = 0;
+    let callbackFailed: { readonly error: unknown } | undefined;
     for (;;) {
       const request = { ...input, afterPosition: position, fromNow: fromNow && position === "" };
       let failure: LedgerError;
@@ -612,11 +613,19 @@ export class LedgerClient {
           }
           if (message.transactions.length === 0 && message.position > position) {
             position = message.position;
-            settings?.onCheckpoint?.(position);
+            try {
+              settings?.onCheckpoint?.(position);
+            } catch (error) {
+              callbackFailed = { error }; // the caller's own error: not a stream failure
+              throw error;
+            }
           }
         }
         return; // the server ended the stream
       } catch (error) {
+        if (callbackFailed !== undefined) {
+          throw callbackFailed.error;
+        }
         failures += 1;
         failure = toLedgerError(error, { attempts: failures, requestId });
       }
