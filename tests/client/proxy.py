@@ -79,3 +79,65 @@ class ReplyLosingProxy:
                     return  # the reply never reaches the client
                 writer.write(header + payload)
                 await writer.drain()
+
+
+class CuttableProxy:
+    """A loopback TCP proxy whose `cut()` drops every connection it carries at once.
+
+    A client streaming through it sees UNAVAILABLE; the proxy keeps accepting,
+    so a reconnect goes through to the same server. `connections` counts the
+    connections it has accepted.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+        self.cuts = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    @property
+    def target(self) -> str:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    def cut(self) -> None:
+        """Closes both sides of every connection now."""
+        self.cuts += 1
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        except OSError:
+            client_w.close()
+            return
+        self._writers |= {client_w, server_w}
+        pumps = [
+            asyncio.create_task(ReplyLosingProxy._copy(client_r, server_w)),
+            asyncio.create_task(ReplyLosingProxy._copy(server_r, client_w)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            for w in (client_w, server_w):
+                self._writers.discard(w)
+                w.transport.abort()
+            for pump in pumps:
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await pump

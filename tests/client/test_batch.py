@@ -45,7 +45,7 @@ async def test_submit_batch_answers_each_command(ledger_server: RunningServer) -
         assert [o.replayed for o in again] == [True, True, True]
         first = outcomes[0].unwrap()
         assert isinstance(first, ReservationResult)
-        assert again[0].unwrap() == ReservationResult(first.reservation, first.balance, True)
+        assert again[0].unwrap() == ReservationResult(first.reservation, first.balance, True, 4)
         with pytest.raises(InsufficientCredits) as info:
             await client.submit_batch(
                 [b.charge(account, ASSET, 1), b.charge(account, ASSET, 40)], atomic=True

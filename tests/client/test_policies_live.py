@@ -33,7 +33,7 @@ async def test_overage_modes_versions_and_typed_policy_errors(ledger_server: Run
         assert capped.reservation.amount == 2_400 and capped.balance.available == 0
         with pytest.raises(InsufficientCredits):
             await client.charge(account, ASSET, 1, overage=Overage.DEBT)  # floor 0
-        stub = client._stub  # the admin RPCs have no helper of their own yet
+        stub = client._stub  # the raw stubs work beside the helpers (test_schedules_live.py)
         await stub.SetSpendingLimits(
             pb.SetSpendingLimitsRequest(
                 account_id=account, asset=ASSET, floor=-10, idempotency_key=uuid.uuid4().hex

@@ -27,5 +27,10 @@ def test_both_clients_offer_the_same_methods() -> None:
         "create_account", "get_account", "grant", "reserve", "reserve_group", "settle",
         "release", "refund", "charge", "get_reservation", "get_reservation_group",
         "get_balance", "list_entries", "submit_batch", "batcher",
+        "set_spending_limits", "set_member_cap", "void_grant", "create_grant_schedule",
+        "get_grant_schedule", "list_grant_schedules", "iter_grant_schedules",
+        "update_grant_schedule", "cancel_grant_schedule", "get_breakage", "get_statement",
+        "set_balance_alert", "list_balance_alerts", "delete_balance_alert",
+        "watch_transactions",
     }  # fmt: skip
     assert rpcs <= public(LedgerClient)

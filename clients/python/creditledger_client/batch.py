@@ -26,6 +26,8 @@ from creditledger_client import _requests as rq
 from creditledger_client.errors import LedgerError, error_from_status
 from creditledger_client.models import (
     GrantResult,
+    Overage,
+    Precondition,
     ReservationResult,
     balance_from_pb,
     lot_from_pb,
@@ -95,8 +97,18 @@ def charge(
     *,
     idempotency_key: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    overage: Overage = Overage.REJECT,
+    preconditions: Iterable[Precondition] = (),
 ) -> pb.ChargeRequest:
-    return rq.charge(account_id, asset, amount, idempotency_key=idempotency_key, metadata=metadata)
+    return rq.charge(
+        account_id,
+        asset,
+        amount,
+        idempotency_key=idempotency_key,
+        metadata=metadata,
+        overage=overage,
+        conditions=preconditions,
+    )
 
 
 def reserve(
@@ -107,28 +119,65 @@ def reserve(
     idempotency_key: str | None = None,
     ttl: timedelta | None = None,
     metadata: Mapping[str, str] | None = None,
+    overage: Overage = Overage.REJECT,
+    preconditions: Iterable[Precondition] = (),
 ) -> pb.ReserveRequest:
     return rq.reserve(
-        account_id, asset, amount, idempotency_key=idempotency_key, ttl=ttl, metadata=metadata
+        account_id,
+        asset,
+        amount,
+        idempotency_key=idempotency_key,
+        ttl=ttl,
+        metadata=metadata,
+        overage=overage,
+        conditions=preconditions,
     )
 
 
 def settle(
-    reservation_id: str, amount: int, *, final: bool = False, idempotency_key: str | None = None
+    reservation_id: str,
+    amount: int,
+    *,
+    final: bool = False,
+    idempotency_key: str | None = None,
+    preconditions: Iterable[Precondition] = (),
 ) -> pb.SettleRequest:
-    return rq.settle(reservation_id, amount, final=final, idempotency_key=idempotency_key)
+    return rq.settle(
+        reservation_id,
+        amount,
+        final=final,
+        idempotency_key=idempotency_key,
+        conditions=preconditions,
+    )
 
 
 def release(
-    reservation_id: str, amount: int = 0, *, idempotency_key: str | None = None
+    reservation_id: str,
+    amount: int = 0,
+    *,
+    idempotency_key: str | None = None,
+    preconditions: Iterable[Precondition] = (),
 ) -> pb.ReleaseRequest:
-    return rq.release(reservation_id, amount, idempotency_key=idempotency_key)
+    return rq.release(
+        reservation_id, amount, idempotency_key=idempotency_key, conditions=preconditions
+    )
 
 
 def refund(
-    reservation_id: str, amount: int, *, reason: str = "", idempotency_key: str | None = None
+    reservation_id: str,
+    amount: int,
+    *,
+    reason: str = "",
+    idempotency_key: str | None = None,
+    preconditions: Iterable[Precondition] = (),
 ) -> pb.RefundRequest:
-    return rq.refund(reservation_id, amount, reason=reason, idempotency_key=idempotency_key)
+    return rq.refund(
+        reservation_id,
+        amount,
+        reason=reason,
+        idempotency_key=idempotency_key,
+        conditions=preconditions,
+    )
 
 
 def grant(
@@ -141,6 +190,10 @@ def grant(
     expires_at: datetime | None = None,
     priority: int | None = None,
     source: str = "",
+    category: str = "",
+    unit_cost_micros: int | None = None,
+    cost_currency: str = "",
+    preconditions: Iterable[Precondition] = (),
 ) -> pb.GrantRequest:
     return rq.grant(
         account_id,
@@ -151,6 +204,10 @@ def grant(
         expires_at=expires_at,
         priority=priority,
         source=source,
+        category=category,
+        unit_cost_micros=unit_cost_micros,
+        cost_currency=cost_currency,
+        conditions=preconditions,
     )
 
 
@@ -240,10 +297,20 @@ class Batcher:
         *,
         idempotency_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        overage: Overage = Overage.REJECT,
+        preconditions: Iterable[Precondition] = (),
     ) -> ReservationResult:
         """One Charge through the batcher. Raises what `LedgerClient.charge` raises."""
         result = await self.submit(
-            charge(account_id, asset, amount, idempotency_key=idempotency_key, metadata=metadata)
+            charge(
+                account_id,
+                asset,
+                amount,
+                idempotency_key=idempotency_key,
+                metadata=metadata,
+                overage=overage,
+                preconditions=preconditions,
+            )
         )
         if not isinstance(result, ReservationResult):
             raise RuntimeError("a Charge answered something else than a reservation")
@@ -341,10 +408,20 @@ class SyncBatcher:
         *,
         idempotency_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        overage: Overage = Overage.REJECT,
+        preconditions: Iterable[Precondition] = (),
     ) -> Future[Result]:
         """One Charge through the batcher; `.result()` is a ReservationResult."""
         return self.submit(
-            charge(account_id, asset, amount, idempotency_key=idempotency_key, metadata=metadata)
+            charge(
+                account_id,
+                asset,
+                amount,
+                idempotency_key=idempotency_key,
+                metadata=metadata,
+                overage=overage,
+                preconditions=preconditions,
+            )
         )
 
     def flush_soon(self) -> None:

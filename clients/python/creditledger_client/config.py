@@ -15,7 +15,7 @@ import grpc.aio
 
 from creditledger_client.errors import REQUEST_ID_HEADER, LedgerError, metadata_pairs
 
-USER_AGENT = "creditledger-client-python/0.1.0"
+USER_AGENT = "creditledger-client-python/0.2.0"
 REPLAYED_TRAILER = "idempotent-replayed"
 
 #: gRPC metadata of one call, as (key, value) pairs; keys in lower case.

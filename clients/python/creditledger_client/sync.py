@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -37,25 +37,44 @@ from creditledger_client.errors import AccountExists, LedgerError, error_from_rp
 from creditledger_client.hold import Hold, HoldOnError, release_key, settle_key
 from creditledger_client.models import (
     Account,
+    BalanceAlert,
+    BalanceResult,
     BalanceView,
+    Breakage,
+    CapWindow,
     Entry,
     EntryPage,
     GrantResult,
+    GrantSchedule,
     GroupLeg,
     Overage,
+    PeriodUnit,
+    Precondition,
     Reservation,
     ReservationGroup,
     ReservationPage,
     ReservationResult,
     ReservationState,
     ReserveGroupResult,
+    Rollover,
+    SchedulePage,
+    ScheduleResult,
+    Statement,
+    StreamedTransaction,
+    VoidResult,
     account_from_pb,
+    alert_from_pb,
     balance_from_pb,
+    balance_view_from_pb,
+    breakage_from_pb,
     entry_from_pb,
     group_from_pb,
     lot_from_pb,
     reservation_from_pb,
     reservation_result,
+    schedule_from_pb,
+    statement_from_pb,
+    streamed_transaction_from_pb,
 )
 
 _Req = TypeVar("_Req")
@@ -157,11 +176,15 @@ class SyncLedgerClient:
         account_id: str,
         metadata: Mapping[str, str] | None = None,
         *,
+        parent_id: str = "",
         exist_ok: bool = False,
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> Account:
-        """Creates an account. Raises AccountExists (unless exist_ok: then returns it), InvalidArgument.
+        """Creates an account; with `parent_id`, a member of that pool (it spends the
+        pool's lots when it has none of its own). Raises AccountExists (unless
+        exist_ok: then returns it), AccountNotFound (the parent), PoolDepthExceeded,
+        InvalidArgument.
 
         CreateAccount has no idempotency key: with exist_ok=True a retried
         create that had in fact succeeded reads as success.
@@ -169,7 +192,7 @@ class SyncLedgerClient:
         try:
             resp, _ = self._call(
                 self._stub.CreateAccount,
-                rq.create_account(account_id, metadata),
+                rq.create_account(account_id, metadata, parent_id),
                 timeout_s,
                 call_metadata,
             )
@@ -208,12 +231,14 @@ class SyncLedgerClient:
         unit_cost_micros: int | None = None,
         cost_currency: str = "",
         top_up_request_id: str = "",
+        preconditions: Iterable[Precondition] = (),
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> GrantResult:
         """Adds `amount` as a new lot, of `category` (default paid) with an optional
-        cost basis; with `top_up_request_id` (a TOP_UP_REQUESTED event's request_id)
-        it settles that top-up request. Raises AccountNotFound, BalanceLimitExceeded,
+        cost basis (`unit_cost_micros` per credit in `cost_currency`); with
+        `top_up_request_id` (a TOP_UP_REQUESTED event's request_id) it settles that
+        top-up request. Raises AccountNotFound, BalanceLimitExceeded, PreconditionFailed,
         IdempotencyKeyReused, InvalidArgument, TopUpRequestNotPending."""
         request = rq.grant(
             account_id,
@@ -228,6 +253,7 @@ class SyncLedgerClient:
             unit_cost_micros=unit_cost_micros,
             cost_currency=cost_currency,
             top_up_request_id=top_up_request_id,
+            conditions=preconditions,
         )
         resp, replayed = self._call(self._stub.Grant, request, timeout_s, call_metadata)
         return GrantResult(balance_from_pb(resp.balance), lot_from_pb(resp.lot), replayed)
@@ -242,12 +268,13 @@ class SyncLedgerClient:
         ttl: timedelta | None = None,
         metadata: Mapping[str, str] | None = None,
         overage: Overage = Overage.REJECT,
+        preconditions: Iterable[Precondition] = (),
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReservationResult:
         """Holds `amount`, all or nothing (REJECT); CAP holds what there is, up to it
-        (the reservation's amount says how much); DEBT may go below zero down to the
-        floor. Raises InsufficientCredits, CapExceeded, AccountNotFound,
+        (`taken` says how much); DEBT may go below zero down to the floor. Raises
+        InsufficientCredits, CapExceeded, PreconditionFailed, AccountNotFound,
         IdempotencyKeyReused, InvalidArgument."""
         request = rq.reserve(
             account_id,
@@ -257,6 +284,7 @@ class SyncLedgerClient:
             ttl=ttl,
             metadata=metadata,
             overage=overage,
+            conditions=preconditions,
         )
         resp, replayed = self._call(self._stub.Reserve, request, timeout_s, call_metadata)
         return reservation_result(resp, replayed)
@@ -268,16 +296,24 @@ class SyncLedgerClient:
         idempotency_key: str | None = None,
         ttl: timedelta | None = None,
         metadata: Mapping[str, str] | None = None,
+        preconditions: Iterable[Precondition] = (),
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReserveGroupResult:
-        """Holds every leg or none. Raises InsufficientCredits (with leg_key),
+        """Holds every leg or none (a precondition names one of the legs' pairs).
+        Raises InsufficientCredits (with leg_key), PreconditionFailed,
         AccountNotFound, IdempotencyKeyReused, InvalidArgument."""
         request = rq.reserve_group(
-            legs, idempotency_key=idempotency_key, ttl=ttl, metadata=metadata
+            legs,
+            idempotency_key=idempotency_key,
+            ttl=ttl,
+            metadata=metadata,
+            conditions=preconditions,
         )
         resp, replayed = self._call(self._stub.ReserveGroup, request, timeout_s, call_metadata)
-        return ReserveGroupResult(group_from_pb(resp.group), replayed)
+        return ReserveGroupResult(
+            group_from_pb(resp.group), replayed, tuple(balance_from_pb(b) for b in resp.balances)
+        )
 
     def settle(
         self,
@@ -286,13 +322,21 @@ class SyncLedgerClient:
         *,
         final: bool = False,
         idempotency_key: str | None = None,
+        preconditions: Iterable[Precondition] = (),
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReservationResult:
         """Consumes `amount` of the hold; `final` releases the rest. Raises
         ReservationNotFound, ReservationClosed, ReservationExpired,
-        AmountExceedsRemaining, IdempotencyKeyReused, InvalidArgument."""
-        request = rq.settle(reservation_id, amount, final=final, idempotency_key=idempotency_key)
+        AmountExceedsRemaining, PreconditionFailed, IdempotencyKeyReused,
+        InvalidArgument."""
+        request = rq.settle(
+            reservation_id,
+            amount,
+            final=final,
+            idempotency_key=idempotency_key,
+            conditions=preconditions,
+        )
         resp, replayed = self._call(self._stub.Settle, request, timeout_s, call_metadata)
         return reservation_result(resp, replayed)
 
@@ -302,13 +346,17 @@ class SyncLedgerClient:
         amount: int = 0,
         *,
         idempotency_key: str | None = None,
+        preconditions: Iterable[Precondition] = (),
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReservationResult:
         """Gives `amount` (0: all that remains) back to available. Raises
         ReservationNotFound, ReservationClosed, ReservationExpired,
-        AmountExceedsRemaining, IdempotencyKeyReused, InvalidArgument."""
-        request = rq.release(reservation_id, amount, idempotency_key=idempotency_key)
+        AmountExceedsRemaining, PreconditionFailed, IdempotencyKeyReused,
+        InvalidArgument."""
+        request = rq.release(
+            reservation_id, amount, idempotency_key=idempotency_key, conditions=preconditions
+        )
         resp, replayed = self._call(self._stub.Release, request, timeout_s, call_metadata)
         return reservation_result(resp, replayed)
 
@@ -319,12 +367,20 @@ class SyncLedgerClient:
         *,
         reason: str = "",
         idempotency_key: str | None = None,
+        preconditions: Iterable[Precondition] = (),
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReservationResult:
         """Gives settled credits back. Raises ReservationNotFound,
-        AmountExceedsSettled, IdempotencyKeyReused, InvalidArgument."""
-        request = rq.refund(reservation_id, amount, reason=reason, idempotency_key=idempotency_key)
+        AmountExceedsSettled, PreconditionFailed, IdempotencyKeyReused,
+        InvalidArgument."""
+        request = rq.refund(
+            reservation_id,
+            amount,
+            reason=reason,
+            idempotency_key=idempotency_key,
+            conditions=preconditions,
+        )
         resp, replayed = self._call(self._stub.Refund, request, timeout_s, call_metadata)
         return reservation_result(resp, replayed)
 
@@ -337,12 +393,13 @@ class SyncLedgerClient:
         idempotency_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
         overage: Overage = Overage.REJECT,
+        preconditions: Iterable[Precondition] = (),
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReservationResult:
         """Reserve and final Settle in one step (overage as reserve()). Raises
-        InsufficientCredits, CapExceeded, AccountNotFound, IdempotencyKeyReused,
-        InvalidArgument."""
+        InsufficientCredits, CapExceeded, PreconditionFailed, AccountNotFound,
+        IdempotencyKeyReused, InvalidArgument."""
         request = rq.charge(
             account_id,
             asset,
@@ -350,6 +407,7 @@ class SyncLedgerClient:
             idempotency_key=idempotency_key,
             metadata=metadata,
             overage=overage,
+            conditions=preconditions,
         )
         resp, replayed = self._call(self._stub.Charge, request, timeout_s, call_metadata)
         return reservation_result(resp, replayed)
@@ -387,16 +445,26 @@ class SyncLedgerClient:
         *,
         expiring_within: timedelta | None = None,
         include_lots: bool = False,
+        as_of_time: datetime | None = None,
+        as_of_position: str = "",
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> BalanceView:
-        """One balance (zeros for an asset never granted). Raises AccountNotFound."""
+        """One balance (zeros for an asset never granted), now, or as it was at
+        `as_of_time` (deadlines due by then applied) or right after the stream
+        position `as_of_position` (a StreamedTransaction.position); an as-of read
+        takes neither `expiring_within` nor `include_lots`. Raises
+        AccountNotFound, InvalidArgument."""
         request = rq.get_balance(
-            account_id, asset, expiring_within=expiring_within, include_lots=include_lots
+            account_id,
+            asset,
+            expiring_within=expiring_within,
+            include_lots=include_lots,
+            as_of_time=as_of_time,
+            as_of_position=as_of_position,
         )
         resp, _ = self._call(self._stub.GetBalance, request, timeout_s, call_metadata)
-        lots = tuple(lot_from_pb(lot) for lot in resp.lots)
-        return BalanceView(balance_from_pb(resp.balance), resp.expiring_amount, lots)
+        return balance_view_from_pb(resp)
 
     def list_entries(
         self,
@@ -494,6 +562,383 @@ class SyncLedgerClient:
             token = page.next_page_token
             if not token:
                 return
+
+    # --- spending policies ------------------------------------------------------------
+
+    def set_spending_limits(
+        self,
+        account_id: str,
+        asset: str,
+        floor: int,
+        *,
+        idempotency_key: str | None = None,
+        preconditions: Iterable[Precondition] = (),
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> BalanceResult:
+        """Sets how far below zero a DEBT-mode spend of the pair may go (`floor` <= 0).
+        Needs the admin permission. Raises AccountNotFound, PreconditionFailed,
+        PermissionDenied, IdempotencyKeyReused, InvalidArgument."""
+        request = rq.set_spending_limits(
+            account_id,
+            asset,
+            floor,
+            idempotency_key=idempotency_key,
+            conditions=preconditions,
+        )
+        resp, replayed = self._call(self._stub.SetSpendingLimits, request, timeout_s, call_metadata)
+        return BalanceResult(balance_from_pb(resp.balance), replayed)
+
+    def set_member_cap(
+        self,
+        account_id: str,
+        asset: str,
+        window: CapWindow,
+        cap: int | None,
+        *,
+        idempotency_key: str | None = None,
+        preconditions: Iterable[Precondition] = (),
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> BalanceResult:
+        """Caps what the account may spend per `window` (None removes the cap).
+        Needs the admin permission. Raises AccountNotFound, PreconditionFailed,
+        PermissionDenied, IdempotencyKeyReused, InvalidArgument."""
+        request = rq.set_member_cap(
+            account_id,
+            asset,
+            window,
+            cap,
+            idempotency_key=idempotency_key,
+            conditions=preconditions,
+        )
+        resp, replayed = self._call(self._stub.SetMemberCap, request, timeout_s, call_metadata)
+        return BalanceResult(balance_from_pb(resp.balance), replayed)
+
+    # --- provenance and grant schedules -------------------------------------------------
+
+    def void_grant(
+        self,
+        lot_id: str,
+        amount: int = 0,
+        *,
+        reason: str = "",
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> VoidResult:
+        """Takes back `amount` (0: all) of a lot's unspent credits, never held ones.
+        Raises LotNotFound, CreditsHeld, AmountExceedsUnspent,
+        IdempotencyKeyReused, InvalidArgument."""
+        request = rq.void_grant(lot_id, amount, reason=reason, idempotency_key=idempotency_key)
+        resp, replayed = self._call(self._stub.VoidGrant, request, timeout_s, call_metadata)
+        return VoidResult(
+            lot_from_pb(resp.lot), balance_from_pb(resp.balance), resp.voided, replayed
+        )
+
+    def create_grant_schedule(
+        self,
+        account_id: str,
+        asset: str,
+        amount: int,
+        period_unit: PeriodUnit,
+        period_count: int = 1,
+        *,
+        anchor: datetime | None = None,
+        time_zone: str = "",
+        end: datetime | None = None,
+        priority: int | None = None,
+        category: str = "",
+        lot_life: timedelta | None = None,
+        rollover: Rollover | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> ScheduleResult:
+        """Grants `amount` every `period_count` `period_unit`s from `anchor` (default
+        now) in `time_zone` (default UTC); the current period is granted at once.
+        Raises AccountNotFound, ScheduleLimitExceeded, IdempotencyKeyReused,
+        InvalidArgument."""
+        request = rq.create_grant_schedule(
+            account_id,
+            asset,
+            amount,
+            period_unit,
+            period_count,
+            anchor=anchor,
+            time_zone=time_zone,
+            end=end,
+            priority=priority,
+            category=category,
+            lot_life=lot_life,
+            rollover_=rollover,
+            idempotency_key=idempotency_key,
+            metadata=metadata,
+        )
+        resp, replayed = self._call(
+            self._stub.CreateGrantSchedule, request, timeout_s, call_metadata
+        )
+        return ScheduleResult(
+            schedule_from_pb(resp.schedule), balance_from_pb(resp.balance), replayed
+        )
+
+    def get_grant_schedule(
+        self,
+        schedule_id: str,
+        *,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> GrantSchedule:
+        """One schedule, as it is now. Raises ScheduleNotFound."""
+        request = pb.GetGrantScheduleRequest(schedule_id=schedule_id)
+        resp, _ = self._call(self._stub.GetGrantSchedule, request, timeout_s, call_metadata)
+        return schedule_from_pb(resp.schedule)
+
+    def list_grant_schedules(
+        self,
+        account_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> SchedulePage:
+        """One page of an account's schedules, oldest first. Raises AccountNotFound,
+        InvalidArgument."""
+        request = pb.ListGrantSchedulesRequest(
+            account_id=account_id, page_size=page_size, page_token=page_token
+        )
+        resp, _ = self._call(self._stub.ListGrantSchedules, request, timeout_s, call_metadata)
+        return SchedulePage(
+            tuple(schedule_from_pb(m) for m in resp.schedules), resp.next_page_token
+        )
+
+    def iter_grant_schedules(
+        self,
+        account_id: str,
+        *,
+        page_size: int = 0,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> Iterator[GrantSchedule]:
+        """Every schedule of the account, oldest first.
+
+        `timeout_s` is the deadline of each page's call, not of the whole walk.
+        """
+        token = ""
+        while True:
+            page = self.list_grant_schedules(
+                account_id,
+                page_size=page_size,
+                page_token=token,
+                timeout_s=timeout_s,
+                call_metadata=call_metadata,
+            )
+            yield from page.schedules
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_grant_schedule(
+        self,
+        schedule_id: str,
+        *,
+        amount: int | None = None,
+        rollover: Rollover | None = None,
+        remove_rollover: bool = False,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> ScheduleResult:
+        """New amount and/or rollover from the next period on (the current period
+        keeps its own). `balance` of the result is None. Raises ScheduleNotFound,
+        IdempotencyKeyReused, InvalidArgument."""
+        request = rq.update_grant_schedule(
+            schedule_id,
+            amount=amount,
+            rollover_=rollover,
+            remove_rollover=remove_rollover,
+            idempotency_key=idempotency_key,
+        )
+        resp, replayed = self._call(
+            self._stub.UpdateGrantSchedule, request, timeout_s, call_metadata
+        )
+        return ScheduleResult(schedule_from_pb(resp.schedule), None, replayed)
+
+    def cancel_grant_schedule(
+        self,
+        schedule_id: str,
+        *,
+        void_remainder: bool = False,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> ScheduleResult:
+        """No period starts after now; the current period's lot stays (and no longer
+        rolls over) unless `void_remainder` voids its unspent credits. Raises
+        ScheduleNotFound, IdempotencyKeyReused, InvalidArgument."""
+        request = rq.cancel_grant_schedule(
+            schedule_id, void_remainder=void_remainder, idempotency_key=idempotency_key
+        )
+        resp, replayed = self._call(
+            self._stub.CancelGrantSchedule, request, timeout_s, call_metadata
+        )
+        return ScheduleResult(
+            schedule_from_pb(resp.schedule), balance_from_pb(resp.balance), replayed
+        )
+
+    def get_breakage(
+        self,
+        account_id: str,
+        asset: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> Breakage:
+        """Credits written off at lot expiry in [start, end), by category and cost
+        basis, attributed to each lot's expiry. Raises AccountNotFound, InvalidArgument."""
+        request = rq.get_breakage(account_id, asset, start=start, end=end)
+        resp, _ = self._call(self._stub.GetBreakage, request, timeout_s, call_metadata)
+        return breakage_from_pb(resp)
+
+    # --- statements, alerts, the change stream ------------------------------------------
+
+    def get_statement(
+        self,
+        account_id: str,
+        asset: str,
+        from_time: datetime,
+        to_time: datetime,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> Statement:
+        """What took effect on the pair in (from_time, to_time]: opening, one line per
+        movement, closing, and one page of the entries (`next_page_token` for the
+        next, with the same arguments). Raises AccountNotFound, InvalidArgument."""
+        request = rq.get_statement(
+            account_id, asset, from_time, to_time, page_size=page_size, page_token=page_token
+        )
+        resp, _ = self._call(self._stub.GetStatement, request, timeout_s, call_metadata)
+        return statement_from_pb(resp)
+
+    def set_balance_alert(
+        self,
+        account_id: str,
+        asset: str,
+        threshold: int,
+        *,
+        recovery: int = 0,
+        percent: bool = False,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> BalanceAlert:
+        """Sets the pair's alert (one per pair; setting again replaces it): events
+        BALANCE_BELOW under `threshold`, BALANCE_EXHAUSTED at 0, BALANCE_RECOVERED back
+        at `recovery` (0: the threshold), sent on the change stream; `percent`: of
+        the pair's last Grant. Idempotent, so retried. Raises AccountNotFound,
+        AlertLimitExceeded, PermissionDenied, InvalidArgument."""
+        request = rq.set_balance_alert(
+            account_id, asset, threshold, recovery=recovery, percent=percent
+        )
+        resp, _ = self._call(self._stub.SetBalanceAlert, request, timeout_s, call_metadata)
+        return alert_from_pb(resp.alert)
+
+    def list_balance_alerts(
+        self, account_id: str, *, timeout_s: float | None = None, call_metadata: CallMetadata = ()
+    ) -> tuple[BalanceAlert, ...]:
+        """The account's alerts, by asset. Raises AccountNotFound, InvalidArgument."""
+        request = pb.ListBalanceAlertsRequest(account_id=account_id)
+        resp, _ = self._call(self._stub.ListBalanceAlerts, request, timeout_s, call_metadata)
+        return tuple(alert_from_pb(a) for a in resp.alerts)
+
+    def delete_balance_alert(
+        self,
+        account_id: str,
+        asset: str,
+        *,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> bool:
+        """Deletes the pair's alert; False when there was none. Idempotent, so retried.
+        Raises PermissionDenied, InvalidArgument."""
+        request = pb.DeleteBalanceAlertRequest(account_id=account_id, asset=asset)
+        resp, _ = self._call(self._stub.DeleteBalanceAlert, request, timeout_s, call_metadata)
+        return resp.deleted
+
+    def watch_transactions(
+        self,
+        *,
+        account_id: str = "",
+        account_prefix: str = "",
+        asset: str = "",
+        after_position: str = "",
+        from_now: bool = False,
+        on_checkpoint: Callable[[str], object] | None = None,
+        timeout_s: float | None = None,
+        call_metadata: CallMetadata = (),
+    ) -> Iterator[StreamedTransaction]:
+        """Every committed transaction the filters (and the caller's scope) let
+        through, in position order, for as long as the caller iterates: after
+        `after_position`, or `from_now`, or (neither) from the journal's start.
+
+        When the stream fails with a retryable error (UNAVAILABLE: a server
+        stopping or restarting, its database unreachable), it reconnects after the
+        last position it yielded (or a later checkpoint), with the retry policy's
+        backoff; `timeout_s` (default: the client's `total_timeout_s`) bounds the
+        reconnecting after one failure, not the stream. Within one iteration each
+        transaction comes once. Delivery is at least once across your restarts:
+        record `transaction.position` once handled, resume with `after_position`,
+        and deduplicate by position (text order is stream order). `on_checkpoint`
+        gets the position of each message without transactions (nothing the
+        filter lets through committed up to it): record it too, or a quiet
+        filter resumes from far back. With `from_now`, a failure before the first
+        message (a transaction or a checkpoint) starts from now again: start from
+        a position when no transaction may be missed. Raises TooManyStreams,
+        PermissionDenied, InvalidArgument, and after the reconnects Unavailable.
+        """
+        position = after_position
+        metadata, request_id = with_request_id(self._metadata, call_metadata)
+        attempts: Attempts | None = None  # the reconnects since the last message
+        while True:
+            request = rq.watch_transactions(
+                account_id=account_id,
+                account_prefix=account_prefix,
+                asset=asset,
+                after_position=position,
+                from_now=from_now and not position,
+            )
+            call = self._stub.WatchTransactions(request, metadata=metadata)
+            try:
+                for message in call:
+                    attempts = None
+                    for wire in message.transactions:
+                        if position and wire.position <= position:
+                            continue  # yielded already: never twice, never backwards
+                        position = wire.position
+                        yield streamed_transaction_from_pb(wire)
+                    if not message.transactions and message.position > position:
+                        position = message.position
+                        if on_checkpoint is not None:
+                            on_checkpoint(position)
+                return  # the server ended the stream
+            except grpc.RpcError as rpc_error:
+                error = error_from_rpc_error(rpc_error, sent_request_id=request_id)
+                cause: BaseException = rpc_error
+            finally:
+                call.cancel()
+            if attempts is None:
+                attempts = Attempts(self.config, timeout_s, self._rng)
+            attempts.next_timeout_s()  # counts the attempt that failed
+            pause = attempts.pause_before_retry_s(error)
+            if pause is None:
+                raise attempts.give_up(error) from cause
+            time.sleep(pause)
 
     # --- batches --------------------------------------------------------------------
 

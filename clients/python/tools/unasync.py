@@ -31,6 +31,7 @@ RULES: list[tuple[str, str]] = [
     (r"async def ", "def "),
     (r"await ", ""),
     (r"async with", "with"),
+    (r"async for ", "for "),
     (r"__aenter__", "__enter__"),
     (r"__aexit__", "__exit__"),
     (r"grpc\.aio\.", "grpc."),
@@ -47,6 +48,7 @@ RULES: list[tuple[str, str]] = [
         r"for reservation in page\.reservations:\n\s+yield reservation\n",
         "yield from page.reservations\n",
     ),
+    (r"for schedule in page\.schedules:\n\s+yield schedule\n", "yield from page.schedules\n"),
     # A blocking call returns (response, call) only through with_call().
     (
         r"call = method\(([^)]*)\)\n(\s+)response = call\n",

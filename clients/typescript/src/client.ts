@@ -16,31 +16,47 @@ import { randomUUID } from "node:crypto";
 import type * as http2 from "node:http2";
 
 import { type DescMessage, type MessageInitShape, create } from "@bufbuild/protobuf";
-import { type CallOptions, type Client, type Interceptor, type Transport, createClient } from "@connectrpc/connect";
+import { type CallOptions, Code, type Client, type Interceptor, type Transport, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 
 import { type BatchCommandInput, type BatchOutcome, Batcher, type BatcherOptions, batchCommands, batchOutcomes } from "./batch.js";
-import { AccountExists, REPLAYED_METADATA_KEY, REQUEST_ID_HEADER, toLedgerError } from "./errors.js";
+import { AccountExists, type LedgerError, REPLAYED_METADATA_KEY, REQUEST_ID_HEADER, toLedgerError } from "./errors.js";
 import {
+  type BalanceAlert,
+  type CancelGrantScheduleRequestSchema,
+  type CancelGrantScheduleResponse,
   type ChargeRequestSchema,
   type ChargeResponse,
   type CreateAccountRequestSchema,
   type CreateAccountResponse,
   CreateAccountResponseSchema,
+  type CreateGrantScheduleRequestSchema,
+  type CreateGrantScheduleResponse,
+  type DeleteBalanceAlertRequestSchema,
   type Entry,
   type GetAccountRequestSchema,
   type GetAccountResponse,
   type GetBalanceRequestSchema,
   type GetBalanceResponse,
+  type GetBreakageRequestSchema,
+  type GetBreakageResponse,
+  type GetGrantScheduleRequestSchema,
+  type GetGrantScheduleResponse,
   type GetReservationGroupRequestSchema,
   type GetReservationGroupResponse,
   type GetReservationRequestSchema,
   type GetReservationResponse,
+  type GetStatementRequestSchema,
+  type GetStatementResponse,
+  type GrantSchedule,
   type GrantRequestSchema,
   type GrantResponse,
   LedgerService,
+  type ListBalanceAlertsRequestSchema,
   type ListEntriesRequestSchema,
   type ListEntriesResponse,
+  type ListGrantSchedulesRequestSchema,
+  type ListGrantSchedulesResponse,
   type ListReservationsRequestSchema,
   type ListReservationsResponse,
   type RefundRequestSchema,
@@ -52,12 +68,23 @@ import {
   type ReserveGroupResponse,
   type ReserveRequestSchema,
   type ReserveResponse,
+  type SetBalanceAlertRequestSchema,
+  type SetMemberCapRequestSchema,
+  type SetMemberCapResponse,
+  type SetSpendingLimitsRequestSchema,
+  type SetSpendingLimitsResponse,
   type SettleRequestSchema,
   type SettleResponse,
+  type StreamedTransaction,
   SubmitBatchRequestSchema,
+  type UpdateGrantScheduleRequestSchema,
+  type UpdateGrantScheduleResponse,
+  type VoidGrantRequestSchema,
+  type VoidGrantResponse,
+  type WatchTransactionsRequestSchema,
 } from "./gen/creditledger/v1/ledger_pb.js";
 import { type Hold, type HoldOptions, withReservation } from "./hold.js";
-import { DEFAULT_RETRY_POLICY, RetriesEnded, type RetryPolicy, withRetries } from "./retry.js";
+import { DEFAULT_RETRY_POLICY, RETRYABLE_CODES, RetriesEnded, type RetryPolicy, backoffMs, sleep, withRetries } from "./retry.js";
 
 /** Per-attempt cap when the client sets none: a hung connection is given up and retried. */
 export const DEFAULT_TIMEOUT_MS = 5_000;
@@ -152,6 +179,60 @@ export type GetReservationGroupInput = Input<typeof GetReservationGroupRequestSc
 export type GetBalanceInput = Input<typeof GetBalanceRequestSchema, "accountId" | "asset">;
 export type ListEntriesInput = Input<typeof ListEntriesRequestSchema, "accountId">;
 export type ListReservationsInput = Input<typeof ListReservationsRequestSchema, "accountId">;
+/** `floor` (<= 0): how far below zero a DEBT-mode spend of the pair may go. */
+export type SetSpendingLimitsInput = Omit<Input<typeof SetSpendingLimitsRequestSchema, "accountId" | "asset">, "floor"> & {
+  readonly floor: Amount;
+};
+/** `cap` unset removes the window's cap. */
+export type SetMemberCapInput = Omit<Input<typeof SetMemberCapRequestSchema, "accountId" | "asset" | "window">, "cap"> & {
+  readonly cap?: Amount;
+};
+/** `amount` 0 or unset: every unspent credit of the lot. */
+export type VoidGrantInput = Input<typeof VoidGrantRequestSchema, "lotId"> & { readonly amount?: Amount };
+export type CreateGrantScheduleInput = Omit<
+  Input<typeof CreateGrantScheduleRequestSchema, "accountId" | "asset" | "amount" | "periodUnit">,
+  "periodCount"
+> & {
+  /** How many units a period lasts (seconds for PERIOD_UNIT_FIXED); unset: 1. */
+  readonly periodCount?: Amount;
+};
+export type GetGrantScheduleInput = Input<typeof GetGrantScheduleRequestSchema, "scheduleId">;
+export type ListGrantSchedulesInput = Input<typeof ListGrantSchedulesRequestSchema, "accountId">;
+/** `amount` unset keeps the amount. */
+export type UpdateGrantScheduleInput = Input<typeof UpdateGrantScheduleRequestSchema, "scheduleId"> & {
+  readonly amount?: Amount;
+};
+export type CancelGrantScheduleInput = Input<typeof CancelGrantScheduleRequestSchema, "scheduleId">;
+export type GetBreakageInput = Input<typeof GetBreakageRequestSchema, "accountId" | "asset">;
+export type GetStatementInput = Input<typeof GetStatementRequestSchema, "accountId" | "asset" | "fromTime" | "toTime">;
+export type SetBalanceAlertInput = Omit<
+  Input<typeof SetBalanceAlertRequestSchema, "accountId" | "asset">,
+  "threshold" | "recovery"
+> & {
+  /** An amount, or with `percent` 0 to 100 of the pair's last Grant; 0 never fires. */
+  readonly threshold: Amount;
+  /** threshold or more; 0 or unset: the threshold itself. */
+  readonly recovery?: Amount;
+};
+export type ListBalanceAlertsInput = Input<typeof ListBalanceAlertsRequestSchema, "accountId">;
+export type DeleteBalanceAlertInput = Input<typeof DeleteBalanceAlertRequestSchema, "accountId" | "asset">;
+export type WatchTransactionsInput = Input<typeof WatchTransactionsRequestSchema, never>;
+
+/** Settings of a change stream. */
+export interface WatchSettings extends Omit<CallSettings, "timeoutMs"> {
+  /**
+   * The most the stream spends reconnecting after one failure (attempts and
+   * pauses); not a deadline of the stream. Default: the client's
+   * retry.overallTimeoutMs.
+   */
+  readonly reconnectTimeoutMs?: number;
+  /**
+   * Called with the position of each message without transactions (a
+   * checkpoint: nothing the filter lets through committed up to it). Record it
+   * as you record transactions' positions, or a quiet filter resumes from far back.
+   */
+  readonly onCheckpoint?: (position: string) => void;
+}
 
 /** int64 on the wire is a bigint here; a number must be a safe integer (a programmer error otherwise). */
 function toInt64(amount: Amount): bigint {
@@ -238,7 +319,8 @@ export class LedgerClient {
   }
 
   /**
-   * Creates an account. Throws AccountExists when the id is taken (unless
+   * Creates an account (with `parentId`: a member spending that pool's lots
+   * when it has none of its own). Throws AccountExists when the id is taken (unless
    * `existOk`: then returns the existing account), InvalidArgument.
    * CreateAccount has no idempotency key: a create retried after a lost
    * response answers AccountExists, which `existOk` reads as success.
@@ -325,7 +407,12 @@ export class LedgerClient {
     return this.read((options) => this.stub.getReservationGroup(input, options), settings);
   }
 
-  /** Reads one balance; an asset never granted reads as zeros. Throws AccountNotFound. */
+  /**
+   * Reads one balance; an asset never granted reads as zeros. With
+   * `asOfTime` (deadlines due by then applied) or `asOfPosition` (a
+   * StreamedTransaction.position): the balance as it was then (neither with
+   * `expiringWithin` nor `includeLots`). Throws AccountNotFound, InvalidArgument.
+   */
   getBalance(input: GetBalanceInput, settings?: CallSettings): Promise<GetBalanceResponse> {
     return this.read((options) => this.stub.getBalance(input, options), settings);
   }
@@ -338,6 +425,232 @@ export class LedgerClient {
   /** One page of an account's reservations, oldest first; `state` filters (unset: every state). */
   listReservations(input: ListReservationsInput, settings?: CallSettings): Promise<ListReservationsResponse> {
     return this.read((options) => this.stub.listReservations(input, options), settings);
+  }
+
+  /**
+   * Sets how far below zero a DEBT-mode spend of the pair may go (`floor` <= 0).
+   * Needs the admin permission. Throws AccountNotFound, PreconditionFailed,
+   * PermissionDenied, IdempotencyKeyReused, InvalidArgument.
+   */
+  setSpendingLimits(input: SetSpendingLimitsInput, settings?: CallSettings): Promise<Mutation<SetSpendingLimitsResponse>> {
+    return this.mutate(this.stub.setSpendingLimits, { ...input, floor: toInt64(input.floor) }, settings);
+  }
+
+  /**
+   * Caps what the account may spend per `window` (`cap` unset removes it).
+   * Needs the admin permission. Throws AccountNotFound, PreconditionFailed,
+   * PermissionDenied, IdempotencyKeyReused, InvalidArgument.
+   */
+  setMemberCap(input: SetMemberCapInput, settings?: CallSettings): Promise<Mutation<SetMemberCapResponse>> {
+    const { cap, ...rest } = input;
+    return this.mutate(this.stub.setMemberCap, cap === undefined ? rest : { ...rest, cap: toInt64(cap) }, settings);
+  }
+
+  /**
+   * Takes back unspent credits of one lot (`amount` unset or 0: all), never
+   * held ones. Throws LotNotFound, CreditsHeld, AmountExceedsUnspent,
+   * IdempotencyKeyReused, InvalidArgument.
+   */
+  voidGrant(input: VoidGrantInput, settings?: CallSettings): Promise<Mutation<VoidGrantResponse>> {
+    return this.mutate(this.stub.voidGrant, input, settings);
+  }
+
+  /**
+   * Grants `amount` every `periodCount` (default 1) `periodUnit`s from
+   * `anchor` (default now) in `timeZone` (default UTC); the current period is
+   * granted at once. Throws AccountNotFound, ScheduleLimitExceeded,
+   * IdempotencyKeyReused, InvalidArgument.
+   */
+  createGrantSchedule(
+    input: CreateGrantScheduleInput,
+    settings?: CallSettings,
+  ): Promise<Mutation<CreateGrantScheduleResponse>> {
+    const { periodCount, ...rest } = input;
+    return this.mutate(this.stub.createGrantSchedule, { ...rest, periodCount: toInt64(periodCount ?? 1) }, settings);
+  }
+
+  /** One schedule, as it is now. Throws ScheduleNotFound. */
+  getGrantSchedule(input: GetGrantScheduleInput, settings?: CallSettings): Promise<GetGrantScheduleResponse> {
+    return this.read((options) => this.stub.getGrantSchedule(input, options), settings);
+  }
+
+  /** One page of an account's schedules, oldest first. Throws AccountNotFound, InvalidArgument. */
+  listGrantSchedules(input: ListGrantSchedulesInput, settings?: CallSettings): Promise<ListGrantSchedulesResponse> {
+    return this.read((options) => this.stub.listGrantSchedules(input, options), settings);
+  }
+
+  /**
+   * Every schedule of an account, oldest first, page after page.
+   * `settings.timeoutMs` is the deadline of each page's call. Throws as listGrantSchedules.
+   */
+  async *iterGrantSchedules(
+    input: Omit<ListGrantSchedulesInput, "pageToken">,
+    settings?: CallSettings,
+  ): AsyncGenerator<GrantSchedule> {
+    let pageToken = "";
+    do {
+      const page = await this.listGrantSchedules({ ...input, pageToken }, settings);
+      yield* page.schedules;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  /**
+   * New amount and/or rollover from the next period on (the current period
+   * keeps its own). Throws ScheduleNotFound, IdempotencyKeyReused, InvalidArgument.
+   */
+  updateGrantSchedule(
+    input: UpdateGrantScheduleInput,
+    settings?: CallSettings,
+  ): Promise<Mutation<UpdateGrantScheduleResponse>> {
+    return this.mutate(this.stub.updateGrantSchedule, input, settings);
+  }
+
+  /**
+   * No period starts after now; the current period's lot stays (and no longer
+   * rolls over) unless `voidRemainder`. Throws ScheduleNotFound,
+   * IdempotencyKeyReused, InvalidArgument.
+   */
+  cancelGrantSchedule(
+    input: CancelGrantScheduleInput,
+    settings?: CallSettings,
+  ): Promise<Mutation<CancelGrantScheduleResponse>> {
+    return this.mutate(this.stub.cancelGrantSchedule, input, settings);
+  }
+
+  /**
+   * Credits written off at lot expiry in [start, end), by category and cost
+   * basis. Throws AccountNotFound, InvalidArgument.
+   */
+  getBreakage(input: GetBreakageInput, settings?: CallSettings): Promise<GetBreakageResponse> {
+    return this.read((options) => this.stub.getBreakage(input, options), settings);
+  }
+
+  /**
+   * What took effect on the pair in (fromTime, toTime]: opening, one line per
+   * movement, closing, and a page of entries (`nextPageToken` for the next,
+   * with the same arguments). Throws AccountNotFound, InvalidArgument.
+   */
+  getStatement(input: GetStatementInput, settings?: CallSettings): Promise<GetStatementResponse> {
+    return this.read((options) => this.stub.getStatement(input, options), settings);
+  }
+
+  /**
+   * Sets the pair's low-balance alert (one per pair; setting again replaces
+   * it). Its crossings come on the change stream. Idempotent, so retried.
+   * Throws AccountNotFound, AlertLimitExceeded, PermissionDenied, InvalidArgument.
+   */
+  async setBalanceAlert(input: SetBalanceAlertInput, settings?: CallSettings): Promise<BalanceAlert | undefined> {
+    const request = {
+      ...input,
+      threshold: toInt64(input.threshold),
+      recovery: toInt64(input.recovery ?? 0),
+    };
+    const { alert } = await this.read((options) => this.stub.setBalanceAlert(request, options), settings);
+    return alert;
+  }
+
+  /** The account's alerts, by asset. Throws AccountNotFound, InvalidArgument. */
+  async listBalanceAlerts(input: ListBalanceAlertsInput, settings?: CallSettings): Promise<BalanceAlert[]> {
+    const { alerts } = await this.read((options) => this.stub.listBalanceAlerts(input, options), settings);
+    return alerts;
+  }
+
+  /** Deletes the pair's alert; false when there was none. Idempotent, so retried. */
+  async deleteBalanceAlert(input: DeleteBalanceAlertInput, settings?: CallSettings): Promise<boolean> {
+    const { deleted } = await this.read((options) => this.stub.deleteBalanceAlert(input, options), settings);
+    return deleted;
+  }
+
+  /**
+   * Every committed transaction the filters (and the caller's scope) let
+   * through, in position order, for as long as the caller iterates: after
+   * `afterPosition`, or `fromNow`, or (neither) from the journal's start.
+   *
+   * When the stream fails with a retryable code (UNAVAILABLE: a server
+   * stopping or restarting, its database unreachable) it reconnects after the
+   * last position it yielded (or a later checkpoint), with the retry policy's
+   * backoff, for at most `settings.reconnectTimeoutMs` after one failure.
+   * Within one iteration each transaction comes once. Delivery is at least
+   * once across your restarts: record `transaction.position` once handled,
+   * resume with `afterPosition`, and deduplicate by position (text order is
+   * stream order). With `fromNow`, a failure before the first message starts
+   * from now again: start from a position when nothing may be missed.
+   * Throws TooManyStreams, PermissionDenied, InvalidArgument, and after the
+   * reconnects Unavailable.
+   */
+  async *watchTransactions(
+    input: WatchTransactionsInput,
+    settings?: WatchSettings,
+  ): AsyncGenerator<StreamedTransaction> {
+    let position = input.afterPosition ?? "";
+    const fromNow = input.fromNow === true;
+    const policy = {
+      ...this.retryPolicy,
+      ...settings?.retry,
+      ...(settings?.reconnectTimeoutMs === undefined ? {} : { overallTimeoutMs: settings.reconnectTimeoutMs }),
+    };
+    const requestId = requestIdOf(this.options.headers, settings?.headers) ?? randomUUID();
+    let failures = 0; // connections failed since the last message
+    let deadline = 0;
+    let callbackFailed: { readonly error: unknown } | undefined;
+    for (;;) {
+      const request = { ...input, afterPosition: position, fromNow: fromNow && position === "" };
+      let failure: LedgerError;
+      try {
+        const stream = this.stub.watchTransactions(request, {
+          headers: await this.headers(settings, requestId),
+          ...(settings?.signal === undefined ? {} : { signal: settings.signal }),
+        });
+        for await (const message of stream) {
+          failures = 0;
+          for (const transaction of message.transactions) {
+            if (position !== "" && transaction.position <= position) {
+              continue; // yielded already: never twice, never backwards
+            }
+            position = transaction.position;
+            yield transaction;
+          }
+          if (message.transactions.length === 0 && message.position > position) {
+            position = message.position;
+            try {
+              settings?.onCheckpoint?.(position);
+            } catch (error) {
+              callbackFailed = { error }; // the caller's own error: not a stream failure
+              throw error;
+            }
+          }
+        }
+        return; // the server ended the stream
+      } catch (error) {
+        if (callbackFailed !== undefined) {
+          throw callbackFailed.error;
+        }
+        failures += 1;
+        failure = toLedgerError(error, { attempts: failures, requestId });
+      }
+      if (failures === 1) {
+        deadline = Date.now() + policy.overallTimeoutMs;
+      }
+      const waitMs = Math.max(backoffMs(policy, failures - 1), failure.retryDelayMs ?? 0);
+      // A lost connection reads as CANCELED in connect-node (the HTTP/2 session
+      // is gone, its streams closed with CANCEL): unless our own signal asked
+      // for it, that is a connection to make again, as UNAVAILABLE is.
+      const lost = failure.code === Code.Canceled && settings?.signal?.aborted !== true;
+      const retry =
+        (lost || (failure.retryable && RETRYABLE_CODES.has(failure.code))) &&
+        failures < policy.maxAttempts &&
+        Date.now() + waitMs < deadline &&
+        settings?.signal?.aborted !== true;
+      if (!retry) {
+        throw failure;
+      }
+      try {
+        await sleep(waitMs, settings?.signal);
+      } catch (cancelled) {
+        throw toLedgerError(cancelled, { attempts: failures, requestId });
+      }
+    }
   }
 
   /**

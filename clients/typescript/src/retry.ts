@@ -67,7 +67,8 @@ export class RetriesEnded extends Error {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+/** Waits `ms`; rejects with CANCELED when `signal` aborts. */
+export function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) {
       reject(new ConnectError("call cancelled while waiting to retry", Code.Canceled));
