@@ -45,6 +45,8 @@ async def test_readme_grpcurl_session_runs(ledger_server: RunningServer) -> None
     for kind in ("KIND_BALANCE_BELOW", "KIND_BALANCE_EXHAUSTED", "KIND_BALANCE_RECOVERED"):
         assert kind in streamed, streamed
     assert '"state": "STATE_ABOVE"' in output_of("/SetBalanceAlert")
+    scheduled = output_of("/CreateGrantSchedule")
+    assert '"available": "1000"' in scheduled and '"cap_percent": 50' in scheduled, scheduled
     held = output_of("/ListReservations")
     assert '"state": "STATE_OPEN"' in held and '"amount": "3000"' in held, held
     assert '"settled": "0"' in held, held  # -emit-defaults: the zero is shown
