@@ -319,27 +319,8 @@ def grant(ws: WorkingSet, cmd: c.Grant) -> GrantResult:
         Movement.GRANT,
         lot_id=lot.lot_id,
     )
-    _repay(ws, tx, lot)
+    ws.repay_debt(tx, lot)
     return GrantResult(bal.copy(), dataclasses.replace(lot))
-
-
-def _repay(ws: WorkingSet, tx: str, lot: Lot) -> None:
-    """A grant to a pair in debt pays the debt back first, out of the new lot, as
-    entries of their own movement (DEBT_REPAYMENT) that the statement shows."""
-    bal = ws.balance(lot.account_id, lot.asset)
-    paid = min(lot.remaining, bal.debt)
-    if paid <= 0:
-        return
-    ws.transfer(
-        tx,
-        lot.asset,
-        paid,
-        available(lot.account_id),
-        OVERDRAFT_SIDE,
-        Movement.DEBT_REPAYMENT,
-        lot_id=lot.lot_id,
-    )
-    lot.remaining -= paid
 
 
 def _draw(ws: WorkingSet, account_id: str, asset: str, amount: int) -> list[tuple[Lot, int]]:

@@ -109,15 +109,12 @@ def _issue(ws: WorkingSet, s: Schedule, n: int, start: datetime, end: datetime) 
     ws.add_lot(lot)
     ws.dirty_lots.add(lot.lot_id)
     ws.effective_at = start  # the journal row takes effect at the period's start (as_of)
+    tx = ws.make_id()
     ws.transfer(
-        ws.make_id(),
-        s.asset,
-        amount,
-        ISSUED,
-        available(s.account_id),
-        Movement.GRANT,
-        lot_id=lot.lot_id,
+        tx, s.asset, amount, ISSUED, available(s.account_id), Movement.GRANT, lot_id=lot.lot_id
     )
+    # A pair in debt is paid back first, as by a Grant, at the period's start too.
+    ws.repay_debt(tx, lot)
     ws.end_change()  # each period's issue is a change (a version) of its own
     return lot
 

@@ -266,6 +266,29 @@ class WorkingSet:
         if label is not None:
             self.moved.append((asset, label, amount))
 
+    def repay_debt(self, tx: str, lot: Lot) -> int:
+        """Credits newly issued to a pair in debt pay the debt back first, out of
+        the new `lot`, as entries of their own movement (DEBT_REPAYMENT, in the
+        issuing transaction `tx`) that the statement shows: a Grant's and a
+        schedule period's alike (docs/design.md, "Spending limits"). Returns
+        what was paid."""
+        bal = self.balance(lot.account_id, lot.asset)
+        paid = min(lot.remaining, bal.debt)
+        if paid <= 0:
+            return 0
+        self.transfer(
+            tx,
+            lot.asset,
+            paid,
+            available(lot.account_id),
+            OVERDRAFT_SIDE,
+            Movement.DEBT_REPAYMENT,
+            lot_id=lot.lot_id,
+        )
+        lot.remaining -= paid
+        self.dirty_lots.add(lot.lot_id)
+        return paid
+
     def _watch(self, key: PairKey, movement: Movement, signed: int) -> None:
         """Note a change of an alerted pair's available; compared when its transaction ends."""
         alert = self.alerts.get(key)

@@ -55,6 +55,7 @@ _ENTERING = {
     Movement.RELEASE: "available",
     Movement.REFUND: "available",
     Movement.RESERVATION_EXPIRY: "available",
+    Movement.DEBT: "available",  # lent into available (debt_repayment leaves it)
 }
 
 
