@@ -435,6 +435,9 @@ class ReserveGroup(Command):
     ttl_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     preconditions: tuple[Precondition, ...] = ()
+    # How every leg takes (rules._leg_take); "reject" is left out of the
+    # fingerprint (_LATER_FIELDS), so keys stored before the field replay.
+    overage: str = "reject"  # model.Overage
 
     method = "ReserveGroup"
 
@@ -459,6 +462,7 @@ class ReserveGroup(Command):
         v.preconditions(
             self.preconditions, {(leg.account_id, leg.asset) for leg in self.legs}, named=True
         )
+        v.overage(self.overage)
         v.raise_if_any()
 
 

@@ -651,56 +651,92 @@ def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
 
 def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
     """All legs or none, across members of one pool and across pools: each leg's
-    caps, then its funding pair's room with every earlier leg on it counted.
-    Errors: AccountNotFound, PreconditionFailed, CapExceeded, InsufficientCredits
-    (naming the leg)."""
+    caps, then its funding pair's room with every earlier leg on it counted, by
+    the group's overage mode (`_leg_take`). With CAP a leg may take less, or 0:
+    such a leg is in the reply (amount 0, no id) but not stored; a group that
+    took nothing at all has no id. Errors: AccountNotFound, PreconditionFailed,
+    CapExceeded, InsufficientCredits (naming the leg)."""
     if cmd.preconditions:
         for leg in cmd.legs:
             _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
         check_preconditions(ws, cmd.preconditions)
     needed: dict[PairKey, int] = {}
     capped: dict[PairKey, int] = {}
-    sources: list[str] = []
+    plan: list[tuple[str, int]] = []
     for leg in cmd.legs:
         _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
         member = (leg.account_id, leg.asset)
-        capped[member] = capped.get(member, 0) + leg.amount
-        room, tightest = _cap_room(ws, *member)
-        if room is not None and tightest is not None and room < capped[member]:
-            shown = dataclasses.replace(tightest, remaining=room - (capped[member] - leg.amount))
-            raise _cap_exceeded(leg.account_id, leg.asset, shown, leg.amount, leg.leg_key)
         source = funder(ws, leg.account_id, leg.asset)
-        sources.append(source)
         key = (source, leg.asset)
-        needed[key] = needed.get(key, 0) + leg.amount
-        # Down to zero (a group has no overage mode): what lots hold, less any debt.
-        available_now = _available(ws, source, leg.asset) - ws.balance(*key).debt
-        if available_now < needed[key]:
-            exc = _insufficient(
-                leg.account_id,
-                leg.asset,
-                available_now - (needed[key] - leg.amount),
-                leg.amount,
-                leg.leg_key,
-            )
-            if source != leg.account_id:
-                exc.metadata["funded_by"] = source
-            raise exc
-    group_id = ws.make_id()
+        take = _leg_take(ws, cmd.overage, leg, source, capped.get(member, 0), needed.get(key, 0))
+        capped[member] = capped.get(member, 0) + take
+        needed[key] = needed.get(key, 0) + take
+        plan.append((source, take))
+    group_id = ws.make_id() if any(take for _, take in plan) else ""
     tx = ws.make_id()
+    for key, total in needed.items():
+        if total:
+            _borrow(ws, tx, *key, total)  # DEBT: what the lots lack (a no-op otherwise)
     legs = []
-    for index, (leg, source) in enumerate(zip(cmd.legs, sources, strict=True)):
-        res = _new_reservation(ws, source, leg.asset, leg.amount)
+    carried = False
+    for index, (leg, (source, take)) in enumerate(zip(cmd.legs, plan, strict=True)):
+        res = _new_reservation(ws, source, leg.asset, take)
         res.member_id = leg.account_id if source != leg.account_id else ""
-        res.expires_at = ws.now + _ttl(cmd.ttl_s)
-        # The group's metadata is stored once, on its first leg (issue 15: copied
-        # onto 100 legs it multiplied what a caller could store); replies show
-        # it on every leg (ledger.service.groups).
-        res.metadata = dict(cmd.metadata) if index == 0 else {}
         res.group_id, res.leg_key, res.leg_index = group_id, leg.leg_key, index
+        if take == 0:  # CAP took nothing for this leg: an answer, nothing stored
+            res.reservation_id, res.state = "", ReservationState.CLOSED
+            legs.append(res)
+            continue
+        res.expires_at = ws.now + _ttl(cmd.ttl_s)
+        # The group's metadata is stored once, on its first stored leg (issue 15:
+        # copied onto 100 legs it multiplied what a caller could store); replies
+        # show it on every leg (ledger.service.groups).
+        res.metadata = {} if carried else dict(cmd.metadata)
+        carried = True
         legs.append(_hold(ws, tx, res))
+    if not carried and legs:
+        legs[0].metadata = dict(cmd.metadata)  # nothing stored: the reply still shows it
     balances = tuple(ws.balance(*key).copy() for key in sorted(needed))
     return GroupResult(group_id, [snapshot(r) for r in legs], balances)
+
+
+def _leg_take(
+    ws: WorkingSet,
+    overage: str,
+    leg: c.Leg,
+    source: str,
+    capped_before: int,
+    needed_before: int,
+) -> int:
+    """How much one leg of a ReserveGroup takes, by the group's overage mode, the
+    earlier legs counted (`capped_before` on its member's caps, `needed_before`
+    on its funding pair `source`). REJECT: the leg's amount, down to zero; DEBT:
+    the leg's amount, down to the funding pair's floor (what the lots lack is
+    lent: _borrow); either way, else the whole group fails naming the leg. CAP:
+    what the caps and the pair leave of the amount, down to zero, possibly 0
+    (never refused). docs/design.md, "Spending limits".
+    Errors: CapExceeded, InsufficientCredits (REJECT, DEBT; metadata leg_key)."""
+    mode = Overage(overage)
+    amount = leg.amount
+    room, tightest = _cap_room(ws, leg.account_id, leg.asset)
+    if room is not None and tightest is not None:
+        left = room - capped_before
+        if mode is Overage.CAP:
+            amount = max(0, min(amount, left))
+        elif left < amount:
+            shown = dataclasses.replace(tightest, remaining=left)
+            raise _cap_exceeded(leg.account_id, leg.asset, shown, leg.amount, leg.leg_key)
+    _available(ws, source, leg.asset)
+    bal = ws.balance(source, leg.asset)
+    funds = (bal.spendable_in_debt if mode is Overage.DEBT else bal.spendable) - needed_before
+    if mode is Overage.CAP:
+        return max(0, min(amount, funds))
+    if funds < amount:
+        exc = _insufficient(leg.account_id, leg.asset, funds, amount, leg.leg_key)
+        if source != leg.account_id:
+            exc.metadata["funded_by"] = source
+        raise exc
+    return amount
 
 
 def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:

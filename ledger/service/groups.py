@@ -31,7 +31,7 @@ def with_group_metadata(result: GroupResult) -> GroupResult:
         r if r.metadata else dataclasses.replace(r, metadata=dict(metadata))
         for r in result.reservations
     ]
-    return GroupResult(result.group_id, legs)
+    return dataclasses.replace(result, reservations=legs)  # its balances too
 
 
 def needs_group_metadata(res: Reservation) -> bool:

@@ -183,6 +183,7 @@ def reserve_group(req: pb.ReserveGroupRequest, caller: str) -> c.ReserveGroup:
         duration_s(req.ttl, req.HasField("ttl")),
         dict(req.metadata),
         preconditions(req.preconditions),
+        overage(req.overage),
     )
 
 

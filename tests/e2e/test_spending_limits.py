@@ -216,3 +216,187 @@ def test_the_default_mode_is_reject_and_hashes_as_before(server: ServerThread) -
         )
     )
     assert replayed(call.trailing_metadata()) and again.reservation == first.reservation
+
+
+# ---------------------------------------------------------------- ReserveGroup's overage modes
+
+
+def leg(acct: str, amount: int, leg_key: str) -> pb.ReserveGroupLeg:
+    return pb.ReserveGroupLeg(account_id=acct, asset=ASSET, amount=amount, leg_key=leg_key)
+
+
+def group_request(
+    legs: list[pb.ReserveGroupLeg], mode: Any = 0, k: str = "", **fields: Any
+) -> pb.ReserveGroupRequest:
+    return pb.ReserveGroupRequest(legs=legs, idempotency_key=k or key(), overage=mode, **fields)
+
+
+def taken(resp: pb.ReserveGroupResponse) -> list[tuple[str, int, bool]]:
+    """(leg_key, amount taken, stored: has an id) of each leg, in request order."""
+    return [(r.leg_key, r.amount, bool(r.reservation_id)) for r in resp.group.reservations]
+
+
+def test_a_group_in_reject_mode_is_unchanged_all_or_nothing(server: ServerThread) -> None:
+    a, b = account(server, grant=100), account(server, grant=10)
+    set_floor(server, a, -1000)  # a floor changes nothing for REJECT
+    req = group_request([leg(a, 60, "a1"), leg(a, 40, "a2"), leg(b, 11, "b1")])
+    info = error_info(refused(lambda: server.stub.ReserveGroup(req)))
+    assert (info.reason, info.metadata["leg_key"], info.metadata["available"]) == (
+        "INSUFFICIENT_CREDITS",
+        "b1",
+        "10",
+    )
+    assert (balance(server, a).reserved, balance(server, a).debt) == (0, 0)
+    # An explicit REJECT is the same request as an unset mode (the key's first outcome).
+    again = dataclass_copy(req, overage=pb.OVERAGE_MODE_REJECT)
+    err = refused(lambda: server.stub.ReserveGroup(again))
+    assert error_info(err).reason == "INSUFFICIENT_CREDITS" and replayed(err.trailing_metadata())
+    done = server.stub.ReserveGroup(group_request([leg(a, 60, "a1"), leg(a, 40, "a2")]))
+    assert taken(done) == [("a1", 60, True), ("a2", 40, True)]
+    assert (balance(server, a).available, balance(server, a).debt) == (0, 0)
+    assert_verified(server)
+
+
+def dataclass_copy(req: pb.ReserveGroupRequest, **fields: Any) -> pb.ReserveGroupRequest:
+    out = pb.ReserveGroupRequest()
+    out.CopyFrom(req)
+    for name, value in fields.items():
+        setattr(out, name, value)
+    return out
+
+
+def test_a_group_in_cap_mode_takes_what_is_left_per_leg_and_zero_is_a_replayed_answer(
+    server: ServerThread,
+) -> None:
+    a, b, c = account(server, grant=100), account(server, grant=30), account(server)
+    capped = account(server, grant=100)
+    server.stub.SetMemberCap(
+        pb.SetMemberCapRequest(
+            account_id=capped, asset=ASSET, window=pb.CAP_WINDOW_DAY, cap=25, idempotency_key=key()
+        )
+    )
+    k = key()
+    req = group_request(
+        [
+            leg(a, 60, "a1"),
+            leg(a, 60, "a2"),  # what a1 left of a's 100
+            leg(c, 10, "c1"),  # c has nothing: 0 taken, not refused
+            leg(b, 50, "b1"),
+            leg(capped, 20, "d1"),
+            leg(capped, 20, "d2"),  # the day cap's 25, d1 counted
+        ],
+        pb.OVERAGE_MODE_CAP,
+        k,
+        metadata={"order": "42"},
+    )
+    first = server.stub.ReserveGroup(req)
+    assert taken(first) == [
+        ("a1", 60, True),
+        ("a2", 40, True),
+        ("c1", 0, False),
+        ("b1", 30, True),
+        ("d1", 20, True),
+        ("d2", 5, True),
+    ]
+    zero = first.group.reservations[2]
+    assert (zero.state, zero.group_id, zero.account_id) == (
+        pb.Reservation.STATE_CLOSED,
+        first.group.group_id,
+        c,
+    )
+    assert all(r.metadata["order"] == "42" for r in first.group.reservations)
+    assert [(x.account_id, x.available, x.reserved) for x in first.balances] == sorted(
+        [(a, 0, 100), (b, 0, 30), (c, 0, 0), (capped, 75, 25)]
+    )
+    # The first outcome is final: more credits later do not change the replay.
+    server.stub.Grant(pb.GrantRequest(account_id=c, asset=ASSET, amount=10, idempotency_key=key()))
+    again, call = server.stub.ReserveGroup.with_call(req)
+    assert replayed(call.trailing_metadata()) and again == first
+    # Stored: the legs that took something, each with the group's metadata.
+    got = server.stub.GetReservationGroup(
+        pb.GetReservationGroupRequest(group_id=first.group.group_id)
+    )
+    assert [r.leg_key for r in got.group.reservations] == ["a1", "a2", "b1", "d1", "d2"]
+    a2 = server.stub.GetReservation(
+        pb.GetReservationRequest(reservation_id=first.group.reservations[1].reservation_id)
+    )
+    assert (a2.reservation.amount, a2.reservation.metadata["order"]) == (40, "42")
+    # A group that takes nothing at all is an answer too: no group id, nothing stored.
+    k0 = key()
+    req0 = group_request([leg(a, 5, "x"), leg(b, 5, "y")], pb.OVERAGE_MODE_CAP, k0)
+    none = server.stub.ReserveGroup(req0)
+    assert (none.group.group_id, taken(none)) == ("", [("x", 0, False), ("y", 0, False)])
+    server.stub.Grant(pb.GrantRequest(account_id=a, asset=ASSET, amount=10, idempotency_key=key()))
+    again, call = server.stub.ReserveGroup.with_call(req0)
+    assert replayed(call.trailing_metadata()) and again == none
+    # The mode is part of the request: the same key in another mode is another request.
+    err = refused(lambda: server.stub.ReserveGroup(dataclass_copy(req0, overage=0)))
+    assert error_info(err).reason == "IDEMPOTENCY_KEY_REUSED"
+    err = refused(lambda: server.stub.ReserveGroup(dataclass_copy(req0, overage=9)))
+    assert field_violations(err) == ["overage"]
+    assert_verified(server)
+
+
+def test_a_group_in_debt_mode_goes_below_zero_down_to_each_floor_all_or_nothing(
+    server: ServerThread,
+) -> None:
+    a, b = account(server, grant=30), account(server, grant=10)
+    set_floor(server, a, -50)
+    pool = account(server, grant=10)
+    set_floor(server, pool, -100)
+    member = f"lim-{uuid.uuid4().hex[:12]}"
+    server.stub.CreateAccount(pb.CreateAccountRequest(account_id=member, parent_id=pool))
+    # a may go to -50: 30 + 50 = 80 for a1 and a2 together; a2 is 10 past it.
+    k = key()
+    over = group_request(
+        [leg(a, 50, "a1"), leg(member, 60, "m1"), leg(a, 40, "a2"), leg(b, 10, "b1")],
+        pb.OVERAGE_MODE_DEBT,
+        k,
+    )
+    err = refused(lambda: server.stub.ReserveGroup(over))
+    info = error_info(err)
+    assert (info.reason, info.metadata["leg_key"], info.metadata["available"]) == (
+        "INSUFFICIENT_CREDITS",
+        "a2",
+        "30",
+    )
+    for acct, bal in ((a, 30), (pool, 10), (b, 10)):
+        got = balance(server, acct)
+        assert (got.available, got.reserved, got.debt) == (bal, 0, 0)  # nothing changed
+    err = refused(lambda: server.stub.ReserveGroup(over))
+    again_info = error_info(err)
+    assert again_info.reason == info.reason and again_info.metadata["leg_key"] == "a2"
+    assert replayed(err.trailing_metadata())
+    # Within every floor: each pair lends what its lots lack, in the group's transaction.
+    k = key()
+    req = group_request(
+        [leg(a, 50, "a1"), leg(member, 60, "m1"), leg(a, 30, "a2"), leg(b, 10, "b1")],
+        pb.OVERAGE_MODE_DEBT,
+        k,
+    )
+    done = server.stub.ReserveGroup(req)
+    assert taken(done) == [("a1", 50, True), ("m1", 60, True), ("a2", 30, True), ("b1", 10, True)]
+    assert done.group.reservations[1].account_id == pool
+    assert done.group.reservations[1].member_id == member
+    shown = {x.account_id: (x.available, x.reserved, x.debt, x.spendable) for x in done.balances}
+    assert shown == {a: (0, 80, 50, 0), pool: (0, 60, 50, 50), b: (0, 10, 0, 0)}
+    again, call = server.stub.ReserveGroup.with_call(req)
+    assert replayed(call.trailing_metadata()) and again == done
+    entries = server.stub.ListEntries(pb.ListEntriesRequest(account_id=a, asset=ASSET)).entries
+    lent = [e for e in entries if e.movement == pb.Entry.MOVEMENT_DEBT]
+    assert [e.amount for e in lent] == [50]  # one loan for both legs on a
+    assert lent[0].transaction_id == next(
+        e.transaction_id for e in entries if e.movement == pb.Entry.MOVEMENT_RESERVE
+    )
+    # Releasing a2 gives its credits back to a's lots; the debt stays until a grant.
+    server.stub.Release(
+        pb.ReleaseRequest(
+            reservation_id=done.group.reservations[2].reservation_id, idempotency_key=key()
+        )
+    )
+    assert (balance(server, a).available, balance(server, a).debt) == (30, 50)
+    g = server.stub.Grant(
+        pb.GrantRequest(account_id=a, asset=ASSET, amount=60, idempotency_key=key())
+    )
+    assert (g.balance.debt, g.balance.available) == (0, 40)
+    assert_verified(server)

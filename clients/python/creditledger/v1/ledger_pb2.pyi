@@ -79,7 +79,9 @@ class _OverageModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverageMo
     """
 
 class OverageMode(_OverageMode, metaclass=_OverageModeEnumTypeWrapper):
-    """What a Reserve or Charge does when the amount is more than the pair can spend."""
+    """What a Reserve, Charge or ReserveGroup does when the amount is more than the
+    pair can spend (ReserveGroup: per leg, see ReserveGroupRequest.overage).
+    """
 
 OVERAGE_MODE_UNSPECIFIED: OverageMode.ValueType  # 0
 """The default: OVERAGE_MODE_REJECT."""
@@ -1426,8 +1428,24 @@ class ReserveGroupRequest(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     PRECONDITIONS_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """1-128 printable ASCII chars; the first outcome of a key is final."""
+    overage: Global___OverageMode.ValueType
+    """How every leg takes, legs in order, each counting the earlier legs on its
+    funding pair and on its member's caps; unset means REJECT.
+    REJECT: every leg its whole amount down to zero, or nothing at all
+    (INSUFFICIENT_CREDITS or CAP_EXCEEDED naming the first leg that fails,
+    metadata leg_key).
+    DEBT: every leg its whole amount down to its funding pair's floor (what the
+    lots lack is lent, as a DEBT-mode Reserve's), still all or nothing: a leg
+    past its floor fails the whole group the same way.
+    CAP: each leg takes what is left for it, up to its amount, down to zero,
+    possibly 0; nothing is refused for lack of credits. Each leg's reservation
+    amount says what it took; a leg that took 0 is in the reply with no
+    reservation_id (state CLOSED) and is not stored, and a group that took
+    nothing has no group_id. The first outcome of a key is replayed.
+    """
     @_builtins.property
     def legs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReserveGroupLeg]:
         """1 to 100 legs, held all or nothing."""
@@ -1452,10 +1470,11 @@ class ReserveGroupRequest(_message.Message):
         ttl: _duration_pb2.Duration | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         preconditions: _abc.Iterable[Global___Precondition] | None = ...,
+        overage: Global___OverageMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "legs", b"legs", "metadata", b"metadata", "preconditions", b"preconditions", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "legs", b"legs", "metadata", b"metadata", "overage", b"overage", "preconditions", b"preconditions", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
