@@ -40,7 +40,8 @@ def journal_fields(b: Balance) -> Balance:
 
 
 def with_due(base: Balance, due: list[JournalRow]) -> Balance:
-    """`base` plus the effect of catch-up rows (expiries), as WorkingSet._apply counts them."""
+    """`base` plus the effect of catch-up rows (expiries, and a schedule's periods:
+    their grants and debt repayments), as WorkingSet._apply counts them."""
     out = base.copy()
     for r in due:
         e = r.entry
@@ -50,6 +51,8 @@ def with_due(base: Balance, due: list[JournalRow]) -> Balance:
             out.reserved += e.amount
         if e.movement is Movement.LOT_EXPIRY:
             out.expired = saturating(out.expired - e.amount)
+        elif e.movement is Movement.GRANT:
+            out.granted = saturating(out.granted + e.amount)
     return out
 
 

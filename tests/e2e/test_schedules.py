@@ -747,3 +747,92 @@ def test_a_schedule_anchored_ahead_issues_nothing_until_its_anchor_then_shows_in
     server.advance(utc(2030, 1, 15) - server.clock.now())  # the anchor: period 0
     got = server.stub.GetAccount(pb.GetAccountRequest(account_id=acct)).account
     assert [(b.asset, b.available) for b in got.balances] == [(ASSET, 100)]
+
+
+def test_a_period_issued_to_a_pair_in_debt_repays_it_first_as_of_its_start(
+    server: ServerThread,
+) -> None:
+    """Issue 18: a grant to an account below zero repays the debt first, as
+    entries of their own movement; a schedule's period is such a grant."""
+    acct = account(server)
+    server.stub.SetSpendingLimits(
+        pb.SetSpendingLimitsRequest(account_id=acct, asset=ASSET, floor=-100, idempotency_key=key())
+    )
+    monthly(server, acct, 100)  # January's 100 at once
+    spent = server.stub.Charge(
+        pb.ChargeRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=150,
+            idempotency_key=key(),
+            overage=pb.OVERAGE_MODE_DEBT,
+        )
+    )
+    assert (spent.balance.available, spent.balance.debt) == (0, 50)
+
+    def bal(at: datetime | None = None) -> tuple[int, int, int]:
+        req = pb.GetBalanceRequest(account_id=acct, asset=ASSET)
+        if at is not None:
+            req.as_of_time.CopyFrom(ts(at))
+        b = server.stub.GetBalance(req).balance
+        return (b.available, b.debt, b.granted)
+
+    # February 2: February's 100 was issued at Feb 1 and paid the 50 owed first,
+    # though nothing has been written since January (the read applies it).
+    server.advance(utc(2030, 2, 2) - server.clock.now())
+    assert bal() == (50, 0, 200)
+    assert bal(utc(2030, 1, 31)) == (0, 0, 100)  # as of: debt is not history (0)
+    assert bal(utc(2030, 2, 1, 12)) == (50, 0, 200)
+    assert lots(server, acct) == [("allowance", 1, 100, 50)]
+    charge(server, acct, 10)  # a write: the period and its repayment are written first
+    assert bal() == (40, 0, 200)
+    assert bal(utc(2030, 2, 1, 12)) == (50, 0, 200)  # the same answer after the write
+    entries = server.stub.ListEntries(
+        pb.ListEntriesRequest(account_id=acct, asset=ASSET, page_size=100)
+    ).entries
+    repaid = [e for e in entries if e.movement == pb.Entry.MOVEMENT_DEBT_REPAYMENT]
+    assert [(e.amount, e.bucket) for e in repaid] == [(-50, pb.Entry.BUCKET_AVAILABLE)]
+    # In the period's own transaction, out of its lot.
+    february = [
+        (e.amount, e.lot_id)
+        for e in entries
+        if e.movement == pb.Entry.MOVEMENT_GRANT and e.transaction_id == repaid[0].transaction_id
+    ]
+    assert february == [(100, repaid[0].lot_id)]
+    st = server.stub.GetStatement(
+        pb.GetStatementRequest(
+            account_id=acct,
+            asset=ASSET,
+            from_time=ts(utc(2030, 1, 15)),
+            to_time=ts(utc(2030, 2, 2)),
+        )
+    )
+    lines = {m.movement: (m.amount, m.available_change) for m in st.movements}
+    assert lines == {
+        pb.Entry.MOVEMENT_GRANT: (100, 100),
+        pb.Entry.MOVEMENT_DEBT_REPAYMENT: (50, -50),
+        pb.Entry.MOVEMENT_SETTLE: (10, -10),
+    }
+    assert (st.opening.available, st.closing.available) == (0, 40)
+    assert [e.movement for e in st.entries] == [
+        pb.Entry.MOVEMENT_GRANT,
+        pb.Entry.MOVEMENT_DEBT_REPAYMENT,
+        pb.Entry.MOVEMENT_SETTLE,
+    ]
+    # January's statement shows the loan, a positive amount lent into available.
+    jan = server.stub.GetStatement(
+        pb.GetStatementRequest(
+            account_id=acct,
+            asset=ASSET,
+            from_time=ts(utc(2029, 12, 31)),
+            to_time=ts(utc(2030, 1, 15)),
+        )
+    )
+    assert {m.movement: (m.amount, m.available_change) for m in jan.movements} == {
+        pb.Entry.MOVEMENT_GRANT: (100, 100),
+        pb.Entry.MOVEMENT_DEBT: (50, 50),
+        pb.Entry.MOVEMENT_SETTLE: (150, -150),
+    }
+    report = server.run(verify(server.database_url))
+    assert report.ok, report.violations
+    assert "never_below_floor" in report.checked
