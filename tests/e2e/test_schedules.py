@@ -819,6 +819,21 @@ def test_a_period_issued_to_a_pair_in_debt_repays_it_first_as_of_its_start(
         pb.Entry.MOVEMENT_DEBT_REPAYMENT,
         pb.Entry.MOVEMENT_SETTLE,
     ]
+    # Up to an instant inside the period, read after the write: the closing
+    # balance counts the period's grant (as-of from its catch-up rows) and reconciles.
+    mid = server.stub.GetStatement(
+        pb.GetStatementRequest(
+            account_id=acct,
+            asset=ASSET,
+            from_time=ts(utc(2030, 1, 15)),
+            to_time=ts(utc(2030, 2, 1, 12)),
+        )
+    )
+    assert (mid.closing.available, mid.closing.granted) == (50, 200)
+    assert {m.movement for m in mid.movements} == {
+        pb.Entry.MOVEMENT_GRANT,
+        pb.Entry.MOVEMENT_DEBT_REPAYMENT,
+    }
     # January's statement shows the loan, a positive amount lent into available.
     jan = server.stub.GetStatement(
         pb.GetStatementRequest(
