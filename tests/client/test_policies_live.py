@@ -9,6 +9,7 @@ import pytest
 from creditledger.v1 import ledger_pb2 as pb
 from creditledger_client import (
     CapExceeded,
+    GroupLeg,
     InsufficientCredits,
     LedgerClient,
     Movement,
@@ -65,3 +66,23 @@ async def test_overage_modes_versions_and_typed_policy_errors(ledger_server: Run
         stale = error_from_rpc_error(raw.value)
         assert isinstance(stale, PreconditionFailed)
         assert stale.version == lent.balance.version + 1 and stale.available == 2_400  # released
+
+
+@pytest.mark.timeout(60)
+async def test_reserve_group_takes_an_overage_mode(ledger_server: RunningServer) -> None:
+    async with LedgerClient(ledger_server.target) as client:
+        a, b = f"pol-{uuid.uuid4().hex[:10]}", f"pol-{uuid.uuid4().hex[:10]}"
+        for acct in (a, b):
+            await client.create_account(acct)
+        await client.grant(a, ASSET, 50)
+        legs = [GroupLeg(a, ASSET, 40, "first"), GroupLeg(a, ASSET, 40, "second"),
+                GroupLeg(b, ASSET, 5, "third")]  # fmt: skip
+        with pytest.raises(InsufficientCredits) as short:
+            await client.reserve_group(legs)
+        assert short.value.leg_key == "second"
+        key = uuid.uuid4().hex
+        got = await client.reserve_group(legs, overage=Overage.CAP, idempotency_key=key)
+        amounts = [(r.leg_key, r.amount, bool(r.reservation_id)) for r in got.group.reservations]
+        assert amounts == [("first", 40, True), ("second", 10, True), ("third", 0, False)]
+        again = await client.reserve_group(legs, overage=Overage.CAP, idempotency_key=key)
+        assert again.replayed and again.group == got.group

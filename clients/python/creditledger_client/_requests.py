@@ -146,6 +146,7 @@ def reserve_group(
     idempotency_key: str | None,
     ttl: timedelta | None,
     metadata: Mapping[str, str] | None,
+    overage: Overage = Overage.REJECT,
     conditions: Iterable[Precondition] = (),
 ) -> pb.ReserveGroupRequest:
     return pb.ReserveGroupRequest(
@@ -158,6 +159,7 @@ def reserve_group(
         idempotency_key=_key(idempotency_key),
         ttl=_duration(ttl),
         metadata=dict(metadata or {}),
+        overage=overage.value,  # type: ignore[arg-type]
         preconditions=preconditions(conditions),
     )
 

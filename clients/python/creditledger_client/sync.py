@@ -296,18 +296,23 @@ class SyncLedgerClient:
         idempotency_key: str | None = None,
         ttl: timedelta | None = None,
         metadata: Mapping[str, str] | None = None,
+        overage: Overage = Overage.REJECT,
         preconditions: Iterable[Precondition] = (),
         timeout_s: float | None = None,
         call_metadata: CallMetadata = (),
     ) -> ReserveGroupResult:
-        """Holds every leg or none (a precondition names one of the legs' pairs).
-        Raises InsufficientCredits (with leg_key), PreconditionFailed,
-        AccountNotFound, IdempotencyKeyReused, InvalidArgument."""
+        """Holds every leg or none (a precondition names one of the legs' pairs);
+        DEBT lets each leg go below zero down to its pair's floor, still all or
+        none; CAP holds what is left for each leg, in order, possibly 0 (a leg
+        that took 0 has no reservation_id; a group that took nothing, no
+        group_id). Raises InsufficientCredits (with leg_key), CapExceeded,
+        PreconditionFailed, AccountNotFound, IdempotencyKeyReused, InvalidArgument."""
         request = rq.reserve_group(
             legs,
             idempotency_key=idempotency_key,
             ttl=ttl,
             metadata=metadata,
+            overage=overage,
             conditions=preconditions,
         )
         resp, replayed = self._call(self._stub.ReserveGroup, request, timeout_s, call_metadata)

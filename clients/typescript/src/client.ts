@@ -359,8 +359,11 @@ export class LedgerClient {
   }
 
   /**
-   * Holds every leg or none. Throws InsufficientCredits, AccountNotFound,
-   * IdempotencyKeyReused, InvalidArgument.
+   * Holds every leg or none (`overage` unset or REJECT); DEBT lets each leg go
+   * below zero down to its pair's floor, still all or none; CAP holds what is
+   * left for each leg, in order, possibly 0 (such a leg has no reservationId;
+   * a group that took nothing, no groupId). Throws InsufficientCredits (legKey),
+   * CapExceeded, AccountNotFound, IdempotencyKeyReused, InvalidArgument.
    */
   reserveGroup(input: ReserveGroupInput, settings?: CallSettings): Promise<Mutation<ReserveGroupResponse>> {
     const legs = input.legs.map((leg) => ({ ...leg, amount: toInt64(leg.amount) }));

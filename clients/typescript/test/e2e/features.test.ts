@@ -236,6 +236,21 @@ describe("issues 17, 18 and 23 against ledger serve", { timeout: 180_000 }, () =
     await assert.rejects(client.charge({ accountId: member, asset: ASSET, amount: 31 }), CapExceeded);
     const partial = await client.reserve({ accountId: member, asset: ASSET, amount: 31, overage: OverageMode.CAP });
     assert.equal(partial.taken, 30n);
+    // A group in CAP mode: each leg takes what is left for it (the member's cap is spent).
+    const group = await client.reserveGroup({
+      legs: [
+        { accountId: pool, asset: ASSET, amount: 5, legKey: "pool" },
+        { accountId: member, asset: ASSET, amount: 5, legKey: "member" },
+      ],
+      overage: OverageMode.CAP,
+    });
+    assert.deepEqual(
+      group.group?.reservations.map((r) => [r.legKey, r.amount, r.reservationId !== ""]),
+      [
+        ["pool", 5n, true],
+        ["member", 0n, false],
+      ],
+    );
     const removed = await client.setMemberCap({ accountId: member, asset: ASSET, window: CapWindow.DAY });
     assert.equal(removed.balance?.capDay, undefined);
   });
