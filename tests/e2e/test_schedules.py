@@ -848,6 +848,19 @@ def test_a_period_issued_to_a_pair_in_debt_repays_it_first_as_of_its_start(
         pb.Entry.MOVEMENT_DEBT: (50, 50),
         pb.Entry.MOVEMENT_SETTLE: (150, -150),
     }
+    # A schedule created on a pair in debt: its first period repays at once.
+    server.stub.Charge(
+        pb.ChargeRequest(
+            account_id=acct,
+            asset=ASSET,
+            amount=100,
+            idempotency_key=key(),
+            overage=pb.OVERAGE_MODE_DEBT,
+        )
+    )
+    assert bal() == (0, 60, 200)
+    monthly(server, acct, 25)
+    assert bal() == (0, 35, 225)
     report = server.run(verify(server.database_url))
     assert report.ok, report.violations
     assert "never_below_floor" in report.checked
