@@ -399,4 +399,18 @@ def test_a_group_in_debt_mode_goes_below_zero_down_to_each_floor_all_or_nothing(
         pb.GrantRequest(account_id=a, asset=ASSET, amount=60, idempotency_key=key())
     )
     assert (g.balance.debt, g.balance.available) == (0, 40)
+    # DEBT goes below the floor never, and past a member's cap never either.
+    server.stub.SetMemberCap(
+        pb.SetMemberCapRequest(
+            account_id=member, asset=ASSET, window=pb.CAP_WINDOW_DAY, cap=61, idempotency_key=key()
+        )
+    )
+    req = group_request([leg(a, 1, "a1"), leg(member, 2, "m1")], pb.OVERAGE_MODE_DEBT)
+    info = error_info(refused(lambda: server.stub.ReserveGroup(req)))
+    assert (info.reason, info.metadata["leg_key"], info.metadata["remaining"]) == (
+        "CAP_EXCEEDED",
+        "m1",
+        "1",
+    )
+    assert balance(server, a).reserved == 50  # nothing changed (a1 not held either)
     assert_verified(server)
