@@ -157,7 +157,9 @@ async def test_64_spenders_on_one_capped_pool_through_two_replicas(
         if own:
             await _retrying(
                 lambda stub=stub, member=member: stub.Grant(
-                    pb.GrantRequest(account_id=member, asset=ASSET, amount=own, idempotency_key=key())
+                    pb.GrantRequest(
+                        account_id=member, asset=ASSET, amount=own, idempotency_key=key()
+                    )
                 )
             )
         for window, amount in (
