@@ -316,3 +316,23 @@ def test_a_hold_split_over_three_levels_expires_on_each_when_the_top_is_written(
     assert [bal(server, a).available for a in (m, team, top)] == [5, 3, 99]
     assert [bal(server, a).reserved for a in (m, team, top)] == [0, 0, 0]
     assert_verified(server)
+
+
+def test_a_void_of_a_members_lot_knows_what_its_split_hold_keeps(server: ServerThread) -> None:
+    pool = create(server, grant=100)
+    m = create(server, parent=pool)
+    lot = server.stub.Grant(
+        pb.GrantRequest(account_id=m, asset=ASSET, amount=5, idempotency_key=key())
+    ).lot.lot_id
+    reserve(server, m, 8)  # 5 of m's lot, 3 of the pool's; filed under the pool
+    info = error_info(
+        refused(
+            lambda: server.stub.VoidGrant(pb.VoidGrantRequest(lot_id=lot, idempotency_key=key()))
+        )
+    )
+    assert (info.reason, info.metadata["held"], info.metadata["unspent"]) == (
+        "CREDITS_HELD",
+        "5",
+        "0",
+    )
+    assert_verified(server)
