@@ -528,7 +528,7 @@ def _allocation(res: Reservation, lot: Lot, take: int, settled: int = 0) -> Allo
     return Allocation(lot.lot_id, take, settled=settled, account_id=other)
 
 
-def _filed(ws: WorkingSet, res: Reservation, member: str, plan: Plan) -> None:
+def _filed(res: Reservation, member: str, plan: Plan) -> None:
     """A spend's reservation is filed under the farthest account whose lots fund
     it (so that every funding pair's load finds it among its own or its
     ancestors' holds), for the member that spent (member_id) when that is not
@@ -733,7 +733,7 @@ def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
     for account_id, amount in plan:
         _borrow(ws, tx, account_id, cmd.asset, amount)
     res = _new_reservation(ws, cmd.account_id, cmd.asset, sum(n for _, n in plan))
-    _filed(ws, res, cmd.account_id, plan)
+    _filed(res, cmd.account_id, plan)
     res.expires_at = ws.now + _ttl(cmd.ttl_s)
     res.metadata = dict(cmd.metadata)
     return _result(ws, _hold(ws, tx, res, plan))
@@ -772,7 +772,7 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
     legs = []
     for index, (leg, plan) in enumerate(zip(cmd.legs, plans, strict=True)):
         res = _new_reservation(ws, leg.account_id, leg.asset, leg.amount)
-        _filed(ws, res, leg.account_id, plan)
+        _filed(res, leg.account_id, plan)
         res.expires_at = ws.now + _ttl(cmd.ttl_s)
         # The group's metadata is stored once, on its first leg (issue 15: copied
         # onto 100 legs it multiplied what a caller could store); replies show
@@ -798,7 +798,7 @@ def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
         _borrow(ws, tx, account_id, cmd.asset, amount)
     amount = sum(n for _, n in plan)
     res = _new_reservation(ws, cmd.account_id, cmd.asset, amount)
-    _filed(ws, res, cmd.account_id, plan)
+    _filed(res, cmd.account_id, plan)
     res.metadata = dict(cmd.metadata)
     for account_id, part in plan:
         for lot, take in _draw(ws, account_id, cmd.asset, part):
