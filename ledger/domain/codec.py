@@ -132,7 +132,16 @@ def allocation_from(d: Mapping[str, Any]) -> Allocation:
         released=d["released"],
         refunded=d["refunded"],
         expired=d.get("expired", 0),
+        # Written before version 16, or on the reservation's own account: empty.
+        account_id=d.get("account_id") or "",
     )
+
+
+def _allocation_to_dict(a: Allocation) -> dict[str, Any]:
+    d = dict(a.__dict__)
+    if not a.account_id:
+        del d["account_id"]  # the reservation's account: kept out of every row
+    return d
 
 
 def reservation_to_dict(r: Reservation) -> dict[str, Any]:
@@ -140,7 +149,7 @@ def reservation_to_dict(r: Reservation) -> dict[str, Any]:
         **{k: v for k, v in r.__dict__.items() if k not in ("state", "metadata", "allocations")},
         "state": r.state.value,
         "metadata": dict(r.metadata),
-        "allocations": [dict(a.__dict__) for a in r.allocations],
+        "allocations": [_allocation_to_dict(a) for a in r.allocations],
     }
 
 

@@ -183,6 +183,9 @@ class Allocation:
     released: int = 0  # given back to the lot
     refunded: int = 0
     expired: int = 0  # held, then written off because the lot expired
+    # The lot's account when it is not the reservation's (a spend split over a
+    # member's own lots and its pools'); empty: the reservation's account_id.
+    account_id: str = ""
 
     @property
     def remaining(self) -> int:
@@ -210,12 +213,22 @@ class Reservation:
     # The leg's place in its ReserveGroup request (0 outside a group).
     leg_index: int = 0
     # The account that spent, when an ancestor's lots fund the hold (account_id is
-    # then the ancestor's); empty for an account's own spends.
+    # then the farthest ancestor whose lots fund it); empty for an account's own
+    # spends. A spend may be split: the member's own lots first, then its pools'
+    # (each allocation names its lot's account: Allocation.account_id).
     member_id: str = ""
 
     @property
     def spender(self) -> str:
         return self.member_id or self.account_id
+
+    def account_of(self, alloc: Allocation) -> str:
+        """The account whose lot the allocation holds (and whose balance it moves)."""
+        return alloc.account_id or self.account_id
+
+    def held_on(self) -> set[str]:
+        """Every account whose lots fund the reservation."""
+        return {self.account_id, *(a.account_id for a in self.allocations if a.account_id)}
 
     @property
     def remaining(self) -> int:

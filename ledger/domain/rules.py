@@ -385,20 +385,23 @@ def _new_reservation(ws: WorkingSet, account_id: str, asset: str, amount: int) -
     )
 
 
-def _hold(ws: WorkingSet, tx: str, res: Reservation) -> Reservation:
-    """Move the reservation's amount from available to held, lot by lot. Caller checked."""
-    for lot, take in _draw(ws, res.account_id, res.asset, res.amount):
-        res.allocations.append(Allocation(lot.lot_id, take))
-        ws.transfer(
-            tx,
-            res.asset,
-            take,
-            available(res.account_id),
-            held(res.account_id),
-            Movement.RESERVE,
-            res.reservation_id,
-            lot.lot_id,
-        )
+def _hold(ws: WorkingSet, tx: str, res: Reservation, plan: Plan) -> Reservation:
+    """Move the reservation's amount from available to held, lot by lot, on each
+    funding pair of the plan (on its own account: a split hold's parts stay on
+    the lots they came from). Caller checked."""
+    for account_id, amount in plan:
+        for lot, take in _draw(ws, account_id, res.asset, amount):
+            res.allocations.append(_allocation(res, lot, take))
+            ws.transfer(
+                tx,
+                res.asset,
+                take,
+                available(account_id),
+                held(account_id),
+                Movement.RESERVE,
+                res.reservation_id,
+                lot.lot_id,
+            )
     ws.add_reservation(res)
     ws.dirty_reservations.add(res.reservation_id)
     _count(ws, res, held_by=res.amount)
@@ -412,17 +415,107 @@ def _ttl(ttl_s: float | None) -> timedelta:
 # ---------------------------------------------------------------- shared pools and member caps
 
 
+# A spend's funding: (account whose lots fund it, how much), the member first,
+# then its pools nearest first; only accounts that give something.
+Plan = list[tuple[str, int]]
+
+
+def _chain(ws: WorkingSet, account_id: str) -> tuple[str, ...]:
+    """The account and its ancestors, nearest first: the order a spend draws in."""
+    return (account_id, *ws.ancestors.get(account_id, ()))
+
+
 def funder(ws: WorkingSet, account_id: str, asset: str) -> str:
-    """The account whose lots a spend of `account_id` draws: its own when it has
-    lots of the asset (or may go below zero), else the nearest ancestor that has
-    (docs/design.md, "Shared pools"); its own when none has. Every pair on the
-    way is caught up first."""
-    for acct in (account_id, *ws.ancestors.get(account_id, ())):
+    """The account whose lots a spend of `account_id` draws first: its own when
+    it has spendable lots of the asset, else the nearest ancestor that has, else
+    the nearest that may go below zero (docs/design.md, "Shared pools"); its own
+    when none. Every pair on the way is caught up first."""
+    chain = _chain(ws, account_id)
+    for acct in chain:
         catch_up(ws, acct, asset)
-        bal = ws.balance(acct, asset)
-        if bal.available > 0 or bal.floor < 0:
+    for acct in chain:
+        if ws.balance(acct, asset).spendable > 0:
             return acct
-    return account_id
+    return next((a for a in chain if ws.balance(a, asset).floor < 0), account_id)
+
+
+def chain_spendable(ws: WorkingSet, account_id: str, asset: str) -> int:
+    """What a REJECT-mode spend of the account may take from lots now, caps aside:
+    its own spendable plus every ancestor's (GetBalance's may_spend before caps)."""
+    total = 0
+    for acct in _chain(ws, account_id):
+        catch_up(ws, acct, asset)
+        total += max(0, ws.balance(acct, asset).spendable)
+    return total
+
+
+def _funding(
+    ws: WorkingSet,
+    member: str,
+    asset: str,
+    amount: int,
+    overage: str,
+    taken: dict[PairKey, int] | None = None,
+    leg_key: str = "",
+) -> Plan:
+    """Split a spend of `amount` over the member's own spendable lots first, then
+    its nearest pool's, then the next pool's, as far as needed (docs/design.md,
+    "Shared pools"): each pair gives what it may spend down to zero, less what
+    `taken` (earlier legs of one group) already takes of it. REJECT: all or
+    nothing; CAP: what the chain has, up to the amount (maybe nothing: []);
+    DEBT: all or nothing, what the lots lack lent by one pair only, the nearest
+    in the chain (the member first) whose floor is below zero, down to its floor.
+    Shared by Reserve, Charge and each ReserveGroup leg.
+    Errors: InsufficientCredits (REJECT, DEBT; metadata funded_by: the chain's
+    accounts that had something, beyond the member)."""
+    taken = taken or {}
+    mode = Overage(overage)
+    chain = _chain(ws, member)
+    give: dict[str, int] = {}
+    left, room_total = amount, 0
+    for acct in chain:
+        _available(ws, acct, asset)  # caught up, and checked against its lots
+        room = max(0, ws.balance(acct, asset).spendable - taken.get((acct, asset), 0))
+        room_total += room
+        take = min(room, left)
+        if take:
+            give[acct] = take
+            left -= take
+    if mode is Overage.DEBT:
+        lender = next((a for a in chain if ws.balance(a, asset).floor < 0), None)
+        if lender is not None:
+            bal = ws.balance(lender, asset)
+            extra = max(
+                0, bal.spendable_in_debt - taken.get((lender, asset), 0) - give.get(lender, 0)
+            )
+            room_total += extra
+            lend = min(extra, left)
+            if lend:
+                give[lender] = give.get(lender, 0) + lend
+                left -= lend
+    if left and mode is not Overage.CAP:
+        exc = _insufficient(member, asset, room_total, amount, leg_key)
+        others = [a for a in chain[1:] if a in give or ws.balance(a, asset).spendable > 0]
+        if others:
+            exc.metadata["funded_by"] = ",".join(others)
+        raise exc
+    return [(acct, give[acct]) for acct in chain if give.get(acct)]
+
+
+def _allocation(res: Reservation, lot: Lot, take: int, settled: int = 0) -> Allocation:
+    """The part of `res` drawn from `lot`, naming the lot's account when it is not
+    the reservation's."""
+    other = lot.account_id if lot.account_id != res.account_id else ""
+    return Allocation(lot.lot_id, take, settled=settled, account_id=other)
+
+
+def _filed(res: Reservation, member: str, plan: Plan) -> None:
+    """A spend's reservation is filed under the farthest account whose lots fund
+    it (so that every funding pair's load finds it among its own or its
+    ancestors' holds), for the member that spent (member_id) when that is not
+    the member itself."""
+    res.account_id = plan[-1][0] if plan else member
+    res.member_id = member if res.account_id != member else ""
 
 
 def _windows(now: datetime) -> tuple[str, str]:
@@ -536,47 +629,23 @@ def set_member_cap(ws: WorkingSet, cmd: c.SetMemberCap) -> LimitsResult:
     return LimitsResult(bal.copy())
 
 
-def _spend_plan(
-    ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str
-) -> tuple[str, int]:
-    """(the account whose lots fund the spend, how much it takes): the caps first,
-    then the funding pair's room by the overage mode. Errors: CapExceeded,
-    InsufficientCredits."""
+def _spend_plan(ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str) -> Plan:
+    """Where a Reserve or Charge takes its credits: the member's caps first (CAP
+    mode: what they leave), then the chain's lots by the overage mode
+    (`_funding`; docs/design.md, "Spending limits" and "Shared pools").
+    Errors: CapExceeded, InsufficientCredits."""
     room, tightest = _cap_room(ws, account_id, asset)
-    source = funder(ws, account_id, asset)
     if room is not None and tightest is not None:
         if overage == Overage.CAP.value:
             amount = min(amount, room)
         elif room < amount:
             raise _cap_exceeded(account_id, asset, tightest, amount)
     if amount == 0:
-        return source, 0
-    return source, _to_take(ws, source, asset, amount, overage, account_id)
+        return []
+    return _funding(ws, account_id, asset, amount, overage)
 
 
 # ---------------------------------------------------------------- overage modes
-
-
-def _to_take(
-    ws: WorkingSet, account_id: str, asset: str, amount: int, overage: str, spender: str = ""
-) -> int:
-    """How much a Reserve or Charge takes, by its overage mode (docs/design.md,
-    "Spending limits"): REJECT all or nothing down to zero; CAP what can be spent
-    down to zero, up to the amount (0 is an answer); DEBT all or nothing down to
-    the pair's floor, lending what the lots lack (_borrow).
-    Errors: InsufficientCredits (REJECT, DEBT)."""
-    _available(ws, account_id, asset)
-    bal = ws.balance(account_id, asset)
-    mode = Overage(overage)
-    room = bal.spendable_in_debt if mode is Overage.DEBT else bal.spendable
-    if mode is Overage.CAP:
-        return max(0, min(amount, room))
-    if room < amount:
-        exc = _insufficient(spender or account_id, asset, room, amount)
-        if spender and spender != account_id:
-            exc.metadata["funded_by"] = account_id
-        raise exc
-    return amount
 
 
 def _borrow(ws: WorkingSet, tx: str, account_id: str, asset: str, amount: int) -> None:
@@ -634,25 +703,27 @@ def set_spending_limits(ws: WorkingSet, cmd: c.SetSpendingLimits) -> LimitsResul
 
 
 def reserve(ws: WorkingSet, cmd: c.Reserve) -> ReservationResult:
-    """Errors: AccountNotFound, PreconditionFailed, InsufficientCredits."""
+    """One hold, maybe split over the member's own lots and its pools' (_funding).
+    Errors: AccountNotFound, PreconditionFailed, CapExceeded, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset), pooled=True)
-    source, amount = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
-    if amount == 0:
-        return _nothing_taken(ws, source, cmd.asset, cmd.account_id)
+    plan = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
+    if not plan:
+        return _nothing_taken(ws, funder(ws, cmd.account_id, cmd.asset), cmd.asset, cmd.account_id)
     tx = ws.make_id()
-    _borrow(ws, tx, source, cmd.asset, amount)
-    res = _new_reservation(ws, source, cmd.asset, amount)
-    res.member_id = cmd.account_id if source != cmd.account_id else ""
+    for account_id, amount in plan:
+        _borrow(ws, tx, account_id, cmd.asset, amount)
+    res = _new_reservation(ws, cmd.account_id, cmd.asset, sum(n for _, n in plan))
+    _filed(res, cmd.account_id, plan)
     res.expires_at = ws.now + _ttl(cmd.ttl_s)
     res.metadata = dict(cmd.metadata)
-    return _result(ws, _hold(ws, tx, res))
+    return _result(ws, _hold(ws, tx, res, plan))
 
 
 def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
     """All legs or none, across members of one pool and across pools: each leg's
     caps, then its funding pair's room with every earlier leg on it counted, by
-    the group's overage mode (`_leg_take`). With CAP a leg may take less, or 0:
+    the group's overage mode (`_leg_amount`, `_funding`). With CAP a leg may take less, or 0:
     such a leg is in the reply (amount 0, no id) but not stored; a group that
     took nothing at all has no id. Errors: AccountNotFound, PreconditionFailed,
     CapExceeded, InsufficientCredits (naming the leg)."""
@@ -662,28 +733,37 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
         check_preconditions(ws, cmd.preconditions)
     needed: dict[PairKey, int] = {}
     capped: dict[PairKey, int] = {}
-    plan: list[tuple[str, int]] = []
+    plans: list[Plan] = []
     for leg in cmd.legs:
         _require_account(ws, leg.account_id, leg.leg_key, cmd.scope)
         member = (leg.account_id, leg.asset)
-        source = funder(ws, leg.account_id, leg.asset)
-        key = (source, leg.asset)
-        take = _leg_take(ws, cmd.overage, leg, source, capped.get(member, 0), needed.get(key, 0))
-        capped[member] = capped.get(member, 0) + take
-        needed[key] = needed.get(key, 0) + take
-        plan.append((source, take))
-    group_id = ws.make_id() if any(take for _, take in plan) else ""
+        amount = _leg_amount(ws, cmd.overage, leg, capped.get(member, 0))
+        # Own lots first, then each pool's (_funding), by the group's mode, with
+        # what earlier legs take of each pair counted.
+        plan = (
+            _funding(ws, leg.account_id, leg.asset, amount, cmd.overage, needed, leg.leg_key)
+            if amount
+            else []
+        )
+        plans.append(plan)
+        if not plan:  # a leg that takes 0 still shows its funding pair's balance
+            needed.setdefault((funder(ws, leg.account_id, leg.asset), leg.asset), 0)
+        capped[member] = capped.get(member, 0) + sum(n for _, n in plan)
+        for account_id, part in plan:
+            needed[(account_id, leg.asset)] = needed.get((account_id, leg.asset), 0) + part
+    group_id = ws.make_id() if any(plans) else ""
     tx = ws.make_id()
     for key, total in needed.items():
         if total:
             _borrow(ws, tx, *key, total)  # DEBT: what the lots lack (a no-op otherwise)
     legs = []
     carried = False
-    for index, (leg, (source, take)) in enumerate(zip(cmd.legs, plan, strict=True)):
-        res = _new_reservation(ws, source, leg.asset, take)
-        res.member_id = leg.account_id if source != leg.account_id else ""
+    for index, (leg, plan) in enumerate(zip(cmd.legs, plans, strict=True)):
+        res = _new_reservation(ws, leg.account_id, leg.asset, sum(n for _, n in plan))
+        _filed(res, leg.account_id, plan)
         res.group_id, res.leg_key, res.leg_index = group_id, leg.leg_key, index
-        if take == 0:  # CAP took nothing for this leg: an answer, nothing stored
+        if not plan:  # CAP took nothing for this leg: an answer, nothing stored
+            _filed(res, leg.account_id, [(funder(ws, leg.account_id, leg.asset), 0)])
             res.reservation_id, res.state = "", ReservationState.CLOSED
             legs.append(res)
             continue
@@ -693,78 +773,62 @@ def reserve_group(ws: WorkingSet, cmd: c.ReserveGroup) -> GroupResult:
         # show it on every leg (ledger.service.groups).
         res.metadata = {} if carried else dict(cmd.metadata)
         carried = True
-        legs.append(_hold(ws, tx, res))
+        legs.append(_hold(ws, tx, res, plan))
     if not carried and legs:
         legs[0].metadata = dict(cmd.metadata)  # nothing stored: the reply still shows it
     balances = tuple(ws.balance(*key).copy() for key in sorted(needed))
     return GroupResult(group_id, [snapshot(r) for r in legs], balances)
 
 
-def _leg_take(
-    ws: WorkingSet,
-    overage: str,
-    leg: c.Leg,
-    source: str,
-    capped_before: int,
-    needed_before: int,
-) -> int:
-    """How much one leg of a ReserveGroup takes, by the group's overage mode, the
-    earlier legs counted (`capped_before` on its member's caps, `needed_before`
-    on its funding pair `source`). REJECT: the leg's amount, down to zero; DEBT:
-    the leg's amount, down to the funding pair's floor (what the lots lack is
-    lent: _borrow); either way, else the whole group fails naming the leg. CAP:
-    what the caps and the pair leave of the amount, down to zero, possibly 0
-    (never refused). docs/design.md, "Spending limits".
-    Errors: CapExceeded, InsufficientCredits (REJECT, DEBT; metadata leg_key)."""
-    mode = Overage(overage)
-    amount = leg.amount
+def _leg_amount(ws: WorkingSet, overage: str, leg: c.Leg, capped_before: int) -> int:
+    """What one leg of a ReserveGroup may ask its funding chain for, by its
+    member's caps with the earlier legs of the same member counted: CAP mode
+    what they leave (possibly 0, never refused); otherwise the leg's amount, or
+    the whole group fails naming the leg. The chain's lots, the floors and the
+    overage mode are then `_funding`'s (docs/design.md, "Spending limits").
+    Errors: CapExceeded (metadata leg_key)."""
     room, tightest = _cap_room(ws, leg.account_id, leg.asset)
-    if room is not None and tightest is not None:
-        left = room - capped_before
-        if mode is Overage.CAP:
-            amount = max(0, min(amount, left))
-        elif left < amount:
-            shown = dataclasses.replace(tightest, remaining=left)
-            raise _cap_exceeded(leg.account_id, leg.asset, shown, leg.amount, leg.leg_key)
-    _available(ws, source, leg.asset)
-    bal = ws.balance(source, leg.asset)
-    funds = (bal.spendable_in_debt if mode is Overage.DEBT else bal.spendable) - needed_before
-    if mode is Overage.CAP:
-        return max(0, min(amount, funds))
-    if funds < amount:
-        exc = _insufficient(leg.account_id, leg.asset, funds, amount, leg.leg_key)
-        if source != leg.account_id:
-            exc.metadata["funded_by"] = source
-        raise exc
-    return amount
+    if room is None or tightest is None:
+        return leg.amount
+    left = room - capped_before
+    if overage == Overage.CAP.value:
+        return max(0, min(leg.amount, left))
+    if left < leg.amount:
+        shown = dataclasses.replace(tightest, remaining=left)
+        raise _cap_exceeded(leg.account_id, leg.asset, shown, leg.amount, leg.leg_key)
+    return leg.amount
 
 
 def charge(ws: WorkingSet, cmd: c.Charge) -> ReservationResult:
-    """Reserve and settle in one step. Errors: AccountNotFound, PreconditionFailed,
-    InsufficientCredits."""
+    """Reserve and settle in one step, maybe split over the member's own lots and
+    its pools' (_funding). Errors: AccountNotFound, PreconditionFailed,
+    CapExceeded, InsufficientCredits."""
     _require_account(ws, cmd.account_id, scope=cmd.scope)
     check_preconditions(ws, cmd.preconditions, (cmd.account_id, cmd.asset), pooled=True)
-    source, amount = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
-    if amount == 0:
-        return _nothing_taken(ws, source, cmd.asset, cmd.account_id)
+    plan = _spend_plan(ws, cmd.account_id, cmd.asset, cmd.amount, cmd.overage)
+    if not plan:
+        return _nothing_taken(ws, funder(ws, cmd.account_id, cmd.asset), cmd.asset, cmd.account_id)
     tx = ws.make_id()
-    _borrow(ws, tx, source, cmd.asset, amount)
-    res = _new_reservation(ws, source, cmd.asset, amount)
-    res.member_id = cmd.account_id if source != cmd.account_id else ""
+    for account_id, amount in plan:
+        _borrow(ws, tx, account_id, cmd.asset, amount)
+    amount = sum(n for _, n in plan)
+    res = _new_reservation(ws, cmd.account_id, cmd.asset, amount)
+    _filed(res, cmd.account_id, plan)
     res.metadata = dict(cmd.metadata)
-    for lot, take in _draw(ws, source, cmd.asset, amount):
-        res.allocations.append(Allocation(lot.lot_id, take, settled=take))
-        # Straight from available to consumed: the hold would be undone in the same step.
-        ws.transfer(
-            tx,
-            cmd.asset,
-            take,
-            available(source),
-            CONSUMED_SIDE,
-            Movement.SETTLE,
-            res.reservation_id,
-            lot.lot_id,
-        )
+    for account_id, part in plan:
+        for lot, take in _draw(ws, account_id, cmd.asset, part):
+            res.allocations.append(_allocation(res, lot, take, settled=take))
+            # Straight from available to consumed: the hold would be undone in the same step.
+            ws.transfer(
+                tx,
+                cmd.asset,
+                take,
+                available(account_id),
+                CONSUMED_SIDE,
+                Movement.SETTLE,
+                res.reservation_id,
+                lot.lot_id,
+            )
     res.settled = amount
     ws.add_reservation(res)
     ws.end_hold(res, ReservationState.CLOSED)
@@ -782,7 +846,8 @@ def _reservation_now(ws: WorkingSet, reservation_id: str, scope: Scope = None) -
     res = ws.reservations.get(reservation_id)
     if res is None or not in_scope(scope, res.spender):
         raise errors.ReservationNotFound(f"reservation {reservation_id} not found")
-    catch_up(ws, res.account_id, res.asset)
+    for account_id in sorted(res.held_on()):  # every pair a split hold is on
+        catch_up(ws, account_id, res.asset)
     return res
 
 
@@ -826,7 +891,7 @@ def settle(ws: WorkingSet, cmd: c.Settle) -> ReservationResult:
             tx,
             res.asset,
             take,
-            held(res.account_id),
+            held(res.account_of(alloc)),
             CONSUMED_SIDE,
             Movement.SETTLE,
             res.reservation_id,
@@ -879,13 +944,14 @@ def _give_back(
             continue
         left -= take
         lot = _lot_of(ws, res, alloc)
+        account_id = res.account_of(alloc)  # each part on its own lot's account
         if lot.expired_at(at):
             # Never brought back to life: the held part of an expired lot is written off.
             ws.transfer(
                 tx,
                 res.asset,
                 take,
-                held(res.account_id),
+                held(account_id),
                 EXPIRED_SIDE,
                 Movement.LOT_EXPIRY,
                 res.reservation_id,
@@ -898,8 +964,8 @@ def _give_back(
                 tx,
                 res.asset,
                 take,
-                held(res.account_id),
-                available(res.account_id),
+                held(account_id),
+                available(account_id),
                 movement,
                 res.reservation_id,
                 lot.lot_id,
@@ -935,7 +1001,7 @@ def _refund_lot(ws: WorkingSet, res: Reservation, alloc: Allocation, amount: int
     if lot.expired_at(ws.now):
         lot = Lot(
             lot_id=ws.make_id(),
-            account_id=res.account_id,
+            account_id=lot.account_id,
             asset=res.asset,
             amount=amount,
             remaining=0,
@@ -975,13 +1041,13 @@ def refund(ws: WorkingSet, cmd: c.Refund) -> ReservationResult:
             continue
         alloc.refunded += take
         left -= take
-        lot = _refund_lot(ws, res, alloc, take)
+        lot = _refund_lot(ws, res, alloc, take)  # on the account it came from
         ws.transfer(
             tx,
             res.asset,
             take,
             CONSUMED_SIDE,
-            available(res.account_id),
+            available(lot.account_id),
             Movement.REFUND,
             res.reservation_id,
             lot.lot_id,

@@ -187,14 +187,19 @@ class WorkingSet:
         self._pair_lots.setdefault((lot.account_id, lot.asset), {})[lot.lot_id] = lot
 
     def add_reservation(self, res: Reservation) -> None:
+        """Add a reservation; an open one is a hold of every pair whose lots fund
+        it (a split spend: the member's and its pools'), so that catching up any
+        of them expires it (once: end_hold takes it off all of them)."""
         self.reservations[res.reservation_id] = res
         if res.state is ReservationState.OPEN:
-            key = (res.account_id, res.asset)
-            self._pair_holds.setdefault(key, {})[res.reservation_id] = res
+            for account_id in res.held_on():
+                key = (account_id, res.asset)
+                self._pair_holds.setdefault(key, {})[res.reservation_id] = res
 
     def end_hold(self, res: Reservation, state: ReservationState) -> None:
         res.state = state
-        self._pair_holds.get((res.account_id, res.asset), {}).pop(res.reservation_id, None)
+        for account_id in res.held_on():
+            self._pair_holds.get((account_id, res.asset), {}).pop(res.reservation_id, None)
         self.dirty_reservations.add(res.reservation_id)
 
     def spendable_lots(self, key: PairKey) -> list[Lot]:

@@ -345,7 +345,7 @@ class Ledger:
         caps = rules.cap_views(ws, account_id, asset)  # catches the pair (and its pools) up
         source = rules.funder(ws, account_id, asset)
         balance = ws.balance(account_id, asset).copy()
-        may_spend = max(0, ws.balance(source, asset).spendable)
+        may_spend = rules.chain_spendable(ws, account_id, asset)  # own lots, then the pools
         if caps:
             may_spend = min(may_spend, *(cap.remaining for cap in caps))
         live = ws.spendable_lots(pair)

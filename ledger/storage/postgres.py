@@ -179,17 +179,26 @@ WITH byid AS (
           AND state = 'open' AND expires_at <= $7
     ) AS r
     UNION
-    -- A voided lot's pair: every open hold (what it holds of the lot is not voidable).
+    -- A voided lot's pair: every open hold (what it holds of the lot is not voidable),
+    -- also the member's spends split over its own lots and a pool's.
     SELECT r.* FROM bylot CROSS JOIN LATERAL (
         SELECT {_RES_COLS} FROM reservations
         WHERE reservations.account_id = bylot.account_id AND reservations.asset = bylot.asset
+          AND state = 'open'
+        UNION ALL
+        SELECT {_RES_COLS} FROM reservations
+        WHERE reservations.member_id = bylot.account_id AND reservations.asset = bylot.asset
           AND state = 'open'
     ) AS r
 ), whole AS (
     SELECT * FROM unnest($8::text[], $9::text[]) AS w(account_id, asset)
 ), counted AS (
-    -- Pairs whose caps' counters a hold's end changes: the members of loaded holds.
+    -- Pairs whose caps' counters a hold's end changes: the members of loaded holds;
+    -- and every pair a loaded hold is split over (the accounts its allocations
+    -- name): its expiry, seen from any of them, gives back on each.
     SELECT * FROM pairs UNION SELECT member_id, asset FROM res WHERE member_id IS NOT NULL
+    UNION SELECT a->>'account_id', res.asset FROM res, jsonb_array_elements(res.allocations) AS a
+    WHERE a ? 'account_id'
 )
 SELECT 'i' AS kind, jsonb_build_array(i.caller, i.key, i.method, encode(i.request_hash, 'hex'), i.outcome)
 FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
@@ -221,7 +230,7 @@ UNION ALL SELECT 'x', to_jsonb(x) FROM (
     SELECT a.account_id, a.asset, a.threshold, a.recovery, a.percent, a.basis, a.state, a.created_at,
            a.top_up_target, a.top_up_cap_month, a.top_up_pending, a.top_up_month,
            a.top_up_requested_month
-    FROM balance_alerts a JOIN pairs USING (account_id, asset)) AS x
+    FROM balance_alerts a JOIN counted USING (account_id, asset)) AS x
 UNION ALL SELECT 'p', to_jsonb(l) FROM pairs CROSS JOIN LATERAL (
     SELECT {_LOT_COLS} FROM lots
     WHERE lots.account_id = pairs.account_id AND lots.asset = pairs.asset AND lots.remaining > 0
@@ -410,7 +419,7 @@ async def _guard(op: Awaitable[T]) -> T:
 # expiry is listed as expired, as every read shows it. Rows come back as the
 # batch load's do (to_jsonb, decoded by ledger.domain.codec).
 _LIST_RES_FROM = (
-    " FROM reservations WHERE account_id = $1 AND ($2 = '' OR asset = $2)"
+    " FROM reservations WHERE (account_id = $1 OR member_id = $1) AND ($2 = '' OR asset = $2)"
     " AND ($3::timestamptz IS NULL OR (created_at, reservation_id) > ($3, $4::uuid))"
 )
 _LIST_RES_ORDER = " ORDER BY created_at, reservation_id LIMIT $5) AS r"

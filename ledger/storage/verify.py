@@ -197,9 +197,13 @@ CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "reserved_matches_open_reservations",
-        "reserved equals the remaining of open reservations",
-        """WITH r AS (SELECT account_id, asset, sum(amount - settled - released - expired) AS held
-                   FROM reservations WHERE state = 'open' GROUP BY 1, 2)
+        "reserved equals the remaining of open reservations' allocations on the pair"
+        " (a split spend holds on each account its lots belong to)",
+        """WITH r AS (SELECT coalesce(a->>'account_id', x.account_id) AS account_id, x.asset,
+                          sum((a->>'drawn')::int8 - (a->>'settled')::int8 - (a->>'released')::int8
+                              - coalesce((a->>'expired')::int8, 0)) AS held
+                   FROM reservations x, jsonb_array_elements(x.allocations) AS a
+                   WHERE x.state = 'open' GROUP BY 1, 2)
         SELECT coalesce(b.account_id, r.account_id) AS account_id, coalesce(b.asset, r.asset) AS asset,
                b.reserved, r.held
         FROM balances b FULL JOIN r ON b.account_id = r.account_id AND b.asset = r.asset

@@ -5,7 +5,9 @@ forwards. 64 members of one pool spend at once through both, in every mode
 (REJECT charges, CAP reserves settled or released, DEBT charges down to the
 pool's floor), until the pool is dry and their caps are full. The pool never
 goes below its floor, no member ever passes its caps, and `ledger verify`
-proves both from the journal (never_below_floor, never_past_cap).
+proves both from the journal (never_below_floor, never_past_cap). Run twice:
+members with no lots of their own, and members with a few own credits each,
+spent first, then the pool's, in one reservation (split spends).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
@@ -123,8 +126,9 @@ async def _spender(stub: LedgerServiceAsyncStub, member: str, rng: random.Random
     return seen
 
 
+@pytest.mark.parametrize("own", [0, 7], ids=["pool-only", "own-lots-first"])
 async def test_64_spenders_on_one_capped_pool_through_two_replicas(
-    replicas: tuple[list[LedgerServiceAsyncStub], str],
+    replicas: tuple[list[LedgerServiceAsyncStub], str], own: int
 ) -> None:
     stubs, url = replicas
     first = stubs[0]
@@ -150,6 +154,14 @@ async def test_64_spenders_on_one_capped_pool_through_two_replicas(
                 pb.CreateAccountRequest(account_id=member, parent_id=pool)
             )
         )
+        if own:
+            await _retrying(
+                lambda stub=stub, member=member: stub.Grant(
+                    pb.GrantRequest(
+                        account_id=member, asset=ASSET, amount=own, idempotency_key=key()
+                    )
+                )
+            )
         for window, amount in (
             (pb.CAP_WINDOW_DAY, DAY_CAP),
             (pb.CAP_WINDOW_LIFETIME, LIFETIME_CAP),
@@ -177,8 +189,24 @@ async def test_64_spenders_on_one_capped_pool_through_two_replicas(
     assert position >= POOL_FLOOR, pool_view
     for member in members:
         v = await stubs[1].GetBalance(pb.GetBalanceRequest(account_id=member, asset=ASSET))
-        assert v.funded_by == pool
+        assert v.funded_by == (pool if v.balance.spendable == 0 else member), v
+        assert v.balance.available >= 0 and v.balance.debt == 0
         for c in v.caps:
             assert c.used <= c.cap, (member, c)
     report = await verify(url)
     assert report.ok, report.violations
+    assert {"never_below_floor", "never_past_cap", "reserved_matches_open_reservations"} <= set(
+        report.checked
+    )
+    if own:
+        # Spends were split: one reservation's entries on a member's pair and the pool's.
+        conn = await asyncpg.connect(url)
+        try:
+            split = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT reservation_id FROM entries"
+                " WHERE bucket <> 'system' AND reservation_id IS NOT NULL"
+                " GROUP BY 1 HAVING count(DISTINCT account_id) = 2) AS s"
+            )
+        finally:
+            await conn.close()
+        assert split > 0

@@ -219,8 +219,9 @@ def _from_entries(b: Balance) -> tuple[object, ...]:
 def _reservation_violations(r: Reservation, held: dict[PairKey, int]) -> list[str]:
     out = []
     if r.state is ReservationState.OPEN:
-        pair = (r.account_id, r.asset)
-        held[pair] = held.get(pair, 0) + r.remaining
+        for a in r.allocations:  # each part on its lot's account (split spends)
+            pair = (r.account_of(a), r.asset)
+            held[pair] = held.get(pair, 0) + a.remaining
     if r.settled + r.released + r.expired > r.amount or r.refunded > r.settled:
         out.append(f"reservation_caps: {r}")
     if r.state is not ReservationState.OPEN and r.remaining != 0:

@@ -768,7 +768,9 @@ class Reservation(_message.Message):
     """
     member_id: _builtins.str
     """The member that spent, when a pool's lots fund the hold: account_id is then
-    the pool's (where the credits are held). Empty for an account's own spends.
+    the farthest pool whose lots fund it (a spend takes the member's own lots
+    first, then its pools', and each part stays on its own lot's account).
+    Empty for an account's own spends.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -1346,7 +1348,9 @@ class ReserveResponse(_message.Message):
 
     @_builtins.property
     def balance(self) -> Global___Balance:
-        """The balance after the hold."""
+        """The balance after the hold, of the pair it is filed under (reservation's
+        account_id; a pool-funded spend's other pairs: GetBalance).
+        """
 
     def __init__(
         self,
@@ -2595,7 +2599,9 @@ class ChargeResponse(_message.Message):
 
     @_builtins.property
     def balance(self) -> Global___Balance:
-        """The balance after the charge."""
+        """The balance after the charge, of the pair it is filed under (reservation's
+        account_id; a pool-funded spend's other pairs: GetBalance).
+        """
 
     def __init__(
         self,
@@ -2772,12 +2778,14 @@ class GetBalanceResponse(_message.Message):
     expiring_amount: _builtins.int
     """How much of available expires within the requested expiring_within."""
     funded_by: _builtins.str
-    """The account whose lots this account's spends draw now: its own, or the
-    nearest ancestor (pool) that has lots of the asset.
+    """The account whose lots this account's next spend draws first: its own when
+    it has spendable lots of the asset, else the nearest ancestor (pool) that
+    has. A spend takes its own lots first, then its pools', nearest first.
     """
     may_spend: _builtins.int
-    """What a REJECT-mode spend may take now: the lesser of funded_by's available
-    less debt and what this account's caps leave.
+    """What a REJECT-mode spend may take now: the lesser of what its own lots and
+    its pools' hold together (available less debt, each) and what this
+    account's caps leave.
     """
     @_builtins.property
     def balance(self) -> Global___Balance:
@@ -3834,7 +3842,10 @@ class ListReservationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The account whose reservations to list."""
+    """The account whose reservations to list: those filed under it (held on its
+    lots; a spend split over a member's lots and its pools' is filed under the
+    farthest pool) and those it spent from a pool (Reservation.member_id).
+    """
     asset: _builtins.str
     """Only this asset; empty means all assets."""
     state: Global___Reservation.State.ValueType

@@ -604,7 +604,9 @@ export type Reservation = Message<"creditledger.v1.Reservation"> & {
 
   /**
    * The member that spent, when a pool's lots fund the hold: account_id is then
-   * the pool's (where the credits are held). Empty for an account's own spends.
+   * the farthest pool whose lots fund it (a spend takes the member's own lots
+   * first, then its pools', and each part stays on its own lot's account).
+   * Empty for an account's own spends.
    *
    * @generated from field: string member_id = 40;
    */
@@ -1232,7 +1234,8 @@ export type ReserveResponse = Message<"creditledger.v1.ReserveResponse"> & {
   reservation?: Reservation | undefined;
 
   /**
-   * The balance after the hold.
+   * The balance after the hold, of the pair it is filed under (reservation's
+   * account_id; a pool-funded spend's other pairs: GetBalance).
    *
    * @generated from field: creditledger.v1.Balance balance = 2;
    */
@@ -2554,7 +2557,8 @@ export type ChargeResponse = Message<"creditledger.v1.ChargeResponse"> & {
   reservation?: Reservation | undefined;
 
   /**
-   * The balance after the charge.
+   * The balance after the charge, of the pair it is filed under (reservation's
+   * account_id; a pool-funded spend's other pairs: GetBalance).
    *
    * @generated from field: creditledger.v1.Balance balance = 2;
    */
@@ -2749,16 +2753,18 @@ export type GetBalanceResponse = Message<"creditledger.v1.GetBalanceResponse"> &
   lots: Lot[];
 
   /**
-   * The account whose lots this account's spends draw now: its own, or the
-   * nearest ancestor (pool) that has lots of the asset.
+   * The account whose lots this account's next spend draws first: its own when
+   * it has spendable lots of the asset, else the nearest ancestor (pool) that
+   * has. A spend takes its own lots first, then its pools', nearest first.
    *
    * @generated from field: string funded_by = 40;
    */
   fundedBy: string;
 
   /**
-   * What a REJECT-mode spend may take now: the lesser of funded_by's available
-   * less debt and what this account's caps leave.
+   * What a REJECT-mode spend may take now: the lesser of what its own lots and
+   * its pools' hold together (available less debt, each) and what this
+   * account's caps leave.
    *
    * @generated from field: int64 may_spend = 41;
    */
@@ -3978,7 +3984,9 @@ export const WatchTransactionsResponseSchema: GenMessage<WatchTransactionsRespon
  */
 export type ListReservationsRequest = Message<"creditledger.v1.ListReservationsRequest"> & {
   /**
-   * The account whose reservations to list.
+   * The account whose reservations to list: those filed under it (held on its
+   * lots; a spend split over a member's lots and its pools' is filed under the
+   * farthest pool) and those it spent from a pool (Reservation.member_id).
    *
    * @generated from field: string account_id = 1;
    */
