@@ -179,16 +179,17 @@ WITH byid AS (
           AND state = 'open' AND expires_at <= $7
     ) AS r
     UNION
-    -- A voided lot's pair: every open hold (what it holds of the lot is not voidable),
-    -- also the member's spends split over its own lots and a pool's.
+    -- A voided lot's pair: every open hold on its lots (what it holds of the lot is
+    -- not voidable): those filed under it, and those filed under a pool that draw
+    -- on it too (held_on, migration 0020: a member's or a middle pool's lots).
     SELECT r.* FROM bylot CROSS JOIN LATERAL (
         SELECT {_RES_COLS} FROM reservations
         WHERE reservations.account_id = bylot.account_id AND reservations.asset = bylot.asset
           AND state = 'open'
         UNION ALL
         SELECT {_RES_COLS} FROM reservations
-        WHERE reservations.member_id = bylot.account_id AND reservations.asset = bylot.asset
-          AND state = 'open'
+        WHERE held_on <> '{{}}' AND held_on @> ARRAY[bylot.account_id]
+          AND reservations.asset = bylot.asset AND state = 'open'
     ) AS r
 ), whole AS (
     SELECT * FROM unnest($8::text[], $9::text[]) AS w(account_id, asset)
@@ -269,15 +270,16 @@ WITH d AS (SELECT $1::jsonb AS doc), b AS (
     ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining
     RETURNING 1
 ), r AS (
-    INSERT INTO reservations ({_RES_COLS})
+    INSERT INTO reservations ({_RES_COLS}, held_on)
     SELECT t.* FROM d, jsonb_to_recordset(d.doc->'r') AS t(
         reservation_id uuid, account_id text, asset text, amount int8, settled int8, released int8,
         refunded int8, state text, created_at timestamptz, expires_at timestamptz, metadata jsonb,
         group_id uuid, leg_key text, allocations jsonb, expired int8, leg_index int4,
-        member_id text)
+        member_id text, held_on text[])
     ON CONFLICT (reservation_id) DO UPDATE SET
         settled = EXCLUDED.settled, released = EXCLUDED.released, refunded = EXCLUDED.refunded,
-        state = EXCLUDED.state, allocations = EXCLUDED.allocations, expired = EXCLUDED.expired
+        state = EXCLUDED.state, allocations = EXCLUDED.allocations, expired = EXCLUDED.expired,
+        held_on = EXCLUDED.held_on
     RETURNING 1
 ), s AS (
     INSERT INTO grant_schedules ({_SCHEDULE_COLS})
@@ -418,8 +420,14 @@ async def _guard(op: Awaitable[T]) -> T:
 # reservations_account_open (0007). $6 is "now": an open reservation past its
 # expiry is listed as expired, as every read shows it. Rows come back as the
 # batch load's do (to_jsonb, decoded by ledger.domain.codec).
+# An account's reservations: filed under it (account_id), spent by it from a
+# pool's lots (member_id, index reservations_member of 0016), or drawing on its
+# lots though filed under an ancestor (held_on, index reservations_held_on of
+# 0020: a middle pool of a three-level split). `held_on <> '{}'` is that
+# partial index's predicate, named so the planner may use it.
 _LIST_RES_FROM = (
-    " FROM reservations WHERE (account_id = $1 OR member_id = $1) AND ($2 = '' OR asset = $2)"
+    " FROM reservations WHERE (account_id = $1 OR member_id = $1"
+    " OR (held_on <> '{}' AND held_on @> ARRAY[$1::text])) AND ($2 = '' OR asset = $2)"
     " AND ($3::timestamptz IS NULL OR (created_at, reservation_id) > ($3, $4::uuid))"
 )
 _LIST_RES_ORDER = " ORDER BY created_at, reservation_id LIMIT $5) AS r"
@@ -462,11 +470,15 @@ _LIST_SCHEDULES = (
 
 
 def _reservation_doc(r: Reservation) -> dict[str, Any]:
-    """A reservation for the save's jsonb (the group_id column is a uuid: none is NULL)."""
+    """A reservation for the save's jsonb (the group_id column is a uuid: none is NULL).
+
+    held_on (migration 0020): the other accounts whose lots it holds, sorted;
+    empty unless the spend was split over them."""
     return {
         **codec.reservation_to_dict(r),
         "group_id": r.group_id or None,
         "member_id": r.member_id or None,
+        "held_on": sorted(r.held_on() - {r.account_id}),
     }
 
 

@@ -240,6 +240,17 @@ CHECKS: list[tuple[str, str, str]] = [
               (r.amount, r.settled, r.released, r.expired, r.refunded)""",
     ),
     (
+        "reservation_held_on",
+        "a reservation's held_on lists the accounts other than its own whose lots its"
+        " allocations name (ListReservations and VoidGrant find split holds by it;"
+        " migration 0020)",
+        """SELECT r.reservation_id, r.account_id, r.held_on, a.named
+        FROM reservations r CROSS JOIN LATERAL (
+          SELECT ARRAY(SELECT DISTINCT x->>'account_id' FROM jsonb_array_elements(r.allocations) AS x
+                       WHERE x->>'account_id' <> r.account_id) AS named) a
+        WHERE NOT (r.held_on @> a.named AND a.named @> r.held_on)""",
+    ),
+    (
         "reservation_holds_match_entries",
         "each reservation's held entries equal what it still holds",
         """WITH h AS (SELECT reservation_id, sum(amount) AS held FROM entries
@@ -427,6 +438,7 @@ _SCOPE_OF = {
     "available_not_negative": "account_id",
     "reservation_caps": "reservation_id",
     "reservation_allocations": "reservation_id",
+    "reservation_held_on": "reservation_id",
     "reservation_holds_match_entries": "reservation_id",
     "lot_bounds": "lot_id",
     "available_matches_lots": "account_id",

@@ -336,3 +336,94 @@ def test_a_void_of_a_members_lot_knows_what_its_split_hold_keeps(server: ServerT
         "0",
     )
     assert_verified(server)
+
+
+def _three_levels(s: ServerThread) -> tuple[str, str, str, dict[str, str]]:
+    """member → team → top, each with a lot of its own: a hold of 20 takes 5, 3 and 12."""
+    top = create(s, grant=100)
+    team = create(s, parent=top)
+    lots = {
+        "team": s.stub.Grant(
+            pb.GrantRequest(account_id=team, asset=ASSET, amount=3, idempotency_key=key())
+        ).lot.lot_id
+    }
+    m = create(s, parent=team, grant=5)
+    return top, team, m, lots
+
+
+def test_list_reservations_of_a_middle_pool_shows_a_hold_drawing_on_it(
+    server: ServerThread,
+) -> None:
+    """The team is neither the account the hold is filed under (top) nor its
+    spender (m), but 3 of its credits are held: its list shows the hold."""
+    top, team, m, _ = _three_levels(server)
+    held = reserve(server, m, 20).reservation
+    assert (held.account_id, held.member_id) == (top, m)
+    rid = held.reservation_id
+
+    def listed(acct: str, state: Any = 0) -> list[str]:
+        req = pb.ListReservationsRequest(account_id=acct, asset=ASSET, state=state)
+        return [r.reservation_id for r in server.stub.ListReservations(req).reservations]
+
+    for acct in (m, team, top):
+        assert listed(acct) == [rid], acct
+        assert listed(acct, pb.Reservation.STATE_OPEN) == [rid], acct
+    server.stub.Release(pb.ReleaseRequest(reservation_id=rid, idempotency_key=key()))
+    assert listed(team) == [rid]
+    assert listed(team, pb.Reservation.STATE_CLOSED) == [rid]
+    assert listed(team, pb.Reservation.STATE_OPEN) == []
+    # A sibling pool's list does not show it.
+    assert listed(create(server, parent=top)) == []
+    assert_verified(server)
+
+
+def test_a_void_of_a_middle_pools_lot_knows_what_a_three_level_hold_keeps(
+    server: ServerThread,
+) -> None:
+    top, team, m, lots = _three_levels(server)
+    reserve(server, m, 20)  # 5 of m's, 3 of team's, 12 of top's; filed under top
+    info = error_info(
+        refused(
+            lambda: server.stub.VoidGrant(
+                pb.VoidGrantRequest(lot_id=lots["team"], idempotency_key=key())
+            )
+        )
+    )
+    assert (info.reason, info.metadata["held"], info.metadata["unspent"]) == (
+        "CREDITS_HELD",
+        "3",
+        "0",
+    )
+    assert [bal(server, a).reserved for a in (m, team, top)] == [5, 3, 12]
+    assert_verified(server)
+
+
+def test_a_middle_pools_read_expires_an_overdue_three_level_hold_once(
+    server: ServerThread,
+) -> None:
+    top, team, m, _ = _three_levels(server)
+    rid = reserve(server, m, 20, ttl_s=60).reservation.reservation_id
+    versions = [bal(server, a).version for a in (m, team, top)]
+    server.advance(timedelta(seconds=61))
+    # No sweep, no write: the middle pool's read is the first to see the deadline.
+    seen = view(server, team)
+    assert (seen.balance.available, seen.balance.reserved) == (3, 0)
+    assert seen.balance.version == versions[1] + 1
+    assert [bal(server, a).available for a in (m, team, top)] == [5, 3, 100]
+    assert [bal(server, a).reserved for a in (m, team, top)] == [0, 0, 0]
+    got = reservation(server, rid)
+    assert (got.state, got.released) == (pb.Reservation.STATE_EXPIRED, 20)
+    # The team's write, then the sweeper, make it durable: each pair changes once.
+    assert charge(server, team, 1).taken == 1
+    server.sweep()
+    assert [bal(server, a).available for a in (m, team, top)] == [5, 2, 100]
+    assert [bal(server, a).version for a in (m, team, top)] == [
+        versions[0] + 1,
+        versions[1] + 2,
+        versions[2] + 1,
+    ]
+    req = pb.ListReservationsRequest(
+        account_id=team, asset=ASSET, state=pb.Reservation.STATE_EXPIRED
+    )
+    assert [r.reservation_id for r in server.stub.ListReservations(req).reservations] == [rid]
+    assert_verified(server)

@@ -204,3 +204,65 @@ async def test_migration_0009_backfills_the_balance_after_each_existing_entry(
         ("1", 6, 4, 10, 0),
         ("1", 6, 1, 10, 3),
     ]
+
+
+async def test_migration_0020_backfills_the_accounts_a_split_hold_draws_on(
+    scratch_db: TestDatabase,
+) -> None:
+    """Holds written before version 20: a three-level split gets the member and
+    the middle pool in held_on (not the top it is filed under), a hold on one
+    account's lots stays empty; `ledger verify` then finds them all consistent,
+    and reports a split hold written without held_on (an old writer's)."""
+    conn = await asyncpg.connect(scratch_db.url)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, name, sql in pool_module._migrations():
+            if version >= 20:
+                break
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+        insert = (
+            "INSERT INTO reservations (reservation_id, account_id, asset, amount, settled,"
+            " released, refunded, state, created_at, expires_at, metadata, allocations, member_id)"
+            " VALUES ($1::uuid, 'top', 'sms', 20, 0, 0, 0, 'closed', now(), now(), '{}',"
+            " $2::jsonb, $3)"
+        )
+        split = (
+            '[{"lot_id": "00000000-0000-0000-0000-000000000001", "drawn": 5, "settled": 0,'
+            ' "released": 5, "refunded": 0, "account_id": "m"},'
+            ' {"lot_id": "00000000-0000-0000-0000-000000000002", "drawn": 3, "settled": 0,'
+            ' "released": 3, "refunded": 0, "account_id": "team"},'
+            ' {"lot_id": "00000000-0000-0000-0000-000000000003", "drawn": 12, "settled": 0,'
+            ' "released": 12, "refunded": 0}]'
+        )
+        single = (
+            '[{"lot_id": "00000000-0000-0000-0000-000000000003", "drawn": 20, "settled": 0,'
+            ' "released": 20, "refunded": 0}]'
+        )
+        await conn.execute(insert, "00000000-0000-0000-0000-00000000000a", split, "m")
+        await conn.execute(insert, "00000000-0000-0000-0000-00000000000b", single, "m")
+    finally:
+        await conn.close()
+    assert await migrate(scratch_db.url) == [
+        name for v, name, _ in pool_module._migrations() if v >= 20
+    ]
+    conn = await asyncpg.connect(scratch_db.url)
+    try:
+        held_on = await conn.fetch(
+            "SELECT reservation_id::text, held_on FROM reservations ORDER BY 1"
+        )
+        assert [(r[0][-1], r[1]) for r in held_on] == [("a", ["m", "team"]), ("b", [])]
+        report = await verify(scratch_db.url)
+        assert "reservation_held_on" in report.checked
+        assert "reservation_held_on" not in report.violations
+        # A split hold written without it (an old writer's, during a rolling upgrade).
+        await conn.execute("UPDATE reservations SET held_on = '{}'")
+        report = await verify(scratch_db.url)
+        assert [str(v["reservation_id"]) for v in report.violations["reservation_held_on"]] == [
+            "00000000-0000-0000-0000-00000000000a"
+        ]
+    finally:
+        await conn.close()

@@ -3842,9 +3842,12 @@ class ListReservationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
-    """The account whose reservations to list: those filed under it (held on its
-    lots; a spend split over a member's lots and its pools' is filed under the
-    farthest pool) and those it spent from a pool (Reservation.member_id).
+    """The account whose reservations to list: those filed under it
+    (Reservation.account_id; a spend split over a member's lots and its pools'
+    is filed under the farthest pool), those it spent from a pool
+    (Reservation.member_id), and those that hold some of its lots though filed
+    under an ancestor (the member's own lots in a split spend; a middle pool's
+    in a spend split over three levels).
     """
     asset: _builtins.str
     """Only this asset; empty means all assets."""

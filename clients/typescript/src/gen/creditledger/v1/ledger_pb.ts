@@ -3984,9 +3984,12 @@ export const WatchTransactionsResponseSchema: GenMessage<WatchTransactionsRespon
  */
 export type ListReservationsRequest = Message<"creditledger.v1.ListReservationsRequest"> & {
   /**
-   * The account whose reservations to list: those filed under it (held on its
-   * lots; a spend split over a member's lots and its pools' is filed under the
-   * farthest pool) and those it spent from a pool (Reservation.member_id).
+   * The account whose reservations to list: those filed under it
+   * (Reservation.account_id; a spend split over a member's lots and its pools'
+   * is filed under the farthest pool), those it spent from a pool
+   * (Reservation.member_id), and those that hold some of its lots though filed
+   * under an ancestor (the member's own lots in a split spend; a middle pool's
+   * in a spend split over three levels).
    *
    * @generated from field: string account_id = 1;
    */
