@@ -398,19 +398,22 @@ def test_a_void_of_a_middle_pools_lot_knows_what_a_three_level_hold_keeps(
     assert_verified(server)
 
 
-def test_a_middle_pools_read_expires_an_overdue_three_level_hold_once(
-    server: ServerThread,
+@pytest.mark.parametrize("first_reader", ["team", "member", "top"])
+def test_an_overdue_three_level_hold_expires_once_whichever_pair_is_read_first(
+    server: ServerThread, first_reader: str
 ) -> None:
     top, team, m, _ = _three_levels(server)
     rid = reserve(server, m, 20, ttl_s=60).reservation.reservation_id
     versions = [bal(server, a).version for a in (m, team, top)]
     server.advance(timedelta(seconds=61))
-    # No sweep, no write: the middle pool's read is the first to see the deadline.
-    seen = view(server, team)
-    assert (seen.balance.available, seen.balance.reserved) == (3, 0)
-    assert seen.balance.version == versions[1] + 1
+    # No sweep, no write: this pair's read is the first to see the deadline
+    # (the middle pool's: neither filed under nor spender).
+    first = {"team": team, "member": m, "top": top}[first_reader]
+    seen = bal(server, first)
+    assert (seen.available, seen.reserved) == ({team: 3, m: 5, top: 100}[first], 0)
     assert [bal(server, a).available for a in (m, team, top)] == [5, 3, 100]
     assert [bal(server, a).reserved for a in (m, team, top)] == [0, 0, 0]
+    assert [bal(server, a).version for a in (m, team, top)] == [v + 1 for v in versions]
     got = reservation(server, rid)
     assert (got.state, got.released) == (pb.Reservation.STATE_EXPIRED, 20)
     # The team's write, then the sweeper, make it durable: each pair changes once.
