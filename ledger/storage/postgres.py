@@ -404,6 +404,21 @@ async def _guard(op: Awaitable[T]) -> T:
         raise translated from exc
 
 
+async def _guard_call(fn: Callable[[], Awaitable[T]]) -> T:
+    """_guard for a call on a pooled connection that may already be gone: when the
+    server ends a connection, asyncpg hands it back to the pool and the next call
+    on it raises InterfaceError at once, before there is anything to await (a
+    batch whose connection died between its read and its save answered INTERNAL
+    instead of being run again; tests/integration/test_writer_pipeline.py)."""
+    try:
+        return await fn()
+    except Exception as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
 # ListReservations: one literal statement per state filter, so that the open
 # filter names `state = 'open'` and can use the partial index
 # reservations_account_open (0007). $6 is "now": an open reservation past its
@@ -504,8 +519,9 @@ class PgBatch:
         Pairs of the loaded reservations, their overdue holds and due lots, and the
         lots their allocations name, are included by the statement itself.
         """
-        rows = await _guard(
-            self._conn.fetch(
+        conn = self._conn
+        rows = await _guard_call(
+            lambda: conn.fetch(
                 _LOAD,
                 [k[0] for k in keys],
                 [k[1] for k in keys],
@@ -635,7 +651,8 @@ class PgBatch:
             await self._cover_idempotency(ws.now, max(_record_expiry(r) for r in records))
         # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
         try:
-            await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+            body = orjson.dumps(doc)
+            await _guard_call(lambda: self._conn.fetchval(_SAVE, body, ws.now))
         except asyncpg.CheckViolationError as exc:
             if "no partition of relation" not in str(exc):
                 raise
@@ -685,10 +702,14 @@ class PostgresStore:
         self._may_maintain = True
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
-        self._writer_conn: asyncpg.Connection | None = None
-        # The writer's connection while it holds a transaction that batch() opened
-        # for the next batch (see batch()); None otherwise.
-        self._begun: asyncpg.Connection | None = None
+        # The writer's own connections, held across batches: idle ones, and all of
+        # them (a writer with a pipeline runs up to `concurrent_batches` at once,
+        # each on a connection of its own; ledger.service.writer).
+        self._writer_idle: list[asyncpg.Connection] = []
+        self._writer_conns: set[asyncpg.Connection] = set()
+        # The writer's connections that hold a transaction batch() opened for the
+        # next batch (see batch()).
+        self._begun: set[asyncpg.Connection] = set()
         # Set by ping(): while the last health check failed, calls fail at once with
         # UNAVAILABLE instead of each waiting out a connect timeout.
         self.reachable = True
@@ -733,17 +754,22 @@ class PostgresStore:
                 # answering (asyncpg terminates the connection when it times out).
                 await self._pool.release(conn, timeout=self._acquire_timeout_s)
 
+    # Batches the writer may run at once, each on a connection of its own.
+    concurrent_batches = 2
+
     async def _writer_connection(self) -> asyncpg.Connection:
-        """The writer's own connection, held across batches: no pool round trips
-        (acquire, and the reset query on release) on the hot path."""
-        conn = self._writer_conn
-        if conn is not None:
+        """One of the writer's own connections, held across batches: no pool round
+        trips (acquire, and the reset query on release) on the hot path. The one
+        used last first (it may hold a transaction begun for the next batch)."""
+        while self._writer_idle:
+            conn = self._writer_idle.pop()
             try:
                 if not conn.is_closed():
                     return conn
             except asyncpg.InterfaceError:
                 pass  # the pool took it back (it broke): get another
-            self._writer_conn = None
+            self._writer_conns.discard(conn)
+            self._begun.discard(conn)
         if not self.reachable:
             raise StorageUnavailable("database unreachable (last health check failed)")
         try:
@@ -764,15 +790,25 @@ class PostgresStore:
                 conn.terminate()
                 await self._pool.release(conn)
             raise
-        self._writer_conn = conn
+        self._writer_conns.add(conn)
         return conn
 
-    async def _drop_writer_connection(self) -> None:
-        conn, self._writer_conn = self._writer_conn, None
-        if conn is not None:
+    def _writer_release(self, conn: asyncpg.Connection) -> None:
+        """A batch is done with `conn`: keep it for the next (if it is still ours)."""
+        if conn in self._writer_conns:
+            self._writer_idle.append(conn)
+
+    async def _drop_writer_connection(self, conn: asyncpg.Connection | None = None) -> None:
+        """Drop `conn`, or every writer connection (idle or in use) when None."""
+        conns = [conn] if conn is not None else list(self._writer_conns)
+        for one in conns:
+            self._writer_conns.discard(one)
+            self._begun.discard(one)
+            if one in self._writer_idle:
+                self._writer_idle.remove(one)
             with suppress(Exception):
-                conn.terminate()
-                await self._pool.release(conn)
+                one.terminate()
+                await self._pool.release(one)
 
     @asynccontextmanager
     async def batch(self, more_waiting: Callable[[], bool] | None = None) -> AsyncIterator[PgBatch]:
@@ -796,23 +832,28 @@ class PostgresStore:
         round trip succeeded, so anything else still open is rolled back.
         """
         conn = await self._writer_connection()
-        begun, self._begun = self._begun is conn, None
+        begun = conn in self._begun
+        self._begun.discard(conn)
         try:
             if not (begun and conn.is_in_transaction()):
                 if conn.is_in_transaction():
-                    await _guard(conn.execute("ROLLBACK"))  # never nest into a leftover transaction
-                await _guard(conn.execute(_BEGIN))
+                    await _guard_call(lambda: conn.execute("ROLLBACK"))  # no nesting in a leftover
+                await _guard_call(lambda: conn.execute(_BEGIN))
             yield PgBatch(conn, self._cover_idempotency)
             if more_waiting is not None and more_waiting():
-                await _guard(conn.execute(f"{self._commit}; {_BEGIN}"))
-                self._begun = conn
-                return
-            status = await _guard(conn.execute(self._commit))
-            if status != "COMMIT":  # PostgreSQL answers ROLLBACK when the transaction had failed
-                raise SerializationConflict(f"COMMIT answered {status}")
+                await _guard_call(lambda: conn.execute(f"{self._commit}; {_BEGIN}"))
+                if conn in self._writer_conns:
+                    self._begun.add(conn)
+            else:
+                status = await _guard_call(lambda: conn.execute(self._commit))
+                if (
+                    status != "COMMIT"
+                ):  # PostgreSQL answers ROLLBACK when the transaction had failed
+                    raise SerializationConflict(f"COMMIT answered {status}")
         except BaseException as exc:
             await self._abandon(conn, exc)
             raise
+        self._writer_release(conn)
 
     async def _expire_if_silent(self, exc: BaseException) -> None:
         """A statement that got no answer: the node hangs or is cut off, and so are the
@@ -829,15 +870,19 @@ class PostgresStore:
                 if not conn.is_closed() and conn.is_in_transaction():
                     await asyncio.wait_for(conn.execute("ROLLBACK"), 1.0)
                 if not conn.is_in_transaction():
+                    self._writer_release(conn)
                     return
             except BaseException:
                 pass
-        await self._drop_writer_connection()  # cancelled, broken or unsure: never reuse it
+        await self._drop_writer_connection(conn)  # cancelled, broken or unsure: never reuse it
 
     async def close(self) -> None:
         """Give the writer's connection back before the pool closes."""
-        conn, self._writer_conn = self._writer_conn, None
-        if conn is not None:
+        conns = list(self._writer_conns)
+        self._writer_conns.clear()
+        self._writer_idle.clear()
+        self._begun.clear()
+        for conn in conns:
             with suppress(Exception):
                 await self._pool.release(conn)
 
