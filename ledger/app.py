@@ -239,7 +239,6 @@ class App:
             self.clock,
             WriterSettings(
                 batch_max=cfg.batch_max,
-                pipeline=cfg.writer_pipeline,
                 attempt_timeout_s=cfg.batch_timeout_s,
                 refund_grace=timedelta(seconds=cfg.refund_grace_s),
                 retention=retention,

@@ -24,7 +24,6 @@ class Config:
     pool_size_max: int = 10
     batch_max: int = 1024  # a full SubmitBatch (1,000) and its neighbours in one transaction
     batch_timeout_s: float = 2.0
-    writer_pipeline: int = 1  # writer batches in flight at once (2: see docs/performance.md)
     sweep_interval_s: float = 1.0
     idempotency_retention_days: float = 7.0
     idempotency_refused_retention_days: float = 1.0
@@ -203,14 +202,6 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--batch-max", type=int, default=d.batch_max, help="commands per writer transaction"
     )
     p.add_argument(
-        "--writer-pipeline",
-        type=int,
-        choices=(1, 2),
-        default=d.writer_pipeline,
-        help="writer batches in flight at once, each on its own connection: with 2 the next"
-        " batch is applied while the last commits, when they share no row (1: one at a time)",
-    )
-    p.add_argument(
         "--batch-timeout-s",
         type=float,
         default=d.batch_timeout_s,
@@ -381,7 +372,6 @@ def from_args(args: argparse.Namespace) -> Config:
         log_format=args.log_format,
         pool_size_max=args.pool_size_max,
         batch_max=args.batch_max,
-        writer_pipeline=args.writer_pipeline,
         batch_timeout_s=args.batch_timeout_s,
         sweep_interval_s=args.sweep_interval_s,
         idempotency_retention_days=args.idempotency_retention_days,

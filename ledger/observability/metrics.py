@@ -93,14 +93,6 @@ BATCH_SIZE = Histogram(
     "Commands per writer batch (group commit).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
-PIPELINE_WAITS = Counter(
-    "ledger_writer_pipeline_waits",
-    "Writer batches that waited for an earlier batch in flight whose rows they share"
-    " (before: seen from the commands; after_load: seen from the rows read, then read again).",
-    ["when"],
-)
-for _when in ("before", "after_load"):
-    PIPELINE_WAITS.labels(_when)  # every series exists from the start, at 0
 POOL_SIZE = Gauge("ledger_db_pool_size", "Connections in the database pool.")
 POOL_IN_USE = Gauge("ledger_db_pool_in_use", "Pool connections in use.")
 POOL_WAITING = Gauge("ledger_db_pool_waiting", "Tasks waiting for a pool connection.")

@@ -67,61 +67,12 @@ class WriterSettings:
     # (RESOURCE_EXHAUSTED with a retry delay) instead of queueing without bound.
     # A SubmitBatch counts its commands.
     queue_max: int = 10_000
-    # Batches in flight at once (the pipeline), at most; the store's
-    # `concurrent_batches` caps it. With 2, the next batch is read and applied in
-    # Python while the last one's save and COMMIT run in PostgreSQL, on a
-    # connection of its own, when the two share no row (see Writer._run). Off by
-    # default: on the bench's uniform batches two batches nearly always share a
-    # pair, and two that do not still abort each other now and then under
-    # SERIALIZABLE (docs/performance.md, "The writer's pipeline").
-    pipeline: int = 1
-    # Whether a batch waits for the earlier batch in flight whose rows it
-    # shares. Off only in tests, to make the two transactions meet in PostgreSQL
-    # (SERIALIZABLE then aborts one, and the writer runs it again).
-    pipeline_gate: bool = True
 
 
 @dataclass
 class _Pending:
     cmd: c.MutatingCommand
     future: asyncio.Future[tuple[Outcome, bool]]
-
-
-@dataclass(eq=False)
-class _Flight:
-    """A batch in flight, and the rows it claims: idempotency keys, (account,
-    asset) pairs, reservations, lots and grant schedules. Before its read, what
-    its commands name; after it, also every row the read brought (a Settle's
-    pair, a pool's pairs, the lots of a hold)."""
-
-    seq: int
-    keys: set[tuple[str, str]] = field(default_factory=set)
-    pairs: set[PairKey] = field(default_factory=set)
-    ids: set[str] = field(default_factory=set)  # reservations, lots, schedules: uuids
-    # Set once the batch is applied in Python (it is saving and committing) or
-    # finished: the next batch starts collecting then.
-    applied: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    # Set after a serialization conflict: its retries run with no later batch
-    # beside it (SERIALIZABLE's predicate locks are index pages, so two batches
-    # with no row in common can still abort each other; see docs/performance.md).
-    alone: bool = False
-
-    def meets(self, other: _Flight) -> bool:
-        return (
-            not self.keys.isdisjoint(other.keys)
-            or not self.pairs.isdisjoint(other.pairs)
-            or not self.ids.isdisjoint(other.ids)
-        )
-
-
-class _Overlap(Exception):
-    """The rows a batch read are claimed by an earlier batch in flight: roll back,
-    wait for those, read again."""
-
-    def __init__(self, earlier: list[_Flight]) -> None:
-        super().__init__(f"{len(earlier)} earlier batches share rows")
-        self.earlier = earlier
 
 
 def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
@@ -176,10 +127,6 @@ class Writer:
         # Called when a batch found that this process is no longer the elected writer.
         self._on_fenced = on_fenced
         self._database_lost = False
-        # Batches in flight by start order (at most `_depth`; see _run).
-        self._flights: dict[int, _Flight] = {}
-        self._seq = 0
-        self._depth = max(1, min(settings.pipeline, getattr(store, "concurrent_batches", 1)))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
@@ -193,12 +140,6 @@ class Writer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for flight in list(self._flights.values()):
-            if flight.task is not None:
-                flight.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flight.task
-        self._flights.clear()
         if self._held is not None:
             _resolve(self._held, (self._gone("the writer stopped"), False))
             self._held = None
@@ -248,22 +189,7 @@ class Writer:
         return outcome, replayed
 
     async def _run(self) -> None:
-        """Form batches and start them, up to `_depth` in flight.
-
-        The next batch is collected once every batch in flight is applied (its
-        Python is done; it is saving and committing in PostgreSQL), so it takes
-        in what arrived meanwhile and its Python runs while PostgreSQL works on
-        the last one. It starts beside the others only when it claims none of
-        their rows (_Flight.meets); else it waits for them. Each batch commits on
-        a connection of its own and answers its callers only after its own
-        COMMIT; two batches that share no row read nothing the other writes, so
-        either commit order is a serial order, and SERIALIZABLE aborts (the
-        writer then runs again) any pair that did meet. A batch that finds,
-        from the rows it read, an earlier one's rows (_Overlap) rolls back,
-        waits for it and reads again.
-        """
         while True:
-            await self._room()
             first, self._held = self._held or await self._queue.get(), None
             batch, size = [first], _size(first)
             self._waiting -= size
@@ -278,72 +204,19 @@ class Writer:
                 size += _size(p)
                 self._waiting -= _size(p)
             batch = [p for p in batch if not p.future.done()]  # callers that gave up
-            if not batch:
-                continue
-            self._seq += 1
-            flight = _Flight(self._seq)
-            _claim_commands(flight, _flat(batch))
-            earlier = self._earlier_meeting(flight)
-            if earlier:
-                metrics.PIPELINE_WAITS.labels("before").inc()
+            if batch:
                 try:
-                    await asyncio.wait([f.task for f in earlier if f.task is not None])
+                    await self._execute(batch)
                 except asyncio.CancelledError:
+                    # Stopped mid-batch: its outcome is unknown, a retry finds out.
                     for p in batch:
-                        _resolve(p, (self._gone("the writer stopped"), False))
+                        _resolve(p, (self._gone("the writer stopped during the batch"), False))
                     raise
-            flight.task = asyncio.get_running_loop().create_task(
-                self._fly(batch, flight), name=f"ledger-writer-batch-{flight.seq}"
-            )
-            self._flights[flight.seq] = flight
-            if self._depth == 1:
-                await asyncio.wait([flight.task])
 
-    async def _room(self) -> None:
-        """Until fewer than `_depth` batches are in flight and all are applied."""
-        while self._flights:
-            flights = list(self._flights.values())
-            alone = [f.task for f in flights if f.alone and f.task is not None]
-            if alone:
-                await asyncio.wait(alone)
-                continue
-            if len(flights) >= self._depth:
-                await asyncio.wait(
-                    [f.task for f in flights if f.task is not None],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                continue
-            pending = [f for f in flights if not f.applied.is_set()]
-            if not pending:
-                return
-            await pending[0].applied.wait()
-
-    def _earlier_meeting(self, flight: _Flight) -> list[_Flight]:
-        """The batches in flight, started before `flight`, that claim its rows."""
-        if not self._settings.pipeline_gate:
-            return []
-        return [
-            f
-            for seq, f in self._flights.items()
-            if seq < flight.seq and f is not flight and f.meets(flight)
-        ]
-
-    async def _fly(self, batch: list[_Pending], flight: _Flight) -> None:
-        try:
-            await self._execute(batch, flight)
-        except asyncio.CancelledError:
-            # Stopped mid-batch: its outcome is unknown, a retry finds out.
-            for p in batch:
-                _resolve(p, (self._gone("the writer stopped during the batch"), False))
-            raise
-        finally:
-            flight.applied.set()
-            self._flights.pop(flight.seq, None)
-
-    async def _execute(self, batch: list[_Pending], flight: _Flight) -> None:
+    async def _execute(self, batch: list[_Pending]) -> None:
         metrics.BATCH_SIZE.observe(sum(_size(p) for p in batch))
         try:
-            results = await self._with_retries(batch, flight)
+            results = await self._with_retries(batch)
         except errors.LedgerError as exc:
             for p in batch:
                 _resolve(p, (exc, False))
@@ -352,7 +225,7 @@ class Writer:
             if len(batch) > 1:
                 # A bug in one command must not fail its neighbours: run each alone.
                 for p in batch:
-                    await self._execute([p], flight)
+                    await self._execute([p])
                 return
             log.exception("command %s failed", batch[0].cmd.method)
             _resolve(batch[0], (errors.LedgerError("internal error"), False))
@@ -360,9 +233,7 @@ class Writer:
         for p, outcome in zip(batch, results, strict=True):
             _resolve(p, outcome)
 
-    async def _with_retries(
-        self, batch: list[_Pending], flight: _Flight
-    ) -> list[tuple[Outcome, bool]]:
+    async def _with_retries(self, batch: list[_Pending]) -> list[tuple[Outcome, bool]]:
         s = self._settings
         unavailable = 0
         first_started = time.perf_counter()
@@ -376,17 +247,9 @@ class Writer:
             attempt += 1
             try:
                 try:
-                    results, moved = await asyncio.wait_for(
-                        self._attempt(batch, whole, flight), timeout_s
-                    )
+                    results, moved = await asyncio.wait_for(self._attempt(batch, whole), timeout_s)
                 except TimeoutError as exc:
                     raise StorageUnavailable(f"batch took over {timeout_s:.1f} s") from exc
-            except _Overlap as overlap:
-                # Nothing was written: wait for the earlier batches, then read again.
-                metrics.PIPELINE_WAITS.labels("after_load").inc()
-                await asyncio.wait([f.task for f in overlap.earlier if f.task is not None])
-                attempt -= 1
-                continue
             except WriterFenced as exc:
                 if self._on_fenced is not None:
                     self._on_fenced()
@@ -407,17 +270,6 @@ class Writer:
                 continue
             except SerializationConflict:
                 metrics.SERIALIZATION_RETRIES.inc()
-                if self._depth > 1:
-                    # Perhaps with a batch beside it: run again with none (no later
-                    # batch starts; the earlier ones finish first).
-                    flight.alone = True
-                    earlier = [
-                        f.task
-                        for seq, f in self._flights.items()
-                        if seq < flight.seq and f.task is not None
-                    ]
-                    if earlier:
-                        await asyncio.wait(earlier)
                 backoff = min(s.retry_backoff_max_s, s.retry_backoff_base_s * 2**attempt)
                 await asyncio.sleep(backoff * random.random())
                 continue
@@ -475,10 +327,10 @@ class Writer:
         raise errors.InvariantViolation(f"schedules of {sorted(pairs)} still behind")
 
     async def _attempt(
-        self, batch: list[_Pending], whole: set[PairKey], flight: _Flight
+        self, batch: list[_Pending], whole: set[PairKey]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         if len(batch) == 1 and _atomic(batch[0]) and isinstance(atomic := batch[0].cmd, c.Batch):
-            return await self._attempt_atomic(atomic, whole, flight)
+            return await self._attempt_atomic(atomic, whole)
         cmds = _flat(batch)
         ws = self._working_set()
         async with self._store.batch(self._more_waiting) as unit:
@@ -486,24 +338,12 @@ class Writer:
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
             stored = await self._load(unit, ws, keys, cmds, whole)
-            self._claim_read(flight, ws)
             done, records = self._apply_all(ws, stored, cmds)
-            flight.applied.set()
             await unit.save(ws, records)
         return _regroup(batch, done), ws.moved
 
-    def _claim_read(self, flight: _Flight, ws: rules.WorkingSet) -> None:
-        """Add the rows a batch read to its claims; _Overlap when an earlier batch
-        in flight claims one of them (its rows may change under this batch)."""
-        flight.pairs.update(ws.balances, ws.alerts)
-        flight.pairs.update((r.account_id, r.asset) for r in ws.reservations.values())
-        flight.ids.update(ws.reservations, ws.lots, ws.schedules)
-        earlier = self._earlier_meeting(flight)
-        if earlier:
-            raise _Overlap(earlier)
-
     async def _attempt_atomic(
-        self, batch: c.Batch, whole: set[PairKey], flight: _Flight
+        self, batch: c.Batch, whole: set[PairKey]
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         """All of the batch or none of it: on the first command that fails,
         nothing is saved (the transaction commits its reads only), so the
@@ -514,9 +354,7 @@ class Writer:
         async with self._store.batch(self._more_waiting) as unit:
             keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
             stored = await self._load(unit, ws, keys, cmds, whole)
-            self._claim_read(flight, ws)
             done, records = self._apply_all(ws, stored, cmds)
-            flight.applied.set()
             for i, (outcome, _) in enumerate(done):
                 if isinstance(outcome, errors.LedgerError):
                     failure = batching.atomic_failure(i, batch.commands[i], outcome)
@@ -682,20 +520,6 @@ def _footprint(
             reservation_ids.update(cmd.reservation_ids)
             pairs.update(cmd.lot_pairs)
     return reservation_ids, pairs | grant_pairs, accounts, grant_pairs
-
-
-def _claim_commands(flight: _Flight, cmds: list[c.MutatingCommand]) -> None:
-    """What a batch's commands name, before it reads anything."""
-    reservation_ids, pairs, _, _ = _footprint(cmds)
-    flight.pairs |= pairs
-    flight.ids |= reservation_ids
-    for cmd in cmds:
-        if (k := _key(cmd)) is not None:
-            flight.keys.add(k)
-        if isinstance(cmd, c.VoidGrant):
-            flight.ids.add(cmd.lot_id)
-        elif isinstance(cmd, c.CancelGrantSchedule | c.UpdateGrantSchedule):
-            flight.ids.add(cmd.schedule_id)
 
 
 def _atomic(p: _Pending) -> bool:

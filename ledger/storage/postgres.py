@@ -409,7 +409,7 @@ async def _guard_call(fn: Callable[[], Awaitable[T]]) -> T:
     server ends a connection, asyncpg hands it back to the pool and the next call
     on it raises InterfaceError at once, before there is anything to await (a
     batch whose connection died between its read and its save answered INTERNAL
-    instead of being run again; tests/integration/test_writer_pipeline.py)."""
+    instead of being run again; tests/integration/test_writer_connection.py)."""
     try:
         return await fn()
     except Exception as exc:
@@ -702,14 +702,10 @@ class PostgresStore:
         self._may_maintain = True
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
-        # The writer's own connections, held across batches: idle ones, and all of
-        # them (a writer with a pipeline runs up to `concurrent_batches` at once,
-        # each on a connection of its own; ledger.service.writer).
-        self._writer_idle: list[asyncpg.Connection] = []
-        self._writer_conns: set[asyncpg.Connection] = set()
-        # The writer's connections that hold a transaction batch() opened for the
-        # next batch (see batch()).
-        self._begun: set[asyncpg.Connection] = set()
+        self._writer_conn: asyncpg.Connection | None = None
+        # The writer's connection while it holds a transaction that batch() opened
+        # for the next batch (see batch()); None otherwise.
+        self._begun: asyncpg.Connection | None = None
         # Set by ping(): while the last health check failed, calls fail at once with
         # UNAVAILABLE instead of each waiting out a connect timeout.
         self.reachable = True
@@ -754,22 +750,17 @@ class PostgresStore:
                 # answering (asyncpg terminates the connection when it times out).
                 await self._pool.release(conn, timeout=self._acquire_timeout_s)
 
-    # Batches the writer may run at once, each on a connection of its own.
-    concurrent_batches = 2
-
     async def _writer_connection(self) -> asyncpg.Connection:
-        """One of the writer's own connections, held across batches: no pool round
-        trips (acquire, and the reset query on release) on the hot path. The one
-        used last first (it may hold a transaction begun for the next batch)."""
-        while self._writer_idle:
-            conn = self._writer_idle.pop()
+        """The writer's own connection, held across batches: no pool round trips
+        (acquire, and the reset query on release) on the hot path."""
+        conn = self._writer_conn
+        if conn is not None:
             try:
                 if not conn.is_closed():
                     return conn
             except asyncpg.InterfaceError:
                 pass  # the pool took it back (it broke): get another
-            self._writer_conns.discard(conn)
-            self._begun.discard(conn)
+            self._writer_conn = None
         if not self.reachable:
             raise StorageUnavailable("database unreachable (last health check failed)")
         try:
@@ -790,25 +781,15 @@ class PostgresStore:
                 conn.terminate()
                 await self._pool.release(conn)
             raise
-        self._writer_conns.add(conn)
+        self._writer_conn = conn
         return conn
 
-    def _writer_release(self, conn: asyncpg.Connection) -> None:
-        """A batch is done with `conn`: keep it for the next (if it is still ours)."""
-        if conn in self._writer_conns:
-            self._writer_idle.append(conn)
-
-    async def _drop_writer_connection(self, conn: asyncpg.Connection | None = None) -> None:
-        """Drop `conn`, or every writer connection (idle or in use) when None."""
-        conns = [conn] if conn is not None else list(self._writer_conns)
-        for one in conns:
-            self._writer_conns.discard(one)
-            self._begun.discard(one)
-            if one in self._writer_idle:
-                self._writer_idle.remove(one)
+    async def _drop_writer_connection(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
             with suppress(Exception):
-                one.terminate()
-                await self._pool.release(one)
+                conn.terminate()
+                await self._pool.release(conn)
 
     @asynccontextmanager
     async def batch(self, more_waiting: Callable[[], bool] | None = None) -> AsyncIterator[PgBatch]:
@@ -832,8 +813,7 @@ class PostgresStore:
         round trip succeeded, so anything else still open is rolled back.
         """
         conn = await self._writer_connection()
-        begun = conn in self._begun
-        self._begun.discard(conn)
+        begun, self._begun = self._begun is conn, None
         try:
             if not (begun and conn.is_in_transaction()):
                 if conn.is_in_transaction():
@@ -842,18 +822,14 @@ class PostgresStore:
             yield PgBatch(conn, self._cover_idempotency)
             if more_waiting is not None and more_waiting():
                 await _guard_call(lambda: conn.execute(f"{self._commit}; {_BEGIN}"))
-                if conn in self._writer_conns:
-                    self._begun.add(conn)
-            else:
-                status = await _guard_call(lambda: conn.execute(self._commit))
-                if (
-                    status != "COMMIT"
-                ):  # PostgreSQL answers ROLLBACK when the transaction had failed
-                    raise SerializationConflict(f"COMMIT answered {status}")
+                self._begun = conn
+                return
+            status = await _guard_call(lambda: conn.execute(self._commit))
+            if status != "COMMIT":  # PostgreSQL answers ROLLBACK when the transaction had failed
+                raise SerializationConflict(f"COMMIT answered {status}")
         except BaseException as exc:
             await self._abandon(conn, exc)
             raise
-        self._writer_release(conn)
 
     async def _expire_if_silent(self, exc: BaseException) -> None:
         """A statement that got no answer: the node hangs or is cut off, and so are the
@@ -870,19 +846,15 @@ class PostgresStore:
                 if not conn.is_closed() and conn.is_in_transaction():
                     await asyncio.wait_for(conn.execute("ROLLBACK"), 1.0)
                 if not conn.is_in_transaction():
-                    self._writer_release(conn)
                     return
             except BaseException:
                 pass
-        await self._drop_writer_connection(conn)  # cancelled, broken or unsure: never reuse it
+        await self._drop_writer_connection()  # cancelled, broken or unsure: never reuse it
 
     async def close(self) -> None:
         """Give the writer's connection back before the pool closes."""
-        conns = list(self._writer_conns)
-        self._writer_conns.clear()
-        self._writer_idle.clear()
-        self._begun.clear()
-        for conn in conns:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
             with suppress(Exception):
                 await self._pool.release(conn)
 
