@@ -415,6 +415,21 @@ async def _guard(op: Awaitable[T]) -> T:
         raise translated from exc
 
 
+async def _guard_call(fn: Callable[[], Awaitable[T]]) -> T:
+    """_guard for a call on a pooled connection that may already be gone: when the
+    server ends a connection, asyncpg hands it back to the pool and the next call
+    on it raises InterfaceError at once, before there is anything to await (a
+    batch whose connection died between its read and its save answered INTERNAL
+    instead of being run again; tests/integration/test_writer_connection.py)."""
+    try:
+        return await fn()
+    except Exception as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
 # ListReservations: one literal statement per state filter, so that the open
 # filter names `state = 'open'` and can use the partial index
 # reservations_account_open (0007). $6 is "now": an open reservation past its
@@ -525,8 +540,9 @@ class PgBatch:
         Pairs of the loaded reservations, their overdue holds and due lots, and the
         lots their allocations name, are included by the statement itself.
         """
-        rows = await _guard(
-            self._conn.fetch(
+        conn = self._conn
+        rows = await _guard_call(
+            lambda: conn.fetch(
                 _LOAD,
                 [k[0] for k in keys],
                 [k[1] for k in keys],
@@ -656,7 +672,8 @@ class PgBatch:
             await self._cover_idempotency(ws.now, max(_record_expiry(r) for r in records))
         # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
         try:
-            await _guard(self._conn.fetchval(_SAVE, orjson.dumps(doc), ws.now))
+            body = orjson.dumps(doc)
+            await _guard_call(lambda: self._conn.fetchval(_SAVE, body, ws.now))
         except asyncpg.CheckViolationError as exc:
             if "no partition of relation" not in str(exc):
                 raise
@@ -821,14 +838,14 @@ class PostgresStore:
         try:
             if not (begun and conn.is_in_transaction()):
                 if conn.is_in_transaction():
-                    await _guard(conn.execute("ROLLBACK"))  # never nest into a leftover transaction
-                await _guard(conn.execute(_BEGIN))
+                    await _guard_call(lambda: conn.execute("ROLLBACK"))  # no nesting in a leftover
+                await _guard_call(lambda: conn.execute(_BEGIN))
             yield PgBatch(conn, self._cover_idempotency)
             if more_waiting is not None and more_waiting():
-                await _guard(conn.execute(f"{self._commit}; {_BEGIN}"))
+                await _guard_call(lambda: conn.execute(f"{self._commit}; {_BEGIN}"))
                 self._begun = conn
                 return
-            status = await _guard(conn.execute(self._commit))
+            status = await _guard_call(lambda: conn.execute(self._commit))
             if status != "COMMIT":  # PostgreSQL answers ROLLBACK when the transaction had failed
                 raise SerializationConflict(f"COMMIT answered {status}")
         except BaseException as exc:

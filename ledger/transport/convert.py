@@ -438,31 +438,32 @@ def refund(req: pb.RefundRequest, caller: str) -> c.Refund:
 
 
 def balance(b: Balance) -> pb.Balance:
-    out = _balance(b)
+    out = pb.Balance()
+    fill_balance(out, b)
+    return out
+
+
+def fill_balance(out: pb.Balance, b: Balance) -> None:
+    """Set a Balance message's fields in place (a reply's nested message: passing
+    a built one to a constructor copies it)."""
+    out.account_id = b.account_id
+    out.asset = b.asset
+    out.available = b.available
+    out.reserved = b.reserved
+    out.granted = b.granted
+    out.settled = b.settled
+    out.refunded = b.refunded
+    out.expired = b.expired
+    out.version = b.version
+    out.floor = b.floor
+    out.debt = b.debt
+    out.spendable = b.spendable_in_debt
     if b.cap_day is not None:
         out.cap_day = b.cap_day
     if b.cap_month is not None:
         out.cap_month = b.cap_month
     if b.cap_lifetime is not None:
         out.cap_lifetime = b.cap_lifetime
-    return out
-
-
-def _balance(b: Balance) -> pb.Balance:
-    return pb.Balance(
-        account_id=b.account_id,
-        asset=b.asset,
-        available=b.available,
-        reserved=b.reserved,
-        granted=b.granted,
-        settled=b.settled,
-        refunded=b.refunded,
-        expired=b.expired,
-        version=b.version,
-        floor=b.floor,
-        debt=b.debt,
-        spendable=b.spendable_in_debt,
-    )
 
 
 def lot(lt: Lot) -> pb.Lot:
@@ -487,24 +488,34 @@ def lot(lt: Lot) -> pb.Lot:
 
 
 def reservation(r: Reservation) -> pb.Reservation:
-    return pb.Reservation(
-        reservation_id=r.reservation_id,
-        account_id=r.account_id,
-        asset=r.asset,
-        amount=r.amount,
-        settled=r.settled,
-        released=r.released,
-        expired=r.expired,
-        refunded=r.refunded,
-        remaining=r.remaining,
-        state=_STATE[r.state],
-        created_at=_ts(r.created_at),
-        expires_at=_ts(r.expires_at),
-        metadata=r.metadata,
-        group_id=r.group_id,
-        leg_key=r.leg_key,
-        member_id=r.member_id,
-    )
+    out = pb.Reservation()
+    fill_reservation(out, r)
+    return out
+
+
+def fill_reservation(out: pb.Reservation, r: Reservation) -> None:
+    """Set a Reservation message's fields in place (see fill_balance): a SubmitBatch
+    reply of 1,000 charges built its nested messages and copied them, ~2.5x the time."""
+    out.reservation_id = r.reservation_id
+    out.account_id = r.account_id
+    out.asset = r.asset
+    out.amount = r.amount
+    out.settled = r.settled
+    out.released = r.released
+    out.expired = r.expired
+    out.refunded = r.refunded
+    out.remaining = r.remaining
+    out.state = _STATE[r.state]
+    created, expires = out.created_at, out.expires_at
+    created.seconds = (r.created_at - _EPOCH) // _SECOND
+    created.nanos = r.created_at.microsecond * 1000
+    expires.seconds = (r.expires_at - _EPOCH) // _SECOND
+    expires.nanos = r.expires_at.microsecond * 1000
+    if r.metadata:
+        out.metadata.update(r.metadata)
+    out.group_id = r.group_id
+    out.leg_key = r.leg_key
+    out.member_id = r.member_id
 
 
 def entry(e: Entry) -> pb.Entry:

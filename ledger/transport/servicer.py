@@ -48,12 +48,17 @@ def local_access(context: grpc.aio.ServicerContext[Any, Any]) -> Access:
 def _reservation_reply(result: Result, response: type[Any]) -> Any:
     if not isinstance(result, ReservationResult):
         raise InvariantViolation(f"expected a reservation result, got {type(result).__name__}")
-    reply = response(
-        reservation=convert.reservation(result.reservation), balance=convert.balance(result.balance)
-    )
-    if response in _TAKES:
-        reply.taken = result.reservation.amount  # what was taken (CAP: possibly less, or 0)
+    reply = response()
+    _fill_reservation_reply(reply, result)
     return reply
+
+
+def _fill_reservation_reply(reply: Any, result: ReservationResult) -> None:
+    """In place: nested messages given to a constructor are copied (see _batch_response)."""
+    convert.fill_reservation(reply.reservation, result.reservation)
+    convert.fill_balance(reply.balance, result.balance)
+    if type(reply) in _TAKES:
+        reply.taken = result.reservation.amount  # what was taken (CAP: possibly less, or 0)
 
 
 class LedgerServicer:
@@ -451,19 +456,21 @@ def _batch_response(
             )
             add(grant=reply, replayed=replayed)
         else:
-            add(
-                replayed=replayed,
-                **{cmd.method.lower(): _reservation_reply(outcome, _RESPONSE_OF[cmd.method])},
-            )
+            if not isinstance(outcome, ReservationResult):
+                raise InvariantViolation(
+                    f"expected a reservation result, got {type(outcome).__name__}"
+                )
+            _fill_reservation_reply(getattr(add(replayed=replayed), _FIELD_OF[cmd.method]), outcome)
     return response
 
 
 _TAKES = (pb.ReserveResponse, pb.ChargeResponse)
 
-_RESPONSE_OF: dict[str, type[Any]] = {
-    "Charge": pb.ChargeResponse,
-    "Reserve": pb.ReserveResponse,
-    "Settle": pb.SettleResponse,
-    "Release": pb.ReleaseResponse,
-    "Refund": pb.RefundResponse,
+# The SubmitBatchResponse outcome's field of each reservation command's reply.
+_FIELD_OF = {
+    "Charge": "charge",
+    "Reserve": "reserve",
+    "Settle": "settle",
+    "Release": "release",
+    "Refund": "refund",
 }
