@@ -236,7 +236,12 @@ async def test_a_transaction_that_commits_late_is_never_skipped(
     horizon (the naive reader: whatever is visible, in order) the same consumer
     skips X for good: the trap this design avoids."""
     if not horizon:
-        monkeypatch.setattr(journal, "HORIZON", "SELECT '9223372036854775807'")
+        naive = "'9223372036854775807'::xid8"
+        monkeypatch.setattr(journal, "HORIZON", f"SELECT {naive}::text")
+        assert journal.HORIZON_OF_SNAPSHOT in journal.PAGE
+        monkeypatch.setattr(
+            journal, "PAGE", journal.PAGE.replace(journal.HORIZON_OF_SNAPSHOT, naive)
+        )
     tenant = f"h{uuid.uuid4().hex[:8]}-"
     slow = await new_account(stub, tenant + "slow")
     fast = await new_account(stub, tenant + "fast")
