@@ -858,7 +858,12 @@ class PostgresStore:
             return await self._read(fn)
         async with self._stream_lock:
             conn = self._stream_conn
-            if conn is None or conn.is_closed():
+            try:
+                usable = conn is not None and not conn.is_closed()
+            except asyncpg.InterfaceError:
+                usable = False  # the pool took it back (it broke)
+            if conn is None or not usable:
+                self._stream_conn = None
                 if not self.reachable:
                     raise StorageUnavailable("database unreachable (last health check failed)")
                 try:
