@@ -10,6 +10,8 @@ ASSET_LABELS_MAX distinct assets a process counts the rest under `_other`.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -224,3 +226,23 @@ STREAM_LAG_MAX = Gauge(
     "ledger_stream_lag_max_seconds",
     "The largest lag among open change streams (0 when all are caught up).",
 )
+
+
+def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
+    """`histogram.observe(v)` for every value, at one lock per bucket touched:
+    a stream observes the lag of every transaction it sends (a page's are
+    close together), and observe() walks the bounds in Python and takes a
+    lock for each value. Same buckets (the first bound >= v), same sum."""
+    bounds = histogram._upper_bounds
+    counts: dict[int, int] = {}
+    total = 0.0
+    for v in values:
+        i = bisect_left(bounds, v)
+        counts[i] = counts.get(i, 0) + 1
+        total += v
+    if not counts:
+        return
+    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
+    histogram._sum.inc(total)
+    for i, n in counts.items():
+        histogram._buckets[i].inc(n)

@@ -28,7 +28,7 @@ from typing import TypeVar
 from ledger.domain import commands as c
 from ledger.domain import errors, limits
 from ledger.domain.access import LOCAL, Access
-from ledger.domain.model import AlertEvent, Balance, JournalRow, StreamTransaction
+from ledger.domain.model import AlertEvent, Balance, JournalRow, StreamTransaction, built
 from ledger.observability import metrics
 from ledger.service.clock import Clock
 from ledger.service.ports import JournalFilter, SerializationConflict, StorageUnavailable, Store
@@ -262,11 +262,9 @@ class ChangeStream:
                     committed_before = None  # everything before now is behind the cursor
             if txs:
                 now = self._clock.now()
-                for tx in txs:
-                    metrics.STREAM_LAG_SECONDS.observe(
-                        max(0.0, (now - tx.created_at).total_seconds())
-                    )
-                self._lags[lag_key] = max(0.0, (now - txs[-1].created_at).total_seconds())
+                lags = [max(0.0, (now - tx.created_at).total_seconds()) for tx in txs]
+                metrics.observe_all(metrics.STREAM_LAG_SECONDS, lags)
+                self._lags[lag_key] = lags[-1]
                 yield StreamMessage(txs[-1].position, txs)
                 cursor = sent = txs[-1].position
                 last_sent_at = time.monotonic()
@@ -356,7 +354,8 @@ def group(
             if r.after is not None:
                 balances[(r.entry.account_id, r.entry.asset)] = r.after
         out.append(
-            StreamTransaction(
+            built(
+                StreamTransaction,
                 position=(first.xid, part[-1].entry.entry_id),
                 transaction_id=first.entry.transaction_id,
                 caller=first.caller,

@@ -1,12 +1,15 @@
 """The journal as the change stream and the as-of reads see it (issue 17).
 
 The stream's order is (xid, entry_id): the id of the transaction that wrote a
-row, then the row's id. A page is read in one REPEATABLE READ snapshot: first
+row, then the row's id. A page is read in one statement, so in one snapshot:
 the horizon, the oldest transaction still running in that snapshot
-(pg_snapshot_xmin), then the rows below it. Every transaction that can still
-commit has an xid at or above the horizon, so a row below it is either
-visible in the snapshot or never will be: a reader that resumes after the
-last position it read skips nothing (docs/design.md, "The change stream").
+(pg_snapshot_xmin of pg_current_snapshot(), which is the statement's own
+snapshot), and the rows below it. Every transaction that can still commit
+has an xid at or above the horizon, so a row below it is either visible in
+the snapshot or never will be: a reader that resumes after the last position
+it read skips nothing (docs/design.md, "The change stream"). One statement
+rather than a REPEATABLE READ transaction of two: a stream reads a page at
+every horizon change, and BEGIN and COMMIT were two of its four round trips.
 """
 
 from __future__ import annotations
@@ -16,16 +19,21 @@ from typing import Any
 
 import asyncpg
 
-from ledger.domain.model import Balance, Bucket, Entry, JournalRow, Movement
+from ledger.domain.model import Balance, Bucket, Entry, JournalRow, Movement, built
 
+# Ids as text: PostgreSQL writes them out faster than Python turns UUIDs into str
+# (the stream converts every row it sends).
 _COLS = (
-    "xid::text AS xid, entry_id, transaction_id, account_id, asset, amount, movement, bucket,"
-    " reservation_id, lot_id, created_at, caller, idempotency_key, effective_at,"
+    "xid::text AS xid, entry_id, transaction_id::text AS transaction_id, account_id, asset,"
+    " amount, movement, bucket, reservation_id::text AS reservation_id,"
+    " lot_id::text AS lot_id, created_at, caller, idempotency_key, effective_at,"
     " available_after, reserved_after, granted_after, settled_after, refunded_after,"
     " expired_after"
 )
 
-HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
+# The oldest transaction still running in the snapshot of the statement that reads it.
+HORIZON_OF_SNAPSHOT = "pg_snapshot_xmin(pg_current_snapshot())"
+HORIZON = f"SELECT {HORIZON_OF_SNAPSHOT}::text"
 SNAPSHOT = (
     "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text,"
     " array(SELECT x::text FROM pg_snapshot_xip(s) AS x) FROM pg_current_snapshot() AS s"
@@ -40,10 +48,16 @@ _FILTER = (
     " WHERE starts_with(account_id, s.p)))"
 )
 
+# The horizon and the rows below it, from one snapshot: one row with NULL
+# columns when there are none (the LEFT JOIN), else the horizon on every row.
+# $3 is the page's size, so that the filters keep their numbers ($4..$7).
 PAGE = (
-    f"SELECT {_COLS} FROM entries"
-    " WHERE (xid, entry_id) > ($1::text::xid8, $2::int8) AND xid < $3::text::xid8"
-    f"{_FILTER} ORDER BY entries.xid, entry_id LIMIT $8"
+    f"WITH h AS MATERIALIZED (SELECT {HORIZON_OF_SNAPSHOT} AS horizon)"
+    f" SELECT h.horizon::text AS horizon, p.* FROM h LEFT JOIN LATERAL (SELECT {_COLS},"
+    " entries.xid AS sort_xid FROM entries"
+    " WHERE (xid, entry_id) > ($1::text::xid8, $2::int8) AND xid < h.horizon"
+    f"{_FILTER} ORDER BY entries.xid, entry_id LIMIT $3) AS p ON true"
+    " ORDER BY p.sort_xid, p.entry_id"
 )
 
 # The rest of one transaction that a full page cut: same xid, same transaction id.
@@ -54,41 +68,47 @@ REST = (
 )
 
 
+_MOVEMENTS = {m.value: m for m in Movement}
+_BUCKETS = {b.value: b for b in Bucket}
+
+
 def row(r: asyncpg.Record) -> JournalRow:
-    entry = Entry(
+    """Per row of every page a stream reads: dict lookups, not Enum calls, and
+    the frozen types built without their __init__ (model.built)."""
+    account_id, asset = r["account_id"], r["asset"]
+    entry = built(
+        Entry,
         entry_id=r["entry_id"],
-        transaction_id=str(r["transaction_id"]),
-        account_id=r["account_id"],
-        asset=r["asset"],
+        transaction_id=r["transaction_id"],
+        account_id=account_id,
+        asset=asset,
         amount=r["amount"],
-        movement=Movement(r["movement"]),
-        bucket=Bucket(r["bucket"]),
-        reservation_id=str(r["reservation_id"]) if r["reservation_id"] is not None else "",
-        lot_id=str(r["lot_id"]) if r["lot_id"] is not None else "",
+        movement=_MOVEMENTS[r["movement"]],
+        bucket=_BUCKETS[r["bucket"]],
+        reservation_id=r["reservation_id"] or "",
+        lot_id=r["lot_id"] or "",
         created_at=r["created_at"],
     )
-    return JournalRow(
+    available = r["available_after"]
+    return built(
+        JournalRow,
         xid=int(r["xid"]),
         entry=entry,
         caller=r["caller"],
         idempotency_key=r["idempotency_key"],
         effective_at=r["effective_at"],
-        after=after(r),
-    )
-
-
-def after(r: asyncpg.Record) -> Balance | None:
-    if r["available_after"] is None:
-        return None
-    return Balance(
-        r["account_id"],
-        r["asset"],
-        r["available_after"],
-        r["reserved_after"],
-        r["granted_after"],
-        r["settled_after"],
-        r["refunded_after"],
-        r["expired_after"],
+        after=None
+        if available is None
+        else Balance(
+            account_id,
+            asset,
+            available,
+            r["reserved_after"],
+            r["granted_after"],
+            r["settled_after"],
+            r["refunded_after"],
+            r["expired_after"],
+        ),
     )
 
 
@@ -105,12 +125,11 @@ async def page(
     limit: int,
 ) -> tuple[list[JournalRow], int]:
     """Rows after `after_position` below the horizon, in stream order (at most
-    `limit`), and the horizon, from one snapshot."""
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        horizon = int(await conn.fetchval(HORIZON))
-        rows = await conn.fetch(
-            PAGE, str(after_position[0]), after_position[1], str(horizon), *filters, limit
-        )
+    `limit`), and the horizon, from one snapshot (one statement)."""
+    rows = await conn.fetch(PAGE, str(after_position[0]), after_position[1], limit, *filters)
+    horizon = int(rows[0]["horizon"])
+    if rows[0]["entry_id"] is None:
+        return [], horizon
     return [row(r) for r in rows], horizon
 
 

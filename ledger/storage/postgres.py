@@ -724,6 +724,10 @@ class PostgresStore:
         self._acquire_timeout_s = acquire_timeout_s
         self._waiting = 0
         self._writer_conn: asyncpg.Connection | None = None
+        # The change stream's reads (horizon polls, pages): one held connection
+        # while it is free, the pool when it is busy (_stream_read).
+        self._stream_conn: asyncpg.Connection | None = None
+        self._stream_lock = asyncio.Lock()
         # The writer's connection while it holds a transaction that batch() opened
         # for the next batch (see batch()); None otherwise.
         self._begun: asyncpg.Connection | None = None
@@ -873,10 +877,57 @@ class PostgresStore:
         await self._drop_writer_connection()  # cancelled, broken or unsure: never reuse it
 
     async def close(self) -> None:
-        """Give the writer's connection back before the pool closes."""
-        conn, self._writer_conn = self._writer_conn, None
+        """Give the writer's and the stream's connections back before the pool closes."""
+        for conn in (self._writer_conn, self._stream_conn):
+            if conn is not None:
+                with suppress(Exception):
+                    await self._pool.release(conn)
+        self._writer_conn = self._stream_conn = None
+
+    async def _stream_read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """A change-stream read on the connection the stream holds: streams poll the
+        horizon and read a page at each of its changes (20 times a second under
+        load), and each pooled read cost two more round trips (acquire, and the
+        reset query on release), on the writer's process and in PostgreSQL. One
+        statement, no transaction, so nothing is left on the connection. While it
+        is busy (another filter's page) the read goes to the pool: reads of
+        different filters never queue behind each other."""
+        if self._stream_lock.locked():
+            return await self._read(fn)
+        async with self._stream_lock:
+            conn = self._stream_conn
+            try:
+                usable = conn is not None and not conn.is_closed()
+            except asyncpg.InterfaceError:
+                usable = False  # the pool took it back (it broke)
+            if conn is None or not usable:
+                self._stream_conn = None
+                if not self.reachable:
+                    raise StorageUnavailable("database unreachable (last health check failed)")
+                try:
+                    conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
+                except Exception as exc:
+                    raise StorageUnavailable(
+                        f"no database connection: {type(exc).__name__}"
+                    ) from exc
+                self._stream_conn = conn
+            try:
+                return await _guard(fn(conn))
+            except SerializationConflict:
+                pass  # re-run as any read is (below, bounded), the connection is fine
+            except (StorageUnavailable, asyncio.CancelledError) as exc:
+                # Timed out, cancelled or broken mid-query: never reuse it.
+                await self._drop_stream_connection()
+                if isinstance(exc, StorageUnavailable):
+                    await self._expire_if_silent(exc)
+                raise
+        return await self._read(fn)
+
+    async def _drop_stream_connection(self) -> None:
+        conn, self._stream_conn = self._stream_conn, None
         if conn is not None:
             with suppress(Exception):
+                conn.terminate()
                 await self._pool.release(conn)
 
     async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -1161,7 +1212,7 @@ class PostgresStore:
             keys = sorted({(r.xid, r.entry.transaction_id) for r in rows})
             return rows, horizon, await alert_sql.events(conn, keys, args)
 
-        return await self._read(run)
+        return await self._stream_read(run)
 
     async def journal_snapshot(self) -> tuple[int, int, list[int]]:
         """(xmin, xmax, xids in progress) of a snapshot taken now."""
@@ -1170,7 +1221,7 @@ class PostgresStore:
 
     async def journal_horizon(self) -> int:
         """The oldest transaction id still running (the stream reads below it)."""
-        return int(await self._read(lambda conn: conn.fetchval(journal.HORIZON)))
+        return int(await self._stream_read(lambda conn: conn.fetchval(journal.HORIZON)))
 
     async def balance_as_of(
         self, account_id: str, asset: str, position: tuple[int, int] | None, at: datetime | None

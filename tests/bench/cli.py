@@ -258,6 +258,8 @@ def _load(
         database.analyze(db_url)  # with --target the server's database is not ours to know
     runner = PointRunner(s, workers, target, db_url, db_name)
     watchers = _start_watchers(s, target, logs)
+    if watchers is not None:
+        runner.watcher_pids = (watchers.pid,)
     with RssSampler(target.pid) as sampler:
         _sweep(run, runner, pg, db_url)
     if watchers is not None:

@@ -45,13 +45,16 @@ class CpuReading:
     generator: float
     postgres: float
     machine_busy: float
+    watchers: float
     # PostgreSQL's per process: its backends come and go (the writer's connection
     # is replaced after a timeout), and a process gone by the second reading would
     # take its whole past CPU out of the delta (negative pg% were seen).
     postgres_each: dict[int, float]
 
     @staticmethod
-    def take(server: list[int], generator: list[int], postgres: list[int]) -> CpuReading:
+    def take(
+        server: list[int], generator: list[int], postgres: list[int], watchers: tuple[int, ...] = ()
+    ) -> CpuReading:
         """Read /proc now."""
         busy, _ = machine_busy_seconds()
         each = {pid: cpu_seconds([pid]) for pid in postgres}
@@ -61,6 +64,7 @@ class CpuReading:
             generator=cpu_seconds(generator),
             postgres=sum(each.values()),
             machine_busy=busy,
+            watchers=cpu_seconds(list(watchers)) if watchers else 0.0,
             postgres_each=each,
         )
 
@@ -73,6 +77,8 @@ class CpuReading:
             name: round(100.0 * (getattr(self, name) - getattr(start, name)) / wall, 1)
             for name in ("server", "generator", "machine_busy")
         }
+        if self.watchers or start.watchers:  # the change-stream consumers' process (--watchers)
+            shares["watchers"] = round(100.0 * (self.watchers - start.watchers) / wall, 1)
         # Only processes that lived through the window (and were alive at its start).
         pg = sum(
             max(0.0, now - start.postgres_each[pid])
@@ -129,6 +135,7 @@ class PointRunner:
         self.db_url = db_url
         self.db_name = db_name
         self.count = 0
+        self.watcher_pids: tuple[int, ...] = ()  # the consumers' process, when --watchers
 
     def _plans(self, workload: str, concurrency: int, start_at: float) -> list[Plan]:
         procs = len(self.workers.processes)
@@ -170,9 +177,9 @@ class PointRunner:
         busy = self.workers.start(self._plans(workload, concurrency, start_at))
         with RssSampler(self.target.pid) as rss:
             time.sleep(max(0.0, window_start - time.monotonic()))
-            first = CpuReading.take(server_pids, self.workers.pids, pg_pids)
+            first = CpuReading.take(server_pids, self.workers.pids, pg_pids, self.watcher_pids)
             time.sleep(max(0.0, window_start + self.s.duration_s - time.monotonic()))
-            last = CpuReading.take(server_pids, self.workers.pids, pg_pids)
+            last = CpuReading.take(server_pids, self.workers.pids, pg_pids, self.watcher_pids)
             reports = self.workers.collect(busy, self.s.timeout_s + self.s.duration_s + 60)
         after = scrape(self.target.metrics)
         merged = _merge(reports)

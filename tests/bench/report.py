@@ -95,7 +95,7 @@ def cpu_budget(points: Sequence[PointResult], cores: int) -> list[str]:
             continue
         cost = {
             k: 10_000.0 * v / best.ops_per_s
-            for k in ("server", "postgres", "generator")
+            for k in ("server", "postgres", "generator", "watchers")
             if (v := best.cpu.get(k)) is not None
         }
         total = sum(cost.values())

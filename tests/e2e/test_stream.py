@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from creditledger.v1.ledger_pb2_grpc import LedgerServiceAsyncStub
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -236,7 +237,12 @@ async def test_a_transaction_that_commits_late_is_never_skipped(
     horizon (the naive reader: whatever is visible, in order) the same consumer
     skips X for good: the trap this design avoids."""
     if not horizon:
-        monkeypatch.setattr(journal, "HORIZON", "SELECT '9223372036854775807'")
+        naive = "'9223372036854775807'::xid8"
+        monkeypatch.setattr(journal, "HORIZON", f"SELECT {naive}::text")
+        assert journal.HORIZON_OF_SNAPSHOT in journal.PAGE
+        monkeypatch.setattr(
+            journal, "PAGE", journal.PAGE.replace(journal.HORIZON_OF_SNAPSHOT, naive)
+        )
     tenant = f"h{uuid.uuid4().hex[:8]}-"
     slow = await new_account(stub, tenant + "slow")
     fast = await new_account(stub, tenant + "fast")
@@ -385,3 +391,53 @@ async def test_small_pages_never_cut_a_transaction(
     await stream.close()
     assert [n for _, n in got] == [1, 1, 1, 6, 1]
     assert len({t for t, _ in got}) == 5
+
+
+async def test_the_streams_held_connection_killed_loses_nothing(
+    stub: LedgerServiceAsyncStub, ledger_server: RunningServer, database_url: str
+) -> None:
+    """Horizon polls and pages run on one connection the store holds
+    (PostgresStore._stream_read). Its backend terminated under a caught-up
+    stream: the next poll fails, the store replaces the connection, and the
+    stream sends what commits next (nothing skipped, nothing twice)."""
+    tenant = f"k{uuid.uuid4().hex[:8]}-"
+    acct = await new_account(stub, tenant + "a")
+    req = pb.WatchTransactionsRequest(account_prefix=tenant, from_now=True)
+    store = ledger_server.app.store
+    call = stub.WatchTransactions(req)
+    got: list[pb.StreamedTransaction] = []
+
+    async def read() -> None:
+        async for msg in call:
+            got.extend(msg.transactions)
+
+    reader = asyncio.create_task(read())
+    try:
+        await stub.Grant(
+            pb.GrantRequest(account_id=acct, asset=ASSET, amount=1, idempotency_key=key())
+        )
+        async with asyncio.timeout(10):
+            while len(got) < 1:
+                await asyncio.sleep(0.02)
+        held = store._stream_conn
+        assert held is not None  # the stream's reads went through it
+        admin = await asyncpg.connect(database_url)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", held.get_server_pid())
+        finally:
+            await admin.close()
+        for amount in (2, 3):
+            await stub.Grant(
+                pb.GrantRequest(account_id=acct, asset=ASSET, amount=amount, idempotency_key=key())
+            )
+        async with asyncio.timeout(10):
+            while len(got) < 3:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # nothing more comes (no transaction twice)
+        assert [t.balances[0].available for t in got] == [1, 3, 6]
+        assert store._stream_conn is not held  # replaced
+    finally:
+        call.cancel()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await reader
