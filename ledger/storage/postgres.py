@@ -918,9 +918,15 @@ class PostgresStore:
             except (StorageUnavailable, asyncio.CancelledError) as exc:
                 # Timed out, cancelled or broken mid-query: never reuse it.
                 await self._drop_stream_connection()
-                if isinstance(exc, StorageUnavailable):
+                if isinstance(exc, asyncio.CancelledError) or isinstance(
+                    exc.__cause__, TimeoutError
+                ):
                     await self._expire_if_silent(exc)
-                raise
+                    raise
+                # The held connection had broken while idle (its backend ended):
+                # the read is one statement and changed nothing, so it runs again
+                # once, on a pooled connection; a database that is really gone
+                # fails there too.
         return await self._read(fn)
 
     async def _drop_stream_connection(self) -> None:

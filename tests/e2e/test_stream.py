@@ -441,3 +441,27 @@ async def test_the_streams_held_connection_killed_loses_nothing(
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await reader
+
+
+async def test_a_stream_read_on_a_held_connection_that_died_idle_runs_again(
+    ledger_server: RunningServer, database_url: str
+) -> None:
+    """A caught-up stream reads a page every checkpoint_s whether or not the
+    horizon moved, so a read can be the first to use the held connection after
+    its backend ended. Before asyncpg has seen the end, the read fails on it:
+    that must not end the stream (it read nothing and changed nothing), the
+    read runs again on a fresh connection. Found as a 1-in-6 flake of the test
+    above."""
+    store = ledger_server.app.store
+    admin = await asyncpg.connect(database_url)
+    try:
+        for _ in range(20):
+            await store.journal_horizon()
+            held = store._stream_conn
+            assert held is not None
+            pid = held.get_server_pid()
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            # Right away, before the held connection has heard of its end:
+            assert await store.journal_horizon() > 0
+    finally:
+        await admin.close()
