@@ -261,7 +261,7 @@ class App:
             holder=uuid.uuid4().hex,
             address="",
             connect=lambda address: ForwardingClient(address, secret),
-            settings=ElectionSettings(lease_s=cfg.writer_lease_s),
+            settings=ElectionSettings(lease_s=cfg.writer_lease_s, eligible=cfg.writer_eligible),
         )
         self.internal_server, self.internal_port = build_internal_server(
             WriterService(election, secret), cfg.internal_listen

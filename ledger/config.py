@@ -62,6 +62,10 @@ class Config:
     advertise: str = ""  # HOST:PORT the other replicas reach internal_listen at
     writer_secret: str = field(default="", repr=False)
     writer_lease_s: float = 3.0
+    # False: this replica never takes the writer lease; it forwards every command
+    # and serves reads and change streams (docs/operations.md, "Where change
+    # streams are served").
+    writer_eligible: bool = True
     # `serve --fronts N` (ledger/fronts.py): N processes share --listen.
     fronts: int = 1
     reuse_port: bool = False
@@ -347,6 +351,14 @@ def add_writer_flags(p: argparse.ArgumentParser) -> None:
         help="life of the writer lease; renewed every third of it (env LEDGER_WRITER_LEASE_S)",
     )
     w.add_argument(
+        "--never-writer",
+        action="store_true",
+        default=_env("LEDGER_NEVER_WRITER", "").lower() in ("1", "true", "yes"),
+        help="never take the writer lease: forward every command to the elected writer and"
+        " serve reads and change streams only, keeping their work off the writer"
+        " (env LEDGER_NEVER_WRITER=true)",
+    )
+    w.add_argument(
         "--fronts",
         default=_env("LEDGER_FRONTS", "1"),
         help="processes serving --listen together (SO_REUSEPORT), each reaching the elected"
@@ -401,6 +413,7 @@ def from_args(args: argparse.Namespace) -> Config:
         advertise=args.advertise,
         writer_secret=_writer_secret(args),
         writer_lease_s=args.writer_lease_s,
+        writer_eligible=not args.never_writer,
         fronts=_fronts(args.fronts),
         reuse_port=args.reuse_port,
     )

@@ -77,6 +77,8 @@ class ElectionSettings:
     poll_s: float = 0.25
     # How long a command waits for a writer to be known before UNAVAILABLE.
     writer_wait_s: float = 2.0
+    # False: follow only, never take the lease (`serve --never-writer`).
+    eligible: bool = True
 
     @property
     def renew_s(self) -> float:
@@ -237,7 +239,9 @@ class Election:
         s = self._settings
         try:
             started = time.monotonic()
-            term = await self._lease.acquire(self.holder, self.address, s.lease_s)
+            term = None
+            if s.eligible:
+                term = await self._lease.acquire(self.holder, self.address, s.lease_s)
             if term is None:
                 view = await self._lease.current()
         except StorageUnavailable as exc:

@@ -33,8 +33,9 @@ from ledger.service.stream import StreamMessage
 from ledger.transport import convert, status
 
 Reply = tuple[Any, bool]
-# Stream messages kept for other streams that send the same transaction.
-_SENT_CACHE_MAX = 256
+# Stream messages kept for other streams that send the same page (two per
+# cached page: ledger.service.stream keeps _PAGE_CACHE_MAX of them).
+_SENT_CACHE_MAX = 16
 Authorize = Callable[[grpc.aio.ServicerContext[Any, Any]], Access]
 """The caller of a call: its id (which scopes idempotency keys), rights and scope.
 Raises Unauthenticated when there is none (ledger.transport.auth)."""

@@ -54,6 +54,7 @@ class Settings:
     replicas: int = 1
     schedules: bool = False
     watchers: int = 0
+    stream_replica: bool = False
 
 
 def _csv(kind: type, text: str) -> tuple[Any, ...]:
@@ -116,6 +117,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="change-stream consumers (WatchTransactions from now, whole ledger) reading"
         " during the run, in a process of their own; their lag is reported",
     )
+    ap.add_argument(
+        "--stream-replica",
+        action="store_true",
+        help="start one more replica that takes no load and serves the --watchers streams"
+        " (docs/operations.md, 'Where change streams are served'); its CPU counts as the"
+        " server's",
+    )
     ns = ap.parse_args(argv)
     workloads = _csv(str, ns.workloads)
     unknown = set(workloads) - set(WORKLOADS)
@@ -146,6 +154,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         replicas=ns.replicas,
         schedules=ns.schedules,
         watchers=ns.watchers,
+        stream_replica=ns.stream_replica,
     )
 
 
@@ -271,7 +280,8 @@ def _load(
 def _start_watchers(s: Settings, target: Target, logs: Path) -> subprocess.Popen[bytes] | None:
     if not s.watchers:
         return None
-    cmd = [sys.executable, "-m", "tests.bench.watchers", "--target", target.address]
+    address = target.stream_address or target.address
+    cmd = [sys.executable, "-m", "tests.bench.watchers", "--target", address]
     cmd += ["--n", str(s.watchers), "--out", str(logs / "watchers.json")]
     proc = subprocess.Popen(cmd, cwd=REPO)
     time.sleep(1.0)  # the streams are open before the first point
@@ -294,18 +304,26 @@ def _start_server(
         raise RuntimeError("no database for the server")
     module = "tests.bench.noop_server" if s.noop_server else "ledger"
     servers = []
-    for n in range(max(1, s.replicas)):
+    count = max(1, s.replicas) + int(s.stream_replica)
+    for n in range(count):
         log = logs / ("server.log" if n == 0 else f"server-{n}.log")
-        server = ServerUnderTest(db_url, log, s.server_args, module)
-        run.server_command = [a if a != db_url else "URL" for a in server.command]
+        args = s.server_args
+        if s.stream_replica and n == count - 1:
+            args = (*args, "--never-writer")
+        server = ServerUnderTest(db_url, log, args, module)
+        if n == 0:  # the writer's (a stream replica adds --never-writer)
+            run.server_command = [a if a != db_url else "URL" for a in server.command]
         stack.enter_context(server)
         say(f"server: pid {server.pid} on {server.listen}, metrics {server.metrics}")
         servers.append(server)
+    # The stream replica (--never-writer) takes no load.
+    load = servers[:-1] if s.stream_replica else servers
     return Target(
-        address=",".join(x.listen for x in servers),
-        metrics=",".join(x.metrics for x in servers),
+        address=",".join(x.listen for x in load),
+        metrics=",".join(x.metrics for x in load),
         pid=servers[0].pid,
         other_pids=tuple(x.pid for x in servers[1:]),
+        stream_address=servers[-1].listen if s.stream_replica else None,
     )
 
 

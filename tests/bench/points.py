@@ -34,6 +34,7 @@ class Target:
     metrics: str | None  # likewise
     pid: int | None
     other_pids: tuple[int, ...] = ()  # the other replicas' (CPU is the sum of all)
+    stream_address: str | None = None  # --stream-replica: where the watchers connect
 
 
 @dataclass

@@ -91,3 +91,39 @@ def test_bench_smoke_with_schedules(tmp_path: Path) -> None:
     for point in document["points"]:
         assert point["unexpected_errors"] == {}, point
         assert point["ops"] > 0, point
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SMOKE_TIMEOUT_S + 30)
+def test_bench_smoke_with_watchers_on_a_stream_replica(tmp_path: Path) -> None:
+    """Issue 17's bench shape: change-stream consumers on a replica of their own
+    (`--stream-replica`, a `serve --never-writer`): every consumer receives every
+    charge, and the load never reached that replica."""
+    args = [
+        sys.executable, "-m", "tests.bench",
+        "--workloads", "charge", "--concurrency", "8",
+        "--duration-s", "1", "--warmup-s", "0.5",
+        "--accounts", "100", "--no-pgbench", "--watchers", "2", "--stream-replica",
+        "--out-dir", str(tmp_path), "--verify",
+    ]  # fmt: skip
+    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get("LEDGER_TEST_DATABASE_URL")
+    if url:
+        args += ["--database-url", url]
+    done = subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    [json_path] = tmp_path.glob("bench-*.json")
+    document = json.loads(json_path.read_text())
+    assert document["verify_exit"] == 0
+    [point] = document["points"]
+    assert point["unexpected_errors"] == {}, point
+    watchers = document["facts"]["watchers"]
+    received = watchers["received_per_stream"]
+    # Both streams saw the same transactions: at least every measured charge.
+    assert len(received) == 2 and received[0] == received[1] >= point["ops"], watchers
+    assert "--never-writer" not in document["server_command"]
+    # A writer says so (at warning level) when it stops; the stream replica never was one.
+    [logs] = {p.parent for p in tmp_path.glob("**/server.log")}
+    assert "no longer the writer" in (logs / "server.log").read_text()
+    assert "no longer the writer" not in (logs / "server-1.log").read_text()

@@ -288,3 +288,55 @@ async def test_a_paused_writer_is_fenced_and_its_batch_never_commits(
     assert await settled(other.stub, stuck) == 1
     assert "no longer the writer" in old.log()
     await verify(database.url)
+
+
+async def _charge_refused(stub: LedgerServiceAsyncStub, account: str) -> str:
+    request = pb.ChargeRequest(
+        account_id=account, asset=ASSET, amount=1, idempotency_key=uuid.uuid4().hex
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Charge(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+    return str(error_info(caught.value).reason)
+
+
+async def test_a_never_writer_replica_forwards_and_streams_but_never_takes_the_lease(
+    start_replicas: Callable[..., Any], database: support_db.TestDatabase
+) -> None:
+    """`serve --never-writer`: the replica change-stream consumers are pointed at, so
+    that their work stays off the writer (docs/operations.md)."""
+    (follower,) = await start_replicas(1, "--never-writer")
+    assert follower.stub is not None
+    # Alone, it elects nobody: commands are refused, the lease stays unheld.
+    assert await _charge_refused(follower.stub, "acct-none") == "WRITER_UNAVAILABLE"
+    assert (await lease(database.url))["term"] == 0
+
+    (first,) = await start_replicas(1)
+    writer, term = await writer_of(database.url, [follower, first])
+    assert writer is first
+    stream = follower.stub.WatchTransactions(pb.WatchTransactionsRequest(), timeout=60)
+    account = await setup_account(follower.stub)  # forwarded to the writer
+    key = uuid.uuid4().hex
+    _, replayed = await charge_until_answered([follower], account, key, 0)
+    assert replayed == 0
+    assert await settled(follower.stub, account) == 1
+    seen: list[str] = []
+    async for msg in stream:  # the follower serves the stream itself
+        seen += [t.idempotency_key for t in msg.transactions]
+        if key in seen:
+            break
+    stream.cancel()
+
+    # The writer dies: the follower still never takes the lease.
+    first.process.kill()
+    await asyncio.sleep(3 * float(LEASE_S))
+    row = await lease(database.url)
+    assert row["term"] == term and row["address"] == first.internal, dict(row)
+    assert await _charge_refused(follower.stub, account) == "WRITER_UNAVAILABLE"
+    assert "elected the writer" not in follower.log()
+
+    (second,) = await start_replicas(1)
+    assert (await writer_of(database.url, [follower, second], term))[0] is second
+    await charge_until_answered([follower], account, uuid.uuid4().hex, 0)
+    assert await settled(follower.stub, account) == 2
+    await verify(database.url)
