@@ -415,6 +415,12 @@ class App:
         # as the process: keep it out of the collector's full passes, which otherwise
         # walk all of it again and again under load.
         gc.freeze()
+        # A young-generation pass every 50,000 new containers, not 700: a change
+        # stream builds thousands of short-lived rows a second, none in a cycle,
+        # and the default made the collector 8% of a stream replica's CPU
+        # (docs/performance.md, "Change streams served by a replica that is not
+        # the writer"). Cycles still go, a little later.
+        gc.set_threshold(50_000, 10, 10)
         await done.wait()
         log.info("signal received: draining for up to %.0f s", self.config.drain_s)
         await self.stop()
