@@ -21,7 +21,7 @@ from tests.bench.load import Workers
 from tests.bench.points import PointRunner, Target
 from tests.bench.server import RssSampler, ServerUnderTest, ledger_cli
 from tests.bench.stats import PointResult
-from tests.bench.workloads import WORKLOADS
+from tests.bench.workloads import WATCHED, WORKLOADS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +55,11 @@ class Settings:
     schedules: bool = False
     watchers: int = 0
     stream_replica: bool = False
+
+    @property
+    def with_stream_replica(self) -> bool:
+        """--stream-replica, or a workload whose consumers it serves."""
+        return self.stream_replica or any(w in WATCHED for w in self.workloads)
 
 
 def _csv(kind: type, text: str) -> tuple[Any, ...]:
@@ -129,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         ap.error(f"unknown workloads: {sorted(unknown)}")
+    if ns.watchers and any(w in WATCHED for w in workloads):
+        ap.error(f"--watchers watches the whole run: leave out {sorted(WATCHED)}")
     return Settings(
         workloads=workloads,
         concurrency=_csv(int, ns.concurrency),
@@ -202,7 +209,13 @@ class Run:
         }
 
 
-def _sweep(run: Run, runner: PointRunner, pg: database.Postgres | None, db_url: str | None) -> None:
+def _sweep(
+    run: Run,
+    runner: PointRunner,
+    pg: database.Postgres | None,
+    db_url: str | None,
+    logs: Path,
+) -> None:
     s = run.settings
     for concurrency in s.concurrency:
         if pg is not None and db_url is not None and s.pgbench:
@@ -213,7 +226,10 @@ def _sweep(run: Run, runner: PointRunner, pg: database.Postgres | None, db_url: 
                 f"  (latency avg {result['latency_avg_ms']} ms)")  # fmt: skip
         for workload in s.workloads:
             tps = run.pgbench.get(concurrency, {}).get("tps")
-            point = runner.run(workload, concurrency, tps)
+            if workload in WATCHED:
+                point = _watched_point(runner, workload, concurrency, tps, logs)
+            else:
+                point = runner.run(workload, concurrency, tps)
             run.points.append(point)
             say(report.table([point]).splitlines()[-1])
 
@@ -266,33 +282,54 @@ def _load(
     if s.analyze and db_url is not None and s.target is None:
         database.analyze(db_url)  # with --target the server's database is not ours to know
     runner = PointRunner(s, workers, target, db_url, db_name)
-    watchers = _start_watchers(s, target, logs)
-    if watchers is not None:
+    watchers = None
+    if s.watchers:
+        watchers = _start_watchers(s.watchers, target, logs / "watchers.json")
         runner.watcher_pids = (watchers.pid,)
     with RssSampler(target.pid) as sampler:
-        _sweep(run, runner, pg, db_url)
+        _sweep(run, runner, pg, db_url, logs)
     if watchers is not None:
-        run.facts["watchers"] = _stop_watchers(watchers, logs)
+        run.facts["watchers"] = _stop_watchers(watchers, logs / "watchers.json")
         say(f"watchers: {run.facts['watchers']}")
     run.rss_peak_mb = sampler.peak_bytes / 2**20 if target.pid else None
 
 
-def _start_watchers(s: Settings, target: Target, logs: Path) -> subprocess.Popen[bytes] | None:
-    if not s.watchers:
-        return None
+def _start_watchers(n: int, target: Target, out: Path) -> subprocess.Popen[bytes]:
     address = target.stream_address or target.address
     cmd = [sys.executable, "-m", "tests.bench.watchers", "--target", address]
-    cmd += ["--n", str(s.watchers), "--out", str(logs / "watchers.json")]
+    cmd += ["--n", str(n), "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=REPO)
     time.sleep(1.0)  # the streams are open before the first point
     return proc
 
 
-def _stop_watchers(proc: subprocess.Popen[bytes], logs: Path) -> Any:
+def _stop_watchers(proc: subprocess.Popen[bytes], out: Path) -> Any:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
-    path = logs / "watchers.json"
-    return json.loads(path.read_text()) if path.exists() else {"error": "no report"}
+    return json.loads(out.read_text()) if out.exists() else {"error": "no report"}
+
+
+def _watched_point(
+    runner: PointRunner, workload: str, concurrency: int, tps: float | None, logs: Path
+) -> PointResult:
+    """A point of a WATCHED workload: its load while consumers read the change
+    stream on the stream replica; their CPU counts (`watchers`), and what they saw
+    goes into the point's server figures (`stream_*`)."""
+    _, streams = WATCHED[workload]
+    out = logs / f"watchers-{workload}-{concurrency}.json"
+    proc = _start_watchers(streams, runner.target, out)
+    runner.watcher_pids = (proc.pid,)
+    try:
+        point = runner.run(workload, concurrency, tps)
+    finally:
+        runner.watcher_pids = ()
+        seen = _stop_watchers(proc, out)
+    received = seen.get("received_per_stream") or [0]
+    point.server["stream_received_min"] = min(received)
+    point.server["stream_received_max"] = max(received)
+    point.server["stream_lag_p50_ms"] = seen.get("lag_ms_p50")
+    point.server["stream_lag_p99_ms"] = seen.get("lag_ms_p99")
+    return point
 
 
 def _start_server(
@@ -304,11 +341,11 @@ def _start_server(
         raise RuntimeError("no database for the server")
     module = "tests.bench.noop_server" if s.noop_server else "ledger"
     servers = []
-    count = max(1, s.replicas) + int(s.stream_replica)
+    count = max(1, s.replicas) + int(s.with_stream_replica)
     for n in range(count):
         log = logs / ("server.log" if n == 0 else f"server-{n}.log")
         args = s.server_args
-        if s.stream_replica and n == count - 1:
+        if s.with_stream_replica and n == count - 1:
             args = (*args, "--never-writer")
         server = ServerUnderTest(db_url, log, args, module)
         if n == 0:  # the writer's (a stream replica adds --never-writer)
@@ -317,13 +354,13 @@ def _start_server(
         say(f"server: pid {server.pid} on {server.listen}, metrics {server.metrics}")
         servers.append(server)
     # The stream replica (--never-writer) takes no load.
-    load = servers[:-1] if s.stream_replica else servers
+    load = servers[:-1] if s.with_stream_replica else servers
     return Target(
         address=",".join(x.listen for x in load),
         metrics=",".join(x.metrics for x in load),
         pid=servers[0].pid,
         other_pids=tuple(x.pid for x in servers[1:]),
-        stream_address=servers[-1].listen if s.stream_replica else None,
+        stream_address=servers[-1].listen if s.with_stream_replica else None,
     )
 
 

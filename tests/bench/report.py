@@ -62,11 +62,14 @@ def last_line(points: Sequence[PointResult], rss_peak_mb: float | None) -> str:
     charge, reserve-settle and hot at 64 in flight (against pgbench at 64);
     peak: single-call Charge's best over the sweep against pgbench's best over
     the same concurrencies; batch: batch-charge's best (charges/s, 100 per
-    request) against pgbench's best."""
+    request) against pgbench's best; watched: charge with four change-stream
+    consumers (issue 17) at 64 in flight against charge there, and the stream's
+    lag p99 in that point."""
     charge = pick(points, "charge", THROUGHPUT_AT)
     settle = pick(points, "reserve-settle", THROUGHPUT_AT)
     hot = pick(points, "hot", THROUGHPUT_AT)
     tail = pick(points, "charge", P99_AT)
+    watched = pick(points, "charge-watched", THROUGHPUT_AT)
     best, batch, pg_best = (
         peak(points, "charge"),
         peak(points, "batch-charge"),
@@ -79,7 +82,9 @@ def last_line(points: Sequence[PointResult], rss_peak_mb: float | None) -> str:
         f" charge p99 {_num(None if tail is None else tail.latency_ms['p99'], 1)} ms,"
         f" rss {_num(rss_peak_mb, 0)} MB,"
         f" peak {_num(_rate(best), 0)} ({_num(_over(best, pg_best), 2)}x pgbench peak),"
-        f" batch {_num(_rate(batch), 0)} ({_num(_over(batch, pg_best), 2)}x)"
+        f" batch {_num(_rate(batch), 0)} ({_num(_over(batch, pg_best), 2)}x),"
+        f" watched {_num(_rate(watched), 0)} ({_num(_over(watched, _rate(charge)), 2)}x charge),"
+        f" stream lag p99 {_num(None if watched is None else watched.server.get('stream_lag_p99_ms'), 0)} ms"
     )
 
 

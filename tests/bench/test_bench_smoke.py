@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 LAST_LINE = re.compile(
     r"bench: charge \d+ \(\d+\.\d\dx pgbench\), reserve-settle \d+ \(\d+\.\d\dx\),"
     r" hot \d+, charge p99 \d+\.\d ms, rss \d+ MB,"
-    r" peak \d+ \(\d+\.\d\dx pgbench peak\), batch \d+ \(\d+\.\d\dx\)"
+    r" peak \d+ \(\d+\.\d\dx pgbench peak\), batch \d+ \(\d+\.\d\dx\),"
+    r" watched \d+ \(\d+\.\d\dx charge\), stream lag p99 \d+ ms"
 )
-WORKLOADS = ("charge", "reserve-settle", "hot", "batch-charge", "pool")
+WORKLOADS = ("charge", "charge-watched", "reserve-settle", "hot", "batch-charge", "pool")
 SMOKE_TIMEOUT_S = 90
 
 
@@ -62,6 +63,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
         # Operations are charges: 100 per SubmitBatch, and none of them failed.
         assert point["by_method"] == {"SubmitBatch.Charge": point["ops"]}, point
         assert point["ops"] % 100 == 0, point
+    for point in (p for p in points if p["workload"] == "charge-watched"):
+        # Four consumers on the stream replica, each received every charge of the point.
+        assert point["server"]["stream_received_min"] >= point["ops"], point
+        assert point["server"]["stream_received_max"] == point["server"]["stream_received_min"]
     assert set(document["pgbench"]) == {"1", "8"}
     assert list(tmp_path.glob("bench-*.png"))
 

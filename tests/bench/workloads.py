@@ -36,12 +36,26 @@ OVERDRAFT_AMOUNT = 10**14
 POOL_ACCOUNT = "bench-pool"
 POOL_MEMBERS = 1000
 POOL_MEMBER_CAP = 10**12
-WORKLOADS = ("charge", "reserve-settle", "hot", "mixed", "many-lots", "batch-charge", "pool")
+WORKLOADS = (
+    "charge",
+    "charge-watched",
+    "reserve-settle",
+    "hot",
+    "mixed",
+    "many-lots",
+    "batch-charge",
+    "pool",
+)
+# Issue 17's stream-consumer workload: charge's load while this many whole-ledger
+# WatchTransactions consumers read, served by a replica that is never the writer
+# (tests/bench/cli.py starts it; docs/operations.md, "Where change streams are served").
+WATCHED = {"charge-watched": ("charge", 4)}
 BATCH_SIZE = 100  # commands per SubmitBatch of the batch-charge workload
 REFUSED_BATCH_PAUSE_S = 0.05
 # Business rejections a workload asks for on purpose; every other error is unexpected.
 EXPECTED_REJECTIONS: dict[str, frozenset[str]] = {
     "charge": frozenset(),
+    "charge-watched": frozenset(),
     "reserve-settle": frozenset(),
     "hot": frozenset(),
     "mixed": frozenset({"FAILED_PRECONDITION/INSUFFICIENT_CREDITS"}),
@@ -395,6 +409,7 @@ _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 LOOPS: dict[str, Callable[[Ops], Awaitable[None]]] = {
     "charge": run_charge,
+    "charge-watched": run_charge,
     "reserve-settle": run_reserve_settle,
     "hot": run_hot,
     "mixed": run_mixed,
