@@ -232,6 +232,18 @@ def _sweep(
                 point = runner.run(workload, concurrency, tps)
             run.points.append(point)
             say(report.table([point]).splitlines()[-1])
+        _watched_ratios(run.points, concurrency)
+
+
+def _watched_ratios(points: list[PointResult], concurrency: int) -> None:
+    """A watched point's rate over its unwatched workload's at the same concurrency in
+    the same run (`ratio_to_base`): the median of runs takes the median of these
+    same-run ratios, as it does for the ratio to pgbench."""
+    here = {p.workload: p for p in points if p.concurrency == concurrency}
+    for workload, (base, _) in WATCHED.items():
+        watched, unwatched = here.get(workload), here.get(base)
+        if watched is not None and unwatched is not None and unwatched.ops_per_s:
+            watched.server["ratio_to_base"] = round(watched.ops_per_s / unwatched.ops_per_s, 3)
 
 
 def execute(s: Settings) -> Run:

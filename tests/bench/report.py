@@ -55,6 +55,14 @@ def _over(point: PointResult | None, base: float | None) -> float | None:
     return None if point is None or not base else point.ops_per_s / base
 
 
+def _watched_ratio(watched: PointResult | None, charge: PointResult | None) -> float | None:
+    """The same-run ratio the run recorded (a median of runs keeps the median of
+    those), else the ratio of the two points given."""
+    if watched is not None and watched.server.get("ratio_to_base") is not None:
+        return float(watched.server["ratio_to_base"])
+    return _over(watched, _rate(charge))
+
+
 def last_line(points: Sequence[PointResult], rss_peak_mb: float | None) -> str:
     """`bench: charge <ops/s> (<ratio>x pgbench), reserve-settle ..., rss <MB> MB,
     peak <ops/s> (<ratio>x pgbench peak), batch <charges/s> (<ratio>x)`.
@@ -83,7 +91,7 @@ def last_line(points: Sequence[PointResult], rss_peak_mb: float | None) -> str:
         f" rss {_num(rss_peak_mb, 0)} MB,"
         f" peak {_num(_rate(best), 0)} ({_num(_over(best, pg_best), 2)}x pgbench peak),"
         f" batch {_num(_rate(batch), 0)} ({_num(_over(batch, pg_best), 2)}x),"
-        f" watched {_num(_rate(watched), 0)} ({_num(_over(watched, _rate(charge)), 2)}x charge),"
+        f" watched {_num(_rate(watched), 0)} ({_num(_watched_ratio(watched, charge), 2)}x charge),"
         f" stream lag p99 {_num(None if watched is None else watched.server.get('stream_lag_p99_ms'), 0)} ms"
     )
 

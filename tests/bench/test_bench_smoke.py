@@ -67,6 +67,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
         # Four consumers on the stream replica, each received every charge of the point.
         assert point["server"]["stream_received_min"] >= point["ops"], point
         assert point["server"]["stream_received_max"] == point["server"]["stream_received_min"]
+        base = next(
+            p
+            for p in points
+            if (p["workload"], p["concurrency"]) == ("charge", point["concurrency"])
+        )
+        assert point["server"]["ratio_to_base"] == round(point["ops_per_s"] / base["ops_per_s"], 3)
     assert set(document["pgbench"]) == {"1", "8"}
     assert list(tmp_path.glob("bench-*.png"))
 
