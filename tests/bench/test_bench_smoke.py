@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,32 +24,35 @@ WORKLOADS = ("charge", "charge-watched", "reserve-settle", "hot", "batch-charge"
 SMOKE_TIMEOUT_S = 90
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(SMOKE_TIMEOUT_S + 30)
-def test_bench_smoke(tmp_path: Path) -> None:
-    if importlib.util.find_spec("ledger.__main__") is None:
-        pytest.skip("the server (`python -m ledger serve`) is not there yet")
-    args = [
-        sys.executable, "-m", "tests.bench",
-        "--workloads", ",".join(WORKLOADS),
-        "--concurrency", "1,8",
-        "--duration-s", "1", "--warmup-s", "0.5",
-        "--accounts", "200", "--pgbench-scale", "1",
-        "--out-dir", str(tmp_path), "--verify",
-    ]  # fmt: skip
+def _bench(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """One small bench run with `flags` into tmp_path: the finished process (asserted
+    to exit 0) and its JSON document."""
+    args = [sys.executable, "-m", "tests.bench", *flags, "--out-dir", str(tmp_path), "--verify"]
     url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get("LEDGER_TEST_DATABASE_URL")
     if url:
         args += ["--database-url", url]
     done = subprocess.run(
         args, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
     )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    [json_path] = tmp_path.glob("bench-*.json")
+    return done, json.loads(json_path.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SMOKE_TIMEOUT_S + 30)
+def test_bench_smoke(tmp_path: Path) -> None:
+    if importlib.util.find_spec("ledger.__main__") is None:
+        pytest.skip("the server (`python -m ledger serve`) is not there yet")
+    done, document = _bench(
+        tmp_path,
+        "--workloads", ",".join(WORKLOADS),
+        "--concurrency", "1,8",
+        "--duration-s", "1", "--warmup-s", "0.5",
+        "--accounts", "200", "--pgbench-scale", "1",
+    )  # fmt: skip
     lines = done.stdout.strip().splitlines()
     assert LAST_LINE.fullmatch(lines[-1]), lines[-1]
-
-    [json_path] = tmp_path.glob("bench-*.json")
-    document = json.loads(json_path.read_text())
     assert document["last_line"] == lines[-1]
     assert document["git"]["commit"]
     assert document["verify_exit"] == 0
@@ -82,22 +86,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
 def test_bench_smoke_with_schedules(tmp_path: Path) -> None:
     """The charge workload on accounts that each have an active grant schedule
     (issue 23): no unexpected error, and `ledger verify` passes after it."""
-    args = [
-        sys.executable, "-m", "tests.bench",
+    _, document = _bench(
+        tmp_path,
         "--workloads", "charge", "--concurrency", "1,8",
         "--duration-s", "1", "--warmup-s", "0.5",
         "--accounts", "100", "--no-pgbench", "--schedules",
-        "--out-dir", str(tmp_path), "--verify",
-    ]  # fmt: skip
-    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get("LEDGER_TEST_DATABASE_URL")
-    if url:
-        args += ["--database-url", url]
-    done = subprocess.run(
-        args, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    [json_path] = tmp_path.glob("bench-*.json")
-    document = json.loads(json_path.read_text())
+    )  # fmt: skip
     assert document["verify_exit"] == 0
     for point in document["points"]:
         assert point["unexpected_errors"] == {}, point
@@ -110,22 +104,12 @@ def test_bench_smoke_with_watchers_on_a_stream_replica(tmp_path: Path) -> None:
     """Issue 17's bench shape: change-stream consumers on a replica of their own
     (`--stream-replica`, a `serve --never-writer`): every consumer receives every
     charge, and the load never reached that replica."""
-    args = [
-        sys.executable, "-m", "tests.bench",
+    _, document = _bench(
+        tmp_path,
         "--workloads", "charge", "--concurrency", "8",
         "--duration-s", "1", "--warmup-s", "0.5",
         "--accounts", "100", "--no-pgbench", "--watchers", "2", "--stream-replica",
-        "--out-dir", str(tmp_path), "--verify",
-    ]  # fmt: skip
-    url = os.environ.get("LEDGER_BENCH_DATABASE_URL") or os.environ.get("LEDGER_TEST_DATABASE_URL")
-    if url:
-        args += ["--database-url", url]
-    done = subprocess.run(
-        args, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    [json_path] = tmp_path.glob("bench-*.json")
-    document = json.loads(json_path.read_text())
+    )  # fmt: skip
     assert document["verify_exit"] == 0
     [point] = document["points"]
     assert point["unexpected_errors"] == {}, point

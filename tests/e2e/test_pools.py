@@ -8,7 +8,6 @@ spend's own transaction, and reset at the boundary with nothing running.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -16,13 +15,12 @@ from typing import Any
 import grpc
 import pytest
 from creditledger.v1 import ledger_pb2 as pb
-from google.protobuf import duration_pb2
 
 from ledger.storage.verify import verify
 from tests.support.manual_server import ServerThread
+from tests.support.pools import ASSET, charge, create, key, refused, reserve, view
 from tests.support.rpc import error_info, field_violations
 
-ASSET = "sms"
 DAY = pb.CAP_WINDOW_DAY
 MONTH = pb.CAP_WINDOW_MONTH
 LIFETIME = pb.CAP_WINDOW_LIFETIME
@@ -37,52 +35,11 @@ def server(database_url: str) -> Iterator[ServerThread]:
     s.close()
 
 
-def key() -> str:
-    return uuid.uuid4().hex
-
-
-def create(s: ServerThread, parent: str = "", grant: int = 0) -> str:
-    acct = f"pool-{uuid.uuid4().hex[:12]}"
-    s.stub.CreateAccount(pb.CreateAccountRequest(account_id=acct, parent_id=parent))
-    if grant:
-        s.stub.Grant(
-            pb.GrantRequest(account_id=acct, asset=ASSET, amount=grant, idempotency_key=key())
-        )
-    return acct
-
-
 def cap(s: ServerThread, acct: str, window: Any, amount: int | None) -> pb.SetMemberCapResponse:
     req = pb.SetMemberCapRequest(account_id=acct, asset=ASSET, window=window, idempotency_key=key())
     if amount is not None:
         req.cap = amount
     return s.stub.SetMemberCap(req)
-
-
-def view(s: ServerThread, acct: str) -> pb.GetBalanceResponse:
-    return s.stub.GetBalance(pb.GetBalanceRequest(account_id=acct, asset=ASSET))
-
-
-def charge(s: ServerThread, acct: str, amount: int, mode: Any = 0) -> pb.ChargeResponse:
-    return s.stub.Charge(
-        pb.ChargeRequest(
-            account_id=acct, asset=ASSET, amount=amount, idempotency_key=key(), overage=mode
-        )
-    )
-
-
-def reserve(s: ServerThread, acct: str, amount: int, ttl_s: int = 900) -> pb.ReserveResponse:
-    return s.stub.Reserve(
-        pb.ReserveRequest(
-            account_id=acct, asset=ASSET, amount=amount, idempotency_key=key(),
-            ttl=duration_pb2.Duration(seconds=ttl_s),
-        )
-    )  # fmt: skip
-
-
-def refused(call: Any) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value
 
 
 def assert_verified(s: ServerThread) -> None:
