@@ -33,7 +33,8 @@ async def test_read_endpoint_needs_remote_apply_and_synchronous_standbys(
     scratch_db: TestDatabase,
 ) -> None:
     assert "not 'remote_apply'" in await read_endpoint_problem(scratch_db.url)
-    database = scratch_db.url.rpartition("/")[2].split("?")[0]
+    # By name, not from the URL: the embedded server's URL ends in ?host=/socket/dir.
+    database = scratch_db.name
     conn = await asyncpg.connect(scratch_db.url)
     try:
         await conn.execute(f'ALTER DATABASE "{database}" SET synchronous_commit = remote_apply')
