@@ -141,6 +141,11 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _env_flag(name: str) -> bool:
+    """A boolean flag's default from the environment: "1", "true" or "yes" set it."""
+    return _env(name, "") in ("1", "true", "yes")
+
+
 def add_database_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--database-url",
@@ -183,7 +188,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-asset-labels",
         action="store_true",
-        default=_env("LEDGER_METRICS_ASSET_LABELS", "") in ("1", "true", "yes"),
+        default=_env_flag("LEDGER_METRICS_ASSET_LABELS"),
         help="name assets in the asset label of /metrics (env LEDGER_METRICS_ASSET_LABELS=1);"
         " off by default, because /metrics has no authentication and would list every"
         " tenant's asset names",
@@ -241,7 +246,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--migrate-at-start",
         action="store_true",
-        default=_env("LEDGER_MIGRATE_AT_START", "") in ("1", "true", "yes"),
+        default=_env_flag("LEDGER_MIGRATE_AT_START"),
         help="apply pending migrations before serving (env LEDGER_MIGRATE_AT_START=1);"
         " the default only with the embedded PostgreSQL. Otherwise `serve` refuses a"
         " schema other than its own: run `ledger migrate` as the owner role first",
@@ -276,13 +281,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     sec.add_argument(
         "--insecure",
         action="store_true",
-        default=_env("LEDGER_INSECURE", "") in ("1", "true", "yes"),
+        default=_env_flag("LEDGER_INSECURE"),
         help="allow plaintext on a non-loopback address (env LEDGER_INSECURE=1)",
     )
     sec.add_argument(
         "--allow-anonymous-full-access",
         action="store_true",
-        default=_env("LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS", "") in ("1", "true", "yes"),
+        default=_env_flag("LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS"),
         help="serve a non-loopback address WITHOUT a caller file: anyone who reaches the"
         " port has every right on every account (env LEDGER_ALLOW_ANONYMOUS_FULL_ACCESS=1)",
     )
@@ -353,7 +358,7 @@ def add_writer_flags(p: argparse.ArgumentParser) -> None:
     w.add_argument(
         "--never-writer",
         action="store_true",
-        default=_env("LEDGER_NEVER_WRITER", "").lower() in ("1", "true", "yes"),
+        default=_env_flag("LEDGER_NEVER_WRITER"),
         help="never take the writer lease: forward every command to the elected writer and"
         " serve reads and change streams only, keeping their work off the writer"
         " (env LEDGER_NEVER_WRITER=true)",

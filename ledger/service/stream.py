@@ -39,7 +39,8 @@ START: Position = (0, 0)
 # Streams of one filter caught up together ask for the same page within one
 # horizon poll, so a few pages share all they can. Each page holds up to
 # WATCH_PAGE_ROWS rows and their messages: 64 of them kept a writer with four
-# streams 140 MB bigger (docs/performance.md, "Where change streams are served").
+# streams 140 MB bigger (docs/performance.md, "Change streams served by a replica
+# that is not the writer").
 _PAGE_CACHE_MAX = 8
 # A page: its rows, the horizon it was read under, and its transactions as sent.
 _Page = tuple[list[JournalRow], int, list[StreamTransaction]]
