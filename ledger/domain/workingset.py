@@ -304,6 +304,18 @@ class WorkingSet:
         self._touched[key] = 1
         self.dirty_alerts.add(key)
 
+    def mark_saved(self) -> None:
+        """What changed so far is written (a transaction written in parts): the
+        next save writes only what changes after this."""
+        self.postings.clear()
+        self.dirty_balances.clear()
+        self.dirty_lots.clear()
+        self.dirty_reservations.clear()
+        self.dirty_schedules.clear()
+        self.limit_changes.clear()
+        self.dirty_alerts.clear()
+        self.events.clear()
+
     def close_transaction(self) -> None:
         """The transaction being written is complete: its alerted pairs against their
         levels (each crossing an event of that transaction). The writer calls it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -94,7 +95,18 @@ class BatchUnit(Protocol):
         with their live lots; return the idempotency records of `keys`."""
         ...
 
-    async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None: ...
+    async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
+        """Write what `ws` changed since its last save (then marks it saved:
+        WorkingSet.mark_saved) and the idempotency `records`."""
+        ...
+
+    async def save_ahead(
+        self, ws: WorkingSet, records: list[IdempotencyRecord]
+    ) -> asyncio.Future[None]:
+        """As save(), returning once the write is under way: the future of its
+        end. `ws` may change meanwhile; nothing else may run on this unit until
+        the future is done."""
+        ...
 
 
 class Store(Protocol):

@@ -42,6 +42,10 @@ from ledger.service.retention import IdempotencyRetention
 
 log = logging.getLogger("ledger.writer")
 
+# How long an abandoned transaction waits for its statement in flight before
+# dropping the connection instead.
+_AHEAD_DRAIN_S = 1.0
+
 
 @dataclass(frozen=True)
 class WriterSettings:
@@ -67,6 +71,11 @@ class WriterSettings:
     # (RESOURCE_EXHAUSTED with a retry delay) instead of queueing without bound.
     # A SubmitBatch counts its commands.
     queue_max: int = 10_000
+    # Commands per statement when a transaction writes in parts (_apply_and_save):
+    # large enough that a statement's fixed cost (a round trip, the plan) stays
+    # small beside its rows, small enough that Python has the next part ready
+    # while PostgreSQL writes this one. 0 writes every transaction in one statement.
+    save_part_commands: int = 128
 
 
 @dataclass
@@ -338,8 +347,7 @@ class Writer:
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
             stored = await self._load(unit, ws, keys, cmds, whole)
-            done, records = self._apply_all(ws, stored, cmds)
-            await unit.save(ws, records)
+            done = await self._apply_and_save(unit, ws, stored, cmds)
         return _regroup(batch, done), ws.moved
 
     async def _attempt_atomic(
@@ -402,6 +410,71 @@ class Writer:
         """Each command's outcome, in order, and the idempotency records to write."""
         results: list[tuple[Outcome, bool] | None] = [None] * len(cmds)
         to_run, same_key_as = self._dedupe(stored, cmds, results)
+        records = self._apply_some(ws, cmds, to_run, results)
+        return _finish(cmds, results, same_key_as), records
+
+    async def _apply_and_save(
+        self,
+        unit: BatchUnit,
+        ws: rules.WorkingSet,
+        stored: dict[tuple[str, str], IdempotencyRecord],
+        cmds: list[c.MutatingCommand],
+    ) -> list[tuple[Outcome, bool]]:
+        """Apply the commands in order and write what they changed, in the
+        transaction of `unit`; each command's outcome, in order.
+
+        A transaction of more than `save_part_commands` commands is written in
+        parts, in command order: while PostgreSQL runs the statement that writes
+        part k (`save_ahead`), Python applies part k+1, so the two take turns
+        less (a serial writer otherwise leaves one of them idle). The parts are
+        statements of one transaction: it still commits all of them or none, and
+        what each statement writes is exactly what one save would have written,
+        split at command boundaries."""
+        results: list[tuple[Outcome, bool] | None] = [None] * len(cmds)
+        to_run, same_key_as = self._dedupe(stored, cmds, results)
+        step = self._settings.save_part_commands
+        parts = (
+            [to_run[i : i + step] for i in range(0, len(to_run), step)]
+            if 0 < step < len(to_run)
+            else [to_run]
+        )
+        ahead: asyncio.Future[None] | None = None
+        try:
+            for part in parts[:-1]:
+                records = self._apply_some(ws, cmds, part, results)
+                if ahead is not None:
+                    await ahead
+                ahead = await unit.save_ahead(ws, records)
+            records = self._apply_some(ws, cmds, parts[-1], results)
+            if ahead is not None:
+                await ahead
+            ahead = None
+            await unit.save(ws, records)
+        except BaseException as exc:
+            if ahead is not None and not ahead.done():
+                # The transaction is abandoned (rolled back); its connection must
+                # first finish the statement in flight, or be dropped if we were
+                # cancelled (asyncio.wait does not raise the statement's error).
+                if not isinstance(exc, asyncio.CancelledError):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.wait([ahead]), _AHEAD_DRAIN_S)
+                if not ahead.done():
+                    ahead.cancel()
+            raise
+        finally:
+            if ahead is not None:
+                ahead.add_done_callback(_consume)
+        return _finish(cmds, results, same_key_as)
+
+    def _apply_some(
+        self,
+        ws: rules.WorkingSet,
+        cmds: list[c.MutatingCommand],
+        to_run: list[int],
+        results: list[tuple[Outcome, bool] | None],
+    ) -> list[IdempotencyRecord]:
+        """Apply the commands `to_run` (indexes into `cmds`, in order), setting
+        their `results`; the idempotency records to write for them."""
         records: list[IdempotencyRecord] = []
         for i in to_run:
             cmd = cmds[i]
@@ -441,18 +514,7 @@ class Writer:
                     self._settings.retention.expires_at(ws.now, refused),
                 )
             )
-        for i, j in same_key_as.items():
-            first, this = cmds[j], cmds[i]
-            first_outcome = results[j]
-            if first_outcome is None or isinstance(first, c.ExpireDue | c.Batch):
-                raise errors.InvariantViolation("duplicate key's first command has no outcome")
-            if isinstance(this, c.ExpireDue | c.Batch):
-                raise errors.InvariantViolation("an unkeyed command has no duplicate")
-            results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], this)
-        done = [r for r in results if r is not None]
-        if len(done) != len(cmds):
-            raise errors.InvariantViolation("batch finished with commands lacking an outcome")
-        return done, records
+        return records
 
     def _more_waiting(self) -> bool:
         return self._held is not None or not self._queue.empty()
@@ -483,6 +545,32 @@ class Writer:
                 first_in_batch[key] = i
                 to_run.append(i)
         return to_run, same_key_as
+
+
+def _finish(
+    cmds: list[c.MutatingCommand],
+    results: list[tuple[Outcome, bool] | None],
+    same_key_as: dict[int, int],
+) -> list[tuple[Outcome, bool]]:
+    """Every command's outcome: duplicates within the batch answer as their first."""
+    for i, j in same_key_as.items():
+        first, this = cmds[j], cmds[i]
+        first_outcome = results[j]
+        if first_outcome is None or isinstance(first, c.ExpireDue | c.Batch):
+            raise errors.InvariantViolation("duplicate key's first command has no outcome")
+        if isinstance(this, c.ExpireDue | c.Batch):
+            raise errors.InvariantViolation("an unkeyed command has no duplicate")
+        results[i] = _replay(first.method, first.fingerprint(), first_outcome[0], this)
+    done = [r for r in results if r is not None]
+    if len(done) != len(cmds):
+        raise errors.InvariantViolation("batch finished with commands lacking an outcome")
+    return done
+
+
+def _consume(f: asyncio.Future[None]) -> None:
+    """Retrieve an abandoned statement's error (it was the transaction's end)."""
+    if not f.cancelled():
+        f.exception()
 
 
 def _footprint(

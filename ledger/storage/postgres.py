@@ -594,6 +594,31 @@ class PgBatch:
         return records
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
+        """Write what `ws` changed since its last save, with `records`."""
+        body = await self._document(ws, records)
+        if body is not None:
+            await self._write(body, ws.now)
+
+    async def save_ahead(
+        self, ws: WorkingSet, records: list[IdempotencyRecord]
+    ) -> asyncio.Future[None]:
+        """As save(), but return once the statement is sent, with the future of
+        its completion: the caller may change `ws` meanwhile (the document is
+        taken first) and must await the future before anything else runs on
+        this transaction."""
+        body = await self._document(ws, records)
+        if body is None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        task = asyncio.ensure_future(self._write(body, ws.now))
+        await asyncio.sleep(0)  # the task's first step sends the statement
+        return task
+
+    async def _document(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> bytes | None:
+        """The save's one parameter: what `ws` changed since its last save (then
+        marked saved), and `records`; None when there is nothing to write. Makes
+        sure the idempotency partitions cover the records' expiries."""
         ws.close_transaction()  # the last transaction's alert crossings
         doc = {
             "b": [codec.balance_to_dict(ws.balances[k]) for k in sorted(ws.dirty_balances)],
@@ -666,14 +691,18 @@ class PgBatch:
                 for r in records
             ],
         }
+        ws.mark_saved()
         if not any(doc.values()):
-            return
+            return None
+        # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
+        body = orjson.dumps(doc)
         if records and self._cover_idempotency is not None:
             await self._cover_idempotency(ws.now, max(_record_expiry(r) for r in records))
-        # orjson writes datetimes as isoformat() does; bytes go to the jsonb codec as they are.
+        return body
+
+    async def _write(self, body: bytes, now: datetime) -> None:
         try:
-            body = orjson.dumps(doc)
-            await _guard_call(lambda: self._conn.fetchval(_SAVE, body, ws.now))
+            await _guard_call(lambda: self._conn.fetchval(_SAVE, body, now))
         except asyncpg.CheckViolationError as exc:
             if "no partition of relation" not in str(exc):
                 raise

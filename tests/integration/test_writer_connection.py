@@ -74,6 +74,12 @@ class _CuttingUnit:
         await self._store.before_save(self._unit, ws)
         await self._unit.save(ws, records)
 
+    async def save_ahead(
+        self, ws: WorkingSet, records: list[IdempotencyRecord]
+    ) -> asyncio.Future[None]:
+        await self._store.before_save(self._unit, ws)
+        return await self._unit.save_ahead(ws, records)
+
 
 @pytest.fixture
 async def db() -> AsyncIterator[TestDatabase]:

@@ -10,6 +10,7 @@ it does through jsonb, so nothing is shared between a batch and the tables.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -117,6 +118,15 @@ class FakeBatch:
             self._t.idempotency.update({(r.caller, r.key): r for r in records})
 
         self.pending.append(commit)
+        ws.mark_saved()
+
+    async def save_ahead(
+        self, ws: WorkingSet, records: list[IdempotencyRecord]
+    ) -> asyncio.Future[None]:
+        await self.save(ws, records)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 class FakeStore:

@@ -61,7 +61,15 @@ class _Unit:
         return {}
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
-        self.saved = len(records)
+        self.saved += len(records)
+
+    async def save_ahead(
+        self, ws: WorkingSet, records: list[IdempotencyRecord]
+    ) -> asyncio.Future[None]:
+        await self.save(ws, records)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 def charges(n: int, amount: int = 1) -> tuple[c.BatchCommand, ...]:
