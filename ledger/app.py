@@ -239,6 +239,7 @@ class App:
             self.clock,
             WriterSettings(
                 batch_max=cfg.batch_max,
+                save_part_commands=cfg.save_part_commands,
                 attempt_timeout_s=cfg.batch_timeout_s,
                 refund_grace=timedelta(seconds=cfg.refund_grace_s),
                 retention=retention,

@@ -23,6 +23,9 @@ class Config:
     log_format: str = "json"
     pool_size_max: int = 10
     batch_max: int = 1024  # a full SubmitBatch (1,000) and its neighbours in one transaction
+    # A larger transaction is written in statements of this many commands, each
+    # written while the writer applies the next (0: one statement per transaction).
+    save_part_commands: int = 128
     batch_timeout_s: float = 2.0
     sweep_interval_s: float = 1.0
     idempotency_retention_days: float = 7.0
@@ -114,6 +117,8 @@ class Config:
             out.append("--body-wait-s must be more than 0")
         if self.fronts < 1:
             out.append("--fronts must be at least 1 (or auto)")
+        if self.save_part_commands < 0:
+            out.append("--save-part-commands must be 0 (one statement) or more")
         if self.writer_lease_s < 1.0:
             out.append("--writer-lease-s must be at least 1 s")
         return out
@@ -209,6 +214,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--batch-max", type=int, default=d.batch_max, help="commands per writer transaction"
+    )
+    p.add_argument(
+        "--save-part-commands",
+        type=int,
+        default=d.save_part_commands,
+        help="a writer transaction of more commands is written in statements of this many,"
+        " each while the next part is applied (0: one statement)",
     )
     p.add_argument(
         "--batch-timeout-s",
@@ -389,6 +401,7 @@ def from_args(args: argparse.Namespace) -> Config:
         log_format=args.log_format,
         pool_size_max=args.pool_size_max,
         batch_max=args.batch_max,
+        save_part_commands=args.save_part_commands,
         batch_timeout_s=args.batch_timeout_s,
         sweep_interval_s=args.sweep_interval_s,
         idempotency_retention_days=args.idempotency_retention_days,
