@@ -11,6 +11,7 @@ due whatever the command then decides.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import UTC, date, datetime, timedelta
 
 from ledger.domain import commands as c
@@ -518,8 +519,10 @@ def _filed(res: Reservation, member: str, plan: Plan) -> None:
     res.member_id = member if res.account_id != member else ""
 
 
+@functools.lru_cache(maxsize=16)
 def _windows(now: datetime) -> tuple[str, str]:
-    """The UTC day and calendar month `now` is in, as their first days (ISO)."""
+    """The UTC day and calendar month `now` is in, as their first days (ISO).
+    Cached: a batch asks for its one `now` several times per command."""
     day = now.astimezone(UTC).date()
     return day.isoformat(), day.replace(day=1).isoformat()
 

@@ -9,7 +9,7 @@ rules never add to a balance by hand.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -94,7 +94,16 @@ class ScheduleBehind(Exception):
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID, as str(uuid.uuid4()) writes it.
+
+    Built from os.urandom directly: a charge draws two ids, and uuid4() plus
+    str() cost ~9 us each here (a UUID object, an int, then the format), about
+    a fifth of the rules' time for a charge (docs/performance.md, round five)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def saturating(total: int) -> int:

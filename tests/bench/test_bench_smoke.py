@@ -122,3 +122,18 @@ def test_bench_smoke_with_watchers_on_a_stream_replica(tmp_path: Path) -> None:
     [logs] = {p.parent for p in tmp_path.glob("**/server.log")}
     assert "no longer the writer" in (logs / "server.log").read_text()
     assert "no longer the writer" not in (logs / "server-1.log").read_text()
+
+
+def test_rules_cost_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m tests.bench.rules_cost`: the writer's Python per charge, in memory."""
+    from tests.bench import rules_cost
+
+    rules_cost.main(["--charges", "20", "--rounds", "2"])
+    line = capsys.readouterr().out.strip()
+    m = re.fullmatch(
+        r"rules_cost: ([\d.]+) us per charge \(median of 2 transactions of 20 charges;"
+        r" min [\d.]+, max [\d.]+\)",
+        line,
+    )
+    assert m, line
+    assert float(m.group(1)) > 0
