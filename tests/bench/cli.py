@@ -223,7 +223,8 @@ def _sweep(
             result = database.pgbench_run(pg, db_url, clients, max(1, round(s.duration_s)))
             run.pgbench[concurrency] = result
             say(f"pgbench tpcb-like  c={clients:<4} tps {result['tps']:9.0f}"
-                f"  (latency avg {result['latency_avg_ms']} ms)")  # fmt: skip
+                f"  (latency avg {result['latency_avg_ms']} ms, p50"
+                f" {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms)")  # fmt: skip
         for workload in s.workloads:
             tps = run.pgbench.get(concurrency, {}).get("tps")
             if workload in WATCHED:
@@ -404,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         f" end {_loads(facts.get('loadavg_end'))}; cpu pressure end {facts.get('cpu_pressure_end')}"
         "; busy% = the whole machine's CPU in percent of one core, per point"
     )
+    if (p99 := report.p99_beside_pgbench(run.points, run.pgbench)) is not None:
+        say(p99)
     failed = any(p.unexpected_total for p in run.points) or run.verify_exit not in (None, 0)
     say(line)
     return 1 if failed else 0

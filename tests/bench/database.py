@@ -14,12 +14,15 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+
+from tests.bench.stats import percentile
 
 PGBENCH_SCHEMA = "pgbench"
 # Connections kept free for the ledger's pool, other sessions and superusers.
@@ -173,18 +176,25 @@ def pgbench_init(pg: Postgres, url: str, scale: int) -> None:
 
 
 def pgbench_run(pg: Postgres, url: str, clients: int, duration_s: int) -> dict[str, Any]:
-    """tpcb-like for `duration_s` with `clients` clients on 2 threads, prepared statements."""
+    """tpcb-like for `duration_s` with `clients` clients on 2 threads, prepared statements.
+
+    Every transaction's latency is logged (`-l`, one buffered line each) so that
+    its p50 and p99 sit beside the ledger's at the same number in flight: what
+    the machine gives a C client doing one small transaction at a time."""
     threads = min(2, clients)
-    command = [pg.pgbench, "-c", str(clients), "-j", str(threads), "-T", str(duration_s),
-               "-M", "prepared", url]  # fmt: skip
-    done = subprocess.run(
-        command,
-        env=_pgbench_env(),
-        capture_output=True,
-        text=True,
-        timeout=duration_s + 120,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="bench-pgbench-") as logs:
+        prefix = str(Path(logs) / "tx")
+        command = [pg.pgbench, "-c", str(clients), "-j", str(threads), "-T", str(duration_s),
+                   "-M", "prepared", "-l", f"--log-prefix={prefix}", url]  # fmt: skip
+        done = subprocess.run(
+            command,
+            env=_pgbench_env(),
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 120,
+            check=False,
+        )
+        latencies_ms = sorted(us / 1000.0 for us in _logged_latencies(Path(logs)))
     tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout)
     latency = re.search(r"latency average = ([0-9.]+) ms", done.stdout)
     failed = re.search(r"number of failed transactions: (\d+)", done.stdout)
@@ -196,6 +206,20 @@ def pgbench_run(pg: Postgres, url: str, clients: int, duration_s: int) -> dict[s
         "duration_s": duration_s,
         "tps": float(tps.group(1)),
         "latency_avg_ms": float(latency.group(1)) if latency else None,
+        "latency_p50_ms": percentile(latencies_ms, 50.0) if latencies_ms else None,
+        "latency_p99_ms": percentile(latencies_ms, 99.0) if latencies_ms else None,
         "failed": int(failed.group(1)) if failed else 0,
-        "command": " ".join([*command[:-1], "URL"]),
+        "command": " ".join([*command[:-3], "-l", "URL"]),
     }
+
+
+def _logged_latencies(logs: Path) -> list[int]:
+    """Each logged transaction's latency in microseconds: the third field of
+    pgbench's per-transaction log (client, transaction, time_us, script, ...)."""
+    out: list[int] = []
+    for path in logs.glob("tx.*"):
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].isdigit():
+                out.append(int(fields[2]))
+    return out

@@ -107,6 +107,20 @@ def main(argv: list[str] | None = None) -> int:
         title = f"creditledger bench, median of {len(documents)} runs ({documents[-1]['run_id']})"
         report.chart(chart_path, points, tps, title)
         print(f"chart: {chart_path}")
+    pgbench = {
+        c: {
+            "clients": _median([d["pgbench"].get(c, {}).get("clients") for d in documents]),
+            "latency_p50_ms": _median(
+                [d["pgbench"].get(c, {}).get("latency_p50_ms") for d in documents]
+            ),
+            "latency_p99_ms": _median(
+                [d["pgbench"].get(c, {}).get("latency_p99_ms") for d in documents]
+            ),
+        }
+        for c in {c for d in documents for c in d["pgbench"]}
+    }
+    if (p99 := report.p99_beside_pgbench(points, pgbench)) is not None:
+        print(p99)
     print(report.last_line(points, rss))
     return 0
 

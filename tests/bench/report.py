@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,27 @@ def last_line(points: Sequence[PointResult], rss_peak_mb: float | None) -> str:
         f" batch {_num(_rate(batch), 0)} ({_num(_over(batch, pg_best), 2)}x),"
         f" watched {_num(_rate(watched), 0)} ({_num(_watched_ratio(watched, charge), 2)}x charge),"
         f" stream lag p99 {_num(None if watched is None else watched.server.get('stream_lag_p99_ms'), 0)} ms"
+    )
+
+
+def p99_beside_pgbench(
+    points: Sequence[PointResult], pgbench: Mapping[Any, Mapping[str, Any]]
+) -> str | None:
+    """The charge p99 of the last line beside pgbench tpcb-like's at the same
+    number in flight, same run (what the machine gives one small transaction at
+    a time from a C client), with the machine's busy share in that point; None
+    without both."""
+    tail = pick(points, "charge", P99_AT)
+    base = pgbench.get(P99_AT) or pgbench.get(str(P99_AT))
+    if tail is None or not base or base.get("latency_p99_ms") is None:
+        return None
+    busy = tail.cpu.get("machine_busy")
+    clients = base.get("clients")
+    return (
+        f"p99 at {P99_AT} in flight: charge {_num(tail.latency_ms['p99'], 1)} ms"
+        f" (busy {_num(busy, 0)}% of {(os.cpu_count() or 1) * 100}%), pgbench tpcb-like"
+        f" {_num(float(base['latency_p99_ms']), 1)} ms at {_num(clients, 0)} clients"
+        f" (p50 {_num(base.get('latency_p50_ms'), 1)} ms), same run"
     )
 
 

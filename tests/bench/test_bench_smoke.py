@@ -78,7 +78,24 @@ def test_bench_smoke(tmp_path: Path) -> None:
         )
         assert point["server"]["ratio_to_base"] == round(point["ops_per_s"] / base["ops_per_s"], 3)
     assert set(document["pgbench"]) == {"1", "8"}
+    for run in document["pgbench"].values():
+        # Every pgbench transaction's latency was logged: its p50 and p99.
+        assert 0 < run["latency_p50_ms"] <= run["latency_p99_ms"], run
+    p99 = re.fullmatch(
+        r"p99 at 8 in flight: charge (\d+\.\d) ms \(busy \d+% of \d+%\), pgbench tpcb-like"
+        r" (\d+\.\d) ms at 8 clients \(p50 \d+\.\d ms\), same run",
+        lines[-2],
+    )
+    assert p99, lines[-2]
+    assert float(p99.group(2)) == round(document["pgbench"]["8"]["latency_p99_ms"], 1)
     assert list(tmp_path.glob("bench-*.png"))
+    # The median of runs (here one run twice) prints the same two lines.
+    [json_path] = tmp_path.glob("bench-*.json")
+    median = subprocess.run(
+        [sys.executable, "-m", "tests.bench.median", str(json_path), str(json_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert median.stdout.strip().splitlines()[-2:] == lines[-2:]
 
 
 @pytest.mark.slow
