@@ -23,11 +23,11 @@ from ledger.domain import commands as c
 from ledger.domain.model import ReservationResult
 from ledger.domain.rules import WorkingSet
 from ledger.service.clock import SystemClock
-from ledger.service.ports import IdempotencyRecord
 from ledger.service.writer import Writer
 from ledger.storage.pool import PoolSettings, create_pool, migrate
 from ledger.storage.postgres import PgBatch, PostgresStore
 from tests.support.db import TestDatabase
+from tests.support.units import WrappedUnit
 
 pytestmark = pytest.mark.timeout(60)
 ASSET = "crm"
@@ -62,23 +62,13 @@ class CuttingStore:
         await asyncio.sleep(0.2)  # asyncpg sees the connection end meanwhile
 
 
-class _CuttingUnit:
+class _CuttingUnit(WrappedUnit):
     def __init__(self, unit: PgBatch, store: CuttingStore) -> None:
-        self._unit = unit
+        super().__init__(unit)
         self._store = store
 
-    async def load(self, ws: WorkingSet, *args: Any, **kwargs: Any) -> Any:
-        return await self._unit.load(ws, *args, **kwargs)
-
-    async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
+    async def before_write(self, ws: WorkingSet) -> None:
         await self._store.before_save(self._unit, ws)
-        await self._unit.save(ws, records)
-
-    async def save_ahead(
-        self, ws: WorkingSet, records: list[IdempotencyRecord]
-    ) -> asyncio.Future[None]:
-        await self._store.before_save(self._unit, ws)
-        return await self._unit.save_ahead(ws, records)
 
 
 @pytest.fixture

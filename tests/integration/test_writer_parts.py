@@ -31,6 +31,7 @@ from ledger.storage import verify
 from ledger.storage.pool import PoolSettings, create_pool, migrate
 from ledger.storage.postgres import PgBatch, PostgresStore
 from tests.support.db import TestDatabase
+from tests.support.units import WrappedUnit
 
 pytestmark = pytest.mark.timeout(120)
 ASSET = "crm"
@@ -53,22 +54,16 @@ class CountingStore:
             yield _CountingUnit(unit, self)
 
 
-class _CountingUnit:
+class _CountingUnit(WrappedUnit):
     def __init__(self, unit: PgBatch, store: CountingStore) -> None:
-        self._unit = unit
+        super().__init__(unit)
         self._store = store
-
-    async def load(self, ws: WorkingSet, *args: Any, **kwargs: Any) -> Any:
-        return await self._unit.load(ws, *args, **kwargs)
-
-    async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
-        await self._unit.save(ws, records)
 
     async def save_ahead(
         self, ws: WorkingSet, records: list[IdempotencyRecord]
     ) -> asyncio.Future[None]:
         self._store.ahead += 1
-        return await self._unit.save_ahead(ws, records)
+        return await super().save_ahead(ws, records)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ it does through jsonb, so nothing is shared between a batch and the tables.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ledger.domain.model import (
 )
 from ledger.domain.workingset import PairKey, WorkingSet, saturating
 from ledger.service.ports import IdempotencyRecord, SerializationConflict
+from tests.support.units import SavesInLine
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Tables:
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
 
 
-class FakeBatch:
+class FakeBatch(SavesInLine):
     def __init__(self, tables: Tables) -> None:
         self._t = tables
         self.pending: list[Callable[[], None]] = []
@@ -119,14 +119,6 @@ class FakeBatch:
 
         self.pending.append(commit)
         ws.mark_saved()
-
-    async def save_ahead(
-        self, ws: WorkingSet, records: list[IdempotencyRecord]
-    ) -> asyncio.Future[None]:
-        await self.save(ws, records)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
 
 
 class FakeStore:

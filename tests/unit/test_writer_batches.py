@@ -20,6 +20,7 @@ from ledger.domain.rules import PairKey, WorkingSet
 from ledger.service.clock import SystemClock
 from ledger.service.ports import IdempotencyRecord
 from ledger.service.writer import Writer
+from tests.support.units import SavesInLine
 
 pytestmark = pytest.mark.timeout(30)
 FUNDS = 10
@@ -39,7 +40,7 @@ class CountingStore:
         self.transactions.append(unit.saved)
 
 
-class _Unit:
+class _Unit(SavesInLine):
     def __init__(self) -> None:
         self.saved = 0
 
@@ -62,14 +63,6 @@ class _Unit:
 
     async def save(self, ws: WorkingSet, records: list[IdempotencyRecord]) -> None:
         self.saved += len(records)
-
-    async def save_ahead(
-        self, ws: WorkingSet, records: list[IdempotencyRecord]
-    ) -> asyncio.Future[None]:
-        await self.save(ws, records)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
 
 
 def charges(n: int, amount: int = 1) -> tuple[c.BatchCommand, ...]:
