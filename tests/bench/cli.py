@@ -340,6 +340,9 @@ def _watched_point(
     received = seen.get("received_per_stream") or [0]
     point.server["stream_received_min"] = min(received)
     point.server["stream_received_max"] = max(received)
+    common = seen.get("received_in_common_per_stream") or [0]
+    point.server["stream_received_in_common_min"] = min(common)
+    point.server["stream_received_in_common_max"] = max(common)
     point.server["stream_lag_p50_ms"] = seen.get("lag_ms_p50")
     point.server["stream_lag_p99_ms"] = seen.get("lag_ms_p99")
     return point

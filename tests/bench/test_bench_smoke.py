@@ -70,7 +70,15 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for point in (p for p in points if p["workload"] == "charge-watched"):
         # Four consumers on the stream replica, each received every charge of the point.
         assert point["server"]["stream_received_min"] >= point["ops"], point
-        assert point["server"]["stream_received_max"] == point["server"]["stream_received_min"]
+        # And the same transactions: the streams open one after the other, so a
+        # later one may miss what an earlier one got before it opened (it did,
+        # on a loaded machine); from the first transaction they all got, the
+        # same count, which a stream that missed or repeated one would break.
+        assert point["server"]["stream_received_in_common_min"] > 0, point
+        assert (
+            point["server"]["stream_received_in_common_max"]
+            == point["server"]["stream_received_in_common_min"]
+        ), point
         base = next(
             p
             for p in points

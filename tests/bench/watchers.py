@@ -29,10 +29,13 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _watch(target: str, lags_s: list[float], counts: list[int], i: int) -> None:
+async def _watch(
+    target: str, lags_s: list[float], counts: list[int], ids: list[list[str]], i: int
+) -> None:
     """What a consumer must do, and no more: decode each message, keep its
     position (to resume after), count its transactions and take each one's lag
-    (one subtraction per transaction, in seconds; milliseconds at the end)."""
+    (one subtraction per transaction, in seconds; milliseconds at the end), and
+    keep the transactions' ids, to compare the streams afterwards."""
     last = ""
     while True:
         req = pb.WatchTransactionsRequest(from_now=not last, after_position=last)
@@ -43,6 +46,7 @@ async def _watch(target: str, lags_s: list[float], counts: list[int], i: int) ->
                     last = msg.position
                     txs = msg.transactions
                     counts[i] += len(txs)
+                    ids[i].extend([t.transaction_id for t in txs])
                     lags_s.extend(
                         [
                             received - t.seconds - t.nanos * 1e-9
@@ -53,11 +57,28 @@ async def _watch(target: str, lags_s: list[float], counts: list[int], i: int) ->
             await asyncio.sleep(0.2)  # resume after the last position
 
 
+def common_counts(ids: list[list[str]]) -> list[int]:
+    """Per stream, the transactions it received from the first one that every
+    stream received on: the streams open "from now" one after the other, so
+    each should hold the same suffix of one commit order from there, and these
+    counts are equal unless a stream missed or repeated something (-1: a stream
+    whose first transaction the longest stream never received)."""
+    longest = max(ids, key=len, default=[])
+    where = {tx: k for k, tx in enumerate(longest)}
+    starts = [where.get(s[0], -1) for s in ids if s]
+    if not starts or min(starts) < 0:
+        return [-1] * len(ids)
+    first = longest[max(starts)]
+    return [len(s) - s.index(first) if first in s else -1 for s in ids]
+
+
 async def _main(targets: list[str], n: int, out: Path) -> None:
     lags_s: list[float] = []
     counts = [0] * n
+    ids: list[list[str]] = [[] for _ in range(n)]
     tasks = [
-        asyncio.create_task(_watch(targets[i % len(targets)], lags_s, counts, i)) for i in range(n)
+        asyncio.create_task(_watch(targets[i % len(targets)], lags_s, counts, ids, i))
+        for i in range(n)
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -72,6 +93,7 @@ async def _main(targets: list[str], n: int, out: Path) -> None:
             {
                 "streams": n,
                 "received_per_stream": counts,
+                "received_in_common_per_stream": common_counts(ids),
                 "lag_ms_p50": round(_quantile(lags_ms, 0.5), 1),
                 "lag_ms_p99": round(_quantile(lags_ms, 0.99), 1),
                 "lag_ms_max": round(max(lags_ms, default=0.0), 1),
