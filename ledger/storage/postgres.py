@@ -124,8 +124,9 @@ _REPLAN = "DISCARD PLANS"
 # read RPC (GetBalance and the others that see an account at an instant:
 # snapshot(), breakage()), for that transaction only. The pool plans every
 # execution (pool.py), and its planner, left free, hashed every balance of the
-# ledger to find one account's (a sequential scan of 11,000 rows, 2.7 ms per
-# GetBalance in the bench; 1.4 ms with these settings, most of it planning).
+# ledger to find one account's (in the bench's mixed workload: 11,000 balances,
+# 2-25 ms per GetBalance read; a read of one pair alone went from 2.7 to 1.4 ms
+# with these settings, the rest being planning). tests/integration/test_plans.py.
 _READ_PLANS_LOCAL = (
     "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off;"
     " SET LOCAL enable_mergejoin = off"
