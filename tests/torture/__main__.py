@@ -34,6 +34,13 @@ def parse_args(argv: list[str]) -> RunConfig:
         default=3,
         help="server processes on the one database (one elected writer, the others forward)",
     )
+    parser.add_argument(
+        "--fronts",
+        type=int,
+        default=1,
+        help="run each server as `ledger serve --fronts N` (N processes on its port, "
+        "one of them possibly the writer); adds the front_kill fault",
+    )
     parser.add_argument("--results-dir", type=Path, default=Path("torture-results"))
     parser.add_argument(
         "--keep-history", action="store_true", help="write the history even with 0 violations"
@@ -57,6 +64,7 @@ def parse_args(argv: list[str]) -> RunConfig:
         clients=args.clients,
         accounts=args.accounts,
         servers=args.servers,
+        fronts=args.fronts,
         results_dir=args.results_dir,
         keep_history=args.keep_history,
         faults=not args.no_faults,
@@ -67,6 +75,7 @@ def parse_args(argv: list[str]) -> RunConfig:
         cfg.seed, cfg.seconds = int(header["seed"]), float(header["seconds"])
         cfg.clients, cfg.accounts = int(header["clients"]), int(header["accounts"])
         cfg.servers = int(header["servers"])
+        cfg.fronts = int(header.get("fronts", 1))
     return cfg
 
 

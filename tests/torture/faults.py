@@ -9,7 +9,10 @@ after a PostgreSQL restart or a terminated backend) gets none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,8 +35,20 @@ WEIGHTS = {
     # The elected writer (issue 22): killed, or paused past its lease and fenced.
     "writer_kill": 2.0,
     "writer_sigstop": 1.5,
+    # `--fronts N` (issue 19): one front of a pod killed, its supervisor starts it again.
+    "front_kill": 2.0,
 }
 PG_KINDS = ("pg_restart_fast", "pg_restart_immediate")
+FRONT_KINDS = ("front_kill",)
+
+
+def fault_kinds(private_cluster: bool, fronts: bool) -> list[str]:
+    """The kinds a run draws from: PostgreSQL restarts need its own cluster, front kills fronts."""
+    return [
+        k
+        for k in WEIGHTS
+        if (private_cluster or k not in PG_KINDS) and (fronts or k not in FRONT_KINDS)
+    ]
 
 
 @dataclass
@@ -50,7 +65,7 @@ class FaultInjector:
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k in WEIGHTS if self.cluster is not None or k not in PG_KINDS]
+        return fault_kinds(self.cluster is not None, any(s.fronts > 1 for s in self.servers))
 
     def counts(self) -> Counter[str]:
         return Counter(f.kind for f in self.faults)
@@ -94,8 +109,9 @@ class FaultInjector:
             server.resume()
         return f"{server.name} stopped for {pause_s:.1f}s"
 
-    async def _writer(self) -> LedgerServer | None:
-        """The server the lease row names, or None (no election, or none elected)."""
+    async def _writer(self) -> tuple[LedgerServer, str] | None:
+        """The server the lease row names and the internal address it names (with
+        fronts, the writer's front), or None (no election, or none elected)."""
         conn = await asyncpg.connect(with_database(self.admin_url, self.database), timeout=5)
         try:
             address = await conn.fetchval("SELECT address FROM writer_lease WHERE id = 1")
@@ -103,24 +119,57 @@ class FaultInjector:
             return None
         finally:
             await conn.close()
-        found = [s for s in self.servers if s.internal and s.internal == address and s.alive()]
-        return found[0] if found else None
+        found = [s for s in self.servers if address in s.internal_addresses and s.alive()]
+        return (found[0], address) if found else None
 
     async def writer_kill(self) -> str:
-        writer = await self._writer()
-        if writer is None:
+        found = await self._writer()
+        if found is None:
             return "skipped: no elected writer found"
+        writer, address = found
+        if writer.fronts > 1:  # the writer is one front of a pod: SIGKILL that front only
+            return await self._kill_front(writer, address, "writer front")
         down_s = self.rng.uniform(0.2, 2.5)
         writer.kill()
         await asyncio.sleep(down_s)
         await asyncio.to_thread(writer.start)
         return f"writer {writer.name} killed, restarted after {down_s:.1f}s"
 
+    async def front_kill(self) -> str:
+        pods = [s for s in self.servers if s.fronts > 1 and s.alive()]
+        if not pods:
+            return "skipped: no server with fronts"
+        pod = self.rng.choice(pods)
+        return await self._kill_front(pod, self.rng.choice(pod.internal_addresses), "front")
+
+    async def _kill_front(self, pod: LedgerServer, address: str, what: str) -> str:
+        started = time.monotonic()
+        pid = pod.kill_front(address)
+        if pid is None:
+            return f"skipped: {pod.name} has no live front at {address}"
+        await asyncio.to_thread(pod.wait_front_back, address, pid)
+        return (
+            f"{what} {address} (pid {pid}) of {pod.name} killed, "
+            f"back after {time.monotonic() - started:.1f}s"
+        )
+
     async def writer_sigstop(self) -> str:
-        writer = await self._writer()
-        if writer is None:
+        found = await self._writer()
+        if found is None:
             return "skipped: no elected writer found"
+        writer, address = found
         pause_s = 2.0 + self.rng.uniform(1.0, 4.0)  # past its 2 s lease: another takes over
+        if writer.fronts > 1:
+            pid = writer.front_pids().get(address)
+            if pid is None:
+                return f"skipped: {writer.name} has no live front at {address}"
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(pause_s)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            return f"writer front {address} of {writer.name} stopped for {pause_s:.1f}s"
         writer.pause()
         try:
             await asyncio.sleep(pause_s)

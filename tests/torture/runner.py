@@ -10,9 +10,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.torture.checker import Checker
-from tests.torture.faults import PG_KINDS, WEIGHTS, FaultInjector
+from tests.torture.faults import FaultInjector, fault_kinds
 from tests.torture.history import write_history
 from tests.torture.pg import PgCluster, create_database, drop_database
 from tests.torture.server import LedgerServer
@@ -29,6 +30,8 @@ class RunConfig:
     clients: int = 16
     accounts: int = 200
     servers: int = 2
+    # `ledger serve --fronts N` for every server (issue 19); 1: plain servers.
+    fronts: int = 1
     results_dir: Path = Path("torture-results")
     keep_history: bool = False
     faults: bool = True
@@ -73,7 +76,8 @@ async def run(cfg: RunConfig) -> RunReport:
     else:
         admin_url = cfg.database_url
     database_url = await create_database(admin_url, "torture")
-    database = database_url.rpartition("/")[2]
+    # The path's name, not the URL's tail: a unix-socket URL ends in `?host=/dir`.
+    database = urlsplit(database_url).path.lstrip("/")
     log(
         f"database {database_url} ({'private cluster' if cluster else 'given URL: no PostgreSQL restarts'})"
     )
@@ -84,6 +88,7 @@ async def run(cfg: RunConfig) -> RunReport:
             name=f"server-{chr(65 + i)}",
             cwd=cfg.server_source,
             elects=((cfg.server_source or REPO) / "ledger" / "storage" / "lease.py").exists(),
+            fronts=cfg.fronts,
         )
         for i in range(cfg.servers)
     ]
@@ -159,7 +164,7 @@ def report(
 ) -> RunReport:
     counts = injector.counts()
     failed = [f for f in injector.faults if f.detail.startswith("injector error")]
-    kinds = [k for k in WEIGHTS if injector.cluster is not None or k not in PG_KINDS]
+    kinds = fault_kinds(injector.cluster is not None, cfg.fronts > 1)
     fault_line = "faults: " + " ".join(f"{k}={counts.get(k, 0)}" for k in kinds)
     if failed:
         fault_line += f" (not injected, injector errors: {len(failed)})"
@@ -197,6 +202,7 @@ def report(
             "clients": cfg.clients,
             "accounts": cfg.accounts,
             "servers": cfg.servers,
+            "fronts": cfg.fronts,
             "private_cluster": injector.cluster is not None,
             "features": asdict(w.features),
         }

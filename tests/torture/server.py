@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,51 @@ def health_status(target: str, timeout_s: float = 1.0) -> str:
         except grpc.RpcError as err:
             return str(err.code().name)  # type: ignore[attr-defined, unused-ignore]
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _free_ports(count: int) -> int:
+    """A port p such that p .. p + count - 1 are all free now."""
+    for _ in range(100):
+        base = free_port()
+        sockets = []
+        try:
+            for n in range(count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", base + n))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _flag_value(pid: int, flag: str) -> str | None:
+    """The last value of `flag` on a process's command line (argparse keeps the last)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    values = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag]
+    return values[-1] if values else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def run_verify(
@@ -62,6 +108,7 @@ class LedgerServer:
         extra_args: list[str] | None = None,
         cwd: Path | None = None,
         elects: bool = True,
+        fronts: int = 1,
     ) -> None:
         # `python -m ledger` imports the package from its working directory first:
         # a snapshot of a commit there tests that commit, whatever the work tree holds.
@@ -75,8 +122,15 @@ class LedgerServer:
         # A ledger with the writer election (issue 22): a known internal address,
         # so that the injector can find the writer in the lease row.
         self.internal = f"127.0.0.1:{free_port()}" if elects else ""
+        # `--fronts N` (issue 19): this process is a supervisor of N fronts on
+        # the one port; front n takes the internal port after `internal` by n.
+        self.fronts = fronts if elects else 1
+        if self.fronts > 1:
+            self.internal = f"127.0.0.1:{_free_ports(self.fronts)}"
         if elects:
             self.extra_args += ["--internal-listen", self.internal, "--writer-lease-s", "2"]
+        if self.fronts > 1:
+            self.extra_args += ["--fronts", str(self.fronts)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
         self.starts = 0
@@ -91,6 +145,48 @@ class LedgerServer:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def internal_addresses(self) -> list[str]:
+        """The internal (writer election) address of each front; one without fronts."""
+        if not self.internal:
+            return []
+        host, _, port = self.internal.rpartition(":")
+        return [f"{host}:{int(port) + n}" for n in range(self.fronts)]
+
+    def front_pids(self) -> dict[str, int]:
+        """{internal address: pid} of the fronts alive now (`--fronts` only)."""
+        if self.fronts <= 1 or not self.alive() or self.proc is None:
+            return {}
+        out: dict[str, int] = {}
+        for pid in _children(self.proc.pid):
+            address = _flag_value(pid, "--internal-listen")
+            if address in self.internal_addresses:
+                out[address] = pid
+        return out
+
+    def kill_front(self, address: str) -> int | None:
+        """SIGKILL one front; its supervisor (this process) starts it again. The pid, or None."""
+        pid = self.front_pids().get(address)
+        if pid is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def wait_front_back(
+        self, address: str, old_pid: int, timeout_s: float = READY_TIMEOUT_S
+    ) -> None:
+        """Until the supervisor has started that front again and its internal port listens."""
+        host, _, port = address.rpartition(":")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pid = self.front_pids().get(address)
+            if pid is not None and pid != old_pid:
+                with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.5):
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name}: front {address} not back after {timeout_s}s")
 
     def start(self, wait: bool = True) -> None:
         if self.alive():
@@ -134,16 +230,27 @@ class LedgerServer:
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            if sig in (signal.SIGSTOP, signal.SIGCONT):
+                # A paused pod is every front paused: the supervisor only forwards
+                # SIGTERM, SIGINT and SIGHUP.
+                for pid in self.front_pids().values():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
             os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
-        """SIGKILL and reap."""
+        """SIGKILL and reap (with fronts: the supervisor, whose fronts die with it)."""
         if self.proc is None:
             return
+        fronts = list(self.front_pids().values())
         self._signal(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         self.paused = False
+        deadline = time.monotonic() + 10
+        while fronts and time.monotonic() < deadline:  # PR_SET_PDEATHSIG: gone shortly
+            fronts = [pid for pid in fronts if _alive(pid)]
+            time.sleep(0.05)
 
     def terminate(self, timeout_s: float = 30) -> int | None:
         """SIGTERM, wait for the drain; SIGKILL if it does not exit. Returns the exit code."""

@@ -85,3 +85,40 @@ def test_torture_smoke(tmp_path: Path) -> None:
     assert not unknown, "\n".join(lines[-60:])
     bugs = sorted({b for v in violations_found if (b := known_bug(v["kind"], v["detail"]))})
     pytest.xfail(f"only known, reported server bugs: {'; '.join(bugs)}")
+
+
+FRONTS_SEED = 20261219  # its first faults: the writer's front killed, backends cut, a front killed
+FRONTS_SECONDS = 30
+
+
+def test_torture_smoke_with_fronts(tmp_path: Path, pg_admin_url: str) -> None:
+    """Issue 19's process boundary under the injector: one `ledger serve --fronts 3`
+    on the suite's PostgreSQL, with a front SIGKILLed (its supervisor starts it
+    again) and the writer's front SIGKILLed and paused past its lease, while the
+    clients retry through the one port; no violation."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.torture", "--seconds", str(FRONTS_SECONDS),
+         "--seed", str(FRONTS_SEED), "--servers", "1", "--fronts", "3", "--clients", "10",
+         "--accounts", "80", "--database-url", pg_admin_url, "--keep-history",
+         "--results-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=540,
+    )  # fmt: skip
+    lines = proc.stdout.strip().splitlines()
+    assert lines, proc.stderr[-3000:]
+    match = SUMMARY.match(lines[-1])
+    assert match, f"last line is not the summary: {lines[-1]!r}\n{proc.stderr[-3000:]}"
+    ops, acked, _resolved, _faults, violations, _seed = (int(g) for g in match.groups())
+    assert violations == 0 and proc.returncode == 0, "\n".join(lines[-60:])
+    assert ops > 300 and acked > 0, lines[-1]
+    histories = list(tmp_path.glob("*/history.jsonl"))
+    assert histories, "--keep-history leaves the history"
+    faults = [
+        f
+        for f in (json.loads(line) for line in histories[0].read_text().splitlines())
+        if f["type"] == "fault"
+    ]
+    done = {(f["kind"], f["detail"].split(" ", 2)[0]) for f in faults}
+    assert ("writer_kill", "writer") in done, faults  # "writer front 127.0.0.1:... killed"
+    assert ("front_kill", "front") in done, faults
+    killed = [f["detail"] for f in faults if f["kind"] in ("writer_kill", "front_kill")]
+    assert all(" killed, back after " in d for d in killed), killed
