@@ -20,6 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
+
+import orjson
 
 from ledger.domain import commands as c
 from ledger.domain import errors, limits, rules
@@ -82,6 +85,16 @@ class WriterSettings:
 class _Pending:
     cmd: c.MutatingCommand
     future: asyncio.Future[tuple[Outcome, bool]]
+
+
+# The encoded outcome each idempotency key was recorded with, by this batch's attempts.
+Mine = dict[tuple[str, str], dict[str, Any]]
+
+
+def _same(ours: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """Whether a stored outcome is one this batch encoded: compared as stored
+    (the save writes the document with orjson: datetimes become ISO 8601 text)."""
+    return bool(orjson.loads(orjson.dumps(ours)) == stored)
 
 
 def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
@@ -250,13 +263,19 @@ class Writer:
             _size(p) for p in batch
         )
         whole: set[PairKey] = set()
+        # The outcomes this batch's attempts recorded, by key: a retry after a
+        # connection lost at COMMIT finds its own records when that COMMIT had
+        # in fact committed, and must answer them as first answers, not replays.
+        mine: Mine = {}
         attempt = 0
         while attempt < s.retry_attempts_max:
             started = time.perf_counter()
             attempt += 1
             try:
                 try:
-                    results, moved = await asyncio.wait_for(self._attempt(batch, whole), timeout_s)
+                    results, moved = await asyncio.wait_for(
+                        self._attempt(batch, whole, mine), timeout_s
+                    )
                 except TimeoutError as exc:
                     raise StorageUnavailable(f"batch took over {timeout_s:.1f} s") from exc
             except WriterFenced as exc:
@@ -336,10 +355,10 @@ class Writer:
         raise errors.InvariantViolation(f"schedules of {sorted(pairs)} still behind")
 
     async def _attempt(
-        self, batch: list[_Pending], whole: set[PairKey]
+        self, batch: list[_Pending], whole: set[PairKey], mine: Mine
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         if len(batch) == 1 and _atomic(batch[0]) and isinstance(atomic := batch[0].cmd, c.Batch):
-            return await self._attempt_atomic(atomic, whole)
+            return await self._attempt_atomic(atomic, whole, mine)
         cmds = _flat(batch)
         ws = self._working_set()
         async with self._store.batch(self._more_waiting) as unit:
@@ -347,11 +366,11 @@ class Writer:
             # Everything in one read: commands that turn out to be replays load rows
             # they do not need, which costs less than a second round trip.
             stored = await self._load(unit, ws, keys, cmds, whole)
-            done = await self._apply_and_save(unit, ws, stored, cmds)
+            done = await self._apply_and_save(unit, ws, stored, cmds, mine)
         return _regroup(batch, done), ws.moved
 
     async def _attempt_atomic(
-        self, batch: c.Batch, whole: set[PairKey]
+        self, batch: c.Batch, whole: set[PairKey], mine: Mine
     ) -> tuple[list[tuple[Outcome, bool]], list[tuple[str, str, int]]]:
         """All of the batch or none of it: on the first command that fails,
         nothing is saved (the transaction commits its reads only), so the
@@ -362,7 +381,7 @@ class Writer:
         async with self._store.batch(self._more_waiting) as unit:
             keys = sorted({k for cmd in cmds if (k := _key(cmd)) is not None})
             stored = await self._load(unit, ws, keys, cmds, whole)
-            done, records = self._apply_all(ws, stored, cmds)
+            done, records = self._apply_all(ws, stored, cmds, mine)
             for i, (outcome, _) in enumerate(done):
                 if isinstance(outcome, errors.LedgerError):
                     failure = batching.atomic_failure(i, batch.commands[i], outcome)
@@ -406,11 +425,12 @@ class Writer:
         ws: rules.WorkingSet,
         stored: dict[tuple[str, str], IdempotencyRecord],
         cmds: list[c.MutatingCommand],
+        mine: Mine,
     ) -> tuple[list[tuple[Outcome, bool]], list[IdempotencyRecord]]:
         """Each command's outcome, in order, and the idempotency records to write."""
         results: list[tuple[Outcome, bool] | None] = [None] * len(cmds)
-        to_run, same_key_as = self._dedupe(stored, cmds, results)
-        records = self._apply_some(ws, cmds, to_run, results)
+        to_run, same_key_as = self._dedupe(stored, cmds, results, mine)
+        records = self._apply_some(ws, cmds, to_run, results, mine)
         return _finish(cmds, results, same_key_as), records
 
     async def _apply_and_save(
@@ -419,6 +439,7 @@ class Writer:
         ws: rules.WorkingSet,
         stored: dict[tuple[str, str], IdempotencyRecord],
         cmds: list[c.MutatingCommand],
+        mine: Mine,
     ) -> list[tuple[Outcome, bool]]:
         """Apply the commands in order and write what they changed, in the
         transaction of `unit`; each command's outcome, in order.
@@ -431,7 +452,7 @@ class Writer:
         what each statement writes is exactly what one save would have written,
         split at command boundaries."""
         results: list[tuple[Outcome, bool] | None] = [None] * len(cmds)
-        to_run, same_key_as = self._dedupe(stored, cmds, results)
+        to_run, same_key_as = self._dedupe(stored, cmds, results, mine)
         step = self._settings.save_part_commands
         parts = (
             [to_run[i : i + step] for i in range(0, len(to_run), step)]
@@ -441,11 +462,11 @@ class Writer:
         ahead: asyncio.Future[None] | None = None
         try:
             for part in parts[:-1]:
-                records = self._apply_some(ws, cmds, part, results)
+                records = self._apply_some(ws, cmds, part, results, mine)
                 if ahead is not None:
                     await ahead
                 ahead = await unit.save_ahead(ws, records)
-            records = self._apply_some(ws, cmds, parts[-1], results)
+            records = self._apply_some(ws, cmds, parts[-1], results, mine)
             if ahead is not None:
                 await ahead
             ahead = None
@@ -472,9 +493,11 @@ class Writer:
         cmds: list[c.MutatingCommand],
         to_run: list[int],
         results: list[tuple[Outcome, bool] | None],
+        mine: Mine,
     ) -> list[IdempotencyRecord]:
         """Apply the commands `to_run` (indexes into `cmds`, in order), setting
-        their `results`; the idempotency records to write for them."""
+        their `results`; the idempotency records to write for them (also kept
+        in `mine`, for a retry of this batch to know them)."""
         records: list[IdempotencyRecord] = []
         for i in to_run:
             cmd = cmds[i]
@@ -504,16 +527,16 @@ class Writer:
             if isinstance(cmd, c.ExpireDue | c.Batch):
                 continue
             refused = isinstance(outcome, errors.LedgerError)
-            records.append(
-                IdempotencyRecord(
-                    cmd.caller,
-                    cmd.idempotency_key,
-                    cmd.method,
-                    cmd.fingerprint(),
-                    outcomes.encode(outcome),
-                    self._settings.retention.expires_at(ws.now, refused),
-                )
+            record = IdempotencyRecord(
+                cmd.caller,
+                cmd.idempotency_key,
+                cmd.method,
+                cmd.fingerprint(),
+                outcomes.encode(outcome),
+                self._settings.retention.expires_at(ws.now, refused),
             )
+            records.append(record)
+            mine[(cmd.caller, cmd.idempotency_key)] = record.outcome
         return records
 
     def _more_waiting(self) -> bool:
@@ -524,8 +547,14 @@ class Writer:
         records: dict[tuple[str, str], IdempotencyRecord],
         cmds: list[c.MutatingCommand],
         results: list[tuple[Outcome, bool] | None],
+        mine: Mine,
     ) -> tuple[list[int], dict[int, int]]:
-        """Replays from stored records; duplicates within the batch follow their first."""
+        """Replays from stored records; duplicates within the batch follow their first.
+
+        A stored record this batch wrote itself (`mine`: an earlier attempt
+        whose COMMIT went through although its connection broke before the
+        answer) is the first answer of the first command with its key: that
+        caller sent the key once, so it is not told "replayed"."""
         to_run: list[int] = []
         first_in_batch: dict[tuple[str, str], int] = {}
         same_key_as: dict[int, int] = {}
@@ -536,9 +565,14 @@ class Writer:
             key = (cmd.caller, cmd.idempotency_key)
             record = records.get(key)
             if record is not None:
-                results[i] = _replay(
+                outcome, replayed = _replay(
                     record.method, record.request_hash, outcomes.decode(record.outcome), cmd
                 )
+                ours = mine.get(key)
+                if key not in first_in_batch and ours is not None and _same(ours, record.outcome):
+                    replayed = False
+                first_in_batch.setdefault(key, i)
+                results[i] = (outcome, replayed)
             elif key in first_in_batch:
                 same_key_as[i] = first_in_batch[key]
             else:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         if profile is not None:
             profile.enable()
-        writer._apply_some(ws, cmds, order, results)
+        writer._apply_some(ws, cmds, order, results, {})
         if profile is not None:
             profile.disable()
         elapsed = time.perf_counter() - started
