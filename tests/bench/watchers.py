@@ -59,17 +59,24 @@ async def _watch(
 
 def common_counts(ids: list[list[str]]) -> list[int]:
     """Per stream, the transactions it received from the first one that every
-    stream received on: the streams open "from now" one after the other, so
-    each should hold the same suffix of one commit order from there, and these
-    counts are equal unless a stream missed or repeated something (-1: a stream
-    whose first transaction the longest stream never received)."""
-    longest = max(ids, key=len, default=[])
-    where = {tx: k for k, tx in enumerate(longest)}
-    starts = [where.get(s[0], -1) for s in ids if s]
-    if not starts or min(starts) < 0:
+    stream received to the last one that every stream received. The streams open
+    "from now" one after the other and are stopped wherever each is in its
+    polling, so each should hold the same stretch of one commit order between
+    those two, and these counts are equal unless a stream missed or repeated
+    something (-1 for all: no stream's first or last transaction is in all)."""
+    if not ids or not all(ids):
         return [-1] * len(ids)
-    first = longest[max(starts)]
-    return [len(s) - s.index(first) if first in s else -1 for s in ids]
+    seen = [set(s) for s in ids]
+    firsts = [s[0] for s in ids if all(s[0] in other for other in seen)]
+    lasts = [s[-1] for s in ids if all(s[-1] in other for other in seen)]
+    if not firsts or not lasts:
+        return [-1] * len(ids)
+    first, last = firsts[0], lasts[0]
+    out = []
+    for s in ids:
+        start, end = s.index(first), s.index(last)
+        out.append(end - start + 1 if end >= start else -1)
+    return out
 
 
 async def _main(targets: list[str], n: int, out: Path) -> None:

@@ -9,6 +9,12 @@ def test_streams_opened_one_after_the_other_agree_from_the_last_ones_start() -> 
     assert common_counts([["a", "b", "c", "d"], ["b", "c", "d"], ["c", "d"]]) == [2, 2, 2]
 
 
+def test_streams_stopped_at_different_points_agree_up_to_the_first_ones_end() -> None:
+    # Each consumer is stopped between two polls: a later poll got more of the tail.
+    assert common_counts([["a", "b", "c", "d"], ["a", "b", "c"], ["a", "b"]]) == [2, 2, 2]
+    assert common_counts([["a", "b", "c"], ["b", "c", "d", "e"]]) == [2, 2]
+
+
 def test_a_stream_that_missed_a_transaction_disagrees() -> None:
     assert common_counts([["a", "b", "c", "d"], ["b", "d"]]) == [3, 2]
 
