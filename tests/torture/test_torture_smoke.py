@@ -54,10 +54,15 @@ def known_bug(kind: str, detail: str) -> str | None:
     return None
 
 
-def test_torture_smoke(tmp_path: Path) -> None:
+def _run_torture(
+    tmp_path: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], list[str], list[int]]:
+    """`python -m tests.torture ARGS` as a user runs it: the process, its output
+    lines, and the summary line's numbers (ops, acked, unknown_resolved, faults,
+    violations, seed)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.torture", "--seconds", str(SECONDS), "--seed", str(SEED),
-         "--clients", "10", "--accounts", "80", "--results-dir", str(tmp_path)],
+        [sys.executable, "-m", "tests.torture", *args, "--clients", "10", "--accounts", "80",
+         "--results-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     lines = proc.stdout.strip().splitlines()
@@ -65,7 +70,12 @@ def test_torture_smoke(tmp_path: Path) -> None:
     match = SUMMARY.match(lines[-1])
     assert match, f"last line is not the summary: {lines[-1]!r}\n{proc.stderr[-3000:]}"
     assert lines[-2].startswith("faults: "), lines[-2]
-    ops, acked, _resolved, faults, violations, seed = (int(g) for g in match.groups())
+    return proc, lines, [int(g) for g in match.groups()]
+
+
+def test_torture_smoke(tmp_path: Path) -> None:
+    proc, lines, numbers = _run_torture(tmp_path, "--seconds", str(SECONDS), "--seed", str(SEED))
+    ops, acked, _resolved, faults, violations, seed = numbers
     assert seed == SEED and ops > 500 and acked > 0 and faults >= 3, lines[-1]
     if violations == 0:
         assert proc.returncode == 0
@@ -96,18 +106,11 @@ def test_torture_smoke_with_fronts(tmp_path: Path, pg_admin_url: str) -> None:
     on the suite's PostgreSQL, with a front SIGKILLed (its supervisor starts it
     again) and the writer's front SIGKILLed and paused past its lease, while the
     clients retry through the one port; no violation."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.torture", "--seconds", str(FRONTS_SECONDS),
-         "--seed", str(FRONTS_SEED), "--servers", "1", "--fronts", "3", "--clients", "10",
-         "--accounts", "80", "--database-url", pg_admin_url, "--keep-history",
-         "--results-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=540,
+    proc, lines, numbers = _run_torture(
+        tmp_path, "--seconds", str(FRONTS_SECONDS), "--seed", str(FRONTS_SEED),
+        "--servers", "1", "--fronts", "3", "--database-url", pg_admin_url, "--keep-history",
     )  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
-    assert lines, proc.stderr[-3000:]
-    match = SUMMARY.match(lines[-1])
-    assert match, f"last line is not the summary: {lines[-1]!r}\n{proc.stderr[-3000:]}"
-    ops, acked, _resolved, _faults, violations, _seed = (int(g) for g in match.groups())
+    ops, acked, _resolved, _faults, violations, _seed = numbers
     assert violations == 0 and proc.returncode == 0, "\n".join(lines[-60:])
     assert ops > 300 and acked > 0, lines[-1]
     histories = list(tmp_path.glob("*/history.jsonl"))
