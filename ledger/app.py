@@ -352,7 +352,8 @@ class App:
         except Exception:
             serving = False
         await set_health(self.health, serving and not self._stopping.is_set())
-        size, in_use, waiting = self.store.pool_stats()
+        max_size, size, in_use, waiting = self.store.pool_stats()
+        metrics.POOL_MAX_SIZE.set(max_size)
         metrics.POOL_SIZE.set(size)
         metrics.POOL_IN_USE.set(in_use)
         metrics.POOL_WAITING.set(waiting)

@@ -96,6 +96,9 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 POOL_SIZE = Gauge("ledger_db_pool_size", "Connections in the database pool.")
+# The pool opens connections lazily up to this: saturation is in use / max size, not
+# in use / size (two long-held connections of a quiet pool of two are not saturation).
+POOL_MAX_SIZE = Gauge("ledger_db_pool_max_size", "Most connections the database pool opens.")
 POOL_IN_USE = Gauge("ledger_db_pool_in_use", "Pool connections in use.")
 POOL_WAITING = Gauge("ledger_db_pool_waiting", "Tasks waiting for a pool connection.")
 OPEN_RESERVATIONS = Gauge("ledger_open_reservations", "Reservations open right now.")

@@ -814,10 +814,10 @@ class PostgresStore:
         self._commit = "SELECT ledger_writer_fence(); COMMIT"
         await self._drop_writer_connection()
 
-    def pool_stats(self) -> tuple[int, int, int]:
-        """(connections, in use, tasks waiting for one)."""
+    def pool_stats(self) -> tuple[int, int, int, int]:
+        """(most connections it opens, connections, in use, tasks waiting for one)."""
         size = self._pool.get_size()
-        return size, size - self._pool.get_idle_size(), self._waiting
+        return self._pool.get_max_size(), size, size - self._pool.get_idle_size(), self._waiting
 
     @asynccontextmanager
     async def _connection(self, fail_fast: bool = True) -> AsyncIterator[asyncpg.Connection]:
