@@ -58,7 +58,8 @@ class IdempotencyRecord:
     request_hash: bytes
     outcome: dict[str, Any]
     # When the key may be used for a new request (set by the writer when it
-    # records a key; ledger.service.retention). Not read back.
+    # records a key; ledger.service.retention). Read back too: it is made from
+    # the recording transaction's instant, so it tells which attempt wrote it.
     expires_at: datetime | None = None
 
 

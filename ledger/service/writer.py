@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import orjson
 
@@ -87,14 +86,20 @@ class _Pending:
     future: asyncio.Future[tuple[Outcome, bool]]
 
 
-# The encoded outcome each idempotency key was recorded with, by this batch's attempts.
-Mine = dict[tuple[str, str], dict[str, Any]]
+# The record each idempotency key was recorded with, by this batch's attempts.
+Mine = dict[tuple[str, str], IdempotencyRecord]
 
 
-def _same(ours: dict[str, Any], stored: dict[str, Any]) -> bool:
-    """Whether a stored outcome is one this batch encoded: compared as stored
-    (the save writes the document with orjson: datetimes become ISO 8601 text)."""
-    return bool(orjson.loads(orjson.dumps(ours)) == stored)
+def _same(ours: IdempotencyRecord, stored: IdempotencyRecord) -> bool:
+    """Whether a stored record is one this batch's attempts wrote. The outcome alone
+    cannot tell: a refusal carries no id, and another writer (after a writer change)
+    may have recorded the same refusal for a duplicate of the key. Its expiry can:
+    it is made from the recording transaction's instant, to the microsecond. The
+    outcome is compared as stored (the save writes the document with orjson:
+    datetimes become ISO 8601 text)."""
+    return ours.expires_at == stored.expires_at and bool(
+        orjson.loads(orjson.dumps(ours.outcome)) == stored.outcome
+    )
 
 
 def _key(cmd: c.MutatingCommand) -> tuple[str, str] | None:
@@ -536,7 +541,7 @@ class Writer:
                 self._settings.retention.expires_at(ws.now, refused),
             )
             records.append(record)
-            mine[(cmd.caller, cmd.idempotency_key)] = record.outcome
+            mine[(cmd.caller, cmd.idempotency_key)] = record
         return records
 
     def _more_waiting(self) -> bool:
@@ -569,7 +574,7 @@ class Writer:
                     record.method, record.request_hash, outcomes.decode(record.outcome), cmd
                 )
                 ours = mine.get(key)
-                if key not in first_in_batch and ours is not None and _same(ours, record.outcome):
+                if key not in first_in_batch and ours is not None and _same(ours, record):
                     replayed = False
                 first_in_batch.setdefault(key, i)
                 results[i] = (outcome, replayed)

@@ -234,7 +234,8 @@ WITH byid AS (
     UNION SELECT a->>'account_id', res.asset FROM res, jsonb_array_elements(res.allocations) AS a
     WHERE a ? 'account_id'
 )
-SELECT 'i' AS kind, jsonb_build_array(i.caller, i.key, i.method, encode(i.request_hash, 'hex'), i.outcome)
+SELECT 'i' AS kind, jsonb_build_array(i.caller, i.key, i.method, encode(i.request_hash, 'hex'), i.outcome,
+  i.expires_at)
 FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
   ON i.caller = k.caller AND i.key = k.key AND i.expires_at > $7::timestamptz
 UNION ALL SELECT 'r', to_jsonb(res) FROM res
@@ -619,9 +620,14 @@ class PgBatch:
                 alert = codec.alert_from(data)
                 ws.alerts[(alert.account_id, alert.asset)] = alert
             elif kind == "i":
-                caller, key, method, request_hash, outcome = data
+                caller, key, method, request_hash, outcome, expires_at = data
                 records[(caller, key)] = IdempotencyRecord(
-                    caller, key, method, bytes.fromhex(request_hash), outcome
+                    caller,
+                    key,
+                    method,
+                    bytes.fromhex(request_hash),
+                    outcome,
+                    datetime.fromisoformat(expires_at),
                 )
         for pair, lots in prefix.items():
             for lot in lots:

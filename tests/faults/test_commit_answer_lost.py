@@ -42,9 +42,14 @@ class AnswerLostStore:
     """The real store; the next `lose` transactions commit, then raise as if the
     connection had broken before COMMIT's answer arrived."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: PostgresStore, url: str) -> None:
         self._store = store
+        self._url = url
         self.lose = 0
+        # With `lose`: the records just committed are made another writer's (their
+        # instant moved back a millisecond), as if this writer's COMMIT had failed
+        # and a writer elected meanwhile had recorded the same outcomes first.
+        self.as_another_writers = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -55,6 +60,16 @@ class AnswerLostStore:
             yield unit
         if self.lose > 0:
             self.lose -= 1
+            if self.as_another_writers:
+                conn = await asyncpg.connect(self._url)
+                try:
+                    await conn.execute(
+                        "UPDATE idempotency SET expires_at = expires_at - interval '1 ms',"
+                        " created_at = created_at - interval '1 ms'"
+                        " WHERE created_at = (SELECT max(created_at) FROM idempotency)"
+                    )
+                finally:
+                    await conn.close()
             raise StorageUnavailable("connection lost after COMMIT (injected)")
 
 
@@ -63,7 +78,7 @@ async def writer_on(url: str) -> AsyncIterator[tuple[Writer, AnswerLostStore]]:
     await migrate(url)
     pool = await create_pool(url, PoolSettings(min_size=1, max_size=4))
     store = PostgresStore(pool)
-    lossy = AnswerLostStore(store)
+    lossy = AnswerLostStore(store, url)
     writer = Writer(lossy, SystemClock(), WriterSettings())
     writer.start()
     try:
@@ -128,3 +143,21 @@ async def test_a_lost_commit_answer_is_not_answered_as_a_replay(fresh_database_u
     assert settled == 30 + 1 + 2, "each charge applied once"
     code, output = run_verify(fresh_database_url)
     assert code == 0, output
+
+
+async def test_the_same_refusal_recorded_by_another_writer_is_a_replay(
+    fresh_database_url: str,
+) -> None:
+    """This writer's attempt did not commit, and a writer elected meanwhile recorded
+    a duplicate of the key first, with the same refusal (a refusal carries no id,
+    so the outcomes are equal). The retry's caller sent a duplicate: it is told
+    "replayed", as any duplicate of a recorded key is. The records' expiry (made
+    from the recording transaction's instant) tells the two writers' records apart."""
+    caller = f"t-{uuid.uuid4().hex[:8]}"
+    async with writer_on(fresh_database_url) as (writer, store):
+        account = await _funded(writer, store, caller, 100)
+        store.lose, store.as_another_writers = 1, True
+        with pytest.raises(errors.InsufficientCredits) as refused:
+            await writer.submit(c.Charge(caller, "too-much", account, ASSET, 1_000))
+        assert store.lose == 0, "the injected loss did not happen"
+        assert refused.value.replayed, "another writer's record answered as this caller's first"
