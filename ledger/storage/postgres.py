@@ -131,6 +131,21 @@ _READ_PLANS_LOCAL = (
     "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off;"
     " SET LOCAL enable_mergejoin = off"
 )
+# snapshot() (GetBalance and the other reads of an account at an instant) runs
+# the batch read, whose planning was ~1 ms of a GetBalance's ~1.4 ms of
+# PostgreSQL (round six, docs/performance.md): held to the same index paths, it
+# uses the generic plan as the writer does, for that transaction only, and
+# with the writer's re-plan policy per pool connection (_snapshot_plans), so a
+# plan made on tables that have since grown is made again within
+# _REPLAN_EVERY_S. breakage() keeps planning each execution: its range read is
+# rare, and its plan is not held to a lookup per pair.
+_SNAPSHOT_PLANS_LOCAL = f"{_READ_PLANS_LOCAL}; SET LOCAL plan_cache_mode = force_generic_plan"
+# Pool connections whose re-plan time is remembered (by backend pid); past
+# this many (connections come and go) the memory starts again: at worst an
+# extra DISCARD PLANS on each connection. A pid of the primary equal to one of
+# the read endpoint's shares an entry: at worst a plan kept longer, never a
+# wrong answer (a plan changes the cost of a read, not its rows).
+_READ_REPLAN_TRACKED_MAX = 1024
 
 _BALANCE_COLS = (
     "account_id, asset, available, reserved, granted, settled, refunded, expired, version,"
@@ -813,6 +828,8 @@ class PostgresStore:
         self._commit = "COMMIT"
         # When the writer's connection next drops its plans (_REPLAN_EVERY_S).
         self._replan_at = 0.0
+        # The same for each pool connection's snapshot reads, by backend pid.
+        self._read_replan_at: dict[int, float] = {}
 
     async def set_writer_term(self, term: int) -> None:
         """Fence every later batch with `term`; a new writer connection carries it."""
@@ -1168,7 +1185,7 @@ class PostgresStore:
 
         async def run(conn: asyncpg.Connection) -> None:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                await conn.execute(_READ_PLANS_LOCAL)
+                await conn.execute(self._snapshot_plans(conn))
                 if account_id:
                     # With the assets of its active schedules: one whose anchor is
                     # still ahead has no balance row until its first period starts.
@@ -1201,6 +1218,19 @@ class PostgresStore:
                         ws.add_reservation(codec.reservation_from(row["doc"]))
 
         await self._standby_read(run)
+
+    def _snapshot_plans(self, conn: asyncpg.Connection) -> str:
+        """snapshot()'s settings for its transaction, with DISCARD PLANS when the
+        connection's plans are _REPLAN_EVERY_S old (or it is new to this store)."""
+        pid = conn.get_server_pid()
+        now = time.monotonic()
+        due = self._read_replan_at.get(pid)
+        if due is not None and now < due:
+            return _SNAPSHOT_PLANS_LOCAL
+        if len(self._read_replan_at) >= _READ_REPLAN_TRACKED_MAX:
+            self._read_replan_at.clear()
+        self._read_replan_at[pid] = now + _REPLAN_EVERY_S
+        return f"{_SNAPSHOT_PLANS_LOCAL}; {_REPLAN}"
 
     async def list_entries(
         self, account_id: str, asset: str, before_entry_id: int | None, limit: int

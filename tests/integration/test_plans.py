@@ -229,3 +229,53 @@ async def test_a_read_rpc_looks_its_pairs_up_whatever_the_statistics(
     finally:
         await store.close()
         await pool.close()
+
+
+async def _snapshot_held_plan(pool: asyncpg.Pool) -> tuple[str, int]:
+    """The generic plan the pool's one connection holds for snapshot()'s read, and
+    how many executions of that read used a generic plan."""
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute(postgres._SNAPSHOT_PLANS_LOCAL)
+        name, generic = await conn.fetchrow(
+            "SELECT name, generic_plans FROM pg_prepared_statements WHERE statement = $1",
+            postgres._LOAD,
+        )
+        rows = await conn.fetch(f"EXPLAIN EXECUTE {name}({_LOAD_NULLS})")
+    return "\n".join(r[0] for r in rows), generic
+
+
+async def _snapshot_one(store: PostgresStore, account_id: str) -> None:
+    ws = WorkingSet(now=datetime.now(UTC), refund_grace=timedelta(days=7))
+    await store.snapshot(ws, pairs={(account_id, "crm")})
+
+
+async def test_a_read_rpc_plans_once_and_plans_again_as_the_writer_does(
+    empty_db: TestDatabase,
+) -> None:
+    """snapshot() (GetBalance) uses the batch read's generic plan instead of planning
+    it at each call (~1 ms of its ~1.4 ms), held to index paths, and drops it as the
+    writer does (every _REPLAN_EVERY_S per connection): held from the empty tables,
+    a pair's active schedules are looked up in the wrong index."""
+    pool = await create_pool(empty_db.url, PoolSettings(min_size=1, max_size=1))
+    store = PostgresStore(pool)
+    try:
+        await _snapshot_one(store, "a1")
+        planned_empty, generic = await _snapshot_held_plan(pool)
+        assert generic == 1
+        await _fill(empty_db.url, 5000)
+        await _fill_schedules(empty_db.url, 5000)
+        for i in range(3):
+            await _snapshot_one(store, f"a{i}")
+        held, generic = await _snapshot_held_plan(pool)
+        assert generic == 1 + 1 + 3  # the first read, the EXPLAIN above, these three
+        assert held == planned_empty  # held, not re-made, within _REPLAN_EVERY_S
+        store._read_replan_at = dict.fromkeys(store._read_replan_at, 0.0)
+        await _snapshot_one(store, "a7")
+        replanned, _ = await _snapshot_held_plan(pool)
+        assert replanned != planned_empty
+        assert _pair_filters(replanned, "Join Filter") == [], replanned
+        assert _pair_filters(replanned, "Filter") == [], replanned
+        assert _full_scans(replanned) == [], replanned
+    finally:
+        await store.close()
+        await pool.close()
