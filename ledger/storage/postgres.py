@@ -787,6 +787,23 @@ def _record_expiry(r: IdempotencyRecord) -> datetime:
     return r.expires_at
 
 
+@asynccontextmanager
+async def _read_transaction(conn: asyncpg.Connection, settings: str) -> AsyncIterator[None]:
+    """A read-only REPEATABLE READ transaction whose BEGIN carries `settings` in
+    the same round trip (asyncpg's transaction() sends its BEGIN alone: one round
+    trip more for every GetBalance)."""
+    try:
+        await conn.execute(f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {settings}")
+        yield
+    except BaseException:
+        # Never back to the pool inside a transaction. A cancelled or broken
+        # connection is terminated by the caller (_connection) anyway.
+        with suppress(Exception):
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
 class PostgresStore:
     """The Store of ledger.service.ports, on an asyncpg pool."""
 
@@ -1184,8 +1201,7 @@ class PostgresStore:
         whole = set(whole_pairs or ())
 
         async def run(conn: asyncpg.Connection) -> None:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                await conn.execute(self._snapshot_plans(conn))
+            async with _read_transaction(conn, self._snapshot_plans(conn)):
                 if account_id:
                     # With the assets of its active schedules: one whose anchor is
                     # still ahead has no balance row until its first period starts.

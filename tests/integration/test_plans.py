@@ -9,6 +9,7 @@ sequential scan of `lots` or `balances` cost 32 ms per batch here once.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -276,6 +277,31 @@ async def test_a_read_rpc_plans_once_and_plans_again_as_the_writer_does(
         assert _pair_filters(replanned, "Join Filter") == [], replanned
         assert _pair_filters(replanned, "Filter") == [], replanned
         assert _full_scans(replanned) == [], replanned
+    finally:
+        await store.close()
+        await pool.close()
+
+
+async def test_a_failed_read_leaves_no_transaction_open(empty_db: TestDatabase) -> None:
+    """snapshot() opens its transaction itself (its BEGIN carries the settings):
+    a statement that fails inside it must end that transaction before the
+    connection goes back to the pool. asyncpg's pool would roll it back on
+    release too, reporting "Resetting connection with an active transaction"
+    to the event loop's exception handler, which is what this test watches."""
+    await _fill(empty_db.url, 10)
+    pool = await create_pool(empty_db.url, PoolSettings(min_size=1, max_size=1))
+    store = PostgresStore(pool)
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    try:
+        ws = WorkingSet(now=datetime.now(UTC), refund_grace=timedelta(days=7))
+        with pytest.raises(asyncpg.DataError, match="uuid"):
+            await store.snapshot(ws, group_id="not a uuid")
+        async with pool.acquire() as conn:  # the one connection the read ran on
+            assert not conn.is_in_transaction()
+        await _snapshot_one(store, "a3")
+        assert reported == []
     finally:
         await store.close()
         await pool.close()
