@@ -162,3 +162,19 @@ def test_rules_cost_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert m, line
     assert float(m.group(1)) > 0
+
+
+def test_read_cost_smoke(fresh_database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m tests.bench.read_cost`: GetBalance's storage read, alone."""
+    from tests.bench import read_cost
+
+    flags = ["--accounts", "50", "--reads", "20", "--concurrency", "2"]
+    read_cost.main([*flags, "--database-url", fresh_database_url])
+    line = capsys.readouterr().out.strip()
+    m = re.fullmatch(
+        r"read_cost: snapshot of one account p50 ([\d.]+) ms, p99 [\d.]+ ms, mean [\d.]+ ms"
+        r" \(20 sequential reads\); (\d+) reads/s at 2 in flight; 50 accounts",
+        line,
+    )
+    assert m, line
+    assert float(m.group(1)) > 0 and int(m.group(2)) > 0
