@@ -132,8 +132,8 @@ _READ_PLANS_LOCAL = (
     " SET LOCAL enable_mergejoin = off"
 )
 # snapshot() (GetBalance and the other reads of an account at an instant) runs
-# the batch read, whose planning was ~1 ms of a GetBalance's ~1.4 ms of
-# PostgreSQL (round six, docs/performance.md): held to the same index paths, it
+# the batch read, whose planning was ~1.5 ms of a GetBalance's ~2.1 ms
+# (round eight, docs/performance.md): held to the same index paths, it
 # uses the generic plan as the writer does, for that transaction only, and
 # with the writer's re-plan policy per pool connection (_snapshot_plans), so a
 # plan made on tables that have since grown is made again within
