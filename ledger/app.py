@@ -347,7 +347,8 @@ class App:
 
     async def _check_health(self) -> None:
         try:
-            await asyncio.wait_for(self.store.ping(), timeout=2.0)
+            async with asyncio.timeout(2.0):
+                await self.store.ping()
             serving = True
         except Exception:
             serving = False

@@ -31,6 +31,7 @@ from ledger.service.clock import Clock
 from ledger.service.outcomes import Outcome
 from ledger.service.ports import CommandSink, StorageUnavailable, Store
 from ledger.service.sweeper import Sweeper
+from ledger.service.tasks import stop_task
 from ledger.service.writer import Writer, WriterSettings
 
 log = logging.getLogger("ledger.election")
@@ -157,7 +158,8 @@ class Election:
         sink: CommandSink | None = self._local or self._remote
         if sink is None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._known.wait(), self._settings.writer_wait_s)
+                async with asyncio.timeout(self._settings.writer_wait_s):
+                    await self._known.wait()
             sink = self._local or self._remote
             if sink is None and self._database_trouble:
                 raise errors.DatabaseUnavailable(
@@ -203,15 +205,14 @@ class Election:
     async def stop(self) -> None:
         """Stop the loop; a writer stops its Writer and releases the lease at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         term = self.term
         await self._step_down("stopping")
         if term is not None:
             try:
-                await asyncio.wait_for(self._lease.release(self.holder, term), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._lease.release(self.holder, term)
                 log.info("released the writer lease (term %d)", term)
             except (StorageUnavailable, TimeoutError) as exc:
                 log.warning("could not release the writer lease: %s", exc)
@@ -222,7 +223,8 @@ class Election:
         while True:
             wait_s = self._settings.renew_s if self.term is not None else self._settings.poll_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self._poke.wait()
             self._poke.clear()
             try:
                 await self._round()
@@ -268,9 +270,8 @@ class Election:
             return
         started = time.monotonic()
         try:
-            kept: bool | None = await asyncio.wait_for(
-                self._lease.renew(self.holder, term, s.lease_s), s.renew_s
-            )
+            async with asyncio.timeout(s.renew_s):
+                kept: bool | None = await self._lease.renew(self.holder, term, s.lease_s)
         except (StorageUnavailable, TimeoutError) as exc:
             log.warning("writer lease not renewed: %s", exc)
             self._database_trouble = str(exc) or type(exc).__name__

@@ -32,6 +32,7 @@ from ledger.domain.model import AlertEvent, Balance, JournalRow, StreamTransacti
 from ledger.observability import metrics
 from ledger.service.clock import Clock
 from ledger.service.ports import JournalFilter, SerializationConflict, StorageUnavailable, Store
+from ledger.service.tasks import stop_task
 
 T = TypeVar("T")
 Position = tuple[int, int]
@@ -114,7 +115,8 @@ class HorizonWatch:
                 if left <= 0:
                     return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), left)
+                    async with asyncio.timeout(left):
+                        await self._changed.wait()
         finally:
             self._waiting -= 1
 
@@ -139,9 +141,7 @@ class HorizonWatch:
         self._closed = True
         self.wake()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
 
 class ChangeStream:

@@ -10,7 +10,6 @@ races with a command on the same reservation finds it already done.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +20,7 @@ from ledger.observability import metrics
 from ledger.service.clock import Clock
 from ledger.service.ports import CommandSink, SerializationConflict, StorageUnavailable, Store
 from ledger.service.retention import IdempotencyRetention
+from ledger.service.tasks import stop_task
 
 log = logging.getLogger("ledger.sweeper")
 
@@ -59,9 +59,7 @@ class Sweeper:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     async def sweep_once(self) -> int:

@@ -13,7 +13,6 @@ conflicts are retried (bounded, jittered) and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -41,6 +40,7 @@ from ledger.service.ports import (
     WriterFenced,
 )
 from ledger.service.retention import IdempotencyRetention
+from ledger.service.tasks import stop_task
 
 log = logging.getLogger("ledger.writer")
 
@@ -163,9 +163,7 @@ class Writer:
         DATABASE_UNAVAILABLE when the writer stops because the database is unreachable."""
         self._database_lost = database_lost
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         if self._held is not None:
             _resolve(self._held, (self._gone("the writer stopped"), False))
@@ -278,9 +276,10 @@ class Writer:
             attempt += 1
             try:
                 try:
-                    results, moved = await asyncio.wait_for(
-                        self._attempt(batch, whole, mine), timeout_s
-                    )
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for drops a stop
+                    # that arrives as the attempt ends (ledger.service.tasks).
+                    async with asyncio.timeout(timeout_s):
+                        results, moved = await self._attempt(batch, whole, mine)
                 except TimeoutError as exc:
                     raise StorageUnavailable(f"batch took over {timeout_s:.1f} s") from exc
             except WriterFenced as exc:
@@ -482,8 +481,7 @@ class Writer:
                 # first finish the statement in flight, or be dropped if we were
                 # cancelled (asyncio.wait does not raise the statement's error).
                 if not isinstance(exc, asyncio.CancelledError):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.wait([ahead]), _AHEAD_DRAIN_S)
+                    await asyncio.wait([ahead], timeout=_AHEAD_DRAIN_S)
                 if not ahead.done():
                     ahead.cancel()
             raise

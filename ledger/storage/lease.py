@@ -104,4 +104,5 @@ class PgLease:
         conn, self._conn = self._conn, None
         if conn is not None:
             with suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await conn.close()

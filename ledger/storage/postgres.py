@@ -988,7 +988,8 @@ class PostgresStore:
         if isinstance(exc, Exception) and not isinstance(exc, StorageUnavailable):
             try:
                 if not conn.is_closed() and conn.is_in_transaction():
-                    await asyncio.wait_for(conn.execute("ROLLBACK"), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await conn.execute("ROLLBACK")
                 if not conn.is_in_transaction():
                     return
             except BaseException:

@@ -82,7 +82,8 @@ async def read_body(context: Any, wait_s: float) -> Any:
     """The call's one request message, read within `wait_s`.
     Errors: DeadlineExceeded (no body in time), InvalidArgument (no body at all)."""
     try:
-        message = await asyncio.wait_for(context.read(), wait_s)
+        async with asyncio.timeout(wait_s):
+            message = await context.read()
     except TimeoutError:
         raise errors.DeadlineExceeded(
             f"no request message within {wait_s:g} s of the call's headers (BODY_WAIT_S)"

@@ -36,6 +36,7 @@ from ledger.observability import metrics
 from ledger.service import wire
 from ledger.service.election import Election
 from ledger.service.outcomes import Outcome
+from ledger.service.tasks import stop_task
 
 log = logging.getLogger("ledger.internal")
 
@@ -218,9 +219,7 @@ class ForwardingClient:
 
     async def close(self) -> None:
         """Stop: what is queued or in flight answers WRITER_UNAVAILABLE."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_task(self._task)
         for task in list(self._calls):
             task.cancel()
         for task in list(self._calls):
