@@ -24,7 +24,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Coroutine
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -207,9 +206,13 @@ async def _discard(tasks: set[asyncio.Task[tuple[asyncpg.Connection, str]]]) -> 
     """Cancel attempts still running; close what they connected in the meantime."""
     for task in tasks:
         task.cancel()
+    if tasks:
+        # asyncio.wait, not `await task` under suppress(BaseException): that
+        # would swallow a cancellation of the caller too (ledger.service.tasks).
+        await asyncio.wait(tasks)
     for task in tasks:
-        with suppress(BaseException):
-            conn, _ = await task
+        if not task.cancelled() and task.exception() is None:
+            conn, _ = task.result()
             conn.terminate()
 
 

@@ -992,7 +992,12 @@ class PostgresStore:
                         await conn.execute("ROLLBACK")
                 if not conn.is_in_transaction():
                     return
-            except BaseException:
+            except asyncio.CancelledError:
+                # Stopped during the ROLLBACK: the stop goes on, never swallowed
+                # (tests/faults/test_writer_stop.py), and the connection is dropped.
+                await self._drop_writer_connection()
+                raise
+            except Exception:
                 pass
         await self._drop_writer_connection()  # cancelled, broken or unsure: never reuse it
 

@@ -15,6 +15,12 @@ follower.
 
 Here the stop arrives exactly then: the real store commits, and the stop
 is started in the same turn, before the attempt's answer reaches the loop.
+
+With that fixed, the same torture seed still showed a writer that did not
+stop when cancelled (`stop_task` cancelled it again two seconds later): a
+batch that failed rolls back before it gives up its connection, and that
+ROLLBACK swallowed any exception, the stop's cancellation too; the writer
+then retried the batch as if nothing had asked it to stop.
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ import pytest
 from ledger.domain import commands as c
 from ledger.domain.model import ReservationResult
 from ledger.service.clock import SystemClock
+from ledger.service.ports import SerializationConflict
 from ledger.service.writer import Writer, WriterSettings
 from ledger.storage.pool import PoolSettings, create_pool, migrate
 from ledger.storage.postgres import PostgresStore
+from tests.faults.proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
 ASSET = "crm"
@@ -86,3 +94,37 @@ async def test_a_stop_that_arrives_as_a_batch_commits_stops_the_writer(
             task.cancel()
         await store.close()
         await pool.close()
+
+
+async def test_a_stop_that_arrives_during_a_failed_batchs_rollback_stops_it(
+    fresh_database_url: str,
+) -> None:
+    proxy = TcpProxy.for_database(fresh_database_url)
+    proxy.start()
+    pool = await create_pool(
+        proxy.url_for(fresh_database_url), PoolSettings(min_size=1, max_size=2)
+    )
+    store = PostgresStore(pool)
+    try:
+
+        async def fails_then_rolls_back() -> None:
+            async with store.batch() as unit:
+                await unit._conn.execute("SELECT 1")
+                proxy.pause()  # the ROLLBACK that follows gets no answer
+                raise SerializationConflict("injected: a batch that lost its race")
+
+        task = asyncio.create_task(fails_then_rolls_back())
+        await asyncio.sleep(0.3)  # the batch failed; its ROLLBACK is in flight
+        assert not task.done(), "the ROLLBACK was answered: the proxy did not hold it"
+        task.cancel()  # the writer is being stopped
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, "the cancelled batch did not end"
+        assert task.cancelled(), (
+            f"the stop was swallowed: the batch ended with {task.exception()!r}, which the"
+            " writer retries as if nobody had asked it to stop"
+        )
+    finally:
+        proxy.resume()
+        await store.close()
+        await pool.close()
+        proxy.close()
