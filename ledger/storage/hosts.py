@@ -203,17 +203,21 @@ class RacingConnector:
 
 
 async def _discard(tasks: set[asyncio.Task[tuple[asyncpg.Connection, str]]]) -> None:
-    """Cancel attempts still running; close what they connected in the meantime."""
+    """Cancel attempts still running; close what they connected in the meantime.
+    Each attempt closes its own connection as it ends, so a caller cancelled
+    while it waits here (the wait is not under suppress(BaseException): that
+    swallowed the caller's cancellation too, ledger.service.tasks) leaks none."""
     for task in tasks:
+        task.add_done_callback(_terminate_connected)
         task.cancel()
     if tasks:
-        # asyncio.wait, not `await task` under suppress(BaseException): that
-        # would swallow a cancellation of the caller too (ledger.service.tasks).
         await asyncio.wait(tasks)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is None:
-            conn, _ = task.result()
-            conn.terminate()
+
+
+def _terminate_connected(task: asyncio.Task[tuple[asyncpg.Connection, str]]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        conn, _ = task.result()
+        conn.terminate()
 
 
 async def connect(url: str, timeout_s: float, **kwargs: Any) -> asyncpg.Connection:
