@@ -22,7 +22,6 @@ scope a command carries because only holders of the secret can send one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 from typing import Any
@@ -220,11 +219,11 @@ class ForwardingClient:
     async def close(self) -> None:
         """Stop: what is queued or in flight answers WRITER_UNAVAILABLE."""
         await stop_task(self._task)
-        for task in list(self._calls):
-            task.cancel()
-        for task in list(self._calls):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        calls = list(self._calls)
+        for task in calls:
+            task.cancel()  # all at once; stop_task then waits for each (never swallowing
+        for task in calls:  # a cancellation of close() itself, as suppress() around it did)
+            await stop_task(task)
         queued, self._queue = self._queue, []
         for _, f in queued:
             _settle(f, self._gone("is no longer the writer"))
