@@ -20,6 +20,8 @@ def with_database(url: str, name: str) -> str:
 
 @dataclass
 class TestDatabase:
+    __test__ = False  # a fixture's helper, not a test class (pytest would try to collect it)
+
     admin_url: str
     name: str
     url: str
