@@ -219,11 +219,7 @@ class ForwardingClient:
     async def close(self) -> None:
         """Stop: what is queued or in flight answers WRITER_UNAVAILABLE."""
         await stop_task(self._task)
-        calls = list(self._calls)
-        for task in calls:
-            task.cancel()  # all at once; stop_task then waits for each (never swallowing
-        for task in calls:  # a cancellation of close() itself, as suppress() around it did)
-            await stop_task(task)
+        await asyncio.gather(*(stop_task(task) for task in list(self._calls)))
         queued, self._queue = self._queue, []
         for _, f in queued:
             _settle(f, self._gone("is no longer the writer"))
